@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# fluxtrain set-up: Debian packages + a cached Python venv (torch for libtorch, test references).
+#
+# Prints shell assignments for the Makefile on stdout (`VENV=...`, `TORCH_PREFIX=...`); logs on stderr.
+#
+# Environment:
+#   FLUXTRAIN_VENV_CACHE  folder that holds the venvs (default ~/.cache/fluxtrain); one venv per
+#                         sha256 of requirements-test.txt, so a fresh clone reuses it.
+#   FLUXTRAIN_VENV        use this venv as it is (skips the cache and the install).
+#   Torch_DIR             a libtorch of your own (CUDA/ROCm zip, a container's PyTorch): no venv is
+#                         made for libtorch; tests that need the Python references are then skipped
+#                         unless FLUXTRAIN_VENV is also set.
+#   FLUXTRAIN_SKIP_APT=1  do not touch Debian packages.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+# Why each package (see docs/dependencies.md):
+apt_packages=(
+  build-essential cmake ninja-build ccache pkg-config python3-venv
+  nlohmann-json3-dev   # safetensors headers, JSON configs
+  libcli11-dev         # command-line parsing (declarative options)
+  libgtest-dev         # unit tests
+  clang libclang-rt-14-dev  # sanitizer + libFuzzer build of the safetensors parser tests
+)
+
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ] && [ "${FLUXTRAIN_SKIP_APT:-0}" != 1 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >&2
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/tmp/fluxtrain-apt.log 2>&1 ||
+      { cat /tmp/fluxtrain-apt.log >&2; exit 1; }
+  else
+    log "missing Debian packages; run:"
+    log "  sudo apt-get install -y ${missing[*]}"
+    exit 1
+  fi
+fi
+
+req="$here/requirements-test.txt"
+if [ -n "${FLUXTRAIN_VENV:-}" ]; then
+  venv="$FLUXTRAIN_VENV"
+elif [ -n "${Torch_DIR:-}" ]; then
+  venv=""
+else
+  key="$(sha256sum "$req" | cut -c1-16)"
+  cache="${FLUXTRAIN_VENV_CACHE:-$HOME/.cache/fluxtrain}"
+  venv="$cache/venv-$key"
+  mkdir -p "$cache"
+  # One installer at a time per cache (two clones set up at once share the venv).
+  exec 9>"$cache/.lock"
+  flock 9
+  if [ ! -f "$venv/.complete" ]; then
+    log "creating Python venv $venv (torch + test references; first time only, several GB)"
+    # A venv hard-codes its own path, so it is built in place; the .complete marker, written last,
+    # says it is whole. An interrupted install is removed and redone.
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --upgrade pip >&2
+    "$venv/bin/pip" install -q -r "$req" >&2
+    touch "$venv/.complete"
+  fi
+  flock -u 9
+fi
+
+torch_prefix=""
+if [ -n "${Torch_DIR:-}" ]; then
+  torch_prefix="$Torch_DIR"
+else
+  torch_prefix="$("$venv/bin/python" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')"
+fi
+printf 'VENV=%q\nTORCH_PREFIX=%q\n' "$venv" "$torch_prefix"

@@ -1,0 +1,75 @@
+#include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <cstdlib>
+#include <iostream>
+#include <new>
+
+#include "app/commands.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "core/version.h"
+
+namespace fluxtrain::app {
+
+namespace {
+
+// The first line of a torch error: torch appends a C++ backtrace that means nothing to a user.
+std::string first_line(const std::string& text) {
+  size_t end = text.find('\n');
+  return end == std::string::npos ? text : text.substr(0, end);
+}
+
+}  // namespace
+
+int run(int argc, char** argv, const std::vector<CommandFactory>& engine_commands) {
+  CLI::App app{"fluxtrain: a native LoRA trainer for Flux.1 models", "fluxtrain"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", std::string(kVersion));
+  std::string log_level = "info";
+  app.add_option("--log-level", log_level, "debug, info, warn, error or quiet")
+      ->envname("FLUXTRAIN_LOG_LEVEL")
+      ->capture_default_str();
+
+  std::vector<Command> commands = {add_inspect_command(app)};
+  for (CommandFactory factory : engine_commands) commands.push_back(factory(app));
+
+  // An unknown command gets a hint rather than CLI11's "A subcommand is required".
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--log-level") ++i;
+    if (arg.empty() || arg[0] == '-') continue;
+    std::vector<std::string> names;
+    for (const Command& command : commands) names.push_back(command.subcommand->get_name());
+    if (std::find(names.begin(), names.end(), arg) == names.end()) {
+      std::string all, hint = closest_match(arg, names);
+      for (const auto& n : names) all += (all.empty() ? "" : ", ") + n;
+      log::error("unknown command '", arg, "'", hint.empty() ? "" : "; did you mean '" + hint + "'?",
+                 " (commands: ", all, "; see fluxtrain --help)");
+      return 2;
+    }
+    break;
+  }
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    log::set_level(log::parse_level(log_level, "--log-level / FLUXTRAIN_LOG_LEVEL"));
+    for (const Command& command : commands) {
+      if (command.subcommand->parsed()) return command.run();
+    }
+    return 2;
+  } catch (const Error& e) {
+    log::error(e.what());
+  } catch (const std::bad_alloc&) {
+    log::error("out of memory: use a smaller batch size or resolution, or a machine with more memory");
+  } catch (const std::exception& e) {
+    // Torch errors (c10::Error) append a C++ backtrace that means nothing to a user.
+    log::error(first_line(e.what()));
+  }
+  return 1;
+}
+
+}  // namespace fluxtrain::app

@@ -1,0 +1,38 @@
+// The CLI's commands. Each registers its subcommand and options on the CLI11 app and returns the
+// function that runs it; only src/app knows about flags, environment variables and user files.
+//
+// Commands that need no tensors are built into the small `fluxtrain` executable; the others live in
+// libfluxtrain_engine.so (which links libtorch) and are passed to run() by the engine's entry point.
+#pragma once
+
+#include <functional>
+#include <vector>
+
+namespace CLI {
+class App;
+}
+
+namespace fluxtrain::app {
+
+struct Command {
+  CLI::App* subcommand;
+  std::function<int()> run;
+};
+using CommandFactory = Command (*)(CLI::App&);
+
+// Torch-free commands.
+Command add_inspect_command(CLI::App& app);
+
+// The whole CLI: parses argv, runs the command, turns every error into one readable line and an exit
+// code (0 ok, 1 error, 2 usage error). `engine_commands` are added after the torch-free ones.
+int run(int argc, char** argv, const std::vector<CommandFactory>& engine_commands);
+
+// True when argv asks for something the torch-free executable does itself (a torch-free command, or
+// --version), so libtorch is never loaded for it.
+bool runs_without_engine(int argc, char** argv);
+
+// Loads libfluxtrain_engine.so (beside the executable, in ../lib/fluxtrain, or $FLUXTRAIN_ENGINE) and
+// runs its entry point with argv.
+int run_engine(int argc, char** argv);
+
+}  // namespace fluxtrain::app

@@ -1,0 +1,79 @@
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "app/commands.h"
+#include "core/log.h"
+
+namespace fluxtrain::app {
+namespace {
+
+const char* const kLightCommands[] = {"inspect"};
+
+std::string executable_dir() {
+  std::error_code ec;
+  auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  return ec ? std::string(".") : exe.parent_path().string();
+}
+
+}  // namespace
+
+bool runs_without_engine(int argc, char** argv) {
+  bool version = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--log-level") {
+      ++i;  // its value
+      continue;
+    }
+    if (arg == "--version") version = true;
+    if (arg.empty() || arg[0] == '-') continue;
+    for (const char* name : kLightCommands) {
+      if (arg == name) return true;
+    }
+    return false;
+  }
+  return version;
+}
+
+int run_engine(int argc, char** argv) {
+  std::vector<std::string> candidates;
+  if (const char* env = std::getenv("FLUXTRAIN_ENGINE"); env != nullptr && *env != '\0') {
+    candidates.emplace_back(env);
+  } else {
+    std::string dir = executable_dir();
+    candidates.push_back(dir + "/libfluxtrain_engine.so");
+    candidates.push_back(dir + "/../lib/fluxtrain/libfluxtrain_engine.so");
+  }
+  std::string errors;
+  for (const std::string& path : candidates) {
+    if (!std::filesystem::exists(path)) {
+      errors += "\n  " + path + ": not found";
+      continue;
+    }
+    void* handle = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (handle == nullptr) {
+      errors += "\n  " + path + ": " + ::dlerror();
+      continue;
+    }
+    using EntryPoint = int (*)(int, char**);
+    auto entry = reinterpret_cast<EntryPoint>(::dlsym(handle, "fluxtrain_engine_main"));
+    if (entry == nullptr) {
+      errors += "\n  " + path + ": no fluxtrain_engine_main (a mismatched build?)";
+      continue;
+    }
+    // The engine is never unloaded: libtorch does not support it, and the process ends right after.
+    return entry(argc, argv);
+  }
+  log::error("cannot load the fluxtrain engine (libfluxtrain_engine.so, which links libtorch):", errors,
+             "\n  fix: rebuild (`make build`), keep the library beside the fluxtrain executable, or point "
+             "FLUXTRAIN_ENGINE at it; if libtorch itself is missing, run scripts/setup.sh or set Torch_DIR at build time");
+  return 1;
+}
+
+}  // namespace fluxtrain::app

@@ -1,0 +1,119 @@
+#include "core/atomic_file.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include "core/error.h"
+
+namespace fluxtrain {
+namespace {
+
+constexpr size_t kBufferSize = 1 << 20;
+
+std::string errno_text(int err) {
+  if (err == ENOSPC) return "no space left on the device: free some disk space or choose another folder";
+  if (err == EDQUOT) return "disk quota exceeded: free some space or choose another folder";
+  if (err == EACCES || err == EPERM) return "permission denied: choose a writable folder";
+  if (err == ENOENT) return "the folder does not exist: create it first";
+  if (err == EROFS) return "the file system is read-only: choose a writable folder";
+  return std::strerror(err);
+}
+
+std::atomic<int> g_counter{0};
+
+}  // namespace
+
+AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {
+  namespace fs = std::filesystem;
+  fs::path target(path_);
+  fs::path dir = target.parent_path();
+  if (dir.empty()) dir = ".";
+  temp_path_ = (dir / ("." + target.filename().string() + ".tmp-" + std::to_string(getpid()) + "-" +
+                       std::to_string(g_counter.fetch_add(1))))
+                   .string();
+  fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd_ < 0) fail("cannot create ", path_, " (temporary ", temp_path_, "): ", errno_text(errno));
+  buffer_.reserve(kBufferSize);
+}
+
+AtomicFile::~AtomicFile() {
+  if (fd_ >= 0) ::close(fd_);
+  if (!committed_) ::unlink(temp_path_.c_str());
+}
+
+void AtomicFile::flush_buffer() {
+  const char* p = buffer_.data();
+  size_t left = buffer_.size();
+  while (left > 0) {
+    ssize_t n = ::write(fd_, p, left);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      fail("cannot write ", path_, ": ", errno_text(errno));
+    }
+    p += n;
+    left -= static_cast<size_t>(n);
+  }
+  buffer_.clear();
+}
+
+void AtomicFile::write(const void* data, size_t size) {
+  if (committed_) fail("internal: write to ", path_, " after commit");
+  const char* p = static_cast<const char*>(data);
+  written_ += size;
+  if (buffer_.size() + size <= kBufferSize) {
+    buffer_.insert(buffer_.end(), p, p + size);
+    return;
+  }
+  flush_buffer();
+  if (size < kBufferSize) {
+    buffer_.insert(buffer_.end(), p, p + size);
+    return;
+  }
+  // Large blocks go straight to the file: no second copy of a big tensor.
+  while (size > 0) {
+    ssize_t n = ::write(fd_, p, size);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      fail("cannot write ", path_, ": ", errno_text(errno));
+    }
+    p += n;
+    size -= static_cast<size_t>(n);
+  }
+}
+
+void AtomicFile::commit() {
+  flush_buffer();
+  if (::fsync(fd_) != 0) fail("cannot write ", path_, " (fsync): ", errno_text(errno));
+  if (::close(fd_) != 0) {
+    fd_ = -1;
+    fail("cannot write ", path_, " (close): ", errno_text(errno));
+  }
+  fd_ = -1;
+  if (::rename(temp_path_.c_str(), path_.c_str()) != 0) {
+    fail("cannot move ", temp_path_, " onto ", path_, ": ", errno_text(errno));
+  }
+  committed_ = true;
+  std::filesystem::path dir = std::filesystem::path(path_).parent_path();
+  fsync_directory(dir.empty() ? "." : dir.string());
+}
+
+void write_file_atomic(const std::string& path, std::string_view content) {
+  AtomicFile file(path);
+  file.write(content);
+  file.commit();
+}
+
+void fsync_directory(const std::string& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return;  // best effort: some file systems do not allow opening folders
+  ::fsync(fd);
+  ::close(fd);
+}
+
+}  // namespace fluxtrain

@@ -1,0 +1,40 @@
+"""Shared pytest fixtures: where the built programs are, and how to run them as a user would."""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _program(env_name: str, default: str) -> str:
+    path = os.environ.get(env_name) or str(ROOT / "build" / default)
+    if not os.path.exists(path):
+        pytest.fail(f"{path} does not exist: build first (`make build`) or set {env_name}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def fluxtrain_bin() -> str:
+    return _program("FLUXTRAIN_BIN", "fluxtrain")
+
+
+@pytest.fixture(scope="session")
+def test_tool() -> str:
+    return _program("FLUXTRAIN_TEST_TOOL", "tests/fluxtrain_test_tool")
+
+
+@pytest.fixture(scope="session")
+def peak_rss_tool() -> str:
+    return _program("FLUXTRAIN_PEAK_RSS", "tests/peak_rss")
+
+
+def run(args, check: bool = True, env=None, timeout: float = 600) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, args))} exited {result.returncode}\n"
+                             f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+    return result

@@ -27,8 +27,8 @@ demo: build
 # The torch-free parser and core under AddressSanitizer + UBSan (clang, with a bounded libFuzzer run).
 test-sanitize: setup
 	@cmake -S . -B $(SANITIZE_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_COMPILER=clang++ \
-	  -DFLUXTRAIN_WITH_TORCH=OFF -DFLUXTRAIN_SANITIZE=address,undefined -DFLUXTRAIN_FUZZ=ON > $(SANITIZE_BUILD).log \
-	  || { cat $(SANITIZE_BUILD).log; exit 1; }
+	  -DFLUXTRAIN_WITH_TORCH=OFF -DFLUXTRAIN_SANITIZE=address,undefined -DFLUXTRAIN_FUZZ=ON > $(BUILD)/sanitize-configure.log \
+	  || { cat $(BUILD)/sanitize-configure.log; exit 1; }
 	@cmake --build $(SANITIZE_BUILD) -j $(JOBS)
 	@ctest --test-dir $(SANITIZE_BUILD) --output-on-failure -j $(JOBS)
 
@@ -43,4 +43,4 @@ format:
 	@clang-format -i $$(git ls-files '*.cpp' '*.h')
 
 clean:
-	rm -rf $(BUILD) $(SANITIZE_BUILD) $(SANITIZE_BUILD).log
+	rm -rf $(BUILD) $(SANITIZE_BUILD)

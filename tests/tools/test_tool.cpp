@@ -1,4 +1,4 @@
-// fluxtrain_test_tool: exposes library functions to the Python reference tests. Not shipped.
+// fluxtrain_test_tool: the dispatcher and the safetensors commands. Not shipped.
 //
 //   st-copy IN OUT         read IN with the mmap Reader, write every tensor + metadata with the
 //                          writer to OUT; print JSON {name: {dtype, shape, sum, nan, bytes_fnv}}
@@ -11,8 +11,38 @@
 
 #include "core/error.h"
 #include "core/safetensors.h"
+#include "tool.h"
 
 namespace st = fluxtrain::safetensors;
+
+namespace fluxtrain::tool {
+
+std::map<std::string, std::pair<std::string, Handler>>& registry() {
+  static std::map<std::string, std::pair<std::string, Handler>> commands;
+  return commands;
+}
+
+std::map<std::string, at::Tensor> load_tensors(const std::string& path) {
+  st::Reader reader(path);
+  std::map<std::string, at::Tensor> out;
+  for (const auto& info : reader.header().tensors) out[info.name] = reader.tensor(info).clone();
+  return out;
+}
+
+void save_tensors(const std::string& path, const std::map<std::string, at::Tensor>& tensors) {
+  std::vector<std::pair<std::string, at::Tensor>> list;
+  for (const auto& [name, t] : tensors) list.emplace_back(name, t.detach().contiguous());
+  st::write(path, list);
+}
+
+std::string option(const Args& args, const std::string& flag, const std::string& fallback) {
+  for (size_t i = 0; i + 1 < args.size(); ++i) {
+    if (args[i] == flag) return args[i + 1];
+  }
+  return fallback;
+}
+
+}  // namespace fluxtrain::tool
 
 namespace {
 
@@ -48,35 +78,46 @@ at::Tensor sample_tensor(st::Dtype dtype) {
   return out.reshape({2, 3, 5});
 }
 
+int st_copy(const fluxtrain::tool::Args& args) {
+  st::Reader reader(args.at(0));
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  nlohmann::json report = nlohmann::json::object();
+  for (const st::TensorInfo& info : reader.header().tensors) {
+    at::Tensor t = reader.tensor(info);
+    report[info.name] = describe(t, info.dtype);
+    tensors.emplace_back(info.name, t);
+  }
+  st::write(args.at(1), tensors, reader.metadata());
+  std::cout << report.dump() << "\n";
+  return 0;
+}
+
+int st_write_sample(const fluxtrain::tool::Args& args) {
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  for (st::Dtype d : st::kAllDtypes) tensors.emplace_back("t_" + std::string(st::dtype_name(d)), sample_tensor(d));
+  tensors.emplace_back("scalar", at::scalar_tensor(2.5, at::kFloat));
+  tensors.emplace_back("empty", at::empty({0, 4}, at::kFloat));
+  st::write(args.at(0), tensors, {{"format", "pt"}, {"writer", "fluxtrain"}, {"unicode", "Grüße ✓"}});
+  return 0;
+}
+
+const fluxtrain::tool::ToolCommand kCopy("st-copy", "IN OUT", st_copy);
+const fluxtrain::tool::ToolCommand kSample("st-write-sample", "OUT", st_write_sample);
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    std::string command = argc > 1 ? argv[1] : "";
-    if (command == "st-copy" && argc == 4) {
-      st::Reader reader(argv[2]);
-      std::vector<std::pair<std::string, at::Tensor>> tensors;
-      nlohmann::json report = nlohmann::json::object();
-      for (const st::TensorInfo& info : reader.header().tensors) {
-        at::Tensor t = reader.tensor(info);
-        report[info.name] = describe(t, info.dtype);
-        tensors.emplace_back(info.name, t);
-      }
-      st::write(argv[3], tensors, reader.metadata());
-      std::cout << report.dump() << "\n";
-      return 0;
-    }
-    if (command == "st-write-sample" && argc == 3) {
-      std::vector<std::pair<std::string, at::Tensor>> tensors;
-      for (st::Dtype d : st::kAllDtypes) tensors.emplace_back("t_" + std::string(st::dtype_name(d)), sample_tensor(d));
-      tensors.emplace_back("scalar", at::scalar_tensor(2.5, at::kFloat));
-      tensors.emplace_back("empty", at::empty({0, 4}, at::kFloat));
-      st::write(argv[2], tensors, {{"format", "pt"}, {"writer", "fluxtrain"}, {"unicode", "Grüße ✓"}});
-      return 0;
-    }
-    std::cerr << "usage: fluxtrain_test_tool st-copy IN OUT | st-write-sample OUT\n";
+  auto& commands = fluxtrain::tool::registry();
+  std::string command = argc > 1 ? argv[1] : "";
+  auto it = commands.find(command);
+  if (it == commands.end()) {
+    std::cerr << "usage: fluxtrain_test_tool COMMAND ...\n";
+    for (const auto& [name, entry] : commands) std::cerr << "  " << name << " " << entry.first << "\n";
     return 2;
-  } catch (const fluxtrain::Error& e) {
+  }
+  try {
+    return it->second.second(fluxtrain::tool::Args(argv + 2, argv + argc));
+  } catch (const std::exception& e) {
     std::cerr << "error: " << e.what() << "\n";
     return 1;
   }

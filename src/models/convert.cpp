@@ -1,0 +1,146 @@
+#include "models/convert.h"
+
+#include <ATen/ATen.h>
+
+#include "core/error.h"
+#include "core/log.h"
+
+namespace fluxtrain::models {
+namespace {
+
+using Op = KeySource::Op;
+
+void linear_pair(KeyMap& map, const std::string& bfl, const std::string& diffusers, bool bias = true) {
+  map[bfl + ".weight"] = {{diffusers + ".weight"}, Op::copy};
+  if (bias) map[bfl + ".bias"] = {{diffusers + ".bias"}, Op::copy};
+}
+
+void concat_linear(KeyMap& map, const std::string& bfl, const std::vector<std::string>& parts, bool bias = true) {
+  KeySource w{{}, Op::concat}, b{{}, Op::concat};
+  for (const auto& p : parts) {
+    w.keys.push_back(p + ".weight");
+    b.keys.push_back(p + ".bias");
+  }
+  map[bfl + ".weight"] = w;
+  if (bias) map[bfl + ".bias"] = b;
+}
+
+}  // namespace
+
+KeyMap flux_diffusers_map(const FluxConfig& c) {
+  KeyMap m;
+  linear_pair(m, "img_in", "x_embedder");
+  linear_pair(m, "time_in.in_layer", "time_text_embed.timestep_embedder.linear_1");
+  linear_pair(m, "time_in.out_layer", "time_text_embed.timestep_embedder.linear_2");
+  linear_pair(m, "vector_in.in_layer", "time_text_embed.text_embedder.linear_1");
+  linear_pair(m, "vector_in.out_layer", "time_text_embed.text_embedder.linear_2");
+  if (c.guidance_embed) {
+    linear_pair(m, "guidance_in.in_layer", "time_text_embed.guidance_embedder.linear_1");
+    linear_pair(m, "guidance_in.out_layer", "time_text_embed.guidance_embedder.linear_2");
+  }
+  linear_pair(m, "txt_in", "context_embedder");
+  for (int64_t i = 0; i < c.depth; ++i) {
+    const std::string b = "double_blocks." + std::to_string(i) + ".";
+    const std::string d = "transformer_blocks." + std::to_string(i) + ".";
+    linear_pair(m, b + "img_mod.lin", d + "norm1.linear");
+    linear_pair(m, b + "txt_mod.lin", d + "norm1_context.linear");
+    concat_linear(m, b + "img_attn.qkv", {d + "attn.to_q", d + "attn.to_k", d + "attn.to_v"}, c.qkv_bias);
+    concat_linear(m, b + "txt_attn.qkv", {d + "attn.add_q_proj", d + "attn.add_k_proj", d + "attn.add_v_proj"}, c.qkv_bias);
+    m[b + "img_attn.norm.query_norm.scale"] = {{d + "attn.norm_q.weight"}, Op::copy};
+    m[b + "img_attn.norm.key_norm.scale"] = {{d + "attn.norm_k.weight"}, Op::copy};
+    m[b + "txt_attn.norm.query_norm.scale"] = {{d + "attn.norm_added_q.weight"}, Op::copy};
+    m[b + "txt_attn.norm.key_norm.scale"] = {{d + "attn.norm_added_k.weight"}, Op::copy};
+    linear_pair(m, b + "img_attn.proj", d + "attn.to_out.0");
+    linear_pair(m, b + "txt_attn.proj", d + "attn.to_add_out");
+    linear_pair(m, b + "img_mlp.0", d + "ff.net.0.proj");
+    linear_pair(m, b + "img_mlp.2", d + "ff.net.2");
+    linear_pair(m, b + "txt_mlp.0", d + "ff_context.net.0.proj");
+    linear_pair(m, b + "txt_mlp.2", d + "ff_context.net.2");
+  }
+  for (int64_t i = 0; i < c.depth_single_blocks; ++i) {
+    const std::string b = "single_blocks." + std::to_string(i) + ".";
+    const std::string d = "single_transformer_blocks." + std::to_string(i) + ".";
+    concat_linear(m, b + "linear1", {d + "attn.to_q", d + "attn.to_k", d + "attn.to_v", d + "proj_mlp"});
+    linear_pair(m, b + "linear2", d + "proj_out");
+    m[b + "norm.query_norm.scale"] = {{d + "attn.norm_q.weight"}, Op::copy};
+    m[b + "norm.key_norm.scale"] = {{d + "attn.norm_k.weight"}, Op::copy};
+    linear_pair(m, b + "modulation.lin", d + "norm.linear");
+  }
+  linear_pair(m, "final_layer.linear", "proj_out");
+  m["final_layer.adaLN_modulation.1.weight"] = {{"norm_out.linear.weight"}, Op::swap_halves};
+  m["final_layer.adaLN_modulation.1.bias"] = {{"norm_out.linear.bias"}, Op::swap_halves};
+  return m;
+}
+
+FluxConfig detect_flux_diffusers(const std::function<const safetensors::TensorInfo*(const std::string&)>& find,
+                                 const std::string& file) {
+  auto need = [&](const std::string& name) -> const safetensors::TensorInfo& {
+    const safetensors::TensorInfo* t = find(name);
+    if (t == nullptr) fail(file, ": no '", name, "': not a Flux transformer in diffusers layout");
+    return *t;
+  };
+  auto count = [&](const std::string& head, const std::string& tail) {
+    int64_t n = 0;
+    while (find(head + std::to_string(n) + tail) != nullptr) ++n;
+    return n;
+  };
+  FluxConfig c;
+  const auto& x = need("x_embedder.weight");
+  c.hidden_size = x.shape.at(0);
+  c.in_channels = x.shape.at(1);
+  c.out_channels = need("proj_out.weight").shape.at(0);
+  c.context_in_dim = need("context_embedder.weight").shape.at(1);
+  c.vec_in_dim = need("time_text_embed.text_embedder.linear_1.weight").shape.at(1);
+  c.guidance_embed = find("time_text_embed.guidance_embedder.linear_1.weight") != nullptr;
+  c.depth = count("transformer_blocks.", ".attn.to_q.weight");
+  c.depth_single_blocks = count("single_transformer_blocks.", ".attn.to_q.weight");
+  int64_t head_dim = 0;
+  if (c.depth > 0) {
+    head_dim = need("transformer_blocks.0.attn.norm_q.weight").shape.at(0);
+    c.mlp_hidden = need("transformer_blocks.0.ff.net.0.proj.weight").shape.at(0);
+    c.qkv_bias = find("transformer_blocks.0.attn.to_q.bias") != nullptr;
+  } else if (c.depth_single_blocks > 0) {
+    head_dim = need("single_transformer_blocks.0.attn.norm_q.weight").shape.at(0);
+    c.mlp_hidden = need("single_transformer_blocks.0.proj_mlp.weight").shape.at(0);
+  } else {
+    fail(file, ": has no transformer blocks");
+  }
+  if (head_dim <= 0 || c.hidden_size % head_dim != 0) fail(file, ": head width ", head_dim, " does not divide ", c.hidden_size);
+  c.num_heads = c.hidden_size / head_dim;
+  c.axes_dim = {head_dim / 8, 7 * head_dim / 16, 7 * head_dim / 16};
+  c.validate(file);
+  return c;
+}
+
+LoadedFlux load_flux(const std::string& path, const ModelOptions& options) {
+  Checkpoint checkpoint = Checkpoint::open(path, "transformer");
+  LoadedFlux out;
+  LoadOptions load;
+  load.what = "Flux transformer";
+  bool diffusers = false;
+  for (const std::string& p : {std::string(), std::string("transformer.")}) {
+    if (checkpoint.contains(p + "x_embedder.weight")) {
+      diffusers = true;
+      load.prefix = p;
+    }
+  }
+  if (!diffusers) load.prefix = find_prefix(checkpoint, kFluxPrefixes, "img_in.weight", "Flux transformer");
+  auto find = [&](const std::string& name) -> const safetensors::TensorInfo* {
+    return checkpoint.contains(load.prefix + name) ? &checkpoint.info(load.prefix + name) : nullptr;
+  };
+  if (diffusers) {
+    out.config = detect_flux_diffusers(find, checkpoint.path());
+    load.map = flux_diffusers_map(out.config);
+  } else {
+    out.config = FluxConfig::detect(find, checkpoint.path());
+  }
+  out.layout = diffusers ? "diffusers" : "bfl";
+  out.prefix = load.prefix;
+  out.model = FluxTransformer(out.config, options);
+  out.report = load_strict(*out.model, checkpoint, load);
+  out.model->eval();
+  log::debug("loaded Flux transformer from ", path, " (", out.layout, " layout, ", out.report.loaded, " tensors)");
+  return out;
+}
+
+}  // namespace fluxtrain::models

@@ -1,0 +1,43 @@
+// The one conversion layer: every foreign checkpoint layout mapped to the canonical (BFL / HF) names
+// that the modules use. Maps are generated from the detected config, never from hard-coded counts.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "models/flux/flux.h"
+#include "models/loader.h"
+
+namespace fluxtrain::models {
+
+// Prefixes of merged ("all in one") checkpoints, per component (ComfyUI / kohya conventions).
+inline const std::vector<std::string> kFluxPrefixes = {"", "model.diffusion_model."};
+inline const std::vector<std::string> kAePrefixes = {"", "vae.", "first_stage_model."};
+inline const std::vector<std::string> kClipPrefixes = {"", "text_encoders.clip_l.transformer.", "cond_stage_model.transformer."};
+inline const std::vector<std::string> kT5Prefixes = {"", "text_encoders.t5xxl.transformer."};
+
+// diffusers FluxTransformer2DModel -> BFL. Source: diffusers
+// `convert_flux_transformer_checkpoint_to_diffusers` (loaders/single_file_utils.py), read in reverse:
+// q/k/v (and single blocks' proj_mlp) are concatenated back into qkv / linear1, and norm_out's
+// [scale, shift] rows are swapped back to BFL's [shift, scale].
+KeyMap flux_diffusers_map(const FluxConfig& config);
+
+// Config of a diffusers-layout transformer from its tensor names/shapes.
+FluxConfig detect_flux_diffusers(const std::function<const safetensors::TensorInfo*(const std::string&)>& find,
+                                 const std::string& file);
+
+struct LoadedFlux {
+  FluxTransformer model{nullptr};
+  FluxConfig config;
+  std::string layout;  // "bfl" or "diffusers"
+  std::string prefix;
+  LoadReport report;
+};
+
+// A Flux transformer from a BFL single file (also with the merged-checkpoint prefix, also fp8), or a
+// diffusers folder / repo (transformer/ subfolder, sharded). Parameters are allocated per `options`
+// (fp8 base: block weights stored as float8_e4m3fn, quantised on load unless the file is fp8 already).
+LoadedFlux load_flux(const std::string& path, const ModelOptions& options);
+
+}  // namespace fluxtrain::models

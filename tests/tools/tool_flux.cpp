@@ -30,9 +30,9 @@ FluxInputs read_inputs(const std::string& path, at::ScalarType dtype) {
   in.img_ids = t.at("img_ids");
   in.txt = t.at("txt").to(dtype);
   in.txt_ids = t.at("txt_ids");
-  in.timesteps = t.at("timesteps").to(dtype);
+  in.timesteps = t.at("timesteps");
   in.y = t.at("y").to(dtype);
-  if (t.count("guidance")) in.guidance = t.at("guidance").to(dtype);
+  if (t.count("guidance")) in.guidance = t.at("guidance");
   if (t.count("txt_mask")) in.txt_mask = t.at("txt_mask");
   return in;
 }

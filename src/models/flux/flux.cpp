@@ -284,10 +284,12 @@ FluxTransformerImpl::FluxTransformerImpl(const FluxConfig& c, const ModelOptions
 BlockContext FluxTransformerImpl::prepare(const FluxInputs& in, at::Tensor& img, at::Tensor& txt) {
   BlockContext ctx;
   img = img_in(in.img);
-  ctx.vec = time_in(timestep_embedding(in.timesteps).to(img.scalar_type()));
+  // Timesteps and guidance are embedded from fp32 values whatever the compute dtype (as ComfyUI does;
+  // BFL rounds t to bf16 first, which moves t = 0.98066 to 980/1000).
+  ctx.vec = time_in(timestep_embedding(in.timesteps.to(at::kFloat)).to(img.scalar_type()));
   if (config.guidance_embed) {
     if (!in.guidance.defined()) fail("this Flux model (dev) needs a guidance value; none was given");
-    ctx.vec = ctx.vec + guidance_in(timestep_embedding(in.guidance).to(img.scalar_type()));
+    ctx.vec = ctx.vec + guidance_in(timestep_embedding(in.guidance.to(at::kFloat)).to(img.scalar_type()));
   }
   ctx.vec = ctx.vec + vector_in(in.y);
   txt = txt_in(in.txt);

@@ -1,0 +1,168 @@
+"""The Flux transformer against diffusers' FluxTransformer2DModel holding the same weights.
+
+Relative error = max|ours - reference| / max|reference| over the output tensor. fp32 ≤ 1e-5; bf16 (ours in
+bf16 vs the fp32 reference) ≤ 3e-2; gradients (fp32) ≤ 1e-4. Inputs are drawn fresh on every run.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import run
+from reference import flux_reference as fr
+from reference import tiny_models as tm
+
+
+def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((ours.double() - ref.double()).abs().max() / ref.double().abs().max())
+
+
+def tiny_weights(cfg, seed):
+    sd = tm.random_state_dict(tm.flux_shapes(cfg), torch.float32, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    for k in sd:
+        # Enlarged modulation so a missing shift/scale/gate term shows up in the output.
+        if "_mod.lin" in k or "modulation.lin" in k or "adaLN_modulation" in k:
+            sd[k] = sd[k] * 4 + (0.5 * torch.randn(sd[k].shape, generator=g) if k.endswith("bias") else 0)
+    return sd
+
+
+def make_inputs(cfg, seed, batch=2, h=5, w=3, lt=7):
+    g = torch.Generator().manual_seed(seed)
+    img_ids = torch.zeros(h, w, 3)
+    img_ids[..., 1] = torch.arange(h)[:, None]
+    img_ids[..., 2] = torch.arange(w)[None, :]
+    inputs = {
+        "img": torch.randn(batch, h * w, cfg.in_channels, generator=g),
+        "img_ids": img_ids.reshape(1, h * w, 3).expand(batch, -1, -1).contiguous(),
+        "txt": torch.randn(batch, lt, cfg.context_in_dim, generator=g),
+        "txt_ids": torch.zeros(batch, lt, 3),
+        "timesteps": torch.rand(batch, generator=g),  # a different t per sample
+        "y": torch.randn(batch, cfg.vec_in_dim, generator=g),
+    }
+    if cfg.guidance_embed:
+        inputs["guidance"] = torch.tensor([3.5, 1.0])[:batch]
+    return inputs
+
+
+@pytest.fixture(params=["dev", "schnell"])
+def model_files(request, tmp_path):
+    seed = int(torch.randint(0, 10**6, ()).item())
+    cfg = replace(tm.TINY_FLUX, guidance_embed=request.param == "dev")
+    sd = tiny_weights(cfg, seed)
+    path = tmp_path / f"flux1-{request.param}.safetensors"
+    save_file(sd, str(path))
+    inputs = make_inputs(cfg, seed + 7)
+    inputs_path = tmp_path / "inputs.safetensors"
+    save_file(inputs, str(inputs_path))
+    return cfg, sd, path, inputs, inputs_path
+
+
+def test_forward_fp32_and_bf16(model_files, tmp_path, test_tool):
+    cfg, sd, path, inputs, inputs_path = model_files
+    model = fr.diffusers_model(cfg, sd)
+    with torch.no_grad():
+        ref = fr.diffusers_forward(model, inputs)
+    out = tmp_path / "out.safetensors"
+    run([test_tool, "flux-forward", path, inputs_path, out])
+    err = rel_err(load_file(str(out))["out"], ref)
+    print(f"\nflux {'dev' if cfg.guidance_embed else 'schnell'} fp32 rel err {err:.2e}")
+    assert err <= 1e-5
+
+    run([test_tool, "flux-forward", path, inputs_path, out, "--dtype", "bf16"])
+    err_bf16 = rel_err(load_file(str(out))["out"], ref)
+    print(f"flux bf16 rel err vs fp32 reference {err_bf16:.2e}")
+    assert err_bf16 <= 3e-2
+
+
+def test_gradients(model_files, tmp_path, test_tool):
+    cfg, sd, path, inputs, inputs_path = model_files
+    cot = torch.randn(inputs["img"].shape[0], inputs["img"].shape[1], cfg.out_channels)
+    save_file({**inputs, "cotangent": cot}, str(inputs_path))
+    model = fr.diffusers_model(cfg, sd)
+    img = inputs["img"].clone().requires_grad_(True)
+    out = fr.diffusers_forward(model, {**inputs, "img": img})
+    (out * cot).sum().backward()
+    grads_path = tmp_path / "grads.safetensors"
+    run([test_tool, "flux-grad", path, inputs_path, grads_path])
+    grads = load_file(str(grads_path))
+    assert rel_err(grads["img"], img.grad) <= 1e-4
+    p = dict(model.named_parameters())
+    d0, s0 = "transformer_blocks.0.", "single_transformer_blocks.0."
+    pairs = {
+        "double_blocks.0.img_attn.qkv.weight": torch.cat([p[d0 + f"attn.to_{x}.weight"].grad for x in "qkv"]),
+        "double_blocks.0.txt_mlp.2.weight": p[d0 + "ff_context.net.2.weight"].grad,
+        "double_blocks.1.img_mod.lin.weight": p["transformer_blocks.1.norm1.linear.weight"].grad,
+        "single_blocks.0.linear1.weight": torch.cat([p[s0 + n].grad for n in
+                                                     ("attn.to_q.weight", "attn.to_k.weight", "attn.to_v.weight", "proj_mlp.weight")]),
+        "single_blocks.2.linear2.weight": p["single_transformer_blocks.2.proj_out.weight"].grad,
+    }
+    for name, ref in pairs.items():
+        err = rel_err(grads["param." + name], ref)
+        assert err <= 1e-4, (name, err)
+
+
+def test_diffusers_layout_and_merged_prefix_load_the_same(tmp_path, test_tool):
+    seed = int(torch.randint(0, 10**6, ()).item())
+    cfg = tm.TINY_FLUX
+    sd = tiny_weights(cfg, seed)
+    inputs = make_inputs(cfg, seed + 3, batch=1, h=2, w=4, lt=5)
+    inputs_path = tmp_path / "inputs.safetensors"
+    save_file(inputs, str(inputs_path))
+    bfl = tmp_path / "bfl.safetensors"
+    save_file(sd, str(bfl))
+    # diffusers folder: sharded, with an index, under transformer/
+    folder = tmp_path / "repo" / "transformer"
+    folder.mkdir(parents=True)
+    dsd = fr.bfl_to_diffusers(sd, cfg)
+    keys = sorted(dsd)
+    shards = {"diffusion_pytorch_model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+              "diffusion_pytorch_model-00002-of-00002.safetensors": keys[len(keys) // 2:]}
+    weight_map = {}
+    for shard, names in shards.items():
+        save_file({k: dsd[k] for k in names}, str(folder / shard))
+        weight_map.update({k: shard for k in names})
+    (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    merged = tmp_path / "merged.safetensors"
+    save_file({"model.diffusion_model." + k: v for k, v in sd.items()} | {"vae.decoder.conv_out.bias": torch.zeros(3)},
+              str(merged))
+
+    outs = {}
+    for name, path in (("bfl", bfl), ("diffusers", tmp_path / "repo"), ("merged", merged)):
+        out = tmp_path / f"out_{name}.safetensors"
+        info = json.loads(run([test_tool, "flux-forward", path, inputs_path, out]).stdout)
+        outs[name] = load_file(str(out))["out"]
+        assert info["layout"] == ("diffusers" if name == "diffusers" else "bfl")
+    assert torch.equal(outs["bfl"], outs["diffusers"])
+    assert torch.equal(outs["bfl"], outs["merged"])
+
+
+def test_key_map_matches_diffusers_own_conversion():
+    """Our BFL->diffusers map equals diffusers' single-file conversion on a model of the real width
+    (hidden 3072, 24 heads; one double and one single block, bf16, ~0.7 GB), value for value."""
+    from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
+
+    cfg = replace(tm.FLUX_DEV, depth=1, depth_single_blocks=1)
+    g = torch.Generator().manual_seed(0)
+    sd = {k: torch.randn(s, generator=g, dtype=torch.float32).to(torch.bfloat16) if math.prod(s) < 2**22
+          else torch.empty(s, dtype=torch.bfloat16).normal_(generator=g)
+          for k, s in tm.flux_shapes(cfg).items()}
+    ours = fr.bfl_to_diffusers(sd, cfg)
+    theirs = convert_flux_transformer_checkpoint_to_diffusers(dict(sd))
+    assert set(ours) == set(theirs)
+    for k in ours:
+        assert torch.equal(ours[k], theirs[k]), k
+
+
+def test_full_size_layout_on_meta_device(test_tool):
+    for variant, cfg, tensors, params in (("dev", tm.FLUX_DEV, 780, 11_901_408_320),
+                                          ("schnell", tm.FLUX_SCHNELL, 776, 11_891_178_560)):
+        ours = json.loads(run([test_tool, "flux-keys", variant]).stdout)
+        expected = {k: list(v) for k, v in tm.flux_shapes(cfg).items()}
+        assert ours == expected
+        assert len(ours) == tensors and sum(math.prod(s) for s in ours.values()) == params

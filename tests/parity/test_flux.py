@@ -166,3 +166,53 @@ def test_full_size_layout_on_meta_device(test_tool):
         expected = {k: list(v) for k, v in tm.flux_shapes(cfg).items()}
         assert ours == expected
         assert len(ours) == tensors and sum(math.prod(s) for s in ours.values()) == params
+
+
+FP8_MAX = 448.0
+
+
+def block_matrices(sd):
+    return [k for k, v in sd.items() if v.dim() == 2 and k.startswith(("double_blocks.", "single_blocks."))]
+
+
+@pytest.mark.parametrize("stored", ["fp8 file", "quantised on load"])
+def test_fp8_base_matches_reference_on_rounded_weights(tmp_path, test_tool, stored):
+    """Block weights in float8_e4m3fn storage, upcast per layer, fp32 compute: equal to the reference
+    run on the same fp8-rounded weights (≤ 1e-5)."""
+    seed = int(torch.randint(0, 10**6, ()).item())
+    cfg = tm.TINY_FLUX
+    sd = tiny_weights(cfg, seed)
+    rounded = dict(sd)
+    for k in block_matrices(sd):
+        assert sd[k].abs().max() < FP8_MAX
+        rounded[k] = sd[k].to(torch.float8_e4m3fn).to(torch.float32)
+    path = tmp_path / "model.safetensors"
+    if stored == "fp8 file":
+        save_file({k: (v.to(torch.float8_e4m3fn) if k in block_matrices(sd) else v) for k, v in sd.items()}, str(path))
+    else:
+        save_file(sd, str(path))
+    inputs = make_inputs(cfg, seed + 11)
+    inputs_path = tmp_path / "inputs.safetensors"
+    save_file(inputs, str(inputs_path))
+    with torch.no_grad():
+        ref = fr.diffusers_forward(fr.diffusers_model(cfg, rounded), inputs)
+    out = tmp_path / "out.safetensors"
+    run([test_tool, "flux-forward", path, inputs_path, out, "--fp8", "1"])
+    err = rel_err(load_file(str(out))["out"], ref)
+    print(f"\nflux fp8 base ({stored}) rel err {err:.2e}")
+    assert err <= 1e-5
+
+
+def test_loading_streams_from_the_memory_map(tmp_path, test_tool):
+    """Loading a ~2 GB bf16 checkpoint raises peak RSS by at most 1.15 x the model's own size above
+    what the process held before loading (libtorch itself accounts for a few hundred MB before that)."""
+    cfg = replace(tm.TINY_FLUX, hidden_size=1536, num_heads=12, axes_dim=(16, 56, 56), context_in_dim=4096,
+                  vec_in_dim=768, depth=8, depth_single_blocks=10)
+    path = tmp_path / "big.safetensors"
+    save_file({k: torch.zeros(s, dtype=torch.bfloat16) for k, s in tm.flux_shapes(cfg).items()}, str(path))
+    report = json.loads(run([test_tool, "flux-load-rss", path]).stdout)
+    growth = report["peak"] - report["rss_before"]
+    ratio = growth / report["model_bytes"]
+    print(f"\nloading a {report['model_bytes'] / 1e9:.2f} GB model: RSS before {report['rss_before'] / 1e6:.0f} MB, "
+          f"peak {report['peak'] / 1e6:.0f} MB, growth {growth / 1e6:.0f} MB = {ratio:.3f} x the model")
+    assert ratio <= 1.15

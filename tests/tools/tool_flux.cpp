@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <torch/nn/module.h>
 
+#include <fstream>
 #include <iostream>
 
 #include "models/convert.h"
@@ -80,6 +81,37 @@ int flux_keys(const Args& args) {
 const ToolCommand kForward("flux-forward", "MODEL INPUTS OUT [--dtype fp32|bf16] [--fp8 1]", flux_forward);
 const ToolCommand kGrad("flux-grad", "MODEL INPUTS OUT", flux_grad);
 const ToolCommand kKeys("flux-keys", "dev|schnell", flux_keys);
+
+}  // namespace
+}  // namespace fluxtrain::tool
+
+namespace fluxtrain::tool {
+namespace {
+
+// Resident set size figures of this process, from /proc/self/status (kB -> bytes).
+int64_t proc_status_bytes(const std::string& field) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(field + ":", 0) == 0) return std::stoll(line.substr(field.size() + 1)) * 1024;
+  }
+  return -1;
+}
+
+// flux-load-rss MODEL [--dtype bf16]: loads the model and reports RSS before, peak, and the model's size.
+int flux_load_rss(const Args& args) {
+  models::ModelOptions options;
+  options.dtype = parse_dtype(option(args, "--dtype", "bf16"));
+  int64_t before = proc_status_bytes("VmRSS");
+  auto loaded = models::load_flux(args.at(0), options);
+  int64_t peak = proc_status_bytes("VmHWM");
+  int64_t model_bytes = 0;
+  for (const auto& p : loaded.model->parameters()) model_bytes += p.nbytes();
+  std::cout << nlohmann::json{{"rss_before", before}, {"peak", peak}, {"model_bytes", model_bytes}}.dump() << "\n";
+  return 0;
+}
+
+const ToolCommand kLoadRss("flux-load-rss", "MODEL [--dtype bf16]", flux_load_rss);
 
 }  // namespace
 }  // namespace fluxtrain::tool

@@ -216,3 +216,35 @@ def test_loading_streams_from_the_memory_map(tmp_path, test_tool):
     print(f"\nloading a {report['model_bytes'] / 1e9:.2f} GB model: RSS before {report['rss_before'] / 1e6:.0f} MB, "
           f"peak {report['peak'] / 1e6:.0f} MB, growth {growth / 1e6:.0f} MB = {ratio:.3f} x the model")
     assert ratio <= 1.15
+
+
+def test_text_mask_masks_padded_text_keys(tmp_path, test_tool):
+    """With a T5 mask, padded text tokens are invisible to every attention (kohya's apply_t5_attn_mask):
+    equal to diffusers given the same boolean key mask, and changing padded text changes nothing."""
+    seed = int(torch.randint(0, 10**6, ()).item())
+    cfg = tm.TINY_FLUX
+    sd = tiny_weights(cfg, seed)
+    path = tmp_path / "model.safetensors"
+    save_file(sd, str(path))
+    inputs = make_inputs(cfg, seed + 5)
+    mask = torch.ones(2, 7)
+    mask[0, 4:] = 0
+    mask[1, 6:] = 0
+    inputs["txt_mask"] = mask
+    inputs_path = tmp_path / "inputs.safetensors"
+    save_file(inputs, str(inputs_path))
+    out = tmp_path / "out.safetensors"
+    run([test_tool, "flux-forward", path, inputs_path, out])
+    ours = load_file(str(out))["out"]
+
+    keys = torch.cat([mask.bool(), torch.ones(2, inputs["img"].shape[1], dtype=torch.bool)], 1)[:, None, None, :]
+    with torch.no_grad():
+        ref = fr.diffusers_forward(fr.diffusers_model(cfg, sd), inputs, joint_attention_kwargs={"attention_mask": keys})
+    assert rel_err(ours, ref) <= 1e-5
+
+    changed = dict(inputs)
+    changed["txt"] = inputs["txt"].clone()
+    changed["txt"][0, 4:] = torch.randn(3, cfg.context_in_dim)
+    save_file(changed, str(inputs_path))
+    run([test_tool, "flux-forward", path, inputs_path, out])
+    assert rel_err(load_file(str(out))["out"], ours) <= 1e-6

@@ -1,0 +1,258 @@
+#include "lora/network.h"
+
+#include <ATen/ATen.h>
+#include <torch/nn/module.h>
+
+#include <set>
+
+#include "core/error.h"
+#include "core/log.h"
+#include "core/safetensors.h"
+#include "models/flux/flux.h"
+
+namespace fluxtrain::lora {
+namespace {
+
+std::string kohya_name(const std::string& path) {
+  std::string name = "lora_unet_" + path;
+  for (char& c : name) {
+    if (c == '.') c = '_';
+  }
+  return name;
+}
+
+// The per-layer-type key of a block Linear ("double_blocks.3.img_attn.qkv" -> "img_attn").
+std::string layer_type(const std::string& path) {
+  if (path.rfind("single_blocks.", 0) == 0) {
+    return path.find(".modulation.") != std::string::npos ? "single_mod" : "single";
+  }
+  size_t first = path.find('.', std::string("double_blocks.").size());
+  std::string rest = path.substr(first + 1);  // img_attn.qkv
+  return rest.substr(0, rest.find('.'));
+}
+
+const std::vector<std::string> kTypeNames = {"img_attn", "img_mlp", "img_mod", "txt_attn",
+                                             "txt_mlp", "txt_mod", "single", "single_mod"};
+
+}  // namespace
+
+std::vector<bool> parse_block_selection(const std::string& text, int64_t count, const std::string& option) {
+  std::vector<bool> selected(static_cast<size_t>(count), false);
+  if (text == "all") return std::vector<bool>(static_cast<size_t>(count), true);
+  if (text.empty() || text == "none") return selected;
+  size_t start = 0;
+  while (start <= text.size()) {
+    size_t end = text.find(',', start);
+    std::string item = text.substr(start, end == std::string::npos ? std::string::npos : end - start);
+    while (!item.empty() && item.front() == ' ') item.erase(item.begin());
+    while (!item.empty() && item.back() == ' ') item.pop_back();
+    int64_t lo = -1, hi = -1;
+    try {
+      size_t dash = item.find('-');
+      size_t used = 0;
+      lo = std::stoll(item.substr(0, dash), &used);
+      hi = dash == std::string::npos ? lo : std::stoll(item.substr(dash + 1));
+    } catch (const std::exception&) {
+      fail(option, ": '", item, "' is not a block index or range; expected e.g. \"all\", \"none\", \"0,2,5-9\"");
+    }
+    if (lo < 0 || hi < lo || hi >= count) {
+      fail(option, ": '", item, "' is outside the model's blocks 0-", count - 1);
+    }
+    for (int64_t i = lo; i <= hi; ++i) selected[static_cast<size_t>(i)] = true;
+    if (end == std::string::npos) break;
+    start = end + 1;
+  }
+  return selected;
+}
+
+LoraNetwork::LoraNetwork(models::FluxTransformerImpl& model, const LoraOptions& options, uint64_t seed)
+    : options_(options) {
+  if (options.rank <= 0) fail("network_dim must be a positive rank, got ", options.rank);
+  for (const auto& [key, value] : options.type_dims) {
+    if (std::find(kTypeNames.begin(), kTypeNames.end(), key) == kTypeNames.end()) {
+      std::string hint = closest_match(key, kTypeNames);
+      fail("network_args: unknown layer type '", key, "_dim'", hint.empty() ? "" : "; did you mean '" + hint + "_dim'?");
+    }
+    if (value < 0) fail("network_args: ", key, "_dim must be >= 0, got ", value);
+  }
+  const auto& c = model.config;
+  bool doubles = options.train_blocks == "all" || options.train_blocks == "double";
+  bool singles = options.train_blocks == "all" || options.train_blocks == "single";
+  if (!doubles && !singles) {
+    fail("train_blocks: '", options.train_blocks, "' is not one of all, single, double");
+  }
+  auto double_sel = parse_block_selection(options.train_double_block_indices, c.depth, "train_double_block_indices");
+  auto single_sel =
+      parse_block_selection(options.train_single_block_indices, c.depth_single_blocks, "train_single_block_indices");
+
+  at::Generator generator = at::detail::createCPUGenerator(seed);
+  for (const auto& item : model.named_modules("", /*include_self=*/false)) {
+    auto linear = std::dynamic_pointer_cast<models::LinearImpl>(item.value());
+    if (!linear) continue;
+    const std::string& path = item.key();
+    bool is_double = path.rfind("double_blocks.", 0) == 0, is_single = path.rfind("single_blocks.", 0) == 0;
+    if (!(is_double && doubles) && !(is_single && singles)) continue;
+    size_t index_start = path.find('.') + 1;
+    size_t index = std::stoul(path.substr(index_start, path.find('.', index_start) - index_start));
+    if ((is_double && !double_sel[index]) || (is_single && !single_sel[index])) continue;
+    int64_t rank = options.rank;
+    auto dim = options.type_dims.find(layer_type(path));
+    if (dim != options.type_dims.end()) rank = dim->second;
+    if (rank == 0) continue;
+
+    std::vector<int64_t> split = {linear->out_features};
+    if (options.split_qkv && is_double && path.ends_with(".qkv")) {
+      split = {c.hidden_size, c.hidden_size, c.hidden_size};
+    } else if (options.split_qkv && is_single && path.ends_with(".linear1")) {
+      split = {c.hidden_size, c.hidden_size, c.hidden_size, c.mlp_hidden};
+    }
+    double alpha = options.alpha == 0 ? static_cast<double>(rank) : options.alpha;
+    auto module = std::make_shared<LoraModule>(kohya_name(path), linear->in_features, split, rank, alpha,
+                                               linear->weight.device(), generator);
+    module->set_dropout(options.dropout, generator);
+    linear->adapter = module;
+    modules_.push_back(module);
+    targets_.push_back(linear);
+  }
+  if (modules_.empty()) fail("the LoRA network has no modules: train_blocks / block indices / per-layer ranks select nothing");
+}
+
+LoraNetwork::~LoraNetwork() {
+  for (auto& target : targets_) target->adapter.reset();
+}
+
+std::vector<at::Tensor> LoraNetwork::parameters() const {
+  std::vector<at::Tensor> out;
+  for (const auto& m : modules_) {
+    for (const auto& part : m->parts()) {
+      out.push_back(part.down);
+      out.push_back(part.up);
+    }
+  }
+  return out;
+}
+
+int64_t LoraNetwork::parameter_count() const {
+  int64_t n = 0;
+  for (const auto& p : parameters()) n += p.numel();
+  return n;
+}
+
+void LoraNetwork::set_training(bool training) {
+  for (auto& m : modules_) m->set_training(training);
+}
+
+void LoraNetwork::set_multiplier(double multiplier) {
+  for (auto& m : modules_) m->set_multiplier(multiplier);
+}
+
+std::vector<std::pair<std::string, at::Tensor>> LoraNetwork::kohya_state() const {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  at::NoGradGuard no_grad;
+  for (const auto& m : modules_) {
+    const auto& parts = m->parts();
+    const int64_t k = static_cast<int64_t>(parts.size());
+    at::Tensor down, up;
+    if (k == 1) {
+      down = parts[0].down.detach().to(at::kCPU).clone();
+      up = parts[0].up.detach().to(at::kCPU).clone();
+    } else {
+      std::vector<at::Tensor> downs;
+      int64_t rows = 0;
+      for (const auto& p : parts) {
+        downs.push_back(p.down.detach().to(at::kCPU));
+        rows += p.up.size(0);
+      }
+      down = at::cat(downs, 0);
+      up = at::zeros({rows, k * m->rank()}, at::kFloat);
+      int64_t row = 0;
+      for (int64_t j = 0; j < k; ++j) {
+        const at::Tensor& u = parts[static_cast<size_t>(j)].up;
+        up.narrow(0, row, u.size(0)).narrow(1, j * m->rank(), m->rank()).copy_(u.detach());
+        row += u.size(0);
+      }
+    }
+    out.emplace_back(m->name() + ".alpha", at::scalar_tensor(m->alpha() * static_cast<double>(k), at::kFloat));
+    out.emplace_back(m->name() + ".lora_down.weight", down.contiguous());
+    out.emplace_back(m->name() + ".lora_up.weight", up.contiguous());
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  return out;
+}
+
+void LoraNetwork::load_kohya(const std::map<std::string, at::Tensor>& tensors, const std::string& file) {
+  at::NoGradGuard no_grad;
+  std::set<std::string> used;
+  std::vector<std::string> problems;
+  for (auto& m : modules_) {
+    auto& parts = m->parts();
+    const int64_t k = static_cast<int64_t>(parts.size()), r = m->rank();
+    auto get = [&](const std::string& suffix) -> const at::Tensor* {
+      auto it = tensors.find(m->name() + suffix);
+      if (it == tensors.end()) return nullptr;
+      used.insert(it->first);
+      return &it->second;
+    };
+    const at::Tensor* down = get(".lora_down.weight");
+    const at::Tensor* up = get(".lora_up.weight");
+    const at::Tensor* alpha = get(".alpha");
+    if (down == nullptr || up == nullptr) {
+      problems.push_back(cat(m->name(), ": missing from the file"));
+      continue;
+    }
+    int64_t rows = 0;
+    for (const auto& p : parts) rows += p.up.size(0);
+    if (down->dim() != 2 || down->size(0) != k * r || down->size(1) != parts[0].down.size(1) || up->dim() != 2 ||
+        up->size(0) != rows || up->size(1) != k * r) {
+      problems.push_back(cat(m->name(), ": down ", down->sizes(), " / up ", up->sizes(), ", expected down [", k * r, ", ",
+                             parts[0].down.size(1), "] / up [", rows, ", ", k * r, "] (rank ", r,
+                             k > 1 ? ", split_qkv" : "", ")"));
+      continue;
+    }
+    int64_t row = 0;
+    bool block_diagonal_reported = false;
+    for (int64_t j = 0; j < k; ++j) {
+      auto& part = parts[static_cast<size_t>(j)];
+      part.down.copy_(down->narrow(0, j * r, r));
+      at::Tensor block = up->narrow(0, row, part.up.size(0));
+      part.up.copy_(block.narrow(1, j * r, r));
+      // A fused up must be block-diagonal to be split exactly.
+      at::Tensor off_diagonal = block.clone();
+      off_diagonal.narrow(1, j * r, r).zero_();
+      if (k > 1 && !block_diagonal_reported && off_diagonal.count_nonzero().item<int64_t>() != 0) {
+        problems.push_back(cat(m->name(), ": the fused up weight is not block-diagonal, so it cannot be split into q/k/v; "
+                               "load it without split_qkv"));
+        block_diagonal_reported = true;
+      }
+      row += part.up.size(0);
+    }
+    if (alpha != nullptr) {
+      double file_alpha = alpha->item<double>() / static_cast<double>(k);
+      if (std::abs(file_alpha - m->alpha()) > 1e-6 * std::max(1.0, std::abs(m->alpha()))) {
+        log::warn(file, ": ", m->name(), " has alpha ", file_alpha, " (per part), the network was set up with ", m->alpha(),
+                  "; the file's value is kept");
+      }
+      m->set_alpha(file_alpha);
+    }
+  }
+  std::vector<std::string> extra;
+  for (const auto& [name, t] : tensors) {
+    if (!used.count(name)) extra.push_back(name);
+  }
+  if (!extra.empty()) problems.push_back(cat(extra.size(), " tensors of the file belong to no module of this network, e.g. ", extra.front()));
+  if (!problems.empty()) {
+    std::string message = cat(file, ": does not fit the LoRA network (", problems.size(), " problems):");
+    for (size_t i = 0; i < problems.size() && i < 10; ++i) message += "\n  " + problems[i];
+    message += "\n fix: use the network_dim / network_alpha / split_qkv / train_blocks the file was trained with";
+    throw Error(message);
+  }
+}
+
+std::map<std::string, at::Tensor> read_lora_file(const std::string& path) {
+  safetensors::Reader reader(path);
+  std::map<std::string, at::Tensor> out;
+  for (const auto& info : reader.header().tensors) out[info.name] = reader.tensor(info).to(at::kFloat).clone();
+  return out;
+}
+
+}  // namespace fluxtrain::lora

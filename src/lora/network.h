@@ -1,0 +1,77 @@
+// The LoRA network on a Flux transformer: which Linear layers get adapters, with what rank, and the
+// kohya-format state (spec/training.md "LoRA network and file format").
+//
+// Targets are every Linear inside the double and single blocks (10 per double block, 3 per single
+// block: 304 for Flux.1). Module names are `lora_unet_` + the module path with '.' -> '_'.
+//
+// split_qkv and the file format: a split module trains separate down/up pairs for q, k, v (and the MLP
+// input of single blocks' linear1). Files hold them fused as kohya does — down concatenated [k*r, in],
+// up block-diagonal [out, k*r] — so every loader sees one ordinary LoRA module. Loaders scale by
+// alpha / down.shape[0] = alpha / (k*r); kohya keeps alpha unchanged and its split LoRAs come out k
+// times too weak (sd-scripts issue #2204). We store alpha * k, so loaders apply exactly the trained
+// strength, and loading divides it back.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "lora/lora_module.h"
+
+namespace fluxtrain::models {
+class FluxTransformerImpl;
+}
+
+namespace fluxtrain::lora {
+
+struct LoraOptions {
+  int64_t rank = 4;     // kohya network_dim
+  double alpha = 1.0;   // kohya network_alpha (0 -> rank)
+  std::string train_blocks = "all";               // all | single | double
+  std::string train_double_block_indices = "all";  // "all", "none", or "0,2,5-9"
+  std::string train_single_block_indices = "all";
+  // Per-layer-type ranks (kohya's img_attn_dim ... single_mod_dim): -1 = rank, 0 = no adapter there.
+  std::map<std::string, int64_t> type_dims;  // keys: img_attn img_mlp img_mod txt_attn txt_mlp txt_mod single single_mod
+  bool split_qkv = false;
+  DropoutOptions dropout;
+};
+
+// "all" / "none" / "" / comma-separated indices and ranges ("0,2,5-9") -> one flag per block. Errors
+// name `option` and the bad item.
+std::vector<bool> parse_block_selection(const std::string& text, int64_t count, const std::string& option);
+
+class LoraNetwork {
+ public:
+  // Creates the adapters (fp32, on the model's device) and attaches them to the model's Linear layers.
+  LoraNetwork(models::FluxTransformerImpl& model, const LoraOptions& options, uint64_t seed);
+  // Detaches the adapters from the model.
+  ~LoraNetwork();
+  LoraNetwork(const LoraNetwork&) = delete;
+  LoraNetwork& operator=(const LoraNetwork&) = delete;
+
+  const std::vector<std::shared_ptr<LoraModule>>& modules() const { return modules_; }
+  std::vector<at::Tensor> parameters() const;
+  int64_t parameter_count() const;
+  void set_training(bool training);
+  void set_multiplier(double multiplier);
+  const LoraOptions& options() const { return options_; }
+
+  // kohya-format tensors (fused split parts, alpha as described above), CPU fp32, sorted by name.
+  std::vector<std::pair<std::string, at::Tensor>> kohya_state() const;
+  // Loads kohya-format tensors into this network. Every module of the network must be present with
+  // the right shapes, and every tensor of the file must belong to a module (Error listing what differs).
+  void load_kohya(const std::map<std::string, at::Tensor>& tensors, const std::string& file);
+
+ private:
+  LoraOptions options_;
+  std::vector<std::shared_ptr<LoraModule>> modules_;
+  std::vector<std::shared_ptr<models::LinearImpl>> targets_;
+};
+
+// Reads a kohya-format LoRA file into memory (for load_kohya).
+std::map<std::string, at::Tensor> read_lora_file(const std::string& path);
+
+}  // namespace fluxtrain::lora

@@ -1,0 +1,84 @@
+// LoRA commands of fluxtrain_test_tool.
+//   lora-make MODEL OUT [network flags] [--seed N] [--random-up 1] [--forward INPUTS OUT2]
+//                                          create a network, save kohya format (and run a forward with it)
+//   lora-forward MODEL LORA INPUTS OUT [network flags]               model + LoRA forward
+// network flags: --rank R --alpha A --split-qkv 0|1 --train-blocks all|single|double
+//                --double-indices S --single-indices S
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <iostream>
+
+#include "core/safetensors.h"
+#include "lora/network.h"
+#include "models/convert.h"
+#include "tool.h"
+
+namespace fluxtrain::tool {
+namespace {
+
+lora::LoraOptions network_options(const Args& args) {
+  lora::LoraOptions o;
+  o.rank = std::stoll(option(args, "--rank", "4"));
+  o.alpha = std::stod(option(args, "--alpha", "1"));
+  o.split_qkv = option(args, "--split-qkv", "0") == "1";
+  o.train_blocks = option(args, "--train-blocks", "all");
+  o.train_double_block_indices = option(args, "--double-indices", "all");
+  o.train_single_block_indices = option(args, "--single-indices", "all");
+  return o;
+}
+
+at::Tensor forward_with(models::FluxTransformerImpl& model, const std::string& inputs_path);
+
+int lora_make(const Args& args) {
+  auto loaded = models::load_flux(args.at(0), {});
+  lora::LoraNetwork network(*loaded.model, network_options(args), std::stoull(option(args, "--seed", "0")));
+  if (option(args, "--random-up", "0") == "1") {
+    at::NoGradGuard no_grad;
+    auto g = at::detail::createCPUGenerator(std::stoull(option(args, "--seed", "0")) + 1);
+    for (auto& m : network.modules()) {
+      for (auto& part : m->parts()) part.up.copy_(at::randn(part.up.sizes(), g, at::kFloat) * 0.05);
+    }
+  }
+  safetensors::write(args.at(1), network.kohya_state(), {{"ss_network_module", "networks.lora_flux"}});
+  std::string inputs = option(args, "--forward", "");
+  if (!inputs.empty()) {
+    // Through the file just written, as a user would load it.
+    lora::LoraNetwork reloaded_check(*loaded.model, network_options(args), 99);
+    reloaded_check.load_kohya(lora::read_lora_file(args.at(1)), args.at(1));
+    auto at_flag = std::find(args.begin(), args.end(), "--forward");
+    save_tensors(*(at_flag + 2), {{"out", forward_with(*loaded.model, inputs)}});
+  }
+  std::cout << nlohmann::json{{"modules", network.modules().size()}, {"parameters", network.parameter_count()}}.dump()
+            << "\n";
+  return 0;
+}
+
+int lora_forward(const Args& args) {
+  auto loaded = models::load_flux(args.at(0), {});
+  lora::LoraNetwork network(*loaded.model, network_options(args), 0);
+  network.load_kohya(lora::read_lora_file(args.at(1)), args.at(1));
+  save_tensors(args.at(3), {{"out", forward_with(*loaded.model, args.at(2))}});
+  return 0;
+}
+
+at::Tensor forward_with(models::FluxTransformerImpl& model, const std::string& inputs_path) {
+  auto t = load_tensors(inputs_path);
+  models::FluxInputs in;
+  in.img = t.at("img");
+  in.img_ids = t.at("img_ids");
+  in.txt = t.at("txt");
+  in.txt_ids = t.at("txt_ids");
+  in.timesteps = t.at("timesteps");
+  in.y = t.at("y");
+  if (t.count("guidance")) in.guidance = t.at("guidance");
+  at::NoGradGuard no_grad;
+  return model.forward(in);
+}
+
+const ToolCommand kMake("lora-make", "MODEL OUT [network flags] [--seed N] [--random-up 1]", lora_make);
+const ToolCommand kForward("lora-forward", "MODEL LORA INPUTS OUT [network flags]", lora_forward);
+
+}  // namespace
+}  // namespace fluxtrain::tool

@@ -159,6 +159,13 @@ T5Tokenizer::T5Tokenizer(const fs::path& spiece_model) : path_(spiece_model) {
     }
   }
   if (pieces_.empty()) model.corrupt("no pieces");
+  // Pieces come first in the file, so a file cut short at a piece boundary parses; what follows them
+  // (trainer and normaliser specs) is then missing.
+  if (charsmap.empty()) model.corrupt("no precompiled_charsmap normaliser after the pieces: truncated file?");
+  if (pieces_.size() + kExtraIds > size_t(kEncoderVocabSize)) {
+    fail("T5 SentencePiece model ", path_.string(), " has ", pieces_.size(), " pieces; with the ", kExtraIds,
+         " sentinels they exceed the ", kEncoderVocabSize, " embedding rows of Flux's T5 encoder: not T5 v1.1's model");
+  }
   if (unknown_id_ < 0 || size_t(unknown_id_) >= pieces_.size())
     model.corrupt(cat("unk_id ", unknown_id_, " out of range"));
 

@@ -36,7 +36,8 @@ class T5Tokenizer {
  public:
   static constexpr int32_t kPad = 0;
   static constexpr int32_t kEndOfSequence = 1;
-  static constexpr int kExtraIds = 100;  // sentinels <extra_id_99>..<extra_id_0> after the pieces
+  static constexpr int kExtraIds = 100;            // sentinels <extra_id_99>..<extra_id_0> after the pieces
+  static constexpr int kEncoderVocabSize = 32128;  // embedding rows of T5-XXL (ids from 32100 are unused)
   static constexpr int kFluxDevMaxLength = 512;
   static constexpr int kFluxSchnellMaxLength = 256;
 

@@ -63,18 +63,59 @@ void append_utf8(std::string& out, char32_t c) {
   }
 }
 
-std::string nfc(std::string_view text) {
+namespace {
+
+const icu::Normalizer2& nfc_normalizer() {
   UErrorCode status = U_ZERO_ERROR;
   const icu::Normalizer2* normalizer = icu::Normalizer2::getNFCInstance(status);
   if (U_FAILURE(status))
     fail("ICU has no NFC normaliser (", u_errorName(status), "): is the ICU data library installed?");
+  return *normalizer;
+}
+
+std::string icu_nfc(std::string_view text) {
+  const icu::Normalizer2& normalizer = nfc_normalizer();
+  UErrorCode status = U_ZERO_ERROR;
   icu::UnicodeString source = icu::UnicodeString::fromUTF8(icu::StringPiece(text.data(), int32_t(text.size())));
-  if (normalizer->isNormalized(source, status) && U_SUCCESS(status)) return std::string(text);
+  if (normalizer.isNormalized(source, status) && U_SUCCESS(status)) return std::string(text);
   status = U_ZERO_ERROR;
-  icu::UnicodeString normalized = normalizer->normalize(source, status);
+  icu::UnicodeString normalized = normalizer.normalize(source, status);
   if (U_FAILURE(status)) fail("ICU NFC normalisation failed: ", u_errorName(status));
   std::string out;
   normalized.toUTF8String(out);
+  return out;
+}
+
+// Whether the reference's NFC (Rust crate unicode-normalization-alignments, Unicode 9.0 data) sees `c`
+// as an unknown code point while ICU normalises it: a code point newer than Unicode 9.0 with a
+// combining class or a canonical decomposition (e.g. U+1DF6, U+0899, U+1ACA).
+bool unknown_to_reference_nfc(char32_t c) {
+  if (c < 0x7FD) return false;  // the first such code point
+  UVersionInfo age;
+  u_charAge(UChar32(c), age);
+  if (age[0] < 9 || (age[0] == 9 && age[1] == 0 && age[2] == 0 && age[3] == 0)) return false;
+  icu::UnicodeString decomposition;
+  return u_getCombiningClass(UChar32(c)) != 0 || nfc_normalizer().getRawDecomposition(UChar32(c), decomposition);
+}
+
+}  // namespace
+
+std::string nfc(std::string_view text) {
+  // The reference treats code points it does not know as starters that never combine, so the text is
+  // normalised in pieces between them and they are kept as they are.
+  std::string out;
+  size_t piece_start = 0;
+  for (size_t pos = 0; pos < text.size();) {
+    size_t start = pos;
+    char32_t c = next_code_point(text, pos);
+    if (unknown_to_reference_nfc(c)) {
+      out += icu_nfc(text.substr(piece_start, start - piece_start));
+      out.append(text.substr(start, pos - start));
+      piece_start = pos;
+    }
+  }
+  if (piece_start == 0) return icu_nfc(text);
+  out += icu_nfc(text.substr(piece_start));
   return out;
 }
 

@@ -20,6 +20,7 @@ apt_packages=(
   build-essential cmake ninja-build ccache pkg-config python3-venv
   nlohmann-json3-dev   # safetensors headers, JSON configs
   libcli11-dev         # command-line parsing (declarative options)
+  libicu-dev           # tokenizers: NFC, case mapping, Unicode categories, grapheme clusters
   libgtest-dev         # unit tests
   clang libclang-rt-14-dev  # sanitizer + libFuzzer build of the safetensors parser tests
 )

@@ -28,6 +28,11 @@ def test_tool() -> str:
 
 
 @pytest.fixture(scope="session")
+def tokenize_tool() -> str:
+    return _program("FLUXTRAIN_TOKENIZE_TOOL", "tests/tokenize_tool")
+
+
+@pytest.fixture(scope="session")
 def peak_rss_tool() -> str:
     return _program("FLUXTRAIN_PEAK_RSS", "tests/peak_rss")
 

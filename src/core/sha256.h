@@ -1,0 +1,32 @@
+// SHA-256 (FIPS 180-4), for checksums of shipped data and content-addressed caches.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <string_view>
+
+namespace fluxtrain {
+
+class Sha256 {
+ public:
+  Sha256();
+  void update(const void* data, size_t size);
+  void update(std::string_view data) { update(data.data(), data.size()); }
+  std::array<uint8_t, 32> digest();  // finishes; the object is then spent
+  std::string hex_digest();
+
+ private:
+  void compress(const uint8_t* block);
+  std::array<uint32_t, 8> state_;
+  std::array<uint8_t, 64> buffer_{};
+  size_t buffered_ = 0;
+  uint64_t total_bytes_ = 0;
+};
+
+std::string sha256_hex(std::string_view data);
+// Streams the file; throws Error naming it when it cannot be read.
+std::string sha256_file_hex(const std::filesystem::path& path);
+
+}  // namespace fluxtrain

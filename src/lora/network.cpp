@@ -86,6 +86,7 @@ LoraNetwork::LoraNetwork(models::FluxTransformerImpl& model, const LoraOptions& 
       parse_block_selection(options.train_single_block_indices, c.depth_single_blocks, "train_single_block_indices");
 
   at::Generator generator = at::detail::createCPUGenerator(seed);
+  dropout_generator_ = at::detail::createCPUGenerator(seed + 1);
   for (const auto& item : model.named_modules("", /*include_self=*/false)) {
     auto linear = std::dynamic_pointer_cast<models::LinearImpl>(item.value());
     if (!linear) continue;
@@ -109,7 +110,7 @@ LoraNetwork::LoraNetwork(models::FluxTransformerImpl& model, const LoraOptions& 
     double alpha = options.alpha == 0 ? static_cast<double>(rank) : options.alpha;
     auto module = std::make_shared<LoraModule>(kohya_name(path), linear->in_features, split, rank, alpha,
                                                linear->weight.device(), generator);
-    module->set_dropout(options.dropout, generator);
+    module->set_dropout(options.dropout, dropout_generator_);
     linear->adapter = module;
     modules_.push_back(module);
     targets_.push_back(linear);

@@ -46,6 +46,7 @@ std::vector<bool> parse_block_selection(const std::string& text, int64_t count, 
 class LoraNetwork {
  public:
   // Creates the adapters (fp32, on the model's device) and attaches them to the model's Linear layers.
+  // `seed` seeds the initialisation; the dropout generator is seeded with seed + 1.
   LoraNetwork(models::FluxTransformerImpl& model, const LoraOptions& options, uint64_t seed);
   // Detaches the adapters from the model.
   ~LoraNetwork();
@@ -58,6 +59,9 @@ class LoraNetwork {
   void set_training(bool training);
   void set_multiplier(double multiplier);
   const LoraOptions& options() const { return options_; }
+  // The generator of the dropouts (shared by all modules): its state is part of a training state, and
+  // gradient checkpointing replays it.
+  at::Generator dropout_generator() const { return dropout_generator_; }
 
   // kohya-format tensors (fused split parts, alpha as described above), CPU fp32, sorted by name.
   std::vector<std::pair<std::string, at::Tensor>> kohya_state() const;
@@ -67,6 +71,7 @@ class LoraNetwork {
 
  private:
   LoraOptions options_;
+  at::Generator dropout_generator_;
   std::vector<std::shared_ptr<LoraModule>> modules_;
   std::vector<std::shared_ptr<models::LinearImpl>> targets_;
 };

@@ -1,0 +1,127 @@
+#include "train/checkpointing.h"
+
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+namespace fluxtrain::train {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+struct Recompute : torch::CustomClassHolder {
+  BlockFn fn;
+  CheckpointOptions options;
+  std::vector<at::Tensor> generator_states;  // as they were when the block first ran
+  std::vector<bool> requires_grad;
+  std::vector<at::Device> devices{};
+};
+
+class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> {
+ public:
+  // `inputs` must arrive as a TensorList: autograd tracks tensors and tensor lists among apply()'s
+  // arguments, but a std::vector<Tensor> would be taken for an opaque value.
+  static variable_list forward(AutogradContext* ctx, c10::intrusive_ptr<Recompute> state, at::TensorList inputs) {
+    for (auto& g : state->options.generators) state->generator_states.push_back(g.get_state());
+    std::vector<at::Tensor> saved;
+    for (const auto& x : inputs) {
+      state->requires_grad.push_back(x.requires_grad());
+      state->devices.push_back(x.device());
+      at::Tensor s = x.detach();
+      if (state->options.offload_inputs && !x.device().is_cpu()) {
+        s = at::empty(x.sizes(), x.options().device(at::kCPU).pinned_memory(true));
+        s.copy_(x, /*non_blocking=*/true);
+      }
+      saved.push_back(s);
+    }
+    variable_list outputs;
+    {
+      at::NoGradGuard no_grad;
+      outputs = state->fn(inputs.vec());
+    }
+    ctx->saved_data["state"] = c10::IValue::make_capsule(state);
+    ctx->saved_data["inputs"] = saved;
+    return outputs;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    auto state = c10::static_intrusive_pointer_cast<Recompute>(ctx->saved_data["state"].toCapsule());
+    auto saved = ctx->saved_data["inputs"].toTensorVector();
+    variable_list inputs;
+    for (size_t i = 0; i < saved.size(); ++i) {
+      at::Tensor x = saved[i].device() == state->devices[i] ? saved[i] : saved[i].to(state->devices[i], true);
+      inputs.push_back(x.detach().requires_grad_(state->requires_grad[i]));
+    }
+    // Replay the random state of the first run, then put back the state the rest of training expects.
+    std::vector<at::Tensor> now;
+    for (size_t i = 0; i < state->options.generators.size(); ++i) {
+      now.push_back(state->options.generators[i].get_state());
+      state->options.generators[i].set_state(state->generator_states[i]);
+    }
+    variable_list outputs;
+    {
+      at::AutoGradMode grad(true);
+      outputs = state->fn(inputs);
+    }
+    for (size_t i = 0; i < now.size(); ++i) state->options.generators[i].set_state(now[i]);
+
+    variable_list with_grad, grads;
+    for (size_t i = 0; i < outputs.size(); ++i) {
+      if (outputs[i].requires_grad() && grad_outputs[i].defined()) {
+        with_grad.push_back(outputs[i]);
+        grads.push_back(grad_outputs[i]);
+      }
+    }
+    if (!with_grad.empty()) torch::autograd::backward(with_grad, grads);
+    variable_list result;
+    result.push_back(at::Tensor());  // for `state`
+    for (auto& x : inputs) result.push_back(x.requires_grad() ? x.grad() : at::Tensor());
+    return result;
+  }
+};
+
+}  // namespace
+
+std::vector<at::Tensor> checkpoint(const BlockFn& fn, const std::vector<at::Tensor>& inputs,
+                                   const CheckpointOptions& options) {
+  if (!options.enabled || !at::GradMode::is_enabled()) return fn(inputs);
+  auto state = c10::make_intrusive<Recompute>();
+  state->fn = fn;
+  state->options = options;
+  return CheckpointFunction::apply(state, at::TensorList(inputs));
+}
+
+at::Tensor flux_forward(models::FluxTransformerImpl& model, const models::FluxInputs& inputs,
+                        const CheckpointOptions& options) {
+  at::Tensor img, txt;
+  models::BlockContext ctx = model.prepare(inputs, img, txt);
+  // The block functions run again in backward, after this function has returned: they hold their own
+  // copy of the context (tensor handles, no data copies).
+  for (const auto& item : *model.double_blocks) {
+    auto block = item->as<models::DoubleBlock>();
+    auto out = checkpoint(
+        [block, ctx](const std::vector<at::Tensor>& x) {
+          models::BlockContext local = ctx;
+          local.vec = x[2];
+          auto [i, t] = block->forward(x[0], x[1], local);
+          return std::vector<at::Tensor>{i, t};
+        },
+        {img, txt, ctx.vec}, options);
+    img = out[0];
+    txt = out[1];
+  }
+  at::Tensor x = at::cat({txt, img}, 1);
+  for (const auto& item : *model.single_blocks) {
+    auto block = item->as<models::SingleBlock>();
+    x = checkpoint(
+        [block, ctx](const std::vector<at::Tensor>& in) {
+          models::BlockContext local = ctx;
+          local.vec = in[1];
+          return std::vector<at::Tensor>{block->forward(in[0], local)};
+        },
+        {x, ctx.vec}, options)[0];
+  }
+  return model.finish(x.narrow(1, txt.size(1), img.size(1)), ctx);
+}
+
+}  // namespace fluxtrain::train

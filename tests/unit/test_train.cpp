@@ -1,0 +1,147 @@
+// Training building blocks on a tiny Flux model: gradient checkpointing, the objective.
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+
+#include "lora/network.h"
+#include "models/flux/flux.h"
+#include "models/random_init.h"
+#include "train/checkpointing.h"
+#include "train/flow_matching.h"
+
+namespace fluxtrain::train {
+namespace {
+
+models::FluxConfig tiny_config() {
+  models::FluxConfig c;
+  c.vec_in_dim = 32;
+  c.context_in_dim = 48;
+  c.hidden_size = 96;
+  c.mlp_hidden = 384;
+  c.num_heads = 3;
+  c.depth = 2;
+  c.depth_single_blocks = 3;
+  c.axes_dim = {4, 14, 14};
+  return c;
+}
+
+models::FluxInputs tiny_inputs(const models::FluxConfig& c, uint64_t seed) {
+  at::Generator g = at::detail::createCPUGenerator(seed);
+  models::FluxInputs in;
+  in.img = at::randn({2, 15, c.in_channels}, g, at::kFloat);
+  in.img_ids = models::make_img_ids(2, 5, 3, at::TensorOptions());
+  in.txt = at::randn({2, 7, c.context_in_dim}, g, at::kFloat);
+  in.txt_ids = at::zeros({2, 7, 3});
+  in.timesteps = at::rand({2}, g, at::kFloat);
+  in.y = at::randn({2, c.vec_in_dim}, g, at::kFloat);
+  in.guidance = at::full({2}, 3.5);
+  return in;
+}
+
+struct Grads {
+  at::Tensor loss;
+  std::vector<at::Tensor> lora;
+  at::Tensor img;
+};
+
+Grads run(bool checkpointed, double rank_dropout) {
+  auto config = tiny_config();
+  models::FluxTransformer model(config, models::ModelOptions{});
+  models::init_random(*model, 1);
+  for (auto& p : model->parameters()) p.requires_grad_(false);
+  lora::LoraOptions lo;
+  lo.rank = 4;
+  lo.split_qkv = true;
+  lo.dropout.rank = rank_dropout;
+  lo.dropout.module = rank_dropout > 0 ? 0.2 : 0.0;
+  lora::LoraNetwork network(*model, lo, 7);
+  {
+    at::NoGradGuard no_grad;
+    auto g = at::detail::createCPUGenerator(11);
+    for (auto& m : network.modules()) {
+      for (auto& part : m->parts()) part.up.copy_(at::randn(part.up.sizes(), g, at::kFloat) * 0.1);
+    }
+  }
+  network.set_training(true);
+  auto inputs = tiny_inputs(config, 3);
+  inputs.img.requires_grad_(true);
+  CheckpointOptions options;
+  options.enabled = checkpointed;
+  options.generators = {network.dropout_generator()};
+  at::Tensor out = flux_forward(*model, inputs, options);
+  at::Tensor loss = (out * out).mean();
+  loss.backward();
+  Grads grads{loss.detach(), {}, inputs.img.grad()};
+  for (const auto& p : network.parameters()) grads.lora.push_back(p.grad().defined() ? p.grad().clone() : at::zeros_like(p));
+  return grads;
+}
+
+TEST(Checkpointing, GradientsAreIdenticalWithAndWithout) {
+  Grads plain = run(false, 0.0);
+  Grads checkpointed = run(true, 0.0);
+  EXPECT_TRUE(at::equal(plain.loss, checkpointed.loss));
+  EXPECT_TRUE(at::equal(plain.img, checkpointed.img));
+  ASSERT_EQ(plain.lora.size(), checkpointed.lora.size());
+  int nonzero = 0;
+  for (size_t i = 0; i < plain.lora.size(); ++i) {
+    EXPECT_TRUE(at::equal(plain.lora[i], checkpointed.lora[i])) << i;
+    nonzero += plain.lora[i].abs().sum().item<double>() > 0;
+  }
+  EXPECT_GT(nonzero, static_cast<int>(plain.lora.size()) / 2);
+}
+
+TEST(Checkpointing, DropoutMasksReplayInTheRecomputation) {
+  Grads plain = run(false, 0.3);
+  Grads checkpointed = run(true, 0.3);
+  EXPECT_TRUE(at::equal(plain.loss, checkpointed.loss));
+  for (size_t i = 0; i < plain.lora.size(); ++i) EXPECT_TRUE(at::equal(plain.lora[i], checkpointed.lora[i])) << i;
+}
+
+TEST(FlowMatching, NoiseTargetAndLoss) {
+  at::Generator g = at::detail::createCPUGenerator(5);
+  at::Tensor x0 = at::randn({2, 16, 4, 6}, g, at::kFloat);
+  at::Tensor noise = sample_noise(x0.sizes(), 0.0, g);
+  at::Tensor sigmas = at::tensor({0.25f, 1.0f});
+  auto noised = add_noise(x0, noise, sigmas);
+  EXPECT_TRUE(at::allclose(noised.noisy[0], 0.75 * x0[0] + 0.25 * noise[0]));
+  EXPECT_TRUE(at::equal(noised.noisy[1], noise[1]));
+  EXPECT_TRUE(at::equal(noised.target, noise - x0));
+  ObjectiveOptions o;
+  EXPECT_NEAR(flow_loss(noised.target, noised.target, o).item<double>(), 0.0, 0.0);
+  at::Tensor pred = noised.target + 0.5;
+  EXPECT_NEAR(flow_loss(pred, noised.target, o).item<double>(), 0.25, 1e-7);
+  o.loss = LossType::l1;
+  EXPECT_NEAR(flow_loss(pred, noised.target, o).item<double>(), 0.5, 1e-7);
+}
+
+TEST(FlowMatching, NoiseOffsetShiftsWholeChannels) {
+  at::Generator a = at::detail::createCPUGenerator(9), b = at::detail::createCPUGenerator(9);
+  at::Tensor plain = sample_noise({2, 16, 8, 8}, 0.0, a);
+  at::Tensor offset = sample_noise({2, 16, 8, 8}, 0.1, b);
+  at::Tensor delta = offset - plain;
+  // The offset is constant over H x W within a (sample, channel) and differs between channels.
+  EXPECT_TRUE(at::allclose(delta, delta.mean({2, 3}, true).expand_as(delta), 0, 1e-6));
+  EXPECT_GT(delta.mean({2, 3}).std().item<double>(), 0.01);
+}
+
+TEST(FlowMatching, SigmaSamplersStayInRangeAndShiftMovesThemUp) {
+  ObjectiveOptions o;
+  for (auto s : {TimestepSampling::uniform, TimestepSampling::sigmoid, TimestepSampling::shift, TimestepSampling::flux_shift}) {
+    o.sampling = s;
+    at::Generator g = at::detail::createCPUGenerator(1);
+    at::Tensor sig = sample_sigmas(4096, 4096, o, g);
+    EXPECT_GT(sig.min().item<double>(), 0.0) << to_string(s);
+    EXPECT_LT(sig.max().item<double>(), 1.0) << to_string(s);
+  }
+  at::Generator g1 = at::detail::createCPUGenerator(1), g2 = at::detail::createCPUGenerator(1);
+  o.sampling = TimestepSampling::sigmoid;
+  double plain = sample_sigmas(4096, 4096, o, g1).mean().item<double>();
+  o.sampling = TimestepSampling::shift;
+  o.discrete_flow_shift = 3.1582;
+  double shifted = sample_sigmas(4096, 4096, o, g2).mean().item<double>();
+  EXPECT_GT(shifted, plain + 0.1);
+  EXPECT_THROW(parse_timestep_sampling("logit", "timestep_sampling"), std::exception);
+}
+
+}  // namespace
+}  // namespace fluxtrain::train

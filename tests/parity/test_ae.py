@@ -57,7 +57,8 @@ def reference_model(weights: dict):
 
     c = TINY_AE
     levels = len(c.ch_mult)
-    vae = AutoencoderKL(in_channels=c.in_channels, out_channels=c.out_ch, down_block_types=("DownEncoderBlock2D",) * levels,
+    vae = AutoencoderKL(in_channels=c.in_channels, out_channels=c.out_ch,
+                        down_block_types=("DownEncoderBlock2D",) * levels,
                         up_block_types=("UpDecoderBlock2D",) * levels,
                         block_out_channels=tuple(c.ch * m for m in c.ch_mult), layers_per_block=c.num_res_blocks,
                         act_fn="silu", latent_channels=c.z_channels, norm_num_groups=32,
@@ -87,7 +88,8 @@ def cpp(test_tool, tmp_path, command, model, name, value, *flags):
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    weights = random_state_dict(ae_shapes(TINY_AE), torch.float32, SEED)
+    # bf16-exact values (stored F32 like the real file), so that the bf16 runs measure the compute.
+    weights = {k: v.bfloat16().float() for k, v in random_state_dict(ae_shapes(TINY_AE), torch.float32, SEED).items()}
     path = tmp_path_factory.mktemp("ae") / "ae.safetensors"
     save_file(weights, str(path))
     return path, weights, reference_model(weights)

@@ -62,8 +62,10 @@ def cpp(test_tool, tmp_path, model, ids, *flags):
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    # Stored F16 like the real file; the reference gets the same (fp16-exact) values in fp32.
-    weights = random_state_dict(clip_shapes(TINY_CLIP), torch.float16, SEED)
+    # Stored F16 like the real file, with bf16-exact values, so that the bf16 run measures the compute and
+    # not the rounding of the weights; the reference gets the same values in fp32.
+    weights = random_state_dict(clip_shapes(TINY_CLIP), torch.float32, SEED)
+    weights = {k: v.bfloat16().half() for k, v in weights.items()}
     path = tmp_path_factory.mktemp("clip") / "clip_l.safetensors"
     save_file(weights, str(path))
     return path, weights

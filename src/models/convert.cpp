@@ -143,4 +143,49 @@ LoadedFlux load_flux(const std::string& path, const ModelOptions& options) {
   return out;
 }
 
+namespace {
+
+// The common path of the encoders: open, find the prefix by a probe key, detect, build, load strictly.
+template <typename Model, typename Config, typename Detect>
+LoadedModel<Model, Config> load_encoder(const std::string& path, const ModelOptions& options, const std::string& what,
+                                        const std::vector<std::string>& prefixes, const std::string& probe,
+                                        std::vector<std::string> ignore, Detect detect) {
+  Checkpoint checkpoint = Checkpoint::open(path);
+  LoadedModel<Model, Config> out;
+  LoadOptions load;
+  load.what = what;
+  load.prefix = find_prefix(checkpoint, prefixes, probe, what);
+  load.ignore = std::move(ignore);
+  auto find = [&](const std::string& name) -> const safetensors::TensorInfo* {
+    return checkpoint.contains(load.prefix + name) ? &checkpoint.info(load.prefix + name) : nullptr;
+  };
+  out.config = detect(find, checkpoint.path());
+  out.prefix = load.prefix;
+  out.model = Model(out.config, options);
+  out.report = load_strict(*out.model, checkpoint, load);
+  out.model->eval();
+  log::debug("loaded ", what, " from ", path, " (prefix '", out.prefix, "', ", out.report.loaded, " tensors)");
+  return out;
+}
+
+}  // namespace
+
+LoadedAe load_ae(const std::string& path, const ModelOptions& options) {
+  return load_encoder<AutoEncoder, AeConfig>(path, options, "Flux autoencoder", kAePrefixes, "encoder.conv_in.weight",
+                                             {}, AeConfig::detect);
+}
+
+LoadedClip load_clip(const std::string& path, const ModelOptions& options) {
+  // position_ids: a buffer older transformers saved; text_projection: CLIPTextModelWithProjection's head.
+  return load_encoder<ClipTextModel, ClipConfig>(
+      path, options, "CLIP text encoder", kClipPrefixes, "text_model.embeddings.token_embedding.weight",
+      {"text_model.embeddings.position_ids", "text_projection.weight"}, ClipConfig::detect);
+}
+
+LoadedT5 load_t5(const std::string& path, const ModelOptions& options) {
+  // encoder.embed_tokens.weight: HF ties it to shared.weight; the real file stores both.
+  return load_encoder<T5Encoder, T5Config>(path, options, "T5 encoder", kT5Prefixes, "shared.weight",
+                                           {"encoder.embed_tokens.weight"}, T5Config::detect);
+}
+
 }  // namespace fluxtrain::models

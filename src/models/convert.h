@@ -6,8 +6,11 @@
 #include <string>
 #include <vector>
 
+#include "models/ae/autoencoder.h"
+#include "models/clip/clip_text.h"
 #include "models/flux/flux.h"
 #include "models/loader.h"
+#include "models/t5/t5_encoder.h"
 
 namespace fluxtrain::models {
 
@@ -39,5 +42,26 @@ struct LoadedFlux {
 // diffusers folder / repo (transformer/ subfolder, sharded). Parameters are allocated per `options`
 // (fp8 base: block weights stored as float8_e4m3fn, quantised on load unless the file is fp8 already).
 LoadedFlux load_flux(const std::string& path, const ModelOptions& options);
+
+// The encoders, from their single files (ae.safetensors, clip_l.safetensors, t5xxl_fp16.safetensors) or
+// from a merged checkpoint (prefixes above). The config is detected from the header, so tiny models in
+// the same layout load through the same path.
+template <typename Model, typename Config>
+struct LoadedModel {
+  Model model{nullptr};
+  Config config;
+  std::string prefix;
+  LoadReport report;
+};
+using LoadedAe = LoadedModel<AutoEncoder, AeConfig>;
+using LoadedClip = LoadedModel<ClipTextModel, ClipConfig>;
+using LoadedT5 = LoadedModel<T5Encoder, T5Config>;
+
+LoadedAe load_ae(const std::string& path, const ModelOptions& options);
+// Ignores the unused `text_model.embeddings.position_ids` and `text_projection.weight` when present.
+LoadedClip load_clip(const std::string& path, const ModelOptions& options);
+// Ignores the duplicate `encoder.embed_tokens.weight` (= shared.weight). fp8 base: block weights are
+// stored as float8_e4m3fn (quantised on load unless the file holds F8_E4M3 already).
+LoadedT5 load_t5(const std::string& path, const ModelOptions& options);
 
 }  // namespace fluxtrain::models

@@ -1,0 +1,113 @@
+#include "models/clip/clip_text.h"
+
+#include <ATen/ATen.h>
+
+#include "core/error.h"
+
+namespace fluxtrain::models {
+
+ClipConfig ClipConfig::detect(const std::function<const safetensors::TensorInfo*(const std::string&)>& find,
+                              const std::string& file) {
+  auto need = [&](const std::string& name) -> const safetensors::TensorInfo& {
+    const safetensors::TensorInfo* t = find(name);
+    if (t == nullptr) fail(file, ": no '", name, "': not a CLIP text encoder (`fluxtrain inspect` shows what it is)");
+    return *t;
+  };
+  ClipConfig c;
+  const auto& tokens = need("text_model.embeddings.token_embedding.weight");
+  c.vocab_size = tokens.shape.at(0);
+  c.hidden_size = tokens.shape.at(1);
+  c.max_positions = need("text_model.embeddings.position_embedding.weight").shape.at(0);
+  c.num_layers = 0;
+  while (find("text_model.encoder.layers." + std::to_string(c.num_layers) + ".self_attn.q_proj.weight") != nullptr) {
+    ++c.num_layers;
+  }
+  if (c.num_layers == 0) fail(file, ": has no text_model.encoder.layers: not a CLIP text encoder");
+  c.intermediate_size = need("text_model.encoder.layers.0.mlp.fc1.weight").shape.at(0);
+  c.num_heads = c.hidden_size % 64 == 0 ? c.hidden_size / 64 : 2;
+  c.validate(file);
+  return c;
+}
+
+void ClipConfig::validate(const std::string& file) const {
+  if (num_heads <= 0 || hidden_size % num_heads != 0) {
+    fail(file, ": CLIP width ", hidden_size, " is not a multiple of ", num_heads, " heads");
+  }
+}
+
+ClipAttentionImpl::ClipAttentionImpl(int64_t hidden, int64_t heads_, const at::TensorOptions& options) : heads(heads_) {
+  k_proj = register_module("k_proj", Linear(hidden, hidden, true, options));
+  v_proj = register_module("v_proj", Linear(hidden, hidden, true, options));
+  q_proj = register_module("q_proj", Linear(hidden, hidden, true, options));
+  out_proj = register_module("out_proj", Linear(hidden, hidden, true, options));
+}
+
+at::Tensor ClipAttentionImpl::forward(const at::Tensor& x) {
+  int64_t b = x.size(0), l = x.size(1), d = x.size(2) / heads;
+  auto split = [&](const at::Tensor& t) { return t.view({b, l, heads, d}).transpose(1, 2); };
+  // Scale 1/sqrt(d) (SDPA's default), causal mask: key > query is never attended.
+  at::Tensor a = at::scaled_dot_product_attention(split(q_proj(x)), split(k_proj(x)), split(v_proj(x)), {}, 0.0,
+                                                  /*is_causal=*/true);
+  return out_proj(a.transpose(1, 2).reshape({b, l, heads * d}));
+}
+
+ClipMlpImpl::ClipMlpImpl(int64_t hidden, int64_t intermediate, const at::TensorOptions& options) {
+  fc1 = register_module("fc1", Linear(hidden, intermediate, true, options));
+  fc2 = register_module("fc2", Linear(intermediate, hidden, true, options));
+}
+
+at::Tensor ClipMlpImpl::forward(const at::Tensor& x) {
+  at::Tensor h = fc1(x);
+  return fc2(h * at::sigmoid(1.702 * h));  // quick_gelu (HF/BFL; kohya's config resolves to erf-GELU, §8.1)
+}
+
+ClipLayerImpl::ClipLayerImpl(const ClipConfig& c, const at::TensorOptions& options) {
+  self_attn = register_module("self_attn", ClipAttention(c.hidden_size, c.num_heads, options));
+  layer_norm1 = register_module("layer_norm1", LayerNorm(c.hidden_size, c.layer_norm_eps, options));
+  mlp = register_module("mlp", ClipMlp(c.hidden_size, c.intermediate_size, options));
+  layer_norm2 = register_module("layer_norm2", LayerNorm(c.hidden_size, c.layer_norm_eps, options));
+}
+
+at::Tensor ClipLayerImpl::forward(const at::Tensor& x) {
+  at::Tensor h = x + self_attn(layer_norm1(x));
+  return h + mlp(layer_norm2(h));
+}
+
+ClipTransformerImpl::ClipTransformerImpl(const ClipConfig& c, const at::TensorOptions& options) {
+  auto embeddings = std::make_shared<torch::nn::Module>();
+  token_embedding = Embedding(c.vocab_size, c.hidden_size, options);
+  position_embedding = Embedding(c.max_positions, c.hidden_size, options);
+  embeddings->register_module("token_embedding", token_embedding);
+  embeddings->register_module("position_embedding", position_embedding);
+  register_module("embeddings", embeddings);
+  auto encoder = std::make_shared<torch::nn::Module>();
+  layers = torch::nn::ModuleList();
+  for (int64_t i = 0; i < c.num_layers; ++i) layers->push_back(ClipLayer(c, options));
+  encoder->register_module("layers", layers);
+  register_module("encoder", encoder);
+  final_layer_norm = register_module("final_layer_norm", LayerNorm(c.hidden_size, c.layer_norm_eps, options));
+}
+
+ClipTextModelImpl::ClipTextModelImpl(const ClipConfig& c, const ModelOptions& options) : config(c) {
+  text_model = register_module("text_model", ClipTransformer(c, options.tensor()));
+}
+
+ClipOutput ClipTextModelImpl::forward(const at::Tensor& ids) {
+  if (ids.dim() != 2 || ids.size(1) < 1 || ids.size(1) > config.max_positions ||
+      at::isFloatingType(ids.scalar_type())) {
+    fail("CLIP takes integer token ids [B, L] with 1 <= L <= ", config.max_positions, "; got ", ids.scalar_type(), " ",
+         ids.sizes());
+  }
+  auto& m = *text_model;
+  at::Tensor positions = at::arange(ids.size(1), ids.options().dtype(at::kLong));
+  at::Tensor x = m.token_embedding(ids) + m.position_embedding(positions).unsqueeze(0);
+  for (const auto& layer : *m.layers) x = layer->as<ClipLayer>()->forward(x);
+  ClipOutput out;
+  out.last_hidden_state = m.final_layer_norm(x);
+  // argmax returns the first maximum: the first EOS (49407, the largest id; padding is EOS too).
+  at::Tensor eos = ids.argmax(-1);
+  out.pooled = out.last_hidden_state.index({at::arange(ids.size(0), eos.options()), eos});
+  return out;
+}
+
+}  // namespace fluxtrain::models

@@ -22,7 +22,7 @@ build: configure
 	@cmake --build $(BUILD) -j $(JOBS)
 
 demo: build
-	@source $(BUILD)/setup.env && BUILD=$(BUILD) PYTHON="$$VENV/bin/python" bash scripts/demo.sh
+	@BUILD=$(BUILD) bash scripts/demo.sh
 
 # The torch-free parser and core under AddressSanitizer + UBSan (clang, with a bounded libFuzzer run).
 test-sanitize: setup

@@ -23,6 +23,9 @@ using CommandFactory = Command (*)(CLI::App&);
 // Torch-free commands.
 Command add_inspect_command(CLI::App& app);
 
+// Engine commands (libfluxtrain_engine.so).
+Command add_make_tiny_command(CLI::App& app);
+
 // The whole CLI: parses argv, runs the command, turns every error into one readable line and an exit
 // code (0 ok, 1 error, 2 usage error). `engine_commands` are added after the torch-free ones.
 int run(int argc, char** argv, const std::vector<CommandFactory>& engine_commands);

@@ -1,0 +1,106 @@
+#include "models/tiny.h"
+
+#include <ATen/ATen.h>
+#include <torch/nn/module.h>
+
+#include <filesystem>
+
+#include "core/error.h"
+#include "core/safetensors.h"
+#include "models/random_init.h"
+
+namespace fluxtrain::models {
+
+FluxConfig tiny_flux_config(bool schnell) {
+  FluxConfig c;
+  c.vec_in_dim = 32;      // = tiny CLIP width
+  c.context_in_dim = 48;  // = tiny T5 width
+  c.hidden_size = 96;
+  c.mlp_hidden = 384;
+  c.num_heads = 3;
+  c.depth = 2;
+  c.depth_single_blocks = 3;
+  c.axes_dim = {4, 14, 14};
+  c.guidance_embed = !schnell;
+  return c;
+}
+
+AeConfig tiny_ae_config() {
+  AeConfig c;
+  c.ch = 32;
+  c.ch_mult = {1, 2, 2, 2};
+  c.num_res_blocks = 1;
+  return c;
+}
+
+ClipConfig tiny_clip_config() {
+  ClipConfig c;
+  c.hidden_size = 32;
+  c.num_heads = 2;
+  c.num_layers = 2;
+  c.intermediate_size = 80;
+  return c;
+}
+
+T5Config tiny_t5_config() {
+  T5Config c;
+  c.d_model = 48;
+  c.d_kv = 8;
+  c.num_heads = 4;
+  c.d_ff = 80;
+  c.num_layers = 2;
+  return c;
+}
+
+namespace {
+
+void save_module(torch::nn::Module& module, const std::string& path, at::ScalarType dtype,
+                 const std::vector<std::pair<std::string, std::string>>& duplicates = {}) {
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  for (const auto& p : module.named_parameters(/*recurse=*/true)) tensors.emplace_back(p.key(), p.value().detach().to(dtype));
+  for (const auto& [copy, original] : duplicates) {
+    for (const auto& [name, t] : std::vector<std::pair<std::string, at::Tensor>>(tensors)) {
+      if (name == original) tensors.emplace_back(copy, t);
+    }
+  }
+  safetensors::write(path, tensors, {{"format", "pt"}, {"fluxtrain_tiny", "1"}});
+}
+
+}  // namespace
+
+std::vector<std::string> write_tiny_model_set(const std::string& folder, bool schnell, uint64_t seed) {
+  std::filesystem::create_directories(folder);
+  ModelOptions fp32;
+  std::vector<std::string> paths;
+  auto path = [&](const std::string& name) { return (std::filesystem::path(folder) / name).string(); };
+
+  FluxTransformer flux(tiny_flux_config(schnell), fp32);
+  init_random(*flux, seed);
+  {
+    // Larger modulation weights, so that every shift / scale / gate term shows in the output.
+    at::NoGradGuard no_grad;
+    for (auto& p : flux->named_parameters()) {
+      if (p.key().find("mod") != std::string::npos && p.key().ends_with(".weight")) p.value().mul_(4);
+    }
+  }
+  paths.push_back(path(schnell ? "flux1-schnell.safetensors" : "flux1-dev.safetensors"));
+  save_module(*flux, paths.back(), at::kBFloat16);
+
+  AutoEncoder ae(tiny_ae_config(), fp32);
+  init_random(*ae, seed + 1);
+  paths.push_back(path("ae.safetensors"));
+  save_module(*ae, paths.back(), at::kFloat);
+
+  ClipTextModel clip(tiny_clip_config(), fp32);
+  init_random(*clip, seed + 2);
+  paths.push_back(path("clip_l.safetensors"));
+  save_module(*clip, paths.back(), at::kHalf);
+
+  T5Encoder t5(tiny_t5_config(), fp32);
+  init_random(*t5, seed + 3);
+  paths.push_back(path("t5xxl_fp16.safetensors"));
+  save_module(*t5, paths.back(), at::kHalf, {{"encoder.embed_tokens.weight", "shared.weight"}});
+  return paths;
+}
+
+}  // namespace fluxtrain::models

@@ -1,0 +1,26 @@
+// A tiny random model set in the real single-file layouts (spec/flux.md §7): the same key names and
+// dtypes as flux1-dev/schnell (BF16), ae (F32), clip_l (F16) and t5xxl_fp16 (F16, with the duplicate
+// embedding), small enough for tests, the demo and users' smoke tests. Every file loads through the same
+// detection and loading path as the real 12B set.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "models/ae/autoencoder.h"
+#include "models/clip/clip_text.h"
+#include "models/flux/flux.h"
+#include "models/t5/t5_encoder.h"
+
+namespace fluxtrain::models {
+
+FluxConfig tiny_flux_config(bool schnell);
+AeConfig tiny_ae_config();
+ClipConfig tiny_clip_config();
+T5Config tiny_t5_config();
+
+// Writes the four files into `folder` (created if needed) under their usual names; returns their paths.
+std::vector<std::string> write_tiny_model_set(const std::string& folder, bool schnell, uint64_t seed);
+
+}  // namespace fluxtrain::models

@@ -39,3 +39,12 @@ def test_listing_counts_match_the_real_files(name):
 def test_flux_on_the_meta_device_matches_the_listing(test_tool, variant):
     ours = json.loads(run([test_tool, "flux-keys", variant]).stdout)
     assert ours == {k: t["shape"] for k, t in listing(f"flux1-{variant}").items()}
+
+
+@pytest.mark.parametrize("family,name", [("ae", "ae"), ("clip", "clip_l"), ("t5", "t5xxl_fp16")])
+def test_encoders_on_the_meta_device_match_the_listings(test_tool, family, name):
+    ours = json.loads(run([test_tool, "encoders-keys", family]).stdout)
+    expected = {k: t["shape"] for k, t in listing(name).items()}
+    # The T5 module holds the embedding once; the file repeats it as encoder.embed_tokens.weight.
+    expected.pop("encoder.embed_tokens.weight", None)
+    assert ours == expected

@@ -1,0 +1,72 @@
+#include "train/step.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+#include "optim/optimizer.h"
+
+namespace fluxtrain::train {
+
+at::Tensor batch_loss(models::FluxTransformerImpl& model, const LatentBatch& batch, const StepOptions& options,
+                      StepGenerators& generators) {
+  const at::Device device = model.img_in->weight.device();
+  const at::ScalarType dtype = options.compute_dtype;
+  const int64_t b = batch.latents.size(0), h = batch.latents.size(2), w = batch.latents.size(3);
+  const int64_t tokens = (h / 2) * (w / 2);
+
+  at::Tensor sigmas = sample_sigmas(b, tokens, options.objective, generators.timesteps);
+  at::Tensor noise = sample_noise(batch.latents.sizes(), options.objective.noise_offset, generators.noise);
+  NoisedLatents noised = add_noise(batch.latents.to(at::kFloat).cpu(), noise, sigmas);
+
+  models::FluxInputs in;
+  in.img = models::pack_latents(noised.noisy).to(device, dtype);
+  in.img_ids = models::make_img_ids(b, h / 2, w / 2, at::TensorOptions().device(device));
+  in.txt = batch.t5.to(device, dtype);
+  in.txt_ids = at::zeros({b, batch.t5.size(1), 3}, at::TensorOptions().device(device));
+  in.timesteps = sigmas.to(device);
+  in.y = batch.clip_pooled.to(device, dtype);
+  if (model.config.guidance_embed) in.guidance = at::full({b}, options.objective.guidance_scale, at::TensorOptions().device(device));
+  if (options.apply_t5_mask && batch.t5_mask.defined()) in.txt_mask = batch.t5_mask.to(device);
+
+  at::Tensor pred = flux_forward(model, in, options.checkpointing);
+  at::Tensor target = models::pack_latents(noised.target).to(device);
+  return flow_loss(pred, target, options.objective);
+}
+
+double clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm) {
+  at::NoGradGuard no_grad;
+  std::vector<at::Tensor> norms;
+  for (const auto& p : params) {
+    if (p.grad().defined()) norms.push_back(p.grad().detach().to(at::kFloat).norm().pow(2));
+  }
+  if (norms.empty()) return 0;
+  double total = std::sqrt(at::stack(norms).sum().item<double>());
+  if (max_norm > 0) {
+    double coef = max_norm / (total + 1e-6);
+    if (coef < 1) {
+      for (const auto& p : params) {
+        if (p.grad().defined()) p.grad().mul_(coef);
+      }
+    }
+  }
+  return total;
+}
+
+StepResult train_step(models::FluxTransformerImpl& model, optim::Optimizer& optimizer,
+                      const std::vector<LatentBatch>& micro_batches, const StepOptions& options,
+                      StepGenerators& generators) {
+  StepResult result;
+  const double n = static_cast<double>(micro_batches.size());
+  for (const LatentBatch& batch : micro_batches) {
+    at::Tensor loss = batch_loss(model, batch, options, generators);
+    (loss / n).backward();
+    result.loss += loss.item<double>() / n;
+  }
+  result.grad_norm = clip_grad_norm(optimizer.params(), options.max_grad_norm);
+  optimizer.step();
+  optimizer.zero_grad();
+  return result;
+}
+
+}  // namespace fluxtrain::train

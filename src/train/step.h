@@ -1,0 +1,60 @@
+// One training step of a Flux LoRA (or any set of trainable parameters): for each micro-batch, noise
+// the cached latents (rectified flow), run the transformer (optionally checkpointed), backpropagate
+// loss / n; then clip the gradient norm, step the optimizer and clear the gradients.
+#pragma once
+
+#include <ATen/core/Generator.h>
+#include <ATen/core/Tensor.h>
+
+#include <vector>
+
+#include "models/flux/flux.h"
+#include "train/checkpointing.h"
+#include "train/flow_matching.h"
+
+namespace fluxtrain::optim {
+class Optimizer;
+}
+
+namespace fluxtrain::train {
+
+// What the caches hold for a batch (one bucket: same latent size for every sample).
+struct LatentBatch {
+  at::Tensor latents;      // [B, 16, h, w], AE latents already scaled and shifted
+  at::Tensor t5;           // [B, L, context_in_dim]
+  at::Tensor t5_mask;      // [B, L] (1 = token) or undefined
+  at::Tensor clip_pooled;  // [B, vec_in_dim]
+};
+
+struct StepOptions {
+  ObjectiveOptions objective;
+  CheckpointOptions checkpointing;
+  at::ScalarType compute_dtype = at::kFloat;
+  bool apply_t5_mask = false;  // mask padded T5 tokens in every attention (kohya apply_t5_attn_mask)
+  double max_grad_norm = 1.0;  // 0 = no clipping (kohya's default is 1.0)
+};
+
+// One CPU generator per purpose, so a run is reproducible on any device and resumable exactly.
+struct StepGenerators {
+  at::Generator timesteps;
+  at::Generator noise;
+};
+
+struct StepResult {
+  double loss = 0;       // mean over the micro-batches
+  double grad_norm = 0;  // total L2 norm before clipping
+};
+
+// The loss of one batch, with its autograd graph (no backward).
+at::Tensor batch_loss(models::FluxTransformerImpl& model, const LatentBatch& batch, const StepOptions& options,
+                      StepGenerators& generators);
+
+StepResult train_step(models::FluxTransformerImpl& model, optim::Optimizer& optimizer,
+                      const std::vector<LatentBatch>& micro_batches, const StepOptions& options,
+                      StepGenerators& generators);
+
+// torch.nn.utils.clip_grad_norm_ semantics: returns the total norm; scales the gradients by
+// max_norm / (norm + 1e-6) when that is below 1. max_norm <= 0 only measures.
+double clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm);
+
+}  // namespace fluxtrain::train

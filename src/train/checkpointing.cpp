@@ -86,9 +86,16 @@ std::vector<at::Tensor> checkpoint(const BlockFn& fn, const std::vector<at::Tens
                                    const CheckpointOptions& options) {
   if (!options.enabled || !at::GradMode::is_enabled()) return fn(inputs);
   auto state = c10::make_intrusive<Recompute>();
-  state->fn = fn;
+  // When no input requires grad (a frozen base feeds the first block) autograd would not record the
+  // block at all, and the LoRA weights inside it would get no gradient: an empty tensor that requires
+  // grad rides along so the node is always recorded. fn never sees it.
+  state->fn = [fn](const std::vector<at::Tensor>& with_anchor) {
+    return fn(std::vector<at::Tensor>(with_anchor.begin(), with_anchor.end() - 1));
+  };
   state->options = options;
-  return CheckpointFunction::apply(state, at::TensorList(inputs));
+  std::vector<at::Tensor> with_anchor = inputs;
+  with_anchor.push_back(at::empty({0}).requires_grad_(true));
+  return CheckpointFunction::apply(state, at::TensorList(with_anchor));
 }
 
 at::Tensor flux_forward(models::FluxTransformerImpl& model, const models::FluxInputs& inputs,

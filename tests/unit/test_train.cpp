@@ -44,7 +44,7 @@ struct Grads {
   at::Tensor img;
 };
 
-Grads run(bool checkpointed, double rank_dropout) {
+Grads run(bool checkpointed, double rank_dropout, bool input_requires_grad = true) {
   auto config = tiny_config();
   models::FluxTransformer model(config, models::ModelOptions{});
   models::init_random(*model, 1);
@@ -64,14 +64,14 @@ Grads run(bool checkpointed, double rank_dropout) {
   }
   network.set_training(true);
   auto inputs = tiny_inputs(config, 3);
-  inputs.img.requires_grad_(true);
+  inputs.img.requires_grad_(input_requires_grad);
   CheckpointOptions options;
   options.enabled = checkpointed;
   options.generators = {network.dropout_generator()};
   at::Tensor out = flux_forward(*model, inputs, options);
   at::Tensor loss = (out * out).mean();
   loss.backward();
-  Grads grads{loss.detach(), {}, inputs.img.grad()};
+  Grads grads{loss.detach(), {}, input_requires_grad ? inputs.img.grad() : at::zeros({1})};
   for (const auto& p : network.parameters()) grads.lora.push_back(p.grad().defined() ? p.grad().clone() : at::zeros_like(p));
   return grads;
 }
@@ -86,6 +86,18 @@ TEST(Checkpointing, GradientsAreIdenticalWithAndWithout) {
   for (size_t i = 0; i < plain.lora.size(); ++i) {
     EXPECT_TRUE(at::equal(plain.lora[i], checkpointed.lora[i])) << i;
     nonzero += plain.lora[i].abs().sum().item<double>() > 0;
+  }
+  EXPECT_GT(nonzero, static_cast<int>(plain.lora.size()) / 2);
+}
+
+TEST(Checkpointing, LoraGetsGradientsWhenNoBlockInputRequiresGrad) {
+  // A frozen base feeds the blocks: only the LoRA weights inside them require grad.
+  Grads plain = run(false, 0.0, false);
+  Grads checkpointed = run(true, 0.0, false);
+  int nonzero = 0;
+  for (size_t i = 0; i < plain.lora.size(); ++i) {
+    EXPECT_TRUE(at::equal(plain.lora[i], checkpointed.lora[i])) << i;
+    nonzero += checkpointed.lora[i].abs().sum().item<double>() > 0;
   }
   EXPECT_GT(nonzero, static_cast<int>(plain.lora.size()) / 2);
 }

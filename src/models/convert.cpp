@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include "core/error.h"
+#include "models/header_query.h"
 #include "core/log.h"
 
 namespace fluxtrain::models {
@@ -74,34 +75,25 @@ KeyMap flux_diffusers_map(const FluxConfig& c) {
 
 FluxConfig detect_flux_diffusers(const std::function<const safetensors::TensorInfo*(const std::string&)>& find,
                                  const std::string& file) {
-  auto need = [&](const std::string& name) -> const safetensors::TensorInfo& {
-    const safetensors::TensorInfo* t = find(name);
-    if (t == nullptr) fail(file, ": no '", name, "': not a Flux transformer in diffusers layout");
-    return *t;
-  };
-  auto count = [&](const std::string& head, const std::string& tail) {
-    int64_t n = 0;
-    while (find(head + std::to_string(n) + tail) != nullptr) ++n;
-    return n;
-  };
+  HeaderQuery q(find, file, "Flux transformer in diffusers layout");
   FluxConfig c;
-  const auto& x = need("x_embedder.weight");
+  const auto& x = q.need("x_embedder.weight");
   c.hidden_size = x.shape.at(0);
   c.in_channels = x.shape.at(1);
-  c.out_channels = need("proj_out.weight").shape.at(0);
-  c.context_in_dim = need("context_embedder.weight").shape.at(1);
-  c.vec_in_dim = need("time_text_embed.text_embedder.linear_1.weight").shape.at(1);
+  c.out_channels = q.need("proj_out.weight").shape.at(0);
+  c.context_in_dim = q.need("context_embedder.weight").shape.at(1);
+  c.vec_in_dim = q.need("time_text_embed.text_embedder.linear_1.weight").shape.at(1);
   c.guidance_embed = find("time_text_embed.guidance_embedder.linear_1.weight") != nullptr;
-  c.depth = count("transformer_blocks.", ".attn.to_q.weight");
-  c.depth_single_blocks = count("single_transformer_blocks.", ".attn.to_q.weight");
+  c.depth = q.count("transformer_blocks.", ".attn.to_q.weight");
+  c.depth_single_blocks = q.count("single_transformer_blocks.", ".attn.to_q.weight");
   int64_t head_dim = 0;
   if (c.depth > 0) {
-    head_dim = need("transformer_blocks.0.attn.norm_q.weight").shape.at(0);
-    c.mlp_hidden = need("transformer_blocks.0.ff.net.0.proj.weight").shape.at(0);
+    head_dim = q.need("transformer_blocks.0.attn.norm_q.weight").shape.at(0);
+    c.mlp_hidden = q.need("transformer_blocks.0.ff.net.0.proj.weight").shape.at(0);
     c.qkv_bias = find("transformer_blocks.0.attn.to_q.bias") != nullptr;
   } else if (c.depth_single_blocks > 0) {
-    head_dim = need("single_transformer_blocks.0.attn.norm_q.weight").shape.at(0);
-    c.mlp_hidden = need("single_transformer_blocks.0.proj_mlp.weight").shape.at(0);
+    head_dim = q.need("single_transformer_blocks.0.attn.norm_q.weight").shape.at(0);
+    c.mlp_hidden = q.need("single_transformer_blocks.0.proj_mlp.weight").shape.at(0);
   } else {
     fail(file, ": has no transformer blocks");
   }

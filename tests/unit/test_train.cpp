@@ -6,24 +6,12 @@
 #include "lora/network.h"
 #include "models/flux/flux.h"
 #include "models/random_init.h"
+#include "models/tiny.h"
 #include "train/checkpointing.h"
 #include "train/flow_matching.h"
 
 namespace fluxtrain::train {
 namespace {
-
-models::FluxConfig tiny_config() {
-  models::FluxConfig c;
-  c.vec_in_dim = 32;
-  c.context_in_dim = 48;
-  c.hidden_size = 96;
-  c.mlp_hidden = 384;
-  c.num_heads = 3;
-  c.depth = 2;
-  c.depth_single_blocks = 3;
-  c.axes_dim = {4, 14, 14};
-  return c;
-}
 
 models::FluxInputs tiny_inputs(const models::FluxConfig& c, uint64_t seed) {
   at::Generator g = at::detail::createCPUGenerator(seed);
@@ -45,7 +33,7 @@ struct Grads {
 };
 
 Grads run(bool checkpointed, double rank_dropout, bool input_requires_grad = true) {
-  auto config = tiny_config();
+  auto config = models::tiny_flux_config(false);
   models::FluxTransformer model(config, models::ModelOptions{});
   models::init_random(*model, 1);
   for (auto& p : model->parameters()) p.requires_grad_(false);

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include "core/error.h"
+#include "models/header_query.h"
 
 namespace fluxtrain::models {
 
@@ -25,31 +26,22 @@ at::Tensor swish(const at::Tensor& x) {
 
 AeConfig AeConfig::detect(const std::function<const safetensors::TensorInfo*(const std::string&)>& find,
                           const std::string& file) {
-  auto need = [&](const std::string& name) -> const safetensors::TensorInfo& {
-    const safetensors::TensorInfo* t = find(name);
-    if (t == nullptr) fail(file, ": no '", name, "': not a Flux autoencoder (`fluxtrain inspect` shows what it is)");
-    return *t;
-  };
-  auto count = [&](const std::string& head, const std::string& tail) {
-    int64_t n = 0;
-    while (find(head + std::to_string(n) + tail) != nullptr) ++n;
-    return n;
-  };
+  HeaderQuery q(find, file, "Flux autoencoder");
   AeConfig c;
-  const auto& conv_in = need("encoder.conv_in.weight");
+  const auto& conv_in = q.need("encoder.conv_in.weight");
   c.ch = conv_in.shape.at(0);
   c.in_channels = conv_in.shape.at(1);
-  int64_t levels = count("encoder.down.", ".block.0.conv1.weight");
-  c.num_res_blocks = count("encoder.down.0.block.", ".conv1.weight");
+  int64_t levels = q.count("encoder.down.", ".block.0.conv1.weight");
+  c.num_res_blocks = q.count("encoder.down.0.block.", ".conv1.weight");
   c.ch_mult.clear();
   for (int64_t l = 0; l < levels; ++l) {
-    int64_t width = need("encoder.down." + std::to_string(l) + ".block.0.conv1.weight").shape.at(0);
+    int64_t width = q.need("encoder.down." + std::to_string(l) + ".block.0.conv1.weight").shape.at(0);
     if (c.ch <= 0 || width % c.ch != 0) fail(file, ": level ", l, " width ", width, " is not a multiple of ch ", c.ch);
     c.ch_mult.push_back(width / c.ch);
   }
-  c.z_channels = need("decoder.conv_in.weight").shape.at(1);
-  c.out_ch = need("decoder.conv_out.weight").shape.at(0);
-  int64_t moments = need("encoder.conv_out.weight").shape.at(0);
+  c.z_channels = q.need("decoder.conv_in.weight").shape.at(1);
+  c.out_ch = q.need("decoder.conv_out.weight").shape.at(0);
+  int64_t moments = q.need("encoder.conv_out.weight").shape.at(0);
   if (moments != 2 * c.z_channels) {
     fail(file, ": encoder.conv_out has ", moments, " channels but the decoder takes ", c.z_channels,
          " latent channels (expected twice as many: mean and logvar)");

@@ -3,27 +3,24 @@
 #include <ATen/ATen.h>
 
 #include "core/error.h"
+#include "models/header_query.h"
 
 namespace fluxtrain::models {
 
 ClipConfig ClipConfig::detect(const std::function<const safetensors::TensorInfo*(const std::string&)>& find,
                               const std::string& file) {
-  auto need = [&](const std::string& name) -> const safetensors::TensorInfo& {
-    const safetensors::TensorInfo* t = find(name);
-    if (t == nullptr) fail(file, ": no '", name, "': not a CLIP text encoder (`fluxtrain inspect` shows what it is)");
-    return *t;
-  };
+  HeaderQuery q(find, file, "CLIP text encoder");
   ClipConfig c;
-  const auto& tokens = need("text_model.embeddings.token_embedding.weight");
+  const auto& tokens = q.need("text_model.embeddings.token_embedding.weight");
   c.vocab_size = tokens.shape.at(0);
   c.hidden_size = tokens.shape.at(1);
-  c.max_positions = need("text_model.embeddings.position_embedding.weight").shape.at(0);
+  c.max_positions = q.need("text_model.embeddings.position_embedding.weight").shape.at(0);
   c.num_layers = 0;
   while (find("text_model.encoder.layers." + std::to_string(c.num_layers) + ".self_attn.q_proj.weight") != nullptr) {
     ++c.num_layers;
   }
   if (c.num_layers == 0) fail(file, ": has no text_model.encoder.layers: not a CLIP text encoder");
-  c.intermediate_size = need("text_model.encoder.layers.0.mlp.fc1.weight").shape.at(0);
+  c.intermediate_size = q.need("text_model.encoder.layers.0.mlp.fc1.weight").shape.at(0);
   c.num_heads = c.hidden_size % 64 == 0 ? c.hidden_size / 64 : 2;
   c.validate(file);
   return c;

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "models/header_query.h"
 
 namespace fluxtrain::models {
 
@@ -20,34 +21,25 @@ FluxConfig FluxConfig::schnell() {
 
 FluxConfig FluxConfig::detect(const std::function<const safetensors::TensorInfo*(const std::string&)>& find,
                               const std::string& file) {
-  auto need = [&](const std::string& name) -> const safetensors::TensorInfo& {
-    const safetensors::TensorInfo* t = find(name);
-    if (t == nullptr) fail(file, ": no '", name, "': not a Flux transformer in BFL layout (`fluxtrain inspect` shows what it is)");
-    return *t;
-  };
-  auto count = [&](const std::string& head, const std::string& tail) {
-    int64_t n = 0;
-    while (find(head + std::to_string(n) + tail) != nullptr) ++n;
-    return n;
-  };
+  HeaderQuery q(find, file, "Flux transformer in BFL layout");
   FluxConfig c;
-  const auto& img_in = need("img_in.weight");
+  const auto& img_in = q.need("img_in.weight");
   c.hidden_size = img_in.shape.at(0);
   c.in_channels = img_in.shape.at(1);
-  c.out_channels = need("final_layer.linear.weight").shape.at(0);
-  c.context_in_dim = need("txt_in.weight").shape.at(1);
-  c.vec_in_dim = need("vector_in.in_layer.weight").shape.at(1);
+  c.out_channels = q.need("final_layer.linear.weight").shape.at(0);
+  c.context_in_dim = q.need("txt_in.weight").shape.at(1);
+  c.vec_in_dim = q.need("vector_in.in_layer.weight").shape.at(1);
   c.guidance_embed = find("guidance_in.in_layer.weight") != nullptr;
-  c.depth = count("double_blocks.", ".img_attn.qkv.weight");
-  c.depth_single_blocks = count("single_blocks.", ".linear1.weight");
+  c.depth = q.count("double_blocks.", ".img_attn.qkv.weight");
+  c.depth_single_blocks = q.count("single_blocks.", ".linear1.weight");
   int64_t head_dim = 0;
   if (c.depth > 0) {
-    head_dim = need("double_blocks.0.img_attn.norm.query_norm.scale").shape.at(0);
-    c.mlp_hidden = need("double_blocks.0.img_mlp.0.weight").shape.at(0);
+    head_dim = q.need("double_blocks.0.img_attn.norm.query_norm.scale").shape.at(0);
+    c.mlp_hidden = q.need("double_blocks.0.img_mlp.0.weight").shape.at(0);
     c.qkv_bias = find("double_blocks.0.img_attn.qkv.bias") != nullptr;
   } else if (c.depth_single_blocks > 0) {
-    head_dim = need("single_blocks.0.norm.query_norm.scale").shape.at(0);
-    c.mlp_hidden = need("single_blocks.0.linear1.weight").shape.at(0) - 3 * c.hidden_size;
+    head_dim = q.need("single_blocks.0.norm.query_norm.scale").shape.at(0);
+    c.mlp_hidden = q.need("single_blocks.0.linear1.weight").shape.at(0) - 3 * c.hidden_size;
   } else {
     fail(file, ": has neither double_blocks nor single_blocks: not a Flux transformer");
   }

@@ -7,29 +7,26 @@
 #include <limits>
 
 #include "core/error.h"
+#include "models/header_query.h"
 
 namespace fluxtrain::models {
 
 T5Config T5Config::detect(const std::function<const safetensors::TensorInfo*(const std::string&)>& find,
                           const std::string& file) {
-  auto need = [&](const std::string& name) -> const safetensors::TensorInfo& {
-    const safetensors::TensorInfo* t = find(name);
-    if (t == nullptr) fail(file, ": no '", name, "': not a T5 encoder (`fluxtrain inspect` shows what it is)");
-    return *t;
-  };
+  HeaderQuery q(find, file, "T5 encoder");
   T5Config c;
-  const auto& shared = need("shared.weight");
+  const auto& shared = q.need("shared.weight");
   c.vocab_size = shared.shape.at(0);
   c.d_model = shared.shape.at(1);
-  const auto& table = need("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight");
+  const auto& table = q.need("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight");
   c.num_buckets = table.shape.at(0);
   c.num_heads = table.shape.at(1);
-  int64_t inner = need("encoder.block.0.layer.0.SelfAttention.q.weight").shape.at(0);
+  int64_t inner = q.need("encoder.block.0.layer.0.SelfAttention.q.weight").shape.at(0);
   if (c.num_heads <= 0 || inner % c.num_heads != 0) {
     fail(file, ": T5 attention width ", inner, " is not a multiple of the ", c.num_heads, " heads of the bias table");
   }
   c.d_kv = inner / c.num_heads;
-  c.d_ff = need("encoder.block.0.layer.1.DenseReluDense.wi_0.weight").shape.at(0);
+  c.d_ff = q.need("encoder.block.0.layer.1.DenseReluDense.wi_0.weight").shape.at(0);
   c.num_layers = 0;
   while (find("encoder.block." + std::to_string(c.num_layers) + ".layer.0.SelfAttention.q.weight") != nullptr) {
     ++c.num_layers;

@@ -27,7 +27,7 @@ class AdafactorOptimizer : public Optimizer {
  public:
   AdafactorOptimizer(std::vector<at::Tensor> params, double lr, AdafactorOptions options);
   std::string name() const override { return "Adafactor"; }
-  void step() override;
+  void update_param(size_t i, at::Tensor& p, at::Tensor grad) override;
   std::map<std::string, double> stats() const override { return {{"lr", last_lr_}}; }
 
  protected:

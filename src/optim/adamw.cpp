@@ -24,62 +24,53 @@ AdamWOptimizer::AdamWOptimizer(std::vector<at::Tensor> params, double lr, AdamWO
   }
 }
 
-void AdamWOptimizer::step() {
-  at::NoGradGuard no_grad;
+void AdamWOptimizer::update_param(size_t i, at::Tensor& p, at::Tensor grad) {
   const auto [beta1, beta2] = options_.betas;
-  bool any = false;
-  for (size_t i = 0; i < params_.size(); ++i) {
-    at::Tensor& p = params_[i];
-    const at::Tensor& grad = p.grad();
-    if (!grad.defined()) continue;
-    any = true;
-    auto& state = slots(i);
-    const bool quantized = options_.state_8bit && p.numel() >= options_.min_8bit_size;
-    at::Tensor exp_avg, exp_avg_sq;
-    if (state.empty()) {
-      exp_avg = at::zeros_like(p);
-      exp_avg_sq = at::zeros_like(p);
-      if (options_.amsgrad) state["max_exp_avg_sq"] = at::zeros_like(p);
-    } else if (quantized) {
-      exp_avg = dequantize_blockwise({state["exp_avg.codes"], state["exp_avg.absmax"]}, signed_codes_, p);
-      exp_avg_sq = dequantize_blockwise({state["exp_avg_sq.codes"], state["exp_avg_sq.absmax"]}, unsigned_codes_, p);
-    } else {
-      exp_avg = state["exp_avg"];
-      exp_avg_sq = state["exp_avg_sq"];
-    }
-    const int64_t step = ++param_steps_[i];
-    const double lr = lr_ * multipliers_[i];
-
-    // torch.optim.AdamW (_single_tensor_adamw), operation for operation.
-    p.mul_(1 - lr * options_.weight_decay);
-    exp_avg.lerp_(grad, 1 - beta1);
-    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1 - beta2);
-    const double bias_correction1 = 1 - std::pow(beta1, static_cast<double>(step));
-    const double bias_correction2 = 1 - std::pow(beta2, static_cast<double>(step));
-    const double step_size = lr / bias_correction1;
-    const double bias_correction2_sqrt = std::sqrt(bias_correction2);
-    at::Tensor denom;
-    if (options_.amsgrad) {
-      at::Tensor& max_sq = state["max_exp_avg_sq"];
-      at::maximum_out(max_sq, max_sq, exp_avg_sq);
-      denom = (max_sq.sqrt() / bias_correction2_sqrt).add_(options_.eps);
-    } else {
-      denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(options_.eps);
-    }
-    p.addcdiv_(exp_avg, denom, -step_size);
-
-    if (quantized) {
-      Quantized m = quantize_blockwise(exp_avg, signed_codes_), v = quantize_blockwise(exp_avg_sq, unsigned_codes_);
-      state["exp_avg.codes"] = m.codes;
-      state["exp_avg.absmax"] = m.absmax;
-      state["exp_avg_sq.codes"] = v.codes;
-      state["exp_avg_sq.absmax"] = v.absmax;
-    } else {
-      state["exp_avg"] = exp_avg;
-      state["exp_avg_sq"] = exp_avg_sq;
-    }
+  auto& state = slots(i);
+  const bool quantized = options_.state_8bit && p.numel() >= options_.min_8bit_size;
+  at::Tensor exp_avg, exp_avg_sq;
+  if (state.empty()) {
+    exp_avg = at::zeros_like(p);
+    exp_avg_sq = at::zeros_like(p);
+    if (options_.amsgrad) state["max_exp_avg_sq"] = at::zeros_like(p);
+  } else if (quantized) {
+    exp_avg = dequantize_blockwise({state["exp_avg.codes"], state["exp_avg.absmax"]}, signed_codes_, p);
+    exp_avg_sq = dequantize_blockwise({state["exp_avg_sq.codes"], state["exp_avg_sq.absmax"]}, unsigned_codes_, p);
+  } else {
+    exp_avg = state["exp_avg"];
+    exp_avg_sq = state["exp_avg_sq"];
   }
-  if (any) ++steps_;
+  const int64_t step = ++param_steps_[i];
+  const double lr = lr_ * multipliers_[i];
+
+  // torch.optim.AdamW (_single_tensor_adamw), operation for operation.
+  p.mul_(1 - lr * options_.weight_decay);
+  exp_avg.lerp_(grad, 1 - beta1);
+  exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1 - beta2);
+  const double bias_correction1 = 1 - std::pow(beta1, static_cast<double>(step));
+  const double bias_correction2 = 1 - std::pow(beta2, static_cast<double>(step));
+  const double step_size = lr / bias_correction1;
+  const double bias_correction2_sqrt = std::sqrt(bias_correction2);
+  at::Tensor denom;
+  if (options_.amsgrad) {
+    at::Tensor& max_sq = state["max_exp_avg_sq"];
+    at::maximum_out(max_sq, max_sq, exp_avg_sq);
+    denom = (max_sq.sqrt() / bias_correction2_sqrt).add_(options_.eps);
+  } else {
+    denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(options_.eps);
+  }
+  p.addcdiv_(exp_avg, denom, -step_size);
+
+  if (quantized) {
+    Quantized m = quantize_blockwise(exp_avg, signed_codes_), v = quantize_blockwise(exp_avg_sq, unsigned_codes_);
+    state["exp_avg.codes"] = m.codes;
+    state["exp_avg.absmax"] = m.absmax;
+    state["exp_avg_sq.codes"] = v.codes;
+    state["exp_avg_sq.absmax"] = v.absmax;
+  } else {
+    state["exp_avg"] = exp_avg;
+    state["exp_avg_sq"] = exp_avg_sq;
+  }
 }
 
 void AdamWOptimizer::save_scalars(nlohmann::json& out) const {

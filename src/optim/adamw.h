@@ -23,7 +23,7 @@ class AdamWOptimizer : public Optimizer {
  public:
   AdamWOptimizer(std::vector<at::Tensor> params, double lr, AdamWOptions options);
   std::string name() const override { return options_.state_8bit ? "AdamW8bit" : "AdamW"; }
-  void step() override;
+  void update_param(size_t i, at::Tensor& p, at::Tensor grad) override;
 
  protected:
   void save_scalars(nlohmann::json& out) const override;

@@ -17,7 +17,7 @@ class LionOptimizer : public Optimizer {
  public:
   LionOptimizer(std::vector<at::Tensor> params, double lr, LionOptions options);
   std::string name() const override { return "Lion"; }
-  void step() override;
+  void update_param(size_t i, at::Tensor& p, at::Tensor grad) override;
 
  private:
   LionOptions options_;

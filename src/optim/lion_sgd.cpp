@@ -16,25 +16,16 @@ LionOptimizer::LionOptimizer(std::vector<at::Tensor> params, double lr, LionOpti
     fail("Lion: betas must be in [0, 1], got ", beta1, ",", beta2);
 }
 
-void LionOptimizer::step() {
-  at::NoGradGuard no_grad;
+void LionOptimizer::update_param(size_t i, at::Tensor& p, at::Tensor grad) {
   const auto [beta1, beta2] = options_.betas;
-  bool any = false;
-  for (size_t i = 0; i < params_.size(); ++i) {
-    at::Tensor& p = params_[i];
-    const at::Tensor& grad = p.grad();
-    if (!grad.defined()) continue;
-    any = true;
-    auto& state = slots(i);
-    if (state.empty()) state["exp_avg"] = at::zeros_like(p);
-    at::Tensor& exp_avg = state["exp_avg"];
-    const double lr = lr_ * multipliers_[i];
-    p.mul_(1 - lr * options_.weight_decay);
-    at::Tensor update = exp_avg.clone().mul_(beta1).add(grad, 1 - beta1).sign_();
-    p.add_(update, -lr);
-    exp_avg.mul_(beta2).add_(grad, 1 - beta2);
-  }
-  if (any) ++steps_;
+  auto& state = slots(i);
+  if (state.empty()) state["exp_avg"] = at::zeros_like(p);
+  at::Tensor& exp_avg = state["exp_avg"];
+  const double lr = lr_ * multipliers_[i];
+  p.mul_(1 - lr * options_.weight_decay);
+  at::Tensor update = exp_avg.clone().mul_(beta1).add(grad, 1 - beta1).sign_();
+  p.add_(update, -lr);
+  exp_avg.mul_(beta2).add_(grad, 1 - beta2);
 }
 
 SgdOptimizer::SgdOptimizer(std::vector<at::Tensor> params, double lr, SgdOptions options)
@@ -45,28 +36,19 @@ SgdOptimizer::SgdOptimizer(std::vector<at::Tensor> params, double lr, SgdOptions
     fail("SGD: nesterov=True requires momentum > 0 and dampening=0");
 }
 
-void SgdOptimizer::step() {
-  at::NoGradGuard no_grad;
-  bool any = false;
-  for (size_t i = 0; i < params_.size(); ++i) {
-    at::Tensor& p = params_[i];
-    at::Tensor grad = p.grad();
-    if (!grad.defined()) continue;
-    any = true;
-    if (options_.weight_decay != 0) grad = grad.add(p, options_.weight_decay);
-    if (options_.momentum != 0) {
-      auto& state = slots(i);
-      auto it = state.find("momentum_buffer");
-      if (it == state.end()) {
-        it = state.emplace("momentum_buffer", grad.clone()).first;
-      } else {
-        it->second.mul_(options_.momentum).add_(grad, 1 - options_.dampening);
-      }
-      grad = options_.nesterov ? grad.add(it->second, options_.momentum) : it->second;
+void SgdOptimizer::update_param(size_t i, at::Tensor& p, at::Tensor grad) {
+  if (options_.weight_decay != 0) grad = grad.add(p, options_.weight_decay);
+  if (options_.momentum != 0) {
+    auto& state = slots(i);
+    auto it = state.find("momentum_buffer");
+    if (it == state.end()) {
+      it = state.emplace("momentum_buffer", grad.clone()).first;
+    } else {
+      it->second.mul_(options_.momentum).add_(grad, 1 - options_.dampening);
     }
-    p.add_(grad, -lr_ * multipliers_[i]);
+    grad = options_.nesterov ? grad.add(it->second, options_.momentum) : it->second;
   }
-  if (any) ++steps_;
+  p.add_(grad, -lr_ * multipliers_[i]);
 }
 
 }  // namespace fluxtrain::optim

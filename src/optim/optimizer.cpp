@@ -74,4 +74,20 @@ void Optimizer::load_state(const std::vector<std::pair<std::string, at::Tensor>>
   }
 }
 
+void Optimizer::step() {
+  at::NoGradGuard no_grad;
+  bool any = false;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    at::Tensor& p = params_[i];
+    if (!p.grad().defined()) continue;
+    any = true;
+    update_param(i, p, p.grad());
+  }
+  if (any) ++steps_;
+}
+
+void Optimizer::update_param(size_t, at::Tensor&, at::Tensor) {
+  fail("internal: ", name(), " implements neither step() nor update_param()");
+}
+
 }  // namespace fluxtrain::optim

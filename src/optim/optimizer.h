@@ -26,7 +26,10 @@ class Optimizer {
 
   // kohya's name of the optimizer ("Prodigy", "AdamW8bit", ...).
   virtual std::string name() const = 0;
-  virtual void step() = 0;
+  // Element-wise optimizers: update_param() for every parameter that has a gradient, then the step
+  // count moves on (if anything was updated). Optimizers that need all gradients at once (Prodigy's
+  // d estimate) override step() itself.
+  virtual void step();
   // Drops every gradient (torch's zero_grad(set_to_none=True)).
   void zero_grad();
 
@@ -52,6 +55,8 @@ class Optimizer {
  protected:
   // The slots of parameter i ("exp_avg", ...), created lazily on its first step.
   std::map<std::string, at::Tensor>& slots(size_t i) { return slots_[i]; }
+  // One parameter's update; `grad` is defined (and may be modified: it is a handle the caller drops).
+  virtual void update_param(size_t i, at::Tensor& p, at::Tensor grad);
   // Optimizer-specific scalars beyond lr and the step count.
   virtual void save_scalars(nlohmann::json& /*out*/) const {}
   virtual void load_scalars(const nlohmann::json& /*in*/) {}

@@ -17,7 +17,7 @@ class SgdOptimizer : public Optimizer {
  public:
   SgdOptimizer(std::vector<at::Tensor> params, double lr, SgdOptions options);
   std::string name() const override { return "SGD"; }
-  void step() override;
+  void update_param(size_t i, at::Tensor& p, at::Tensor grad) override;
 
  private:
   SgdOptions options_;

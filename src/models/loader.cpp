@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "core/log.h"
+#include "core/progress.h"
 #include "core/safetensors.h"
 
 namespace fluxtrain::models {
@@ -164,6 +165,15 @@ LoadReport load_strict(torch::nn::Module& module, const Checkpoint& checkpoint, 
     throw Error(message);
   }
 
+  // Big models show a progress line while they stream in (a 12B model takes a while from disk).
+  int64_t total_bytes = 0;
+  for (const Target& t : targets) total_bytes += static_cast<int64_t>(t.tensor.nbytes());
+  std::unique_ptr<Progress> progress;
+  if (total_bytes >= (int64_t{256} << 20)) {
+    ProgressOptions po;
+    po.unit = "B";
+    progress = std::make_unique<Progress>("loading " + options.what, total_bytes, po);
+  }
   for (Target& t : targets) {
     const auto& keys = t.source.keys;
     switch (t.source.op) {
@@ -189,6 +199,7 @@ LoadReport load_strict(torch::nn::Module& module, const Checkpoint& checkpoint, 
     }
     for (const std::string& key : keys) checkpoint.release(options.prefix + key);
     ++report.loaded;
+    if (progress) progress->advance(static_cast<int64_t>(t.tensor.nbytes()));
   }
 
   std::set<std::string> ignored;

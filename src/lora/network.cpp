@@ -217,13 +217,15 @@ void LoraNetwork::load_kohya(const std::map<std::string, at::Tensor>& tensors, c
       part.down.copy_(down->narrow(0, j * r, r));
       at::Tensor block = up->narrow(0, row, part.up.size(0));
       part.up.copy_(block.narrow(1, j * r, r));
-      // A fused up must be block-diagonal to be split exactly.
-      at::Tensor off_diagonal = block.clone();
-      off_diagonal.narrow(1, j * r, r).zero_();
-      if (k > 1 && !block_diagonal_reported && off_diagonal.count_nonzero().item<int64_t>() != 0) {
-        problems.push_back(cat(m->name(), ": the fused up weight is not block-diagonal, so it cannot be split into q/k/v; "
-                               "load it without split_qkv"));
-        block_diagonal_reported = true;
+      // A fused up must be block-diagonal to be split exactly (only split modules need the check).
+      if (k > 1 && !block_diagonal_reported) {
+        at::Tensor off_diagonal = block.clone();
+        off_diagonal.narrow(1, j * r, r).zero_();
+        if (off_diagonal.count_nonzero().item<int64_t>() != 0) {
+          problems.push_back(cat(m->name(), ": the fused up weight is not block-diagonal, so it cannot be split into q/k/v; "
+                                 "load it without split_qkv"));
+          block_diagonal_reported = true;
+        }
       }
       row += part.up.size(0);
     }

@@ -10,6 +10,7 @@
 #include <functional>
 #include <sstream>
 
+#include "temp_dir.h"
 #include "core/assets.h"
 #include "core/error.h"
 #include "core/sha256.h"
@@ -21,12 +22,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-fs::path fresh_dir(const std::string& name) {
-  fs::path dir = fs::temp_directory_path() / ("fluxtrain_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
+using testing::fresh_dir;
 
 void write(const fs::path& path, const std::string& content) {
   std::ofstream out(path, std::ios::binary);

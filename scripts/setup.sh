@@ -22,6 +22,10 @@ apt_packages=(
   libcli11-dev         # command-line parsing (declarative options)
   libicu-dev           # tokenizers: NFC, case mapping, Unicode categories, grapheme clusters
   libgtest-dev         # unit tests
+  libjpeg-dev libpng-dev libwebp-dev zlib1g-dev  # dataset images (JPEG, PNG, WebP); zlib also for PNG text chunks
+  libtomlplusplus-dev  # dataset and run configs in TOML
+  libcurl4-openssl-dev # dataset and model downloads (HTTP with retries and resume)
+  libarchive-dev libzstd-dev  # dataset archives (zip, tar, tar.gz, tar.zst)
   clang libclang-rt-14-dev  # sanitizer + libFuzzer build of the safetensors parser tests
 )
 

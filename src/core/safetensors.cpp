@@ -12,6 +12,7 @@
 #include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/progress.h"
+#include "core/sha256.h"
 
 namespace fluxtrain::safetensors {
 
@@ -167,6 +168,23 @@ void write(const std::string& path, const std::vector<std::pair<std::string, at:
                                    [t] { return t; }});
   }
   write(path, std::move(sources), metadata);
+}
+
+std::string data_sha256(const std::vector<std::pair<std::string, at::Tensor>>& tensors) {
+  std::vector<TensorInfo> layout;
+  std::unordered_map<std::string, at::Tensor> by_name;
+  for (const auto& [name, tensor] : tensors) {
+    layout.push_back(TensorInfo{name, from_scalar_type(tensor.scalar_type(), name),
+                                std::vector<int64_t>(tensor.sizes().begin(), tensor.sizes().end()), 0, 0});
+    by_name.emplace(name, tensor);
+  }
+  assign_offsets(layout, "(hash)");
+  Sha256 hash;
+  for (const TensorInfo& info : layout) {
+    at::Tensor t = by_name.at(info.name).to(at::kCPU).contiguous();
+    hash.update(t.data_ptr(), info.nbytes());
+  }
+  return hash.hex_digest();
 }
 
 }  // namespace fluxtrain::safetensors

@@ -72,4 +72,9 @@ void write(const std::string& path, std::vector<TensorSource> tensors, const Met
 void write(const std::string& path, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
            const Metadata& metadata = {});
 
+// SHA-256 of the data area (every tensor's bytes, in file order) that write() would produce for these
+// tensors: the "model hash" of kohya's `sshs_model_hash`, which A1111/Forge show for a LoRA; it is
+// independent of the metadata, so it can be stored in the file's own metadata.
+std::string data_sha256(const std::vector<std::pair<std::string, at::Tensor>>& tensors);
+
 }  // namespace fluxtrain::safetensors

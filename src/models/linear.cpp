@@ -1,5 +1,12 @@
 #include "models/linear.h"
 
+#include <map>
+#include <mutex>
+#include <tuple>
+
+#include "core/error.h"
+#include "core/log.h"
+
 namespace fluxtrain::models {
 
 at::Tensor register_empty(torch::nn::Module& module, const std::string& name, at::IntArrayRef shape,
@@ -20,12 +27,117 @@ at::Tensor LinearImpl::weight_as(at::ScalarType dtype) const {
 
 at::Tensor LinearImpl::forward_base(const at::Tensor& x) {
   at::Tensor b = bias.defined() && bias.scalar_type() != x.scalar_type() ? bias.to(x.scalar_type()) : bias;
+  if (fp8_matmul != Fp8Matmul::off && weight.scalar_type() == at::kFloat8_e4m3fn &&
+      fp8_matmul_supported(x.device(), fp8_matmul, x.scalar_type())) {
+    return fp8_linear(x, weight, b, fp8_matmul);
+  }
   return at::linear(x, weight_as(x.scalar_type()), b);
 }
 
 at::Tensor LinearImpl::forward(const at::Tensor& x) {
   at::Tensor out = forward_base(x);
   return adapter ? adapter->forward(x, out) : out;
+}
+
+namespace {
+
+constexpr double kE4M3Max = 448.0;
+
+// x2d [M, K] -> (e4m3 values, fp32 scale [] or [M, 1]) with x ≈ values * scale.
+std::pair<at::Tensor, at::Tensor> quantize_rows(const at::Tensor& x2d, Fp8Matmul mode) {
+  at::Tensor x32 = x2d.to(at::kFloat);
+  at::Tensor amax = mode == Fp8Matmul::rowwise ? x32.abs().amax({1}, /*keepdim=*/true) : x32.abs().max();
+  at::Tensor scale = (amax / kE4M3Max).clamp_min(1e-12);
+  at::Tensor values = (x32 / scale).clamp(-kE4M3Max, kE4M3Max).to(at::kFloat8_e4m3fn);
+  return {values, scale};
+}
+
+at::Tensor scaled_mm(const at::Tensor& x, const at::Tensor& weight, Fp8Matmul mode, at::ScalarType out_dtype) {
+  at::Tensor x2d = x.reshape({-1, x.size(-1)});
+  auto [values, scale_a] = quantize_rows(x2d, mode);
+  auto f32 = at::TensorOptions().dtype(at::kFloat).device(x.device());
+  at::Tensor scale_b = mode == Fp8Matmul::rowwise ? at::ones({1, weight.size(0)}, f32) : at::ones({}, f32);
+  // weight [N, K] row-major: its transpose is the column-major [K, N] the kernel wants.
+  at::Tensor out = at::_scaled_mm(values, weight.t(), scale_a, scale_b, std::nullopt, std::nullopt, out_dtype);
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape.back() = weight.size(0);
+  return out.reshape(shape);
+}
+
+class Fp8LinearFunction : public torch::autograd::Function<Fp8LinearFunction> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
+                            int64_t mode) {
+    ctx->save_for_backward({weight});
+    return scaled_mm(x, weight, static_cast<Fp8Matmul>(mode), x.scalar_type());
+  }
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
+                                               torch::autograd::tensor_list grads) {
+    at::Tensor weight = ctx->get_saved_variables()[0];
+    const at::Tensor& g = grads[0];
+    return {at::matmul(g, weight.to(g.scalar_type())), at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+at::Tensor fp8_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, Fp8Matmul mode) {
+  at::Tensor out = Fp8LinearFunction::apply(x, weight, static_cast<int64_t>(mode));
+  return bias.defined() ? out + bias : out;
+}
+
+bool fp8_matmul_supported(at::Device device, Fp8Matmul mode, at::ScalarType out_dtype) {
+  if (mode == Fp8Matmul::off) return false;
+  static std::mutex mutex;
+  static std::map<std::tuple<int, int, int, int>, bool> known;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto key = std::make_tuple(static_cast<int>(device.type()), static_cast<int>(device.index()),
+                             static_cast<int>(mode), static_cast<int>(out_dtype));
+  auto it = known.find(key);
+  if (it != known.end()) return it->second;
+  bool ok = true;
+  try {
+    at::NoGradGuard no_grad;
+    auto options = at::TensorOptions().device(device);
+    at::Tensor x = at::ones({16, 32}, options.dtype(out_dtype));
+    at::Tensor w = at::ones({16, 32}, options.dtype(at::kFloat)).to(at::kFloat8_e4m3fn);
+    at::Tensor y = scaled_mm(x, w, mode, out_dtype);
+    ok = y.to(at::kFloat).sub(32.0).abs().max().item<double>() < 1e-3;
+  } catch (const std::exception& e) {
+    ok = false;
+    log::warn("fp8 matmul (", to_string(mode), ", ", c10::toString(out_dtype), ") is not available on ", device.str(),
+              "; fp8 weights are upcast instead (", std::string(e.what()).substr(0, 160), ")");
+  }
+  known[key] = ok;
+  return ok;
+}
+
+int64_t set_fp8_matmul(torch::nn::Module& module, Fp8Matmul mode) {
+  int64_t count = 0;
+  for (const auto& child : module.modules(/*include_self=*/true)) {
+    auto* linear = dynamic_cast<LinearImpl*>(child.get());
+    if (!linear || linear->weight.scalar_type() != at::kFloat8_e4m3fn) continue;
+    if (linear->in_features % 16 != 0 || linear->out_features % 16 != 0) continue;
+    linear->fp8_matmul = mode;
+    ++count;
+  }
+  return count;
+}
+
+const char* to_string(Fp8Matmul mode) {
+  switch (mode) {
+    case Fp8Matmul::off: return "off";
+    case Fp8Matmul::tensorwise: return "tensorwise";
+    case Fp8Matmul::rowwise: return "rowwise";
+  }
+  return "?";
+}
+
+Fp8Matmul parse_fp8_matmul(const std::string& text, const std::string& option) {
+  for (Fp8Matmul mode : {Fp8Matmul::off, Fp8Matmul::tensorwise, Fp8Matmul::rowwise}) {
+    if (text == to_string(mode)) return mode;
+  }
+  fail(option, " = '", text, "' is not an fp8 matmul mode; use off, tensorwise or rowwise");
 }
 
 }  // namespace fluxtrain::models

@@ -14,6 +14,8 @@
 #include <memory>
 #include <optional>
 
+#include "models/options.h"
+
 namespace fluxtrain::models {
 
 class LinearAdapter {
@@ -39,8 +41,27 @@ class LinearImpl : public torch::nn::Module {
   at::Tensor weight;
   at::Tensor bias;  // undefined when the layer has no bias
   std::shared_ptr<LinearAdapter> adapter;
+  // With an fp8 weight: multiply in fp8 (see Fp8Matmul); the weight is frozen (no weight gradient).
+  Fp8Matmul fp8_matmul = Fp8Matmul::off;
 };
 TORCH_MODULE(Linear);
+
+// Sets `mode` on every Linear below `module` whose weight is float8_e4m3fn and whose widths suit the
+// fp8 kernels (multiples of 16). Returns how many layers it set.
+int64_t set_fp8_matmul(torch::nn::Module& module, Fp8Matmul mode);
+
+// Whether `_scaled_mm` runs on this device with this scaling and output dtype: probed once with a
+// small product and remembered (CUDA needs fp8 tensor cores, compute capability 8.9 or newer; the CPU
+// does tensorwise only).
+bool fp8_matmul_supported(at::Device device, Fp8Matmul mode, at::ScalarType out_dtype);
+
+// y = x W^T + b with x quantised to e4m3 (scale = amax / 448 per tensor or per row) and W used as
+// stored (e4m3, scale 1); the result in x's dtype. Differentiable in x (grad = g W, W upcast).
+at::Tensor fp8_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, Fp8Matmul mode);
+
+const char* to_string(Fp8Matmul mode);
+// "off" | "tensorwise" | "rowwise"; Error naming `option` otherwise.
+Fp8Matmul parse_fp8_matmul(const std::string& text, const std::string& option);
 
 // A parameter-free helper: registers an uninitialised parameter of `shape` on `module`.
 at::Tensor register_empty(torch::nn::Module& module, const std::string& name, at::IntArrayRef shape,

@@ -8,10 +8,18 @@
 
 namespace fluxtrain::models {
 
+// How a Linear layer with an fp8 weight multiplies (spec/flux.md §6). `off` upcasts the weight to the
+// compute dtype (works everywhere). The others quantise the input to float8_e4m3fn too and run one fp8
+// matmul (`_scaled_mm`, fp8 tensor cores on Ada/Hopper GPUs): `tensorwise` with one scale for the whole
+// input, `rowwise` with one scale per token (more accurate; CUDA and bf16 only). Where the device cannot
+// (probed once per device, mode and dtype), the layer falls back to `off` with a warning.
+enum class Fp8Matmul { off, tensorwise, rowwise };
+
 struct ModelOptions {
   at::ScalarType dtype = at::kFloat;  // parameters and compute
   at::Device device = at::kCPU;
   bool fp8_base = false;  // 2-D Linear weights inside the repeated blocks kept as float8_e4m3fn
+  Fp8Matmul fp8_matmul = Fp8Matmul::off;  // with fp8_base: how those layers multiply
 
   at::TensorOptions tensor() const { return at::TensorOptions().dtype(dtype).device(device); }
   // Storage dtype of a 2-D Linear weight inside a block.

@@ -194,6 +194,57 @@ def test_fp8_base_matches_reference_on_rounded_weights(tmp_path, test_tool, stor
     assert err <= 1e-5
 
 
+def _quantised_linear(linear: torch.nn.Linear):
+    """The fp8 matmul our tensorwise mode promises: x scaled by amax/448 to e4m3, times the e4m3 weight
+    with torch._scaled_mm, plus the bias."""
+    w8 = linear.weight.detach().to(torch.float8_e4m3fn)
+
+    def forward(x):
+        x2 = x.reshape(-1, x.shape[-1]).float()
+        scale = (x2.abs().max() / FP8_MAX).clamp_min(1e-12)
+        q = (x2 / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+        y = torch._scaled_mm(q, w8.t(), scale, torch.ones(()), out_dtype=torch.float32)
+        y = y.reshape(*x.shape[:-1], w8.shape[0])
+        return y + linear.bias if linear.bias is not None else y
+    return forward
+
+
+def test_fp8_matmul_tensorwise_matches_scaled_mm_reference(tmp_path, test_tool):
+    """--fp8-matmul tensorwise (the fp8 tensor-core path; the CPU runs it too): every fp8 block Linear
+    quantises its input per tensor and multiplies with _scaled_mm. Reference: diffusers with each block
+    Linear replaced by the same recipe on torch._scaled_mm (≤ 1e-5: both sides see the same fp32
+    inputs, so they quantise identically). Also shows the path differs from plain upcasting."""
+    seed = int(torch.randint(0, 10**6, ()).item())
+    cfg = tm.TINY_FLUX
+    sd = tiny_weights(cfg, seed)
+    path = tmp_path / "model.safetensors"
+    save_file({k: (v.to(torch.float8_e4m3fn) if k in block_matrices(sd) else v) for k, v in sd.items()}, str(path))
+    rounded = {k: (v.to(torch.float8_e4m3fn).float() if k in block_matrices(sd) else v) for k, v in sd.items()}
+    model = fr.diffusers_model(cfg, rounded)
+    patched = 0
+    for blocks in (model.transformer_blocks, model.single_transformer_blocks):
+        for module in blocks.modules():
+            if isinstance(module, torch.nn.Linear):
+                assert module.in_features % 16 == 0 and module.out_features % 16 == 0
+                module.forward = _quantised_linear(module)
+                patched += 1
+    assert patched > 0
+    inputs = make_inputs(cfg, seed + 11)
+    inputs_path = tmp_path / "inputs.safetensors"
+    save_file(inputs, str(inputs_path))
+    with torch.no_grad():
+        ref = fr.diffusers_forward(model, inputs)
+    out, upcast = tmp_path / "out.safetensors", tmp_path / "upcast.safetensors"
+    run([test_tool, "flux-forward", path, inputs_path, out, "--fp8", "1", "--fp8-matmul", "tensorwise"])
+    run([test_tool, "flux-forward", path, inputs_path, upcast, "--fp8", "1"])
+    ours = load_file(str(out))["out"]
+    err = rel_err(ours, ref)
+    drift = rel_err(load_file(str(upcast))["out"], ours)
+    print(f"\nflux fp8 matmul tensorwise rel err {err:.2e} (vs upcast path: {drift:.2e})")
+    assert err <= 1e-5
+    assert drift > 1e-4
+
+
 def test_loading_streams_from_the_memory_map(tmp_path, test_tool):
     """Loading a ~2 GB bf16 checkpoint raises peak RSS by at most 1.15 x the model's own size above
     what the process held before loading (libtorch itself accounts for a few hundred MB before that)."""

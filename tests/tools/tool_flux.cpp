@@ -1,5 +1,5 @@
 // Flux transformer commands of fluxtrain_test_tool.
-//   flux-forward MODEL INPUTS OUT [--dtype fp32|bf16] [--fp8 1]   out = model(inputs)
+//   flux-forward MODEL INPUTS OUT [--dtype fp32|bf16] [--fp8 1] [--fp8-matmul off|tensorwise|rowwise]
 //   flux-grad MODEL INPUTS OUT    gradients of sum(out * cotangent) w.r.t. img and some block weights
 //   flux-keys dev|schnell         the full-size model's parameters built on the meta device, as JSON
 #include <ATen/ATen.h>
@@ -42,6 +42,7 @@ int flux_forward(const Args& args) {
   models::ModelOptions options;
   options.dtype = parse_dtype(option(args, "--dtype", "fp32"));
   options.fp8_base = option(args, "--fp8", "0") == "1";
+  options.fp8_matmul = models::parse_fp8_matmul(option(args, "--fp8-matmul", "off"), "--fp8-matmul");
   auto loaded = models::load_flux(args.at(0), options);
   at::NoGradGuard no_grad;
   at::Tensor out = loaded.model->forward(read_inputs(args.at(1), options.dtype));
@@ -78,7 +79,7 @@ int flux_keys(const Args& args) {
   return 0;
 }
 
-const ToolCommand kForward("flux-forward", "MODEL INPUTS OUT [--dtype fp32|bf16] [--fp8 1]", flux_forward);
+const ToolCommand kForward("flux-forward", "MODEL INPUTS OUT [--dtype fp32|bf16] [--fp8 1] [--fp8-matmul MODE]", flux_forward);
 const ToolCommand kGrad("flux-grad", "MODEL INPUTS OUT", flux_grad);
 const ToolCommand kKeys("flux-keys", "dev|schnell", flux_keys);
 

@@ -31,7 +31,13 @@ at::Tensor batch_loss(models::FluxTransformerImpl& model, const LatentBatch& bat
 
   at::Tensor pred = flux_forward(model, in, options.checkpointing);
   at::Tensor target = models::pack_latents(noised.target).to(device);
-  return flow_loss(pred, target, options.objective);
+  at::Tensor mask;
+  if (batch.loss_mask.defined()) {
+    // [B, h, w] -> the packed layout of the prediction, every latent channel weighted alike.
+    mask = models::pack_latents(batch.loss_mask.unsqueeze(1).expand({b, batch.latents.size(1), h, w}).to(at::kFloat))
+               .to(device);
+  }
+  return flow_loss(pred, target, options.objective, mask);
 }
 
 double clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm) {

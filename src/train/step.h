@@ -24,6 +24,7 @@ struct LatentBatch {
   at::Tensor t5;           // [B, L, context_in_dim]
   at::Tensor t5_mask;      // [B, L] (1 = token) or undefined
   at::Tensor clip_pooled;  // [B, vec_in_dim]
+  at::Tensor loss_mask;    // [B, h, w] in [0, 1] (alpha_mask training) or undefined
 };
 
 struct StepOptions {

@@ -7,13 +7,17 @@ disk) and a handful of tokens.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 from dataclasses import replace
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from safetensors.torch import save as safetensors_save
 
 from conftest import run
 from reference import flux_reference as fr
@@ -58,6 +62,27 @@ def diffusers_with_lora(sd, lora_path):
     return transformer, state_dict
 
 
+def check_metadata(path, saved, flags):
+    """kohya's ss_* keys, SAI modelspec keys, and sshs_model_hash = sha256 of the data area exactly as
+    kohya computes it (safetensors.torch.save of the same tensors)."""
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    assert meta["ss_network_module"] == "networks.lora_flux"
+    assert meta["ss_network_dim"] == "4"
+    alpha = float(flags[flags.index("--alpha") + 1]) if "--alpha" in flags else 2.0
+    assert float(meta["ss_network_alpha"]) == alpha
+    assert meta["ss_base_model_version"] == "flux1"
+    args = json.loads(meta["ss_network_args"])
+    assert args["train_blocks"] == (flags[flags.index("--train-blocks") + 1] if "--train-blocks" in flags else "all")
+    assert ("split_qkv" in args) == ("--split-qkv" in flags)
+    assert meta["modelspec.architecture"] == "flux-1-dev/lora"
+    assert meta["modelspec.sai_model_spec"] == "1.0.1"
+    assert meta["modelspec.title"] == "interop" and meta["modelspec.trigger_phrase"] == "ohwx"
+    data = safetensors_save(saved, metadata={k: v for k, v in meta.items() if k.startswith("ss_")})
+    n = int.from_bytes(data[:8], "little")
+    assert meta["sshs_model_hash"] == hashlib.sha256(data[8 + n:]).hexdigest()
+
+
 @pytest.mark.parametrize("flags", [
     [],
     ["--split-qkv", "1"],
@@ -77,6 +102,7 @@ def test_diffusers_loads_our_lora_with_the_same_effect(model, test_tool, flags, 
     modules = {k.split(".")[0] for k in saved}
     assert modules <= weights, modules - weights
     assert all(f"{m}.alpha" in saved for m in modules)
+    check_metadata(lora, saved, flags)
 
     ours = load_file(str(out))["out"]
 

@@ -11,6 +11,7 @@
 #include <iostream>
 
 #include "core/safetensors.h"
+#include "lora/lora_file.h"
 #include "lora/network.h"
 #include "models/convert.h"
 #include "tool.h"
@@ -41,7 +42,11 @@ int lora_make(const Args& args) {
       for (auto& part : m->parts()) part.up.copy_(at::randn(part.up.sizes(), g, at::kFloat) * 0.05);
     }
   }
-  safetensors::write(args.at(1), network.kohya_state(), {{"ss_network_module", "networks.lora_flux"}});
+  lora::LoraFileInfo info;
+  info.title = "interop";
+  info.trigger_phrase = "ohwx";
+  info.training = {{"ss_steps", "0"}};
+  lora::save_lora_file(args.at(1), network, info);
   std::string inputs = option(args, "--forward", "");
   if (!inputs.empty()) {
     // Through the file just written, as a user would load it.

@@ -1,0 +1,83 @@
+#include "lora/lora_file.h"
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cstdlib>
+#include <ctime>
+
+#include "core/safetensors.h"
+#include "core/version.h"
+#include "lora/network.h"
+
+namespace fluxtrain::lora {
+namespace {
+
+std::string number(double value) {
+  std::ostringstream out;
+  out.precision(17);
+  out << value;
+  return out.str();
+}
+
+// Now, or SOURCE_DATE_EPOCH when set (the reproducible-builds convention), so that two runs with the
+// same seed can produce byte-identical files.
+std::string iso_date_now() {
+  std::time_t now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+  if (const char* fixed = std::getenv("SOURCE_DATE_EPOCH"); fixed != nullptr && *fixed != 0) {
+    now = static_cast<std::time_t>(std::strtoll(fixed, nullptr, 10));
+  }
+  std::tm utc{};
+  gmtime_r(&now, &utc);
+  char text[32];
+  std::strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%S", &utc);
+  return text;
+}
+
+}  // namespace
+
+safetensors::Metadata lora_metadata(const LoraNetwork& network, const LoraFileInfo& info) {
+  const LoraOptions& o = network.options();
+  safetensors::Metadata m = info.training;
+  // What kohya's flux_train_network writes about the network itself; loaders (and Civitai's pages)
+  // read ss_network_dim / ss_network_alpha / ss_network_module / ss_base_model_version.
+  m["ss_network_module"] = "networks.lora_flux";
+  m["ss_network_dim"] = std::to_string(o.rank);
+  m["ss_network_alpha"] = number(o.alpha > 0 ? o.alpha : static_cast<double>(o.rank));
+  m["ss_network_dropout"] = number(o.dropout.neuron);
+  nlohmann::ordered_json args = nlohmann::ordered_json::object();
+  args["train_blocks"] = o.train_blocks;
+  if (o.train_double_block_indices != "all") args["train_double_block_indices"] = o.train_double_block_indices;
+  if (o.train_single_block_indices != "all") args["train_single_block_indices"] = o.train_single_block_indices;
+  if (o.split_qkv) args["split_qkv"] = "True";
+  if (o.dropout.rank > 0) args["rank_dropout"] = number(o.dropout.rank);
+  if (o.dropout.module > 0) args["module_dropout"] = number(o.dropout.module);
+  for (const auto& [type, dim] : o.type_dims) args[type + "_dim"] = std::to_string(dim);
+  m["ss_network_args"] = args.dump();
+  m["ss_base_model_version"] = info.architecture == "flux-1-schnell" ? "flux1_schnell" : "flux1";
+  m["ss_v2"] = "False";
+  if (!info.title.empty()) m["ss_output_name"] = info.title;
+  m["ss_resolution"] = cat("(", info.width, ", ", info.height, ")");
+  m["ss_training_comment"] = cat("fluxtrain ", kVersion);
+
+  m["modelspec.sai_model_spec"] = "1.0.1";
+  m["modelspec.architecture"] = info.architecture + "/lora";
+  m["modelspec.implementation"] = "https://github.com/black-forest-labs/flux";
+  m["modelspec.implementation_version"] = cat("fluxtrain/", kVersion);
+  m["modelspec.title"] = info.title.empty() ? "LoRA" : info.title;
+  m["modelspec.resolution"] = cat(info.width, "x", info.height);
+  m["modelspec.date"] = iso_date_now();
+  if (!info.trigger_phrase.empty()) m["modelspec.trigger_phrase"] = info.trigger_phrase;
+  return m;
+}
+
+void save_lora_file(const std::string& path, const LoraNetwork& network, const LoraFileInfo& info) {
+  auto tensors = network.kohya_state();
+  safetensors::Metadata metadata = lora_metadata(network, info);
+  // kohya: sha256 of the data area; A1111/Forge show its first 10 hex digits as the LoRA's hash.
+  metadata["sshs_model_hash"] = safetensors::data_sha256(tensors);
+  safetensors::write(path, tensors, metadata);
+}
+
+}  // namespace fluxtrain::lora

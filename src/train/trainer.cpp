@@ -1,0 +1,273 @@
+#include "train/trainer.h"
+
+#include <ATen/ATen.h>
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+
+#include "core/atomic_file.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "core/safetensors.h"
+#include "models/convert.h"
+#include "optim/optimizer.h"
+#include "train/state.h"
+
+namespace fluxtrain::train {
+namespace fs = std::filesystem;
+namespace {
+
+std::atomic<int> g_stop{0};
+
+extern "C" void on_stop_signal(int signal) { g_stop.store(signal); }
+
+// Installs SIGINT/SIGTERM handlers for the lifetime of a training run and restores the old ones.
+class StopSignals {
+ public:
+  StopSignals() {
+    g_stop.store(0);
+    struct sigaction action {};
+    action.sa_handler = on_stop_signal;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGINT, &action, &old_int_);
+    sigaction(SIGTERM, &action, &old_term_);
+  }
+  ~StopSignals() {
+    sigaction(SIGINT, &old_int_, nullptr);
+    sigaction(SIGTERM, &old_term_, nullptr);
+  }
+
+ private:
+  struct sigaction old_int_ {};
+  struct sigaction old_term_ {};
+};
+
+std::string numbered(const std::string& name, const char* what, int64_t n, int width) {
+  char text[64];
+  std::snprintf(text, sizeof(text), "-%s%0*lld", what, width, static_cast<long long>(n));
+  return name + text + ".safetensors";
+}
+
+// The trained tensors: a LoRA's parameters by module, or every transformer weight.
+struct Trainable {
+  models::FluxTransformer model{nullptr};
+  std::unique_ptr<lora::LoraNetwork> network;
+  std::vector<at::Tensor> params;
+  std::vector<std::string> names;
+};
+
+Trainable build(const TrainerConfig& config) {
+  Trainable t;
+  models::ModelOptions model_options = config.model;
+  if (config.full_finetune) {
+    if (model_options.fp8_base) fail("fp8_base cannot be combined with full fine-tuning (--network none): the trained weights must be fp32; turn fp8_base off");
+    model_options.dtype = at::kFloat;
+  }
+  t.model = models::load_flux(config.model_path, model_options).model;
+  if (config.full_finetune) {
+    for (const auto& p : t.model->named_parameters()) {
+      p.value().requires_grad_(true);
+      t.params.push_back(p.value());
+      t.names.push_back(p.key());
+    }
+  } else {
+    for (auto& p : t.model->parameters()) p.requires_grad_(false);
+    t.network = std::make_unique<lora::LoraNetwork>(*t.model, config.lora, config.seed);
+    if (!config.network_weights.empty()) {
+      t.network->load_kohya(lora::read_lora_file(config.network_weights), config.network_weights);
+      log::info("starting from the LoRA in ", config.network_weights);
+    }
+    t.params = t.network->parameters();
+    for (size_t i = 0; i < t.params.size(); ++i) t.names.push_back(std::to_string(i));
+  }
+  return t;
+}
+
+void write_final_model(const std::string& path, const TrainerConfig& config, Trainable& t) {
+  if (t.network) {
+    lora::save_lora_file(path, *t.network, config.file_info);
+  } else {
+    std::vector<std::pair<std::string, at::Tensor>> tensors;
+    for (const auto& p : t.model->named_parameters()) tensors.emplace_back(p.key(), p.value().detach());
+    safetensors::write(path, tensors, {{"modelspec.architecture", config.file_info.architecture},
+                                       {"modelspec.title", config.file_info.title}});
+  }
+}
+
+}  // namespace
+
+void request_stop() { g_stop.store(SIGTERM); }
+
+int64_t planned_steps(const TrainerConfig& config, int64_t batches_per_epoch) {
+  if (config.max_steps > 0) return config.max_steps;
+  const int64_t ga = std::max<int64_t>(1, config.gradient_accumulation);
+  // kohya: ceil(batches per epoch / accumulation) optimizer steps per epoch.
+  return config.max_epochs * ((batches_per_epoch + ga - 1) / ga);
+}
+
+TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHook& sample) {
+  const auto started = std::chrono::steady_clock::now();
+  const int64_t per_epoch = data.batches_per_epoch();
+  if (per_epoch <= 0) fail("the dataset gives no batches: nothing to train on");
+  const int64_t ga = std::max<int64_t>(1, config.gradient_accumulation);
+  const int64_t steps_per_epoch = (per_epoch + ga - 1) / ga;
+
+  Trainable t = build(config);
+  auto optimizer = optim::make_optimizer(config.optimizer_type, config.optimizer_args, t.params, config.learning_rate,
+                                         config.weight_decay);
+  optim::ScheduleOptions schedule_options = config.schedule;
+  TrainResult result;
+  result.total_steps = planned_steps(config, per_epoch);
+  schedule_options.num_training_steps = result.total_steps;
+  optim::LrSchedule schedule(schedule_options, config.learning_rate);
+
+  StepGenerators generators{at::detail::createCPUGenerator(config.seed + 101),
+                            at::detail::createCPUGenerator(config.seed + 102)};
+  StepOptions step_options = config.step;
+  step_options.compute_dtype = config.compute_dtype;
+  if (t.network) step_options.checkpointing.generators = {t.network->dropout_generator()};
+
+  int64_t step = 0;  // optimizer steps done
+  if (!config.resume_from.empty()) {
+    TrainingState state = load_state(config.resume_from);
+    const std::string dir = state.info.value("_dir", config.resume_from);
+    if (state.trainable.size() != t.params.size()) {
+      fail(dir, ": the state holds ", state.trainable.size(), " trained tensors but this network has ", t.params.size(),
+           "; it was saved by a different network configuration");
+    }
+    {
+      at::NoGradGuard no_grad;
+      for (size_t i = 0; i < t.params.size(); ++i) {
+        const auto& [name, tensor] = state.trainable[i];
+        if (name != t.names[i] || tensor.sizes() != t.params[i].sizes()) {
+          fail(dir, ": trained tensor '", name, "' ", tensor.sizes(), " does not match this network's '", t.names[i],
+               "' ", t.params[i].sizes(), "; it was saved by a different network configuration");
+        }
+        t.params[i].copy_(tensor);
+      }
+    }
+    optimizer->load_state(state.optimizer_tensors, state.info.at("optimizer"));
+    const auto& gens = state.info.at("generators");
+    set_generator_state(generators.timesteps, gens.at("timesteps"), dir);
+    set_generator_state(generators.noise, gens.at("noise"), dir);
+    if (t.network) {
+      at::Generator dropout = t.network->dropout_generator();
+      set_generator_state(dropout, gens.at("dropout"), dir);
+    }
+    step = state.info.at("step").get<int64_t>();
+    log::info("resumed from ", dir, " at step ", step, " of ", result.total_steps);
+  }
+
+  fs::create_directories(config.output_dir);
+  auto save_training_state = [&](int64_t at_step) {
+    TrainingState state;
+    for (size_t i = 0; i < t.params.size(); ++i) state.trainable.emplace_back(t.names[i], t.params[i].detach());
+    state.optimizer_tensors = optimizer->state_tensors();
+    state.info["step"] = at_step;
+    state.info["epoch"] = at_step * ga / per_epoch;
+    state.info["batch_in_epoch"] = at_step * ga % per_epoch;
+    state.info["total_steps"] = result.total_steps;
+    state.info["optimizer"] = optimizer->state_scalars();
+    state.info["generators"]["timesteps"] = generator_state(generators.timesteps);
+    state.info["generators"]["noise"] = generator_state(generators.noise);
+    if (t.network) state.info["generators"]["dropout"] = generator_state(t.network->dropout_generator());
+    state.info["run"] = config.run_info;
+    save_state(config.output_dir, at_step, state);
+    prune_states(config.output_dir, config.keep_last_n);
+  };
+  auto prune_files = [&](const char* what) {
+    if (config.keep_last_n <= 0) return;
+    std::vector<fs::path> files;
+    const std::string prefix = config.output_name + "-" + what;
+    for (const auto& entry : fs::directory_iterator(config.output_dir)) {
+      std::string name = entry.path().filename().string();
+      if (name.rfind(prefix, 0) == 0 && entry.path().extension() == ".safetensors") files.push_back(entry.path());
+    }
+    std::sort(files.begin(), files.end());
+    for (size_t i = 0; i + static_cast<size_t>(config.keep_last_n) < files.size(); ++i) fs::remove(files[i]);
+  };
+
+  std::ofstream metrics(config.output_dir / "metrics.jsonl", std::ios::app);
+  StopSignals signals;
+  if (t.network) t.network->set_training(true);
+  if (config.sample_at_first && sample && step == 0) sample(0, *t.model);
+
+  auto last_log = std::chrono::steady_clock::now();
+  double loss_ema = 0;
+  int64_t ema_count = 0;
+  while (step < result.total_steps) {
+    std::vector<LatentBatch> micro;
+    for (int64_t k = 0; k < ga; ++k) {
+      int64_t b = step * ga + k;
+      micro.push_back(data.batch(b / per_epoch, b % per_epoch));
+    }
+    const double lr = schedule.lr(step);
+    optimizer->set_lr(lr);
+    StepResult r = train_step(*t.model, *optimizer, micro, step_options, generators);
+    ++step;
+    result.last_loss = r.loss;
+    loss_ema = ema_count == 0 ? r.loss : 0.9 * loss_ema + 0.1 * r.loss;
+    ++ema_count;
+
+    nlohmann::json line = {{"step", step}, {"loss", r.loss}, {"lr", lr}, {"grad_norm", r.grad_norm}};
+    for (const auto& [key, value] : optimizer->stats()) line[key] = value;
+    metrics << line.dump() << "\n";
+    metrics.flush();
+    auto now = std::chrono::steady_clock::now();
+    if (std::chrono::duration<double>(now - last_log).count() >= config.log_every_seconds || step == result.total_steps) {
+      last_log = now;
+      double elapsed = std::chrono::duration<double>(now - started).count();
+      log::info("step ", step, "/", result.total_steps, " loss ", loss_ema, " lr ", lr, " (", elapsed, " s)");
+    }
+
+    const bool epoch_end = (step * ga) / per_epoch > ((step - 1) * ga) / per_epoch && step % steps_per_epoch == 0;
+    const int64_t epoch = (step * ga) / per_epoch;
+    bool saved = false;
+    if (step < result.total_steps) {
+      if (config.save_every_n_steps > 0 && step % config.save_every_n_steps == 0) {
+        std::string path = (config.output_dir / numbered(config.output_name, "step", step, 8)).string();
+        if (t.network) t.network->set_training(false);
+        write_final_model(path, config, t);
+        if (t.network) t.network->set_training(true);
+        result.files.push_back(path);
+        prune_files("step");
+        saved = true;
+      }
+      if (config.save_every_n_epochs > 0 && epoch_end && epoch % config.save_every_n_epochs == 0) {
+        std::string path = (config.output_dir / numbered(config.output_name, "", epoch, 6)).string();
+        write_final_model(path, config, t);
+        result.files.push_back(path);
+        saved = true;
+      }
+      if (saved) save_training_state(step);
+    }
+    if (config.sample_every_n_steps > 0 && sample && step % config.sample_every_n_steps == 0) {
+      if (t.network) t.network->set_training(false);
+      sample(step, *t.model);
+      if (t.network) t.network->set_training(true);
+    }
+    if (g_stop.load() != 0 && step < result.total_steps) {
+      if (!saved) save_training_state(step);
+      log::info("stopping on signal ", g_stop.load(), " after step ", step, "; the state is saved in ",
+                (config.output_dir / "state" / state_dir_name(step)).string(), " and the run resumes from it");
+      result.interrupted = true;
+      break;
+    }
+  }
+  if (t.network) t.network->set_training(false);
+  result.steps = step;
+  if (!result.interrupted) {
+    std::string path = (config.output_dir / (config.output_name + ".safetensors")).string();
+    write_final_model(path, config, t);
+    result.files.push_back(path);
+    save_training_state(step);
+  }
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  return result;
+}
+
+}  // namespace fluxtrain::train

@@ -93,7 +93,7 @@ Bytes with_exif(const Bytes& jpeg, int orientation, bool big_endian = false) {
 
 // components 1 (grey, first channel of `image`), 3 (RGB) or 4 (CMYK from `cmyk`, Adobe marker written).
 Bytes encode_jpeg(const Image& image, int components = 3, int quality = 95, bool progressive = false,
-                  const Bytes* cmyk = nullptr) {
+                  const Bytes* cmyk = nullptr, bool ycck = false) {
   jpeg_compress_struct info;
   jpeg_error_mgr error;
   info.err = jpeg_std_error(&error);
@@ -107,6 +107,7 @@ Bytes encode_jpeg(const Image& image, int components = 3, int quality = 95, bool
   info.in_color_space = components == 1 ? JCS_GRAYSCALE : components == 3 ? JCS_RGB : JCS_CMYK;
   jpeg_set_defaults(&info);
   jpeg_set_quality(&info, quality, TRUE);
+  if (ycck) jpeg_set_colorspace(&info, JCS_YCCK);
   for (int i = 0; i < info.num_components; ++i) info.comp_info[i].h_samp_factor = info.comp_info[i].v_samp_factor = 1;
   if (progressive) jpeg_simple_progression(&info);
   jpeg_start_compress(&info, TRUE);
@@ -413,11 +414,14 @@ TEST_F(ImageTest, JpegDecodesGreyRgbCmykAndExif) {
   Bytes adobe(32 * 16 * 4);
   for (std::size_t i = 0; i < adobe.size(); i += 4)
     adobe[i] = 255, adobe[i + 1] = 127, adobe[i + 2] = 0, adobe[i + 3] = 204;
-  Image cmyk = load_image(file("k.jpg", encode_jpeg(image, 4, 100, false, &adobe)));
-  for (std::size_t i = 0; i < cmyk.pixels.size(); i += 3) {
-    EXPECT_NEAR(cmyk.pixels[i], 204, 2);
-    EXPECT_NEAR(cmyk.pixels[i + 1], 102, 2);
-    EXPECT_NEAR(cmyk.pixels[i + 2], 0, 2);
+  for (bool ycck : {false, true}) {
+    SCOPED_TRACE(ycck ? "YCCK" : "CMYK");
+    Image cmyk = load_image(file("k.jpg", encode_jpeg(image, 4, 100, false, &adobe, ycck)));
+    for (std::size_t i = 0; i < cmyk.pixels.size(); i += 3) {
+      EXPECT_NEAR(cmyk.pixels[i], 204, 2);
+      EXPECT_NEAR(cmyk.pixels[i + 1], 102, 2);
+      EXPECT_NEAR(cmyk.pixels[i + 2], 0, 2);
+    }
   }
   // Orientation 6 (rotate 90 clockwise): the stored top-left block (red, top) lands top-right.
   Bytes jpeg = encode_jpeg(image, 3, 100);

@@ -93,7 +93,7 @@ Bytes with_exif(const Bytes& jpeg, int orientation, bool big_endian = false) {
 
 // components 1 (grey, first channel of `image`), 3 (RGB) or 4 (CMYK from `cmyk`, Adobe marker written).
 Bytes encode_jpeg(const Image& image, int components = 3, int quality = 95, bool progressive = false,
-                  const Bytes* cmyk = nullptr, bool ycck = false) {
+                  const Bytes* cmyk = nullptr, bool ycck = false, bool arithmetic = false) {
   jpeg_compress_struct info;
   jpeg_error_mgr error;
   info.err = jpeg_std_error(&error);
@@ -108,6 +108,7 @@ Bytes encode_jpeg(const Image& image, int components = 3, int quality = 95, bool
   jpeg_set_defaults(&info);
   jpeg_set_quality(&info, quality, TRUE);
   if (ycck) jpeg_set_colorspace(&info, JCS_YCCK);
+  info.arith_code = arithmetic;
   for (int i = 0; i < info.num_components; ++i) info.comp_info[i].h_samp_factor = info.comp_info[i].v_samp_factor = 1;
   if (progressive) jpeg_simple_progression(&info);
   jpeg_start_compress(&info, TRUE);
@@ -404,6 +405,8 @@ TEST_F(ImageTest, JpegDecodesGreyRgbCmykAndExif) {
     Image rgb = load_image(file("c.jpg", encode_jpeg(image, 3, 100, progressive)));
     EXPECT_LE(max_diff(rgb, image), 3);
   }
+  Image arithmetic = load_image(file("a.jpg", encode_jpeg(image, 3, 100, false, nullptr, false, true)));
+  EXPECT_LE(max_diff(arithmetic, image), 3);
   Image grey = load_image(file("g.jpg", encode_jpeg(image, 1, 100)));
   for (std::size_t i = 0; i < grey.pixels.size(); i += 3) {
     EXPECT_EQ(grey.pixels[i], grey.pixels[i + 1]);
@@ -540,6 +543,11 @@ TEST_F(ImageTest, BadFilesAreErrorsNamingTheFileAndProblem) {
   Bytes bad_crc = png;
   bad_crc[29] ^= 0xFF;
   expect_error("crc.png", bad_crc, "corrupt PNG");
+  // Complete image data without the IEND chunk loads (as in Pillow); trailing junk after it too.
+  EXPECT_EQ(load_image(file("noend.png", Bytes(png.begin(), png.end() - 12))).width, 9);
+  Bytes junk(png.begin(), png.end() - 12);
+  junk.insert(junk.end(), 40, 0xEE);
+  EXPECT_EQ(load_image(file("junk.png", junk)).width, 9);
   EXPECT_NE(error_of([&] { load_image(dir / "missing.png"); }).find("missing.png"), std::string::npos);
   EXPECT_NE(error_of([&] { load_image(dir); }).find("is a folder"), std::string::npos);
 }

@@ -16,6 +16,9 @@ namespace {
 
 using namespace std::literals;
 
+// IFD0 sits at the start of an EXIF block; a bigger block is thumbnails and maker notes.
+constexpr std::uint32_t kMaxExifBytes = 1 << 20;
+
 std::uint32_t be16(const std::uint8_t* p) {
   return (std::uint32_t{p[0]} << 8) | p[1];
 }
@@ -131,7 +134,8 @@ Header png_header(ByteSource& source, const std::string& name) {
     if (type == "IEND") break;
     if (type == "IDAT") seen_idat = true;
     if (type == "tRNS") header.has_alpha = true;
-    if (type == "eXIf" && header.orientation == 1) header.orientation = exif_orientation(source.read(pos + 8, length));
+    if (type == "eXIf" && header.orientation == 1)
+      header.orientation = exif_orientation(source.read(pos + 8, std::min<std::uint32_t>(length, kMaxExifBytes)));
     pos += 12 + length;
   }
   if (!seen_idat) fail(name, ": corrupt PNG: no image data (IDAT chunk)");
@@ -143,7 +147,7 @@ Header png_header(ByteSource& source, const std::string& name) {
 Header webp_header(ByteSource& source, const std::string& name) {
   Header header{Format::webp};
   auto head = source.read(0, 64);
-  need(head, 30, name, "WebP", "header");
+  need(head, 20, name, "WebP", "header");
   if (!starts_with(head, "VP8X", 12)) {
     WebPBitstreamFeatures features;
     VP8StatusCode status = WebPGetFeatures(head.data(), head.size(), &features);
@@ -154,6 +158,7 @@ Header webp_header(ByteSource& source, const std::string& name) {
     header.has_alpha = features.has_alpha != 0;
     return header;
   }
+  need(head, 30, name, "WebP", "header");
   int flags = head[20];
   if (flags & 0x02) fail(name, ": animated WebP is not supported; export a still image");
   header.width = 1 + static_cast<int>(le16(head.data() + 24) | (std::uint32_t{head[26]} << 16));
@@ -165,8 +170,7 @@ Header webp_header(ByteSource& source, const std::string& name) {
       auto chunk = source.read(pos, 8);
       std::uint64_t length = le32(chunk.data() + 4);
       if (starts_with(chunk, "EXIF")) {
-        header.orientation =
-            exif_orientation(source.read(pos + 8, static_cast<std::size_t>(std::min(length, riff_end))));
+        header.orientation = exif_orientation(source.read(pos + 8, std::min<std::uint64_t>(length, kMaxExifBytes)));
         break;
       }
       pos += 8 + length + (length & 1);
@@ -306,9 +310,11 @@ Header read_header(ByteSource& source, const std::string& name, std::uint64_t ma
   } else if (const char* other = unsupported_format(head)) {
     fail(name, ": ", other, " images are not supported; convert it to PNG or JPEG");
   } else {
-    fail(name,
-         ": not an image file this program reads (expected JPEG, PNG, WebP or BMP by content; the first bytes are ",
-         head.size() >= 4 ? "unrecognised" : "too few", ")");
+    std::string magic;
+    for (std::size_t i = 0; i < std::min<std::size_t>(head.size(), 8); ++i)
+      magic += cat(i ? " " : "", std::hex, int{head[i]});
+    fail(name, ": not an image file this program reads (expected JPEG, PNG, WebP or BMP by content; it starts with ",
+         magic, ")");
   }
   check_size(name, format_name(header.format), header.width, header.height, max_pixels);
   return header;

@@ -243,7 +243,7 @@ Image decode_jpeg(std::span<const std::uint8_t> bytes, const std::string& name, 
   d.progress.progress_monitor = jpeg_on_progress;
   auto failed = [&]() {
     bool truncated = d.error.msg_code == JWRN_JPEG_EOF || d.error.msg_code == JWRN_HIT_MARKER;
-    fail(name, ": ", truncated ? "truncated" : "corrupt", " JPEG (libjpeg: ", d.message, ")",
+    fail(name, ": ", truncated ? "truncated" : "corrupt or unsupported", " JPEG (libjpeg: ", d.message, ")",
          truncated ? "; re-download or re-export it" : "");
   };
   if (!jpeg_read_header_guarded(&d, bytes)) failed();
@@ -278,7 +278,7 @@ Image decode_png(std::span<const std::uint8_t> bytes, const std::string& name, s
   if (!c.png || !c.info) fail(name, ": libpng could not start (out of memory)");
   auto failed = [&]() {
     if (c.truncated) fail(name, ": truncated PNG file (", c.message, "); re-download or re-export it");
-    fail(name, ": corrupt PNG (libpng: ", c.message, ")");
+    fail(name, ": corrupt or unsupported PNG (libpng: ", c.message, ")");
   };
   if (!png_read_header_guarded(&c)) failed();
   long long width = png_get_image_width(c.png, c.info), height = png_get_image_height(c.png, c.info);

@@ -542,7 +542,7 @@ TEST_F(ImageTest, BadFilesAreErrorsNamingTheFileAndProblem) {
   // The IHDR CRC is wrong now, but the size check comes first; a wrong CRC alone is a libpng error.
   Bytes bad_crc = png;
   bad_crc[29] ^= 0xFF;
-  expect_error("crc.png", bad_crc, "corrupt PNG");
+  expect_error("crc.png", bad_crc, "corrupt or unsupported PNG");
   // Complete image data without the IEND chunk loads (as in Pillow); trailing junk after it too.
   EXPECT_EQ(load_image(file("noend.png", Bytes(png.begin(), png.end() - 12))).width, 9);
   Bytes junk(png.begin(), png.end() - 12);

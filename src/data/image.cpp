@@ -189,7 +189,7 @@ Header bmp_header(ByteSource& source, const std::string& name) {
 // (x, y) of the stored image that lands at (x, y) of the oriented one, for EXIF orientations 1..8
 // (as PIL.ImageOps.exif_transpose: 2 mirror, 3 rotate 180, 4 flip, 5 transpose, 6 rotate 90 clockwise,
 // 7 transverse, 8 rotate 90 counter-clockwise).
-Image apply_orientation(const Image& in, int orientation) {
+Image apply_orientation(Image in, int orientation) {
   if (orientation <= 1 || orientation > 8) return in;
   bool swap = orientation >= 5;
   Image out = blank_image(swap ? in.height : in.width, swap ? in.width : in.height, in.channels);
@@ -324,21 +324,24 @@ Header read_header(ByteSource& source, const std::string& name, std::uint64_t ma
 
 using namespace detail;
 
-ImageInfo probe_image_bytes(std::span<const std::uint8_t> bytes, const std::string& name, std::uint64_t max_pixels) {
-  ByteSource source(bytes);
-  Header header = read_header(source, name, max_pixels);
+namespace {
+// The size as displayed: orientations 5 to 8 swap width and height.
+ImageInfo info_of(const Header& header) {
   bool swap = header.orientation >= 5;
   return {swap ? header.height : header.width, swap ? header.width : header.height, header.has_alpha,
           format_name(header.format)};
+}
+}  // namespace
+
+ImageInfo probe_image_bytes(std::span<const std::uint8_t> bytes, const std::string& name, std::uint64_t max_pixels) {
+  ByteSource source(bytes);
+  return info_of(read_header(source, name, max_pixels));
 }
 
 ImageInfo probe_image(const std::filesystem::path& path) {
   std::string name = path.string();
   ByteSource source(path, name);
-  Header header = read_header(source, name, kMaxImagePixels);
-  bool swap = header.orientation >= 5;
-  return {swap ? header.height : header.width, swap ? header.width : header.height, header.has_alpha,
-          format_name(header.format)};
+  return info_of(read_header(source, name, kMaxImagePixels));
 }
 
 Image decode_image_bytes(std::span<const std::uint8_t> bytes, const std::string& name, bool keep_alpha,

@@ -80,6 +80,31 @@ AxisWeights axis_weights(int in, int out) {
   return in > out ? area_weights(in, out) : lanczos_weights(in, out);
 }
 
+// Horizontal pass into a float buffer of image.height rows, premultiplying on the way in and clamping
+// on the way out. C (3 or 4) is a template argument so that the channel loops unroll.
+template <int C>
+void horizontal_pass(const Image& image, const AxisWeights& horizontal, int width, std::vector<float>& between) {
+  std::vector<float> row(std::size_t(image.width) * C);
+  for (int y = 0; y < image.height; ++y) {
+    const std::uint8_t* src = &image.pixels[std::size_t(y) * image.width * C];
+    for (int x = 0; x < image.width; ++x) {
+      float a = C == 4 ? src[x * C + 3] / 255.0f : 1.0f;
+      for (int k = 0; k < 3; ++k) row[x * C + k] = src[x * C + k] * a;
+      if constexpr (C == 4) row[x * C + 3] = src[x * C + 3];
+    }
+    float* dst = &between[std::size_t(y) * width * C];
+    for (int x = 0; x < width; ++x) {
+      const float* w = &horizontal.weights[std::size_t(x) * horizontal.taps];
+      const int first = horizontal.first[x], taps = std::min(horizontal.taps, image.width - first);
+      const float* in = &row[std::size_t(first) * C];
+      float sum[C] = {};
+      for (int t = 0; t < taps; ++t)
+        for (int k = 0; k < C; ++k) sum[k] += w[t] * in[t * C + k];
+      for (int k = 0; k < C; ++k) dst[x * C + k] = std::clamp(sum[k], 0.0f, 255.0f);
+    }
+  }
+}
+
 }  // namespace
 
 Image resize_image(const Image& image, int width, int height) {
@@ -95,26 +120,11 @@ Image resize_image(const Image& image, int width, int height) {
   const AxisWeights horizontal = axis_weights(image.width, width), vertical = axis_weights(image.height, height);
   const bool alpha = c == 4;
 
-  // Horizontal pass into a float buffer of image.height rows, premultiplying on the way in and clamping
-  // on the way out.
-  std::vector<float> row(std::size_t(image.width) * c), between(std::size_t(image.height) * width * c);
-  for (int y = 0; y < image.height; ++y) {
-    const std::uint8_t* src = &image.pixels[std::size_t(y) * image.width * c];
-    for (int x = 0; x < image.width; ++x) {
-      float a = alpha ? src[x * c + 3] / 255.0f : 1.0f;
-      for (int k = 0; k < c; ++k) row[x * c + k] = k == 3 ? src[x * c + k] : src[x * c + k] * a;
-    }
-    float* dst = &between[std::size_t(y) * width * c];
-    for (int x = 0; x < width; ++x) {
-      const float* w = &horizontal.weights[std::size_t(x) * horizontal.taps];
-      const int first = horizontal.first[x], taps = std::min(horizontal.taps, image.width - first);
-      for (int k = 0; k < c; ++k) {
-        float sum = 0;
-        for (int t = 0; t < taps; ++t) sum += w[t] * row[(first + t) * c + k];
-        dst[x * c + k] = std::clamp(sum, 0.0f, 255.0f);
-      }
-    }
-  }
+  std::vector<float> between(std::size_t(image.height) * width * c);
+  if (alpha)
+    horizontal_pass<4>(image, horizontal, width, between);
+  else
+    horizontal_pass<3>(image, horizontal, width, between);
 
   // Vertical pass, then unpremultiply, round to nearest and clamp.
   Image out{width, height, c, std::vector<std::uint8_t>(std::size_t(width) * height * c)};

@@ -33,6 +33,11 @@ def tokenize_tool() -> str:
 
 
 @pytest.fixture(scope="session")
+def image_tool() -> str:
+    return _program("FLUXTRAIN_IMAGE_TOOL", "tests/image_tool")
+
+
+@pytest.fixture(scope="session")
 def peak_rss_tool() -> str:
     return _program("FLUXTRAIN_PEAK_RSS", "tests/peak_rss")
 

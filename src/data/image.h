@@ -7,11 +7,16 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
 
 namespace fluxtrain::data {
+
+// Decoding refuses images of more pixels than this (16384 x 16384): a hostile or broken header must not
+// make the trainer allocate gigabytes.
+inline constexpr std::uint64_t kMaxImagePixels = std::uint64_t{1} << 28;
 
 // What a file holds, read from its header only (no pixel decode). width/height are after EXIF
 // orientation (a portrait photo stored landscape with orientation 6 reports its portrait size).
@@ -36,8 +41,16 @@ struct Image {
 // none), with EXIF orientation applied.
 Image load_image(const std::filesystem::path& path, bool keep_alpha = false);
 
-// Resizes to exactly width x height: an area (box) filter when shrinking, Lanczos-3 when growing
-// (per axis).
+// probe_image and load_image on bytes in memory; `name` names them in errors. A smaller max_pixels
+// bounds the work on untrusted input (the fuzzer uses one).
+ImageInfo probe_image_bytes(std::span<const std::uint8_t> bytes, const std::string& name,
+                            std::uint64_t max_pixels = kMaxImagePixels);
+Image decode_image_bytes(std::span<const std::uint8_t> bytes, const std::string& name, bool keep_alpha = false,
+                         std::uint64_t max_pixels = kMaxImagePixels);
+
+// Resizes to exactly width x height: an area filter (exact fractional coverage, as OpenCV's INTER_AREA)
+// when shrinking, Lanczos-3 (as PIL's LANCZOS) when growing, chosen per axis. Computed in float on
+// premultiplied alpha for RGBA, rounded to nearest.
 Image resize_image(const Image& image, int width, int height);
 
 // The rectangle [left, left + width) x [top, top + height); must lie inside the image.

@@ -112,7 +112,8 @@ size_t MetricsLog::truncate_after(int64_t step) {
     start = end + 1;
     if (line.empty()) continue;
     nlohmann::json parsed = nlohmann::json::parse(line, nullptr, false);
-    if (parsed.is_discarded() || !parsed.is_object() || !parsed.contains("step") || !parsed["step"].is_number_integer()) {
+    if (parsed.is_discarded() || !parsed.is_object() || !parsed.contains("step") ||
+        !parsed["step"].is_number_integer()) {
       ++bad;
       ++dropped;
       continue;

@@ -40,7 +40,9 @@ void put_varint(std::string& out, uint64_t value) {
   out.push_back(static_cast<char>(value));
 }
 
-void put_tag(std::string& out, uint32_t field, WireType type) { put_varint(out, (uint64_t{field} << 3) | type); }
+void put_tag(std::string& out, uint32_t field, WireType type) {
+  put_varint(out, (uint64_t{field} << 3) | type);
+}
 
 void put_little_endian(std::string& out, uint64_t value, int bytes) {
   for (int i = 0; i < bytes; ++i) out.push_back(static_cast<char>((value >> (8 * i)) & 0xFF));
@@ -219,7 +221,9 @@ void EventWriter::write_record(const std::string& event) {
   }
 }
 
-void EventWriter::add_scalar(const std::string& tag, double value, int64_t step) { add_scalars({{tag, value}}, step); }
+void EventWriter::add_scalar(const std::string& tag, double value, int64_t step) {
+  add_scalars({{tag, value}}, step);
+}
 
 void EventWriter::add_scalars(const std::vector<std::pair<std::string, double>>& values, int64_t step) {
   std::vector<std::pair<std::string, float>> floats;

@@ -63,8 +63,8 @@ struct TrainProgress::State : log::detail::StatusLine {
   bool tty = false;
   bool started = false;
   bool finished = false;
-  double start_time = 0;     // first update
-  double last_time = 0;      // previous update
+  double start_time = 0;  // first update
+  double last_time = 0;   // previous update
   double last_emit = -1e300;
   int64_t first_step = 0;
   int64_t last_step = 0;

@@ -1,5 +1,6 @@
 #include "data/prompts.h"
 
+#include <toml++/toml.h>
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
@@ -10,7 +11,6 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
-#include <toml++/toml.h>
 
 #include "core/error.h"
 #include "core/log.h"
@@ -27,9 +27,9 @@ constexpr int kMaxSteps = 1000;  // kohya clamps --s to 1..1000
 
 // kohya letters that mean something for other models or samplers but nothing for Flux LoRA samples.
 const char* const kIgnoredLetters[] = {"ss", "cn", "ctr", "rcfg", "fs", "i", "f", "ci", "fsa", "ofps", "skb"};
-const char* const kIgnoredKeys[] = {"sample_sampler", "controlnet_image", "cfg_trunc_ratio", "renorm_cfg",
-                                    "flow_shift",     "discrete_flow_shift", "image", "image_path",
-                                    "frame_count",    "control_video_path", "enum"};
+const char* const kIgnoredKeys[] = {
+    "sample_sampler", "controlnet_image", "cfg_trunc_ratio", "renorm_cfg",         "flow_shift", "discrete_flow_shift",
+    "image",          "image_path",       "frame_count",     "control_video_path", "enum"};
 const std::vector<std::string> kKeys = {"prompt", "negative_prompt", "width",          "height",
                                         "seed",   "sample_steps",    "guidance_scale", "scale"};
 
@@ -117,7 +117,8 @@ void check_steps(int64_t value, const std::string& where, const char* name) {
   }
 }
 void check_scale(double value, const std::string& where, const char* name, const char* hint) {
-  if (!(value >= 0) || !std::isfinite(value)) fail(where, ": ", name, " is ", value, "; expected 0 or more (", hint, ")");
+  if (!(value >= 0) || !std::isfinite(value))
+    fail(where, ": ", name, " is ", value, "; expected 0 or more (", hint, ")");
 }
 const char* const kGuidanceHint = "Flux.1-dev: ~3.5";
 const char* const kCfgHint = "1 = off, the negative prompt is then unused";
@@ -227,8 +228,8 @@ SamplePrompt parse_line(const std::string& line, const std::string& where, const
 }
 
 // One prompt given as an object with kohya's keys (TOML subset merged over [prompt], or a JSON item).
-SamplePrompt prompt_from_object(const nlohmann::json& object, const std::string& where,
-                                const PromptDefaults& defaults, const Warner& warn) {
+SamplePrompt prompt_from_object(const nlohmann::json& object, const std::string& where, const PromptDefaults& defaults,
+                                const Warner& warn) {
   SamplePrompt p = start_prompt(defaults, where);
   bool has_prompt = false;
   bool negative_given = false;
@@ -284,7 +285,8 @@ SamplePrompt prompt_from_object(const nlohmann::json& object, const std::string&
     }
   }
   if (!has_prompt || p.prompt.empty()) {
-    fail(where, has_prompt ? ": 'prompt' is empty" : ": no 'prompt' key", "; each entry needs one, e.g. prompt = \"a photo of sks dog\"");
+    fail(where, has_prompt ? ": 'prompt' is empty" : ": no 'prompt' key",
+         "; each entry needs one, e.g. prompt = \"a photo of sks dog\"");
   }
   finish_prompt(p, negative_given, kKeySpelling, warn);
   return p;
@@ -295,8 +297,9 @@ SamplePrompt prompt_from_object(const nlohmann::json& object, const std::string&
 template <typename WhereOf>
 std::vector<SamplePrompt> prompts_from_table(const nlohmann::json& table, const std::string& source_name,
                                              WhereOf where_of, const PromptDefaults& defaults, const Warner& warn) {
-  const char* shape = "expected kohya's form: a [prompt] table of shared settings and [[prompt.subset]] entries, "
-                      "each with at least `prompt = \"...\"`";
+  const char* shape =
+      "expected kohya's form: a [prompt] table of shared settings and [[prompt.subset]] entries, "
+      "each with at least `prompt = \"...\"`";
   if (!table.contains("prompt") || !table["prompt"].is_object()) fail(source_name, ": no [prompt] table; ", shape);
   const nlohmann::json& shared = table["prompt"];
   for (const auto& item : table.items()) {
@@ -310,7 +313,8 @@ std::vector<SamplePrompt> prompts_from_table(const nlohmann::json& table, const 
   const nlohmann::json& subsets = shared["subset"];
   if (!subsets.is_array()) fail(source_name, ": prompt.subset must be a list of tables; ", shape);
   for (size_t i = 0; i < subsets.size(); ++i) {
-    if (!subsets[i].is_object()) fail(where_of(static_cast<int>(i)), ": a prompt.subset entry must be a table; ", shape);
+    if (!subsets[i].is_object())
+      fail(where_of(static_cast<int>(i)), ": a prompt.subset entry must be a table; ", shape);
     nlohmann::json merged = shared;
     merged.erase("subset");
     for (const auto& item : subsets[i].items()) merged[item.key()] = item.value();
@@ -433,8 +437,10 @@ std::vector<SamplePrompt> parse_prompts_json(const std::string& text, const std:
     return prompts_from_table(root, source_name, where_of, defaults, warn);
   }
   if (!root.is_array()) {
-    fail(source_name, ": expected a JSON list of prompts (strings such as \"a photo of sks dog --w 1024\", or objects "
-         "such as {\"prompt\": \"a photo of sks dog\", \"width\": 1024}), got ", root.type_name());
+    fail(source_name,
+         ": expected a JSON list of prompts (strings such as \"a photo of sks dog --w 1024\", or objects "
+         "such as {\"prompt\": \"a photo of sks dog\", \"width\": 1024}), got ",
+         root.type_name());
   }
   std::vector<SamplePrompt> prompts;
   for (size_t i = 0; i < root.size(); ++i) {
@@ -461,7 +467,8 @@ std::vector<SamplePrompt> load_prompts(const std::string& path_or_text, const Pr
   bool single_line = trimmed.find('\n') == std::string::npos;
   fs::file_status status = single_line && trimmed.size() < 4096 ? fs::status(trimmed, ec) : fs::file_status{};
   if (fs::is_directory(status)) {
-    fail(source_name, ": '", trimmed, "' is a folder; give a prompts file (.txt, .toml or .json) or the prompt text itself");
+    fail(source_name, ": '", trimmed,
+         "' is a folder; give a prompts file (.txt, .toml or .json) or the prompt text itself");
   }
   if (!fs::exists(status)) {
     if (single_line && looks_like_path(trimmed)) {
@@ -482,7 +489,8 @@ std::vector<SamplePrompt> load_prompts(const std::string& path_or_text, const Pr
     prompts = parse_prompts_text(text, trimmed, defaults, warnings);
   }
   if (prompts.empty()) {
-    fail(trimmed, ": the prompts file holds no prompts (every line is blank or a # comment); "
+    fail(trimmed,
+         ": the prompts file holds no prompts (every line is blank or a # comment); "
          "write one prompt per line, e.g. `a photo of sks dog --w 1024 --h 1024 --d 42`");
   }
   return prompts;

@@ -115,7 +115,9 @@ TEST(Prompts, MalformedValuesNameFileLineAndOption) {
             std::string::npos);
   EXPECT_NE(error_of([] { parse_prompts_text("a cat --d 1.5", "p.txt"); }).find("--d expects a seed"),
             std::string::npos);
-  EXPECT_NE(error_of([] { parse_prompts_text("a cat --w=512", "p.txt"); }).find("write the value after a space, e.g. `--w 512`"),
+  EXPECT_NE(error_of([] {
+              parse_prompts_text("a cat --w=512", "p.txt");
+            }).find("write the value after a space, e.g. `--w 512`"),
             std::string::npos);
   EXPECT_NE(error_of([] { parse_prompts_text("--w 512 --h 512", "p.txt"); }).find("p.txt:1: no prompt text"),
             std::string::npos);
@@ -213,12 +215,14 @@ TEST(Prompts, TomlKohyaForm) {
 TEST(Prompts, TomlErrors) {
   EXPECT_NE(error_of([] { parse_prompts_toml("prompt = \"x\"\n", "p.toml"); }).find("p.toml: no [prompt] table"),
             std::string::npos);
-  EXPECT_NE(error_of([] { parse_prompts_toml("[prompt]\nwidth = \"wide\"\n[[prompt.subset]]\nprompt = \"a\"\n", "p.toml"); })
-                .find("p.toml:3: 'width' expects a whole number, got \"wide\""),
+  EXPECT_NE(error_of([] {
+              parse_prompts_toml("[prompt]\nwidth = \"wide\"\n[[prompt.subset]]\nprompt = \"a\"\n", "p.toml");
+            }).find("p.toml:3: 'width' expects a whole number, got \"wide\""),
             std::string::npos);
   EXPECT_NE(error_of([] { parse_prompts_toml("[prompt\n", "p.toml"); }).find("p.toml:1:"), std::string::npos);
-  EXPECT_NE(error_of([] { parse_prompts_toml("[prompt]\n[[prompt.subset]]\nwidth = 512\n", "p.toml"); })
-                .find("p.toml:2: no 'prompt' key"),
+  EXPECT_NE(error_of([] {
+              parse_prompts_toml("[prompt]\n[[prompt.subset]]\nwidth = 512\n", "p.toml");
+            }).find("p.toml:2: no 'prompt' key"),
             std::string::npos);
   std::vector<std::string> warnings;
   parse_prompts_toml("[prompt]\n[[prompt.subset]]\nprompt = \"a\"\nsample_step = 3\n", "p.toml", {}, &warnings);
@@ -242,15 +246,19 @@ TEST(Prompts, JsonListOfStringsAndObjects) {
   EXPECT_EQ(*prompts[1].seed, 3u);
   EXPECT_DOUBLE_EQ(prompts[1].cfg, 1.5);
   EXPECT_EQ(prompts[1].negative, "dark");
-  EXPECT_NE(error_of([] { parse_prompts_json("[\n1,\n", "p.json"); }).find("p.json:3: invalid JSON"), std::string::npos);
+  EXPECT_NE(error_of([] { parse_prompts_json("[\n1,\n", "p.json"); }).find("p.json:3: invalid JSON"),
+            std::string::npos);
   EXPECT_NE(error_of([] { parse_prompts_json("[42]", "p.json"); }).find("p.json: item 0: expected a prompt string"),
             std::string::npos);
-  EXPECT_NE(error_of([] { parse_prompts_json("[{\"prompt\": \"a\", \"seed\": -1}]", "p.json"); }).find("'seed' expects"),
+  EXPECT_NE(
+      error_of([] { parse_prompts_json("[{\"prompt\": \"a\", \"seed\": -1}]", "p.json"); }).find("'seed' expects"),
+      std::string::npos);
+  EXPECT_NE(error_of([] {
+              parse_prompts_json("[{\"prompt\": \"a\", \"sample_steps\": 0}]", "p.json");
+            }).find("p.json: item 0: sample_steps is 0"),
             std::string::npos);
-  EXPECT_NE(error_of([] { parse_prompts_json("[{\"prompt\": \"a\", \"sample_steps\": 0}]", "p.json"); })
-                .find("p.json: item 0: sample_steps is 0"),
+  EXPECT_NE(error_of([] { parse_prompts_json("\"a cat\"", "p.json"); }).find("expected a JSON list"),
             std::string::npos);
-  EXPECT_NE(error_of([] { parse_prompts_json("\"a cat\"", "p.json"); }).find("expected a JSON list"), std::string::npos);
 }
 
 TEST(Prompts, LoadFromFilesByExtension) {
@@ -280,14 +288,15 @@ TEST(Prompts, LoadInlineText) {
   EXPECT_EQ(load_prompts("a single prompt").size(), 1u);
   EXPECT_TRUE(load_prompts("").empty());
   EXPECT_TRUE(load_prompts("  \n ").empty());
-  EXPECT_NE(error_of([] { load_prompts("/no/such/prompts.txt"); })
-                .find("SAMPLE_PROMPTS: the prompts file '/no/such/prompts.txt' does not exist"),
+  EXPECT_NE(error_of([] {
+              load_prompts("/no/such/prompts.txt");
+            }).find("SAMPLE_PROMPTS: the prompts file '/no/such/prompts.txt' does not exist"),
             std::string::npos);
   EXPECT_NE(error_of([] { load_prompts("missing.json"); }).find("does not exist"), std::string::npos);
   EXPECT_NE(error_of([] { load_prompts("~/prompts.txt"); }).find("~ is not expanded"), std::string::npos);
-  EXPECT_NE(error_of([] { load_prompts("a cat --w x", {}, "--sample-prompts"); })
-                .find("--sample-prompts:1: --w expects"),
-            std::string::npos);
+  EXPECT_NE(
+      error_of([] { load_prompts("a cat --w x", {}, "--sample-prompts"); }).find("--sample-prompts:1: --w expects"),
+      std::string::npos);
 }
 
 }  // namespace

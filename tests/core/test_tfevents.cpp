@@ -95,8 +95,8 @@ TEST(TfRecord, FramesLengthDataAndMaskedCrcs) {
 TEST(EventProto, ScalarEventBytes) {
   // Event { wall_time: 1.5, step: 300, summary { value { tag: "a", simple_value: 2 } } }, encoded by hand:
   // 09 <double 1.5>, 10 <varint 300 = AC 02>, 2A <len 10> [0A <len 8> [0A 01 'a', 15 <float 2.0>]].
-  std::string expected = bytes({0x09, 0, 0, 0, 0, 0, 0, 0xF8, 0x3F, 0x10, 0xAC, 0x02, 0x2A, 10, 0x0A, 8, 0x0A, 1, 'a',
-                                0x15, 0, 0, 0, 0x40});
+  std::string expected = bytes(
+      {0x09, 0, 0, 0, 0, 0, 0, 0xF8, 0x3F, 0x10, 0xAC, 0x02, 0x2A, 10, 0x0A, 8, 0x0A, 1, 'a', 0x15, 0, 0, 0, 0x40});
   EXPECT_EQ(tfevents::scalars_event(1.5, 300, {{"a", 2.0f}}), expected);
 }
 
@@ -117,7 +117,8 @@ TEST(EventProto, ImageEventBytes) {
   std::string image = bytes({0x08, 0xE0, 0x03, 0x10, 0x80, 0x05, 0x18, 3, 0x22, static_cast<int>(png.size())}) + png;
   std::string value = bytes({0x0A, 9}) + "samples/0" + bytes({0x22, static_cast<int>(image.size())}) + image;
   std::string summary = bytes({0x0A, static_cast<int>(value.size())}) + value;
-  std::string expected = bytes({0x09, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, 7, 0x2A, static_cast<int>(summary.size())}) + summary;
+  std::string expected =
+      bytes({0x09, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, 7, 0x2A, static_cast<int>(summary.size())}) + summary;
   EXPECT_EQ(event, expected);
 }
 
@@ -213,7 +214,8 @@ TEST(MetricsLog, TruncateAfterKeepsEarlierStepsAndAppendsAfterThem) {
 
 TEST(MetricsLog, TornLastLineIsCutAndBadLinesAreDropped) {
   fs::path path = testing::fresh_dir("metrics_torn") / "metrics.jsonl";
-  std::ofstream(path, std::ios::binary) << "{\"step\":1,\"loss\":1}\nnot json\n{\"step\":2,\"loss\":2}\n{\"step\":3,\"lo";
+  std::ofstream(path, std::ios::binary)
+      << "{\"step\":1,\"loss\":1}\nnot json\n{\"step\":2,\"loss\":2}\n{\"step\":3,\"lo";
   MetricsLog log(path.string());
   EXPECT_EQ(read_file(path), "{\"step\":1,\"loss\":1}\nnot json\n{\"step\":2,\"loss\":2}\n");
   log.append(3, {{"loss", 3}});

@@ -37,7 +37,8 @@ TEST(TrainStatusFormat, PlainLineSlowRateUnknownsAndExtras) {
   s.loss = 0.5;
   s.lr = 1e-4;
   s.extra = "d*lr 3.1e-04";
-  EXPECT_EQ(format_train_status(s, 0), "step 120/2000 (6.0%) 2.50 s/it ETA 1:18:20 loss 0.5000 lr 1.00e-04 d*lr 3.1e-04");
+  EXPECT_EQ(format_train_status(s, 0),
+            "step 120/2000 (6.0%) 2.50 s/it ETA 1:18:20 loss 0.5000 lr 1.00e-04 d*lr 3.1e-04");
 
   TrainStatus unknown;
   unknown.step = 1;
@@ -94,7 +95,7 @@ TEST(TrainProgress, SmoothedLossIsABiasCorrectedAverage) {
 TEST(TrainProgress, RateIgnoresWarmupAndCountsOnlyThisSessionsSteps) {
   FakeTerminal out;
   TrainProgress progress(out.options(false, 1000));
-  out.now = 30;  // model loading and the first step's warmup
+  out.now = 30;                     // model loading and the first step's warmup
   progress.update(501, 0.2, 1e-4);  // resumed at step 500
   EXPECT_EQ(progress.steps_per_second(), 0);
   EXPECT_EQ(progress.status().eta_seconds, -1);

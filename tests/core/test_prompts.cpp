@@ -261,6 +261,26 @@ TEST(Prompts, JsonListOfStringsAndObjects) {
             std::string::npos);
 }
 
+TEST(Prompts, TableFormsWithoutSubsetsAndInJson) {
+  auto single = parse_prompts_toml("[prompt]\nprompt = \"only one\"\nseed = 3\n", "p.toml");
+  ASSERT_EQ(single.size(), 1u);
+  EXPECT_EQ(single[0].prompt, "only one");
+  EXPECT_EQ(single[0].origin, "p.toml:1");
+  std::vector<std::string> warnings;
+  auto json = parse_prompts_json(
+      R"({"prompt": {"width": 512, "subset": [{"prompt": "a"}, {"prompt": "b", "width": 256}]}, "extra": 1})", "p.json",
+      {}, &warnings);
+  ASSERT_EQ(json.size(), 2u);
+  EXPECT_EQ(json[0].width, 512);
+  EXPECT_EQ(json[1].width, 256);
+  EXPECT_EQ(json[1].origin, "p.json: prompt.subset[1]");
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_NE(warnings[0].find("top-level key 'extra' is ignored"), std::string::npos);
+  EXPECT_NE(error_of([] { parse_prompts_json(R"({"prompt": {"subset": [3]}})", "p.json"); })
+                .find("p.json: prompt.subset[0]: a prompt.subset entry must be a table"),
+            std::string::npos);
+}
+
 TEST(Prompts, LoadFromFilesByExtension) {
   auto dir = testing::fresh_dir("prompts_load");
   write(dir / "p.txt", "\xEF\xBB\xBF# header\none --w 512\ntwo\n");

@@ -38,6 +38,11 @@ def image_tool() -> str:
 
 
 @pytest.fixture(scope="session")
+def events_tool() -> str:
+    return _program("FLUXTRAIN_EVENTS_TOOL", "tests/events_tool")
+
+
+@pytest.fixture(scope="session")
 def peak_rss_tool() -> str:
     return _program("FLUXTRAIN_PEAK_RSS", "tests/peak_rss")
 

@@ -59,7 +59,7 @@ std::string utf8_problem(std::string_view s) {
     char32_t cp = extra == 1 ? (b0 & 0x1F) : extra == 2 ? (b0 & 0x0F) : (b0 & 0x07);
     for (int k = 1; k <= extra; ++k) {
       const auto b = static_cast<unsigned char>(s[i + k]);
-      if ((b & 0xC0) != 0x80) return bad(i + k);
+      if ((b & 0xC0) != 0x80) return cat(bad(i), " (an incomplete sequence)");
       cp = (cp << 6) | (b & 0x3F);
     }
     if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return bad(i);

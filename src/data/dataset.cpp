@@ -76,8 +76,12 @@ DatasetPlan DatasetPlan::build(DatasetGroupConfig config, const ScanOptions& opt
           }
           image.fit = planner.fit(image.size.width, image.size.height);
         } catch (const Error& e) {
-          log::warn("skipped ", path.string(), ": ", e.what());
-          plan.skipped_.push_back({path, e.what()});
+          // The probe's messages usually start with the path; keep the reason alone.
+          std::string reason = e.what();
+          const std::string prefix = path.string() + ": ";
+          if (reason.rfind(prefix, 0) == 0) reason = reason.substr(prefix.size());
+          log::warn("skipped ", path.string(), ": ", reason);
+          plan.skipped_.push_back({path, reason});
           ++stats.skipped;
           continue;
         }

@@ -348,7 +348,7 @@ void Resolver::take(const std::vector<Layer>& layers, const char* key, T& out,
   const bool differs = is_batch ? *fb != *v : as_resolution(*fb) != as_resolution(*v);
   if (differs) {
     log::warn("dataset config ", source_, ": ", where, ": ", fallback_name, " (", fb->dump(),
-              ") is not used: the config sets ", key, " = ", v->dump(), " in ", from,
+              ") is not used: the config sets ", key, " = ", v->dump(), " at its ", from, " level",
               " (the dataset config wins, as in kohya)");
   }
 }

@@ -28,8 +28,11 @@ struct DatasetOptions {
 
 data::ImageProbe default_image_probe() {
   // TODO(lead): plug in the image module when src/data/image.cpp is merged — replace the next line with
-  // return [](const std::filesystem::path& p) { auto i = data::probe_image(p); return data::Resolution{i.width, i.height}; };
-  return [](const std::filesystem::path& p) -> data::Resolution { fail(p.string(), ": image probing is not built in yet (src/data/image.cpp)"); };
+  // return [](const std::filesystem::path& p) { auto i = data::probe_image(p); return data::Resolution{i.width,
+  // i.height}; };
+  return [](const std::filesystem::path& p) -> data::Resolution {
+    fail(p.string(), ": image probing is not built in yet (src/data/image.cpp)");
+  };
 }
 
 data::Resolution parse_resolution(const std::string& text) {
@@ -44,7 +47,9 @@ data::Resolution parse_resolution(const std::string& text) {
   return {w, h};
 }
 
-nlohmann::ordered_json resolution_json(data::Resolution r) { return {r.width, r.height}; }
+nlohmann::ordered_json resolution_json(data::Resolution r) {
+  return {r.width, r.height};
+}
 
 nlohmann::ordered_json origin_json(const std::map<std::string, std::string>& origin) {
   nlohmann::ordered_json out = nlohmann::ordered_json::object();
@@ -101,7 +106,8 @@ nlohmann::ordered_json plan_json(const data::DatasetPlan& plan, const DatasetOpt
     for (const data::Resolution& r : planner.predefined()) predefined.push_back(resolution_json(r));
     j["bucket_resolutions"] = predefined;
     nlohmann::ordered_json subsets = nlohmann::ordered_json::array();
-    for (size_t s = 0; s < ds.subsets.size(); ++s) subsets.push_back(subset_json(ds.subsets[s], plan.subset_stats()[d][s]));
+    for (size_t s = 0; s < ds.subsets.size(); ++s)
+      subsets.push_back(subset_json(ds.subsets[s], plan.subset_stats()[d][s]));
     j["subsets"] = subsets;
     nlohmann::ordered_json buckets = nlohmann::ordered_json::array();
     int64_t steps = 0;
@@ -134,7 +140,8 @@ nlohmann::ordered_json plan_json(const data::DatasetPlan& plan, const DatasetOpt
   }
   out["images"] = images;
   nlohmann::ordered_json skipped = nlohmann::ordered_json::array();
-  for (const data::SkippedImage& s : plan.skipped()) skipped.push_back({{"path", s.path.string()}, {"reason", s.reason}});
+  for (const data::SkippedImage& s : plan.skipped())
+    skipped.push_back({{"path", s.path.string()}, {"reason", s.reason}});
   out["skipped"] = skipped;
   out["train_samples"] = plan.train_samples();
   out["reg_samples"] = plan.reg_samples();
@@ -161,7 +168,9 @@ nlohmann::ordered_json plan_json(const data::DatasetPlan& plan, const DatasetOpt
   return out;
 }
 
-std::string quoted(const std::string& s) { return "\"" + s + "\""; }
+std::string quoted(const std::string& s) {
+  return "\"" + s + "\"";
+}
 
 void print_text(const data::DatasetPlan& plan, const DatasetOptions& options) {
   std::cout << "source           " << plan.config().source << "\n";
@@ -180,7 +189,8 @@ void print_text(const data::DatasetPlan& plan, const DatasetOptions& options) {
       std::cout << "  min_bucket_reso    " << b.min_bucket_reso << o("min_bucket_reso") << "\n"
                 << "  max_bucket_reso    " << b.max_bucket_reso << o("max_bucket_reso") << "\n"
                 << "  bucket_reso_steps  " << b.bucket_reso_steps << o("bucket_reso_steps") << "\n"
-                << "  bucket_no_upscale  " << (b.bucket_no_upscale ? "true" : "false") << o("bucket_no_upscale") << "\n";
+                << "  bucket_no_upscale  " << (b.bucket_no_upscale ? "true" : "false") << o("bucket_no_upscale")
+                << "\n";
       const data::BucketPlanner planner(b);
       const auto& predefined = planner.predefined();
       if (!predefined.empty()) {
@@ -232,8 +242,9 @@ void print_text(const data::DatasetPlan& plan, const DatasetOptions& options) {
 
 int run_dataset(const DatasetOptions& options) {
   if (options.config.empty() == options.dir.empty()) {
-    fail("fluxtrain dataset needs exactly one of --config FILE (a kohya-style .toml/.json dataset config) or "
-         "--dir FOLDER (a folder of images and captions)");
+    fail(
+        "fluxtrain dataset needs exactly one of --config FILE (a kohya-style .toml/.json dataset config) or "
+        "--dir FOLDER (a folder of images and captions)");
   }
   if (!options.reg_dir.empty() && options.dir.empty()) {
     fail("--reg-dir goes with --dir; in a config file, mark a subset with is_reg = true");

@@ -9,7 +9,9 @@
 
 namespace fluxtrain::data {
 
-std::string to_string(Resolution r) { return cat(r.width, "x", r.height); }
+std::string to_string(Resolution r) {
+  return cat(r.width, "x", r.height);
+}
 
 namespace {
 
@@ -78,8 +80,7 @@ BucketFit BucketPlanner::fit(int width, int height) const {
       size_t best = 0;
       double best_error = 0;
       for (size_t i = 0; i < predefined_.size(); ++i) {
-        const double error =
-            std::abs(static_cast<double>(predefined_[i].width) / predefined_[i].height - aspect);
+        const double error = std::abs(static_cast<double>(predefined_[i].width) / predefined_[i].height - aspect);
         if (i == 0 || error < best_error) {
           best = i;
           best_error = error;
@@ -89,8 +90,8 @@ BucketFit BucketPlanner::fit(int width, int height) const {
     }
     const double reso_aspect = static_cast<double>(reso.width) / reso.height;
     // Cover the bucket: a wider image matches the bucket's height, otherwise its width.
-    const double scale = aspect > reso_aspect ? static_cast<double>(reso.height) / height
-                                              : static_cast<double>(reso.width) / width;
+    const double scale =
+        aspect > reso_aspect ? static_cast<double>(reso.height) / height : static_cast<double>(reso.width) / width;
     out.bucket = reso;
     out.resized = {static_cast<int>(width * scale + 0.5), static_cast<int>(height * scale + 0.5)};
   } else {
@@ -107,11 +108,10 @@ BucketFit BucketPlanner::fit(int width, int height) const {
       const int width_in_hr = round_to_steps(height_rounded * aspect, step);
       // kohya divides by these without a guard (ZeroDivisionError for extreme aspect ratios); a zero side
       // simply loses the comparison here.
-      const double error_w = height_in_wr > 0 ? std::abs(static_cast<double>(width_rounded) / height_in_wr - aspect)
-                                              : INFINITY;
-      const double error_h = height_rounded > 0
-                                 ? std::abs(static_cast<double>(width_in_hr) / height_rounded - aspect)
-                                 : INFINITY;
+      const double error_w =
+          height_in_wr > 0 ? std::abs(static_cast<double>(width_rounded) / height_in_wr - aspect) : INFINITY;
+      const double error_h =
+          height_rounded > 0 ? std::abs(static_cast<double>(width_in_hr) / height_rounded - aspect) : INFINITY;
       if (error_w < error_h) {
         out.resized = {width_rounded, static_cast<int>(width_rounded / aspect + 0.5)};
       } else {

@@ -51,10 +51,14 @@ std::string utf8_problem(std::string_view s) {
     }
     int extra;
     char32_t min;
-    if (b0 >= 0xC2 && b0 <= 0xDF) extra = 1, min = 0x80;
-    else if (b0 >= 0xE0 && b0 <= 0xEF) extra = 2, min = 0x800;
-    else if (b0 >= 0xF0 && b0 <= 0xF4) extra = 3, min = 0x10000;
-    else return bad(i);
+    if (b0 >= 0xC2 && b0 <= 0xDF)
+      extra = 1, min = 0x80;
+    else if (b0 >= 0xE0 && b0 <= 0xEF)
+      extra = 2, min = 0x800;
+    else if (b0 >= 0xF0 && b0 <= 0xF4)
+      extra = 3, min = 0x10000;
+    else
+      return bad(i);
     if (i + extra >= s.size()) return cat(bad(i), " (truncated sequence)");
     char32_t cp = extra == 1 ? (b0 & 0x1F) : extra == 2 ? (b0 & 0x0F) : (b0 & 0x07);
     for (int k = 1; k <= extra; ++k) {

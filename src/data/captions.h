@@ -50,8 +50,7 @@ CaptionFile parse_caption_text(std::string_view bytes, const std::string& name);
 // epochs hits epochs N, 2N, ... counted from 1, as kohya counts). Draws from `rng` in kohya's order:
 // the dropout roll (only when caption_dropout_rate > 0), the shuffle, then one roll per tag for the tag
 // dropout.
-std::string process_caption(const CaptionSettings& settings, const std::string& caption, int64_t epoch,
-                            DataRng& rng);
+std::string process_caption(const CaptionSettings& settings, const std::string& caption, int64_t epoch, DataRng& rng);
 
 // Python's str.strip() and str.split(sep) on UTF-8 text (exposed for tests).
 std::string strip_whitespace(std::string_view text);

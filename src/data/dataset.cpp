@@ -107,15 +107,16 @@ DatasetPlan DatasetPlan::build(DatasetGroupConfig config, const ScanOptions& opt
       const std::string dir = subset.image_dir.string();
       if (files.empty()) log::warn("no image files (.jpg .jpeg .png .webp .bmp) in ", dir);
       if (!missing.empty()) {
-        log::warn(missing.size(), " of ", files.size(), " images in ", dir, " have no caption (", subset.caption_extension,
-                  "); ",
+        log::warn(missing.size(), " of ", stats.images, " images in ", dir, " have no caption (",
+                  subset.caption_extension, "); ",
                   subset.class_tokens.empty() ? std::string("they train with an empty caption")
                                               : cat("they use the class tokens \"", subset.class_tokens, "\""),
                   ": ", list_some(missing, 5));
       }
       if (!other_extension.empty()) {
-        log::warn(other_extension.size(), " images in ", dir, " have a .txt caption beside them but captions are read from ",
-                  subset.caption_extension, " files (kohya's default is .caption): set caption_extension = \".txt\"");
+        log::warn(other_extension.size(), " image(s) in ", dir,
+                  " have a .txt caption beside them but captions are read from ", subset.caption_extension,
+                  " files (kohya's default is .caption): set caption_extension = \".txt\"");
       }
       if (!multiline.empty()) {
         log::warn(multiline.size(), " caption files in ", dir,
@@ -166,9 +167,13 @@ DatasetPlan DatasetPlan::build(DatasetGroupConfig config, const ScanOptions& opt
     (image.is_reg ? plan.reg_samples_ : plan.train_samples_) += image.num_repeats;
   }
   if (plan.train_samples_ == 0) {
-    fail("no usable training image in ", list_some(folders, 10), plan.skipped_.empty() ? "" : cat(" (", plan.skipped_.size(),
-         " files skipped as unreadable)"), ": the folders need .jpg, .jpeg, .png, .webp or .bmp files",
-         " (regularisation images alone cannot train)");
+    fail("no usable training image in ", list_some(folders, 10),
+         plan.skipped_.empty() ? "" : cat(" (", plan.skipped_.size(), " files skipped as unreadable)"),
+         ": the folders need .jpg, .jpeg, .png, .webp or .bmp files",
+         plan.reg_samples_ > 0 ||
+                 std::any_of(plan.images_.begin(), plan.images_.end(), [](const DatasetImage& i) { return i.is_reg; })
+             ? " (regularisation images alone cannot train)"
+             : "");
   }
 
   // Buckets per dataset, sorted by resolution (kohya's BucketManager.sort).
@@ -244,7 +249,8 @@ std::vector<PlannedBatch> DatasetPlan::epoch(uint64_t seed, int64_t epoch) const
 
 PlannedBatch DatasetPlan::batch(uint64_t seed, int64_t epoch, int64_t step) const {
   if (step < 0 || step >= steps_per_epoch_) {
-    fail("step ", step, " is outside the epoch (", steps_per_epoch_, " steps per epoch: 0 to ", steps_per_epoch_ - 1, ")");
+    fail("step ", step, " is outside the epoch (", steps_per_epoch_, " steps per epoch: 0 to ", steps_per_epoch_ - 1,
+         ")");
   }
   std::vector<PlannedBatch> batches = epoch_order(seed, epoch);
   PlannedBatch out = std::move(batches[static_cast<size_t>(step)]);

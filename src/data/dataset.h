@@ -32,11 +32,11 @@ struct DatasetImage {
   std::filesystem::path path;
   int dataset = 0;
   int subset = 0;
-  Resolution size;          // as probed
-  BucketFit fit;            // bucket, resized size, centre crop
-  std::string caption;      // the caption file's first line, or the class tokens (before per-step edits)
+  Resolution size;      // as probed
+  BucketFit fit;        // bucket, resized size, centre crop
+  std::string caption;  // the caption file's first line, or the class tokens (before per-step edits)
   bool caption_from_file = false;
-  int num_repeats = 1;      // per epoch, after kohya's balancing of regularisation images (0: unused)
+  int num_repeats = 1;  // per epoch, after kohya's balancing of regularisation images (0: unused)
   bool is_reg = false;
 };
 

@@ -165,9 +165,12 @@ json toml_to_json(const toml::node& node) {
   if (const auto* v = node.as_boolean()) return v->get();
   // Dates and times: no key takes them; keep their text so that the type error can show it.
   std::ostringstream text;
-  if (const auto* v = node.as_date()) text << *v;
-  else if (const auto* v = node.as_time()) text << *v;
-  else if (const auto* v = node.as_date_time()) text << *v;
+  if (const auto* v = node.as_date())
+    text << *v;
+  else if (const auto* v = node.as_time())
+    text << *v;
+  else if (const auto* v = node.as_date_time())
+    text << *v;
   return text.str();
 }
 
@@ -253,8 +256,7 @@ void Resolver::check_value(const KeySpec& key, const json& v, const std::string&
   auto at_least = [&](int64_t min) {
     if (v.get<int64_t>() < min) out_of_range(cat(min, " or more"));
   };
-  if (name == "batch_size" || name == "min_bucket_reso" || name == "max_bucket_reso" ||
-      name == "bucket_reso_steps") {
+  if (name == "batch_size" || name == "min_bucket_reso" || name == "max_bucket_reso" || name == "bucket_reso_steps") {
     at_least(1);
   } else if (name == "num_repeats" || name == "keep_tokens" || name == "caption_dropout_every_n_epochs") {
     at_least(0);
@@ -333,8 +335,8 @@ void Resolver::take(const std::vector<Layer>& layers, const char* key, T& out,
   std::string from;
   const json* v = lookup(layers, key, from);
   const bool is_batch = std::string(key) == "batch_size";
-  const std::string& fallback_name = is_batch ? options_.fallbacks.batch_size_origin
-                                              : options_.fallbacks.resolution_origin;
+  const std::string& fallback_name =
+      is_batch ? options_.fallbacks.batch_size_origin : options_.fallbacks.resolution_origin;
   origin[key] = from == "fallback" ? fallback_name : from;
   if (v == nullptr) return;
   if constexpr (std::is_same_v<T, Resolution>) {
@@ -391,7 +393,8 @@ std::vector<RepeatFolder> repeat_folders(const std::filesystem::path& dir, std::
       continue;
     }
     if (parsed->first < 1) {
-      log::warn("folder ", sub.string(), " is ignored: its repeat count is ", parsed->first, " (kohya's N_name convention)");
+      log::warn("folder ", sub.string(), " is ignored: its repeat count is ", parsed->first,
+                " (kohya's N_name convention)");
       continue;
     }
     out.push_back({sub, parsed->first, parsed->second});
@@ -419,7 +422,8 @@ std::optional<std::pair<int, std::string>> parse_repeats_folder_name(const std::
       !std::all_of(number.begin(), number.end(), [](char c) { return c >= '0' && c <= '9'; })) {
     return std::nullopt;
   }
-  return std::make_pair(std::stoi(number), underscore == std::string::npos ? std::string() : name.substr(underscore + 1));
+  return std::make_pair(std::stoi(number),
+                        underscore == std::string::npos ? std::string() : name.substr(underscore + 1));
 }
 
 void Resolver::add_subsets(DatasetConfig& out, const std::vector<Layer>& layers, const std::string& where,
@@ -467,7 +471,8 @@ void Resolver::add_subsets(DatasetConfig& out, const std::vector<Layer>& layers,
   s.image_dir = dir;
 
   if (s.num_repeats == 0) {
-    log::warn("dataset config ", source_, ": ", where, ": num_repeats = 0, so ", dir.string(), " is not used (as in kohya)");
+    log::warn("dataset config ", source_, ": ", where, ": num_repeats = 0, so ", dir.string(),
+              " is not used (as in kohya)");
     return;
   }
 
@@ -510,7 +515,9 @@ void Resolver::add_subsets(DatasetConfig& out, const std::vector<Layer>& layers,
 DatasetConfig Resolver::resolve_dataset(const json& general, const json& dataset, int index) {
   const std::string where = level_where(index, -1);
   const std::string general_origin = folder_defaults_ != nullptr ? "folder" : "general";
-  std::vector<Layer> layers = {{&dataset, "dataset"}, {&general, general_origin}, {&fallbacks_, "fallback"},
+  std::vector<Layer> layers = {{&dataset, "dataset"},
+                               {&general, general_origin},
+                               {&fallbacks_, "fallback"},
                                {folder_defaults_, "folder default"}};
   DatasetConfig d;
   auto& o = d.origin;
@@ -551,13 +558,12 @@ DatasetConfig Resolver::resolve_dataset(const json& general, const json& dataset
     const int small = std::min(b.resolution.width, b.resolution.height);
     const int large = std::max(b.resolution.width, b.resolution.height);
     if (small < b.min_bucket_reso) {
-      error(where, ": ", said("min_bucket_reso"), " = ", b.min_bucket_reso, " is larger than the ",
-            said("resolution"), "'s shorter side ", small, ": lower min_bucket_reso or raise the resolution");
+      error(where, ": ", said("min_bucket_reso"), " = ", b.min_bucket_reso, " is larger than the ", said("resolution"),
+            "'s shorter side ", small, ": lower min_bucket_reso or raise the resolution");
     }
     if (large > b.max_bucket_reso) {
-      error(where, ": ", said("max_bucket_reso"), " = ", b.max_bucket_reso, " is smaller than the ",
-            said("resolution"), "'s longer side ", large, ": raise max_bucket_reso (e.g. to ", 2 * large,
-            ") or lower the resolution");
+      error(where, ": ", said("max_bucket_reso"), " = ", b.max_bucket_reso, " is smaller than the ", said("resolution"),
+            "'s longer side ", large, ": raise max_bucket_reso (e.g. to ", 2 * large, ") or lower the resolution");
     }
     if (b.bucket_no_upscale && (o["min_bucket_reso"] != "default" || o["max_bucket_reso"] != "default")) {
       log::info(where, ": min_bucket_reso and max_bucket_reso do not apply with bucket_no_upscale (buckets follow the ",
@@ -566,7 +572,8 @@ DatasetConfig Resolver::resolve_dataset(const json& general, const json& dataset
   } else if (b.resolution.width % 16 != 0 || b.resolution.height % 16 != 0) {
     error(where, ": ", said("resolution"), " = ", to_string(b.resolution),
           " is not a multiple of 16 in both sides, which Flux needs without buckets (8x autoencoder, 2x2 patches): "
-          "use e.g. ", b.resolution.width / 16 * 16, "x", b.resolution.height / 16 * 16, " or enable_bucket = true");
+          "use e.g. ",
+          b.resolution.width / 16 * 16, "x", b.resolution.height / 16 * 16, " or enable_bucket = true");
   }
 
   const json empty = json::object();
@@ -583,7 +590,8 @@ DatasetConfig Resolver::resolve_dataset(const json& general, const json& dataset
 }
 
 DatasetGroupConfig Resolver::resolve(const json& doc) {
-  if (!doc.is_object()) error("the top level is ", type_name(doc), "; expected a table with [general] and [[datasets]]");
+  if (!doc.is_object())
+    error("the top level is ", type_name(doc), "; expected a table with [general] and [[datasets]]");
   for (const auto& [name, value] : doc.items()) {
     if (name == "general" || name == "datasets") continue;
     const KeySpec* key = find_key(name);
@@ -619,7 +627,8 @@ DatasetGroupConfig Resolver::resolve(const json& doc) {
   }
   DatasetGroupConfig out;
   out.source = source_;
-  for (size_t i = 0; i < datasets.size(); ++i) out.datasets.push_back(resolve_dataset(general, datasets[i], static_cast<int>(i)));
+  for (size_t i = 0; i < datasets.size(); ++i)
+    out.datasets.push_back(resolve_dataset(general, datasets[i], static_cast<int>(i)));
   return out;
 }
 
@@ -666,7 +675,7 @@ DatasetGroupConfig folder_dataset_config(const std::filesystem::path& dir, const
   for (const auto& d : {dir, reg_dir}) {
     if (!d.empty() && !std::filesystem::is_directory(d, ec)) fail("image folder ", d.string(), " does not exist");
   }
-  const json defaults = {{"resolution", 1024},     {"enable_bucket", true},      {"min_bucket_reso", 256},
+  const json defaults = {{"resolution", 1024},      {"enable_bucket", true},   {"min_bucket_reso", 256},
                          {"max_bucket_reso", 2048}, {"bucket_reso_steps", 64}, {"caption_extension", ".txt"}};
   json subsets = json::array();
   auto add_folder = [&](const std::filesystem::path& root, bool is_reg) {

@@ -31,7 +31,7 @@ struct SubsetConfig {
   std::filesystem::path image_dir;
   int num_repeats = 1;
   std::string caption_extension = ".caption";  // kohya's default; a bare folder uses ".txt"
-  std::string class_tokens;                     // "" = none
+  std::string class_tokens;                    // "" = none
   CaptionSettings captions;
   bool flip_aug = false;
   bool random_crop = false;

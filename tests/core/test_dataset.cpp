@@ -122,9 +122,9 @@ TEST(Buckets, ListMatchesTheFormula) {
 TEST(Buckets, KnownListForSd512) {
   // Worked out by hand from the formula: A = 512^2, widths 256..1024 step 64.
   const auto list = make_bucket_resolutions({512, 512}, 256, 1024, 64);
-  const std::vector<Resolution> expected = {
-      {256, 832}, {256, 896}, {256, 960}, {256, 1024}, {320, 704}, {320, 768}, {384, 640}, {448, 576},
-      {512, 512}, {576, 448}, {640, 384}, {704, 320}, {768, 320}, {832, 256}, {896, 256}, {960, 256}, {1024, 256}};
+  const std::vector<Resolution> expected = {{256, 832}, {256, 896}, {256, 960}, {256, 1024}, {320, 704}, {320, 768},
+                                            {384, 640}, {448, 576}, {512, 512}, {576, 448},  {640, 384}, {704, 320},
+                                            {768, 320}, {832, 256}, {896, 256}, {960, 256},  {1024, 256}};
   EXPECT_EQ(list, expected);
 }
 
@@ -228,10 +228,11 @@ TEST(DatasetPlanTest, SeedTableStepsPerEpoch) {
   probe.fallback = {1280, 768};
   const std::map<int, int> expected = {{4, 100}, {8, 50}, {16, 25}, {32, 13}, {48, 9}, {56, 8}, {60, 7}};
   for (const auto& [batch, steps] : expected) {
-    const auto config = toml_config(cat("[general]\nresolution = 1024\nenable_bucket = true\nbucket_reso_steps = 128\n"
-                                        "max_bucket_reso = 2048\nbatch_size = ",
-                                        batch, "\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = \"",
-                                        (root / "images").string(), "\"\ncaption_extension = \".txt\"\n"));
+    const auto config =
+        toml_config(cat("[general]\nresolution = 1024\nenable_bucket = true\nbucket_reso_steps = 128\n"
+                        "max_bucket_reso = 2048\nbatch_size = ",
+                        batch, "\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = \"", (root / "images").string(),
+                        "\"\ncaption_extension = \".txt\"\n"));
     const DatasetPlan plan = DatasetPlan::build(config, scan_with(probe));
     EXPECT_EQ(plan.steps_per_epoch(), steps) << "batch " << batch;
     ASSERT_EQ(plan.buckets().size(), 1u);
@@ -255,12 +256,14 @@ max_bucket_reso = 2048
 [[datasets]]
 batch_size = 4
   [[datasets.subsets]]
-  image_dir = ")", (root / "a").string(), R"("
+  image_dir = ")",
+                                      (root / "a").string(), R"("
   num_repeats = 3
 [[datasets]]
 batch_size = 2
   [[datasets.subsets]]
-  image_dir = ")", (root / "b").string(), R"("
+  image_dir = ")",
+                                      (root / "b").string(), R"("
 )"));
   const DatasetPlan plan = DatasetPlan::build(config, scan_with(probe));
   // wide: 30 samples / 4 = 8; tall: 21 / 4 = 6; dataset b: 5 / 2 = 3.
@@ -365,25 +368,38 @@ TEST(DatasetConfigTest, UnknownKeysNameKeyFileLevelAndClosest) {
   const fs::path root = fluxtrain::testing::fresh_dir("dataset_unknown");
   fs::create_directories(root / "x");
   const std::string dir = (root / "x").string();
-  expect_error([&] { toml_config("[general]\nbatchsize = 4\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = \"" + dir + "\"\n"); },
-               {"test.toml", "'batchsize'", "[general]", "did you mean 'batch_size'"});
-  expect_error([&] { toml_config("[[datasets]]\nresolutoin = 512\n[[datasets.subsets]]\nimage_dir = \"" + dir + "\"\n"); },
-               {"test.toml", "'resolutoin'", "[[datasets]] #1", "'resolution'"});
-  expect_error([&] { toml_config("[[datasets]]\n[[datasets.subsets]]\nimage_dir = \"" + dir + "\"\nnum_repeat = 3\n"); },
-               {"test.toml", "'num_repeat'", "[[datasets.subsets]] #1 of dataset #1", "'num_repeats'"});
+  expect_error(
+      [&] {
+        toml_config("[general]\nbatchsize = 4\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = \"" + dir + "\"\n");
+      },
+      {"test.toml", "'batchsize'", "[general]", "did you mean 'batch_size'"});
+  expect_error(
+      [&] { toml_config("[[datasets]]\nresolutoin = 512\n[[datasets.subsets]]\nimage_dir = \"" + dir + "\"\n"); },
+      {"test.toml", "'resolutoin'", "[[datasets]] #1", "'resolution'"});
+  expect_error(
+      [&] { toml_config("[[datasets]]\n[[datasets.subsets]]\nimage_dir = \"" + dir + "\"\nnum_repeat = 3\n"); },
+      {"test.toml", "'num_repeat'", "[[datasets.subsets]] #1 of dataset #1", "'num_repeats'"});
   expect_error([&] { json_config(R"({"genral": {}, "datasets": []})"); },
                {"test.json", "'genral'", "top level", "'general'"});
   // A key at the wrong level says where it belongs.
   expect_error([&] { toml_config("[general]\nimage_dir = \"" + dir + "\"\n[[datasets]]\n"); },
                {"'image_dir'", "[general]", "[[datasets.subsets]]"});
-  expect_error([&] { toml_config("[[datasets]]\n[[datasets.subsets]]\nimage_dir = \"" + dir + "\"\nbatch_size = 2\n"); },
-               {"'batch_size'", "[[datasets.subsets]]", "[general] or [[datasets]]"});
+  expect_error(
+      [&] { toml_config("[[datasets]]\n[[datasets.subsets]]\nimage_dir = \"" + dir + "\"\nbatch_size = 2\n"); },
+      {"'batch_size'", "[[datasets.subsets]]", "[general] or [[datasets]]"});
   // kohya options fluxtrain does not implement: fine at their no-op value, an error otherwise.
-  EXPECT_NO_THROW(toml_config("[general]\ncolor_aug = false\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = \"" + dir + "\"\n"));
-  expect_error([&] { toml_config("[general]\ncolor_aug = true\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = \"" + dir + "\"\n"); },
-               {"'color_aug'", "not implement"});
-  expect_error([&] { toml_config("[[datasets]]\n[[datasets.subsets]]\nimage_dir = \"" + dir + "\"\nmetadata_file = \"m.json\"\n"); },
-               {"'metadata_file'", "fine-tuning"});
+  EXPECT_NO_THROW(
+      toml_config("[general]\ncolor_aug = false\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = \"" + dir + "\"\n"));
+  expect_error(
+      [&] {
+        toml_config("[general]\ncolor_aug = true\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = \"" + dir + "\"\n");
+      },
+      {"'color_aug'", "not implement"});
+  expect_error(
+      [&] {
+        toml_config("[[datasets]]\n[[datasets.subsets]]\nimage_dir = \"" + dir + "\"\nmetadata_file = \"m.json\"\n");
+      },
+      {"'metadata_file'", "fine-tuning"});
 }
 
 TEST(DatasetConfigTest, TypeErrorsNameKeyValueAndType) {
@@ -425,8 +441,9 @@ TEST(DatasetConfigTest, RangesAreChecked) {
                {"bucket_reso_steps = 48", "multiple of 32"});
   expect_error([&] { toml_config("[general]\nenable_bucket = true\nresolution = 1536\n" + subset); },
                {"max_bucket_reso", "1536"});
-  expect_error([&] { toml_config("[general]\nenable_bucket = true\nmin_bucket_reso = 768\nresolution = 512\n" + subset); },
-               {"min_bucket_reso", "512"});
+  expect_error(
+      [&] { toml_config("[general]\nenable_bucket = true\nmin_bucket_reso = 768\nresolution = 512\n" + subset); },
+      {"min_bucket_reso", "512"});
   expect_error([&] { toml_config("[general]\nresolution = 1000\n" + subset); }, {"resolution", "multiple of 16"});
   expect_error([&] { toml_config("[[datasets]]\n[[datasets.subsets]]\nnum_repeats = 2\n"); }, {"no image_dir"});
   expect_error([&] { toml_config("[[datasets]]\n[[datasets.subsets]]\nimage_dir = \"/no/such/folder\"\n"); },
@@ -456,11 +473,13 @@ flip_aug = true
 batch_size = 2
 resolution = [1024, 1024]
   [[datasets.subsets]]
-  image_dir = ")", a, R"("
+  image_dir = ")",
+                                         a, R"("
   num_repeats = 2
   random_crop = true
   [[datasets.subsets]]
-  image_dir = ")", b, R"("
+  image_dir = ")",
+                                         b, R"("
   class_tokens = "a cat"
   caption_tag_dropout_rate = 0.2
 )"));
@@ -468,8 +487,10 @@ resolution = [1024, 1024]
   "general": {"enable_bucket": true, "max_bucket_reso": 2048, "caption_extension": ".txt", "shuffle_caption": true,
               "keep_tokens": 1, "flip_aug": true},
   "datasets": [{"batch_size": 2, "resolution": [1024, 1024], "subsets": [
-      {"image_dir": ")", a, R"(", "num_repeats": 2, "random_crop": true},
-      {"image_dir": ")", b, R"(", "class_tokens": "a cat", "caption_tag_dropout_rate": 0.2}]}]
+      {"image_dir": ")",
+                                         a, R"(", "num_repeats": 2, "random_crop": true},
+      {"image_dir": ")",
+                                         b, R"(", "class_tokens": "a cat", "caption_tag_dropout_rate": 0.2}]}]
 })"));
   const DatasetPlan p1 = DatasetPlan::build(from_toml, scan_with(probe));
   const DatasetPlan p2 = DatasetPlan::build(from_json, scan_with(probe));
@@ -577,7 +598,8 @@ TEST(Captions, FileCleaning) {
   c = parse_caption_text("  \n", "c.txt");
   EXPECT_FALSE(c.found);
   EXPECT_TRUE(c.empty);
-  expect_error([] { parse_caption_text("caf\xE9 au lait", "latin1.txt"); }, {"latin1.txt", "UTF-8", "0xE9", "offset 3"});
+  expect_error([] { parse_caption_text("caf\xE9 au lait", "latin1.txt"); },
+               {"latin1.txt", "UTF-8", "0xE9", "offset 3"});
   expect_error([] { parse_caption_text("ab\xE2\x82", "cut.txt"); }, {"cut.txt", "UTF-8"});
   expect_error([] { parse_caption_text("\xED\xA0\x80", "surrogate.txt"); }, {"surrogate.txt"});
   EXPECT_EQ(utf8_problem("Grüße, 日本語, 🙂"), "");
@@ -708,7 +730,8 @@ TEST(DatasetPlanTest, ScanSkipsUnreadableAndPairsCaptions) {
   const DatasetPlan plan = DatasetPlan::build(config, scan_with(MapProbe{}));
   std::vector<std::string> names;
   for (const auto& image : plan.images()) names.push_back(image.path.filename().string());
-  EXPECT_EQ(names, (std::vector<std::string>{"UPPER.PNG", "img_0000.jpg", "img_0001.jpg", "img_0002.jpg", "photo.WebP"}));
+  EXPECT_EQ(names,
+            (std::vector<std::string>{"UPPER.PNG", "img_0000.jpg", "img_0001.jpg", "img_0002.jpg", "photo.WebP"}));
   ASSERT_EQ(plan.skipped().size(), 1u);
   EXPECT_EQ(plan.skipped()[0].path.filename(), "bad_one.jpg");
   EXPECT_NE(plan.skipped()[0].reason.find("truncated JPEG"), std::string::npos);
@@ -781,7 +804,8 @@ shuffle_caption = true
 class_tokens = "a, b, c, d, e"
 [[datasets]]
   [[datasets.subsets]]
-  image_dir = ")", (root / "a").string(), R"("
+  image_dir = ")",
+                                      (root / "a").string(), R"("
   num_repeats = 3
 )"));
   const DatasetPlan plan = DatasetPlan::build(config, scan_with(probe));
@@ -791,7 +815,8 @@ class_tokens = "a, b, c, d, e"
     std::string out;
     for (const auto& b : batches) {
       out += cat("[", b.bucket);
-      for (const auto& s : b.samples) out += cat(" ", s.image, ".", s.repeat, s.flipped ? "f" : "", s.crop_left, ",", s.crop_top, s.caption);
+      for (const auto& s : b.samples)
+        out += cat(" ", s.image, ".", s.repeat, s.flipped ? "f" : "", s.crop_left, ",", s.crop_top, s.caption);
       out += "]";
     }
     return out;

@@ -27,12 +27,11 @@ struct DatasetOptions {
 };
 
 data::ImageProbe default_image_probe() {
-  // TODO(lead): plug in the image module when src/data/image.cpp is merged — replace the next line with
-  // return [](const std::filesystem::path& p) { auto i = data::probe_image(p); return data::Resolution{i.width,
-  // i.height}; };
-  return [](const std::filesystem::path& p) -> data::Resolution {
-    fail(p.string(), ": image probing is not built in yet (src/data/image.cpp)");
-  };
+  // TODO(lead): once src/data/image.cpp is merged, add #include "data/image.h" and replace the return below with:
+  //   return [](const std::filesystem::path& p) { const auto i = data::probe_image(p); return data::Resolution{i.width, i.height}; };
+  // clang-format off
+  return [](const std::filesystem::path& p) -> data::Resolution { fail(p.string(), ": image probing is not built in yet (src/data/image.cpp)"); };
+  // clang-format on
 }
 
 data::Resolution parse_resolution(const std::string& text) {

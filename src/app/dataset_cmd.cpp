@@ -1,0 +1,283 @@
+// `fluxtrain dataset --config FILE | --dir FOLDER [...]`: the resolved dataset plan (torch-free): datasets
+// and subsets with every resolved value and where it came from, the bucket list, images per bucket, steps
+// per epoch and skipped files; optionally one epoch's batches.
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <iostream>
+#include <memory>
+
+#include "app/commands.h"
+#include "core/error.h"
+#include "data/dataset.h"
+
+namespace fluxtrain::app {
+namespace {
+
+struct DatasetOptions {
+  std::string config;
+  std::string dir;
+  std::string reg_dir;
+  uint64_t seed = 0;
+  int batch_size = 0;
+  std::string resolution;
+  int64_t show_epoch = 0;  // 1-based; 0 = none
+  bool json = false;
+};
+
+data::Resolution parse_resolution(const std::string& text) {
+  int w = 0, h = 0;
+  char sep = 0, extra = 0;
+  const int n = std::sscanf(text.c_str(), "%d%c%d%c", &w, &sep, &h, &extra);
+  if (n == 1) h = w;
+  if (!((n == 1) || (n == 3 && (sep == 'x' || sep == ',' || sep == 'X'))) || w < 64 || h < 64 || w > 16384 ||
+      h > 16384) {
+    fail("--resolution '", text, "' is not a resolution: expected N or WxH (e.g. 1024 or 1280x768), 64 to 16384");
+  }
+  return {w, h};
+}
+
+nlohmann::ordered_json resolution_json(data::Resolution r) {
+  return {r.width, r.height};
+}
+
+nlohmann::ordered_json origin_json(const std::map<std::string, std::string>& origin) {
+  nlohmann::ordered_json out = nlohmann::ordered_json::object();
+  for (const auto& [k, v] : origin) out[k] = v;
+  return out;
+}
+
+nlohmann::ordered_json subset_json(const data::SubsetConfig& s, const data::SubsetStats& stats) {
+  nlohmann::ordered_json j;
+  j["image_dir"] = s.image_dir.string();
+  j["num_repeats"] = s.num_repeats;
+  j["caption_extension"] = s.caption_extension;
+  j["class_tokens"] = s.class_tokens;
+  j["shuffle_caption"] = s.captions.shuffle_caption;
+  j["caption_separator"] = s.captions.caption_separator;
+  j["keep_tokens"] = s.captions.keep_tokens;
+  j["keep_tokens_separator"] = s.captions.keep_tokens_separator;
+  j["secondary_separator"] = s.captions.secondary_separator;
+  j["caption_prefix"] = s.captions.caption_prefix;
+  j["caption_suffix"] = s.captions.caption_suffix;
+  j["caption_dropout_rate"] = s.captions.caption_dropout_rate;
+  j["caption_dropout_every_n_epochs"] = s.captions.caption_dropout_every_n_epochs;
+  j["caption_tag_dropout_rate"] = s.captions.caption_tag_dropout_rate;
+  j["flip_aug"] = s.flip_aug;
+  j["random_crop"] = s.random_crop;
+  j["is_reg"] = s.is_reg;
+  j["alpha_mask"] = s.alpha_mask;
+  j["image_count"] = stats.images;
+  j["missing_captions"] = stats.missing_captions;
+  j["skipped"] = stats.skipped;
+  j["origin"] = origin_json(s.origin);
+  return j;
+}
+
+nlohmann::ordered_json plan_json(const data::DatasetPlan& plan, const DatasetOptions& options) {
+  nlohmann::ordered_json out;
+  out["source"] = plan.config().source;
+  out["seed"] = options.seed;
+  nlohmann::ordered_json datasets = nlohmann::ordered_json::array();
+  for (size_t d = 0; d < plan.config().datasets.size(); ++d) {
+    const data::DatasetConfig& ds = plan.config().datasets[d];
+    const data::BucketSettings& b = ds.buckets;
+    nlohmann::ordered_json j;
+    j["batch_size"] = ds.batch_size;
+    j["resolution"] = resolution_json(b.resolution);
+    j["enable_bucket"] = b.enable_bucket;
+    j["min_bucket_reso"] = b.min_bucket_reso;
+    j["max_bucket_reso"] = b.max_bucket_reso;
+    j["bucket_reso_steps"] = b.bucket_reso_steps;
+    j["bucket_no_upscale"] = b.bucket_no_upscale;
+    j["origin"] = origin_json(ds.origin);
+    nlohmann::ordered_json predefined = nlohmann::ordered_json::array();
+    const data::BucketPlanner planner(b);
+    for (const data::Resolution& r : planner.predefined()) predefined.push_back(resolution_json(r));
+    j["bucket_resolutions"] = predefined;
+    nlohmann::ordered_json subsets = nlohmann::ordered_json::array();
+    for (size_t s = 0; s < ds.subsets.size(); ++s)
+      subsets.push_back(subset_json(ds.subsets[s], plan.subset_stats()[d][s]));
+    j["subsets"] = subsets;
+    nlohmann::ordered_json buckets = nlohmann::ordered_json::array();
+    int64_t steps = 0;
+    for (const data::PlanBucket& bucket : plan.buckets()) {
+      if (bucket.dataset != static_cast<int>(d)) continue;
+      buckets.push_back({{"resolution", resolution_json(bucket.resolution)},
+                         {"images", bucket.images.size()},
+                         {"samples", bucket.samples},
+                         {"batches", bucket.batches}});
+      steps += bucket.batches;
+    }
+    j["buckets"] = buckets;
+    j["steps_per_epoch"] = steps;
+    datasets.push_back(j);
+  }
+  out["datasets"] = datasets;
+  nlohmann::ordered_json images = nlohmann::ordered_json::array();
+  for (const data::DatasetImage& image : plan.images()) {
+    images.push_back({{"path", image.path.string()},
+                      {"dataset", image.dataset},
+                      {"subset", image.subset},
+                      {"size", resolution_json(image.size)},
+                      {"bucket", resolution_json(image.fit.bucket)},
+                      {"resized", resolution_json(image.fit.resized)},
+                      {"crop", {image.fit.crop_left, image.fit.crop_top}},
+                      {"caption", image.caption},
+                      {"caption_from_file", image.caption_from_file},
+                      {"num_repeats", image.num_repeats},
+                      {"is_reg", image.is_reg}});
+  }
+  out["images"] = images;
+  nlohmann::ordered_json skipped = nlohmann::ordered_json::array();
+  for (const data::SkippedImage& s : plan.skipped())
+    skipped.push_back({{"path", s.path.string()}, {"reason", s.reason}});
+  out["skipped"] = skipped;
+  out["train_samples"] = plan.train_samples();
+  out["reg_samples"] = plan.reg_samples();
+  out["steps_per_epoch"] = plan.steps_per_epoch();
+  out["summary"] = plan.summary();
+  if (options.show_epoch > 0) {
+    nlohmann::ordered_json batches = nlohmann::ordered_json::array();
+    for (const data::PlannedBatch& batch : plan.epoch(options.seed, options.show_epoch - 1)) {
+      nlohmann::ordered_json samples = nlohmann::ordered_json::array();
+      for (const data::PlannedSample& s : batch.samples) {
+        samples.push_back({{"image", s.image},
+                           {"repeat", s.repeat},
+                           {"flipped", s.flipped},
+                           {"crop", {s.crop_left, s.crop_top}},
+                           {"caption", s.caption}});
+      }
+      batches.push_back({{"bucket", resolution_json(plan.buckets()[batch.bucket].resolution)},
+                         {"dataset", plan.buckets()[batch.bucket].dataset},
+                         {"samples", samples}});
+    }
+    out["epoch"] = options.show_epoch;
+    out["epoch_plan"] = batches;
+  }
+  return out;
+}
+
+std::string quoted(const std::string& s) {
+  return "\"" + s + "\"";
+}
+
+void print_text(const data::DatasetPlan& plan, const DatasetOptions& options) {
+  std::cout << "source           " << plan.config().source << "\n";
+  for (size_t d = 0; d < plan.config().datasets.size(); ++d) {
+    const data::DatasetConfig& ds = plan.config().datasets[d];
+    const data::BucketSettings& b = ds.buckets;
+    auto o = [&](const char* key) {
+      auto it = ds.origin.find(key);
+      return it == ds.origin.end() ? std::string() : "  (" + it->second + ")";
+    };
+    std::cout << "\ndataset " << d + 1 << "\n"
+              << "  batch_size         " << ds.batch_size << o("batch_size") << "\n"
+              << "  resolution         " << data::to_string(b.resolution) << o("resolution") << "\n"
+              << "  enable_bucket      " << (b.enable_bucket ? "true" : "false") << o("enable_bucket") << "\n";
+    if (b.enable_bucket) {
+      std::cout << "  min_bucket_reso    " << b.min_bucket_reso << o("min_bucket_reso") << "\n"
+                << "  max_bucket_reso    " << b.max_bucket_reso << o("max_bucket_reso") << "\n"
+                << "  bucket_reso_steps  " << b.bucket_reso_steps << o("bucket_reso_steps") << "\n"
+                << "  bucket_no_upscale  " << (b.bucket_no_upscale ? "true" : "false") << o("bucket_no_upscale")
+                << "\n";
+      const data::BucketPlanner planner(b);
+      const auto& predefined = planner.predefined();
+      if (!predefined.empty()) {
+        std::cout << "  bucket list        " << predefined.size() << ":";
+        for (size_t i = 0; i < predefined.size(); ++i) {
+          std::cout << (i % 8 == 0 ? "\n    " : " ") << data::to_string(predefined[i]);
+        }
+        std::cout << "\n";
+      }
+    }
+    for (size_t s = 0; s < ds.subsets.size(); ++s) {
+      const data::SubsetConfig& sub = ds.subsets[s];
+      const data::SubsetStats& st = plan.subset_stats()[d][s];
+      nlohmann::ordered_json j = subset_json(sub, st);
+      std::cout << "  subset " << s + 1 << ": " << sub.image_dir.string() << "  (" << st.images << " images, "
+                << st.skipped << " skipped, " << st.missing_captions << " without caption)\n";
+      for (const auto& [key, value] : j.items()) {
+        if (key == "image_dir" || key == "origin" || key == "image_count" || key == "missing_captions" ||
+            key == "skipped") {
+          continue;
+        }
+        auto it = sub.origin.find(key);
+        std::printf("    %-31s %s%s\n", key.c_str(), value.dump().c_str(),
+                    it == sub.origin.end() ? "" : ("  (" + it->second + ")").c_str());
+      }
+    }
+    std::cout << "  buckets (images / with repeats / batches):\n";
+    for (const data::PlanBucket& bucket : plan.buckets()) {
+      if (bucket.dataset != static_cast<int>(d)) continue;
+      std::printf("    %-11s %7zu %9lld %8lld\n", data::to_string(bucket.resolution).c_str(), bucket.images.size(),
+                  static_cast<long long>(bucket.samples), static_cast<long long>(bucket.batches));
+    }
+  }
+  std::cout << "\nsteps per epoch  " << plan.steps_per_epoch() << "  (" << plan.train_samples() << " training samples";
+  if (plan.reg_samples() > 0) std::cout << " + " << plan.reg_samples() << " regularisation";
+  std::cout << " per epoch)\n" << plan.summary() << "\n";
+  if (options.show_epoch > 0) {
+    std::cout << "\nepoch " << options.show_epoch << " (seed " << options.seed << "):\n";
+    const auto batches = plan.epoch(options.seed, options.show_epoch - 1);
+    for (size_t i = 0; i < batches.size(); ++i) {
+      std::cout << "  step " << i << "  " << data::to_string(plan.buckets()[batches[i].bucket].resolution) << "\n";
+      for (const data::PlannedSample& s : batches[i].samples) {
+        std::cout << "    " << plan.images()[s.image].path.filename().string() << (s.flipped ? " flipped" : "")
+                  << " crop " << s.crop_left << "," << s.crop_top << "  " << quoted(s.caption) << "\n";
+      }
+    }
+  }
+}
+
+int run_dataset(const DatasetOptions& options) {
+  if (options.config.empty() == options.dir.empty()) {
+    fail(
+        "fluxtrain dataset needs exactly one of --config FILE (a kohya-style .toml/.json dataset config) or "
+        "--dir FOLDER (a folder of images and captions)");
+  }
+  if (!options.reg_dir.empty() && options.dir.empty()) {
+    fail("--reg-dir goes with --dir; in a config file, mark a subset with is_reg = true");
+  }
+  data::ConfigOptions config_options;
+  if (options.batch_size != 0) {
+    if (options.batch_size < 1) fail("--batch-size ", options.batch_size, " must be 1 or more");
+    config_options.fallbacks.batch_size = options.batch_size;
+  }
+  if (!options.resolution.empty()) config_options.fallbacks.resolution = parse_resolution(options.resolution);
+  data::DatasetGroupConfig config = options.config.empty()
+                                        ? data::folder_dataset_config(options.dir, config_options, options.reg_dir)
+                                        : data::load_dataset_config(options.config, config_options);
+  data::ScanOptions scan;
+  scan.probe = data::default_image_probe();
+  const data::DatasetPlan plan = data::DatasetPlan::build(std::move(config), scan);
+  if (options.json) {
+    std::cout << plan_json(plan, options).dump(2) << "\n";
+  } else {
+    print_text(plan, options);
+  }
+  return 0;
+}
+
+}  // namespace
+
+Command add_dataset_command(CLI::App& app) {
+  auto options = std::make_shared<DatasetOptions>();
+  CLI::App* sub = app.add_subcommand(
+      "dataset", "Show the resolved dataset plan: config values, buckets, images per bucket, steps per epoch");
+  sub->add_option("--config", options->config, "dataset config (.toml or .json, kohya's schema)");
+  sub->add_option("--dir", options->dir, "a folder of images (+ .txt captions, or kohya N_name subfolders)");
+  sub->add_option("--reg-dir", options->reg_dir, "regularisation images for --dir (kohya's reg_data_dir)");
+  sub->add_option("--seed", options->seed, "seed of the epoch plan")->capture_default_str();
+  sub->add_option("--batch-size", options->batch_size,
+                  "batch size where the config sets none (kohya's --train_batch_size)");
+  sub->add_option("--resolution", options->resolution,
+                  "resolution where the config sets none: N or WxH (kohya's --resolution)");
+  sub->add_option("--epoch", options->show_epoch, "also print the batches of this epoch (1-based)")
+      ->check(CLI::NonNegativeNumber);
+  sub->add_flag("--json", options->json, "print JSON instead of text");
+  return {sub, [options] { return run_dataset(*options); }};
+}
+
+}  // namespace fluxtrain::app

@@ -1,0 +1,284 @@
+#include "data/dataset.h"
+#include "data/image.h"
+
+#include <algorithm>
+#include <map>
+
+#include "core/error.h"
+#include "core/log.h"
+#include "data/captions.h"
+#include "data/rng.h"
+
+namespace fluxtrain::data {
+
+namespace {
+
+// Purpose tags of the random streams (DataRng::derive keys), so that no two purposes share a stream.
+constexpr uint64_t kTagBucketShuffle = 0x6275636b;  // "buck"
+constexpr uint64_t kTagBatchOrder = 0x6f726472;     // "ordr"
+constexpr uint64_t kTagSample = 0x736d706c;         // "smpl"
+
+std::vector<std::filesystem::path> list_images(const std::filesystem::path& dir) {
+  std::vector<std::filesystem::path> files;
+  std::error_code ec;
+  std::filesystem::directory_iterator it(dir, ec);
+  if (ec) fail("cannot list image folder ", dir.string(), ": ", ec.message());
+  for (const auto& entry : it) {
+    const std::string name = entry.path().filename().string();
+    std::error_code file_ec;
+    // Hidden files (".DS_Store", macOS "._x.jpg" forks) are left out, as kohya's glob does.
+    if (name.empty() || name[0] == '.' || !entry.is_regular_file(file_ec) || !has_image_extension(entry.path())) {
+      continue;
+    }
+    files.push_back(entry.path());
+  }
+  // Byte order of the UTF-8 names (= code point order, as kohya's sorted() of str paths).
+  std::sort(files.begin(), files.end(),
+            [](const auto& a, const auto& b) { return a.filename().string() < b.filename().string(); });
+  return files;
+}
+
+std::string list_some(const std::vector<std::string>& items, size_t shown) {
+  std::string out;
+  for (size_t i = 0; i < items.size() && i < shown; ++i) out += (i ? ", " : "") + items[i];
+  if (items.size() > shown) out += cat(" and ", items.size() - shown, " more");
+  return out;
+}
+
+}  // namespace
+
+DatasetPlan DatasetPlan::build(DatasetGroupConfig config, const ScanOptions& options) {
+  if (!options.probe) fail("the dataset scan needs an image probe (internal error: ScanOptions::probe is empty)");
+  DatasetPlan plan;
+  plan.config_ = std::move(config);
+  std::vector<std::string> folders;
+
+  for (size_t d = 0; d < plan.config_.datasets.size(); ++d) {
+    const DatasetConfig& dataset = plan.config_.datasets[d];
+    const BucketPlanner planner(dataset.buckets);
+    plan.stats_.emplace_back(dataset.subsets.size());
+    for (size_t s = 0; s < dataset.subsets.size(); ++s) {
+      const SubsetConfig& subset = dataset.subsets[s];
+      SubsetStats& stats = plan.stats_[d][s];
+      folders.push_back(subset.image_dir.string());
+      std::vector<std::string> missing, multiline, other_extension;
+      const std::vector<std::filesystem::path> files = list_images(subset.image_dir);
+      for (const auto& path : files) {
+        DatasetImage image;
+        image.path = path;
+        image.dataset = static_cast<int>(d);
+        image.subset = static_cast<int>(s);
+        image.num_repeats = subset.num_repeats;
+        image.is_reg = subset.is_reg;
+        try {
+          image.size = options.probe(path);
+          if (image.size.width <= 0 || image.size.height <= 0) {
+            fail("size ", image.size.width, "x", image.size.height, " is not usable");
+          }
+          image.fit = planner.fit(image.size.width, image.size.height);
+        } catch (const Error& e) {
+          // The probe's messages usually start with the path; keep the reason alone.
+          std::string reason = e.what();
+          const std::string prefix = path.string() + ": ";
+          if (reason.rfind(prefix, 0) == 0) reason = reason.substr(prefix.size());
+          log::warn("skipped ", path.string(), ": ", reason);
+          plan.skipped_.push_back({path, reason});
+          ++stats.skipped;
+          continue;
+        }
+        const CaptionFile caption = read_caption_file(path, subset.caption_extension);
+        if (caption.found) {
+          image.caption = caption.text;
+          image.caption_from_file = true;
+          if (caption.multiline) multiline.push_back(caption.path.filename().string());
+        } else {
+          image.caption = subset.class_tokens;
+          missing.push_back(path.filename().string() + (caption.empty ? " (empty caption file)" : ""));
+          if (subset.caption_extension != ".txt") {
+            std::filesystem::path txt = path;
+            txt.replace_extension(".txt");
+            std::error_code ec;
+            if (std::filesystem::is_regular_file(txt, ec)) other_extension.push_back(txt.filename().string());
+          }
+        }
+        plan.images_.push_back(std::move(image));
+        ++stats.images;
+      }
+      stats.missing_captions = static_cast<int>(missing.size());
+      const std::string dir = subset.image_dir.string();
+      if (files.empty()) log::warn("no image files (.jpg .jpeg .png .webp .bmp) in ", dir);
+      if (!missing.empty()) {
+        log::warn(missing.size(), " of ", stats.images, " images in ", dir, " have no caption (",
+                  subset.caption_extension, "); ",
+                  subset.class_tokens.empty() ? std::string("they train with an empty caption")
+                                              : cat("they use the class tokens \"", subset.class_tokens, "\""),
+                  ": ", list_some(missing, 5));
+      }
+      if (!other_extension.empty()) {
+        log::warn(other_extension.size(), " image(s) in ", dir,
+                  " have a .txt caption beside them but captions are read from ", subset.caption_extension,
+                  " files (kohya's default is .caption): set caption_extension = \".txt\"");
+      }
+      if (!multiline.empty()) {
+        log::warn(multiline.size(), " caption files in ", dir,
+                  " have more than one line; only the first line is used (as kohya does): ", list_some(multiline, 3));
+      }
+    }
+  }
+
+  // kohya's DreamBoothDataset: regularisation images are repeated, round-robin, until they are as many as
+  // the dataset's training images (with repeats); the first pass takes each image with its own repeats.
+  for (size_t d = 0; d < plan.config_.datasets.size(); ++d) {
+    int64_t train = 0, reg_total = 0;
+    std::vector<DatasetImage*> reg;
+    for (DatasetImage& image : plan.images_) {
+      if (image.dataset != static_cast<int>(d)) continue;
+      if (image.is_reg) {
+        reg.push_back(&image);
+        reg_total += image.num_repeats;
+      } else {
+        train += image.num_repeats;
+      }
+    }
+    if (reg.empty()) continue;
+    if (train < reg_total) {
+      log::warn("dataset #", d + 1, ": ", reg_total, " regularisation samples for ", train,
+                " training samples: some regularisation images are not used (as in kohya)");
+    }
+    std::vector<int> repeats(reg.size(), 0);
+    int64_t n = 0;
+    bool first_pass = true;
+    while (n < train) {
+      for (size_t i = 0; i < reg.size(); ++i) {
+        if (first_pass) {
+          repeats[i] = reg[i]->num_repeats;
+          n += repeats[i];
+        } else {
+          repeats[i] += 1;
+          n += 1;
+        }
+        if (n >= train) break;
+      }
+      first_pass = false;
+    }
+    for (size_t i = 0; i < reg.size(); ++i) reg[i]->num_repeats = repeats[i];
+  }
+
+  for (const DatasetImage& image : plan.images_) {
+    (image.is_reg ? plan.reg_samples_ : plan.train_samples_) += image.num_repeats;
+  }
+  if (plan.train_samples_ == 0) {
+    fail("no usable training image in ", list_some(folders, 10),
+         plan.skipped_.empty() ? "" : cat(" (", plan.skipped_.size(), " files skipped as unreadable)"),
+         ": the folders need .jpg, .jpeg, .png, .webp or .bmp files",
+         plan.reg_samples_ > 0 ||
+                 std::any_of(plan.images_.begin(), plan.images_.end(), [](const DatasetImage& i) { return i.is_reg; })
+             ? " (regularisation images alone cannot train)"
+             : "");
+  }
+
+  // Buckets per dataset, sorted by resolution (kohya's BucketManager.sort).
+  std::map<std::pair<int, Resolution>, std::vector<int>> by_bucket;
+  for (size_t i = 0; i < plan.images_.size(); ++i) {
+    const DatasetImage& image = plan.images_[i];
+    if (image.num_repeats > 0) by_bucket[{image.dataset, image.fit.bucket}].push_back(static_cast<int>(i));
+  }
+  for (auto& [key, indices] : by_bucket) {
+    PlanBucket bucket;
+    bucket.dataset = key.first;
+    bucket.resolution = key.second;
+    bucket.images = std::move(indices);
+    for (int i : bucket.images) bucket.samples += plan.images_[i].num_repeats;
+    const int64_t batch_size = plan.config_.datasets[bucket.dataset].batch_size;
+    bucket.batches = (bucket.samples + batch_size - 1) / batch_size;
+    plan.steps_per_epoch_ += bucket.batches;
+    plan.buckets_.push_back(std::move(bucket));
+  }
+  log::info(plan.summary());
+  return plan;
+}
+
+std::vector<PlannedBatch> DatasetPlan::epoch_order(uint64_t seed, int64_t epoch) const {
+  if (epoch < 0) fail("epoch ", epoch, " is negative");
+  std::vector<PlannedBatch> batches;
+  batches.reserve(static_cast<size_t>(steps_per_epoch_));
+  for (size_t b = 0; b < buckets_.size(); ++b) {
+    const PlanBucket& bucket = buckets_[b];
+    std::vector<PlannedSample> samples;
+    samples.reserve(static_cast<size_t>(bucket.samples));
+    for (int image : bucket.images) {
+      for (int r = 0; r < images_[image].num_repeats; ++r) {
+        PlannedSample sample;
+        sample.image = image;
+        sample.repeat = r;
+        samples.push_back(std::move(sample));
+      }
+    }
+    DataRng::derive({seed, kTagBucketShuffle, static_cast<uint64_t>(epoch), b}).shuffle(samples);
+    const size_t batch_size = static_cast<size_t>(config_.datasets[bucket.dataset].batch_size);
+    for (size_t start = 0; start < samples.size(); start += batch_size) {
+      PlannedBatch batch;
+      batch.bucket = static_cast<int>(b);
+      const size_t end = std::min(samples.size(), start + batch_size);
+      batch.samples.assign(std::make_move_iterator(samples.begin() + static_cast<std::ptrdiff_t>(start)),
+                           std::make_move_iterator(samples.begin() + static_cast<std::ptrdiff_t>(end)));
+      batches.push_back(std::move(batch));
+    }
+  }
+  DataRng::derive({seed, kTagBatchOrder, static_cast<uint64_t>(epoch)}).shuffle(batches);
+  return batches;
+}
+
+void DatasetPlan::realise(PlannedSample& sample, uint64_t seed, int64_t epoch) const {
+  const DatasetImage& image = images_[sample.image];
+  const SubsetConfig& subset = config_.datasets[image.dataset].subsets[image.subset];
+  DataRng rng = DataRng::derive({seed, kTagSample, static_cast<uint64_t>(epoch), static_cast<uint64_t>(sample.image),
+                                 static_cast<uint64_t>(sample.repeat)});
+  // kohya's order: flip, crop, caption.
+  sample.flipped = subset.flip_aug && rng.uniform() < 0.5;
+  crop_offset(image.fit, subset.random_crop, rng, sample.crop_left, sample.crop_top);
+  sample.caption = process_caption(subset.captions, image.caption, epoch, rng);
+}
+
+std::vector<PlannedBatch> DatasetPlan::epoch(uint64_t seed, int64_t epoch) const {
+  std::vector<PlannedBatch> batches = epoch_order(seed, epoch);
+  for (PlannedBatch& batch : batches) {
+    for (PlannedSample& sample : batch.samples) realise(sample, seed, epoch);
+  }
+  return batches;
+}
+
+PlannedBatch DatasetPlan::batch(uint64_t seed, int64_t epoch, int64_t step) const {
+  if (step < 0 || step >= steps_per_epoch_) {
+    fail("step ", step, " is outside the epoch (", steps_per_epoch_, " steps per epoch: 0 to ", steps_per_epoch_ - 1,
+         ")");
+  }
+  std::vector<PlannedBatch> batches = epoch_order(seed, epoch);
+  PlannedBatch out = std::move(batches[static_cast<size_t>(step)]);
+  for (PlannedSample& sample : out.samples) realise(sample, seed, epoch);
+  return out;
+}
+
+std::string DatasetPlan::summary() const {
+  int reg = 0;
+  for (const DatasetImage& image : images_) reg += image.is_reg ? 1 : 0;
+  std::string out = cat("loaded ", images_.size(), " images");
+  if (reg > 0) out += cat(" (", reg, " regularisation)");
+  if (skipped_.empty()) {
+    out += ", skipped none";
+  } else {
+    std::vector<std::string> items;
+    for (const SkippedImage& s : skipped_) items.push_back(cat(s.path.filename().string(), " (", s.reason, ")"));
+    out += cat(", skipped ", skipped_.size(), ": ", list_some(items, 5));
+  }
+  return out;
+}
+
+ImageProbe default_image_probe() {
+  return [](const std::filesystem::path& path) {
+    const ImageInfo info = probe_image(path);
+    return Resolution{info.width, info.height};
+  };
+}
+
+}  // namespace fluxtrain::data

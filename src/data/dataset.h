@@ -1,0 +1,122 @@
+// The dataset plan: the images of a resolved dataset config (scanned, captioned, sized, bucketed), and the
+// epoch plan built from them — which batches, from which bucket, in which order, with which crops, flips
+// and captions — addressable by (seed, epoch, step) so that a resumed run continues at any position.
+//
+// Follows kohya-ss/sd-scripts (library/train_util.py: DreamBoothDataset, BaseDataset.make_buckets,
+// shuffle_buckets, DatasetGroup): every image appears num_repeats times per epoch; a batch holds images of
+// one bucket of one dataset; regularisation images (is_reg) are repeated so that their count matches the
+// training images of their dataset; datasets are concatenated. The shuffles use data/rng.h, not Python's
+// random, so the orders differ from kohya's while following the same rules.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "data/buckets.h"
+#include "data/dataset_config.h"
+
+namespace fluxtrain::data {
+
+// Reads an image's width and height (after EXIF orientation) from its header; throws fluxtrain::Error
+// naming the file when it cannot (the scan then skips the file with that message).
+using ImageProbe = std::function<Resolution(const std::filesystem::path&)>;
+
+// probe_image (data/image.h): the size after EXIF orientation, from the file's headers.
+ImageProbe default_image_probe();
+
+struct ScanOptions {
+  ImageProbe probe;  // required
+};
+
+struct DatasetImage {
+  std::filesystem::path path;
+  int dataset = 0;
+  int subset = 0;
+  Resolution size;      // as probed
+  BucketFit fit;        // bucket, resized size, centre crop
+  std::string caption;  // the caption file's first line, or the class tokens (before per-step edits)
+  bool caption_from_file = false;
+  int num_repeats = 1;  // per epoch, after kohya's balancing of regularisation images (0: unused)
+  bool is_reg = false;
+};
+
+struct SkippedImage {
+  std::filesystem::path path;
+  std::string reason;
+};
+
+struct PlanBucket {
+  int dataset = 0;
+  Resolution resolution;
+  std::vector<int> images;  // indices into DatasetPlan::images(), each once
+  int64_t samples = 0;      // images counted with their repeats
+  int64_t batches = 0;      // ceil(samples / batch_size)
+};
+
+struct PlannedSample {
+  int image = 0;   // index into DatasetPlan::images()
+  int repeat = 0;  // which of the image's repeats in this epoch
+  bool flipped = false;
+  int crop_left = 0;  // in the resized image
+  int crop_top = 0;
+  std::string caption;  // after process_caption
+};
+
+struct PlannedBatch {
+  int bucket = 0;  // index into DatasetPlan::buckets()
+  std::vector<PlannedSample> samples;
+};
+
+struct SubsetStats {
+  int images = 0;
+  int missing_captions = 0;  // no caption file (or an empty one): class tokens or "" used
+  int skipped = 0;
+};
+
+class DatasetPlan {
+ public:
+  // Scans every subset's folder (not recursive; .jpg .jpeg .png .webp .bmp in any letter case, hidden
+  // files excluded, sorted by name), reads captions, probes sizes, skips unreadable images with a warning,
+  // assigns buckets and balances regularisation images. Throws Error when no image can be used.
+  static DatasetPlan build(DatasetGroupConfig config, const ScanOptions& options);
+
+  const DatasetGroupConfig& config() const { return config_; }
+  const std::vector<DatasetImage>& images() const { return images_; }
+  const std::vector<SkippedImage>& skipped() const { return skipped_; }
+  const std::vector<PlanBucket>& buckets() const { return buckets_; }
+  // [dataset][subset]
+  const std::vector<std::vector<SubsetStats>>& subset_stats() const { return stats_; }
+
+  int64_t steps_per_epoch() const { return steps_per_epoch_; }
+  int64_t train_samples() const { return train_samples_; }  // training images x repeats, per epoch
+  int64_t reg_samples() const { return reg_samples_; }      // regularisation images x repeats, as used
+
+  // Epoch `epoch` (0-based): steps_per_epoch() batches. Each bucket's samples are shuffled and cut into
+  // batches of the dataset's batch_size (the last one may be smaller); then all batches are shuffled.
+  // The same (seed, epoch) gives the same plan; each sample's flip, random crop and caption edits are
+  // drawn from its own stream keyed by (seed, epoch, image, repeat).
+  std::vector<PlannedBatch> epoch(uint64_t seed, int64_t epoch) const;
+  // One batch of the epoch plan, 0 <= step < steps_per_epoch() (for a resume in mid-epoch).
+  PlannedBatch batch(uint64_t seed, int64_t epoch, int64_t step) const;
+
+  // "loaded 398 images (12 regularisation), skipped 2: a.jpg (truncated JPEG), b.png (...)".
+  std::string summary() const;
+
+ private:
+  std::vector<PlannedBatch> epoch_order(uint64_t seed, int64_t epoch) const;
+  void realise(PlannedSample& sample, uint64_t seed, int64_t epoch) const;
+
+  DatasetGroupConfig config_;
+  std::vector<DatasetImage> images_;
+  std::vector<SkippedImage> skipped_;
+  std::vector<PlanBucket> buckets_;
+  std::vector<std::vector<SubsetStats>> stats_;
+  int64_t steps_per_epoch_ = 0;
+  int64_t train_samples_ = 0;
+  int64_t reg_samples_ = 0;
+};
+
+}  // namespace fluxtrain::data

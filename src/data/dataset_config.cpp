@@ -1,0 +1,718 @@
+#include "data/dataset_config.h"
+
+#include <toml++/toml.h>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cctype>
+#include <climits>
+#include <fstream>
+#include <sstream>
+
+#include "core/error.h"
+#include "core/log.h"
+
+namespace fluxtrain::data {
+
+using nlohmann::json;
+
+namespace {
+
+enum class Type { integer, number, boolean, string, resolution };
+enum Level : unsigned { kGeneral = 1, kDataset = 2, kSubset = 4 };
+constexpr unsigned kDatasetKey = kGeneral | kDataset;
+constexpr unsigned kSubsetKey = kGeneral | kDataset | kSubset;
+
+struct KeySpec {
+  const char* name;
+  Type type;
+  unsigned levels;
+};
+
+// kohya's ConfigSanitizer: DATASET_ASCENDABLE (general, dataset), SUBSET_ASCENDABLE + DB_SUBSET_ASCENDABLE +
+// DO_SUBSET_ASCENDABLE (every level), DB_SUBSET_DISTINCT (subset only).
+constexpr KeySpec kKeys[] = {
+    {"batch_size", Type::integer, kDatasetKey},
+    {"resolution", Type::resolution, kDatasetKey},
+    {"enable_bucket", Type::boolean, kDatasetKey},
+    {"min_bucket_reso", Type::integer, kDatasetKey},
+    {"max_bucket_reso", Type::integer, kDatasetKey},
+    {"bucket_reso_steps", Type::integer, kDatasetKey},
+    {"bucket_no_upscale", Type::boolean, kDatasetKey},
+    {"num_repeats", Type::integer, kSubsetKey},
+    {"caption_extension", Type::string, kSubsetKey},
+    {"class_tokens", Type::string, kSubsetKey},
+    {"shuffle_caption", Type::boolean, kSubsetKey},
+    {"caption_separator", Type::string, kSubsetKey},
+    {"keep_tokens", Type::integer, kSubsetKey},
+    {"keep_tokens_separator", Type::string, kSubsetKey},
+    {"secondary_separator", Type::string, kSubsetKey},
+    {"caption_prefix", Type::string, kSubsetKey},
+    {"caption_suffix", Type::string, kSubsetKey},
+    {"caption_dropout_rate", Type::number, kSubsetKey},
+    {"caption_dropout_every_n_epochs", Type::integer, kSubsetKey},
+    {"caption_tag_dropout_rate", Type::number, kSubsetKey},
+    {"flip_aug", Type::boolean, kSubsetKey},
+    {"random_crop", Type::boolean, kSubsetKey},
+    {"image_dir", Type::string, kSubset},
+    {"is_reg", Type::boolean, kSubset},
+    {"alpha_mask", Type::boolean, kSubset},
+};
+
+// kohya keys fluxtrain does not implement. `noop` is the JSON of the one value that changes nothing (it is
+// accepted), "*" when any value is harmless (ignored with a note), nullptr when the key is never accepted.
+struct UnsupportedKey {
+  const char* name;
+  unsigned levels;
+  const char* noop;
+  const char* why;
+};
+constexpr UnsupportedKey kUnsupported[] = {
+    {"color_aug", kSubsetKey, "false", "colour augmentation is not implemented"},
+    {"face_crop_aug_range", kSubsetKey, nullptr, "face-centred crops are not implemented"},
+    {"enable_wildcard", kSubsetKey, "false", "{a|b} caption wildcards are not implemented"},
+    {"token_warmup_min", kSubsetKey, "1", "token warm-up is not implemented"},
+    {"token_warmup_step", kSubsetKey, "0", "token warm-up is not implemented"},
+    {"custom_attributes", kSubsetKey, "{}", "custom attributes are not used by any fluxtrain loss"},
+    {"cache_info", kSubsetKey, "*", "fluxtrain probes image sizes from the headers quickly enough"},
+    {"resize_interpolation", kSubsetKey, nullptr,
+     "fluxtrain always resizes with an area filter when shrinking and Lanczos when growing (kohya's default)"},
+    {"validation_seed", kDatasetKey, "*", "validation splits are not implemented"},
+    {"validation_split", kDatasetKey, "0", "validation splits are not implemented"},
+    {"network_multiplier", kDatasetKey, "1", "per-dataset network multipliers are not implemented"},
+    {"metadata_file", kSubset, nullptr,
+     "fine-tuning datasets (metadata JSON) are not supported: use image_dir with caption files"},
+    {"conditioning_data_dir", kSubset, nullptr, "ControlNet datasets are not supported"},
+};
+
+const KeySpec* find_key(const std::string& name) {
+  for (const KeySpec& k : kKeys) {
+    if (name == k.name) return &k;
+  }
+  return nullptr;
+}
+
+const UnsupportedKey* find_unsupported(const std::string& name) {
+  for (const UnsupportedKey& k : kUnsupported) {
+    if (name == k.name) return &k;
+  }
+  return nullptr;
+}
+
+const char* level_name(Level level) {
+  switch (level) {
+    case kGeneral: return "[general]";
+    case kDataset: return "[[datasets]]";
+    case kSubset: return "[[datasets.subsets]]";
+  }
+  return "?";
+}
+
+std::string where_allowed(unsigned levels) {
+  if (levels == kSubset) return "only in [[datasets.subsets]] tables";
+  if (levels == kDatasetKey) return "in [general] or [[datasets]] (not in subsets)";
+  return "in [general], [[datasets]] or [[datasets.subsets]]";
+}
+
+std::string type_name(const json& v) {
+  switch (v.type()) {
+    case json::value_t::string: return "a string";
+    case json::value_t::boolean: return "a boolean";
+    case json::value_t::number_integer:
+    case json::value_t::number_unsigned: return "an integer";
+    case json::value_t::number_float: return "a floating-point number";
+    case json::value_t::array: return "an array";
+    case json::value_t::object: return "a table";
+    default: return "null";
+  }
+}
+
+const char* expected_name(Type t) {
+  switch (t) {
+    case Type::integer: return "an integer (e.g. 4)";
+    case Type::number: return "a number (e.g. 0.1)";
+    case Type::boolean: return "true or false (without quotes)";
+    case Type::string: return "a string (in quotes)";
+    case Type::resolution: return "an integer or [width, height] (e.g. 1024 or [1280, 768])";
+  }
+  return "?";
+}
+
+bool is_int32(const json& v) {
+  if (v.is_number_unsigned()) return v.get<uint64_t>() <= static_cast<uint64_t>(INT_MAX);
+  if (v.is_number_integer()) {
+    const int64_t x = v.get<int64_t>();
+    return x >= INT_MIN && x <= INT_MAX;
+  }
+  return false;
+}
+
+json toml_to_json(const toml::node& node) {
+  if (const auto* table = node.as_table()) {
+    json out = json::object();
+    for (const auto& [key, value] : *table) out[std::string(key.str())] = toml_to_json(value);
+    return out;
+  }
+  if (const auto* array = node.as_array()) {
+    json out = json::array();
+    for (const auto& value : *array) out.push_back(toml_to_json(value));
+    return out;
+  }
+  if (const auto* v = node.as_string()) return v->get();
+  if (const auto* v = node.as_integer()) return v->get();
+  if (const auto* v = node.as_floating_point()) return v->get();
+  if (const auto* v = node.as_boolean()) return v->get();
+  // Dates and times: no key takes them; keep their text so that the type error can show it.
+  std::ostringstream text;
+  if (const auto* v = node.as_date())
+    text << *v;
+  else if (const auto* v = node.as_time())
+    text << *v;
+  else if (const auto* v = node.as_date_time())
+    text << *v;
+  return text.str();
+}
+
+// The config being resolved: the source name for messages and the options.
+class Resolver {
+ public:
+  Resolver(std::string source, const ConfigOptions& options, const json* folder_defaults)
+      : source_(std::move(source)), options_(options), folder_defaults_(folder_defaults) {
+    if (options.fallbacks.batch_size) fallbacks_["batch_size"] = *options.fallbacks.batch_size;
+    if (options.fallbacks.resolution) {
+      fallbacks_["resolution"] = {options.fallbacks.resolution->width, options.fallbacks.resolution->height};
+    }
+  }
+
+  DatasetGroupConfig resolve(const json& doc);
+
+ private:
+  template <typename... Args>
+  [[noreturn]] void error(Args&&... args) const {
+    fail("dataset config ", source_, ": ", std::forward<Args>(args)...);
+  }
+
+  void check_table(const json& table, Level level, const std::string& where) const;
+  void check_value(const KeySpec& key, const json& value, const std::string& where) const;
+
+  struct Layer {
+    const json* table;
+    std::string origin;
+  };
+  // The first layer that sets `key` (JSON null counts as unset, as kohya's search_value skips None).
+  const json* lookup(const std::vector<Layer>& layers, const char* key, std::string& origin) const;
+  template <typename T>
+  void take(const std::vector<Layer>& layers, const char* key, T& out, std::map<std::string, std::string>& origin,
+            const std::string& where) const;
+
+  DatasetConfig resolve_dataset(const json& general, const json& dataset, int index);
+  void add_subsets(DatasetConfig& out, const std::vector<Layer>& layers, const std::string& where, bool from_folder);
+
+  std::string source_;
+  const ConfigOptions& options_;
+  const json* folder_defaults_;
+  json fallbacks_ = json::object();
+};
+
+void Resolver::check_value(const KeySpec& key, const json& v, const std::string& where) const {
+  if (v.is_null()) return;
+  auto bad_type = [&] {
+    error(where, ": '", key.name, "' = ", v.dump(), " is ", type_name(v), "; expected ", expected_name(key.type));
+  };
+  auto out_of_range = [&](const std::string& expected) {
+    error(where, ": '", key.name, "' = ", v.dump(), " is out of range; expected ", expected);
+  };
+  const std::string name = key.name;
+  switch (key.type) {
+    case Type::integer:
+      if (!v.is_number_integer()) bad_type();
+      if (!is_int32(v)) out_of_range("a value that fits in 32 bits");
+      break;
+    case Type::number:
+      if (!v.is_number()) bad_type();
+      break;
+    case Type::boolean:
+      if (!v.is_boolean()) bad_type();
+      break;
+    case Type::string:
+      if (!v.is_string()) bad_type();
+      break;
+    case Type::resolution:
+      if (v.is_number_integer()) {
+        if (!is_int32(v) || v.get<int64_t>() < 64 || v.get<int64_t>() > 16384) out_of_range("64 to 16384 pixels");
+      } else if (v.is_array()) {
+        if (v.size() != 2 || !v[0].is_number_integer() || !v[1].is_number_integer()) bad_type();
+        for (const json& side : v) {
+          if (!is_int32(side) || side.get<int64_t>() < 64 || side.get<int64_t>() > 16384) {
+            out_of_range("64 to 16384 pixels per side");
+          }
+        }
+      } else {
+        bad_type();
+      }
+      break;
+  }
+  auto at_least = [&](int64_t min) {
+    if (v.get<int64_t>() < min) out_of_range(cat(min, " or more"));
+  };
+  if (name == "batch_size" || name == "min_bucket_reso" || name == "max_bucket_reso" || name == "bucket_reso_steps") {
+    at_least(1);
+  } else if (name == "num_repeats" || name == "keep_tokens" || name == "caption_dropout_every_n_epochs") {
+    at_least(0);
+  } else if (name == "caption_dropout_rate" || name == "caption_tag_dropout_rate") {
+    const double x = v.get<double>();
+    if (!(x >= 0.0 && x <= 1.0)) out_of_range("a rate from 0 to 1");
+  } else if (name == "caption_separator" || name == "caption_extension" || name == "image_dir") {
+    if (v.get<std::string>().empty()) {
+      error(where, ": '", key.name, "' is empty; expected ",
+            name == "caption_separator"   ? "a separator such as \",\""
+            : name == "caption_extension" ? "an extension such as \".txt\""
+                                          : "the folder that holds the images");
+    }
+  }
+}
+
+void Resolver::check_table(const json& table, Level level, const std::string& where) const {
+  std::vector<std::string> valid;
+  for (const KeySpec& k : kKeys) {
+    if (k.levels & level) valid.emplace_back(k.name);
+  }
+  if (level == kDataset) valid.emplace_back("subsets");
+  for (const auto& [name, value] : table.items()) {
+    if (level == kDataset && name == "subsets") continue;
+    const KeySpec* key = find_key(name);
+    if (key != nullptr && (key->levels & level)) {
+      check_value(*key, value, where);
+      continue;
+    }
+    if (key != nullptr) {
+      error(where, ": '", name, "' cannot be set in ", level_name(level), "; it belongs ", where_allowed(key->levels));
+    }
+    if (const UnsupportedKey* u = find_unsupported(name)) {
+      if (!(u->levels & level)) {
+        error(where, ": '", name, "' cannot be set in ", level_name(level), "; kohya allows it ",
+              where_allowed(u->levels), " (and fluxtrain does not implement it: ", u->why, ")");
+      }
+      if (u->noop != nullptr && std::string(u->noop) == "*") {
+        log::info("dataset config ", source_, ": ", where, ": '", name, "' has no effect in fluxtrain (", u->why, ")");
+        continue;
+      }
+      if (u->noop != nullptr && value == json::parse(u->noop)) continue;
+      error(where, ": '", name, "' = ", value.dump(), " is a kohya option that fluxtrain does not implement (", u->why,
+            "); remove it", u->noop != nullptr ? cat(" or set it to ", u->noop) : std::string());
+    }
+    const std::string hint = closest_match(name, valid);
+    error("unknown key '", name, "' in ", where, hint.empty() ? std::string() : cat(" (did you mean '", hint, "'?)"),
+          "; valid keys here: ", [&] {
+            std::string all;
+            for (const auto& k : valid) all += (all.empty() ? "" : ", ") + k;
+            return all;
+          }());
+  }
+}
+
+const json* Resolver::lookup(const std::vector<Layer>& layers, const char* key, std::string& origin) const {
+  for (const Layer& layer : layers) {
+    if (layer.table == nullptr || !layer.table->is_object()) continue;
+    auto it = layer.table->find(key);
+    if (it != layer.table->end() && !it->is_null()) {
+      origin = layer.origin;
+      return &*it;
+    }
+  }
+  origin = "default";
+  return nullptr;
+}
+
+Resolution as_resolution(const json& v) {
+  return v.is_array() ? Resolution{v[0].get<int>(), v[1].get<int>()} : Resolution{v.get<int>(), v.get<int>()};
+}
+
+template <typename T>
+void Resolver::take(const std::vector<Layer>& layers, const char* key, T& out,
+                    std::map<std::string, std::string>& origin, const std::string& where) const {
+  std::string from;
+  const json* v = lookup(layers, key, from);
+  const bool is_batch = std::string(key) == "batch_size";
+  const std::string& fallback_name =
+      is_batch ? options_.fallbacks.batch_size_origin : options_.fallbacks.resolution_origin;
+  origin[key] = from == "fallback" ? fallback_name : from;
+  if (v == nullptr) return;
+  if constexpr (std::is_same_v<T, Resolution>) {
+    out = as_resolution(*v);
+  } else {
+    out = v->get<T>();
+  }
+  // kohya's rule: the config wins over the command line; say so when a command-line value goes unused.
+  auto fb = fallbacks_.find(key);
+  if (fb == fallbacks_.end() || from == "fallback" || from == "folder default") return;
+  const bool differs = is_batch ? *fb != *v : as_resolution(*fb) != as_resolution(*v);
+  if (differs) {
+    log::warn("dataset config ", source_, ": ", where, ": ", fallback_name, " (", fb->dump(),
+              ") is not used: the config sets ", key, " = ", v->dump(), " at its ", from, " level",
+              " (the dataset config wins, as in kohya)");
+  }
+}
+
+bool is_image_file(const std::filesystem::directory_entry& entry) {
+  std::error_code ec;
+  const std::string name = entry.path().filename().string();
+  return !name.empty() && name[0] != '.' && entry.is_regular_file(ec) && has_image_extension(entry.path());
+}
+
+bool holds_images(const std::filesystem::path& dir) {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    if (is_image_file(entry)) return true;
+  }
+  return false;
+}
+
+struct RepeatFolder {
+  std::filesystem::path path;
+  int repeats;
+  std::string class_tokens;
+};
+
+// kohya's generate_dreambooth_subsets_config_by_subdirs, in sorted order (kohya takes the file system's).
+std::vector<RepeatFolder> repeat_folders(const std::filesystem::path& dir, std::vector<std::string>* ignored) {
+  std::vector<std::filesystem::path> subdirs;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    std::error_code dir_ec;
+    const std::string name = entry.path().filename().string();
+    if (!name.empty() && name[0] != '.' && entry.is_directory(dir_ec)) subdirs.push_back(entry.path());
+  }
+  std::sort(subdirs.begin(), subdirs.end());
+  std::vector<RepeatFolder> out;
+  for (const auto& sub : subdirs) {
+    auto parsed = parse_repeats_folder_name(sub.filename().string());
+    if (!parsed) {
+      if (ignored != nullptr) ignored->push_back(sub.filename().string());
+      continue;
+    }
+    if (parsed->first < 1) {
+      log::warn("folder ", sub.string(), " is ignored: its repeat count is ", parsed->first,
+                " (kohya's N_name convention)");
+      continue;
+    }
+    out.push_back({sub, parsed->first, parsed->second});
+  }
+  return out;
+}
+
+std::string level_where(int dataset, int subset) {
+  if (subset < 0) return cat("[[datasets]] #", dataset + 1);
+  return cat("[[datasets.subsets]] #", subset + 1, " of dataset #", dataset + 1);
+}
+
+}  // namespace
+
+bool has_image_extension(const std::filesystem::path& path) {
+  std::string ext = path.extension().string();
+  for (char& c : ext) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return ext == ".jpg" || ext == ".jpeg" || ext == ".png" || ext == ".webp" || ext == ".bmp";
+}
+
+std::optional<std::pair<int, std::string>> parse_repeats_folder_name(const std::string& name) {
+  const size_t underscore = name.find('_');
+  const std::string number = name.substr(0, underscore);
+  if (number.empty() || number.size() > 9 ||
+      !std::all_of(number.begin(), number.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+    return std::nullopt;
+  }
+  return std::make_pair(std::stoi(number),
+                        underscore == std::string::npos ? std::string() : name.substr(underscore + 1));
+}
+
+void Resolver::add_subsets(DatasetConfig& out, const std::vector<Layer>& layers, const std::string& where,
+                           bool from_folder) {
+  SubsetConfig s;
+  auto& o = s.origin;
+  std::string image_dir;
+  take(layers, "image_dir", image_dir, o, where);
+  if (image_dir.empty()) {
+    error(where, " has no image_dir: set image_dir = \"path/to/images\" (the folder that holds the images)");
+  }
+  take(layers, "num_repeats", s.num_repeats, o, where);
+  take(layers, "caption_extension", s.caption_extension, o, where);
+  take(layers, "class_tokens", s.class_tokens, o, where);
+  take(layers, "shuffle_caption", s.captions.shuffle_caption, o, where);
+  take(layers, "caption_separator", s.captions.caption_separator, o, where);
+  take(layers, "keep_tokens", s.captions.keep_tokens, o, where);
+  take(layers, "keep_tokens_separator", s.captions.keep_tokens_separator, o, where);
+  take(layers, "secondary_separator", s.captions.secondary_separator, o, where);
+  take(layers, "caption_prefix", s.captions.caption_prefix, o, where);
+  take(layers, "caption_suffix", s.captions.caption_suffix, o, where);
+  take(layers, "caption_dropout_rate", s.captions.caption_dropout_rate, o, where);
+  take(layers, "caption_dropout_every_n_epochs", s.captions.caption_dropout_every_n_epochs, o, where);
+  take(layers, "caption_tag_dropout_rate", s.captions.caption_tag_dropout_rate, o, where);
+  take(layers, "flip_aug", s.flip_aug, o, where);
+  take(layers, "random_crop", s.random_crop, o, where);
+  take(layers, "is_reg", s.is_reg, o, where);
+  take(layers, "alpha_mask", s.alpha_mask, o, where);
+  // kohya adds the dot: caption_extension = "txt" means ".txt".
+  if (s.caption_extension[0] != '.') s.caption_extension = "." + s.caption_extension;
+
+  std::filesystem::path dir(image_dir);
+  if (dir.is_relative() && !options_.base_dir.empty()) dir = options_.base_dir / dir;
+  std::error_code ec;
+  if (!std::filesystem::is_directory(dir, ec)) {
+    std::string hint;
+    const std::filesystem::path config_dir = std::filesystem::path(source_).parent_path();
+    if (std::filesystem::path(image_dir).is_relative() && !from_folder &&
+        std::filesystem::is_directory(config_dir / image_dir, ec)) {
+      hint = cat(" (it exists relative to the config file: ", (config_dir / image_dir).string(),
+                 "; relative paths are taken from the current folder, as in kohya)");
+    }
+    error(where, ": image_dir \"", image_dir, "\" is not a folder", hint.empty() ? ": check the path" : hint);
+  }
+  s.image_dir = dir;
+
+  if (s.num_repeats == 0) {
+    log::warn("dataset config ", source_, ": ", where, ": num_repeats = 0, so ", dir.string(),
+              " is not used (as in kohya)");
+    return;
+  }
+
+  // A folder without images of its own but with kohya-style `N_name` subfolders: one subset per subfolder,
+  // whose name sets num_repeats and class_tokens unless the subset table sets them itself.
+  if (!holds_images(dir)) {
+    std::vector<std::string> ignored;
+    std::vector<RepeatFolder> folders = repeat_folders(dir, &ignored);
+    if (!folders.empty()) {
+      for (const std::string& name : ignored) {
+        log::warn("folder ", (dir / name).string(), " is ignored: its name does not start with a repeat count ",
+                  "(kohya's N_name convention, e.g. \"10_ohwx person\")");
+      }
+      for (const RepeatFolder& f : folders) {
+        SubsetConfig sub = s;
+        sub.image_dir = f.path;
+        if (o["num_repeats"] != "subset") {
+          sub.num_repeats = f.repeats;
+          sub.origin["num_repeats"] = "folder name";
+        }
+        if (o["class_tokens"] != "subset") {
+          sub.class_tokens = f.class_tokens;
+          sub.origin["class_tokens"] = "folder name";
+        }
+        out.subsets.push_back(std::move(sub));
+      }
+      return;
+    }
+  }
+  for (const SubsetConfig& existing : out.subsets) {
+    if (existing.image_dir == s.image_dir) {
+      log::warn("dataset config ", source_, ": ", where, ": image_dir ", dir.string(),
+                " is already a subset of this dataset; the later one is ignored (as in kohya)");
+      return;
+    }
+  }
+  out.subsets.push_back(std::move(s));
+}
+
+DatasetConfig Resolver::resolve_dataset(const json& general, const json& dataset, int index) {
+  const std::string where = level_where(index, -1);
+  const std::string general_origin = folder_defaults_ != nullptr ? "folder" : "general";
+  std::vector<Layer> layers = {{&dataset, "dataset"},
+                               {&general, general_origin},
+                               {&fallbacks_, "fallback"},
+                               {folder_defaults_, "folder default"}};
+  DatasetConfig d;
+  auto& o = d.origin;
+  BucketSettings& b = d.buckets;
+  take(layers, "batch_size", d.batch_size, o, where);
+  take(layers, "resolution", b.resolution, o, where);
+  take(layers, "enable_bucket", b.enable_bucket, o, where);
+  take(layers, "min_bucket_reso", b.min_bucket_reso, o, where);
+  take(layers, "max_bucket_reso", b.max_bucket_reso, o, where);
+  take(layers, "bucket_reso_steps", b.bucket_reso_steps, o, where);
+  take(layers, "bucket_no_upscale", b.bucket_no_upscale, o, where);
+
+  auto said = [&](const char* key) { return cat(key, " (from ", o[key], ")"); };
+  if (b.enable_bucket) {
+    const int step = b.bucket_reso_steps;
+    if (step % options_.bucket_step_multiple != 0) {
+      error(where, ": bucket_reso_steps = ", step, " (from ", o["bucket_reso_steps"], ") is not a multiple of ",
+            options_.bucket_step_multiple, ": Flux images need sides divisible by ", options_.bucket_step_multiple,
+            " (the checks of kohya's flux_train_network.py); use 32, 64 or 128");
+    }
+    // kohya's adjust_min_max_bucket_reso_by_steps.
+    if (b.min_bucket_reso % step != 0) {
+      const int adjusted = b.min_bucket_reso - b.min_bucket_reso % step;
+      log::warn(where, ": min_bucket_reso ", b.min_bucket_reso, " is rounded down to ", adjusted,
+                ", a multiple of bucket_reso_steps ", step);
+      b.min_bucket_reso = adjusted;
+    }
+    if (b.max_bucket_reso % step != 0) {
+      const int adjusted = b.max_bucket_reso + step - b.max_bucket_reso % step;
+      log::warn(where, ": max_bucket_reso ", b.max_bucket_reso, " is rounded up to ", adjusted,
+                ", a multiple of bucket_reso_steps ", step);
+      b.max_bucket_reso = adjusted;
+    }
+    if (b.min_bucket_reso <= 0) {
+      error(where, ": ", said("min_bucket_reso"), " is smaller than bucket_reso_steps ", step,
+            ": set min_bucket_reso to ", step, " or more");
+    }
+    const int small = std::min(b.resolution.width, b.resolution.height);
+    const int large = std::max(b.resolution.width, b.resolution.height);
+    if (small < b.min_bucket_reso) {
+      error(where, ": ", said("min_bucket_reso"), " = ", b.min_bucket_reso, " is larger than the ", said("resolution"),
+            "'s shorter side ", small, ": lower min_bucket_reso or raise the resolution");
+    }
+    if (large > b.max_bucket_reso) {
+      error(where, ": ", said("max_bucket_reso"), " = ", b.max_bucket_reso, " is smaller than the ", said("resolution"),
+            "'s longer side ", large, ": raise max_bucket_reso (e.g. to ", 2 * large, ") or lower the resolution");
+    }
+    if (b.bucket_no_upscale && (o["min_bucket_reso"] != "default" || o["max_bucket_reso"] != "default")) {
+      log::info(where, ": min_bucket_reso and max_bucket_reso do not apply with bucket_no_upscale (buckets follow the ",
+                "image sizes, as in kohya)");
+    }
+  } else if (b.resolution.width % 16 != 0 || b.resolution.height % 16 != 0) {
+    error(where, ": ", said("resolution"), " = ", to_string(b.resolution),
+          " is not a multiple of 16 in both sides, which Flux needs without buckets (8x autoencoder, 2x2 patches): "
+          "use e.g. ",
+          b.resolution.width / 16 * 16, "x", b.resolution.height / 16 * 16, " or enable_bucket = true");
+  }
+
+  const json empty = json::object();
+  const json& subsets = dataset.contains("subsets") ? dataset["subsets"] : empty;
+  if (!subsets.is_array() || subsets.empty()) {
+    error(where, " has no subsets: add a [[datasets.subsets]] table with image_dir = \"path/to/images\"");
+  }
+  for (size_t j = 0; j < subsets.size(); ++j) {
+    std::vector<Layer> subset_layers = {{&subsets[j], "subset"}};
+    subset_layers.insert(subset_layers.end(), layers.begin(), layers.end());
+    add_subsets(d, subset_layers, level_where(index, static_cast<int>(j)), folder_defaults_ != nullptr);
+  }
+  return d;
+}
+
+DatasetGroupConfig Resolver::resolve(const json& doc) {
+  if (!doc.is_object())
+    error("the top level is ", type_name(doc), "; expected a table with [general] and [[datasets]]");
+  for (const auto& [name, value] : doc.items()) {
+    if (name == "general" || name == "datasets") continue;
+    const KeySpec* key = find_key(name);
+    if (key != nullptr) {
+      error("'", name, "' is set at the top level; it belongs ", where_allowed(key->levels),
+            (key->levels & kGeneral) ? cat(": put it under [general]") : std::string());
+    }
+    const std::string hint = closest_match(name, {"general", "datasets"});
+    error("unknown key '", name, "' at the top level", hint.empty() ? "" : cat(" (did you mean '", hint, "'?)"),
+          "; valid keys here: general, datasets");
+  }
+  const json empty = json::object();
+  const json& general = doc.contains("general") ? doc["general"] : empty;
+  if (!general.is_object()) error("[general] is ", type_name(general), "; expected a table");
+  check_table(general, kGeneral, "[general]");
+  if (!doc.contains("datasets") || !doc["datasets"].is_array() || doc["datasets"].empty()) {
+    error("no [[datasets]]: add at least one [[datasets]] table with a [[datasets.subsets]] table (image_dir = ...)");
+  }
+  const json& datasets = doc["datasets"];
+  for (size_t i = 0; i < datasets.size(); ++i) {
+    const std::string where = level_where(static_cast<int>(i), -1);
+    if (!datasets[i].is_object()) error(where, " is ", type_name(datasets[i]), "; expected a table");
+    check_table(datasets[i], kDataset, where);
+    if (datasets[i].contains("subsets")) {
+      const json& subsets = datasets[i]["subsets"];
+      if (!subsets.is_array()) error(where, ": 'subsets' is ", type_name(subsets), "; expected an array of tables");
+      for (size_t j = 0; j < subsets.size(); ++j) {
+        const std::string sub_where = level_where(static_cast<int>(i), static_cast<int>(j));
+        if (!subsets[j].is_object()) error(sub_where, " is ", type_name(subsets[j]), "; expected a table");
+        check_table(subsets[j], kSubset, sub_where);
+      }
+    }
+  }
+  DatasetGroupConfig out;
+  out.source = source_;
+  for (size_t i = 0; i < datasets.size(); ++i)
+    out.datasets.push_back(resolve_dataset(general, datasets[i], static_cast<int>(i)));
+  return out;
+}
+
+DatasetGroupConfig parse_dataset_config(std::string_view text, ConfigFormat format, const std::string& source,
+                                        const ConfigOptions& options) {
+  json doc;
+  if (format == ConfigFormat::toml) {
+    try {
+      toml::table table = toml::parse(text, source);
+      doc = toml_to_json(table);
+    } catch (const toml::parse_error& e) {
+      fail("dataset config ", source, ": TOML syntax error at line ", e.source().begin.line, ", column ",
+           e.source().begin.column, ": ", e.description());
+    }
+  } else {
+    try {
+      doc = json::parse(text);
+    } catch (const json::parse_error& e) {
+      fail("dataset config ", source, ": JSON syntax error at byte ", e.byte, ": ", e.what());
+    }
+  }
+  return Resolver(source, options, nullptr).resolve(doc);
+}
+
+DatasetGroupConfig load_dataset_config(const std::filesystem::path& file, const ConfigOptions& options) {
+  std::string ext = file.extension().string();
+  for (char& c : ext) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (ext != ".toml" && ext != ".json") {
+    fail("dataset config ", file.string(), ": unknown format '", ext, "'; expected a .toml or .json file");
+  }
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(file, ec)) fail("dataset config ", file.string(), " does not exist");
+  std::ifstream in(file, std::ios::binary);
+  std::ostringstream content;
+  content << in.rdbuf();
+  if (!in && !in.eof()) fail("cannot read dataset config ", file.string());
+  return parse_dataset_config(content.str(), ext == ".toml" ? ConfigFormat::toml : ConfigFormat::json, file.string(),
+                              options);
+}
+
+DatasetGroupConfig folder_dataset_config(const std::filesystem::path& dir, const ConfigOptions& options,
+                                         const std::filesystem::path& reg_dir) {
+  std::error_code ec;
+  for (const auto& d : {dir, reg_dir}) {
+    if (!d.empty() && !std::filesystem::is_directory(d, ec)) fail("image folder ", d.string(), " does not exist");
+  }
+  const json defaults = {{"resolution", 1024},      {"enable_bucket", true},   {"min_bucket_reso", 256},
+                         {"max_bucket_reso", 2048}, {"bucket_reso_steps", 64}, {"caption_extension", ".txt"}};
+  json subsets = json::array();
+  auto add_folder = [&](const std::filesystem::path& root, bool is_reg) {
+    std::vector<std::string> ignored;
+    std::vector<RepeatFolder> folders = repeat_folders(root, &ignored);
+    if (folders.empty()) {
+      subsets.push_back({{"image_dir", root.string()}, {"is_reg", is_reg}});
+      return;
+    }
+    for (const std::string& name : ignored) {
+      log::warn("folder ", (root / name).string(), " is ignored: its name does not start with a repeat count ",
+                "(kohya's N_name convention, e.g. \"10_ohwx person\")");
+    }
+    if (holds_images(root)) {
+      log::warn("the images directly in ", root.string(), " are not used: with N_name subfolders only those are read ",
+                "(as kohya's train_data_dir); move them into a subfolder such as \"1_", root.filename().string(), "\"");
+    }
+    for (const RepeatFolder& f : folders) {
+      subsets.push_back({{"image_dir", f.path.string()},
+                         {"num_repeats", f.repeats},
+                         {"class_tokens", f.class_tokens},
+                         {"is_reg", is_reg}});
+    }
+  };
+  add_folder(dir, false);
+  if (!reg_dir.empty()) add_folder(reg_dir, true);
+  const json doc = {{"datasets", json::array({json{{"subsets", subsets}}})}};
+  DatasetGroupConfig out = Resolver(dir.string(), options, &defaults).resolve(doc);
+  // The subset values written above come from the folder names, not from a file.
+  for (DatasetConfig& d : out.datasets) {
+    for (SubsetConfig& s : d.subsets) {
+      for (auto& [key, origin] : s.origin) {
+        if (origin == "subset") origin = (key == "num_repeats" || key == "class_tokens") ? "folder name" : "folder";
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace fluxtrain::data

@@ -1,0 +1,871 @@
+// The torch-free dataset plan: bucket lists, bucket fits, config resolution and its errors, captions,
+// regularisation balancing, and the epoch plan. Image sizes come from a probe that reads them from a map
+// keyed by file name (the image decoder has its own tests), so any size can be planned without pixels.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <set>
+
+#include "core/error.h"
+#include "data/buckets.h"
+#include "data/captions.h"
+#include "data/dataset.h"
+#include "data/dataset_config.h"
+#include "data/rng.h"
+#include "temp_dir.h"
+
+namespace fs = std::filesystem;
+using namespace fluxtrain;
+using namespace fluxtrain::data;
+
+namespace {
+
+void write_file(const fs::path& path, const std::string& content) {
+  fs::create_directories(path.parent_path());
+  std::ofstream(path, std::ios::binary) << content;
+}
+
+// Sizes by file name; a name that starts with "bad" is unreadable.
+struct MapProbe {
+  std::map<std::string, Resolution> sizes;
+  Resolution fallback{1024, 1024};
+  Resolution operator()(const fs::path& path) const {
+    const std::string name = path.filename().string();
+    if (name.rfind("bad", 0) == 0) fail(path.string(), ": truncated JPEG");
+    auto it = sizes.find(name);
+    return it == sizes.end() ? fallback : it->second;
+  }
+};
+
+ScanOptions scan_with(MapProbe probe) {
+  ScanOptions options;
+  options.probe = probe;
+  return options;
+}
+
+// Runs `f`, which must throw fluxtrain::Error whose message holds every one of `parts`.
+void expect_error(const std::function<void()>& f, const std::vector<std::string>& parts) {
+  try {
+    f();
+  } catch (const Error& e) {
+    const std::string message = e.what();
+    for (const std::string& part : parts) {
+      EXPECT_NE(message.find(part), std::string::npos) << "missing '" << part << "' in: " << message;
+    }
+    return;
+  }
+  ADD_FAILURE() << "no error thrown; expected one mentioning " << parts.front();
+}
+
+// The bucket list written out from the formula in the spec (shared/spec/training.md), independently of
+// buckets.cpp: square floor(sqrt(A)/s)*s, then for each width, height = min(max, floor(A/w/s)*s).
+std::set<Resolution> formula_buckets(int reso_w, int reso_h, int min_size, int max_size, int step) {
+  const long area = long(reso_w) * reso_h;
+  std::set<Resolution> out;
+  const int square = int(std::sqrt(double(area)) / step) * step;
+  out.insert({square, square});
+  for (int w = min_size; w <= max_size; w += step) {
+    int h = int(area / w / step) * step;
+    if (h > max_size) h = max_size;
+    if (h >= min_size) {
+      out.insert({w, h});
+      out.insert({h, w});
+    }
+  }
+  return out;
+}
+
+DatasetGroupConfig toml_config(const std::string& text, const fs::path& base = {}) {
+  ConfigOptions options;
+  options.base_dir = base;
+  return parse_dataset_config(text, ConfigFormat::toml, "test.toml", options);
+}
+
+DatasetGroupConfig json_config(const std::string& text, const fs::path& base = {}) {
+  ConfigOptions options;
+  options.base_dir = base;
+  return parse_dataset_config(text, ConfigFormat::json, "test.json", options);
+}
+
+void make_images(const fs::path& dir, int count, const std::string& prefix = "img") {
+  fs::create_directories(dir);
+  for (int i = 0; i < count; ++i) {
+    char name[64];
+    std::snprintf(name, sizeof name, "%s_%04d.jpg", prefix.c_str(), i);
+    write_file(dir / name, "");
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------------------
+// buckets
+
+TEST(Buckets, ListMatchesTheFormula) {
+  struct Case {
+    int w, h, min, max, step;
+  };
+  for (const Case& c : {Case{512, 512, 256, 1024, 64}, Case{1024, 1024, 256, 1024, 64}, Case{1024, 1024, 256, 2048, 64},
+                        Case{1024, 1024, 256, 2048, 128}, Case{768, 768, 320, 1536, 32}, Case{1280, 768, 256, 2048, 64},
+                        Case{1024, 1024, 512, 1536, 96}}) {
+    const auto list = make_bucket_resolutions({c.w, c.h}, c.min, c.max, c.step);
+    const auto expected = formula_buckets(c.w, c.h, c.min, c.max, c.step);
+    EXPECT_EQ(std::set<Resolution>(list.begin(), list.end()), expected) << c.w << "x" << c.h << " step " << c.step;
+    EXPECT_TRUE(std::is_sorted(list.begin(), list.end()));
+    EXPECT_EQ(list.size(), expected.size()) << "duplicates in the list";
+  }
+}
+
+TEST(Buckets, KnownListForSd512) {
+  // Worked out by hand from the formula: A = 512^2, widths 256..1024 step 64.
+  const auto list = make_bucket_resolutions({512, 512}, 256, 1024, 64);
+  const std::vector<Resolution> expected = {{256, 832}, {256, 896}, {256, 960}, {256, 1024}, {320, 704}, {320, 768},
+                                            {384, 640}, {448, 576}, {512, 512}, {576, 448},  {640, 384}, {704, 320},
+                                            {768, 320}, {832, 256}, {896, 256}, {960, 256},  {1024, 256}};
+  EXPECT_EQ(list, expected);
+}
+
+TEST(Buckets, Seed1280x768BucketAt1024Step128) {
+  const auto list = make_bucket_resolutions({1024, 1024}, 256, 2048, 128);
+  EXPECT_NE(std::find(list.begin(), list.end(), Resolution{1280, 768}), list.end());
+  EXPECT_NE(std::find(list.begin(), list.end(), Resolution{768, 1280}), list.end());
+  BucketSettings settings;
+  settings.enable_bucket = true;
+  settings.max_bucket_reso = 2048;
+  settings.bucket_reso_steps = 128;
+  const BucketFit fit = BucketPlanner(settings).fit(1280, 768);
+  EXPECT_EQ(fit.bucket, (Resolution{1280, 768}));
+  EXPECT_EQ(fit.resized, (Resolution{1280, 768}));
+  EXPECT_EQ(fit.crop_left, 0);
+  EXPECT_EQ(fit.crop_top, 0);
+}
+
+TEST(Buckets, CoverAndCentreCrop) {
+  BucketSettings settings;
+  settings.enable_bucket = true;
+  settings.max_bucket_reso = 2048;
+  const BucketPlanner planner(settings);
+  // 1000x700 (ar 1.4286): nearest bucket 1216x832 (ar 1.4615, wider), so the width matches:
+  // scale 1.216, height int(700 * 1.216 + 0.5) = 851, 19 rows cropped, 9 on top.
+  BucketFit fit = planner.fit(1000, 700);
+  EXPECT_EQ(fit.bucket, (Resolution{1216, 832}));
+  EXPECT_EQ(fit.resized, (Resolution{1216, 851}));
+  EXPECT_EQ(fit.crop_left, 0);
+  EXPECT_EQ(fit.crop_top, 9);
+  // A portrait 600x1000 (ar 0.6): bucket 768x1280 exactly 0.6; scale 1.28 both ways.
+  fit = planner.fit(600, 1000);
+  EXPECT_EQ(fit.bucket, (Resolution{768, 1280}));
+  EXPECT_EQ(fit.resized, (Resolution{768, 1280}));
+  // Every fit covers its bucket.
+  for (int w = 100; w < 4000; w += 137) {
+    for (int h = 100; h < 4000; h += 211) {
+      const BucketFit f = planner.fit(w, h);
+      EXPECT_GE(f.resized.width, f.bucket.width) << w << "x" << h;
+      EXPECT_GE(f.resized.height, f.bucket.height) << w << "x" << h;
+      EXPECT_TRUE(f.resized.width == f.bucket.width || f.resized.height == f.bucket.height) << w << "x" << h;
+    }
+  }
+}
+
+TEST(Buckets, FixedResolutionWithoutBuckets) {
+  BucketSettings settings;  // enable_bucket false
+  settings.resolution = {512, 512};
+  const BucketFit fit = BucketPlanner(settings).fit(800, 600);
+  EXPECT_EQ(fit.bucket, (Resolution{512, 512}));
+  EXPECT_EQ(fit.resized, (Resolution{683, 512}));  // int(800 * 512/600 + 0.5)
+  EXPECT_EQ(fit.crop_left, 85);
+}
+
+TEST(Buckets, NoUpscale) {
+  BucketSettings settings;
+  settings.enable_bucket = true;
+  settings.bucket_no_upscale = true;
+  const BucketPlanner planner(settings);
+  EXPECT_TRUE(planner.predefined().empty());
+  // Larger than the area: 3000x2000 (ar 1.5) shrinks to area 1024^2: width 1254.1 / height 836.1; rounding
+  // the height (832, width 1216 -> ar 1.4615) beats rounding the width (1216x768, ar 1.583).
+  BucketFit fit = planner.fit(3000, 2000);
+  EXPECT_EQ(fit.resized, (Resolution{1248, 832}));
+  EXPECT_EQ(fit.bucket, (Resolution{1216, 832}));
+  EXPECT_EQ(fit.crop_left, 16);
+  // Smaller: never upscaled, cropped down to the step.
+  fit = planner.fit(500, 300);
+  EXPECT_EQ(fit.resized, (Resolution{500, 300}));
+  EXPECT_EQ(fit.bucket, (Resolution{448, 256}));
+  EXPECT_EQ(fit.crop_left, 26);
+  EXPECT_EQ(fit.crop_top, 22);
+  expect_error([&] { planner.fit(40, 300); }, {"too small", "bucket_no_upscale"});
+}
+
+TEST(Buckets, RandomCropStaysInside) {
+  BucketFit fit;
+  fit.bucket = {512, 512};
+  fit.resized = {700, 512};
+  DataRng rng(7);
+  std::set<int> lefts;
+  for (int i = 0; i < 2000; ++i) {
+    int left = -1, top = -1;
+    crop_offset(fit, true, rng, left, top);
+    EXPECT_GE(left, 0);
+    EXPECT_LE(left, 188);
+    EXPECT_EQ(top, 0);
+    lefts.insert(left);
+  }
+  EXPECT_TRUE(lefts.count(0) && lefts.count(188)) << "both ends reachable";
+  EXPECT_GT(lefts.size(), 150u);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// steps per epoch: the seed's 400 images at 1280x768
+
+TEST(DatasetPlanTest, SeedTableStepsPerEpoch) {
+  const fs::path root = fluxtrain::testing::fresh_dir("dataset_seed_table");
+  make_images(root / "images", 400);
+  MapProbe probe;
+  probe.fallback = {1280, 768};
+  const std::map<int, int> expected = {{4, 100}, {8, 50}, {16, 25}, {32, 13}, {48, 9}, {56, 8}, {60, 7}};
+  for (const auto& [batch, steps] : expected) {
+    const auto config =
+        toml_config(cat("[general]\nresolution = 1024\nenable_bucket = true\nbucket_reso_steps = 128\n"
+                        "max_bucket_reso = 2048\nbatch_size = ",
+                        batch, "\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = \"", (root / "images").string(),
+                        "\"\ncaption_extension = \".txt\"\n"));
+    const DatasetPlan plan = DatasetPlan::build(config, scan_with(probe));
+    EXPECT_EQ(plan.steps_per_epoch(), steps) << "batch " << batch;
+    ASSERT_EQ(plan.buckets().size(), 1u);
+    EXPECT_EQ(plan.buckets()[0].resolution, (Resolution{1280, 768}));
+    EXPECT_EQ(plan.buckets()[0].samples, 400);
+  }
+}
+
+TEST(DatasetPlanTest, StepsSumOverBucketsAndDatasets) {
+  const fs::path root = fluxtrain::testing::fresh_dir("dataset_steps_sum");
+  make_images(root / "a", 10, "wide");
+  make_images(root / "a", 7, "tall");
+  make_images(root / "b", 5, "sq");
+  MapProbe probe;
+  for (int i = 0; i < 10; ++i) probe.sizes[cat("wide_000", i, ".jpg")] = {1280, 768};
+  for (int i = 0; i < 7; ++i) probe.sizes[cat("tall_000", i, ".jpg")] = {768, 1280};
+  const auto config = toml_config(cat(R"(
+[general]
+enable_bucket = true
+max_bucket_reso = 2048
+[[datasets]]
+batch_size = 4
+  [[datasets.subsets]]
+  image_dir = ")",
+                                      (root / "a").string(), R"("
+  num_repeats = 3
+[[datasets]]
+batch_size = 2
+  [[datasets.subsets]]
+  image_dir = ")",
+                                      (root / "b").string(), R"("
+)"));
+  const DatasetPlan plan = DatasetPlan::build(config, scan_with(probe));
+  // wide: 30 samples / 4 = 8; tall: 21 / 4 = 6; dataset b: 5 / 2 = 3.
+  EXPECT_EQ(plan.steps_per_epoch(), 8 + 6 + 3);
+  EXPECT_EQ(plan.buckets().size(), 3u);
+  EXPECT_EQ(plan.train_samples(), 30 + 21 + 5);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// config
+
+TEST(DatasetConfigTest, ValuesCascade) {
+  const fs::path root = fluxtrain::testing::fresh_dir("dataset_cascade");
+  fs::create_directories(root / "x");
+  fs::create_directories(root / "y");
+  const auto config = toml_config(R"(
+[general]
+batch_size = 4
+caption_extension = ".txt"
+shuffle_caption = true
+keep_tokens = 1
+resolution = [1280, 768]
+enable_bucket = true
+max_bucket_reso = 2048
+
+[[datasets]]
+batch_size = 2
+keep_tokens = 2
+  [[datasets.subsets]]
+  image_dir = "x"
+  num_repeats = 10
+  keep_tokens = 3
+  class_tokens = "ohwx person"
+  [[datasets.subsets]]
+  image_dir = "y"
+  is_reg = true
+
+[[datasets]]
+  [[datasets.subsets]]
+  image_dir = "x"
+  caption_extension = "caption"
+)",
+                                  root);
+  ASSERT_EQ(config.datasets.size(), 2u);
+  const DatasetConfig& d0 = config.datasets[0];
+  EXPECT_EQ(d0.batch_size, 2);
+  EXPECT_EQ(d0.origin.at("batch_size"), "dataset");
+  EXPECT_EQ(d0.buckets.resolution, (Resolution{1280, 768}));
+  EXPECT_EQ(d0.origin.at("resolution"), "general");
+  EXPECT_EQ(d0.origin.at("min_bucket_reso"), "default");
+  ASSERT_EQ(d0.subsets.size(), 2u);
+  EXPECT_EQ(d0.subsets[0].captions.keep_tokens, 3);
+  EXPECT_EQ(d0.subsets[0].origin.at("keep_tokens"), "subset");
+  EXPECT_EQ(d0.subsets[1].captions.keep_tokens, 2);
+  EXPECT_EQ(d0.subsets[1].origin.at("keep_tokens"), "dataset");
+  EXPECT_EQ(d0.subsets[0].num_repeats, 10);
+  EXPECT_EQ(d0.subsets[1].num_repeats, 1);
+  EXPECT_EQ(d0.subsets[0].caption_extension, ".txt");
+  EXPECT_TRUE(d0.subsets[1].captions.shuffle_caption);
+  EXPECT_TRUE(d0.subsets[1].is_reg);
+  EXPECT_EQ(d0.subsets[0].class_tokens, "ohwx person");
+  EXPECT_EQ(d0.subsets[0].image_dir, root / "x");
+  const DatasetConfig& d1 = config.datasets[1];
+  EXPECT_EQ(d1.batch_size, 4);
+  EXPECT_EQ(d1.origin.at("batch_size"), "general");
+  EXPECT_EQ(d1.subsets[0].caption_extension, ".caption");  // the dot is added, as kohya does
+  EXPECT_EQ(d1.subsets[0].captions.keep_tokens, 1);
+}
+
+TEST(DatasetConfigTest, KohyaDefaultsAndFallbacks) {
+  const fs::path root = fluxtrain::testing::fresh_dir("dataset_defaults");
+  fs::create_directories(root / "x");
+  ConfigOptions options;
+  options.base_dir = root;
+  const std::string text = "[[datasets]]\n[[datasets.subsets]]\nimage_dir = \"x\"\n";
+  auto config = parse_dataset_config(text, ConfigFormat::toml, "t.toml", options);
+  const DatasetConfig& d = config.datasets[0];
+  EXPECT_EQ(d.batch_size, 1);
+  EXPECT_FALSE(d.buckets.enable_bucket);
+  EXPECT_EQ(d.buckets.min_bucket_reso, 256);
+  EXPECT_EQ(d.buckets.max_bucket_reso, 1024);
+  EXPECT_EQ(d.buckets.bucket_reso_steps, 64);
+  EXPECT_EQ(d.buckets.resolution, (Resolution{1024, 1024}));
+  const SubsetConfig& s = d.subsets[0];
+  EXPECT_EQ(s.caption_extension, ".caption");
+  EXPECT_EQ(s.captions.caption_separator, ",");
+  EXPECT_EQ(s.num_repeats, 1);
+  EXPECT_FALSE(s.flip_aug || s.random_crop || s.is_reg || s.alpha_mask || s.captions.shuffle_caption);
+
+  // Command-line values fill only what the config leaves unset (kohya's argparse layer).
+  options.fallbacks.batch_size = 8;
+  options.fallbacks.resolution = Resolution{768, 768};
+  config = parse_dataset_config(text, ConfigFormat::toml, "t.toml", options);
+  EXPECT_EQ(config.datasets[0].batch_size, 8);
+  EXPECT_EQ(config.datasets[0].origin.at("batch_size"), "--batch-size");
+  EXPECT_EQ(config.datasets[0].buckets.resolution, (Resolution{768, 768}));
+  config = parse_dataset_config("[general]\nbatch_size = 2\n" + text, ConfigFormat::toml, "t.toml", options);
+  EXPECT_EQ(config.datasets[0].batch_size, 2);
+}
+
+TEST(DatasetConfigTest, UnknownKeysNameKeyFileLevelAndClosest) {
+  const fs::path root = fluxtrain::testing::fresh_dir("dataset_unknown");
+  fs::create_directories(root / "x");
+  const std::string dir = (root / "x").string();
+  expect_error(
+      [&] {
+        toml_config("[general]\nbatchsize = 4\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = \"" + dir + "\"\n");
+      },
+      {"test.toml", "'batchsize'", "[general]", "did you mean 'batch_size'"});
+  expect_error(
+      [&] { toml_config("[[datasets]]\nresolutoin = 512\n[[datasets.subsets]]\nimage_dir = \"" + dir + "\"\n"); },
+      {"test.toml", "'resolutoin'", "[[datasets]] #1", "'resolution'"});
+  expect_error(
+      [&] { toml_config("[[datasets]]\n[[datasets.subsets]]\nimage_dir = \"" + dir + "\"\nnum_repeat = 3\n"); },
+      {"test.toml", "'num_repeat'", "[[datasets.subsets]] #1 of dataset #1", "'num_repeats'"});
+  expect_error([&] { json_config(R"({"genral": {}, "datasets": []})"); },
+               {"test.json", "'genral'", "top level", "'general'"});
+  // A key at the wrong level says where it belongs.
+  expect_error([&] { toml_config("[general]\nimage_dir = \"" + dir + "\"\n[[datasets]]\n"); },
+               {"'image_dir'", "[general]", "[[datasets.subsets]]"});
+  expect_error(
+      [&] { toml_config("[[datasets]]\n[[datasets.subsets]]\nimage_dir = \"" + dir + "\"\nbatch_size = 2\n"); },
+      {"'batch_size'", "[[datasets.subsets]]", "[general] or [[datasets]]"});
+  // kohya options fluxtrain does not implement: fine at their no-op value, an error otherwise.
+  EXPECT_NO_THROW(
+      toml_config("[general]\ncolor_aug = false\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = \"" + dir + "\"\n"));
+  expect_error(
+      [&] {
+        toml_config("[general]\ncolor_aug = true\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = \"" + dir + "\"\n");
+      },
+      {"'color_aug'", "not implement"});
+  expect_error(
+      [&] {
+        toml_config("[[datasets]]\n[[datasets.subsets]]\nimage_dir = \"" + dir + "\"\nmetadata_file = \"m.json\"\n");
+      },
+      {"'metadata_file'", "fine-tuning"});
+}
+
+TEST(DatasetConfigTest, TypeErrorsNameKeyValueAndType) {
+  const fs::path root = fluxtrain::testing::fresh_dir("dataset_types");
+  fs::create_directories(root / "x");
+  const std::string subset = "[[datasets]]\n[[datasets.subsets]]\nimage_dir = \"" + (root / "x").string() + "\"\n";
+  struct Case {
+    std::string line, key, value, expected;
+  };
+  for (const Case& c : {Case{"batch_size = \"4\"", "batch_size", "\"4\"", "an integer"},
+                        Case{"batch_size = 4.0", "batch_size", "4.0", "an integer"},
+                        Case{"enable_bucket = \"true\"", "enable_bucket", "\"true\"", "true or false"},
+                        Case{"resolution = [1024]", "resolution", "[1024]", "[width, height]"},
+                        Case{"resolution = \"1024\"", "resolution", "\"1024\"", "[width, height]"},
+                        Case{"caption_dropout_rate = \"0.1\"", "caption_dropout_rate", "\"0.1\"", "a number"},
+                        Case{"caption_extension = 3", "caption_extension", "3", "a string"},
+                        Case{"keep_tokens = true", "keep_tokens", "true", "an integer"}}) {
+    expect_error([&] { toml_config("[general]\n" + c.line + "\n" + subset); },
+                 {"test.toml", "[general]", "'" + c.key + "'", c.value, c.expected});
+  }
+  expect_error([&] { toml_config("[[datasets]]\n[[datasets.subsets]]\nimage_dir = 5\n"); },
+               {"'image_dir'", "5", "a string"});
+}
+
+TEST(DatasetConfigTest, RangesAreChecked) {
+  const fs::path root = fluxtrain::testing::fresh_dir("dataset_ranges");
+  fs::create_directories(root / "x");
+  const std::string subset = "[[datasets]]\n[[datasets.subsets]]\nimage_dir = \"" + (root / "x").string() + "\"\n";
+  for (const std::string& line :
+       {std::string("batch_size = 0"), std::string("caption_dropout_rate = 1.5"),
+        std::string("caption_tag_dropout_rate = -0.1"), std::string("resolution = 0"),
+        std::string("resolution = [1024, -5]"), std::string("num_repeats = -1"), std::string("keep_tokens = -2"),
+        std::string("caption_separator = \"\""), std::string("bucket_reso_steps = 0")}) {
+    const std::string key = line.substr(0, line.find(' '));
+    expect_error([&] { toml_config("[general]\n" + line + "\n" + subset); }, {"'" + key + "'"});
+  }
+  // Cross-key checks, after the cascade.
+  expect_error([&] { toml_config("[general]\nenable_bucket = true\nbucket_reso_steps = 48\n" + subset); },
+               {"bucket_reso_steps = 48", "multiple of 32"});
+  expect_error([&] { toml_config("[general]\nenable_bucket = true\nresolution = 1536\n" + subset); },
+               {"max_bucket_reso", "1536"});
+  expect_error(
+      [&] { toml_config("[general]\nenable_bucket = true\nmin_bucket_reso = 768\nresolution = 512\n" + subset); },
+      {"min_bucket_reso", "512"});
+  expect_error([&] { toml_config("[general]\nresolution = 1000\n" + subset); }, {"resolution", "multiple of 16"});
+  expect_error([&] { toml_config("[[datasets]]\n[[datasets.subsets]]\nnum_repeats = 2\n"); }, {"no image_dir"});
+  expect_error([&] { toml_config("[[datasets]]\n[[datasets.subsets]]\nimage_dir = \"/no/such/folder\"\n"); },
+               {"/no/such/folder", "is not a folder"});
+  expect_error([&] { toml_config("[general]\nbatch_size = 2\n"); }, {"no [[datasets]]"});
+  expect_error([&] { toml_config("[general\n"); }, {"test.toml", "TOML syntax error", "line 1"});
+  expect_error([&] { json_config("{\"datasets\": [}"); }, {"test.json", "JSON syntax error"});
+}
+
+TEST(DatasetConfigTest, TomlAndJsonGiveTheSamePlan) {
+  const fs::path root = fluxtrain::testing::fresh_dir("dataset_toml_json");
+  make_images(root / "a", 6, "w");
+  make_images(root / "b", 3, "t");
+  for (int i = 0; i < 6; ++i) write_file(root / "a" / cat("w_000", i, ".txt"), cat("ohwx, tag", i, ", red, blue"));
+  MapProbe probe;
+  for (int i = 0; i < 3; ++i) probe.sizes[cat("t_000", i, ".jpg")] = {600, 1000};
+  const std::string a = (root / "a").string(), b = (root / "b").string();
+  const auto from_toml = toml_config(cat(R"(
+[general]
+enable_bucket = true
+max_bucket_reso = 2048
+caption_extension = ".txt"
+shuffle_caption = true
+keep_tokens = 1
+flip_aug = true
+[[datasets]]
+batch_size = 2
+resolution = [1024, 1024]
+  [[datasets.subsets]]
+  image_dir = ")",
+                                         a, R"("
+  num_repeats = 2
+  random_crop = true
+  [[datasets.subsets]]
+  image_dir = ")",
+                                         b, R"("
+  class_tokens = "a cat"
+  caption_tag_dropout_rate = 0.2
+)"));
+  const auto from_json = json_config(cat(R"({
+  "general": {"enable_bucket": true, "max_bucket_reso": 2048, "caption_extension": ".txt", "shuffle_caption": true,
+              "keep_tokens": 1, "flip_aug": true},
+  "datasets": [{"batch_size": 2, "resolution": [1024, 1024], "subsets": [
+      {"image_dir": ")",
+                                         a, R"(", "num_repeats": 2, "random_crop": true},
+      {"image_dir": ")",
+                                         b, R"(", "class_tokens": "a cat", "caption_tag_dropout_rate": 0.2}]}]
+})"));
+  const DatasetPlan p1 = DatasetPlan::build(from_toml, scan_with(probe));
+  const DatasetPlan p2 = DatasetPlan::build(from_json, scan_with(probe));
+  ASSERT_EQ(p1.images().size(), p2.images().size());
+  for (size_t i = 0; i < p1.images().size(); ++i) {
+    EXPECT_EQ(p1.images()[i].path, p2.images()[i].path);
+    EXPECT_EQ(p1.images()[i].fit.bucket, p2.images()[i].fit.bucket);
+    EXPECT_EQ(p1.images()[i].caption, p2.images()[i].caption);
+  }
+  EXPECT_EQ(p1.steps_per_epoch(), p2.steps_per_epoch());
+  for (int epoch = 0; epoch < 3; ++epoch) {
+    const auto e1 = p1.epoch(42, epoch), e2 = p2.epoch(42, epoch);
+    ASSERT_EQ(e1.size(), e2.size());
+    for (size_t s = 0; s < e1.size(); ++s) {
+      ASSERT_EQ(e1[s].samples.size(), e2[s].samples.size());
+      for (size_t k = 0; k < e1[s].samples.size(); ++k) {
+        EXPECT_EQ(e1[s].samples[k].image, e2[s].samples[k].image);
+        EXPECT_EQ(e1[s].samples[k].caption, e2[s].samples[k].caption);
+        EXPECT_EQ(e1[s].samples[k].flipped, e2[s].samples[k].flipped);
+        EXPECT_EQ(e1[s].samples[k].crop_left, e2[s].samples[k].crop_left);
+      }
+    }
+  }
+}
+
+TEST(DatasetConfigTest, RepeatFolderConvention) {
+  EXPECT_EQ(parse_repeats_folder_name("10_ohwx person"), std::make_pair(10, std::string("ohwx person")));
+  EXPECT_EQ(parse_repeats_folder_name("3_a_b"), std::make_pair(3, std::string("a_b")));
+  EXPECT_EQ(parse_repeats_folder_name("5"), std::make_pair(5, std::string()));
+  EXPECT_FALSE(parse_repeats_folder_name("images").has_value());
+  EXPECT_FALSE(parse_repeats_folder_name("x10_y").has_value());
+  EXPECT_FALSE(parse_repeats_folder_name("_10").has_value());
+
+  const fs::path root = fluxtrain::testing::fresh_dir("dataset_nname");
+  make_images(root / "train" / "10_ohwx person", 2);
+  make_images(root / "train" / "2_dog", 3);
+  make_images(root / "train" / "notes", 1);  // ignored: no repeat count
+  make_images(root / "reg" / "1_person", 4);
+  write_file(root / "train" / "2_dog" / "img_0000.txt", "a dog on grass");
+
+  // A bare folder: kohya's --train_data_dir / --reg_data_dir.
+  const DatasetGroupConfig folder = folder_dataset_config(root / "train", {}, root / "reg");
+  ASSERT_EQ(folder.datasets.size(), 1u);
+  const auto& subsets = folder.datasets[0].subsets;
+  ASSERT_EQ(subsets.size(), 3u);
+  EXPECT_EQ(subsets[0].image_dir, root / "train" / "10_ohwx person");
+  EXPECT_EQ(subsets[0].num_repeats, 10);
+  EXPECT_EQ(subsets[0].class_tokens, "ohwx person");
+  EXPECT_EQ(subsets[0].origin.at("num_repeats"), "folder name");
+  EXPECT_EQ(subsets[1].num_repeats, 2);
+  EXPECT_EQ(subsets[1].class_tokens, "dog");
+  EXPECT_TRUE(subsets[2].is_reg);
+  EXPECT_EQ(subsets[2].caption_extension, ".txt");
+  EXPECT_TRUE(folder.datasets[0].buckets.enable_bucket);
+
+  const DatasetPlan plan = DatasetPlan::build(folder, scan_with(MapProbe{}));
+  std::map<std::string, std::string> captions;
+  for (const DatasetImage& image : plan.images()) {
+    captions[image.path.parent_path().filename().string() + "/" + image.path.filename().string()] = image.caption;
+  }
+  EXPECT_EQ(captions.at("10_ohwx person/img_0000.jpg"), "ohwx person");  // class tokens fallback
+  EXPECT_EQ(captions.at("2_dog/img_0000.jpg"), "a dog on grass");
+  EXPECT_EQ(captions.at("2_dog/img_0001.jpg"), "dog");
+  EXPECT_EQ(plan.train_samples(), 2 * 10 + 3 * 2);
+  EXPECT_EQ(plan.reg_samples(), 26);  // balanced to the training samples
+
+  // A config whose image_dir is the parent folder expands the same way; a subset key still wins.
+  const auto config = toml_config(cat("[[datasets]]\n[[datasets.subsets]]\nimage_dir = \"", (root / "train").string(),
+                                      "\"\nclass_tokens = \"sks\"\n"));
+  ASSERT_EQ(config.datasets[0].subsets.size(), 2u);
+  EXPECT_EQ(config.datasets[0].subsets[0].num_repeats, 10);
+  EXPECT_EQ(config.datasets[0].subsets[0].class_tokens, "sks");
+  EXPECT_EQ(config.datasets[0].subsets[1].num_repeats, 2);
+}
+
+TEST(DatasetConfigTest, BareFolderDefaults) {
+  const fs::path root = fluxtrain::testing::fresh_dir("dataset_bare");
+  make_images(root, 3);
+  ConfigOptions options;
+  options.fallbacks.resolution = Resolution{512, 512};
+  const auto config = folder_dataset_config(root, options);
+  ASSERT_EQ(config.datasets[0].subsets.size(), 1u);
+  const DatasetConfig& d = config.datasets[0];
+  EXPECT_EQ(d.buckets.resolution, (Resolution{512, 512}));  // the command line beats the folder defaults
+  EXPECT_EQ(d.buckets.max_bucket_reso, 2048);
+  EXPECT_EQ(d.buckets.bucket_reso_steps, 64);
+  EXPECT_EQ(d.origin.at("max_bucket_reso"), "folder default");
+  EXPECT_EQ(d.subsets[0].num_repeats, 1);
+  expect_error([&] { folder_dataset_config(root / "missing"); }, {"missing", "does not exist"});
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// captions
+
+TEST(Captions, FileCleaning) {
+  CaptionFile c = parse_caption_text("\xEF\xBB\xBF  a photo of ohwx, red  \r\nsecond line\r\n", "c.txt");
+  EXPECT_EQ(c.text, "a photo of ohwx, red");
+  EXPECT_TRUE(c.found);
+  EXPECT_TRUE(c.multiline);
+  c = parse_caption_text("one\rtwo", "c.txt");  // old Mac line ends
+  EXPECT_EQ(c.text, "one");
+  c = parse_caption_text("\xE3\x80\x80wide space\xE3\x80\x80\n\n  \n", "c.txt");  // U+3000 is whitespace to Python
+  EXPECT_EQ(c.text, "wide space");
+  EXPECT_FALSE(c.multiline);
+  c = parse_caption_text("  \n", "c.txt");
+  EXPECT_FALSE(c.found);
+  EXPECT_TRUE(c.empty);
+  expect_error([] { parse_caption_text("caf\xE9 au lait", "latin1.txt"); },
+               {"latin1.txt", "UTF-8", "0xE9", "offset 3"});
+  expect_error([] { parse_caption_text("ab\xE2\x82", "cut.txt"); }, {"cut.txt", "UTF-8"});
+  expect_error([] { parse_caption_text("\xED\xA0\x80", "surrogate.txt"); }, {"surrogate.txt"});
+  EXPECT_EQ(utf8_problem("Grüße, 日本語, 🙂"), "");
+
+  const fs::path root = fluxtrain::testing::fresh_dir("captions_file");
+  write_file(root / "a.txt", "\xEF\xBB\xBFhello\r\n");
+  c = read_caption_file(root / "a.png", ".txt");
+  EXPECT_EQ(c.text, "hello");
+  EXPECT_EQ(c.path, root / "a.txt");
+  EXPECT_FALSE(read_caption_file(root / "b.png", ".txt").found);
+}
+
+TEST(Captions, PythonSplitAndStrip) {
+  EXPECT_EQ(split_on("a,,b", ","), (std::vector<std::string>{"a", "", "b"}));
+  EXPECT_EQ(split_on("", ","), (std::vector<std::string>{""}));
+  EXPECT_EQ(split_on("a||b||", "||"), (std::vector<std::string>{"a", "b", ""}));
+  EXPECT_EQ(strip_whitespace(" \t\xC2\xA0x y\xE2\x80\x83 "), "x y");
+}
+
+TEST(Captions, PrefixSuffixAndPlainCaption) {
+  CaptionSettings s;
+  s.caption_prefix = "photo of";
+  s.caption_suffix = "high quality";
+  DataRng rng(1);
+  EXPECT_EQ(process_caption(s, "ohwx, red", 0, rng), "photo of ohwx, red high quality");
+  // Without shuffle or tag dropout the text is kept as written (no re-joining).
+  CaptionSettings plain;
+  EXPECT_EQ(process_caption(plain, "a,b ,  c", 0, rng), "a,b ,  c");
+}
+
+TEST(Captions, KeepTokensShuffleIsDeterministic) {
+  CaptionSettings s;
+  s.shuffle_caption = true;
+  s.keep_tokens = 2;
+  const std::string caption = "ohwx, man, t1, t2, t3, t4, t5, t6";
+  std::set<std::string> seen;
+  for (uint64_t k = 0; k < 200; ++k) {
+    DataRng a = DataRng::derive({9, k}), b = DataRng::derive({9, k});
+    const std::string x = process_caption(s, caption, 0, a);
+    EXPECT_EQ(x, process_caption(s, caption, 0, b));
+    EXPECT_EQ(x.rfind("ohwx, man, ", 0), 0u) << x;
+    auto parts = split_on(x, ", ");
+    EXPECT_EQ(std::multiset<std::string>(parts.begin(), parts.end()),
+              (std::multiset<std::string>{"ohwx", "man", "t1", "t2", "t3", "t4", "t5", "t6"}));
+    seen.insert(x);
+  }
+  EXPECT_GT(seen.size(), 100u) << "the flexible tags are shuffled";
+  // Re-joined with ", " whatever the spacing was; empty tags kept (as kohya).
+  s.keep_tokens = 0;
+  s.shuffle_caption = false;
+  s.caption_tag_dropout_rate = 1e-12;
+  DataRng rng(3);
+  EXPECT_EQ(process_caption(s, " a ,b,, c ", 0, rng), "a, b, , c");
+}
+
+TEST(Captions, KeepTokensSeparator) {
+  CaptionSettings s;
+  s.shuffle_caption = true;
+  s.keep_tokens_separator = "|||";
+  s.keep_tokens = 5;  // ignored when the separator is in the caption
+  for (uint64_t k = 0; k < 50; ++k) {
+    DataRng rng = DataRng::derive({k});
+    const std::string x = process_caption(s, "ohwx, man ||| a, b, c, , d ||| best, hq", 0, rng);
+    EXPECT_EQ(x.rfind("ohwx, man, ", 0), 0u) << x;
+    EXPECT_EQ(x.substr(x.size() - 10), ", best, hq") << x;
+    EXPECT_EQ(split_on(x, ", ").size(), 8u) << "empty tags dropped in this form: " << x;
+  }
+}
+
+TEST(Captions, DropoutRates) {
+  CaptionSettings s;
+  s.caption_dropout_rate = 0.25;
+  int dropped = 0;
+  const int n = 20000;
+  for (int i = 0; i < n; ++i) {
+    DataRng rng = DataRng::derive({1, uint64_t(i)});
+    if (process_caption(s, "a, b", 0, rng).empty()) ++dropped;
+  }
+  // Binomial(20000, 0.25): sd 61; 5 sd.
+  EXPECT_NEAR(dropped, n / 4, 310);
+
+  CaptionSettings t;
+  t.caption_tag_dropout_rate = 0.3;
+  t.keep_tokens = 1;
+  long kept = 0;
+  for (int i = 0; i < 5000; ++i) {
+    DataRng rng = DataRng::derive({2, uint64_t(i)});
+    const std::string x = process_caption(t, "keep, a, b, c, d, e, f, g, h, i, j", 0, rng);
+    EXPECT_EQ(x.rfind("keep", 0), 0u);
+    kept += long(split_on(x, ", ").size()) - 1;
+  }
+  // 50000 tag rolls at p(keep) 0.7: mean 35000, sd 102.
+  EXPECT_NEAR(kept, 35000, 520);
+
+  CaptionSettings every;
+  every.caption_dropout_every_n_epochs = 3;
+  DataRng rng(5);
+  EXPECT_EQ(process_caption(every, "x", 1, rng), "x");
+  EXPECT_EQ(process_caption(every, "x", 2, rng), "");  // the 3rd epoch, counted from 1
+  EXPECT_EQ(process_caption(every, "x", 5, rng), "");
+}
+
+TEST(Captions, SecondarySeparator) {
+  CaptionSettings s;
+  s.secondary_separator = ";;;";
+  s.shuffle_caption = true;
+  DataRng rng(11);
+  const std::string x = process_caption(s, "a;;;b, c", 0, rng);
+  EXPECT_TRUE(x == "a,b, c" || x == "c, a,b") << x;  // "a;;;b" stays one tag through the shuffle
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// scan and epoch plan
+
+TEST(DatasetPlanTest, ScanSkipsUnreadableAndPairsCaptions) {
+  const fs::path root = fluxtrain::testing::fresh_dir("dataset_scan");
+  make_images(root / "img", 3);
+  write_file(root / "img" / "bad_one.jpg", "");
+  write_file(root / "img" / "UPPER.PNG", "");
+  write_file(root / "img" / "photo.WebP", "");
+  write_file(root / "img" / ".hidden.jpg", "");
+  write_file(root / "img" / "notes.gif", "");
+  write_file(root / "img" / "sub" / "deep.jpg", "");  // not recursive
+  write_file(root / "img" / "img_0001.txt", "caption one\n");
+  write_file(root / "img" / "img_0002.caption", "ignored (wrong extension)");
+  const auto config = toml_config(cat("[[datasets]]\n[[datasets.subsets]]\nimage_dir = \"", (root / "img").string(),
+                                      "\"\ncaption_extension = \".txt\"\nclass_tokens = \"thing\"\n"));
+  const DatasetPlan plan = DatasetPlan::build(config, scan_with(MapProbe{}));
+  std::vector<std::string> names;
+  for (const auto& image : plan.images()) names.push_back(image.path.filename().string());
+  EXPECT_EQ(names,
+            (std::vector<std::string>{"UPPER.PNG", "img_0000.jpg", "img_0001.jpg", "img_0002.jpg", "photo.WebP"}));
+  ASSERT_EQ(plan.skipped().size(), 1u);
+  EXPECT_EQ(plan.skipped()[0].path.filename(), "bad_one.jpg");
+  EXPECT_NE(plan.skipped()[0].reason.find("truncated JPEG"), std::string::npos);
+  EXPECT_EQ(plan.images()[2].caption, "caption one");
+  EXPECT_TRUE(plan.images()[2].caption_from_file);
+  EXPECT_EQ(plan.images()[3].caption, "thing");
+  EXPECT_EQ(plan.subset_stats()[0][0].missing_captions, 4);
+  EXPECT_EQ(plan.subset_stats()[0][0].skipped, 1);
+  EXPECT_NE(plan.summary().find("loaded 5 images, skipped 1: bad_one.jpg ("), std::string::npos) << plan.summary();
+
+  // An invalid caption stops the scan with the file's name.
+  write_file(root / "img" / "img_0000.txt", "caf\xE9");
+  expect_error([&] { DatasetPlan::build(config, scan_with(MapProbe{})); }, {"img_0000.txt", "UTF-8"});
+}
+
+TEST(DatasetPlanTest, NoUsableImageNamesTheFolders) {
+  const fs::path root = fluxtrain::testing::fresh_dir("dataset_empty");
+  fs::create_directories(root / "empty");
+  write_file(root / "broken" / "bad.jpg", "");
+  const auto config = toml_config(cat("[[datasets]]\n[[datasets.subsets]]\nimage_dir = \"", (root / "empty").string(),
+                                      "\"\n[[datasets.subsets]]\nimage_dir = \"", (root / "broken").string(), "\"\n"));
+  expect_error([&] { DatasetPlan::build(config, scan_with(MapProbe{})); },
+               {"no usable training image", (root / "empty").string(), (root / "broken").string(), "1 files skipped"});
+}
+
+TEST(DatasetPlanTest, RegularisationBalancedLikeKohya) {
+  const fs::path root = fluxtrain::testing::fresh_dir("dataset_reg");
+  make_images(root / "train", 10);
+  make_images(root / "reg", 3);
+  auto build = [&](int train_repeats, int reg_repeats) {
+    return DatasetPlan::build(
+        toml_config(cat("[[datasets]]\n[[datasets.subsets]]\nimage_dir = \"", (root / "train").string(),
+                        "\"\nnum_repeats = ", train_repeats, "\n[[datasets.subsets]]\nimage_dir = \"",
+                        (root / "reg").string(), "\"\nis_reg = true\nnum_repeats = ", reg_repeats, "\n")),
+        scan_with(MapProbe{}));
+  };
+  // 10 training samples, 3 reg images: first pass 1,1,1, then one more each round-robin -> 4,3,3.
+  DatasetPlan plan = build(1, 1);
+  std::vector<int> reg;
+  for (const auto& image : plan.images()) {
+    if (image.is_reg) reg.push_back(image.num_repeats);
+  }
+  EXPECT_EQ(reg, (std::vector<int>{4, 3, 3}));
+  EXPECT_EQ(plan.reg_samples(), 10);
+  EXPECT_EQ(plan.steps_per_epoch(), 20);
+  // More reg samples than training samples: the first pass stops early (6 + 6 >= 10), the third is unused.
+  plan = build(1, 6);
+  reg.clear();
+  for (const auto& image : plan.images()) {
+    if (image.is_reg) reg.push_back(image.num_repeats);
+  }
+  EXPECT_EQ(reg, (std::vector<int>{6, 6, 0}));
+}
+
+TEST(DatasetPlanTest, EpochPlanIsDeterministicAndAddressable) {
+  const fs::path root = fluxtrain::testing::fresh_dir("dataset_epochs");
+  make_images(root / "a", 9, "wide");
+  make_images(root / "a", 5, "tall");
+  MapProbe probe;
+  for (int i = 0; i < 5; ++i) probe.sizes[cat("tall_000", i, ".jpg")] = {700, 1200};
+  for (int i = 0; i < 9; ++i) probe.sizes[cat("wide_000", i, ".jpg")] = {1500, 1000};
+  const auto config = toml_config(cat(R"(
+[general]
+enable_bucket = true
+max_bucket_reso = 2048
+batch_size = 4
+flip_aug = true
+random_crop = true
+shuffle_caption = true
+class_tokens = "a, b, c, d, e"
+[[datasets]]
+  [[datasets.subsets]]
+  image_dir = ")",
+                                      (root / "a").string(), R"("
+  num_repeats = 3
+)"));
+  const DatasetPlan plan = DatasetPlan::build(config, scan_with(probe));
+  EXPECT_EQ(plan.steps_per_epoch(), 7 + 4);  // 27 / 4 and 15 / 4, rounded up
+
+  auto signature = [](const std::vector<PlannedBatch>& batches) {
+    std::string out;
+    for (const auto& b : batches) {
+      out += cat("[", b.bucket);
+      for (const auto& s : b.samples)
+        out += cat(" ", s.image, ".", s.repeat, s.flipped ? "f" : "", s.crop_left, ",", s.crop_top, s.caption);
+      out += "]";
+    }
+    return out;
+  };
+  const auto e0 = plan.epoch(1234, 0);
+  EXPECT_EQ(signature(e0), signature(plan.epoch(1234, 0)));
+  EXPECT_NE(signature(e0), signature(plan.epoch(1234, 1)));
+  EXPECT_NE(signature(e0), signature(plan.epoch(99, 0)));
+  // Any step can be recomputed alone (resume).
+  for (int64_t step = 0; step < plan.steps_per_epoch(); ++step) {
+    EXPECT_EQ(signature({plan.batch(1234, 0, step)}), signature({e0[size_t(step)]})) << step;
+  }
+  expect_error([&] { plan.batch(1234, 0, plan.steps_per_epoch()); }, {"outside the epoch"});
+  // Every image appears num_repeats times, each batch is from one bucket, only the last batch of a bucket is short.
+  std::map<int, int> count;
+  std::map<int, int> short_batches;
+  int flipped = 0, total = 0;
+  for (const auto& b : e0) {
+    EXPECT_LE(b.samples.size(), 4u);
+    if (b.samples.size() < 4) ++short_batches[b.bucket];
+    for (const auto& s : b.samples) {
+      ++count[s.image];
+      EXPECT_EQ(plan.images()[size_t(s.image)].fit.bucket, plan.buckets()[size_t(b.bucket)].resolution);
+      const BucketFit& fit = plan.images()[size_t(s.image)].fit;
+      EXPECT_LE(s.crop_left, fit.resized.width - fit.bucket.width);
+      EXPECT_LE(s.crop_top, fit.resized.height - fit.bucket.height);
+      flipped += s.flipped;
+      ++total;
+    }
+  }
+  EXPECT_EQ(count.size(), 14u);
+  for (const auto& [image, n] : count) EXPECT_EQ(n, 3) << image;
+  for (const auto& [bucket, n] : short_batches) EXPECT_EQ(n, 1) << bucket;
+  EXPECT_GT(flipped, 0);
+  EXPECT_LT(flipped, total);
+}
+
+TEST(DataRngTest, PortableValues) {
+  // Fixed outputs: the stream must not depend on the platform or standard library.
+  DataRng rng(0);
+  EXPECT_EQ(rng.next(), 0xe220a8397b1dcdafULL);  // SplitMix64 from state 0 (Vigna's reference)
+  EXPECT_EQ(rng.next(), 0x6e789e6aa1b965f4ULL);
+  DataRng r2(123);
+  std::vector<int> counts(6, 0);
+  for (int i = 0; i < 60000; ++i) ++counts[size_t(r2.below(6))];
+  for (int c : counts) EXPECT_NEAR(c, 10000, 500);
+  for (int i = 0; i < 1000; ++i) {
+    const double u = r2.uniform();
+    EXPECT_GE(u, 0.0);
+    EXPECT_LT(u, 1.0);
+  }
+}

@@ -420,7 +420,14 @@ fs::path fetch_file(const DatasetSource& source, const Entry& entry, const Fetch
   std::error_code ec;
   fs::remove_all(dataset, ec);  // a stale copy without a marker
   if (archive) {
-    ExtractStats stats = extract_archive(file, dataset, options.limits, entry.source);
+    ExtractStats stats;
+    try {
+      stats = extract_archive(file, dataset, options.limits, entry.source);
+    } catch (const Error& e) {
+      if (source.kind == DatasetSourceKind::local) throw;
+      // The download is complete: a run with raised limits extracts it again without downloading.
+      fail(e.what(), " (the downloaded file stays at ", file.string(), "; delete it to download again)");
+    }
     log::info("extracted ", format_count(static_cast<long long>(stats.files)), " files (",
               format_bytes(double(stats.bytes)), ")", stats.skipped ? cat(", skipped ", stats.skipped, " entries") : "");
   } else {

@@ -32,13 +32,15 @@ Command add_fetch_command(CLI::App& app) {
   sub->add_option("--revision", o->revision,
                   "Hub: branch, tag or commit (default main); Kaggle: dataset version number (default latest)")
       ->envname("DATASET_REVISION");
-  sub->add_flag("--refresh", o->refresh,
-                "check the source again even if the cache holds a complete copy (Hub: only changed files are downloaded)");
+  sub->add_flag(
+      "--refresh", o->refresh,
+      "check the source again even if the cache holds a complete copy (Hub: only changed files are downloaded)");
   return {sub, [o] {
             data::FetchOptions options = data::FetchOptions::from_environment();
             options.revision = o->revision;
             options.refresh = o->refresh;
-            std::filesystem::path cache = o->cache_dir.empty() ? data::default_dataset_cache_dir() : std::filesystem::path(o->cache_dir);
+            std::filesystem::path cache =
+                o->cache_dir.empty() ? data::default_dataset_cache_dir() : std::filesystem::path(o->cache_dir);
             std::filesystem::path root = data::fetch_dataset(o->dataset, cache, options);
             std::cout << root.string() << std::endl;
             return 0;

@@ -89,13 +89,19 @@ uint64_t parse_size(const char* name, const char* text) {
   uint64_t scale = 1;
   std::string suffix = end;
   for (char& c : suffix) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-  if (suffix == "K" || suffix == "KIB") scale = uint64_t{1} << 10;
-  else if (suffix == "M" || suffix == "MIB") scale = uint64_t{1} << 20;
-  else if (suffix == "G" || suffix == "GIB") scale = uint64_t{1} << 30;
-  else if (suffix == "T" || suffix == "TIB") scale = uint64_t{1} << 40;
-  else if (!suffix.empty()) scale = 0;
+  if (suffix == "K" || suffix == "KIB")
+    scale = uint64_t{1} << 10;
+  else if (suffix == "M" || suffix == "MIB")
+    scale = uint64_t{1} << 20;
+  else if (suffix == "G" || suffix == "GIB")
+    scale = uint64_t{1} << 30;
+  else if (suffix == "T" || suffix == "TIB")
+    scale = uint64_t{1} << 40;
+  else if (!suffix.empty())
+    scale = 0;
   if (end == text || *text == '-' || errno != 0 || scale == 0 || value == 0 || value > UINT64_MAX / scale) {
-    fail(name, "='", text, "' is not a size: give a positive number of bytes, or one with a K, M, G or T suffix (powers "
+    fail(name, "='", text,
+         "' is not a size: give a positive number of bytes, or one with a K, M, G or T suffix (powers "
          "of 1024), e.g. 500G");
   }
   return value * scale;
@@ -151,7 +157,8 @@ class Extractor {
         if (target == nullptr) target = archive_entry_symlink(entry);
         std::string shown = printable(target != nullptr ? target : "");
         if (path.empty() || link_escapes(path, target != nullptr ? target : "")) {
-          refuse(cat("a symbolic link to '", shown, "', outside the extraction folder (such a link lets later entries "
+          refuse(cat("a symbolic link to '", shown,
+                     "', outside the extraction folder (such a link lets later entries "
                      "write anywhere)"));
         }
         if (first_skipped_link.empty()) first_skipped_link = cat("'", name_, "' -> '", shown, "'");
@@ -166,8 +173,9 @@ class Extractor {
       }
     }
     if (!first_skipped_link.empty()) {
-      log::warn("archive '", label_, "': symbolic links are not extracted (the first: ", first_skipped_link,
-                "); if the dataset needs them, repack it with the files they point to (tar --dereference, zip without -y)");
+      log::warn(
+          "archive '", label_, "': symbolic links are not extracted (the first: ", first_skipped_link,
+          "); if the dataset needs them, repack it with the files they point to (tar --dereference, zip without -y)");
     }
     return stats_;
   }
@@ -181,8 +189,8 @@ class Extractor {
     std::error_code ec;
     fs::create_directories(folder, ec);
     if (ec || !fs::is_directory(fs::symlink_status(folder))) {
-      fail("archive '", label_, "': cannot create the folder for entry '", name_, "': ",
-           ec ? ec.message() : "a file of that name exists", " (an entry is both a file and a folder?)");
+      fail("archive '", label_, "': cannot create the folder for entry '", name_,
+           "': ", ec ? ec.message() : "a file of that name exists", " (an entry is both a file and a folder?)");
     }
   }
 
@@ -204,7 +212,8 @@ class Extractor {
     std::string why;
     std::string target_path = normalize_relative_path(target, &why);
     if (path.empty() || !why.empty() || !files_.contains(target_path)) {
-      refuse(cat("a hard link to '", printable(target), "', which is not a file extracted before it from this archive"));
+      refuse(
+          cat("a hard link to '", printable(target), "', which is not a file extracted before it from this archive"));
     }
     fs::path dest = prepare_file(path);
     if (::link((root_ / target_path).c_str(), dest.c_str()) != 0) {
@@ -217,8 +226,8 @@ class Extractor {
   void extract_file(const std::string& path, struct archive_entry* entry) {
     const int64_t declared = archive_entry_size_is_set(entry) ? archive_entry_size(entry) : -1;
     if (declared > 0 && static_cast<uint64_t>(declared) > limits_.max_total_bytes - stats_.bytes) {
-      fail("archive '", label_, "': entry '", name_, "' declares ", format_bytes(double(declared)),
-           ", more than the ", format_bytes(double(limits_.max_total_bytes)), " limit on the uncompressed total",
+      fail("archive '", label_, "': entry '", name_, "' declares ", format_bytes(double(declared)), ", more than the ",
+           format_bytes(double(limits_.max_total_bytes)), " limit on the uncompressed total",
            stats_.bytes > 0 ? cat(" (", format_bytes(double(stats_.bytes)), " already extracted)") : std::string(),
            "; FLUXTRAIN_ARCHIVE_MAX_BYTES raises it if the archive is trusted");
     }
@@ -248,7 +257,8 @@ class Extractor {
              "'; FLUXTRAIN_ARCHIVE_MAX_BYTES raises it if the archive is trusted");
       }
       for (size_t done = 0; done < size;) {
-        ssize_t n = ::pwrite(fd, static_cast<const char*>(block) + done, size - done, static_cast<off_t>(offset + done));
+        ssize_t n =
+            ::pwrite(fd, static_cast<const char*>(block) + done, size - done, static_cast<off_t>(offset + done));
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) {
           int error = errno;
@@ -260,10 +270,11 @@ class Extractor {
       extent = std::max<uint64_t>(extent, static_cast<uint64_t>(offset) + size);
       const double compressed = double(archive_filter_bytes(reader_.handle, -1) - compressed_start) + kReadBlock;
       if (extent > limits_.ratio_allowance_bytes && double(extent) > limits_.max_ratio * compressed) {
-        fail("archive '", label_, "': entry '", name_, "' expands more than ", limits_.max_ratio, ":1 (",
-             format_bytes(double(extent)), " so far from about ", format_bytes(compressed),
-             " compressed): a decompression bomb? Refusing the archive; FLUXTRAIN_ARCHIVE_MAX_RATIO raises the limit if "
-             "the archive is trusted");
+        fail(
+            "archive '", label_, "': entry '", name_, "' expands more than ", limits_.max_ratio, ":1 (",
+            format_bytes(double(extent)), " so far from about ", format_bytes(compressed),
+            " compressed): a decompression bomb? Refusing the archive; FLUXTRAIN_ARCHIVE_MAX_RATIO raises the limit if "
+            "the archive is trusted");
       }
     }
     if (declared > 0 && extent < static_cast<uint64_t>(declared) && ::ftruncate(fd, declared) != 0) {

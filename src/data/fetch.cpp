@@ -222,7 +222,8 @@ std::vector<HubFile> list_hub_files(const std::string& repo, const std::string& 
   std::vector<HubFile> files;
   std::set<std::string> seen_pages;
   while (!url.empty()) {
-    if (!seen_pages.insert(url).second) fail(what, ": the listing's next page is one seen before (", redact_url(url), ")");
+    if (!seen_pages.insert(url).second)
+      fail(what, ": the listing's next page is one seen before (", redact_url(url), ")");
     HttpResponse response =
         http_get({url, hub_auth(options), what, hub_not_found_hint(repo, options, revision)}, options.http);
     json page = json::parse(response.body, nullptr, false);
@@ -263,7 +264,8 @@ std::vector<HubFile> list_hub_files(const std::string& repo, const std::string& 
 
 bool have_file(const fs::path& path, const HubFile& file) {
   std::error_code ec;
-  if (!fs::is_regular_file(fs::symlink_status(path, ec)) || fs::file_size(path, ec) != static_cast<uint64_t>(file.size)) {
+  if (!fs::is_regular_file(fs::symlink_status(path, ec)) ||
+      fs::file_size(path, ec) != static_cast<uint64_t>(file.size)) {
     return false;
   }
   return file.sha256.empty() || sha256_file_hex(path) == file.sha256;
@@ -282,9 +284,8 @@ void remove_unlisted(const fs::path& folder, const std::vector<HubFile>& files) 
     }
   }
   for (const fs::path& path : stale) fs::remove(path);
-  std::sort(folders.begin(), folders.end(), [](const fs::path& a, const fs::path& b) {
-    return a.native().size() > b.native().size();
-  });
+  std::sort(folders.begin(), folders.end(),
+            [](const fs::path& a, const fs::path& b) { return a.native().size() > b.native().size(); });
   std::error_code ec;
   for (const fs::path& path : folders) fs::remove(path, ec);  // only the empty ones go
 }
@@ -296,8 +297,10 @@ fs::path fetch_hub(const std::string& repo, const Entry& entry, const FetchOptio
   const fs::path dataset = entry.dir / "dataset";
   if (fs::exists(dataset)) {
     // A complete copy being refreshed, or one whose marker was never written: its files count.
-    if (fs::exists(partial)) fs::remove_all(dataset);
-    else fs::rename(dataset, partial);
+    if (fs::exists(partial))
+      fs::remove_all(dataset);
+    else
+      fs::rename(dataset, partial);
   }
   const std::vector<HubFile> files = list_hub_files(repo, revision, options);
   if (files.empty()) fail("Hugging Face dataset ", repo, " at revision '", revision, "' holds no files");
@@ -331,8 +334,8 @@ fs::path fetch_hub(const std::string& repo, const Entry& entry, const FetchOptio
         if (index >= missing.size()) return;
         const HubFile& file = *missing[index];
         try {
-          HttpRequest request{cat(options.hf_endpoint, "/datasets/", repo, "/resolve/", url_encode(revision, false), "/",
-                                  url_encode(file.path, true)),
+          HttpRequest request{cat(options.hf_endpoint, "/datasets/", repo, "/resolve/", url_encode(revision, false),
+                                  "/", url_encode(file.path, true)),
                               hub_auth(options), cat("file '", file.path, "' of Hugging Face dataset ", repo),
                               hub_not_found_hint(repo, options, revision)};
           http_download(request, {partial / file.path, file.size, file.sha256, progress.get()}, http);
@@ -384,8 +387,8 @@ fs::path fetch_file(const DatasetSource& source, const Entry& entry, const Fetch
     HttpRequest request;
     std::string name;
     if (source.kind == DatasetSourceKind::kaggle) {
-      std::string api = options.kaggle_endpoint.ends_with("/api/v1") ? options.kaggle_endpoint
-                                                                      : options.kaggle_endpoint + "/api/v1";
+      std::string api =
+          options.kaggle_endpoint.ends_with("/api/v1") ? options.kaggle_endpoint : options.kaggle_endpoint + "/api/v1";
       request.url = cat(api, "/datasets/download/", source.repo,
                         entry.revision.empty() ? "" : "?datasetVersionNumber=" + entry.revision);
       request.auth.basic_user = options.kaggle_username;
@@ -429,7 +432,8 @@ fs::path fetch_file(const DatasetSource& source, const Entry& entry, const Fetch
       fail(e.what(), " (the downloaded file stays at ", file.string(), "; delete it to download again)");
     }
     log::info("extracted ", format_count(static_cast<long long>(stats.files)), " files (",
-              format_bytes(double(stats.bytes)), ")", stats.skipped ? cat(", skipped ", stats.skipped, " entries") : "");
+              format_bytes(double(stats.bytes)), ")",
+              stats.skipped ? cat(", skipped ", stats.skipped, " entries") : "");
   } else {
     // A single file (an image, a parquet file, ...): the dataset folder holds it alone.
     fs::path temp = entry.dir / ".dataset.tmp";
@@ -464,8 +468,8 @@ DatasetSource parse_dataset_source(const std::string& spec) {
     source.kind = kaggle ? DatasetSourceKind::kaggle : DatasetSourceKind::hub;
     source.repo = spec.substr(spec.find(':') + 1);
     if (!is_repo_id(source.repo)) {
-      fail("dataset '", spec, "': expected ", kaggle ? "kaggle:" : "hf:",
-           "owner/name (letters, digits, '-', '_', '.'), got '", source.repo, "'");
+      fail("dataset '", spec, "': expected ",
+           kaggle ? "kaggle:" : "hf:", "owner/name (letters, digits, '-', '_', '.'), got '", source.repo, "'");
     }
     return source;
   }
@@ -475,7 +479,8 @@ DatasetSource parse_dataset_source(const std::string& spec) {
     return source;
   }
   if (size_t scheme = spec.find("://"); scheme != std::string::npos) {
-    fail("dataset '", redact_url(spec), "': the scheme '", spec.substr(0, scheme), "://' is not supported; give ", forms);
+    fail("dataset '", redact_url(spec), "': the scheme '", spec.substr(0, scheme), "://' is not supported; give ",
+         forms);
   }
   std::error_code ec;
   if (!fs::exists(spec, ec) && is_repo_id(spec)) {
@@ -491,7 +496,8 @@ DatasetSource parse_dataset_source(const std::string& spec) {
 FetchOptions FetchOptions::from_environment() {
   FetchOptions options;
   if (std::string endpoint = env("HF_ENDPOINT"); !endpoint.empty()) {
-    if (!is_http_url(endpoint)) fail("HF_ENDPOINT='", endpoint, "' is not an http(s) URL (e.g. https://huggingface.co)");
+    if (!is_http_url(endpoint))
+      fail("HF_ENDPOINT='", endpoint, "' is not an http(s) URL (e.g. https://huggingface.co)");
     options.hf_endpoint = without_trailing_slashes(endpoint);
   }
   options.hf_token = env("HF_TOKEN");
@@ -532,8 +538,10 @@ fs::path fetch_dataset(const std::string& spec, const fs::path& cache_dir, const
   switch (source.kind) {
     case DatasetSourceKind::local: {
       if (!options.revision.empty()) {
-        fail("a revision ('", options.revision, "') applies only to Hugging Face and Kaggle datasets, not to the local "
-             "path '", spec, "'");
+        fail("a revision ('", options.revision,
+             "') applies only to Hugging Face and Kaggle datasets, not to the local "
+             "path '",
+             spec, "'");
       }
       const fs::path absolute = fs::absolute(source.path).lexically_normal();
       auto status = fs::status(source.path, ec);
@@ -543,7 +551,8 @@ fs::path fetch_dataset(const std::string& spec, const fs::path& cache_dir, const
              "a local folder, an http(s) URL, a Hugging Face dataset 'owner/name' or 'kaggle:owner/name'");
       }
       if (!is_archive(source.path)) {
-        fail("dataset '", spec, "' is a file, but neither a folder nor a zip or tar archive: give the folder that holds "
+        fail("dataset '", spec,
+             "' is a file, but neither a folder nor a zip or tar archive: give the folder that holds "
              "the images and captions");
       }
       entry.source = absolute.string();
@@ -567,12 +576,13 @@ fs::path fetch_dataset(const std::string& spec, const fs::path& cache_dir, const
     case DatasetSourceKind::kaggle:
       if (!options.revision.empty() &&
           (options.revision.size() > 9 || !std::all_of(options.revision.begin(), options.revision.end(),
-                                                        [](char c) { return c >= '0' && c <= '9'; }))) {
+                                                       [](char c) { return c >= '0' && c <= '9'; }))) {
         fail("kaggle:", source.repo, ": the revision '", options.revision,
              "' is not a dataset version number (1, 2, ...; empty for the latest)");
       }
       if (options.kaggle_username.empty() || options.kaggle_key.empty()) {
-        fail("kaggle:", source.repo, " needs Kaggle API credentials: set KAGGLE_USERNAME and KAGGLE_KEY (kaggle.com -> "
+        fail("kaggle:", source.repo,
+             " needs Kaggle API credentials: set KAGGLE_USERNAME and KAGGLE_KEY (kaggle.com -> "
              "Settings -> API -> Create New Token gives both)");
       }
       entry.source = cat("kaggle:", source.repo);

@@ -34,9 +34,9 @@ enum class DatasetSourceKind { local, url, hub, kaggle };
 
 struct DatasetSource {
   DatasetSourceKind kind = DatasetSourceKind::local;
-  std::string repo;             // hub, kaggle: "owner/name"
-  std::string url;              // url
-  std::filesystem::path path;   // local
+  std::string repo;            // hub, kaggle: "owner/name"
+  std::string url;             // url
+  std::filesystem::path path;  // local
 };
 
 // Reads a DATASET_NAME. A bare "owner/name" that exists as a local path is the local path. Throws

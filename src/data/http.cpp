@@ -130,8 +130,12 @@ struct Hop {
   bool begun = false;
 };
 
-bool is_success(long status) { return status >= 200 && status < 300; }
-bool is_redirect(long status) { return status == 301 || status == 302 || status == 303 || status == 307 || status == 308; }
+bool is_success(long status) {
+  return status >= 200 && status < 300;
+}
+bool is_redirect(long status) {
+  return status == 301 || status == 302 || status == 303 || status == 307 || status == 308;
+}
 
 size_t on_header(char* buffer, size_t size, size_t count, void* user) {
   auto& hop = *static_cast<Hop*>(user);
@@ -279,11 +283,20 @@ std::string server_message(const Hop& hop) {
 std::string status_error(const HttpRequest& request, const Hop& hop, const std::string& url) {
   const std::string where = " from " + redact_url(url);
   const std::string said = server_message(hop);
+  // The Hub answers 401 (not 404) for a repository that does not exist or that the token cannot see,
+  // and says which in X-Error-Code.
+  auto code = hop.headers.find("x-error-code");
+  if (hop.status == 401 && code != hop.headers.end() && code->second.ends_with("NotFound")) {
+    return cat(request.what, " was not found, or is private (HTTP 401 ", code->second, where, ")", said,
+               request.not_found_hint.empty() ? "" : "; " + request.not_found_hint,
+               request.auth.empty() ? cat("; if it is private or gated, set ", request.auth.variables) : "");
+  }
   if (hop.status == 401 || hop.status == 403) {
     std::string fix;
     if (request.auth.variables.empty()) {
-      fix = "the server wants credentials, which fluxtrain sends only to the Hugging Face Hub (HF_TOKEN) and Kaggle "
-            "(KAGGLE_USERNAME/KAGGLE_KEY): make the URL public, or download it yourself and give the local folder";
+      fix =
+          "the server wants credentials, which fluxtrain sends only to the Hugging Face Hub (HF_TOKEN) and Kaggle "
+          "(KAGGLE_USERNAME/KAGGLE_KEY): make the URL public, or download it yourself and give the local folder";
     } else if (request.auth.empty()) {
       fix = cat("no credentials were sent: set ", request.auth.variables,
                 " (if the dataset is private or gated, the token must have read access to it)");
@@ -300,7 +313,8 @@ std::string status_error(const HttpRequest& request, const Hop& hop, const std::
   }
   if (hop.status == 429 || hop.status >= 500) {
     return cat(request.what, ": the server answered HTTP ", hop.status, where, said,
-               hop.status == 429 ? " (too many requests)" : "", " to every try; it may be down or overloaded: try again "
+               hop.status == 429 ? " (too many requests)" : "",
+               " to every try; it may be down or overloaded: try again "
                "later (FLUXTRAIN_HTTP_RETRIES and FLUXTRAIN_HTTP_BACKOFF_SECONDS set how long fluxtrain keeps trying)");
   }
   if (is_redirect(hop.status)) return cat(request.what, ": HTTP ", hop.status, where, " without a Location to follow");
@@ -373,7 +387,8 @@ Hop run_request(const HttpRequest& request, const HttpOptions& options,
       }
       fail(scrub(status_error(request, hop, url), request.auth));
     }
-    double wait = std::min(options.max_backoff_seconds, options.backoff_seconds * double(1LL << std::min(attempt - 1, 20)));
+    double wait =
+        std::min(options.max_backoff_seconds, options.backoff_seconds * double(1LL << std::min(attempt - 1, 20)));
     if (auto it = hop.headers.find("retry-after"); it != hop.headers.end()) {
       char* end = nullptr;
       long seconds = std::strtol(it->second.c_str(), &end, 10);
@@ -396,8 +411,8 @@ class MemorySink : public BodySink {
   }
   void write(const char* data, size_t size) override {
     if (body.size() + size > max_bytes_) {
-      fail(request_.what, ": the answer is larger than ", format_bytes(double(max_bytes_)), " (", redact_url(request_.url),
-           "); is this the right endpoint?");
+      fail(request_.what, ": the answer is larger than ", format_bytes(double(max_bytes_)), " (",
+           redact_url(request_.url), "); is this the right endpoint?");
     }
     body.append(data, size);
   }
@@ -437,8 +452,8 @@ class FileSink : public BodySink {
       auto it = headers.find("content-range");
       unsigned long long first = 0, last = 0;
       char total[32] = "";
-      if (it == headers.end() ||
-          std::sscanf(it->second.c_str(), "bytes %llu-%llu/%31s", &first, &last, total) != 3 || first != offset_) {
+      if (it == headers.end() || std::sscanf(it->second.c_str(), "bytes %llu-%llu/%31s", &first, &last, total) != 3 ||
+          first != offset_) {
         log::warn(request_.what, ": the server's partial answer does not continue the ", offset_,
                   " bytes already downloaded (Content-Range '", it == headers.end() ? "" : it->second,
                   "'); starting over");
@@ -451,7 +466,8 @@ class FileSink : public BodySink {
       start = offset_;
     } else {
       if (offset_ > 0) {
-        log::debug(request_.what, ": the server sent the whole file (HTTP ", status, ") instead of the rest; starting over");
+        log::debug(request_.what, ": the server sent the whole file (HTTP ", status,
+                   ") instead of the rest; starting over");
         discard(offset_);
       }
       if (auto it = headers.find("content-length"); it != headers.end()) server_total_ = std::atoll(it->second.c_str());
@@ -468,7 +484,8 @@ class FileSink : public BodySink {
       int64_t total = target_.expected_size >= 0 ? target_.expected_size : std::max<int64_t>(server_total_, 0);
       ProgressOptions progress_options;
       progress_options.unit = "B";
-      own_progress_ = std::make_unique<Progress>("download " + target_.path.filename().string(), total, progress_options);
+      own_progress_ =
+          std::make_unique<Progress>("download " + target_.path.filename().string(), total, progress_options);
       own_progress_->set_done(static_cast<int64_t>(start));
     } else if (own_progress_) {
       own_progress_->set_done(static_cast<int64_t>(start));
@@ -542,7 +559,8 @@ double env_double(const char* name, double fallback, double min, double max) {
   if (text == nullptr || *text == '\0') return fallback;
   char* end = nullptr;
   double value = std::strtod(text, &end);
-  if (*end != '\0' || !(value >= min && value <= max)) fail(name, "='", text, "' is not a number from ", min, " to ", max);
+  if (*end != '\0' || !(value >= min && value <= max))
+    fail(name, "='", text, "' is not a number from ", min, " to ", max);
   return value;
 }
 
@@ -559,7 +577,12 @@ HttpOptions HttpOptions::from_environment() {
 HttpResponse http_get(const HttpRequest& request, const HttpOptions& options, size_t max_bytes) {
   MemorySink sink(request, max_bytes);
   HttpResponse response;
-  Hop hop = run_request(request, options, [] { return RequestSetup{{}, true}; }, sink, 0, &response.url);
+  Hop hop = run_request(
+      request, options,
+      [] {
+        return RequestSetup{{}, true};
+      },
+      sink, 0, &response.url);
   response.status = hop.status;
   response.headers = std::move(hop.headers);
   response.body = std::move(sink.body);
@@ -651,7 +674,8 @@ std::string link_next(std::string_view header) {
     if (close == std::string_view::npos) return "";
     size_t end = header.find(',', close);
     // ;key=value;key="value" ..., where rel may hold several space-separated relation types.
-    std::istringstream params(std::string(header.substr(close + 1, end == std::string_view::npos ? end : end - close - 1)));
+    std::istringstream params(
+        std::string(header.substr(close + 1, end == std::string_view::npos ? end : end - close - 1)));
     for (std::string param; std::getline(params, param, ';');) {
       size_t equals = param.find('=');
       if (equals == std::string::npos || lower(trim(param.substr(0, equals))) != "rel") continue;

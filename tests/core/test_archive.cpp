@@ -27,9 +27,9 @@ enum class Kind { file, folder, symlink, hardlink, chardev, fifo };
 struct Item {
   std::string name;
   Kind kind = Kind::file;
-  std::string data;    // file content
-  uint64_t zeros = 0;  // or this many zero bytes
-  std::string link;    // symlink/hardlink target
+  std::string data;       // file content
+  uint64_t zeros = 0;     // or this many zero bytes
+  std::string link;       // symlink/hardlink target
   int64_t declared = -1;  // the size in the header, when not the data's
 };
 
@@ -41,10 +41,18 @@ Item make(std::string name, Kind kind, std::string data = "", std::string link =
   item.link = std::move(link);
   return item;
 }
-Item file(std::string name, std::string data) { return make(std::move(name), Kind::file, std::move(data)); }
-Item folder(std::string name) { return make(std::move(name), Kind::folder); }
-Item sym_link(std::string name, std::string target) { return make(std::move(name), Kind::symlink, "", std::move(target)); }
-Item hard_link(std::string name, std::string target) { return make(std::move(name), Kind::hardlink, "", std::move(target)); }
+Item file(std::string name, std::string data) {
+  return make(std::move(name), Kind::file, std::move(data));
+}
+Item folder(std::string name) {
+  return make(std::move(name), Kind::folder);
+}
+Item sym_link(std::string name, std::string target) {
+  return make(std::move(name), Kind::symlink, "", std::move(target));
+}
+Item hard_link(std::string name, std::string target) {
+  return make(std::move(name), Kind::hardlink, "", std::move(target));
+}
 Item zeros_file(std::string name, uint64_t zeros) {
   Item item = make(std::move(name), Kind::file);
   item.zeros = zeros;
@@ -164,7 +172,8 @@ void expect_refused(const fs::path& work, const fs::path& archive, const std::ve
   } catch (const Error& e) {
     std::string message = e.what();
     EXPECT_NE(message.find("test-archive"), std::string::npos) << message;
-    for (const std::string& word : words) EXPECT_NE(message.find(word), std::string::npos) << word << " in: " << message;
+    for (const std::string& word : words)
+      EXPECT_NE(message.find(word), std::string::npos) << word << " in: " << message;
   }
   EXPECT_FALSE(fs::exists(work / "out" / "dataset"));
   auto after = listing(work);
@@ -206,13 +215,18 @@ TEST(ArchivePaths, Extensions) {
   for (const char* name : {"a.zip", "a.TAR", "a.tar.gz", "a.tgz", "a.tar.zst", "a.tzst", "a.tar.bz2", "a.tar.xz"}) {
     EXPECT_TRUE(has_archive_extension(name)) << name;
   }
-  for (const char* name : {"a.png", "a.gz", "a.parquet", "zip", "a.zst"}) EXPECT_FALSE(has_archive_extension(name)) << name;
+  for (const char* name : {"a.png", "a.gz", "a.parquet", "zip", "a.zst"})
+    EXPECT_FALSE(has_archive_extension(name)) << name;
 }
 
 TEST_F(ArchiveTest, ExtractsEveryFormatWithNestedFolders) {
   const std::string big = random_bytes(300000, 1);
-  const std::vector<Item> items = {folder("set"),        folder("set/img"), file("set/img/a.png", big),
-                                   file("set/a.txt", "a cat"), folder("set/empty"), file("set/img/deep/b.txt", "")};
+  const std::vector<Item> items = {folder("set"),
+                                   folder("set/img"),
+                                   file("set/img/a.png", big),
+                                   file("set/a.txt", "a cat"),
+                                   folder("set/empty"),
+                                   file("set/img/deep/b.txt", "")};
   for (const auto& [format, filter] : std::vector<std::pair<std::string, std::string>>{
            {"tar", ""}, {"tar", "gzip"}, {"tar", "zstd"}, {"tar", "bzip2"}, {"tar", "xz"}, {"zip", ""}}) {
     SCOPED_TRACE(format + "+" + filter);
@@ -250,7 +264,8 @@ TEST_F(ArchiveTest, RefusesPathTraversal) {
   for (const std::string format : {"zip", "tar"}) {
     SCOPED_TRACE(format);
     fs::path archive = work_ / ("slip." + format);
-    write_archive(archive, format, "", {file("ok.txt", "fine"), file("../evil", "pwned"), file("../../evil2", "pwned")});
+    write_archive(archive, format, "",
+                  {file("ok.txt", "fine"), file("../evil", "pwned"), file("../../evil2", "pwned")});
     expect_refused(work_, archive, {"'../evil'", "'..'"});
     EXPECT_FALSE(fs::exists(work_ / "out" / "evil"));
     EXPECT_FALSE(fs::exists(work_ / "evil"));
@@ -338,7 +353,8 @@ TEST_F(ArchiveTest, RefusesMoreThanTheTotalLimit) {
   limits.max_total_bytes = 500000;
   fs::path archive = work_ / "big.tar.gz";
   // Incompressible data: the ratio check cannot fire, the total does.
-  write_archive(archive, "tar", "gzip", {file("a.bin", random_bytes(300000, 2)), file("b.bin", random_bytes(300000, 3))});
+  write_archive(archive, "tar", "gzip",
+                {file("a.bin", random_bytes(300000, 2)), file("b.bin", random_bytes(300000, 3))});
   expect_refused(work_, archive, {"'b.bin'", "limit on the uncompressed total", "FLUXTRAIN_ARCHIVE_MAX_BYTES"}, limits);
   // An entry that declares more than the limit fails before a byte is written.
   Item huge = file("huge.bin", "x");
@@ -362,7 +378,8 @@ TEST_F(ArchiveTest, RefusesTooManyEntries) {
 
 TEST_F(ArchiveTest, TruncatedArchiveLeavesNothing) {
   fs::path archive = work_ / "cut.tar.gz";
-  write_archive(archive, "tar", "gzip", {file("a.bin", random_bytes(200000, 5)), file("b.bin", random_bytes(200000, 6))});
+  write_archive(archive, "tar", "gzip",
+                {file("a.bin", random_bytes(200000, 5)), file("b.bin", random_bytes(200000, 6))});
   fs::resize_file(archive, fs::file_size(archive) / 2);
   expect_refused(work_, archive, {"cannot read"});
 }

@@ -168,7 +168,9 @@ def hub_app(world: World, base: str):
         if repo in world.always_500:
             return error(handler, 500, "Internal Error - We're working hard to fix this as soon as possible!")
         if repo not in world.hub:
-            return reply(handler, 404, b'{"error":"Repository not found"}',
+            # As the real Hub: 401 to an anonymous request (a private repository looks the same), else 404.
+            status = 404 if handler.headers.get("Authorization") else 401
+            return reply(handler, status, b'{"error":"Repository not found"}',
                          {"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"})
         if repo in world.private and handler.headers.get("Authorization") != f"Bearer {HF_TOKEN}":
             return error(handler, 401, "Invalid credentials in Authorization header")
@@ -449,15 +451,18 @@ def test_interrupted_hub_lfs_download_is_resumed_through_the_redirect(fluxtrain_
 
 # --- errors: clear, exit 1, nothing left in the cache ---
 
-@pytest.mark.parametrize("case", ["401", "401-wrong-token", "404", "500", "500-url", "404-url"])
+@pytest.mark.parametrize("case", ["401", "401-wrong-token", "404", "404-anonymous", "500", "500-url", "404-url"])
 def test_http_errors(fluxtrain_bin, tmp_path, world, case):
     _, hub, _ = world
     spec, env, words = {
         "401": ("owner/private-set", {}, ["access denied (HTTP 401", "no credentials were sent: set HF_TOKEN"]),
         "401-wrong-token": ("owner/private-set", {"HF_TOKEN": "hf_wrongWRONGwrong123"},
                             ["access denied (HTTP 401", "the credentials from HF_TOKEN were refused"]),
-        "404": ("owner/nope", {}, ["Hugging Face dataset owner/nope", "was not found (HTTP 404",
-                                   "Repository not found", "/datasets/owner/nope"]),
+        "404": ("owner/nope", {"HF_TOKEN": "hf_wrongWRONGwrong123"},
+                ["Hugging Face dataset owner/nope", "was not found (HTTP 404", "Repository not found",
+                 "/datasets/owner/nope"]),
+        "404-anonymous": ("owner/nope", {}, ["Hugging Face dataset owner/nope", "was not found, or is private",
+                                             "RepoNotFound", "/datasets/owner/nope", "set HF_TOKEN"]),
         "500": ("owner/flaky", {}, ["HTTP 500", "to every try", "try again later"]),
         "500-url": (f"{hub.url}/files/broken.tar.gz", {}, ["HTTP 500", "try again later"]),
         "404-url": (f"{hub.url}/files/missing.tar.gz", {}, ["was not found (HTTP 404", "check the URL"]),
@@ -553,6 +558,15 @@ def test_local_folder_and_missing_path(fluxtrain_bin, tmp_path, world):
     assert not hub.requests and not cache.exists()
     missing, _ = fetch(fluxtrain_bin, tmp_path, hub, str(tmp_path / "nope" / "x" / "y"), check=False)
     assert missing.returncode == 1 and "no such folder" in missing.stderr
+    # A local archive is extracted into the cache, once.
+    files = {"a.png": rand(1000, 12), "a.txt": b"local"}
+    (tmp_path / "local.tar.gz").write_bytes(make_tar(files))
+    extracted, _ = fetch(fluxtrain_bin, tmp_path, hub, str(tmp_path / "local.tar.gz"))
+    root = last_line(extracted)
+    assert root.is_relative_to(cache / "local") and tree_of(root) == files
+    again, _ = fetch(fluxtrain_bin, tmp_path, hub, str(tmp_path / "local.tar.gz"))
+    assert last_line(again) == root and "using the cached copy" in again.stderr
+    assert not hub.requests
 
 
 def test_revision_not_allowed_for_urls(fluxtrain_bin, tmp_path, world):

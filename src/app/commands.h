@@ -23,6 +23,7 @@ using CommandFactory = Command (*)(CLI::App&);
 // Torch-free commands.
 Command add_inspect_command(CLI::App& app);
 Command add_dataset_command(CLI::App& app);
+Command add_fetch_command(CLI::App& app);
 
 // Engine commands (libfluxtrain_engine.so).
 Command add_make_tiny_command(CLI::App& app);

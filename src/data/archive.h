@@ -1,0 +1,68 @@
+// Safe extraction of downloaded dataset archives (torch-free, libarchive): zip, and tar plain or
+// compressed with gzip, bzip2, xz or zstd.
+//
+// An archive from the network is untrusted. Extraction refuses, naming the archive and the entry:
+//  - paths with a ".." component, absolute paths (also "C:..." and "\\..."), empty names;
+//  - symbolic links that point outside the extraction folder (absolute, or climbing above it with
+//    ".."); symbolic links that stay inside are skipped with a warning, never created, so no later
+//    entry can be written through one;
+//  - hard links whose target is not a regular file extracted earlier from the same archive (those
+//    that are become hard links inside the folder);
+//  - device files, FIFOs and sockets;
+//  - decompression bombs, by the limits in ArchiveLimits.
+// Entries under "__MACOSX/" (resource forks that macOS adds to zips) are skipped. Files are created
+// 0644 and folders 0755; owners, setuid bits and times in the archive are ignored.
+//
+// Everything is extracted into a fresh folder beside the target, synced, then renamed onto the target:
+// a failed extraction removes that folder and leaves nothing behind.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <string_view>
+
+namespace fluxtrain::data {
+
+struct ArchiveLimits {
+  // Total bytes written (all entries). A declared entry size over what is left fails before writing.
+  uint64_t max_total_bytes = uint64_t{64} << 30;
+  // Entries (files, folders, links) in the archive.
+  uint64_t max_entries = 1'000'000;
+  // Per entry: bytes written may not exceed max_ratio x the compressed bytes read for it (plus one
+  // read block), once the entry is past ratio_allowance_bytes. Real image datasets compress little;
+  // a bomb (1 GB of zeros is ~1 MB gzip'd, ~1000:1) trips this after ~16 MB.
+  double max_ratio = 200;
+  uint64_t ratio_allowance_bytes = uint64_t{16} << 20;
+
+  // Defaults, overridden by FLUXTRAIN_ARCHIVE_MAX_BYTES (bytes, or with a K/M/G/T suffix in powers of
+  // 1024: "500G"), FLUXTRAIN_ARCHIVE_MAX_RATIO and FLUXTRAIN_ARCHIVE_MAX_ENTRIES. Throws Error naming a
+  // bad variable.
+  static ArchiveLimits from_environment();
+};
+
+struct ExtractStats {
+  uint64_t files = 0;
+  uint64_t folders = 0;
+  uint64_t bytes = 0;
+  uint64_t skipped = 0;  // symbolic links inside the folder, __MACOSX entries
+};
+
+// Extracts `archive` into `target`, which must not exist (its parent is created). `name` is how
+// messages call the archive (its source URL, say); empty: its path. Throws Error on any refusal above,
+// on a corrupt, truncated, encrypted or unsupported archive, and on write errors.
+ExtractStats extract_archive(const std::filesystem::path& archive, const std::filesystem::path& target,
+                             const ArchiveLimits& limits = {}, const std::string& name = "");
+
+// Whether the file's content is an archive extract_archive() reads (zip, or tar plain or compressed).
+bool is_archive(const std::filesystem::path& file);
+
+// Whether the file name ends like an archive: .zip .tar .tar.gz .tgz .tar.bz2 .tbz2 .tar.xz .txz
+// .tar.zst .tzst (any case).
+bool has_archive_extension(std::string_view name);
+
+// A path from an archive or a listing, normalised ("./a//b/" -> "a/b"), or "" with *why set when it is
+// unsafe (absolute, "..", a drive letter). "." and "" normalise to "" with *why empty.
+std::string normalize_relative_path(std::string_view path, std::string* why);
+
+}  // namespace fluxtrain::data

@@ -1,0 +1,628 @@
+#include "data/fetch.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cctype>
+#include <cerrno>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <exception>
+#include <fstream>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include "core/atomic_file.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "core/progress.h"
+#include "core/sha256.h"
+
+namespace fluxtrain::data {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+const char* const kMarker = "complete.json";
+
+bool valid_repo_part(std::string_view part) {
+  if (part.empty() || part == "." || part == "..") return false;
+  return std::all_of(part.begin(), part.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.';
+  });
+}
+
+bool is_repo_id(std::string_view text) {
+  size_t slash = text.find('/');
+  return slash != std::string_view::npos && valid_repo_part(text.substr(0, slash)) &&
+         valid_repo_part(text.substr(slash + 1));
+}
+
+std::string lower(std::string text) {
+  for (char& c : text) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return text;
+}
+
+// A readable folder name: [A-Za-z0-9._-], at most 60 characters, never hidden.
+std::string slug(std::string_view text) {
+  std::string out;
+  for (char c : text) {
+    bool keep = std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.';
+    out += keep ? c : '-';
+  }
+  while (!out.empty() && out.front() == '.') out.erase(out.begin());
+  if (out.size() > 60) out.resize(60);
+  return out.empty() ? "dataset" : out;
+}
+
+const char* kind_name(DatasetSourceKind kind) {
+  switch (kind) {
+    case DatasetSourceKind::hub: return "hub";
+    case DatasetSourceKind::kaggle: return "kaggle";
+    case DatasetSourceKind::url: return "url";
+    case DatasetSourceKind::local: return "local";
+  }
+  return "?";
+}
+
+bool is_http_url(const std::string& endpoint) {
+  std::string text = lower(endpoint);
+  return text.starts_with("http://") || text.starts_with("https://");
+}
+
+std::string without_trailing_slashes(std::string text) {
+  while (!text.empty() && text.back() == '/') text.pop_back();
+  return text;
+}
+
+// scheme://host[:port] of an endpoint, to resolve root-relative links.
+std::string origin_of(const std::string& url) {
+  size_t authority = url.find("://");
+  if (authority == std::string::npos) return url;
+  return url.substr(0, url.find('/', authority + 3));
+}
+
+// The cache folder of one source at one revision.
+struct Entry {
+  fs::path dir;
+  std::string source;    // shown to the user and stored in the marker (credentials stripped)
+  std::string revision;  // as stored in the marker ("" when none applies)
+};
+
+// The dataset root recorded in a complete entry, if the entry is complete.
+std::optional<fs::path> complete_root(const fs::path& dir) {
+  std::ifstream in(dir / kMarker);
+  if (!in) return std::nullopt;
+  json marker = json::parse(in, nullptr, false);
+  if (marker.is_discarded() || !marker.is_object() || !marker.contains("root") || !marker["root"].is_string()) {
+    log::warn("ignoring the unreadable completion marker ", dir / kMarker, "; fetching again");
+    return std::nullopt;
+  }
+  std::string why;
+  std::string root = normalize_relative_path(marker["root"].get<std::string>(), &why);
+  fs::path path = root.empty() ? dir : dir / root;
+  std::error_code ec;
+  if (!why.empty() || root.empty() || !fs::is_directory(path, ec)) {
+    log::warn("the cached dataset in ", dir, " is incomplete (", path, " is missing); fetching again");
+    return std::nullopt;
+  }
+  return path;
+}
+
+// The folder a dataset is read from: `folder`, or its only entry when that is a folder.
+fs::path choose_root(const fs::path& folder) {
+  std::vector<fs::directory_entry> entries;
+  for (const auto& entry : fs::directory_iterator(folder)) entries.push_back(entry);
+  if (entries.size() == 1 && entries[0].is_directory() && !entries[0].is_symlink()) return entries[0].path();
+  return folder;
+}
+
+void write_marker(const Entry& entry, const fs::path& root) {
+  uint64_t files = 0, bytes = 0;
+  for (auto it = fs::recursive_directory_iterator(root); it != fs::recursive_directory_iterator(); ++it) {
+    if (it->is_regular_file()) {
+      ++files;
+      bytes += it->file_size();
+    }
+  }
+  char when[32];
+  std::time_t now = std::time(nullptr);
+  std::strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  json marker = {{"source", entry.source},
+                 {"revision", entry.revision},
+                 {"root", fs::relative(root, entry.dir).generic_string()},
+                 {"files", files},
+                 {"bytes", bytes},
+                 {"fetched_at", when}};
+  write_file_atomic((entry.dir / kMarker).string(), marker.dump(2) + "\n");
+  log::info("dataset ready: ", format_count(static_cast<long long>(files)), " files, ", format_bytes(double(bytes)),
+            " in ", root.string());
+}
+
+// Removes a failed entry that holds no file worth keeping for the next run, and its kind folder if
+// that is then empty.
+void remove_if_no_files(const fs::path& dir) {
+  std::error_code ec;
+  if (!fs::exists(dir, ec)) return;
+  for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::recursive_directory_iterator();
+       it.increment(ec)) {
+    if (it->is_regular_file(ec)) return;
+  }
+  fs::remove_all(dir, ec);
+  fs::remove(dir.parent_path(), ec);  // fails harmlessly when not empty
+}
+
+// An exclusive lock on the cache folder for the time of a fetch (flock on the folder itself, so no
+// lock file is left behind).
+class CacheLock {
+ public:
+  explicit CacheLock(const fs::path& dir) {
+    fd_ = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd_ < 0) return;
+    if (::flock(fd_, LOCK_EX | LOCK_NB) == 0) return;
+    if (errno == EWOULDBLOCK) {
+      log::info("waiting for another fluxtrain process that is fetching into ", dir.string());
+      if (::flock(fd_, LOCK_EX) == 0) return;
+    }
+    log::debug("cannot lock ", dir.string(), " (", std::strerror(errno), "); fetching without a lock");
+  }
+  ~CacheLock() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  CacheLock(const CacheLock&) = delete;
+  CacheLock& operator=(const CacheLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+
+// --- Hugging Face Hub ---
+
+struct HubFile {
+  std::string path;
+  int64_t size = 0;
+  std::string sha256;  // LFS files only
+};
+
+std::string hub_not_found_hint(const std::string& repo, const FetchOptions& options, const std::string& revision) {
+  return cat("check the dataset name and the revision '", revision, "' at ", options.hf_endpoint, "/datasets/", repo,
+             " (a model repository is not a dataset); and if a local folder was meant, ./", repo,
+             " does not exist here");
+}
+
+HttpAuth hub_auth(const FetchOptions& options) {
+  HttpAuth auth;
+  auth.bearer_token = options.hf_token;
+  auth.variables = "HF_TOKEN";
+  return auth;
+}
+
+bool is_sha256(const std::string& text) {
+  return text.size() == 64 && std::all_of(text.begin(), text.end(), [](char c) {
+           return std::isdigit(static_cast<unsigned char>(c)) || (c >= 'a' && c <= 'f');
+         });
+}
+
+// GET {endpoint}/api/datasets/{repo}/tree/{revision}?recursive=true, following rel="next" Links.
+std::vector<HubFile> list_hub_files(const std::string& repo, const std::string& revision, const FetchOptions& options) {
+  const std::string what = cat("the file list of Hugging Face dataset ", repo, " at revision '", revision, "'");
+  std::string url = cat(options.hf_endpoint, "/api/datasets/", repo, "/tree/", url_encode(revision, false),
+                        "?recursive=true&expand=false");
+  std::vector<HubFile> files;
+  std::set<std::string> seen_pages;
+  while (!url.empty()) {
+    if (!seen_pages.insert(url).second)
+      fail(what, ": the listing's next page is one seen before (", redact_url(url), ")");
+    HttpResponse response =
+        http_get({url, hub_auth(options), what, hub_not_found_hint(repo, options, revision)}, options.http);
+    json page = json::parse(response.body, nullptr, false);
+    if (page.is_discarded() || !page.is_array()) {
+      fail(what, ": the answer from ", redact_url(url), " is not a JSON list; is HF_ENDPOINT (", options.hf_endpoint,
+           ") a Hugging Face Hub?");
+    }
+    for (const json& item : page) {
+      if (!item.is_object() || item.value("type", "") != "file") continue;
+      if (!item.contains("path") || !item["path"].is_string() || !item.contains("size") ||
+          !item["size"].is_number_unsigned()) {
+        fail(what, ": an entry without a path or size: ", item.dump().substr(0, 200));
+      }
+      HubFile file;
+      std::string why;
+      std::string raw = item["path"].get<std::string>();
+      file.path = normalize_relative_path(raw, &why);
+      if (!why.empty() || file.path.empty()) {
+        fail(what, ": the listing names an unsafe path '", raw, "' (", why.empty() ? "empty" : why, "); refusing it");
+      }
+      file.size = item["size"].get<int64_t>();
+      if (item.contains("lfs") && item["lfs"].is_object()) {
+        const json& lfs = item["lfs"];
+        std::string oid = lfs.contains("oid") && lfs["oid"].is_string() ? lfs["oid"].get<std::string>() : "";
+        if (is_sha256(oid)) file.sha256 = oid;
+        if (lfs.contains("size") && lfs["size"].is_number_unsigned()) file.size = lfs["size"].get<int64_t>();
+      }
+      if (file.path == ".gitattributes") continue;  // git metadata of the repository, not data
+      files.push_back(std::move(file));
+    }
+    auto link = response.headers.find("link");
+    url = link == response.headers.end() ? "" : link_next(link->second);
+    if (url.starts_with("/")) url = origin_of(options.hf_endpoint) + url;
+  }
+  std::sort(files.begin(), files.end(), [](const HubFile& a, const HubFile& b) { return a.path < b.path; });
+  return files;
+}
+
+bool have_file(const fs::path& path, const HubFile& file) {
+  std::error_code ec;
+  if (!fs::is_regular_file(fs::symlink_status(path, ec)) ||
+      fs::file_size(path, ec) != static_cast<uint64_t>(file.size)) {
+    return false;
+  }
+  return file.sha256.empty() || sha256_file_hex(path) == file.sha256;
+}
+
+// Removes what an earlier revision left in `folder` and the listing no longer names, then empty folders.
+void remove_unlisted(const fs::path& folder, const std::vector<HubFile>& files) {
+  std::set<std::string> listed;
+  for (const HubFile& file : files) listed.insert(file.path);
+  std::vector<fs::path> stale, folders;
+  for (auto it = fs::recursive_directory_iterator(folder); it != fs::recursive_directory_iterator(); ++it) {
+    if (it->is_directory() && !it->is_symlink()) {
+      folders.push_back(it->path());
+    } else if (!listed.contains(fs::relative(it->path(), folder).generic_string())) {
+      stale.push_back(it->path());
+    }
+  }
+  for (const fs::path& path : stale) fs::remove(path);
+  std::sort(folders.begin(), folders.end(),
+            [](const fs::path& a, const fs::path& b) { return a.native().size() > b.native().size(); });
+  std::error_code ec;
+  for (const fs::path& path : folders) fs::remove(path, ec);  // only the empty ones go
+}
+
+fs::path fetch_hub(const std::string& repo, const Entry& entry, const FetchOptions& options) {
+  const std::string& revision = entry.revision;
+  log::info("fetching Hugging Face dataset ", repo, " (revision ", revision, ") from ", options.hf_endpoint);
+  const fs::path partial = entry.dir / "partial";
+  const fs::path dataset = entry.dir / "dataset";
+  if (fs::exists(dataset)) {
+    // A complete copy being refreshed, or one whose marker was never written: its files count.
+    if (fs::exists(partial))
+      fs::remove_all(dataset);
+    else
+      fs::rename(dataset, partial);
+  }
+  const std::vector<HubFile> files = list_hub_files(repo, revision, options);
+  if (files.empty()) fail("Hugging Face dataset ", repo, " at revision '", revision, "' holds no files");
+
+  std::vector<const HubFile*> missing;
+  int64_t missing_bytes = 0;
+  for (const HubFile& file : files) {
+    if (have_file(partial / file.path, file)) continue;
+    missing.push_back(&file);
+    missing_bytes += file.size;
+  }
+  log::info(repo, ": ", files.size(), " files; ", missing.size(), " to download (", format_bytes(double(missing_bytes)),
+            ")");
+  fs::create_directories(partial);
+  if (!missing.empty()) {
+    std::unique_ptr<Progress> progress;
+    if (options.http.progress) {
+      ProgressOptions progress_options;
+      progress_options.unit = "B";
+      progress = std::make_unique<Progress>("download " + repo, missing_bytes, progress_options);
+    }
+    HttpOptions http = options.http;
+    http.progress = false;  // the shared bar above
+    std::atomic<size_t> next{0};
+    std::atomic<bool> stop{false};
+    std::exception_ptr first_error;
+    std::mutex error_mutex;
+    auto worker = [&] {
+      while (!stop) {
+        size_t index = next++;
+        if (index >= missing.size()) return;
+        const HubFile& file = *missing[index];
+        try {
+          HttpRequest request{cat(options.hf_endpoint, "/datasets/", repo, "/resolve/", url_encode(revision, false),
+                                  "/", url_encode(file.path, true)),
+                              hub_auth(options), cat("file '", file.path, "' of Hugging Face dataset ", repo),
+                              hub_not_found_hint(repo, options, revision)};
+          http_download(request, {partial / file.path, file.size, file.sha256, progress.get()}, http);
+        } catch (...) {
+          std::lock_guard<std::mutex> lock(error_mutex);
+          if (!first_error) first_error = std::current_exception();
+          stop = true;
+        }
+      }
+    };
+    size_t count = std::min<size_t>(std::max(1, options.parallel_downloads), missing.size());
+    std::vector<std::thread> threads;
+    for (size_t i = 1; i < count; ++i) threads.emplace_back(worker);
+    worker();
+    for (std::thread& thread : threads) thread.join();
+    if (first_error) std::rethrow_exception(first_error);
+  }
+  remove_unlisted(partial, files);
+  fs::rename(partial, dataset);
+  fsync_directory(entry.dir.string());
+  fs::path root = choose_root(dataset);
+  write_marker(entry, root);
+  return root;
+}
+
+// --- one file: a URL, a Kaggle zip, a local archive ---
+
+// "the download is an HTML page" is the usual reason a URL gives no archive.
+std::string content_hint(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::string head(512, '\0');
+  in.read(head.data(), static_cast<std::streamsize>(head.size()));
+  head = lower(head.substr(0, static_cast<size_t>(in.gcount())));
+  if (head.find("<html") != std::string::npos || head.find("<!doctype") != std::string::npos) {
+    return " (it is an HTML page: a login or error page instead of the file?)";
+  }
+  return "";
+}
+
+fs::path fetch_file(const DatasetSource& source, const Entry& entry, const FetchOptions& options) {
+  const fs::path download_dir = entry.dir / "download";
+  const fs::path dataset = entry.dir / "dataset";
+  fs::path file;
+  bool must_extract = false;
+  if (source.kind == DatasetSourceKind::local) {
+    file = source.path;
+    must_extract = true;
+  } else {
+    HttpRequest request;
+    std::string name;
+    if (source.kind == DatasetSourceKind::kaggle) {
+      std::string api =
+          options.kaggle_endpoint.ends_with("/api/v1") ? options.kaggle_endpoint : options.kaggle_endpoint + "/api/v1";
+      request.url = cat(api, "/datasets/download/", source.repo,
+                        entry.revision.empty() ? "" : "?datasetVersionNumber=" + entry.revision);
+      request.auth.basic_user = options.kaggle_username;
+      request.auth.basic_password = options.kaggle_key;
+      request.auth.variables = "KAGGLE_USERNAME and KAGGLE_KEY";
+      request.what = cat("Kaggle dataset ", source.repo);
+      request.not_found_hint = cat("check the name (and version) at https://www.kaggle.com/datasets/", source.repo);
+      name = slug(source.repo.substr(source.repo.find('/') + 1)) + ".zip";
+      must_extract = true;
+      log::info("fetching Kaggle dataset ", source.repo,
+                entry.revision.empty() ? "" : " (version " + entry.revision + ")", " from ", api);
+    } else {
+      request.url = source.url;
+      request.what = cat("the dataset at ", entry.source);
+      request.not_found_hint = "check the URL";
+      std::string path = entry.source.substr(entry.source.find("://") + 3);
+      size_t slash = path.find('/');
+      path = slash == std::string::npos ? "" : path.substr(path.rfind('/') + 1);
+      name = slug(path);
+      must_extract = has_archive_extension(name);
+      log::info("fetching ", entry.source);
+    }
+    file = download_dir / name;
+    if (!fs::exists(file)) http_download(request, DownloadTarget{file, -1, "", nullptr}, options.http);
+  }
+  const bool archive = is_archive(file);
+  if (must_extract && !archive) {
+    fail(entry.source, ": ", source.kind == DatasetSourceKind::local ? "the file" : "the download", " (", file.string(),
+         ", ", format_bytes(double(fs::file_size(file))), ") is not a zip or tar archive", content_hint(file),
+         source.kind == DatasetSourceKind::local ? "" : "; delete it to download it again");
+  }
+  std::error_code ec;
+  fs::remove_all(dataset, ec);  // a stale copy without a marker
+  if (archive) {
+    ExtractStats stats;
+    try {
+      stats = extract_archive(file, dataset, options.limits, entry.source);
+    } catch (const Error& e) {
+      if (source.kind == DatasetSourceKind::local) throw;
+      // The download is complete: a run with raised limits extracts it again without downloading.
+      fail(e.what(), " (the downloaded file stays at ", file.string(), "; delete it to download again)");
+    }
+    log::info("extracted ", format_count(static_cast<long long>(stats.files)), " files (",
+              format_bytes(double(stats.bytes)), ")",
+              stats.skipped ? cat(", skipped ", stats.skipped, " entries") : "");
+  } else {
+    // A single file (an image, a parquet file, ...): the dataset folder holds it alone.
+    fs::path temp = entry.dir / ".dataset.tmp";
+    fs::remove_all(temp, ec);
+    fs::create_directories(temp);
+    fs::rename(file, temp / file.filename());
+    fs::rename(temp, dataset);
+    fsync_directory(entry.dir.string());
+  }
+  fs::path root = choose_root(dataset);
+  write_marker(entry, root);
+  fs::remove_all(download_dir, ec);
+  return root;
+}
+
+std::string env(const char* name) {
+  const char* value = std::getenv(name);
+  return value != nullptr ? value : "";
+}
+
+}  // namespace
+
+DatasetSource parse_dataset_source(const std::string& spec) {
+  const std::string forms =
+      "a local folder, an http(s) URL, a Hugging Face dataset 'owner/name' (or 'hf:owner/name') or "
+      "'kaggle:owner/name'";
+  if (spec.empty()) fail("the dataset name (DATASET_NAME) is empty: give ", forms);
+  DatasetSource source;
+  std::string lowered = lower(spec);
+  if (lowered.starts_with("kaggle:") || lowered.starts_with("hf:")) {
+    bool kaggle = lowered.starts_with("kaggle:");
+    source.kind = kaggle ? DatasetSourceKind::kaggle : DatasetSourceKind::hub;
+    source.repo = spec.substr(spec.find(':') + 1);
+    if (!is_repo_id(source.repo)) {
+      fail("dataset '", spec, "': expected ",
+           kaggle ? "kaggle:" : "hf:", "owner/name (letters, digits, '-', '_', '.'), got '", source.repo, "'");
+    }
+    return source;
+  }
+  if (lowered.starts_with("http://") || lowered.starts_with("https://")) {
+    source.kind = DatasetSourceKind::url;
+    source.url = spec;
+    return source;
+  }
+  if (size_t scheme = spec.find("://"); scheme != std::string::npos) {
+    fail("dataset '", redact_url(spec), "': the scheme '", spec.substr(0, scheme), "://' is not supported; give ",
+         forms);
+  }
+  std::error_code ec;
+  if (!fs::exists(spec, ec) && is_repo_id(spec)) {
+    source.kind = DatasetSourceKind::hub;
+    source.repo = spec;
+    return source;
+  }
+  source.kind = DatasetSourceKind::local;
+  source.path = spec;
+  return source;
+}
+
+FetchOptions FetchOptions::from_environment() {
+  FetchOptions options;
+  if (std::string endpoint = env("HF_ENDPOINT"); !endpoint.empty()) {
+    if (!is_http_url(endpoint))
+      fail("HF_ENDPOINT='", endpoint, "' is not an http(s) URL (e.g. https://huggingface.co)");
+    options.hf_endpoint = without_trailing_slashes(endpoint);
+  }
+  options.hf_token = env("HF_TOKEN");
+  if (std::string endpoint = env("KAGGLE_API_ENDPOINT"); !endpoint.empty()) {
+    if (!is_http_url(endpoint)) {
+      fail("KAGGLE_API_ENDPOINT='", endpoint, "' is not an http(s) URL (e.g. https://www.kaggle.com)");
+    }
+    options.kaggle_endpoint = without_trailing_slashes(endpoint);
+  }
+  options.kaggle_username = env("KAGGLE_USERNAME");
+  options.kaggle_key = env("KAGGLE_KEY");
+  if (std::string workers = env("FLUXTRAIN_DOWNLOAD_WORKERS"); !workers.empty()) {
+    char* end = nullptr;
+    long value = std::strtol(workers.c_str(), &end, 10);
+    if (*end != '\0' || value < 1 || value > 64) {
+      fail("FLUXTRAIN_DOWNLOAD_WORKERS='", workers, "' is not a whole number from 1 to 64");
+    }
+    options.parallel_downloads = static_cast<int>(value);
+  }
+  options.http = HttpOptions::from_environment();
+  options.limits = ArchiveLimits::from_environment();
+  return options;
+}
+
+fs::path default_dataset_cache_dir() {
+  if (std::string dir = env("FLUXTRAIN_DATASET_CACHE"); !dir.empty()) return dir;
+  if (std::string dir = env("FLUXTRAIN_CACHE"); !dir.empty()) return fs::path(dir) / "datasets";
+  if (std::string dir = env("XDG_CACHE_HOME"); !dir.empty()) return fs::path(dir) / "fluxtrain" / "datasets";
+  if (std::string home = env("HOME"); !home.empty()) return fs::path(home) / ".cache" / "fluxtrain" / "datasets";
+  fail("no folder for the dataset cache: HOME is not set; set FLUXTRAIN_DATASET_CACHE (or --cache-dir)");
+}
+
+fs::path fetch_dataset(const std::string& spec, const fs::path& cache_dir, const FetchOptions& options) {
+  const DatasetSource source = parse_dataset_source(spec);
+  std::error_code ec;
+  Entry entry;
+  std::string identity;
+  switch (source.kind) {
+    case DatasetSourceKind::local: {
+      if (!options.revision.empty()) {
+        fail("a revision ('", options.revision,
+             "') applies only to Hugging Face and Kaggle datasets, not to the local "
+             "path '",
+             spec, "'");
+      }
+      const fs::path absolute = fs::absolute(source.path).lexically_normal();
+      auto status = fs::status(source.path, ec);
+      if (fs::is_directory(status)) return absolute;
+      if (!fs::is_regular_file(status)) {
+        fail("dataset '", spec, "': no such folder (", absolute.string(), "); give ",
+             "a local folder, an http(s) URL, a Hugging Face dataset 'owner/name' or 'kaggle:owner/name'");
+      }
+      if (!is_archive(source.path)) {
+        fail("dataset '", spec,
+             "' is a file, but neither a folder nor a zip or tar archive: give the folder that holds "
+             "the images and captions");
+      }
+      entry.source = absolute.string();
+      auto mtime = fs::last_write_time(source.path).time_since_epoch().count();
+      identity = cat("local\n", entry.source, "\n", fs::file_size(source.path), "\n", mtime);
+      break;
+    }
+    case DatasetSourceKind::url:
+      if (!options.revision.empty()) {
+        fail("a revision ('", options.revision, "') applies only to Hugging Face and Kaggle datasets, not to the URL ",
+             redact_url(source.url));
+      }
+      entry.source = redact_url(source.url);
+      identity = cat("url\n", source.url);
+      break;
+    case DatasetSourceKind::hub:
+      entry.source = cat(options.hf_endpoint, "/datasets/", source.repo);
+      entry.revision = options.revision.empty() ? "main" : options.revision;
+      identity = cat("hub\n", options.hf_endpoint, "\n", source.repo, "\n", entry.revision);
+      break;
+    case DatasetSourceKind::kaggle:
+      if (!options.revision.empty() &&
+          (options.revision.size() > 9 || !std::all_of(options.revision.begin(), options.revision.end(),
+                                                       [](char c) { return c >= '0' && c <= '9'; }))) {
+        fail("kaggle:", source.repo, ": the revision '", options.revision,
+             "' is not a dataset version number (1, 2, ...; empty for the latest)");
+      }
+      if (options.kaggle_username.empty() || options.kaggle_key.empty()) {
+        fail("kaggle:", source.repo,
+             " needs Kaggle API credentials: set KAGGLE_USERNAME and KAGGLE_KEY (kaggle.com -> "
+             "Settings -> API -> Create New Token gives both)");
+      }
+      entry.source = cat("kaggle:", source.repo);
+      entry.revision = options.revision;
+      identity = cat("kaggle\n", options.kaggle_endpoint, "\n", source.repo, "\n", options.revision);
+      break;
+  }
+  std::string readable = source.kind == DatasetSourceKind::hub || source.kind == DatasetSourceKind::kaggle
+                             ? source.repo + (entry.revision.empty() ? "" : "@" + entry.revision)
+                             : fs::path(entry.source).filename().string();
+  entry.dir = cache_dir / kind_name(source.kind) / cat(slug(readable), "-", sha256_hex(identity).substr(0, 12));
+
+  if (!options.refresh) {
+    if (auto root = complete_root(entry.dir)) {
+      log::info("using the cached copy of ", entry.source, " (", root->string(), ")");
+      return *root;
+    }
+  }
+  fs::create_directories(cache_dir, ec);
+  if (ec) {
+    fail("cannot create the dataset cache folder ", cache_dir, ": ", ec.message(),
+         "; point FLUXTRAIN_DATASET_CACHE (or --cache-dir) at a writable folder");
+  }
+  CacheLock lock(cache_dir);
+  if (!options.refresh) {
+    if (auto root = complete_root(entry.dir)) return *root;  // another process finished it meanwhile
+  }
+  try {
+    fs::create_directories(entry.dir);
+    // From here on the entry is incomplete until the marker is written again.
+    fs::remove(entry.dir / kMarker, ec);
+    if (source.kind == DatasetSourceKind::hub) return fetch_hub(source.repo, entry, options);
+    return fetch_file(source, entry, options);
+  } catch (const fs::filesystem_error& e) {
+    remove_if_no_files(entry.dir);
+    fail("fetching ", entry.source, " into ", entry.dir, ": ", e.what());
+  } catch (...) {
+    remove_if_no_files(entry.dir);
+    throw;
+  }
+}
+
+}  // namespace fluxtrain::data

@@ -1,0 +1,98 @@
+// HTTP GETs for dataset downloads (torch-free, libcurl): into memory for JSON APIs, or into a file
+// with retries, resume, redirects, progress, size and sha256 checks and an atomic final rename.
+//
+// Credentials (HttpAuth) go only to the scheme/host/port of the URL first asked for: redirects are
+// followed here, not by libcurl, and a redirect to another origin (the Hub's resolve URLs redirect to
+// a CDN, Kaggle's downloads to cloud storage) drops them. They never reach a log line or an error
+// message: URLs are shown without user info or query (signed CDN URLs carry signatures there), curl's
+// verbose mode is never on, and every message is scrubbed of the secrets before it is thrown.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <string_view>
+
+namespace fluxtrain {
+class Progress;
+}
+
+namespace fluxtrain::data {
+
+struct HttpAuth {
+  std::string bearer_token;  // sent as "Authorization: Bearer <token>"
+  std::string basic_user;    // HTTP basic auth, with basic_password
+  std::string basic_password;
+  // The environment variables that carry these credentials, for 401/403 messages ("HF_TOKEN").
+  // Empty: the source takes no credentials (a plain URL).
+  std::string variables;
+  bool empty() const { return bearer_token.empty() && basic_user.empty(); }
+};
+
+struct HttpOptions {
+  // Tries per request. Connection errors, timeouts, 429 and 5xx are retried after a wait of
+  // backoff_seconds, doubled per retry up to max_backoff_seconds (or the server's Retry-After, up to
+  // 120 s); other 4xx are not.
+  int max_attempts = 5;
+  double backoff_seconds = 1.0;
+  double max_backoff_seconds = 30.0;
+  long connect_timeout_seconds = 30;
+  // A transfer slower than low_speed_bytes_per_second for low_speed_seconds is aborted and retried.
+  long low_speed_bytes_per_second = 1024;
+  long low_speed_seconds = 60;
+  int max_redirects = 10;
+  // Report download progress through core/progress.h.
+  bool progress = true;
+
+  // Defaults, overridden by FLUXTRAIN_HTTP_RETRIES (retries after the first try, default 4) and
+  // FLUXTRAIN_HTTP_BACKOFF_SECONDS (the first wait, default 1). Throws Error naming a bad variable.
+  static HttpOptions from_environment();
+};
+
+struct HttpRequest {
+  std::string url;
+  HttpAuth auth;
+  // What is fetched, for messages: "file 'a/b.png' of Hugging Face dataset owner/name".
+  std::string what;
+  // The fix after a 404: "check the name and revision at https://...".
+  std::string not_found_hint;
+};
+
+struct HttpResponse {
+  long status = 0;
+  std::string body;
+  std::map<std::string, std::string> headers;  // the final response's, names in lower case
+  std::string url;                             // the final URL, after redirects
+};
+
+// GET into memory (JSON APIs), at most max_bytes of body. Throws Error unless the final status is 2xx.
+HttpResponse http_get(const HttpRequest& request, const HttpOptions& options = {}, size_t max_bytes = 64u << 20);
+
+struct DownloadTarget {
+  std::filesystem::path path;
+  int64_t expected_size = -1;   // -1: unknown (the server's Content-Length is still checked)
+  std::string expected_sha256;  // lower-case hex; empty: unknown
+  // Advanced by the bytes received (a shared total for many files); nullptr: the download reports its
+  // own progress when HttpOptions::progress is set.
+  Progress* progress = nullptr;
+};
+
+// GET into target.path. Bytes arrive in "<path>.part", which a later call resumes with a Range
+// request (a 206 answer is appended after checking its Content-Range; a 200 starts over). When the
+// transfer is complete and the size and hash match, the part file is fsync'd and renamed onto the
+// path. A resumed file that fails the checks is downloaded once more from the start; a fresh one that
+// fails is an error (and the part file is removed). Returns the bytes received by this call.
+uint64_t http_download(const HttpRequest& request, const DownloadTarget& target, const HttpOptions& options = {});
+
+// "scheme://host[:port]/path" without user info, query or fragment: safe to show.
+std::string redact_url(const std::string& url);
+
+// The URL of rel="next" in an RFC 8288 Link header ("<url>; rel=\"next\", <url2>; rel=\"last\""), or "".
+std::string link_next(std::string_view link_header);
+
+// Percent-encodes everything but RFC 3986 unreserved characters (and '/' when keep_slash).
+std::string url_encode(std::string_view text, bool keep_slash);
+
+}  // namespace fluxtrain::data

@@ -13,7 +13,7 @@
 namespace fluxtrain::app {
 namespace {
 
-const char* const kLightCommands[] = {"inspect"};
+const char* const kLightCommands[] = {"inspect", "config"};
 
 std::string executable_dir() {
   std::error_code ec;

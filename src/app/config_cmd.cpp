@@ -8,6 +8,7 @@
 #include "app/commands.h"
 #include "app/train_options.h"
 #include "core/error.h"
+#include "core/log.h"
 
 namespace fluxtrain::app {
 
@@ -25,6 +26,8 @@ Command add_config_command(CLI::App& app) {
             if (cli->format != "text" && cli->format != "toml")
               fail("--format \"", cli->format, "\" is not a config format; allowed: text, toml (markdown with --help-env)");
             ResolvedConfig config = resolve_train_config(*cli, environment());
+            const ModelFiles files = resolve_model_files(config);
+            log::info("model files: ", files.model, ", ", files.ae, ", ", files.clip_l, ", ", files.t5xxl);
             std::cout << (cli->format == "toml" ? config.to_toml() : config.print());
             return 0;
           }};

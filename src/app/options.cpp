@@ -579,6 +579,17 @@ std::string ResolvedConfig::to_toml() const {
   return out;
 }
 
+void throw_errors(const std::vector<std::string>& errors) {
+  if (errors.empty()) return;
+  if (errors.size() == 1) throw Error(errors[0]);
+  std::string text = cat(errors.size(), " configuration errors:");
+  for (const auto& e : errors) {
+    text += "\n  - ";
+    for (char c : e) text += c == '\n' ? std::string("\n    ") : std::string(1, c);
+  }
+  throw Error(text);
+}
+
 // ---- resolution -------------------------------------------------------------------------------
 
 ResolvedConfig resolve(const OptionTable& table, const ResolveInputs& inputs) {
@@ -695,12 +706,7 @@ ResolvedConfig resolve(const OptionTable& table, const ResolveInputs& inputs) {
     }
   }
 
-  if (!errors.empty()) {
-    if (errors.size() == 1) throw Error(errors[0]);
-    std::string text = cat(errors.size(), " configuration errors:");
-    for (const auto& e : errors) text += "\n  - " + e;
-    throw Error(text);
-  }
+  throw_errors(errors);
 
   std::map<std::string, ResolvedOption> values;
   for (const auto& spec : table.specs()) {
@@ -728,10 +734,10 @@ std::string help_env(const OptionTable& table, const std::string& format) {
     for (const auto& alias : spec.env_aliases) text += " or " + q + alias + q;
     return text;
   };
-  auto default_of = [](const OptionSpec& spec) {
+  // Defaults as they are written in a variable.
+  auto default_of = [](const OptionSpec& spec, bool markdown) {
     if (spec.default_text.empty()) return std::string("(unset)");
-    std::string error;
-    return format_toml_value(parse_text(spec, spec.default_text, error));
+    return markdown ? "`" + spec.default_text + "`" : spec.default_text;
   };
   std::string out;
   if (format == "markdown") {
@@ -739,7 +745,7 @@ std::string help_env(const OptionTable& table, const std::string& format) {
       std::string rows;
       for (const auto& spec : table.specs()) {
         if (spec.group != group.id) continue;
-        rows += cat("| ", variables(spec, true), " | `", spec.flag_name(), "` | ", markdown_cell(default_of(spec)), " | ",
+        rows += cat("| ", variables(spec, true), " | `", spec.flag_name(), "` | ", markdown_cell(default_of(spec, true)), " | ",
                     markdown_cell(spec.allowed_text()), " | ", markdown_cell(spec.help), " |\n");
       }
       if (rows.empty()) continue;
@@ -753,7 +759,7 @@ std::string help_env(const OptionTable& table, const std::string& format) {
       std::string rows;
       for (const auto& spec : table.specs()) {
         if (spec.group != group.id) continue;
-        rows += cat("  ", variables(spec, false), "  (", spec.flag_name(), "; default ", default_of(spec), ")\n      ",
+        rows += cat("  ", variables(spec, false), "  (", spec.flag_name(), "; default ", default_of(spec, false), ")\n      ",
                     spec.help, "\n      allowed: ", spec.allowed_text(), "\n");
       }
       if (!rows.empty()) out += cat(out.empty() ? "" : "\n", group.title, ":\n", rows);

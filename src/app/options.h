@@ -172,6 +172,10 @@ struct ResolveInputs {
 // all reported at once in one Error (one problem per line).
 ResolvedConfig resolve(const OptionTable& table, const ResolveInputs& inputs);
 
+// Throws one Error holding every problem: the problem itself when there is one, else "N configuration
+// errors:" and one indented item per problem (continuation lines indented further). Nothing when empty.
+void throw_errors(const std::vector<std::string>& errors);
+
 // Parses one value of `spec` as text (the environment / command-line form): strict numbers, booleans
 // true/false/1/0/yes/no/on/off (any case), choices case-insensitively; returns the reason it is bad in
 // `error` (and monostate) instead of throwing. Exposed for tests and for commands that combine values.

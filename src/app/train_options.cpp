@@ -495,12 +495,7 @@ std::vector<std::string> validate_train_config(const ResolvedConfig& config) {
   if (config.changed("keep_last_n_states") && !config.get_bool("save_state"))
     warnings.push_back(cat(d("keep_last_n_states"), " has no effect with ", d("save_state")));
 
-  if (errors.size() == 1) throw Error(errors[0]);
-  if (!errors.empty()) {
-    std::string text = cat(errors.size(), " configuration errors:");
-    for (const auto& e : errors) text += "\n  - " + e;
-    throw Error(text);
-  }
+  throw_errors(errors);
   return warnings;
 }
 

@@ -570,8 +570,8 @@ TEST(TrainOptions, HelpEnvListsEveryVariable) {
     EXPECT_NE(text.find(var), std::string::npos) << var;
   }
   EXPECT_NE(md.find("| Variable | Flag | Default | Allowed | Description |"), std::string::npos);
-  EXPECT_NE(md.find("| `PARAMS_LEARNING_RATE` | `--learning-rate` | 1.0 | a number > 0 |"), std::string::npos) << md;
-  EXPECT_NE(md.find("| `PARAMS_LEARNING_SCHEDULER` or `PARAMS_LR_SCHEDULER` | `--lr-scheduler` | \"cosine\" |"),
+  EXPECT_NE(md.find("| `PARAMS_LEARNING_RATE` | `--learning-rate` | `1.0` | a number > 0 |"), std::string::npos) << md;
+  EXPECT_NE(md.find("| `PARAMS_LEARNING_SCHEDULER` or `PARAMS_LR_SCHEDULER` | `--lr-scheduler` | `cosine` |"),
             std::string::npos) << md;
   EXPECT_THROW(help_env(t, "html"), Error);
 }

@@ -24,7 +24,8 @@ Command add_config_command(CLI::App& app) {
               return 0;
             }
             if (cli->format != "text" && cli->format != "toml")
-              fail("--format \"", cli->format, "\" is not a config format; allowed: text, toml (markdown with --help-env)");
+              fail("--format \"", cli->format,
+                   "\" is not a config format; allowed: text, toml (markdown with --help-env)");
             ResolvedConfig config = resolve_train_config(*cli, environment());
             const ModelFiles files = resolve_model_files(config);
             log::info("model files: ", files.model, ", ", files.ae, ", ", files.clip_l, ", ", files.t5xxl);

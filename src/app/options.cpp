@@ -1,7 +1,7 @@
 #include "app/options.h"
 
-#include <CLI/CLI.hpp>
 #include <toml++/toml.h>
+#include <CLI/CLI.hpp>
 
 #include <algorithm>
 #include <cctype>
@@ -85,7 +85,9 @@ std::string toml_string(const std::string& s) {
   return out + "\"";
 }
 
-std::string quoted(const std::string& s) { return "\"" + s + "\""; }
+std::string quoted(const std::string& s) {
+  return "\"" + s + "\"";
+}
 
 std::string bounds_text(const OptionSpec& spec) {
   if (spec.min && spec.max) {
@@ -192,7 +194,8 @@ OptionValue parse_text(const OptionSpec& spec, const std::string& raw, std::stri
 // Bounds, paths and the option's own checker on a parsed value; "" when fine.
 std::string check_value(const OptionSpec& spec, const OptionValue& value, bool check_paths) {
   if (std::holds_alternative<std::monostate>(value)) return "";
-  if (const auto* i = std::get_if<int64_t>(&value); i && !in_bounds(spec, static_cast<double>(*i))) return "out of range";
+  if (const auto* i = std::get_if<int64_t>(&value); i && !in_bounds(spec, static_cast<double>(*i)))
+    return "out of range";
   if (const auto* d = std::get_if<double>(&value); d && !in_bounds(spec, *d)) return "out of range";
   if (spec.type == OptionType::path && check_paths && spec.path_check != PathCheck::none) {
     const std::string& path = std::get<std::string>(value);
@@ -279,10 +282,14 @@ OptionValue from_toml(const OptionSpec& spec, const toml::node& node, std::strin
     case OptionType::list: {
       std::vector<std::string> items;
       auto add = [&](const toml::node& item) {
-        if (item.is_string()) items.push_back(trim(*item.value<std::string>()));
-        else if (item.is_integer()) items.push_back(std::to_string(*item.value<int64_t>()));
-        else if (item.is_floating_point()) items.push_back(format_real(*item.value<double>()));
-        else return false;
+        if (item.is_string())
+          items.push_back(trim(*item.value<std::string>()));
+        else if (item.is_integer())
+          items.push_back(std::to_string(*item.value<int64_t>()));
+        else if (item.is_floating_point())
+          items.push_back(format_real(*item.value<double>()));
+        else
+          return false;
         return !items.back().empty();
       };
       if (node.is_array()) {
@@ -320,9 +327,12 @@ std::string given_text(Source source, const std::string& origin, const std::stri
 std::string markdown_cell(const std::string& s) {
   std::string out;
   for (char c : s) {
-    if (c == '|') out += "\\|";
-    else if (c == '\n') out += ' ';
-    else out += c;
+    if (c == '|')
+      out += "\\|";
+    else if (c == '\n')
+      out += ' ';
+    else
+      out += c;
   }
   return out;
 }
@@ -338,7 +348,9 @@ std::string OptionSpec::flag_name() const {
   return out;
 }
 
-std::string OptionSpec::env_name() const { return env.empty() ? "PARAMS_" + upper(name) : env; }
+std::string OptionSpec::env_name() const {
+  return env.empty() ? "PARAMS_" + upper(name) : env;
+}
 
 std::string OptionSpec::allowed_text() const {
   if (!allowed.empty()) return allowed;
@@ -392,7 +404,8 @@ OptionTable::OptionTable(std::string command, std::vector<Group> groups, std::ve
       fail("option table ", command_, ": option ", spec.name, " has an unknown group \"", spec.group, "\"");
     if (group_ids.count(spec.name) != 0)
       fail("option table ", command_, ": option ", spec.name, " has the name of a group (ambiguous in TOML)");
-    if (!flags.insert(spec.flag_name()).second) fail("option table ", command_, ": flag ", spec.flag_name(), " is used twice");
+    if (!flags.insert(spec.flag_name()).second)
+      fail("option table ", command_, ": flag ", spec.flag_name(), " is used twice");
     std::vector<std::string> vars = spec.env_aliases;
     vars.push_back(spec.env_name());
     for (const auto& var : vars) {
@@ -514,9 +527,15 @@ const T& typed(const ResolvedConfig& config, const std::string& name, const char
 }
 }  // namespace
 
-bool ResolvedConfig::get_bool(const std::string& name) const { return typed<bool>(*this, name, "a boolean"); }
-int64_t ResolvedConfig::get_int(const std::string& name) const { return typed<int64_t>(*this, name, "an integer"); }
-double ResolvedConfig::get_real(const std::string& name) const { return typed<double>(*this, name, "a number"); }
+bool ResolvedConfig::get_bool(const std::string& name) const {
+  return typed<bool>(*this, name, "a boolean");
+}
+int64_t ResolvedConfig::get_int(const std::string& name) const {
+  return typed<int64_t>(*this, name, "an integer");
+}
+double ResolvedConfig::get_real(const std::string& name) const {
+  return typed<double>(*this, name, "a number");
+}
 const std::string& ResolvedConfig::get_string(const std::string& name) const {
   return typed<std::string>(*this, name, "a string");
 }
@@ -559,7 +578,8 @@ std::string ResolvedConfig::print() const {
 }
 
 std::string ResolvedConfig::to_toml() const {
-  std::string out = cat("# fluxtrain ", table_->command(), " configuration, resolved (command line > environment > file > defaults).\n",
+  std::string out = cat("# fluxtrain ", table_->command(),
+                        " configuration, resolved (command line > environment > file > defaults).\n",
                         "# Read it back with: fluxtrain ", table_->command(), " --config FILE\n");
   for (const auto& group : table_->groups()) {
     std::string body;
@@ -601,7 +621,8 @@ ResolvedConfig resolve(const OptionTable& table, const ResolveInputs& inputs) {
                     OptionValue value, std::string error, const std::string& file) {
     if (error.empty()) error = check_value(spec, value, true);
     if (!error.empty()) {
-      errors.push_back(cat(given_text(source, origin, raw, spec.name, file), ": ", error, "; allowed: ", spec.allowed_text()));
+      errors.push_back(
+          cat(given_text(source, origin, raw, spec.name, file), ": ", error, "; allowed: ", spec.allowed_text()));
       return;
     }
     given[spec.name][source] = ResolvedOption{normalise(spec, std::move(value)), source, origin, raw};
@@ -640,8 +661,9 @@ ResolvedConfig resolve(const OptionTable& table, const ResolveInputs& inputs) {
     if (var.rfind("PARAMS_", 0) != 0 || table.find_env(var) != nullptr) continue;
     std::string hint = closest_match(var, known_vars);
     warnings.push_back(cat("unknown environment variable ", var, " is ignored",
-                           hint.empty() ? cat(" (the variables are listed by `fluxtrain ", table.command(), " --help-env`)")
-                                        : cat("; did you mean ", hint, "?")));
+                           hint.empty()
+                               ? cat(" (the variables are listed by `fluxtrain ", table.command(), " --help-env`)")
+                               : cat("; did you mean ", hint, "?")));
   }
 
   // The config file, named on the command line or in the environment.
@@ -668,13 +690,14 @@ ResolvedConfig resolve(const OptionTable& table, const ResolveInputs& inputs) {
       const OptionSpec* spec = table.find(key);
       if (spec == nullptr) {
         std::string hint = closest_match(key, table.names());
-        errors.push_back(cat("config file ", file, ": unknown ", where, hint.empty() ? "" : cat("; did you mean ", hint, "?"),
-                             " (the keys are the option names listed by `fluxtrain ", table.command(), " --help-env`)"));
+        errors.push_back(
+            cat("config file ", file, ": unknown ", where, hint.empty() ? "" : cat("; did you mean ", hint, "?"),
+                " (the keys are the option names listed by `fluxtrain ", table.command(), " --help-env`)"));
         return;
       }
       if (!spec->from_file) {
-        errors.push_back(cat("config file ", file, ": ", where, " cannot be set in a config file (use ", spec->flag_name(),
-                             " or ", spec->env_name(), ")"));
+        errors.push_back(cat("config file ", file, ": ", where, " cannot be set in a config file (use ",
+                             spec->flag_name(), " or ", spec->env_name(), ")"));
         return;
       }
       if (!section.empty() && section != spec->group) {
@@ -682,7 +705,8 @@ ResolvedConfig resolve(const OptionTable& table, const ResolveInputs& inputs) {
         return;
       }
       if (!seen.insert(key).second) {
-        errors.push_back(cat("config file ", file, ": ", key, " is set twice (at the top level and in [", spec->group, "])"));
+        errors.push_back(
+            cat("config file ", file, ": ", key, " is set twice (at the top level and in [", spec->group, "])"));
         return;
       }
       std::string error;
@@ -745,12 +769,13 @@ std::string help_env(const OptionTable& table, const std::string& format) {
       std::string rows;
       for (const auto& spec : table.specs()) {
         if (spec.group != group.id) continue;
-        rows += cat("| ", variables(spec, true), " | `", spec.flag_name(), "` | ", markdown_cell(default_of(spec, true)), " | ",
-                    markdown_cell(spec.allowed_text()), " | ", markdown_cell(spec.help), " |\n");
+        rows +=
+            cat("| ", variables(spec, true), " | `", spec.flag_name(), "` | ", markdown_cell(default_of(spec, true)),
+                " | ", markdown_cell(spec.allowed_text()), " | ", markdown_cell(spec.help), " |\n");
       }
       if (rows.empty()) continue;
-      out += cat(out.empty() ? "" : "\n", "### ", group.title, "\n\n| Variable | Flag | Default | Allowed | Description |\n",
-                 "|---|---|---|---|---|\n", rows);
+      out += cat(out.empty() ? "" : "\n", "### ", group.title,
+                 "\n\n| Variable | Flag | Default | Allowed | Description |\n", "|---|---|---|---|---|\n", rows);
     }
     return out;
   }
@@ -759,8 +784,8 @@ std::string help_env(const OptionTable& table, const std::string& format) {
       std::string rows;
       for (const auto& spec : table.specs()) {
         if (spec.group != group.id) continue;
-        rows += cat("  ", variables(spec, false), "  (", spec.flag_name(), "; default ", default_of(spec, false), ")\n      ",
-                    spec.help, "\n      allowed: ", spec.allowed_text(), "\n");
+        rows += cat("  ", variables(spec, false), "  (", spec.flag_name(), "; default ", default_of(spec, false),
+                    ")\n      ", spec.help, "\n      allowed: ", spec.allowed_text(), "\n");
       }
       if (!rows.empty()) out += cat(out.empty() ? "" : "\n", group.title, ":\n", rows);
     }

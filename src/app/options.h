@@ -42,9 +42,9 @@ struct OptionSpec {
   OptionType type = OptionType::string;
   std::string default_text;  // parsed like a value from the environment; "" = unset by default
   std::string help;
-  std::string group;  // an id from the table's group list
-  std::string flag;   // "" = "--" + name with '_' -> '-'
-  std::string env;    // "" = "PARAMS_" + upper-case name
+  std::string group;                     // an id from the table's group list
+  std::string flag;                      // "" = "--" + name with '_' -> '-'
+  std::string env;                       // "" = "PARAMS_" + upper-case name
   std::vector<std::string> env_aliases;  // further accepted variable names (kohya spellings)
   // choice: the allowed values in their canonical spelling (matched case-insensitively), and extra
   // spellings mapped to one of them ({"flux", "flux-dev"}).
@@ -61,7 +61,7 @@ struct OptionSpec {
   // A string option given as a TOML array of strings is joined with this separator (kohya writes
   // optimizer_args as a list: ["decouple=True", "d_coef=2"]); empty = arrays are rejected.
   std::string toml_array_join;
-  bool from_file = true;    // may be set in the TOML file
+  bool from_file = true;     // may be set in the TOML file
   bool config_file = false;  // this option names the TOML file itself (read from the CLI or env only)
 
   std::string flag_name() const;

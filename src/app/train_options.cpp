@@ -31,7 +31,9 @@ struct Opt {
   Opt& env(std::string var) { return s.env = std::move(var), *this; }
   Opt& alias(std::string var) { return s.env_aliases.push_back(std::move(var)), *this; }
   Opt& choices(std::vector<std::string> c) { return s.choices = std::move(c), *this; }
-  Opt& choice_alias(std::string from, std::string to) { return s.choice_aliases.emplace_back(std::move(from), std::move(to)), *this; }
+  Opt& choice_alias(std::string from, std::string to) {
+    return s.choice_aliases.emplace_back(std::move(from), std::move(to)), *this;
+  }
   Opt& min(double v, bool exclusive = false) { return s.min = v, s.min_exclusive = exclusive, *this; }
   Opt& max(double v, bool exclusive = false) { return s.max = v, s.max_exclusive = exclusive, *this; }
   Opt& path(PathCheck c) { return s.path_check = c, *this; }
@@ -140,12 +142,15 @@ OptionTable make_train_options() {
       // --- model files
       Opt("base_model", kChoice, "models", "flux-dev",
           "Which Flux.1 model is trained: dev (guidance-distilled) or schnell.")
-          .env("BASE_MODEL").choices({"flux-dev", "flux-schnell"}).choice_alias("flux", "flux-dev"),
+          .env("BASE_MODEL")
+          .choices({"flux-dev", "flux-schnell"})
+          .choice_alias("flux", "flux-dev"),
       Opt("model_dir", kPath, "models", "",
           "Folder holding the model files under their usual names (flux1-dev.safetensors or flux_dev.safetensors, "
           "flux1-schnell.safetensors, ae.safetensors, clip_l.safetensors, t5xxl_fp16.safetensors or "
           "t5xxl_fp8_e4m3fn.safetensors); --model, --ae, --clip-l and --t5xxl override single files.")
-          .env("MODEL_DIR").path(PathCheck::directory),
+          .env("MODEL_DIR")
+          .path(PathCheck::directory),
       Opt("model", kPath, "models", "", "The Flux transformer (.safetensors: BFL single file, or a merged checkpoint).")
           .path(PathCheck::file),
       Opt("ae", kPath, "models", "", "The Flux autoencoder (ae.safetensors).").path(PathCheck::file),
@@ -154,25 +159,34 @@ OptionTable make_train_options() {
           .path(PathCheck::file),
       Opt("t5xxl_max_token_length", kInt, "models", "",
           "T5 tokens per caption; unset: 512 for dev, 256 for schnell (as kohya).")
-          .min(1).max(512),
-      Opt("apply_t5_attn_mask", kBool, "models", "false", "Mask the padding T5 tokens in every attention (kohya apply_t5_attn_mask)."),
+          .min(1)
+          .max(512),
+      Opt("apply_t5_attn_mask", kBool, "models", "false",
+          "Mask the padding T5 tokens in every attention (kohya apply_t5_attn_mask)."),
 
       // --- dataset
       Opt("dataset_name", kString, "dataset", "",
-          "Where the images come from: a Hugging Face dataset id, a Kaggle dataset, a URL of an archive, or a local folder.")
+          "Where the images come from: a Hugging Face dataset id, a Kaggle dataset, a URL of an archive, or a local "
+          "folder.")
           .env("DATASET_NAME"),
       Opt("dataset_config", kPath, "dataset", "",
           "kohya's dataset config (.toml or .json: [general], [[datasets]], [[datasets.subsets]]).")
-          .env("DATASET_CONFIG").path(PathCheck::file),
+          .env("DATASET_CONFIG")
+          .path(PathCheck::file),
       Opt("resolution", kList, "dataset", "",
-          "Training resolution, one size or width,height, for a dataset without a config (and overriding it); unset: 1024.")
-          .check(check_resolution).allowed("one or two integers in [64, 8192] (\"1024\" or \"1280,768\")"),
-      Opt("train_batch_size", kInt, "dataset", "", "Images per batch; overrides the dataset config; unset: its batch_size, else 1.")
+          "Training resolution, one size or width,height, for a dataset without a config (and overriding it); unset: "
+          "1024.")
+          .check(check_resolution)
+          .allowed("one or two integers in [64, 8192] (\"1024\" or \"1280,768\")"),
+      Opt("train_batch_size", kInt, "dataset", "",
+          "Images per batch; overrides the dataset config; unset: its batch_size, else 1.")
           .min(1),
       Opt("caption_extension", kString, "dataset", "",
           "Extension of the caption files for a dataset without a config (and overriding it); unset: .txt.")
-          .check(check_extension).allowed("an extension starting with '.' (\".txt\", \".caption\")"),
-      Opt("num_repeats", kInt, "dataset", "", "Repeats of each image per epoch for a dataset without a config; unset: 1.")
+          .check(check_extension)
+          .allowed("an extension starting with '.' (\".txt\", \".caption\")"),
+      Opt("num_repeats", kInt, "dataset", "",
+          "Repeats of each image per epoch for a dataset without a config; unset: 1.")
           .min(1),
 
       // --- output, saving, resume
@@ -181,23 +195,30 @@ OptionTable make_train_options() {
           .env("OUTPUT_PATH"),
       Opt("output_name", kString, "output", "flux-lora",
           "Base name of the LoRA files: NAME.safetensors, NAME-step00000500.safetensors, NAME-000002.safetensors.")
-          .check(check_file_name).allowed("a file name without folders"),
-      Opt("save_every_n_steps", kInt, "output", p0, "Save the LoRA (and a state) every N steps; 0 = only at the end.").min(0),
-      Opt("save_every_n_epochs", kInt, "output", p0, "Save the LoRA (and a state) every N epochs; 0 = only at the end.").min(0),
+          .check(check_file_name)
+          .allowed("a file name without folders"),
+      Opt("save_every_n_steps", kInt, "output", p0, "Save the LoRA (and a state) every N steps; 0 = only at the end.")
+          .min(0),
+      Opt("save_every_n_epochs", kInt, "output", p0, "Save the LoRA (and a state) every N epochs; 0 = only at the end.")
+          .min(0),
       Opt("keep_last_n", kInt, "output", p0,
           "Keep only the newest N intermediate LoRA files (the final one is always kept); 0 = keep all.")
           .min(0),
       Opt("save_state", kBool, "output", "true",
-          "Save a training state (LoRA, optimizer, schedule, random generators, data position) with each save, for exact resume."),
+          "Save a training state (LoRA, optimizer, schedule, random generators, data position) with each save, for "
+          "exact resume."),
       Opt("keep_last_n_states", kInt, "output", "2", "Keep only the newest N complete training states.").min(1),
       Opt("save_precision", kChoice, "output", "bf16", "Data type of the saved LoRA weights.")
-          .choices({"fp32", "bf16", "fp16"}).choice_alias("float", "fp32").choice_alias("float32", "fp32")
-          .choice_alias("bfloat16", "bf16").choice_alias("float16", "fp16"),
-      Opt("resume_from", kPath, "output", "",
-          "A training state folder to continue from, exactly where it stopped.")
+          .choices({"fp32", "bf16", "fp16"})
+          .choice_alias("float", "fp32")
+          .choice_alias("float32", "fp32")
+          .choice_alias("bfloat16", "bf16")
+          .choice_alias("float16", "fp16"),
+      Opt("resume_from", kPath, "output", "", "A training state folder to continue from, exactly where it stopped.")
           .path(PathCheck::exists),
       Opt("auto_resume", kBool, "output", "true",
-          "When resume_from is unset, continue from the newest complete state in output_path (a restarted pod resumes)."),
+          "When resume_from is unset, continue from the newest complete state in output_path (a restarted pod "
+          "resumes)."),
       Opt("network_weights", kPath, "output", "",
           "A LoRA file (kohya format) to start from instead of a fresh LoRA (the optimizer starts fresh).")
           .path(PathCheck::file),
@@ -207,99 +228,164 @@ OptionTable make_train_options() {
       Opt("network_alpha", kReal, "network", "16", "LoRA alpha: the update is scaled by alpha / rank.").min(0, true),
       Opt("train_blocks", kChoice, "network", "all", "Which transformer blocks get adapters.")
           .choices({"all", "single", "double"}),
-      Opt("train_double_block_indices", kString, "network", "all", "Double blocks with adapters: all, none or \"0,2,5-9\".")
-          .check(check_block_selection).allowed("all, none, or indices and ranges (\"0,2,5-9\")"),
-      Opt("train_single_block_indices", kString, "network", "all", "Single blocks with adapters: all, none or \"0,2,5-9\".")
-          .check(check_block_selection).allowed("all, none, or indices and ranges (\"0,2,5-9\")"),
+      Opt("train_double_block_indices", kString, "network", "all",
+          "Double blocks with adapters: all, none or \"0,2,5-9\".")
+          .check(check_block_selection)
+          .allowed("all, none, or indices and ranges (\"0,2,5-9\")"),
+      Opt("train_single_block_indices", kString, "network", "all",
+          "Single blocks with adapters: all, none or \"0,2,5-9\".")
+          .check(check_block_selection)
+          .allowed("all, none, or indices and ranges (\"0,2,5-9\")"),
       Opt("split_qkv", kBool, "network", "false",
           "Separate adapters for q, k and v (and the single blocks' MLP input); saved fused at the trained strength."),
-      Opt("network_dropout", kReal, "network", p0, "Dropout of the LoRA's hidden units (kohya network_dropout).").min(0).max(1, true),
-      Opt("rank_dropout", kReal, "network", p0, "Dropout of whole ranks per sample (kohya rank_dropout).").min(0).max(1, true),
-      Opt("module_dropout", kReal, "network", p0, "Probability of skipping a whole LoRA module per step (kohya module_dropout).")
-          .min(0).max(1, true),
-      Opt("img_attn_dim", kInt, "network", "", "Rank of the double blocks' image attention adapters; unset: network_dim; 0: none.").min(0),
-      Opt("img_mlp_dim", kInt, "network", "", "Rank of the double blocks' image MLP adapters; unset: network_dim; 0: none.").min(0),
-      Opt("img_mod_dim", kInt, "network", "", "Rank of the double blocks' image modulation adapters; unset: network_dim; 0: none.").min(0),
-      Opt("txt_attn_dim", kInt, "network", "", "Rank of the double blocks' text attention adapters; unset: network_dim; 0: none.").min(0),
-      Opt("txt_mlp_dim", kInt, "network", "", "Rank of the double blocks' text MLP adapters; unset: network_dim; 0: none.").min(0),
-      Opt("txt_mod_dim", kInt, "network", "", "Rank of the double blocks' text modulation adapters; unset: network_dim; 0: none.").min(0),
-      Opt("single_dim", kInt, "network", "", "Rank of the single blocks' linear1/linear2 adapters; unset: network_dim; 0: none.").min(0),
-      Opt("single_mod_dim", kInt, "network", "", "Rank of the single blocks' modulation adapters; unset: network_dim; 0: none.").min(0),
+      Opt("network_dropout", kReal, "network", p0, "Dropout of the LoRA's hidden units (kohya network_dropout).")
+          .min(0)
+          .max(1, true),
+      Opt("rank_dropout", kReal, "network", p0, "Dropout of whole ranks per sample (kohya rank_dropout).")
+          .min(0)
+          .max(1, true),
+      Opt("module_dropout", kReal, "network", p0,
+          "Probability of skipping a whole LoRA module per step (kohya module_dropout).")
+          .min(0)
+          .max(1, true),
+      Opt("img_attn_dim", kInt, "network", "",
+          "Rank of the double blocks' image attention adapters; unset: network_dim; 0: none.")
+          .min(0),
+      Opt("img_mlp_dim", kInt, "network", "",
+          "Rank of the double blocks' image MLP adapters; unset: network_dim; 0: none.")
+          .min(0),
+      Opt("img_mod_dim", kInt, "network", "",
+          "Rank of the double blocks' image modulation adapters; unset: network_dim; 0: none.")
+          .min(0),
+      Opt("txt_attn_dim", kInt, "network", "",
+          "Rank of the double blocks' text attention adapters; unset: network_dim; 0: none.")
+          .min(0),
+      Opt("txt_mlp_dim", kInt, "network", "",
+          "Rank of the double blocks' text MLP adapters; unset: network_dim; 0: none.")
+          .min(0),
+      Opt("txt_mod_dim", kInt, "network", "",
+          "Rank of the double blocks' text modulation adapters; unset: network_dim; 0: none.")
+          .min(0),
+      Opt("single_dim", kInt, "network", "",
+          "Rank of the single blocks' linear1/linear2 adapters; unset: network_dim; 0: none.")
+          .min(0),
+      Opt("single_mod_dim", kInt, "network", "",
+          "Rank of the single blocks' modulation adapters; unset: network_dim; 0: none.")
+          .min(0),
 
       // --- optimizer
       Opt("optimizer_type", kChoice, "optimizer", "Prodigy", "The optimizer, by kohya's name.")
-          .env("PARAMS_OPTIMIZER_TYPE").choices({"Prodigy", "AdamW", "AdamW8bit", "Adafactor", "Lion", "SGD"})
-          .choice_alias("prodigyopt.Prodigy", "Prodigy").choice_alias("bitsandbytes.optim.AdamW8bit", "AdamW8bit")
+          .env("PARAMS_OPTIMIZER_TYPE")
+          .choices({"Prodigy", "AdamW", "AdamW8bit", "Adafactor", "Lion", "SGD"})
+          .choice_alias("prodigyopt.Prodigy", "Prodigy")
+          .choice_alias("bitsandbytes.optim.AdamW8bit", "AdamW8bit")
           .choice_alias("adamw_8bit", "AdamW8bit"),
       Opt("optimizer_args", kString, "optimizer", "",
           "kohya's optimizer arguments, \"key=value key=value\" (e.g. \"decouple=True use_bias_correction=True "
           "safeguard_warmup=True\"); a TOML file may give a list of strings.")
-          .check(check_optimizer_args).join_arrays(" ").allowed("key=value pairs separated by spaces"),
-      Opt("learning_rate", kReal, "optimizer", "1.0", "Learning rate (Prodigy: a multiplier of its own estimate, 1 as recommended).")
+          .check(check_optimizer_args)
+          .join_arrays(" ")
+          .allowed("key=value pairs separated by spaces"),
+      Opt("learning_rate", kReal, "optimizer", "1.0",
+          "Learning rate (Prodigy: a multiplier of its own estimate, 1 as recommended).")
           .min(0, true),
-      Opt("d_coef", kReal, "optimizer", "", "Prodigy's d_coef (scales its step size estimate); unset: Prodigy's 1.0. Prodigy only.")
+      Opt("d_coef", kReal, "optimizer", "",
+          "Prodigy's d_coef (scales its step size estimate); unset: Prodigy's 1.0. Prodigy only.")
           .min(0, true),
-      Opt("weight_decay", kReal, "optimizer", "", "Weight decay; unset: the optimizer's own default (AdamW 0.01, others 0).").min(0),
+      Opt("weight_decay", kReal, "optimizer", "",
+          "Weight decay; unset: the optimizer's own default (AdamW 0.01, others 0).")
+          .min(0),
       Opt("max_grad_norm", kReal, "optimizer", "1.0", "Clip the gradient norm to this; 0 = no clipping.").min(0),
-      Opt("loraplus_lr_ratio", kReal, "optimizer", "", "LoRA+: learning-rate ratio of the up matrices to the down matrices; unset: 1.")
+      Opt("loraplus_lr_ratio", kReal, "optimizer", "",
+          "LoRA+: learning-rate ratio of the up matrices to the down matrices; unset: 1.")
           .min(0, true),
 
       // --- schedule
       Opt("lr_scheduler", kChoice, "scheduler", "cosine", "Learning-rate schedule (diffusers' formulas, as kohya).")
-          .env("PARAMS_LEARNING_SCHEDULER").alias("PARAMS_LR_SCHEDULER").choices(optim::schedule_names()),
-      Opt("lr_warmup_steps", kReal, "scheduler", p0, "Warmup: a number of steps, or a fraction of all steps when below 1.")
-          .min(0).check(check_warmup).allowed("a whole number of steps >= 0, or a fraction in [0, 1)"),
+          .env("PARAMS_LEARNING_SCHEDULER")
+          .alias("PARAMS_LR_SCHEDULER")
+          .choices(optim::schedule_names()),
+      Opt("lr_warmup_steps", kReal, "scheduler", p0,
+          "Warmup: a number of steps, or a fraction of all steps when below 1.")
+          .min(0)
+          .check(check_warmup)
+          .allowed("a whole number of steps >= 0, or a fraction in [0, 1)"),
       Opt("lr_scheduler_num_cycles", kInt, "scheduler", p1, "Hard restarts of cosine_with_restarts.")
-          .env("PARAMS_NUM_CYCLES").alias("PARAMS_LR_SCHEDULER_NUM_CYCLES").min(1),
+          .env("PARAMS_NUM_CYCLES")
+          .alias("PARAMS_LR_SCHEDULER_NUM_CYCLES")
+          .min(1),
       Opt("lr_scheduler_power", kReal, "scheduler", "1.0", "Power of the polynomial schedule.").min(0, true),
       Opt("lr_step_rules", kString, "scheduler", "",
           "Rules of piecewise_constant: \"multiplier:step,...,final\" (e.g. \"1:500,0.5:1000,0.1\")."),
 
       // --- training length and batches
       Opt("max_train_epochs", kInt, "training", "", "Train this many epochs (wins over max_train_steps, as kohya).")
-          .env("PARAMS_MAX_EPOCHS").alias("PARAMS_MAX_TRAIN_EPOCHS").min(1),
-      Opt("max_train_steps", kInt, "training", "1600", "Train this many optimizer steps, unless max_train_epochs is set.").min(1),
-      Opt("gradient_accumulation_steps", kInt, "training", p1, "Batches whose gradients are summed per optimizer step.").min(1),
-      Opt("seed", kInt, "training", "42", "Seed of every random draw (data order, noise, timesteps, dropout, LoRA init).").min(0),
+          .env("PARAMS_MAX_EPOCHS")
+          .alias("PARAMS_MAX_TRAIN_EPOCHS")
+          .min(1),
+      Opt("max_train_steps", kInt, "training", "1600",
+          "Train this many optimizer steps, unless max_train_epochs is set.")
+          .min(1),
+      Opt("gradient_accumulation_steps", kInt, "training", p1, "Batches whose gradients are summed per optimizer step.")
+          .min(1),
+      Opt("seed", kInt, "training", "42",
+          "Seed of every random draw (data order, noise, timesteps, dropout, LoRA init).")
+          .min(0),
 
       // --- objective
       Opt("timestep_sampling", kChoice, "objective", "sigmoid", "How sigma is drawn per sample.")
           .choices({"uniform", "sigmoid", "shift", "flux_shift"}),
-      Opt("sigmoid_scale", kReal, "objective", "1.0", "Scale of the normal draw before the sigmoid (sigmoid, shift, flux_shift).")
+      Opt("sigmoid_scale", kReal, "objective", "1.0",
+          "Scale of the normal draw before the sigmoid (sigmoid, shift, flux_shift).")
           .min(0, true),
-      Opt("discrete_flow_shift", kReal, "objective", "3.0", "The shift s of timestep_sampling shift (3.1582 is Flux's at 1024x1024).")
+      Opt("discrete_flow_shift", kReal, "objective", "3.0",
+          "The shift s of timestep_sampling shift (3.1582 is Flux's at 1024x1024).")
           .min(0, true),
       Opt("guidance_scale", kReal, "objective", "1.0", "The guidance value the dev model gets while training.").min(0),
       Opt("loss_type", kChoice, "objective", "l2", "The loss.").choices({"l2", "l1", "huber", "smooth_l1"}),
       Opt("huber_c", kReal, "objective", "0.1", "The huber / smooth_l1 threshold.").min(0, true),
-      Opt("noise_offset", kReal, "objective", p0, "Offset noise: adds offset * N(0,1) per sample and channel (really applied).")
-          .min(0).max(1),
+      Opt("noise_offset", kReal, "objective", p0,
+          "Offset noise: adds offset * N(0,1) per sample and channel (really applied).")
+          .min(0)
+          .max(1),
 
       // --- memory
       Opt("gradient_checkpointing", kBool, "memory", "true",
-          "Recompute each block in the backward pass instead of keeping its activations (needed for the 12B model on most GPUs)."),
+          "Recompute each block in the backward pass instead of keeping its activations (needed for the 12B model on "
+          "most GPUs)."),
       Opt("offload_checkpoints", kBool, "memory", "false",
           "Keep the checkpointed block inputs in pinned host memory (needs gradient_checkpointing)."),
-      Opt("fp8_base", kBool, "memory", "false", "Store the frozen transformer's block weights in fp8 (e4m3fn), about half the memory of bf16."),
-      Opt("cache_dir", kPath, "memory", "", "Folder of the latent and text-embedding caches (shareable across runs); unset: OUTPUT_PATH/cache."),
+      Opt("fp8_base", kBool, "memory", "false",
+          "Store the frozen transformer's block weights in fp8 (e4m3fn), about half the memory of bf16."),
+      Opt("cache_dir", kPath, "memory", "",
+          "Folder of the latent and text-embedding caches (shareable across runs); unset: OUTPUT_PATH/cache."),
 
       // --- sampling
       Opt("sample_prompts", kPath, "sampling", "",
           "Prompt file: one prompt per line in kohya's syntax (--w --h --d --s --g --n), or .toml/.json.")
-          .env("SAMPLE_PROMPTS").path(PathCheck::file),
+          .env("SAMPLE_PROMPTS")
+          .path(PathCheck::file),
       Opt("sample_every_n_steps", kInt, "sampling", p0, "Generate the sample prompts every N steps; 0 = never.").min(0),
-      Opt("sample_every_n_epochs", kInt, "sampling", p0, "Generate the sample prompts every N epochs; 0 = never.").min(0),
+      Opt("sample_every_n_epochs", kInt, "sampling", p0, "Generate the sample prompts every N epochs; 0 = never.")
+          .min(0),
       Opt("sample_at_first", kBool, "sampling", "false", "Generate the samples once before training."),
 
       // --- runtime
       Opt("config", kPath, "runtime", "", "A TOML file of options (keys = option names, optionally in [group] tables).")
-          .path(PathCheck::file).config_file(),
-      Opt("device", kString, "runtime", "auto", "Where to compute: auto (cuda when available, else cpu), cpu, cuda or cuda:N.")
-          .check(check_device).allowed("auto, cpu, cuda or cuda:N"),
+          .path(PathCheck::file)
+          .config_file(),
+      Opt("device", kString, "runtime", "auto",
+          "Where to compute: auto (cuda when available, else cpu), cpu, cuda or cuda:N.")
+          .check(check_device)
+          .allowed("auto, cpu, cuda or cuda:N"),
       Opt("precision", kChoice, "runtime", "auto", "Compute precision: auto = bf16 on a GPU, fp32 on the CPU.")
-          .choices({"auto", "fp32", "bf16", "fp16"}).choice_alias("float32", "fp32").choice_alias("no", "fp32")
-          .choice_alias("bfloat16", "bf16").choice_alias("float16", "fp16"),
-      Opt("log_every_seconds", kReal, "runtime", "10", "Seconds between progress lines when the output is not a terminal.")
+          .choices({"auto", "fp32", "bf16", "fp16"})
+          .choice_alias("float32", "fp32")
+          .choice_alias("no", "fp32")
+          .choice_alias("bfloat16", "bf16")
+          .choice_alias("float16", "fp16"),
+      Opt("log_every_seconds", kReal, "runtime", "10",
+          "Seconds between progress lines when the output is not a terminal.")
           .min(0, true),
   };
   return OptionTable("train", std::move(groups), std::move(specs));
@@ -417,8 +503,9 @@ std::vector<std::string> validate_train_config(const ResolvedConfig& config) {
   const std::string scheduler = config.get_string("lr_scheduler");
 
   if (!config.is_set("dataset_name") && !config.is_set("dataset_config"))
-    errors.push_back("no dataset: set DATASET_NAME (--dataset-name: a Hugging Face dataset, Kaggle dataset, URL or "
-                     "local folder) or DATASET_CONFIG (--dataset-config: kohya's dataset TOML/JSON)");
+    errors.push_back(
+        "no dataset: set DATASET_NAME (--dataset-name: a Hugging Face dataset, Kaggle dataset, URL or "
+        "local folder) or DATASET_CONFIG (--dataset-config: kohya's dataset TOML/JSON)");
   try {
     resolve_model_files(config);
   } catch (const Error& e) {
@@ -439,18 +526,22 @@ std::vector<std::string> validate_train_config(const ResolvedConfig& config) {
   if (!config.is_set("sample_prompts")) {
     for (const char* key : {"sample_every_n_steps", "sample_every_n_epochs"}) {
       if (config.get_int(key) > 0)
-        errors.push_back(cat(d(key), " asks for samples, but there are no prompts: set SAMPLE_PROMPTS (--sample-prompts) "
-                             "to a prompt file, or set ", key, " to 0"));
+        errors.push_back(cat(d(key),
+                             " asks for samples, but there are no prompts: set SAMPLE_PROMPTS (--sample-prompts) "
+                             "to a prompt file, or set ",
+                             key, " to 0"));
     }
     if (config.get_bool("sample_at_first"))
-      errors.push_back(cat(d("sample_at_first"), " asks for samples, but there are no prompts: set SAMPLE_PROMPTS (--sample-prompts)"));
+      errors.push_back(cat(d("sample_at_first"),
+                           " asks for samples, but there are no prompts: set SAMPLE_PROMPTS (--sample-prompts)"));
   }
   if (config.is_set("resume_from") && config.is_set("network_weights"))
     errors.push_back(cat(d("resume_from"), " restores the LoRA weights, so ", d("network_weights"),
                          " would be ignored; set only one"));
   if (scheduler == "piecewise_constant") {
     if (!config.is_set("lr_step_rules")) {
-      errors.push_back(cat(d("lr_scheduler"), " needs lr_step_rules (--lr-step-rules / PARAMS_LR_STEP_RULES), e.g. \"1:500,0.1\""));
+      errors.push_back(
+          cat(d("lr_scheduler"), " needs lr_step_rules (--lr-step-rules / PARAMS_LR_STEP_RULES), e.g. \"1:500,0.1\""));
     } else {
       try {
         optim::ScheduleOptions o;
@@ -462,15 +553,18 @@ std::vector<std::string> validate_train_config(const ResolvedConfig& config) {
       }
     }
   } else if (config.given("lr_step_rules")) {
-    warnings.push_back(cat(d("lr_step_rules"), " has no effect with ", d("lr_scheduler"), " (piecewise_constant only)"));
+    warnings.push_back(
+        cat(d("lr_step_rules"), " has no effect with ", d("lr_scheduler"), " (piecewise_constant only)"));
   }
   if (scheduler == "polynomial" && !(config.get_real("learning_rate") > 1e-7))
     errors.push_back(cat(d("learning_rate"), " must exceed the polynomial schedule's end value 1e-7"));
   const double warmup = config.get_real("lr_warmup_steps");
-  if (warmup >= 1 && !config.is_set("max_train_epochs") && warmup >= static_cast<double>(config.get_int("max_train_steps")))
+  if (warmup >= 1 && !config.is_set("max_train_epochs") &&
+      warmup >= static_cast<double>(config.get_int("max_train_steps")))
     errors.push_back(cat(d("lr_warmup_steps"), " is not shorter than the run, ", d("max_train_steps")));
   if (warmup > 0 && scheduler == "constant")
-    warnings.push_back(cat(d("lr_warmup_steps"), " has no effect with ", d("lr_scheduler"), " (use constant_with_warmup)"));
+    warnings.push_back(
+        cat(d("lr_warmup_steps"), " has no effect with ", d("lr_scheduler"), " (use constant_with_warmup)"));
   if (config.changed("lr_scheduler_num_cycles") && config.get_int("lr_scheduler_num_cycles") != 1 &&
       scheduler != "cosine_with_restarts")
     warnings.push_back(cat(d("lr_scheduler_num_cycles"), " has no effect with ", d("lr_scheduler"),
@@ -502,10 +596,13 @@ std::vector<std::string> validate_train_config(const ResolvedConfig& config) {
 std::shared_ptr<TrainCli> add_train_cli(CLI::App& command) {
   auto cli = std::make_shared<TrainCli>();
   cli->binding = std::make_unique<CliBinding>(command, train_options());
-  command.add_flag("--print-config", cli->print_config,
-                   "Print every resolved value and where it came from (command line, environment, config file, default)");
-  command.add_flag("--help-env", cli->help_env, "Print the reference of the environment variables (and their flags) and exit");
-  command.add_option("--format", cli->format, "Output format: text or toml (the config), text or markdown (--help-env)")
+  command.add_flag(
+      "--print-config", cli->print_config,
+      "Print every resolved value and where it came from (command line, environment, config file, default)");
+  command.add_flag("--help-env", cli->help_env,
+                   "Print the reference of the environment variables (and their flags) and exit");
+  command
+      .add_option("--format", cli->format, "Output format: text or toml (the config), text or markdown (--help-env)")
       ->capture_default_str();
   return cli;
 }

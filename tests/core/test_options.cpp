@@ -1,7 +1,7 @@
 // The option table: sources and precedence, strict parsing with named errors, TOML files, the TOML
 // round trip, the train table's seed names, combination checks and MODEL_DIR discovery.
-#include <CLI/CLI.hpp>
 #include <gtest/gtest.h>
+#include <CLI/CLI.hpp>
 
 #include <fstream>
 #include <random>
@@ -86,7 +86,9 @@ TEST(Options, PrecedenceCliOverEnvOverFileOverDefault) {
   fs::path dir = testing::fresh_dir("options_precedence");
   write(dir / "c.toml", "rank = 8\nrate = 0.25\n[opt]\nkind = \"beta\"\nname = \"from-file\"\n");
   ResolveInputs in;
-  in.env = {{"PARAMS_CONFIG", (dir / "c.toml").string()}, {"PARAMS_RATE", "0.125"}, {"PARAMS_KIND", "A"},
+  in.env = {{"PARAMS_CONFIG", (dir / "c.toml").string()},
+            {"PARAMS_RATE", "0.125"},
+            {"PARAMS_KIND", "A"},
             {"SPECIAL_NAME", "from-env"}};
   in.cli = {{"kind", "BETA"}};
   ResolvedConfig c = resolve(table, in);
@@ -132,7 +134,8 @@ TEST(Options, BooleansAndStrictNumbers) {
   EXPECT_EQ(resolve_error(table, {{}, {{"PARAMS_RANK", "99999999999999999999"}}}),
             "PARAMS_RANK=\"99999999999999999999\": too large for an integer; allowed: an integer >= 1");
   EXPECT_EQ(resolve_error(table, {{{"rate", "1e-4x"}}, {}}), "--rate \"1e-4x\": not a number; allowed: a number > 0");
-  EXPECT_EQ(resolve_error(table, {{{"rate", "nan"}}, {}}), "--rate \"nan\": not a finite number; allowed: a number > 0");
+  EXPECT_EQ(resolve_error(table, {{{"rate", "nan"}}, {}}),
+            "--rate \"nan\": not a finite number; allowed: a number > 0");
   EXPECT_EQ(resolve_error(table, {{{"rate", "0"}}, {}}), "--rate \"0\": out of range; allowed: a number > 0");
   EXPECT_EQ(resolve_error(table, {{{"rank", "0"}}, {}}), "--rank \"0\": out of range; allowed: an integer >= 1");
   EXPECT_EQ(resolve_error(table, {{{"name", ""}}, {}}), "--name \"\": empty; allowed: text");
@@ -142,7 +145,9 @@ TEST(Options, ChoicesListsAndEmptyVariables) {
   OptionTable table = small_table();
   EXPECT_EQ(resolve(table, {{}, {{"PARAMS_KIND", "a"}}}).get_string("kind"), "alpha");
   std::string e = resolve_error(table, {{}, {{"PARAMS_KIND", "betta"}}});
-  EXPECT_EQ(e, "PARAMS_KIND=\"betta\": not a supported value (did you mean Beta?); allowed: one of alpha, Beta (also a = alpha); any case");
+  EXPECT_EQ(e,
+            "PARAMS_KIND=\"betta\": not a supported value (did you mean Beta?); allowed: one of alpha, Beta (also a = "
+            "alpha); any case");
   auto sizes = resolve(table, {{}, {{"PARAMS_SIZES", "1280, 768"}}}).get_list("sizes");
   EXPECT_EQ(sizes, (std::vector<std::string>{"1280", "768"}));
   EXPECT_NE(resolve_error(table, {{}, {{"PARAMS_SIZES", "1280,,768"}}}).find("an empty item"), std::string::npos);
@@ -167,8 +172,9 @@ TEST(Options, UnknownParamsVariableWarnsWithClosestMatch) {
   ResolvedConfig c = resolve(table, {{}, {{"PARAMS_RANKK", "3"}, {"PARAMS_XYZZY_FOO", "1"}, {"HOME", "/root"}}});
   ASSERT_EQ(c.warnings().size(), 2u);
   EXPECT_EQ(c.warnings()[0], "unknown environment variable PARAMS_RANKK is ignored; did you mean PARAMS_RANK?");
-  EXPECT_NE(c.warnings()[1].find("PARAMS_XYZZY_FOO is ignored (the variables are listed by `fluxtrain demo --help-env`)"),
-            std::string::npos);
+  EXPECT_NE(
+      c.warnings()[1].find("PARAMS_XYZZY_FOO is ignored (the variables are listed by `fluxtrain demo --help-env`)"),
+      std::string::npos);
   EXPECT_EQ(c.get_int("rank"), 4);
 }
 
@@ -181,17 +187,20 @@ TEST(Options, TomlFiles) {
   };
   const std::string file = (dir / "c.toml").string();
   EXPECT_EQ(resolve_error(table, with_file("rnak = 3\n")),
-            "config file " + file + ": unknown key rnak; did you mean rank? (the keys are the option names listed by "
-            "`fluxtrain demo --help-env`)");
-  EXPECT_EQ(resolve_error(table, with_file("[opts]\nrate = 1.0\n")),
-            "config file " + file + ": unknown table [opts]; did you mean [opt]? (tables are the option groups: net, opt)");
+            "config file " + file +
+                ": unknown key rnak; did you mean rank? (the keys are the option names listed by "
+                "`fluxtrain demo --help-env`)");
+  EXPECT_EQ(
+      resolve_error(table, with_file("[opts]\nrate = 1.0\n")),
+      "config file " + file + ": unknown table [opts]; did you mean [opt]? (tables are the option groups: net, opt)");
   EXPECT_EQ(resolve_error(table, with_file("[opt]\nrank = 3\n")),
             "config file " + file + ": key rank in [opt] belongs in [net] or at the top level");
   EXPECT_EQ(resolve_error(table, with_file("rank = 3\n[net]\nrank = 4\n")),
             "config file " + file + ": rank is set twice (at the top level and in [net])");
   EXPECT_EQ(resolve_error(table, with_file("rank = \"16\"\n")),
             "rank = \"16\" in " + file + ": is a string; allowed: an integer >= 1");
-  EXPECT_EQ(resolve_error(table, with_file("rank = 0\n")), "rank = 0 in " + file + ": out of range; allowed: an integer >= 1");
+  EXPECT_EQ(resolve_error(table, with_file("rank = 0\n")),
+            "rank = 0 in " + file + ": out of range; allowed: an integer >= 1");
   EXPECT_EQ(resolve_error(table, with_file("flag = 1\n")),
             "flag = 1 in " + file + ": is an integer; allowed: true or false (also 1/0, yes/no, on/off)");
   EXPECT_NE(resolve_error(table, with_file("config = \"x.toml\"\n")).find("key config cannot be set in a config file"),
@@ -331,10 +340,15 @@ TEST(TrainOptions, SeedValuesFromTheEnvironment) {
   fs::path models = model_dir("train_env_models", {"flux_dev.safetensors", "ae.safetensors", "clip_l.safetensors",
                                                    "t5xxl_fp8_e4m3fn.safetensors"});
   EnvMap env = seed_env(models);
-  env.insert({{"PARAMS_OPTIMIZER_TYPE", "adamw8BIT"}, {"PARAMS_LEARNING_SCHEDULER", "COSINE_WITH_RESTARTS"},
-              {"PARAMS_NUM_CYCLES", "3"}, {"PARAMS_MAX_EPOCHS", "12"}, {"PARAMS_SPLIT_QKV", "True"},
-              {"PARAMS_NOISE_OFFSET", "0.05"}, {"PARAMS_WEIGHT_DECAY", "0.01"},
-              {"PARAMS_OPTIMIZER_ARGS", "betas=0.9,0.99 eps=1e-8"}, {"OUTPUT_PATH", "/tmp/run1"}});
+  env.insert({{"PARAMS_OPTIMIZER_TYPE", "adamw8BIT"},
+              {"PARAMS_LEARNING_SCHEDULER", "COSINE_WITH_RESTARTS"},
+              {"PARAMS_NUM_CYCLES", "3"},
+              {"PARAMS_MAX_EPOCHS", "12"},
+              {"PARAMS_SPLIT_QKV", "True"},
+              {"PARAMS_NOISE_OFFSET", "0.05"},
+              {"PARAMS_WEIGHT_DECAY", "0.01"},
+              {"PARAMS_OPTIMIZER_ARGS", "betas=0.9,0.99 eps=1e-8"},
+              {"OUTPUT_PATH", "/tmp/run1"}});
   ResolvedConfig c = resolve(train_options(), {{}, env});
   EXPECT_TRUE(c.warnings().empty());
   EXPECT_TRUE(validate_train_config(c).empty());
@@ -359,21 +373,26 @@ TEST(TrainOptions, SeedValuesFromTheEnvironment) {
 
 TEST(TrainOptions, BadSeedValuesNameTheVariable) {
   EXPECT_EQ(resolve_error(train_options(), {{}, {{"BASE_MODEL", "sdxl"}}}),
-            "BASE_MODEL=\"sdxl\": not a supported value; allowed: one of flux-dev, flux-schnell (also flux = flux-dev); any case");
-  EXPECT_EQ(resolve_error(train_options(), {{}, {{"PARAMS_OPTIMIZER_TYPE", "adamx"}}}),
-            "PARAMS_OPTIMIZER_TYPE=\"adamx\": not a supported value (did you mean AdamW?); allowed: one of Prodigy, AdamW, "
-            "AdamW8bit, Adafactor, Lion, SGD (also prodigyopt.Prodigy = Prodigy, bitsandbytes.optim.AdamW8bit = AdamW8bit, "
-            "adamw_8bit = AdamW8bit); any case");
+            "BASE_MODEL=\"sdxl\": not a supported value; allowed: one of flux-dev, flux-schnell (also flux = "
+            "flux-dev); any case");
+  EXPECT_EQ(
+      resolve_error(train_options(), {{}, {{"PARAMS_OPTIMIZER_TYPE", "adamx"}}}),
+      "PARAMS_OPTIMIZER_TYPE=\"adamx\": not a supported value (did you mean AdamW?); allowed: one of Prodigy, AdamW, "
+      "AdamW8bit, Adafactor, Lion, SGD (also prodigyopt.Prodigy = Prodigy, bitsandbytes.optim.AdamW8bit = AdamW8bit, "
+      "adamw_8bit = AdamW8bit); any case");
   std::string e = resolve_error(train_options(), {{}, {{"PARAMS_LEARNING_SCHEDULER", "cosin"}}});
-  EXPECT_NE(e.find("PARAMS_LEARNING_SCHEDULER=\"cosin\": not a supported value (did you mean cosine?); allowed: one of constant,"),
-            std::string::npos) << e;
+  EXPECT_NE(e.find("PARAMS_LEARNING_SCHEDULER=\"cosin\": not a supported value (did you mean cosine?); allowed: one of "
+                   "constant,"),
+            std::string::npos)
+      << e;
   EXPECT_EQ(resolve_error(train_options(), {{}, {{"PARAMS_NETWORK_DIM", "sixteen"}}}),
             "PARAMS_NETWORK_DIM=\"sixteen\": not an integer; allowed: an integer in [1, 4096]");
   EXPECT_EQ(resolve_error(train_options(), {{}, {{"PARAMS_NETWORK_ALPHA", "0"}}}),
             "PARAMS_NETWORK_ALPHA=\"0\": out of range; allowed: a number > 0");
-  EXPECT_EQ(resolve_error(train_options(), {{{"lr_warmup_steps", "2.5"}}, {}}),
-            "--lr-warmup-steps \"2.5\": neither a whole number of steps nor a fraction below 1; allowed: a whole number of "
-            "steps >= 0, or a fraction in [0, 1)");
+  EXPECT_EQ(
+      resolve_error(train_options(), {{{"lr_warmup_steps", "2.5"}}, {}}),
+      "--lr-warmup-steps \"2.5\": neither a whole number of steps nor a fraction below 1; allowed: a whole number of "
+      "steps >= 0, or a fraction in [0, 1)");
   EXPECT_EQ(resolve_error(train_options(), {{}, {{"PARAMS_RESUME_FROM", "/nonexistent/state"}}}),
             "PARAMS_RESUME_FROM=\"/nonexistent/state\": no such file or folder; allowed: an existing file or folder");
   e = resolve_error(train_options(), {{}, {{"PARAMS_OPTIMIZER_ARGS", "decouple=True (betas=0.9"}}});
@@ -382,12 +401,16 @@ TEST(TrainOptions, BadSeedValuesNameTheVariable) {
   EXPECT_EQ(resolve_error(train_options(), {{{"device", "gpu"}}, {}}),
             "--device \"gpu\": not a device; allowed: auto, cpu, cuda or cuda:N");
   EXPECT_EQ(resolve(train_options(), {{{"device", "cuda:1"}}, {}}).get_string("device"), "cuda:1");
-  EXPECT_EQ(resolve_error(train_options(), {{{"precision", "int8"}}, {}}).rfind("--precision \"int8\": not a supported value", 0), 0u);
-  EXPECT_EQ(resolve_error(train_options(), {{}, {{"PARAMS_TRAIN_DOUBLE_BLOCK_INDICES", "0,5-2"}}}),
-            "PARAMS_TRAIN_DOUBLE_BLOCK_INDICES=\"0,5-2\": the range '5-2' is backwards; allowed: all, none, or indices and "
-            "ranges (\"0,2,5-9\")");
+  EXPECT_EQ(resolve_error(train_options(), {{{"precision", "int8"}}, {}})
+                .rfind("--precision \"int8\": not a supported value", 0),
+            0u);
+  EXPECT_EQ(
+      resolve_error(train_options(), {{}, {{"PARAMS_TRAIN_DOUBLE_BLOCK_INDICES", "0,5-2"}}}),
+      "PARAMS_TRAIN_DOUBLE_BLOCK_INDICES=\"0,5-2\": the range '5-2' is backwards; allowed: all, none, or indices and "
+      "ranges (\"0,2,5-9\")");
   EXPECT_EQ(resolve_error(train_options(), {{}, {{"PARAMS_RESOLUTION", "1024,768,512"}}}),
-            "PARAMS_RESOLUTION=\"1024,768,512\": more than two sizes; allowed: one or two integers in [64, 8192] (\"1024\" or "
+            "PARAMS_RESOLUTION=\"1024,768,512\": more than two sizes; allowed: one or two integers in [64, 8192] "
+            "(\"1024\" or "
             "\"1280,768\")");
   EXPECT_EQ(resolve_error(train_options(), {{}, {{"PARAMS_OUTPUT_NAME", "a/b"}}}),
             "PARAMS_OUTPUT_NAME=\"a/b\": not a plain file name; allowed: a file name without folders");
@@ -396,8 +419,10 @@ TEST(TrainOptions, BadSeedValuesNameTheVariable) {
 TEST(TrainOptions, UnknownParamsVariableWarns) {
   ResolvedConfig c = resolve(train_options(), {{}, {{"PARAMS_LEARNIN_RATE", "1"}, {"PARAMS_NETWORK_DIMS", "4"}}});
   ASSERT_EQ(c.warnings().size(), 2u);
-  EXPECT_EQ(c.warnings()[0], "unknown environment variable PARAMS_LEARNIN_RATE is ignored; did you mean PARAMS_LEARNING_RATE?");
-  EXPECT_EQ(c.warnings()[1], "unknown environment variable PARAMS_NETWORK_DIMS is ignored; did you mean PARAMS_NETWORK_DIM?");
+  EXPECT_EQ(c.warnings()[0],
+            "unknown environment variable PARAMS_LEARNIN_RATE is ignored; did you mean PARAMS_LEARNING_RATE?");
+  EXPECT_EQ(c.warnings()[1],
+            "unknown environment variable PARAMS_NETWORK_DIMS is ignored; did you mean PARAMS_NETWORK_DIM?");
 }
 
 std::string validate_error(const EnvMap& env, const CliValues& cli = {}) {
@@ -422,15 +447,17 @@ TEST(TrainOptions, BadCombinations) {
   EXPECT_EQ(with({{"PARAMS_D_COEF", "2"}, {"PARAMS_OPTIMIZER_TYPE", "AdamW"}}),
             "PARAMS_D_COEF=\"2\" applies to the Prodigy optimizer only, but PARAMS_OPTIMIZER_TYPE=\"AdamW\"");
   EXPECT_EQ(with({{"PARAMS_D_COEF", "2"}, {"PARAMS_OPTIMIZER_ARGS", "d_coef=3 decouple=True"}}),
-            "PARAMS_D_COEF=\"2\" and d_coef= in PARAMS_OPTIMIZER_ARGS=\"d_coef=3 decouple=True\" set the same thing; keep one");
+            "PARAMS_D_COEF=\"2\" and d_coef= in PARAMS_OPTIMIZER_ARGS=\"d_coef=3 decouple=True\" set the same thing; "
+            "keep one");
   EXPECT_EQ(with({{"PARAMS_OFFLOAD_CHECKPOINTS", "1"}, {"PARAMS_GRADIENT_CHECKPOINTING", "0"}}),
             "PARAMS_OFFLOAD_CHECKPOINTS=\"1\" needs gradient checkpointing, but PARAMS_GRADIENT_CHECKPOINTING=\"0\"");
   EXPECT_EQ(with({{"PARAMS_SAMPLE_EVERY_N_STEPS", "100"}}),
             "PARAMS_SAMPLE_EVERY_N_STEPS=\"100\" asks for samples, but there are no prompts: set SAMPLE_PROMPTS "
             "(--sample-prompts) to a prompt file, or set sample_every_n_steps to 0");
-  EXPECT_EQ(with({{"PARAMS_MAX_EPOCHS", "3"}, {"PARAMS_MAX_TRAIN_STEPS", "100"}}),
-            "PARAMS_MAX_EPOCHS=\"3\" and PARAMS_MAX_TRAIN_STEPS=\"100\" are both set: the run length is one or the other; "
-            "remove one");
+  EXPECT_EQ(
+      with({{"PARAMS_MAX_EPOCHS", "3"}, {"PARAMS_MAX_TRAIN_STEPS", "100"}}),
+      "PARAMS_MAX_EPOCHS=\"3\" and PARAMS_MAX_TRAIN_STEPS=\"100\" are both set: the run length is one or the other; "
+      "remove one");
   EXPECT_EQ(with({{"PARAMS_LR_WARMUP_STEPS", "2000"}}),
             "PARAMS_LR_WARMUP_STEPS=\"2000\" is not shorter than the run, max_train_steps (default 1600)");
   EXPECT_NE(with({{"PARAMS_LEARNING_SCHEDULER", "piecewise_constant"}}).find("needs lr_step_rules"), std::string::npos);
@@ -443,16 +470,17 @@ TEST(TrainOptions, BadCombinations) {
   no_data.erase("DATASET_NAME");
   EXPECT_EQ(validate_error(no_data).rfind("no dataset: set DATASET_NAME", 0), 0u);
   // Every problem at once, each named.
-  std::string e = with({{"PARAMS_D_COEF", "2"}, {"PARAMS_OPTIMIZER_TYPE", "Lion"}, {"PARAMS_SAMPLE_EVERY_N_STEPS", "5"}});
+  std::string e =
+      with({{"PARAMS_D_COEF", "2"}, {"PARAMS_OPTIMIZER_TYPE", "Lion"}, {"PARAMS_SAMPLE_EVERY_N_STEPS", "5"}});
   EXPECT_EQ(e.rfind("2 configuration errors:", 0), 0u) << e;
 
   // Settings without effect are warnings.
   ResolvedConfig c = resolve(train_options(), {{}, [&] {
-                               EnvMap e2 = env;
-                               e2["PARAMS_NUM_CYCLES"] = "4";
-                               e2["PARAMS_DISCRETE_FLOW_SHIFT"] = "3.1582";
-                               return e2;
-                             }()});
+                                                 EnvMap e2 = env;
+                                                 e2["PARAMS_NUM_CYCLES"] = "4";
+                                                 e2["PARAMS_DISCRETE_FLOW_SHIFT"] = "3.1582";
+                                                 return e2;
+                                               }()});
   std::vector<std::string> warnings = validate_train_config(c);
   ASSERT_EQ(warnings.size(), 2u);
   EXPECT_EQ(warnings[0].rfind("PARAMS_NUM_CYCLES=\"4\" has no effect with lr_scheduler (default \"cosine\")", 0), 0u)
@@ -463,8 +491,9 @@ TEST(TrainOptions, BadCombinations) {
 
 TEST(TrainOptions, ModelDirDiscovery) {
   // The usual names; fp16 T5 is preferred over fp8 when both are there.
-  fs::path both = model_dir("models_both", {"flux1-dev.safetensors", "flux_dev.safetensors", "ae.safetensors",
-                                            "clip_l.safetensors", "t5xxl_fp16.safetensors", "t5xxl_fp8_e4m3fn.safetensors"});
+  fs::path both =
+      model_dir("models_both", {"flux1-dev.safetensors", "flux_dev.safetensors", "ae.safetensors", "clip_l.safetensors",
+                                "t5xxl_fp16.safetensors", "t5xxl_fp8_e4m3fn.safetensors"});
   ModelFiles f = find_model_files({}, both.string(), "flux-dev");
   EXPECT_EQ(f.model, (both / "flux1-dev.safetensors").string());
   EXPECT_EQ(f.ae, (both / "ae.safetensors").string());
@@ -481,11 +510,13 @@ TEST(TrainOptions, ModelDirDiscovery) {
     find_model_files({}, both.string(), "flux-schnell");
     FAIL() << "no schnell transformer, yet found";
   } catch (const Error& e) {
-    EXPECT_EQ(std::string(e.what()),
-              "model file missing (BASE_MODEL flux-schnell): the Flux transformer: none of flux1-schnell.safetensors or "
-              "flux_schnell.safetensors in MODEL_DIR=" + both.string() +
-                  " (it holds flux1-dev.safetensors: is BASE_MODEL=flux-dev meant?) (it holds flux_dev.safetensors: is "
-                  "BASE_MODEL=flux-dev meant?); or name the file with --model / PARAMS_MODEL");
+    EXPECT_EQ(
+        std::string(e.what()),
+        "model file missing (BASE_MODEL flux-schnell): the Flux transformer: none of flux1-schnell.safetensors or "
+        "flux_schnell.safetensors in MODEL_DIR=" +
+            both.string() +
+            " (it holds flux1-dev.safetensors: is BASE_MODEL=flux-dev meant?) (it holds flux_dev.safetensors: is "
+            "BASE_MODEL=flux-dev meant?); or name the file with --model / PARAMS_MODEL");
   }
   // Everything missing is listed, with the names looked for.
   fs::path partial = model_dir("models_partial", {"ae.safetensors"});
@@ -495,7 +526,8 @@ TEST(TrainOptions, ModelDirDiscovery) {
   } catch (const Error& e) {
     std::string text = e.what();
     EXPECT_EQ(text.rfind("3 model files missing (BASE_MODEL flux-dev):", 0), 0u) << text;
-    EXPECT_NE(text.find("flux1-dev.safetensors or flux_dev.safetensors in MODEL_DIR=" + partial.string()), std::string::npos);
+    EXPECT_NE(text.find("flux1-dev.safetensors or flux_dev.safetensors in MODEL_DIR=" + partial.string()),
+              std::string::npos);
     EXPECT_NE(text.find("clip_l.safetensors in MODEL_DIR"), std::string::npos);
     EXPECT_NE(text.find("t5xxl_fp16.safetensors or t5xxl_fp8_e4m3fn.safetensors in MODEL_DIR"), std::string::npos);
     EXPECT_NE(text.find("--t5xxl / PARAMS_T5XXL"), std::string::npos);
@@ -522,14 +554,19 @@ TEST(TrainOptions, ModelDirDiscovery) {
 }
 
 TEST(TrainOptions, TomlRoundTripResolvesToTheSameValues) {
-  fs::path models = model_dir("roundtrip_models", {"flux1-dev.safetensors", "ae.safetensors", "clip_l.safetensors",
-                                                   "t5xxl_fp16.safetensors"});
+  fs::path models = model_dir(
+      "roundtrip_models", {"flux1-dev.safetensors", "ae.safetensors", "clip_l.safetensors", "t5xxl_fp16.safetensors"});
   fs::path dir = testing::fresh_dir("options_roundtrip");
   write(dir / "prompts.txt", "a cat --w 512 --h 512\n");
   EnvMap env = seed_env(models);
-  env.insert({{"PARAMS_OPTIMIZER_ARGS", "decouple=True betas=\"(0.9, 0.99)\" x=C:\\dir"}, {"PARAMS_LEARNING_RATE", "0.0001"},
-              {"PARAMS_NOISE_OFFSET", "0.1"}, {"PARAMS_RESOLUTION", "1280,768"}, {"SAMPLE_PROMPTS", (dir / "prompts.txt").string()},
-              {"PARAMS_SAMPLE_EVERY_N_STEPS", "250"}, {"PARAMS_MAX_EPOCHS", "7"}, {"OUTPUT_PATH", (dir / "out").string()}});
+  env.insert({{"PARAMS_OPTIMIZER_ARGS", "decouple=True betas=\"(0.9, 0.99)\" x=C:\\dir"},
+              {"PARAMS_LEARNING_RATE", "0.0001"},
+              {"PARAMS_NOISE_OFFSET", "0.1"},
+              {"PARAMS_RESOLUTION", "1280,768"},
+              {"SAMPLE_PROMPTS", (dir / "prompts.txt").string()},
+              {"PARAMS_SAMPLE_EVERY_N_STEPS", "250"},
+              {"PARAMS_MAX_EPOCHS", "7"},
+              {"OUTPUT_PATH", (dir / "out").string()}});
   // Random values for a few numeric options, so the round trip is not tuned to fixed numbers.
   std::mt19937_64 rng(std::random_device{}());
   std::uniform_real_distribution<double> unit(0.0, 1.0);
@@ -545,7 +582,8 @@ TEST(TrainOptions, TomlRoundTripResolvesToTheSameValues) {
   ResolvedConfig second = resolve(table, {{{"config", (dir / "config.toml").string()}}, {}});
   for (const auto& spec : table.specs()) {
     if (spec.config_file) continue;
-    EXPECT_EQ(format_toml_value(first.option(spec.name).value), format_toml_value(second.option(spec.name).value)) << spec.name;
+    EXPECT_EQ(format_toml_value(first.option(spec.name).value), format_toml_value(second.option(spec.name).value))
+        << spec.name;
     EXPECT_TRUE(first.option(spec.name).value == second.option(spec.name).value) << spec.name;
     EXPECT_EQ(second.source(spec.name), second.is_set(spec.name) ? Source::file : Source::default_value) << spec.name;
   }
@@ -572,7 +610,8 @@ TEST(TrainOptions, HelpEnvListsEveryVariable) {
   EXPECT_NE(md.find("| Variable | Flag | Default | Allowed | Description |"), std::string::npos);
   EXPECT_NE(md.find("| `PARAMS_LEARNING_RATE` | `--learning-rate` | `1.0` | a number > 0 |"), std::string::npos) << md;
   EXPECT_NE(md.find("| `PARAMS_LEARNING_SCHEDULER` or `PARAMS_LR_SCHEDULER` | `--lr-scheduler` | `cosine` |"),
-            std::string::npos) << md;
+            std::string::npos)
+      << md;
   EXPECT_THROW(help_env(t, "html"), Error);
 }
 

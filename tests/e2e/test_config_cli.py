@@ -7,7 +7,7 @@ import random
 import re
 from pathlib import Path
 
-from conftest import run
+from conftest import ROOT, run
 
 SEED_VARIABLES = [
     "BASE_MODEL", "DATASET_NAME", "DATASET_CONFIG", "SAMPLE_PROMPTS", "OUTPUT_PATH", "PARAMS_D_COEF",
@@ -215,3 +215,11 @@ def test_help_env_markdown_lists_every_variable(tmp_path, fluxtrain_bin):
     assert "| `PARAMS_LEARNING_RATE` | `--learning-rate` | `1.0` |" in markdown
     bad = config(fluxtrain_bin, clean_env(), "--help-env", "--format", "html", check=False)
     assert bad.returncode == 1 and '--format "html"' in bad.stderr
+
+
+def test_docs_reference_is_current(fluxtrain_bin):
+    markdown = config(fluxtrain_bin, clean_env(), "--help-env", "--format", "markdown").stdout
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    m = re.search(r"^<!-- BEGIN generated reference[^\n]*\n(.*?)^<!-- END generated reference", doc, flags=re.S | re.M)
+    assert m, "docs/configuration.md lost its generated-reference markers"
+    assert m.group(1) == markdown, "docs/configuration.md is out of date: run scripts/update_config_reference.sh"

@@ -374,16 +374,8 @@ OptionTable make_train_options() {
       Opt("config", kPath, "runtime", "", "A TOML file of options (keys = option names, optionally in [group] tables).")
           .path(PathCheck::file)
           .config_file(),
-      Opt("device", kString, "runtime", "auto",
-          "Where to compute: auto (cuda when available, else cpu), cpu, cuda or cuda:N.")
-          .check(check_device)
-          .allowed("auto, cpu, cuda or cuda:N"),
-      Opt("precision", kChoice, "runtime", "auto", "Compute precision: auto = bf16 on a GPU, fp32 on the CPU.")
-          .choices({"auto", "fp32", "bf16", "fp16"})
-          .choice_alias("float32", "fp32")
-          .choice_alias("no", "fp32")
-          .choice_alias("bfloat16", "bf16")
-          .choice_alias("float16", "fp16"),
+      device_option("runtime"),
+      precision_option("runtime"),
       Opt("log_every_seconds", kReal, "runtime", "10",
           "Seconds between progress lines when the output is not a terminal.")
           .min(0, true),
@@ -406,6 +398,22 @@ bool has_arg(const ResolvedConfig& config, const std::string& key) {
 }
 
 }  // namespace
+
+OptionSpec device_option(const std::string& group) {
+  return Opt("device", kString, group, "auto",
+             "Where to compute: auto (cuda when available, else cpu), cpu, cuda or cuda:N.")
+      .check(check_device)
+      .allowed("auto, cpu, cuda or cuda:N");
+}
+
+OptionSpec precision_option(const std::string& group) {
+  return Opt("precision", kChoice, group, "auto", "Compute precision: auto = bf16 on a GPU, fp32 on the CPU.")
+      .choices({"auto", "fp32", "bf16", "fp16"})
+      .choice_alias("float32", "fp32")
+      .choice_alias("no", "fp32")
+      .choice_alias("bfloat16", "bf16")
+      .choice_alias("float16", "fp16");
+}
 
 const OptionTable& train_options() {
   static const OptionTable table = make_train_options();

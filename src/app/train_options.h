@@ -18,6 +18,11 @@ namespace fluxtrain::app {
 // The table of the train options.
 const OptionTable& train_options();
 
+// The --device (auto, cpu, cuda, cuda:N; default auto) and --precision (auto, fp32, bf16, fp16; default
+// auto = bf16 on a GPU, fp32 on the CPU) options, for the table of every command that runs a model.
+OptionSpec device_option(const std::string& group);
+OptionSpec precision_option(const std::string& group);
+
 // Checks of a resolved train config that span several options or need the files on disk: one of
 // dataset_name / dataset_config, the model files (see resolve_model_files), options that only make
 // sense together. Throws one Error listing every problem (each naming the flags / variables involved);

@@ -24,6 +24,7 @@ using CommandFactory = Command (*)(CLI::App&);
 Command add_inspect_command(CLI::App& app);
 Command add_dataset_command(CLI::App& app);
 Command add_fetch_command(CLI::App& app);
+Command add_config_command(CLI::App& app);
 
 // Engine commands (libfluxtrain_engine.so).
 Command add_make_tiny_command(CLI::App& app);

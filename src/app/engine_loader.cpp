@@ -13,7 +13,7 @@
 namespace fluxtrain::app {
 namespace {
 
-const char* const kLightCommands[] = {"inspect", "dataset", "fetch"};
+const char* const kLightCommands[] = {"inspect", "dataset", "fetch", "config"};
 
 std::string executable_dir() {
   std::error_code ec;

@@ -1,0 +1,830 @@
+#include "app/options.h"
+
+#include <toml++/toml.h>
+#include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <cctype>
+#include <charconv>
+#include <cmath>
+#include <filesystem>
+#include <set>
+#include <sstream>
+
+#include "core/error.h"
+
+extern char** environ;
+
+namespace fluxtrain::app {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+std::string upper(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  return s;
+}
+
+std::string trim(const std::string& s) {
+  size_t b = 0, e = s.size();
+  while (b < e && std::isspace(static_cast<unsigned char>(s[b]))) ++b;
+  while (e > b && std::isspace(static_cast<unsigned char>(s[e - 1]))) --e;
+  return s.substr(b, e - b);
+}
+
+std::string join(const std::vector<std::string>& items, const std::string& separator) {
+  std::string out;
+  for (const auto& item : items) out += (out.empty() ? "" : separator) + item;
+  return out;
+}
+
+// Shortest text that reads back as the same double, always with a '.' or an exponent (TOML float);
+// plain decimals for ordinary magnitudes (0.0001 rather than 1e-04).
+std::string format_real(double value) {
+  char buffer[400];
+  const double magnitude = std::fabs(value);
+  const bool fixed = magnitude == 0 || (magnitude >= 1e-5 && magnitude < 1e16);
+  auto [end, ec] = fixed ? std::to_chars(buffer, buffer + sizeof buffer, value, std::chars_format::fixed)
+                         : std::to_chars(buffer, buffer + sizeof buffer, value);
+  std::string text(buffer, end);
+  if (text.find_first_of(".e") == std::string::npos) text += ".0";
+  return text;
+}
+
+// A bound as a person writes it: 1 rather than 1.0.
+std::string format_bound(double value) {
+  if (std::floor(value) == value && std::fabs(value) < 1e15) return std::to_string(static_cast<int64_t>(value));
+  return format_real(value);
+}
+
+std::string toml_string(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    unsigned char u = static_cast<unsigned char>(c);
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\t': out += "\\t"; break;
+      case '\r': out += "\\r"; break;
+      default:
+        if (u < 0x20 || u == 0x7f) {
+          char buffer[8];
+          std::snprintf(buffer, sizeof buffer, "\\u%04x", u);
+          out += buffer;
+        } else {
+          out += c;
+        }
+    }
+  }
+  return out + "\"";
+}
+
+std::string quoted(const std::string& s) {
+  return "\"" + s + "\"";
+}
+
+std::string bounds_text(const OptionSpec& spec) {
+  if (spec.min && spec.max) {
+    return cat("in ", spec.min_exclusive ? "(" : "[", format_bound(*spec.min), ", ", format_bound(*spec.max),
+               spec.max_exclusive ? ")" : "]");
+  }
+  if (spec.min) return cat(spec.min_exclusive ? "> " : ">= ", format_bound(*spec.min));
+  if (spec.max) return cat(spec.max_exclusive ? "< " : "<= ", format_bound(*spec.max));
+  return "";
+}
+
+bool in_bounds(const OptionSpec& spec, double x) {
+  if (spec.min && (spec.min_exclusive ? !(x > *spec.min) : !(x >= *spec.min))) return false;
+  if (spec.max && (spec.max_exclusive ? !(x < *spec.max) : !(x <= *spec.max))) return false;
+  return true;
+}
+
+std::optional<bool> parse_bool(const std::string& text) {
+  std::string t = lower(text);
+  if (t == "true" || t == "1" || t == "yes" || t == "on") return true;
+  if (t == "false" || t == "0" || t == "no" || t == "off") return false;
+  return std::nullopt;
+}
+
+// Type-level parse of the text form (no bounds / path / checker).
+OptionValue parse_text(const OptionSpec& spec, const std::string& raw, std::string& error) {
+  const std::string text = trim(raw);
+  switch (spec.type) {
+    case OptionType::boolean: {
+      if (auto b = parse_bool(text)) return *b;
+      error = "not a boolean";
+      return {};
+    }
+    case OptionType::integer: {
+      std::string digits = !text.empty() && text[0] == '+' ? text.substr(1) : text;
+      int64_t value = 0;
+      auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), value);
+      if (ec == std::errc::result_out_of_range) {
+        error = "too large for an integer";
+        return {};
+      }
+      if (digits.empty() || ec != std::errc() || end != digits.data() + digits.size()) {
+        error = "not an integer";
+        return {};
+      }
+      return value;
+    }
+    case OptionType::real: {
+      std::string digits = !text.empty() && text[0] == '+' ? text.substr(1) : text;
+      double value = 0;
+      auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), value);
+      if (digits.empty() || ec != std::errc() || end != digits.data() + digits.size()) {
+        error = "not a number";
+        return {};
+      }
+      if (!std::isfinite(value)) {
+        error = "not a finite number";
+        return {};
+      }
+      return value;
+    }
+    case OptionType::choice: {
+      const std::string key = lower(text);
+      for (const auto& choice : spec.choices) {
+        if (lower(choice) == key) return choice;
+      }
+      for (const auto& [alias, target] : spec.choice_aliases) {
+        if (lower(alias) == key) return target;
+      }
+      std::vector<std::string> candidates = spec.choices;
+      for (const auto& alias : spec.choice_aliases) candidates.push_back(alias.first);
+      std::string hint = closest_match(text, candidates);
+      error = hint.empty() ? "not a supported value" : cat("not a supported value (did you mean ", hint, "?)");
+      return {};
+    }
+    case OptionType::string:
+    case OptionType::path:
+      if (text.empty()) {
+        error = "empty";
+        return {};
+      }
+      return text;
+    case OptionType::list: {
+      std::vector<std::string> items;
+      size_t start = 0;
+      while (true) {
+        size_t comma = text.find(',', start);
+        std::string item = trim(text.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
+        if (item.empty()) {
+          error = "an empty item in the list";
+          return {};
+        }
+        items.push_back(item);
+        if (comma == std::string::npos) break;
+        start = comma + 1;
+      }
+      return items;
+    }
+  }
+  error = "unsupported option type";
+  return {};
+}
+
+// Bounds, paths and the option's own checker on a parsed value; "" when fine.
+std::string check_value(const OptionSpec& spec, const OptionValue& value, bool check_paths) {
+  if (std::holds_alternative<std::monostate>(value)) return "";
+  if (const auto* i = std::get_if<int64_t>(&value); i && !in_bounds(spec, static_cast<double>(*i)))
+    return "out of range";
+  if (const auto* d = std::get_if<double>(&value); d && !in_bounds(spec, *d)) return "out of range";
+  if (spec.type == OptionType::path && check_paths && spec.path_check != PathCheck::none) {
+    const std::string& path = std::get<std::string>(value);
+    std::error_code ec;
+    fs::file_status status = fs::status(path, ec);
+    if (!fs::exists(status)) return "no such file or folder";
+    if (spec.path_check == PathCheck::file && !fs::is_regular_file(status)) return "not a file";
+    if (spec.path_check == PathCheck::directory && !fs::is_directory(status)) return "not a folder";
+  }
+  if (spec.check) return spec.check(value);
+  return "";
+}
+
+// Paths are kept absolute and normalised, so that a saved config means the same from any folder.
+OptionValue normalise(const OptionSpec& spec, OptionValue value) {
+  if (spec.type != OptionType::path || !std::holds_alternative<std::string>(value)) return value;
+  std::error_code ec;
+  fs::path absolute = fs::absolute(std::get<std::string>(value), ec);
+  if (ec) return value;
+  std::string text = absolute.lexically_normal().string();
+  while (text.size() > 1 && text.back() == '/') text.pop_back();
+  return text;
+}
+
+std::string node_text(const toml::node& node) {
+  if (node.is_string()) return toml_string(*node.value<std::string>());
+  std::ostringstream out;
+  node.visit([&](const auto& n) { out << n; });
+  return out.str();
+}
+
+const char* node_kind(const toml::node& node) {
+  switch (node.type()) {
+    case toml::node_type::table: return "a table";
+    case toml::node_type::array: return "an array";
+    case toml::node_type::string: return "a string";
+    case toml::node_type::integer: return "an integer";
+    case toml::node_type::floating_point: return "a float";
+    case toml::node_type::boolean: return "a boolean";
+    default: return "a date/time";
+  }
+}
+
+// Type-level conversion of a TOML value; strict: a string "16" is not an integer.
+OptionValue from_toml(const OptionSpec& spec, const toml::node& node, std::string& error) {
+  auto wrong = [&]() -> OptionValue {
+    error = cat("is ", node_kind(node));
+    return {};
+  };
+  switch (spec.type) {
+    case OptionType::boolean:
+      if (auto b = node.value<bool>(); b && node.is_boolean()) return *b;
+      return wrong();
+    case OptionType::integer:
+      if (node.is_integer()) return *node.value<int64_t>();
+      return wrong();
+    case OptionType::real:
+      if (node.is_integer()) return static_cast<double>(*node.value<int64_t>());
+      if (node.is_floating_point()) {
+        double d = *node.value<double>();
+        if (!std::isfinite(d)) {
+          error = "not a finite number";
+          return {};
+        }
+        return d;
+      }
+      return wrong();
+    case OptionType::choice:
+    case OptionType::string:
+    case OptionType::path:
+      if (node.is_string()) return parse_text(spec, *node.value<std::string>(), error);
+      if (node.is_array() && !spec.toml_array_join.empty() && spec.type == OptionType::string) {
+        std::vector<std::string> parts;
+        for (const toml::node& item : *node.as_array()) {
+          if (!item.is_string()) {
+            error = cat("holds ", node_kind(item), " (expected an array of strings)");
+            return {};
+          }
+          parts.push_back(*item.value<std::string>());
+        }
+        return parse_text(spec, join(parts, spec.toml_array_join), error);
+      }
+      return wrong();
+    case OptionType::list: {
+      std::vector<std::string> items;
+      auto add = [&](const toml::node& item) {
+        if (item.is_string())
+          items.push_back(trim(*item.value<std::string>()));
+        else if (item.is_integer())
+          items.push_back(std::to_string(*item.value<int64_t>()));
+        else if (item.is_floating_point())
+          items.push_back(format_real(*item.value<double>()));
+        else
+          return false;
+        return !items.back().empty();
+      };
+      if (node.is_array()) {
+        for (const toml::node& item : *node.as_array()) {
+          if (!add(item)) {
+            error = cat("holds ", node_kind(item), " or an empty item");
+            return {};
+          }
+        }
+        if (items.empty()) {
+          error = "an empty array";
+          return {};
+        }
+        return items;
+      }
+      if (add(node)) return items;
+      return wrong();
+    }
+  }
+  return wrong();
+}
+
+// `PARAMS_X="v"`, `--x "v"`, `x = v in FILE`.
+std::string given_text(Source source, const std::string& origin, const std::string& raw, const std::string& name,
+                       const std::string& file) {
+  switch (source) {
+    case Source::env: return cat(origin, "=", quoted(raw));
+    case Source::cli: return cat(origin, " ", quoted(raw));
+    case Source::file: return cat(name, " = ", raw, " in ", file);
+    case Source::default_value: return cat(name, " (default ", quoted(raw), ")");
+  }
+  return origin;
+}
+
+std::string markdown_cell(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '|')
+      out += "\\|";
+    else if (c == '\n')
+      out += ' ';
+    else
+      out += c;
+  }
+  return out;
+}
+
+}  // namespace
+
+// ---- OptionSpec -------------------------------------------------------------------------------
+
+std::string OptionSpec::flag_name() const {
+  if (!flag.empty()) return flag;
+  std::string out = "--" + name;
+  std::replace(out.begin(), out.end(), '_', '-');
+  return out;
+}
+
+std::string OptionSpec::env_name() const {
+  return env.empty() ? "PARAMS_" + upper(name) : env;
+}
+
+std::string OptionSpec::allowed_text() const {
+  if (!allowed.empty()) return allowed;
+  std::string bounds = bounds_text(*this);
+  switch (type) {
+    case OptionType::boolean: return "true or false (also 1/0, yes/no, on/off)";
+    case OptionType::integer: return bounds.empty() ? "an integer" : "an integer " + bounds;
+    case OptionType::real: return bounds.empty() ? "a number" : "a number " + bounds;
+    case OptionType::choice: {
+      std::string text = "one of " + join(choices, ", ");
+      if (!choice_aliases.empty()) {
+        std::vector<std::string> aliases;
+        for (const auto& [alias, target] : choice_aliases) aliases.push_back(alias + " = " + target);
+        text += " (also " + join(aliases, ", ") + ")";
+      }
+      return text + "; any case";
+    }
+    case OptionType::path:
+      switch (path_check) {
+        case PathCheck::file: return "an existing file";
+        case PathCheck::directory: return "an existing folder";
+        case PathCheck::exists: return "an existing file or folder";
+        case PathCheck::none: return "a path";
+      }
+      return "a path";
+    case OptionType::string: return "text";
+    case OptionType::list: return "a comma-separated list (a TOML array in a file)";
+  }
+  return "";
+}
+
+const char* to_string(Source source) {
+  switch (source) {
+    case Source::default_value: return "default";
+    case Source::file: return "file";
+    case Source::env: return "env";
+    case Source::cli: return "cli";
+  }
+  return "?";
+}
+
+// ---- OptionTable ------------------------------------------------------------------------------
+
+OptionTable::OptionTable(std::string command, std::vector<Group> groups, std::vector<OptionSpec> specs)
+    : command_(std::move(command)), groups_(std::move(groups)), specs_(std::move(specs)) {
+  std::set<std::string> names, flags, envs, group_ids;
+  for (const auto& g : groups_) group_ids.insert(g.id);
+  for (const auto& spec : specs_) {
+    if (!names.insert(spec.name).second) fail("option table ", command_, ": option ", spec.name, " is listed twice");
+    if (group_ids.count(spec.group) == 0)
+      fail("option table ", command_, ": option ", spec.name, " has an unknown group \"", spec.group, "\"");
+    if (group_ids.count(spec.name) != 0)
+      fail("option table ", command_, ": option ", spec.name, " has the name of a group (ambiguous in TOML)");
+    if (!flags.insert(spec.flag_name()).second)
+      fail("option table ", command_, ": flag ", spec.flag_name(), " is used twice");
+    std::vector<std::string> vars = spec.env_aliases;
+    vars.push_back(spec.env_name());
+    for (const auto& var : vars) {
+      if (!envs.insert(var).second) fail("option table ", command_, ": variable ", var, " is used twice");
+    }
+    if (spec.type == OptionType::choice && spec.choices.empty())
+      fail("option table ", command_, ": choice option ", spec.name, " lists no choices");
+    if (!spec.default_text.empty()) {
+      std::string error;
+      OptionValue value = parse_text(spec, spec.default_text, error);
+      if (error.empty()) error = check_value(spec, value, false);
+      if (!error.empty())
+        fail("option table ", command_, ": the default \"", spec.default_text, "\" of ", spec.name, " is bad: ", error);
+    }
+  }
+}
+
+const OptionSpec* OptionTable::find(const std::string& name) const {
+  for (const auto& spec : specs_) {
+    if (spec.name == name) return &spec;
+  }
+  return nullptr;
+}
+
+const OptionSpec& OptionTable::at(const std::string& name) const {
+  const OptionSpec* spec = find(name);
+  if (spec == nullptr) fail("internal: the ", command_, " options have no option named ", name);
+  return *spec;
+}
+
+const OptionSpec* OptionTable::find_env(const std::string& var) const {
+  for (const auto& spec : specs_) {
+    if (spec.env_name() == var) return &spec;
+    if (std::find(spec.env_aliases.begin(), spec.env_aliases.end(), var) != spec.env_aliases.end()) return &spec;
+  }
+  return nullptr;
+}
+
+std::vector<std::string> OptionTable::names() const {
+  std::vector<std::string> out;
+  for (const auto& spec : specs_) out.push_back(spec.name);
+  return out;
+}
+
+std::vector<std::string> OptionTable::env_names() const {
+  std::vector<std::string> out;
+  for (const auto& spec : specs_) {
+    out.push_back(spec.env_name());
+    out.insert(out.end(), spec.env_aliases.begin(), spec.env_aliases.end());
+  }
+  return out;
+}
+
+// ---- values -----------------------------------------------------------------------------------
+
+OptionValue parse_option_text(const OptionSpec& spec, const std::string& text, std::string& error) {
+  error.clear();
+  OptionValue value = parse_text(spec, text, error);
+  if (error.empty()) error = check_value(spec, value, true);
+  if (!error.empty()) return {};
+  return normalise(spec, std::move(value));
+}
+
+std::string format_toml_value(const OptionValue& value) {
+  if (std::holds_alternative<std::monostate>(value)) return "(unset)";
+  if (const auto* b = std::get_if<bool>(&value)) return *b ? "true" : "false";
+  if (const auto* i = std::get_if<int64_t>(&value)) return std::to_string(*i);
+  if (const auto* d = std::get_if<double>(&value)) return format_real(*d);
+  if (const auto* s = std::get_if<std::string>(&value)) return toml_string(*s);
+  std::vector<std::string> items;
+  for (const auto& item : std::get<std::vector<std::string>>(value)) items.push_back(toml_string(item));
+  return "[" + join(items, ", ") + "]";
+}
+
+EnvMap environment() {
+  EnvMap out;
+  for (char** entry = environ; entry != nullptr && *entry != nullptr; ++entry) {
+    std::string text = *entry;
+    size_t eq = text.find('=');
+    if (eq == std::string::npos || eq == 0) continue;
+    out.emplace(text.substr(0, eq), text.substr(eq + 1));
+  }
+  return out;
+}
+
+// ---- ResolvedConfig ---------------------------------------------------------------------------
+
+ResolvedConfig::ResolvedConfig(const OptionTable* table, std::map<std::string, ResolvedOption> values, std::string file,
+                               std::vector<std::string> warnings)
+    : table_(table), values_(std::move(values)), file_(std::move(file)), warnings_(std::move(warnings)) {}
+
+const ResolvedOption& ResolvedConfig::option(const std::string& name) const {
+  auto it = values_.find(name);
+  if (it == values_.end()) fail("internal: the ", table_->command(), " options have no option named ", name);
+  return it->second;
+}
+
+bool ResolvedConfig::changed(const std::string& name) const {
+  const OptionSpec& spec = table_->at(name);
+  OptionValue fallback;
+  if (!spec.default_text.empty()) {
+    std::string error;
+    fallback = normalise(spec, parse_text(spec, spec.default_text, error));
+  }
+  return !(option(name).value == fallback);
+}
+
+bool ResolvedConfig::is_set(const std::string& name) const {
+  return !std::holds_alternative<std::monostate>(option(name).value);
+}
+
+namespace {
+template <typename T>
+const T& typed(const ResolvedConfig& config, const std::string& name, const char* type) {
+  const OptionValue& value = config.option(name).value;
+  if (const T* v = std::get_if<T>(&value)) return *v;
+  if (std::holds_alternative<std::monostate>(value)) fail("internal: option ", name, " is unset (read it with find_*)");
+  fail("internal: option ", name, " is not ", type);
+}
+}  // namespace
+
+bool ResolvedConfig::get_bool(const std::string& name) const {
+  return typed<bool>(*this, name, "a boolean");
+}
+int64_t ResolvedConfig::get_int(const std::string& name) const {
+  return typed<int64_t>(*this, name, "an integer");
+}
+double ResolvedConfig::get_real(const std::string& name) const {
+  return typed<double>(*this, name, "a number");
+}
+const std::string& ResolvedConfig::get_string(const std::string& name) const {
+  return typed<std::string>(*this, name, "a string");
+}
+const std::vector<std::string>& ResolvedConfig::get_list(const std::string& name) const {
+  return typed<std::vector<std::string>>(*this, name, "a list");
+}
+std::optional<int64_t> ResolvedConfig::find_int(const std::string& name) const {
+  return is_set(name) ? std::optional<int64_t>(get_int(name)) : std::nullopt;
+}
+std::optional<double> ResolvedConfig::find_real(const std::string& name) const {
+  return is_set(name) ? std::optional<double>(get_real(name)) : std::nullopt;
+}
+std::optional<std::string> ResolvedConfig::find_string(const std::string& name) const {
+  return is_set(name) ? std::optional<std::string>(get_string(name)) : std::nullopt;
+}
+
+std::string ResolvedConfig::where(const std::string& name) const {
+  const ResolvedOption& o = option(name);
+  switch (o.source) {
+    case Source::default_value: return "default";
+    case Source::file: return "file " + file_;
+    case Source::env: return "env " + o.origin;
+    case Source::cli: return "cli " + o.origin;
+  }
+  return "";
+}
+
+std::string ResolvedConfig::describe(const std::string& name) const {
+  const ResolvedOption& o = option(name);
+  if (o.source == Source::default_value) return cat(name, " (default ", format_toml_value(o.value), ")");
+  return given_text(o.source, o.origin, o.raw, name, file_);
+}
+
+std::string ResolvedConfig::print() const {
+  std::string out;
+  for (const auto& spec : table_->specs()) {
+    out += cat(spec.name, " = ", format_toml_value(option(spec.name).value), "  (source: ", where(spec.name), ")\n");
+  }
+  return out;
+}
+
+std::string ResolvedConfig::to_toml() const {
+  std::string out = cat("# fluxtrain ", table_->command(),
+                        " configuration, resolved (command line > environment > file > defaults).\n",
+                        "# Read it back with: fluxtrain ", table_->command(), " --config FILE\n");
+  for (const auto& group : table_->groups()) {
+    std::string body;
+    for (const auto& spec : table_->specs()) {
+      if (spec.group != group.id || !spec.from_file) continue;
+      const ResolvedOption& o = option(spec.name);
+      if (std::holds_alternative<std::monostate>(o.value)) {
+        body += cat("# ", spec.name, " =  (unset)\n");
+        continue;
+      }
+      body += cat(spec.name, " = ", format_toml_value(o.value));
+      if (o.source != Source::default_value) body += "  # " + where(spec.name);
+      body += "\n";
+    }
+    if (!body.empty()) out += cat("\n[", group.id, "]  # ", group.title, "\n", body);
+  }
+  return out;
+}
+
+void throw_errors(const std::vector<std::string>& errors) {
+  if (errors.empty()) return;
+  if (errors.size() == 1) throw Error(errors[0]);
+  std::string text = cat(errors.size(), " configuration errors:");
+  for (const auto& e : errors) {
+    text += "\n  - ";
+    for (char c : e) text += c == '\n' ? std::string("\n    ") : std::string(1, c);
+  }
+  throw Error(text);
+}
+
+// ---- resolution -------------------------------------------------------------------------------
+
+ResolvedConfig resolve(const OptionTable& table, const ResolveInputs& inputs) {
+  std::vector<std::string> errors, warnings;
+  // Per option, the given values by source; the highest source wins, every given value is checked.
+  std::map<std::string, std::map<Source, ResolvedOption>> given;
+
+  auto accept = [&](const OptionSpec& spec, Source source, const std::string& origin, const std::string& raw,
+                    OptionValue value, std::string error, const std::string& file) {
+    if (error.empty()) error = check_value(spec, value, true);
+    if (!error.empty()) {
+      errors.push_back(
+          cat(given_text(source, origin, raw, spec.name, file), ": ", error, "; allowed: ", spec.allowed_text()));
+      return;
+    }
+    given[spec.name][source] = ResolvedOption{normalise(spec, std::move(value)), source, origin, raw};
+  };
+  auto accept_text = [&](const OptionSpec& spec, Source source, const std::string& origin, const std::string& raw) {
+    std::string error;
+    OptionValue value = parse_text(spec, raw, error);
+    accept(spec, source, origin, raw, std::move(value), error, "");
+  };
+
+  // Command line: names come from the CLI binding, so an unknown one is a programming error.
+  for (const auto& [name, raw] : inputs.cli) {
+    const OptionSpec& spec = table.at(name);
+    // A bare boolean flag means true.
+    std::string text = spec.type == OptionType::boolean && trim(raw).empty() ? "true" : raw;
+    accept_text(spec, Source::cli, spec.flag_name(), text);
+  }
+
+  // Environment. An empty variable counts as unset (container templates list every variable, most empty).
+  const std::vector<std::string> known_vars = table.env_names();
+  for (const auto& spec : table.specs()) {
+    std::vector<std::string> vars = {spec.env_name()};
+    vars.insert(vars.end(), spec.env_aliases.begin(), spec.env_aliases.end());
+    std::vector<std::string> set;
+    for (const auto& var : vars) {
+      auto it = inputs.env.find(var);
+      if (it != inputs.env.end() && !trim(it->second).empty()) set.push_back(var);
+    }
+    if (set.size() > 1) {
+      errors.push_back(cat(join(set, " and "), " are both set (", spec.name, "); set only one of them"));
+      continue;
+    }
+    if (set.size() == 1) accept_text(spec, Source::env, set[0], inputs.env.at(set[0]));
+  }
+  for (const auto& [var, value] : inputs.env) {
+    if (var.rfind("PARAMS_", 0) != 0 || table.find_env(var) != nullptr) continue;
+    std::string hint = closest_match(var, known_vars);
+    warnings.push_back(cat("unknown environment variable ", var, " is ignored",
+                           hint.empty()
+                               ? cat(" (the variables are listed by `fluxtrain ", table.command(), " --help-env`)")
+                               : cat("; did you mean ", hint, "?")));
+  }
+
+  // The config file, named on the command line or in the environment.
+  std::string file;
+  for (const auto& spec : table.specs()) {
+    if (!spec.config_file) continue;
+    auto it = given.find(spec.name);
+    if (it == given.end()) continue;
+    const ResolvedOption& chosen = it->second.rbegin()->second;
+    file = std::get<std::string>(chosen.value);
+    toml::table root;
+    try {
+      root = toml::parse_file(file);
+    } catch (const toml::parse_error& e) {
+      errors.push_back(cat("config file ", file, " (", chosen.origin, "), line ", e.source().begin.line, ", column ",
+                           e.source().begin.column, ": ", e.description(), " (not valid TOML)"));
+      continue;
+    }
+    std::vector<std::string> group_ids;
+    for (const auto& g : table.groups()) group_ids.push_back(g.id);
+    std::set<std::string> seen;
+    auto read_key = [&](const std::string& key, const toml::node& node, const std::string& section) {
+      const std::string where = section.empty() ? cat("key ", key) : cat("key ", key, " in [", section, "]");
+      const OptionSpec* spec = table.find(key);
+      if (spec == nullptr) {
+        std::string hint = closest_match(key, table.names());
+        errors.push_back(
+            cat("config file ", file, ": unknown ", where, hint.empty() ? "" : cat("; did you mean ", hint, "?"),
+                " (the keys are the option names listed by `fluxtrain ", table.command(), " --help-env`)"));
+        return;
+      }
+      if (!spec->from_file) {
+        errors.push_back(cat("config file ", file, ": ", where, " cannot be set in a config file (use ",
+                             spec->flag_name(), " or ", spec->env_name(), ")"));
+        return;
+      }
+      if (!section.empty() && section != spec->group) {
+        errors.push_back(cat("config file ", file, ": ", where, " belongs in [", spec->group, "] or at the top level"));
+        return;
+      }
+      if (!seen.insert(key).second) {
+        errors.push_back(
+            cat("config file ", file, ": ", key, " is set twice (at the top level and in [", spec->group, "])"));
+        return;
+      }
+      std::string error;
+      OptionValue value = from_toml(*spec, node, error);
+      accept(*spec, Source::file, file, node_text(node), std::move(value), error, file);
+    };
+    for (const auto& [key_node, node] : root) {
+      const std::string key(key_node.str());
+      if (node.is_table() && table.find(key) == nullptr) {
+        if (std::find(group_ids.begin(), group_ids.end(), key) == group_ids.end()) {
+          std::string hint = closest_match(key, group_ids);
+          errors.push_back(cat("config file ", file, ": unknown table [", key, "]",
+                               hint.empty() ? "" : cat("; did you mean [", hint, "]?"),
+                               " (tables are the option groups: ", join(group_ids, ", "), ")"));
+          continue;
+        }
+        for (const auto& [inner_key, inner] : *node.as_table()) read_key(std::string(inner_key.str()), inner, key);
+        continue;
+      }
+      read_key(key, node, "");
+    }
+  }
+
+  throw_errors(errors);
+
+  std::map<std::string, ResolvedOption> values;
+  for (const auto& spec : table.specs()) {
+    auto it = given.find(spec.name);
+    if (it != given.end()) {
+      values[spec.name] = it->second.rbegin()->second;  // Source order: default < file < env < cli
+      continue;
+    }
+    ResolvedOption o;
+    if (!spec.default_text.empty()) {
+      std::string error;
+      o.value = normalise(spec, parse_text(spec, spec.default_text, error));
+    }
+    values[spec.name] = std::move(o);
+  }
+  return ResolvedConfig(&table, std::move(values), file, std::move(warnings));
+}
+
+// ---- reference and CLI ------------------------------------------------------------------------
+
+std::string help_env(const OptionTable& table, const std::string& format) {
+  auto variables = [](const OptionSpec& spec, bool markdown) {
+    std::string q = markdown ? "`" : "";
+    std::string text = q + spec.env_name() + q;
+    for (const auto& alias : spec.env_aliases) text += " or " + q + alias + q;
+    return text;
+  };
+  // Defaults as they are written in a variable.
+  auto default_of = [](const OptionSpec& spec, bool markdown) {
+    if (spec.default_text.empty()) return std::string("(unset)");
+    return markdown ? "`" + spec.default_text + "`" : spec.default_text;
+  };
+  std::string out;
+  if (format == "markdown") {
+    for (const auto& group : table.groups()) {
+      std::string rows;
+      for (const auto& spec : table.specs()) {
+        if (spec.group != group.id) continue;
+        rows +=
+            cat("| ", variables(spec, true), " | `", spec.flag_name(), "` | ", markdown_cell(default_of(spec, true)),
+                " | ", markdown_cell(spec.allowed_text()), " | ", markdown_cell(spec.help), " |\n");
+      }
+      if (rows.empty()) continue;
+      out += cat(out.empty() ? "" : "\n", "### ", group.title,
+                 "\n\n| Variable | Flag | Default | Allowed | Description |\n", "|---|---|---|---|---|\n", rows);
+    }
+    return out;
+  }
+  if (format == "text") {
+    for (const auto& group : table.groups()) {
+      std::string rows;
+      for (const auto& spec : table.specs()) {
+        if (spec.group != group.id) continue;
+        rows += cat("  ", variables(spec, false), "  (", spec.flag_name(), "; default ", default_of(spec, false),
+                    ")\n      ", spec.help, "\n      allowed: ", spec.allowed_text(), "\n");
+      }
+      if (!rows.empty()) out += cat(out.empty() ? "" : "\n", group.title, ":\n", rows);
+    }
+    return out;
+  }
+  fail("--format \"", format, "\" is not a reference format; allowed: markdown, text");
+}
+
+CliBinding::CliBinding(CLI::App& app, const OptionTable& table) {
+  for (const auto& spec : table.specs()) {
+    std::string& target = storage_[spec.name];
+    std::string description = cat(spec.help, " [", spec.env_name(), "; default ",
+                                  spec.default_text.empty() ? "unset" : spec.default_text, "]");
+    CLI::Option* option = app.add_option(spec.flag_name(), target, description);
+    option->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+    std::string group = spec.group;
+    for (const auto& g : table.groups()) {
+      if (g.id == spec.group) group = g.title;
+    }
+    option->group(group);
+    switch (spec.type) {
+      case OptionType::boolean: option->expected(0, 1)->type_name("[BOOL]"); break;
+      case OptionType::integer: option->type_name("INT"); break;
+      case OptionType::real: option->type_name("NUMBER"); break;
+      case OptionType::path: option->type_name("PATH"); break;
+      case OptionType::list: option->type_name("LIST"); break;
+      case OptionType::choice: option->type_name("{" + join(spec.choices, ",") + "}"); break;
+      case OptionType::string: option->type_name("TEXT"); break;
+    }
+    options_.emplace_back(spec.name, option);
+  }
+}
+
+CliValues CliBinding::values() const {
+  CliValues out;
+  for (const auto& [name, option] : options_) {
+    if (option->count() > 0) out[name] = storage_.at(name);
+  }
+  return out;
+}
+
+}  // namespace fluxtrain::app

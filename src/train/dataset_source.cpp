@@ -1,0 +1,132 @@
+#include "train/dataset_source.h"
+
+#include <ATen/ATen.h>
+
+#include <set>
+
+#include "core/error.h"
+#include "core/log.h"
+#include "models/convert.h"
+
+namespace fluxtrain::train {
+
+DatasetSource::DatasetSource(std::shared_ptr<const data::DatasetPlan> plan, EncoderFiles files,
+                             DatasetSourceOptions options)
+    : plan_(std::move(plan)), files_(std::move(files)), options_(std::move(options)) {
+  latents_ = std::make_unique<LatentCache>(options_.cache_dir, model_identity(files_.ae, options_.cache_dir));
+  std::string text_identity = model_identity(files_.clip_l, options_.cache_dir) + "+" +
+                              model_identity(files_.t5xxl, options_.cache_dir);
+  text_ = std::make_unique<TextCache>(options_.cache_dir, text_identity, options_.text);
+}
+
+DatasetSource::~DatasetSource() = default;
+
+int64_t DatasetSource::batches_per_epoch() const { return plan_->steps_per_epoch(); }
+
+int64_t DatasetSource::images_per_epoch() const { return plan_->train_samples() + plan_->reg_samples(); }
+
+PreparedImage DatasetSource::prepared(const data::PlannedSample& sample) const {
+  const data::DatasetImage& image = plan_->images().at(static_cast<size_t>(sample.image));
+  const auto& subset = plan_->config().datasets.at(static_cast<size_t>(image.dataset)).subsets.at(static_cast<size_t>(image.subset));
+  PreparedImage p;
+  p.path = image.path.string();
+  p.bucket_width = image.fit.bucket.width;
+  p.bucket_height = image.fit.bucket.height;
+  p.resize_width = image.fit.resized.width;
+  p.resize_height = image.fit.resized.height;
+  p.crop_left = sample.crop_left;
+  p.crop_top = sample.crop_top;
+  p.flip = sample.flipped;
+  p.alpha_mask = subset.alpha_mask;
+  return p;
+}
+
+TextEncoders& DatasetSource::encoders() {
+  if (!encoders_) {
+    encoders_ = std::make_unique<TextEncoders>(files_.clip_l, files_.t5xxl, options_.encoders, options_.text);
+  }
+  return *encoders_;
+}
+
+std::string DatasetSource::prepare() {
+  // Latents: every image at its centre crop, and mirrored too where flip_aug can pick that.
+  std::vector<PreparedImage> images;
+  for (size_t i = 0; i < plan_->images().size(); ++i) {
+    const data::DatasetImage& image = plan_->images()[i];
+    if (image.num_repeats <= 0) continue;
+    const auto& subset = plan_->config().datasets.at(static_cast<size_t>(image.dataset)).subsets.at(static_cast<size_t>(image.subset));
+    data::PlannedSample s;
+    s.image = static_cast<int>(i);
+    s.crop_left = image.fit.crop_left;
+    s.crop_top = image.fit.crop_top;
+    images.push_back(prepared(s));
+    if (subset.flip_aug) {
+      s.flipped = true;
+      images.push_back(prepared(s));
+    }
+  }
+  CacheStats latent_stats = latents_->ensure(images, files_.ae, options_.encoders, options_.encode_batch_size);
+  // Text: the captions of the first epoch (all of them when nothing is random; the first epoch's draws
+  // otherwise; later draws are encoded when they come).
+  std::vector<std::string> captions;
+  for (const auto& batch : plan_->epoch(options_.seed, 0)) {
+    for (const auto& sample : batch.samples) captions.push_back(sample.caption);
+  }
+  CacheStats text_stats = text_->ensure(captions, [this]() -> TextEncoders& { return encoders(); },
+                                        options_.encode_batch_size);
+  encoders_.reset();  // freed before training; reloaded only if a random caption variant needs it
+  return cat("latent cache: ", latent_stats.reused, " reused, ", latent_stats.computed, " encoded",
+             latent_stats.corrupt ? cat(" (", latent_stats.corrupt, " unreadable entries recomputed)") : std::string(),
+             "; text cache: ", text_stats.reused, " reused, ", text_stats.computed, " encoded",
+             text_stats.corrupt ? cat(" (", text_stats.corrupt, " unreadable entries recomputed)") : std::string(),
+             " (", options_.cache_dir.string(), ")");
+}
+
+LatentBatch DatasetSource::batch(int64_t epoch, int64_t index) {
+  data::PlannedBatch planned = plan_->batch(options_.seed, epoch, index);
+  std::vector<at::Tensor> latents, masks, t5, t5_masks, pooled;
+  bool any_mask = false;
+  for (const data::PlannedSample& sample : planned.samples) {
+    PreparedImage p = prepared(sample);
+    if (std::filesystem::exists(latents_->entry(p))) {
+      auto [l, m] = latents_->load(p);
+      latents.push_back(l);
+      masks.push_back(m);
+    } else {
+      // A per-epoch variant (random crop): encoded now, with the AE kept for the next ones.
+      if (!ae_.model) ae_ = models::load_ae(files_.ae, options_.encoders);
+      at::NoGradGuard no_grad;
+      PreparedPixels px = prepare_pixels(p);
+      latents.push_back(ae_.model->encode(px.pixels.unsqueeze(0).to(options_.encoders.device, options_.encoders.dtype))
+                            .squeeze(0).to(at::kFloat).cpu());
+      masks.push_back(px.alpha.defined()
+                          ? at::avg_pool2d(px.alpha.unsqueeze(0).unsqueeze(0), {8, 8}).squeeze(0).squeeze(0)
+                          : at::Tensor());
+    }
+    any_mask = any_mask || masks.back().defined();
+    TextEmbeddings e;
+    if (std::filesystem::exists(text_->entry(sample.caption))) {
+      e = text_->load(sample.caption);
+    } else {
+      TextEmbeddings fresh = encoders().encode({sample.caption});
+      e = {fresh.t5[0].cpu(), fresh.t5_mask[0].cpu(), fresh.clip_pooled[0].cpu()};
+    }
+    t5.push_back(e.t5.to(at::kFloat));
+    t5_masks.push_back(e.t5_mask);
+    pooled.push_back(e.clip_pooled.to(at::kFloat));
+  }
+  LatentBatch out;
+  out.latents = at::stack(latents);
+  out.t5 = at::stack(t5);
+  out.t5_mask = at::stack(t5_masks);
+  out.clip_pooled = at::stack(pooled);
+  if (any_mask) {
+    for (size_t i = 0; i < masks.size(); ++i) {
+      if (!masks[i].defined()) masks[i] = at::ones({latents[i].size(1), latents[i].size(2)});
+    }
+    out.loss_mask = at::stack(masks);
+  }
+  return out;
+}
+
+}  // namespace fluxtrain::train

@@ -1,0 +1,60 @@
+// The training data of `fluxtrain train`: the dataset plan (src/data) turned into batches of cached
+// latents and text embeddings. The deterministic variants (every image at its centre crop, flipped too
+// with flip_aug; every caption as written) are encoded once into the disk caches before training, and
+// the encoders are freed. Variants that change per epoch (random_crop, shuffled or dropped caption tags)
+// are encoded when their batch comes, with the encoder they need kept loaded; caption_dropout's empty
+// caption is cached like any other.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "data/dataset.h"
+#include "train/cache.h"
+#include "train/trainer.h"
+
+namespace fluxtrain::train {
+
+struct EncoderFiles {
+  std::string ae;
+  std::string clip_l;
+  std::string t5xxl;
+};
+
+struct DatasetSourceOptions {
+  std::filesystem::path cache_dir;
+  models::ModelOptions encoders;  // device / dtype the encoders run in
+  TextEncoderOptions text;
+  int encode_batch_size = 4;
+  uint64_t seed = 42;
+};
+
+class DatasetSource : public DataSource {
+ public:
+  DatasetSource(std::shared_ptr<const data::DatasetPlan> plan, EncoderFiles files, DatasetSourceOptions options);
+  ~DatasetSource() override;
+
+  // Fills the caches (what is not there yet) and frees the encoders that training will not need.
+  // Returns a one-line report ("latents: 398 reused, 2 encoded; text: ...").
+  std::string prepare();
+
+  int64_t batches_per_epoch() const override;
+  int64_t images_per_epoch() const override;
+  LatentBatch batch(int64_t epoch, int64_t index) override;
+
+  const data::DatasetPlan& plan() const { return *plan_; }
+
+ private:
+  PreparedImage prepared(const data::PlannedSample& sample) const;
+  TextEncoders& encoders();
+
+  std::shared_ptr<const data::DatasetPlan> plan_;
+  EncoderFiles files_;
+  DatasetSourceOptions options_;
+  std::unique_ptr<LatentCache> latents_;
+  std::unique_ptr<TextCache> text_;
+  std::unique_ptr<TextEncoders> encoders_;
+  models::LoadedAe ae_;
+};
+
+}  // namespace fluxtrain::train

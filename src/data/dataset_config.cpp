@@ -432,8 +432,13 @@ void Resolver::add_subsets(DatasetConfig& out, const std::vector<Layer>& layers,
   auto& o = s.origin;
   std::string image_dir;
   take(layers, "image_dir", image_dir, o, where);
+  if (image_dir.empty() && !options_.default_image_dir.empty()) {
+    image_dir = options_.default_image_dir.string();  // the fetched DATASET_NAME
+    o["image_dir"] = "DATASET_NAME";
+  }
   if (image_dir.empty()) {
-    error(where, " has no image_dir: set image_dir = \"path/to/images\" (the folder that holds the images)");
+    error(where, " has no image_dir: set image_dir = \"path/to/images\" (the folder that holds the images), or set "
+          "DATASET_NAME to fetch the images");
   }
   take(layers, "num_repeats", s.num_repeats, o, where);
   take(layers, "caption_extension", s.caption_extension, o, where);
@@ -675,7 +680,13 @@ DatasetGroupConfig folder_dataset_config(const std::filesystem::path& dir, const
   for (const auto& d : {dir, reg_dir}) {
     if (!d.empty() && !std::filesystem::is_directory(d, ec)) fail("image folder ", d.string(), " does not exist");
   }
-  const json defaults = {{"resolution", 1024},      {"enable_bucket", true},   {"min_bucket_reso", 256},
+  // A smaller resolution given as a fallback (--resolution, PARAMS_RESOLUTION) lowers the bucket floor with
+  // it, so a small training resolution works on a bare folder too.
+  int min_bucket = 256;
+  if (options.fallbacks.resolution) {
+    min_bucket = std::min(min_bucket, std::min(options.fallbacks.resolution->width, options.fallbacks.resolution->height));
+  }
+  const json defaults = {{"resolution", 1024},      {"enable_bucket", true},   {"min_bucket_reso", min_bucket},
                          {"max_bucket_reso", 2048}, {"bucket_reso_steps", 64}, {"caption_extension", ".txt"}};
   json subsets = json::array();
   auto add_folder = [&](const std::filesystem::path& root, bool is_reg) {

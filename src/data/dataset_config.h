@@ -69,6 +69,8 @@ struct ConfigOptions {
   std::filesystem::path base_dir;
   // bucket_reso_steps must be a multiple of this (kohya's flux_train_network.py checks 32).
   int bucket_step_multiple = 32;
+  // A subset without image_dir uses this folder (the dataset fetched from DATASET_NAME); "" = error.
+  std::filesystem::path default_image_dir;
 };
 
 enum class ConfigFormat { toml, json };

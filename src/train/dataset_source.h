@@ -10,6 +10,7 @@
 #include <string>
 
 #include "data/dataset.h"
+#include "models/convert.h"
 #include "train/cache.h"
 #include "train/trainer.h"
 

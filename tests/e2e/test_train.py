@@ -1,0 +1,153 @@
+"""`fluxtrain train` as a pod runs it: configured by the seed's environment variables only, on a tiny
+model set (`fluxtrain make-tiny`) and a generated image folder. Checks the run folder, named errors with
+nothing written, exact resume after kill -9 (byte-identical final LoRA), SIGTERM leaving a complete state,
+and reuse of the caches."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from safetensors import safe_open
+
+from conftest import run
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, fluxtrain_bin):
+    folder = tmp_path_factory.mktemp("models")
+    run([fluxtrain_bin, "make-tiny", "--out", folder, "--seed", "3"])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Six small images in kohya's `N_name` folder with captions: two shapes, two aspect ratios."""
+    root = tmp_path_factory.mktemp("data")
+    folder = root / "2_ohwx"
+    folder.mkdir()
+    for i in range(6):
+        w, h = (64, 64) if i % 2 == 0 else (96, 64)
+        image = Image.new("RGB", (w, h), (40 * i, 200 - 30 * i, 90))
+        for x in range(w // 4, w // 2):
+            for y in range(h // 4, h // 2):
+                image.putpixel((x, y), (250, 20 * i, 10))
+        image.save(folder / f"img{i}.png")
+        (folder / f"img{i}.txt").write_text(f"ohwx, a red square number {i}\n")
+    return root
+
+
+def base_env(models, dataset, output, **params):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PARAMS_")}
+    env.update({
+        "BASE_MODEL": "flux",
+        "MODEL_DIR": str(models),
+        "DATASET_NAME": str(dataset),
+        "OUTPUT_PATH": str(output),
+        "SOURCE_DATE_EPOCH": "1700000000",
+        "PARAMS_DEVICE": "cpu",
+        "PARAMS_RESOLUTION": "64",
+        "PARAMS_NETWORK_DIM": "4",
+        "PARAMS_NETWORK_ALPHA": "4",
+        "PARAMS_OPTIMIZER_TYPE": "AdamW",
+        "PARAMS_LEARNING_RATE": "0.001",
+        "PARAMS_LEARNING_SCHEDULER": "cosine",
+        "PARAMS_MAX_TRAIN_STEPS": "8",
+        "PARAMS_SAVE_EVERY_N_STEPS": "2",
+        "PARAMS_SEED": "7",
+        "PARAMS_CACHE_DIR": str(output.parent / "cache"),
+    })
+    env.update({k: str(v) for k, v in params.items()})
+    return env
+
+
+def test_env_only_run_writes_a_complete_run_folder(tmp_path, fluxtrain_bin, models, dataset):
+    out = tmp_path / "run"
+    result = run([fluxtrain_bin, "train"], env=base_env(models, dataset, out))
+    final = out / "flux-lora.safetensors"
+    assert final.exists(), result.stderr
+    assert sorted(p.name for p in out.glob("flux-lora-step*.safetensors")) == [
+        f"flux-lora-step{n:08d}.safetensors" for n in (2, 4, 6)]
+    with safe_open(str(final), "pt") as f:
+        meta = f.metadata()
+        keys = list(f.keys())
+    assert meta["ss_network_dim"] == "4" and meta["modelspec.architecture"] == "flux-1-dev/lora"
+    assert meta["ss_optimizer"].startswith("AdamW") and meta["modelspec.trigger_phrase"] == "ohwx"
+    assert any(k.endswith(".lora_down.weight") for k in keys) and all(k.startswith("lora_unet_") for k in keys)
+    assert (out / "state" / "step-00000008" / "COMPLETE").exists()
+    assert (out / "config.toml").exists() and (out / "logs" / "fluxtrain.log").exists()
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines] == list(range(1, 9))
+    assert "latent cache: 0 reused, 6 encoded" in result.stderr
+    # A second run with a new output folder reuses every cache entry.
+    again = run([fluxtrain_bin, "train"], env=base_env(models, dataset, tmp_path / "run2"))
+    assert "latent cache: 6 reused, 0 encoded" in again.stderr
+    assert "text cache: 6 reused, 0 encoded" in again.stderr
+
+
+@pytest.mark.parametrize("name,value,needle", [
+    ("BASE_MODEL", "sdxl", "BASE_MODEL"),
+    ("PARAMS_LEARNING_RATE", "fast", "PARAMS_LEARNING_RATE"),
+    ("PARAMS_NETWORK_DIM", "0", "PARAMS_NETWORK_DIM"),
+    ("PARAMS_OPTIMIZER_TYPE", "adam9", "PARAMS_OPTIMIZER_TYPE"),
+    ("PARAMS_LEARNING_SCHEDULER", "wavy", "PARAMS_LEARNING_SCHEDULER"),
+    ("PARAMS_SPLIT_QKV", "maybe", "PARAMS_SPLIT_QKV"),
+])
+def test_bad_values_are_named_and_nothing_is_written(tmp_path, fluxtrain_bin, models, dataset, name, value, needle):
+    out = tmp_path / "run"
+    env = base_env(models, dataset, out)
+    env[name] = value
+    result = run([fluxtrain_bin, "train"], env=env, check=False)
+    assert result.returncode == 1, result.stderr
+    assert needle in result.stderr and value in result.stderr
+    assert not out.exists()
+
+
+def test_kill_9_and_restart_gives_the_same_lora(tmp_path, fluxtrain_bin, models, dataset):
+    straight = tmp_path / "straight"
+    run([fluxtrain_bin, "train"], env=base_env(models, dataset, straight))
+
+    out = tmp_path / "killed"
+    env = base_env(models, dataset, out)
+    proc = subprocess.Popen([fluxtrain_bin, "train"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    marker = out / "state" / "step-00000004" / "COMPLETE"
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    assert marker.exists()
+    assert not (out / "flux-lora.safetensors").exists(), "the run finished before it could be killed"
+    resumed = run([fluxtrain_bin, "train"], env=env)
+    assert "resumed from" in resumed.stderr
+    a = (straight / "flux-lora.safetensors").read_bytes()
+    b = (out / "flux-lora.safetensors").read_bytes()
+    assert a == b
+
+
+def test_sigterm_saves_a_complete_state_and_exits_0(tmp_path, fluxtrain_bin, models, dataset):
+    out = tmp_path / "run"
+    env = base_env(models, dataset, out, PARAMS_MAX_TRAIN_STEPS=400, PARAMS_SAVE_EVERY_N_STEPS=1000)
+    proc = subprocess.Popen([fluxtrain_bin, "train"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 300
+    while (not metrics.exists() or metrics.stat().st_size == 0) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    started = time.time()
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert time.time() - started < 30
+    states = [p for p in (out / "state").iterdir() if (p / "COMPLETE").exists()]
+    assert len(states) == 1, stderr
+    assert "stopping on signal" in stderr
+    # The restart carries on from there.
+    env["PARAMS_MAX_TRAIN_STEPS"] = "400"
+    step = int(states[0].name.split("-")[1])
+    assert 0 < step < 400

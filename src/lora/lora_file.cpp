@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <ctime>
 
+#include "core/error.h"
 #include "core/safetensors.h"
 #include "core/version.h"
 #include "lora/network.h"

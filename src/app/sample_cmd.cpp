@@ -1,8 +1,8 @@
 // `fluxtrain sample`: images from a base model plus any number of LoRAs (merged into the weights), from
 // --prompt or a kohya prompt file, into --out — the "test your LoRA" step. Also make_sampler(), the
 // set-up shared with the trainer's sample hook (app/sampling.h).
-#include <CLI/CLI.hpp>
 #include <torch/cuda.h>
+#include <CLI/CLI.hpp>
 
 #include <filesystem>
 #include <iostream>
@@ -78,10 +78,14 @@ void resolve_files(SampleOptions& o) {
     std::vector<std::string> names;
   };
   std::vector<Slot> slots = {
-      {&o.model, "--model", {"flux1-dev.safetensors", "flux_dev.safetensors", "flux1-schnell.safetensors", "flux_schnell.safetensors"}},
+      {&o.model,
+       "--model",
+       {"flux1-dev.safetensors", "flux_dev.safetensors", "flux1-schnell.safetensors", "flux_schnell.safetensors"}},
       {&o.ae, "--ae", {"ae.safetensors"}},
       {&o.clip_l, "--clip-l", {"clip_l.safetensors"}},
-      {&o.t5xxl, "--t5xxl", {"t5xxl_fp16.safetensors", "t5xxl_fp8_e4m3fn.safetensors", "t5xxl_fp8_e4m3fn_scaled.safetensors"}}};
+      {&o.t5xxl,
+       "--t5xxl",
+       {"t5xxl_fp16.safetensors", "t5xxl_fp8_e4m3fn.safetensors", "t5xxl_fp8_e4m3fn_scaled.safetensors"}}};
   if (!o.model_dir.empty() && !fs::is_directory(o.model_dir)) {
     fail("--model-dir ", o.model_dir, ": no such folder");
   }
@@ -143,7 +147,8 @@ at::ScalarType resolve_precision(const std::string& text, at::Device device) {
 bool has_guidance_embedding(const std::string& path) {
   models::Checkpoint checkpoint = models::Checkpoint::open(path, "transformer");
   for (const auto& name : checkpoint.names()) {
-    if (name.ends_with("guidance_in.in_layer.weight") || name.ends_with("guidance_embedder.linear_1.weight")) return true;
+    if (name.ends_with("guidance_in.in_layer.weight") || name.ends_with("guidance_embedder.linear_1.weight"))
+      return true;
   }
   return false;
 }
@@ -172,9 +177,8 @@ int run_sample(SampleOptions o) {
   defaults.cfg = o.cfg;
   defaults.negative = o.negative;
   defaults.seed = o.seed;
-  std::vector<data::SamplePrompt> prompts =
-      o.prompt.empty() ? data::load_prompts(o.prompts, defaults, "--prompts")
-                       : data::parse_prompts_text(o.prompt, "--prompt", defaults);
+  std::vector<data::SamplePrompt> prompts = o.prompt.empty() ? data::load_prompts(o.prompts, defaults, "--prompts")
+                                                             : data::parse_prompts_text(o.prompt, "--prompt", defaults);
   if (prompts.empty()) fail("--prompt: the text holds no prompt");
 
   models::ModelOptions options;
@@ -207,8 +211,8 @@ int run_sample(SampleOptions o) {
   for (const auto& l : loras) {
     lora::LoraContents contents = lora::read_lora(l.path, *flux.model);
     lora::merge_lora(*flux.model, contents, l.strength);
-    log::info("LoRA ", l.path, ": ", contents.deltas.size(), " modules (", contents.layout, " layout) merged at strength ",
-              l.strength);
+    log::info("LoRA ", l.path, ": ", contents.deltas.size(), " modules (", contents.layout,
+              " layout) merged at strength ", l.strength);
   }
   std::vector<fs::path> written = sampler->render(0, *flux.model);
   for (const auto& path : written) std::cout << path.string() << "\n";
@@ -227,7 +231,9 @@ Command add_sample_command(CLI::App& app) {
   sub->add_option("--t5xxl", o->t5xxl, "T5-XXL text encoder (t5xxl_fp16.safetensors)");
   sub->add_option("--model-dir", o->model_dir,
                   "folder holding the usual file names (flux1-dev/flux1-schnell, ae, clip_l, t5xxl_fp16 .safetensors)");
-  sub->add_option("--lora", o->loras, "LoRA file, optionally with a strength: FILE[:STRENGTH] (repeatable)");
+  sub->add_option("--lora", o->loras, "LoRA file, optionally with a strength: FILE[:STRENGTH] (repeatable)")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   sub->add_option("--prompt", o->prompt, "the prompt (kohya options such as --w 768 --d 5 may follow inside it)");
   sub->add_option("--prompts", o->prompts, "prompt file in kohya's syntax (.txt lines, .toml or .json)");
   sub->add_option("--width", o->width, "image width (multiple of 16)")->capture_default_str();
@@ -241,7 +247,8 @@ Command add_sample_command(CLI::App& app) {
   sub->add_option("--out", o->out, "folder for the PNGs (created if needed)");
   sub->add_option("--name", o->name, "file name prefix: NAME_000000_IDX_SEED.png")->capture_default_str();
   sub->add_option("--device", o->device, "auto, cpu or cuda[:N]")->capture_default_str();
-  sub->add_option("--precision", o->precision, "auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16")->capture_default_str();
+  sub->add_option("--precision", o->precision, "auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16")
+      ->capture_default_str();
   sub->add_option("--t5-max-length", o->t5_max_length, "T5 tokens (default 512 for dev, 256 for schnell)");
   sub->add_flag("--t5-attn-mask", o->t5_attn_mask, "mask T5 padding (kohya apply_t5_attn_mask)");
   return {sub, [o] { return run_sample(*o); }};

@@ -22,8 +22,8 @@ struct SamplerSetup {
   std::string ae_path;
   std::string clip_path;
   std::string t5_path;
-  models::ModelOptions options;     // device and dtype of the AE and the text encoders (fp8_base: T5)
-  train::TextEncoderOptions text;   // T5 length (512 dev, 256 schnell); t5_attn_mask also masks the transformer
+  models::ModelOptions options;    // device and dtype of the AE and the text encoders (fp8_base: T5)
+  train::TextEncoderOptions text;  // T5 length (512 dev, 256 schnell); t5_attn_mask also masks the transformer
   std::vector<data::SamplePrompt> prompts;
   sample::SamplerOptions sampler;
 };

@@ -62,7 +62,7 @@ std::map<std::string, Target> target_table(const models::FluxTransformerImpl& mo
       // Concatenated parts: q, k, v of hidden_size rows each, then (single blocks) the MLP input.
       const int64_t rows = source.op == models::KeySource::Op::concat ? (k < 3 ? c.hidden_size : c.mlp_hidden)
                                                                       : linear->second->out_features;
-      Target t{path, offset, rows, linear->second->in_features, source.op == models::KeySource::Op::swap_halves,
+      Target t{path,       offset, rows, linear->second->in_features, source.op == models::KeySource::Op::swap_halves,
                "diffusers"};
       table.emplace(name, t);
       t.layout = "kohya";
@@ -80,12 +80,18 @@ struct SuffixRule {
   Part part;
 };
 const SuffixRule kSuffixes[] = {
-    {".lora_down.weight", Part::down},          {".lora_up.weight", Part::up},
-    {".lora_A.weight", Part::down},             {".lora_B.weight", Part::up},
-    {".lora_A.default.weight", Part::down},     {".lora_B.default.weight", Part::up},
-    {".lora.down.weight", Part::down},          {".lora.up.weight", Part::up},
-    {".lora_linear_layer.down.weight", Part::down}, {".lora_linear_layer.up.weight", Part::up},
-    {"_lora.down.weight", Part::down},          {"_lora.up.weight", Part::up},
+    {".lora_down.weight", Part::down},
+    {".lora_up.weight", Part::up},
+    {".lora_A.weight", Part::down},
+    {".lora_B.weight", Part::up},
+    {".lora_A.default.weight", Part::down},
+    {".lora_B.default.weight", Part::up},
+    {".lora.down.weight", Part::down},
+    {".lora.up.weight", Part::up},
+    {".lora_linear_layer.down.weight", Part::down},
+    {".lora_linear_layer.up.weight", Part::up},
+    {"_lora.down.weight", Part::down},
+    {"_lora.up.weight", Part::up},
     {".alpha", Part::alpha},
 };
 
@@ -162,7 +168,8 @@ LoraContents read_lora(const std::string& path, const models::FluxTransformerImp
   }
   if (!unsupported.empty()) {
     std::string types;
-    for (const auto& [type, keys] : unsupported) types += cat(types.empty() ? "" : ", ", type, " (", keys.size(), " tensors, e.g. ", keys.front(), ")");
+    for (const auto& [type, keys] : unsupported)
+      types += cat(types.empty() ? "" : ", ", type, " (", keys.size(), " tensors, e.g. ", keys.front(), ")");
     fail(path, ": holds adapter types that fluxtrain cannot apply: ", types,
          "; only plain LoRA (down/up or lora_A/lora_B pairs) is supported. Fix: convert it to a plain LoRA "
          "(e.g. with kohya's extract/resize tools) or use a tool that supports LyCORIS");
@@ -234,7 +241,9 @@ LoraContents read_lora(const std::string& path, const models::FluxTransformerImp
     for (size_t i = 0; i < problems.size() && i < 10; ++i) message += "\n " + problems[i];
     throw Error(message);
   }
-  if (out.deltas.empty() && text_encoder.empty()) fail(path, ": holds no LoRA tensors (", reader.header().tensors.size(), " tensors, none of them a LoRA down/up pair)");
+  if (out.deltas.empty() && text_encoder.empty())
+    fail(path, ": holds no LoRA tensors (", reader.header().tensors.size(),
+         " tensors, none of them a LoRA down/up pair)");
   out.text_encoder_modules = text_encoder.size();
   out.layout = layouts.size() == 1 ? *layouts.begin() : layouts.empty() ? "none" : "mixed";
   if (!text_encoder.empty()) {

@@ -31,12 +31,12 @@ namespace fluxtrain::lora {
 // One low-rank update of (a row range of) one Linear weight of the transformer:
 // W[row_offset : row_offset + up.size(0)] += strength * scale * up @ down.
 struct LoraDelta {
-  std::string module;     // BFL module path, e.g. "double_blocks.0.img_attn.qkv"
+  std::string module;  // BFL module path, e.g. "double_blocks.0.img_attn.qkv"
   int64_t row_offset = 0;
-  at::Tensor down;        // [rank, in] fp32, CPU
-  at::Tensor up;          // [rows, rank] fp32, CPU (rows already in BFL order)
+  at::Tensor down;  // [rank, in] fp32, CPU
+  at::Tensor up;    // [rows, rank] fp32, CPU (rows already in BFL order)
   double scale = 1.0;
-  std::string source;     // the file's module name, for messages
+  std::string source;  // the file's module name, for messages
 };
 
 struct LoraContents {

@@ -128,7 +128,8 @@ Sampler::Sampler(models::AutoEncoder ae, std::vector<data::SamplePrompt> prompts
   }
   if (texts.empty()) return;
   std::vector<Conditioning> encoded = encode(texts);
-  TORCH_CHECK(encoded.size() == texts.size(), "text encoder returned ", encoded.size(), " embeddings for ", texts.size());
+  TORCH_CHECK(encoded.size() == texts.size(), "text encoder returned ", encoded.size(), " embeddings for ",
+              texts.size());
   auto to_cpu = [](Conditioning c) {
     Conditioning out;
     out.txt = c.txt.to(at::kCPU);
@@ -168,8 +169,8 @@ std::vector<std::filesystem::path> Sampler::render(int64_t step, models::FluxTra
     std::snprintf(index, sizeof index, "_%06lld_%02zu_", static_cast<long long>(step), i);
     std::filesystem::path path = options_.out_dir / (options_.name + index + std::to_string(s.seed) + ".png");
     std::vector<std::pair<std::string, std::string>> text = {
-        {"prompt", prompts_[i].prompt}, {"negative", s.negative},      {"seed", std::to_string(s.seed)},
-        {"steps", std::to_string(s.steps)}, {"guidance", number(s.guidance)}, {"cfg", number(s.cfg)},
+        {"prompt", prompts_[i].prompt},     {"negative", s.negative},           {"seed", std::to_string(s.seed)},
+        {"steps", std::to_string(s.steps)}, {"guidance", number(s.guidance)},   {"cfg", number(s.cfg)},
         {"step", std::to_string(step)},     {"width", std::to_string(s.width)}, {"height", std::to_string(s.height)}};
     for (const auto& item : options_.text) text.push_back(item);
     data::save_png(path, image, text);

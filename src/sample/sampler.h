@@ -37,13 +37,13 @@ class FluxTransformerImpl;
 namespace fluxtrain::sample {
 
 struct SampleSettings {
-  int width = 1024;   // multiples of 16
+  int width = 1024;  // multiples of 16
   int height = 1024;
   int steps = 20;
   double guidance = 3.5;  // dev's embedded guidance (ignored by schnell)
   double cfg = 1.0;       // true CFG scale; 1 = off (one forward per step)
   uint64_t seed = 0;
-  std::string negative;   // the negative prompt's text (its embedding is passed separately)
+  std::string negative;  // the negative prompt's text (its embedding is passed separately)
   // Time shift of the schedule; unset: shift when the model has a guidance embedding (dev), not
   // without one (schnell), as BFL and kohya decide by the model.
   std::optional<bool> shift;
@@ -83,10 +83,10 @@ data::Image decode_to_image(models::AutoEncoderImpl& ae, const at::Tensor& laten
 using TextEncodeFn = std::function<std::vector<Conditioning>(const std::vector<std::string>&)>;
 
 struct SamplerOptions {
-  std::filesystem::path out_dir;   // created if needed
-  std::string name = "sample";     // file name prefix: {name}_{step:06d}_{idx:02d}_{seed}.png
-  uint64_t run_seed = 42;          // seeds of prompts without --d (data::sample_seed)
-  std::optional<bool> shift;       // see SampleSettings::shift
+  std::filesystem::path out_dir;  // created if needed
+  std::string name = "sample";    // file name prefix: {name}_{step:06d}_{idx:02d}_{seed}.png
+  uint64_t run_seed = 42;         // seeds of prompts without --d (data::sample_seed)
+  std::optional<bool> shift;      // see SampleSettings::shift
   // tEXt chunks added to every PNG besides the prompt's own, e.g. {"model", "flux1-dev.safetensors"},
   // {"loras", "a.safetensors:0.8"}.
   std::vector<std::pair<std::string, std::string>> text;

@@ -1,0 +1,257 @@
+// `fluxtrain sample`: images from a base model plus any number of LoRAs (merged into the weights), from
+// --prompt or a kohya prompt file, into --out — the "test your LoRA" step. Also make_sampler(), the
+// set-up shared with the trainer's sample hook (app/sampling.h).
+#include <torch/cuda.h>
+#include <CLI/CLI.hpp>
+
+#include <filesystem>
+#include <iostream>
+#include <memory>
+
+#include "app/commands.h"
+#include "app/sampling.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "lora/convert.h"
+#include "models/convert.h"
+#include "models/loader.h"
+
+namespace fluxtrain::app {
+
+namespace fs = std::filesystem;
+
+sample::TextEncodeFn text_encode_fn(train::TextEncoders& encoders) {
+  return [&encoders](const std::vector<std::string>& texts) {
+    std::vector<sample::Conditioning> out;
+    for (const std::string& text : texts) {
+      train::TextEmbeddings e = encoders.encode({text});
+      sample::Conditioning c;
+      c.txt = e.t5;
+      c.y = e.clip_pooled;
+      if (encoders.options().t5_attn_mask) c.txt_mask = e.t5_mask;
+      out.push_back(std::move(c));
+    }
+    return out;
+  };
+}
+
+std::unique_ptr<sample::Sampler> make_sampler(const SamplerSetup& setup) {
+  models::LoadedAe ae = models::load_ae(setup.ae_path, setup.options);
+  models::ModelOptions encoder_options = setup.options;
+  auto encoders = std::make_unique<train::TextEncoders>(setup.clip_path, setup.t5_path, encoder_options, setup.text);
+  auto sampler = std::make_unique<sample::Sampler>(ae.model, setup.prompts, text_encode_fn(*encoders), setup.sampler);
+  encoders.reset();  // the embeddings are kept; the encoders are not needed any more
+  return sampler;
+}
+
+namespace {
+
+struct SampleOptions {
+  std::string model, ae, clip_l, t5xxl, model_dir;
+  std::vector<std::string> loras;
+  std::string prompt, prompts;
+  int width = 1024, height = 1024;
+  int steps = 0;  // 0: 20 for dev, 4 for schnell
+  double guidance = 3.5, cfg = 1.0;
+  std::string negative;
+  uint64_t seed = 42;
+  std::string out;
+  std::string name = "sample";
+  std::string device = "auto";
+  std::string precision = "auto";
+  int t5_max_length = 0;  // 0: 512 dev, 256 schnell
+  bool t5_attn_mask = false;
+};
+
+// The first of `names` that exists in `dir`, or "".
+std::string find_in(const std::string& dir, const std::vector<std::string>& names) {
+  for (const auto& n : names) {
+    if (fs::exists(fs::path(dir) / n)) return (fs::path(dir) / n).string();
+  }
+  return "";
+}
+
+void resolve_files(SampleOptions& o) {
+  struct Slot {
+    std::string* value;
+    const char* flag;
+    std::vector<std::string> names;
+  };
+  std::vector<Slot> slots = {
+      {&o.model,
+       "--model",
+       {"flux1-dev.safetensors", "flux_dev.safetensors", "flux1-schnell.safetensors", "flux_schnell.safetensors"}},
+      {&o.ae, "--ae", {"ae.safetensors"}},
+      {&o.clip_l, "--clip-l", {"clip_l.safetensors"}},
+      {&o.t5xxl,
+       "--t5xxl",
+       {"t5xxl_fp16.safetensors", "t5xxl_fp8_e4m3fn.safetensors", "t5xxl_fp8_e4m3fn_scaled.safetensors"}}};
+  if (!o.model_dir.empty() && !fs::is_directory(o.model_dir)) {
+    fail("--model-dir ", o.model_dir, ": no such folder");
+  }
+  for (auto& s : slots) {
+    if (s.value->empty() && !o.model_dir.empty()) {
+      *s.value = find_in(o.model_dir, s.names);
+      if (s.value->empty()) {
+        std::string names;
+        for (const auto& n : s.names) names += (names.empty() ? "" : ", ") + n;
+        fail("--model-dir ", o.model_dir, ": holds none of ", names, "; pass the file with ", s.flag);
+      }
+    }
+    if (s.value->empty()) fail(s.flag, " is required (or --model-dir DIR holding the usual file names)");
+    if (!fs::exists(*s.value)) fail(s.flag, " ", *s.value, ": no such file");
+  }
+}
+
+struct LoraSpec {
+  std::string path;
+  double strength = 1.0;
+};
+
+// FILE or FILE:STRENGTH (the part after the last ':' is a strength only when it parses as a number).
+LoraSpec parse_lora(const std::string& text) {
+  LoraSpec spec{text, 1.0};
+  const size_t colon = text.rfind(':');
+  if (colon != std::string::npos && colon + 1 < text.size()) {
+    const std::string tail = text.substr(colon + 1);
+    try {
+      size_t used = 0;
+      double value = std::stod(tail, &used);
+      if (used == tail.size()) spec = {text.substr(0, colon), value};
+    } catch (const std::exception&) {
+    }
+  }
+  if (!fs::exists(spec.path)) fail("--lora ", text, ": no such file ", spec.path, " (syntax: --lora FILE[:STRENGTH])");
+  return spec;
+}
+
+at::Device resolve_device(const std::string& text) {
+  if (text == "cpu") return at::kCPU;
+  if (text == "cuda" || text.rfind("cuda:", 0) == 0) {
+    if (!torch::cuda::is_available()) fail("--device ", text, ": no CUDA device is available; use --device cpu");
+    return at::Device(text);
+  }
+  if (text == "auto") return torch::cuda::is_available() ? at::Device(at::kCUDA) : at::Device(at::kCPU);
+  fail("--device '", text, "': expected auto, cpu or cuda[:N]");
+}
+
+at::ScalarType resolve_precision(const std::string& text, at::Device device) {
+  if (text == "fp32") return at::kFloat;
+  if (text == "bf16") return at::kBFloat16;
+  if (text == "fp16") return at::kHalf;
+  if (text == "auto") return device.is_cpu() ? at::kFloat : at::kBFloat16;
+  fail("--precision '", text, "': expected auto, fp32, bf16 or fp16");
+}
+
+// Whether the transformer file has a guidance embedding (dev) — from the header only.
+bool has_guidance_embedding(const std::string& path) {
+  models::Checkpoint checkpoint = models::Checkpoint::open(path, "transformer");
+  for (const auto& name : checkpoint.names()) {
+    if (name.ends_with("guidance_in.in_layer.weight") || name.ends_with("guidance_embedder.linear_1.weight"))
+      return true;
+  }
+  return false;
+}
+
+void check_size(int value, const char* flag) {
+  if (value < 16 || value % 16 != 0) {
+    fail(flag, " ", value, ": expected a positive multiple of 16, e.g. ", std::max(16, value / 16 * 16));
+  }
+}
+
+int run_sample(SampleOptions o) {
+  resolve_files(o);
+  if (o.prompt.empty() == o.prompts.empty()) fail("give either --prompt TEXT or --prompts FILE (exactly one)");
+  if (o.out.empty()) fail("--out DIR is required");
+  check_size(o.width, "--width");
+  check_size(o.height, "--height");
+  std::vector<LoraSpec> loras;
+  for (const auto& text : o.loras) loras.push_back(parse_lora(text));
+
+  const bool dev = has_guidance_embedding(o.model);
+  data::PromptDefaults defaults;
+  defaults.width = o.width;
+  defaults.height = o.height;
+  defaults.steps = o.steps > 0 ? o.steps : (dev ? 20 : 4);
+  defaults.guidance = o.guidance;
+  defaults.cfg = o.cfg;
+  defaults.negative = o.negative;
+  defaults.seed = o.seed;
+  std::vector<data::SamplePrompt> prompts = o.prompt.empty() ? data::load_prompts(o.prompts, defaults, "--prompts")
+                                                             : data::parse_prompts_text(o.prompt, "--prompt", defaults);
+  if (prompts.empty()) fail("--prompt: the text holds no prompt");
+
+  models::ModelOptions options;
+  options.device = resolve_device(o.device);
+  options.dtype = resolve_precision(o.precision, options.device);
+
+  SamplerSetup setup;
+  setup.ae_path = o.ae;
+  setup.clip_path = o.clip_l;
+  setup.t5_path = o.t5xxl;
+  setup.options = options;
+  setup.text.t5_max_length = o.t5_max_length > 0 ? o.t5_max_length : (dev ? 512 : 256);
+  setup.text.t5_attn_mask = o.t5_attn_mask;
+  setup.prompts = prompts;
+  setup.sampler.out_dir = o.out;
+  setup.sampler.name = o.name;
+  setup.sampler.run_seed = o.seed;
+  std::string lora_list;
+  for (const auto& l : loras) {
+    lora_list += cat(lora_list.empty() ? "" : ", ", fs::path(l.path).filename().string(), ":", l.strength);
+  }
+  setup.sampler.text = {{"model", fs::path(o.model).filename().string()}, {"loras", lora_list}};
+
+  // Text encoders first (encode, free), then the transformer: the peak is the larger of the two.
+  log::info("encoding ", prompts.size(), " prompts with ", o.clip_l, " and ", o.t5xxl);
+  std::unique_ptr<sample::Sampler> sampler = make_sampler(setup);
+
+  log::info("loading ", o.model);
+  models::LoadedFlux flux = models::load_flux(o.model, options);
+  for (const auto& l : loras) {
+    lora::LoraContents contents = lora::read_lora(l.path, *flux.model);
+    lora::merge_lora(*flux.model, contents, l.strength);
+    log::info("LoRA ", l.path, ": ", contents.deltas.size(), " modules (", contents.layout,
+              " layout) merged at strength ", l.strength);
+  }
+  std::vector<fs::path> written = sampler->render(0, *flux.model);
+  for (const auto& path : written) std::cout << path.string() << "\n";
+  return 0;
+}
+
+}  // namespace
+
+Command add_sample_command(CLI::App& app) {
+  auto o = std::make_shared<SampleOptions>();
+  CLI::App* sub = app.add_subcommand(
+      "sample", "Generate images with a Flux model plus any number of LoRAs (kohya, diffusers/PEFT or ComfyUI layout)");
+  sub->add_option("--model", o->model, "Flux transformer (flux1-dev.safetensors, a diffusers folder, ...)");
+  sub->add_option("--ae", o->ae, "autoencoder (ae.safetensors)");
+  sub->add_option("--clip-l", o->clip_l, "CLIP-L text encoder (clip_l.safetensors)");
+  sub->add_option("--t5xxl", o->t5xxl, "T5-XXL text encoder (t5xxl_fp16.safetensors)");
+  sub->add_option("--model-dir", o->model_dir,
+                  "folder holding the usual file names (flux1-dev/flux1-schnell, ae, clip_l, t5xxl_fp16 .safetensors)");
+  sub->add_option("--lora", o->loras, "LoRA file, optionally with a strength: FILE[:STRENGTH] (repeatable)")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  sub->add_option("--prompt", o->prompt, "the prompt (kohya options such as --w 768 --d 5 may follow inside it)");
+  sub->add_option("--prompts", o->prompts, "prompt file in kohya's syntax (.txt lines, .toml or .json)");
+  sub->add_option("--width", o->width, "image width (multiple of 16)")->capture_default_str();
+  sub->add_option("--height", o->height, "image height (multiple of 16)")->capture_default_str();
+  sub->add_option("--steps", o->steps, "sampling steps (default 20 for dev, 4 for schnell)");
+  sub->add_option("--guidance", o->guidance, "Flux dev's embedded guidance")->capture_default_str();
+  sub->add_option("--cfg", o->cfg, "true classifier-free guidance scale (1 = off; otherwise two forwards per step)")
+      ->capture_default_str();
+  sub->add_option("--negative", o->negative, "negative prompt (used when --cfg is not 1)");
+  sub->add_option("--seed", o->seed, "seed of every prompt that sets none with --d")->capture_default_str();
+  sub->add_option("--out", o->out, "folder for the PNGs (created if needed)");
+  sub->add_option("--name", o->name, "file name prefix: NAME_000000_IDX_SEED.png")->capture_default_str();
+  sub->add_option("--device", o->device, "auto, cpu or cuda[:N]")->capture_default_str();
+  sub->add_option("--precision", o->precision, "auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16")
+      ->capture_default_str();
+  sub->add_option("--t5-max-length", o->t5_max_length, "T5 tokens (default 512 for dev, 256 for schnell)");
+  sub->add_flag("--t5-attn-mask", o->t5_attn_mask, "mask T5 padding (kohya apply_t5_attn_mask)");
+  return {sub, [o] { return run_sample(*o); }};
+}
+
+}  // namespace fluxtrain::app

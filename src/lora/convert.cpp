@@ -1,0 +1,269 @@
+#include "lora/convert.h"
+
+#include <ATen/ATen.h>
+#include <torch/nn/module.h>
+
+#include <map>
+#include <set>
+
+#include "core/error.h"
+#include "core/log.h"
+#include "core/safetensors.h"
+#include "models/convert.h"
+#include "models/flux/flux.h"
+
+namespace fluxtrain::lora {
+namespace {
+
+// Where a module name of some layout lands in the BFL model.
+struct Target {
+  std::string module;
+  int64_t row_offset = 0;
+  int64_t rows = 0;
+  int64_t in_features = 0;
+  bool swap_halves = false;  // diffusers norm_out [scale, shift] -> BFL [shift, scale]
+  const char* layout = "";
+};
+
+std::string underscored(std::string name) {
+  for (char& c : name) {
+    if (c == '.') c = '_';
+  }
+  return name;
+}
+
+std::map<std::string, std::shared_ptr<models::LinearImpl>> linears_of(const models::FluxTransformerImpl& model) {
+  std::map<std::string, std::shared_ptr<models::LinearImpl>> out;
+  for (const auto& item : model.named_modules("", /*include_self=*/false)) {
+    if (auto linear = std::dynamic_pointer_cast<models::LinearImpl>(item.value())) out[item.key()] = linear;
+  }
+  return out;
+}
+
+// Every name a LoRA module may have for each Linear of the model, in every layout.
+std::map<std::string, Target> target_table(const models::FluxTransformerImpl& model) {
+  std::map<std::string, Target> table;
+  const auto linears = linears_of(model);
+  for (const auto& [path, linear] : linears) {
+    Target t{path, 0, linear->out_features, linear->in_features, false, "comfyui"};
+    table.emplace(path, t);
+    t.layout = "kohya";
+    table.emplace("lora_unet_" + underscored(path), t);
+  }
+  const auto& c = model.config;
+  for (const auto& [canonical, source] : models::flux_diffusers_map(c)) {
+    if (!canonical.ends_with(".weight")) continue;
+    const std::string path = canonical.substr(0, canonical.size() - 7);
+    auto linear = linears.find(path);
+    if (linear == linears.end()) continue;  // the norms' scales
+    int64_t offset = 0;
+    for (size_t k = 0; k < source.keys.size(); ++k) {
+      const std::string name = source.keys[k].substr(0, source.keys[k].size() - 7);
+      // Concatenated parts: q, k, v of hidden_size rows each, then (single blocks) the MLP input.
+      const int64_t rows = source.op == models::KeySource::Op::concat ? (k < 3 ? c.hidden_size : c.mlp_hidden)
+                                                                      : linear->second->out_features;
+      Target t{path,       offset, rows, linear->second->in_features, source.op == models::KeySource::Op::swap_halves,
+               "diffusers"};
+      table.emplace(name, t);
+      t.layout = "kohya";
+      table.emplace("lora_transformer_" + underscored(name), t);
+      table.emplace("lora_unet_" + underscored(name), t);
+      offset += rows;
+    }
+  }
+  return table;
+}
+
+enum class Part { down, up, alpha };
+struct SuffixRule {
+  const char* suffix;
+  Part part;
+};
+const SuffixRule kSuffixes[] = {
+    {".lora_down.weight", Part::down},
+    {".lora_up.weight", Part::up},
+    {".lora_A.weight", Part::down},
+    {".lora_B.weight", Part::up},
+    {".lora_A.default.weight", Part::down},
+    {".lora_B.default.weight", Part::up},
+    {".lora.down.weight", Part::down},
+    {".lora.up.weight", Part::up},
+    {".lora_linear_layer.down.weight", Part::down},
+    {".lora_linear_layer.up.weight", Part::up},
+    {"_lora.down.weight", Part::down},
+    {"_lora.up.weight", Part::up},
+    {".alpha", Part::alpha},
+};
+
+// Prefixes in front of the module names: ComfyUI, merged checkpoints, diffusers, PEFT.
+const char* const kPrefixes[] = {"diffusion_model.", "model.diffusion_model.", "transformer.", "base_model.model.",
+                                 "unet."};
+
+bool is_text_encoder(const std::string& module) {
+  return module.rfind("lora_te", 0) == 0 || module.rfind("text_encoder", 0) == 0 ||
+         module.rfind("text_encoders.", 0) == 0 || module.rfind("te1.", 0) == 0 || module.rfind("te2.", 0) == 0;
+}
+
+// The LyCORIS (or other non-LoRA) adapter type a key belongs to, or "".
+std::string unsupported_type(const std::string& key) {
+  if (key.find(".hada_") != std::string::npos) return "LoHa";
+  if (key.find(".lokr_") != std::string::npos) return "LoKr";
+  if (key.ends_with(".dora_scale")) return "DoRA";
+  if (key.find(".oft_") != std::string::npos) return "OFT";
+  if (key.ends_with(".diff") || key.ends_with(".diff_b")) return "full weight difference";
+  if (key.find(".lora_mid.") != std::string::npos) return "Tucker LoCon (lora_mid)";
+  return "";
+}
+
+struct Group {
+  at::Tensor down, up, alpha;
+  std::string down_key, up_key;
+};
+
+}  // namespace
+
+LoraContents read_lora(const std::string& path, const models::FluxTransformerImpl& model) {
+  safetensors::Reader reader(path);
+  const auto table = target_table(model);
+  LoraContents out;
+  out.path = path;
+
+  std::map<std::string, Group> groups;  // by the file's module name
+  std::map<std::string, std::vector<std::string>> unsupported;
+  std::vector<std::string> unknown_suffix;
+  std::set<std::string> text_encoder;
+  for (const auto& info : reader.header().tensors) {
+    const std::string& key = info.name;
+    if (std::string type = unsupported_type(key); !type.empty()) {
+      unsupported[type].push_back(key);
+      continue;
+    }
+    const SuffixRule* rule = nullptr;
+    for (const auto& r : kSuffixes) {
+      if (key.ends_with(r.suffix)) {
+        rule = &r;
+        break;
+      }
+    }
+    if (rule == nullptr) {
+      unknown_suffix.push_back(key);
+      continue;
+    }
+    std::string module = key.substr(0, key.size() - std::string(rule->suffix).size());
+    if (is_text_encoder(module)) {
+      text_encoder.insert(module);
+      continue;
+    }
+    Group& g = groups[module];
+    at::Tensor t = reader.tensor(info).to(at::kFloat).clone();
+    if (rule->part == Part::down) {
+      g.down = t;
+      g.down_key = key;
+    } else if (rule->part == Part::up) {
+      g.up = t;
+      g.up_key = key;
+    } else {
+      g.alpha = t;
+    }
+  }
+  if (!unsupported.empty()) {
+    std::string types;
+    for (const auto& [type, keys] : unsupported)
+      types += cat(types.empty() ? "" : ", ", type, " (", keys.size(), " tensors, e.g. ", keys.front(), ")");
+    fail(path, ": holds adapter types that fluxtrain cannot apply: ", types,
+         "; only plain LoRA (down/up or lora_A/lora_B pairs) is supported. Fix: convert it to a plain LoRA "
+         "(e.g. with kohya's extract/resize tools) or use a tool that supports LyCORIS");
+  }
+
+  std::vector<std::string> problems, unmatched;
+  std::set<std::string> layouts;
+  for (const auto& [module, g] : groups) {
+    const Target* target = nullptr;
+    auto it = table.find(module);
+    if (it != table.end()) target = &it->second;
+    for (const char* prefix : kPrefixes) {
+      if (target != nullptr) break;
+      if (module.rfind(prefix, 0) != 0) continue;
+      it = table.find(module.substr(std::string(prefix).size()));
+      if (it != table.end()) target = &it->second;
+    }
+    if (target == nullptr) {
+      unmatched.push_back(g.down_key.empty() ? (g.up_key.empty() ? module + ".alpha" : g.up_key) : g.down_key);
+      continue;
+    }
+    if (!g.down.defined() || !g.up.defined()) {
+      problems.push_back(cat(module, ": has ", g.down.defined() ? "a down (lora_A)" : "an up (lora_B)",
+                             " weight but no ", g.down.defined() ? "up (lora_B)" : "down (lora_A)", " weight"));
+      continue;
+    }
+    const int64_t rank = g.down.dim() == 2 ? g.down.size(0) : -1;
+    if (g.down.dim() != 2 || g.up.dim() != 2 || g.up.size(1) != rank || g.down.size(1) != target->in_features ||
+        g.up.size(0) != target->rows) {
+      problems.push_back(cat(module, ": down ", g.down.sizes(), " / up ", g.up.sizes(), ", expected down [rank, ",
+                             target->in_features, "] / up [", target->rows, ", rank] for ", target->module,
+                             target->row_offset > 0 ? cat(" (rows from ", target->row_offset, ")") : "",
+                             "; a LoRA for a Flux model of another size?"));
+      continue;
+    }
+    if (g.alpha.defined() && g.alpha.numel() != 1) {
+      problems.push_back(cat(module, ": alpha has shape ", g.alpha.sizes(), ", expected a single number"));
+      continue;
+    }
+    LoraDelta d;
+    d.module = target->module;
+    d.row_offset = target->row_offset;
+    d.down = g.down;
+    d.up = g.up;
+    if (target->swap_halves) {
+      const int64_t half = g.up.size(0) / 2;
+      d.up = at::cat({g.up.narrow(0, half, half), g.up.narrow(0, 0, half)}, 0);
+    }
+    d.scale = g.alpha.defined() ? g.alpha.item<double>() / static_cast<double>(rank) : 1.0;
+    d.source = module;
+    layouts.insert(target->layout);
+    out.deltas.push_back(std::move(d));
+  }
+  for (const auto& key : unknown_suffix) unmatched.push_back(key);
+  if (!unmatched.empty()) {
+    std::string list;
+    for (size_t i = 0; i < unmatched.size() && i < 8; ++i) list += "\n  " + unmatched[i];
+    if (unmatched.size() > 8) list += cat("\n  ... and ", unmatched.size() - 8, " more");
+    const auto& c = model.config;
+    problems.insert(problems.begin(),
+                    cat(unmatched.size(), " tensors fit no layer of this Flux transformer (", c.depth, " double / ",
+                        c.depth_single_blocks, " single blocks, hidden ", c.hidden_size,
+                        "); accepted: kohya lora_unet_*, diffusers/PEFT transformer.*.lora_A/lora_B, ComfyUI "
+                        "diffusion_model.*. Is it a LoRA for another model (SD 1.5, SDXL, SD3)?",
+                        list));
+  }
+  if (!problems.empty()) {
+    std::string message = cat(path, ": not a usable Flux LoRA (", problems.size(), " problems):");
+    for (size_t i = 0; i < problems.size() && i < 10; ++i) message += "\n " + problems[i];
+    throw Error(message);
+  }
+  if (out.deltas.empty() && text_encoder.empty())
+    fail(path, ": holds no LoRA tensors (", reader.header().tensors.size(),
+         " tensors, none of them a LoRA down/up pair)");
+  out.text_encoder_modules = text_encoder.size();
+  out.layout = layouts.size() == 1 ? *layouts.begin() : layouts.empty() ? "none" : "mixed";
+  if (!text_encoder.empty()) {
+    log::warn(path, ": ", text_encoder.size(), " text-encoder LoRA modules (e.g. ", *text_encoder.begin(),
+              ") are not applied: fluxtrain applies LoRAs to the transformer only");
+  }
+  return out;
+}
+
+void merge_lora(models::FluxTransformerImpl& model, const LoraContents& lora, double strength) {
+  at::NoGradGuard no_grad;
+  const auto linears = linears_of(model);
+  for (const auto& d : lora.deltas) {
+    auto it = linears.find(d.module);
+    TORCH_CHECK(it != linears.end(), "merge_lora: no Linear ", d.module);
+    at::Tensor& weight = it->second->weight;
+    at::Tensor delta = at::mm(d.up.to(weight.device()), d.down.to(weight.device())) * (strength * d.scale);
+    at::Tensor rows = weight.narrow(0, d.row_offset, d.up.size(0));
+    rows.copy_(rows.to(at::kFloat) + delta);
+  }
+}
+
+}  // namespace fluxtrain::lora

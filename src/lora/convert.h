@@ -1,0 +1,59 @@
+// LoRA files of every common layout, read against a Flux transformer and merged into its weights.
+//
+// Layouts (module name + suffix; the suffixes of any layout are accepted with any module naming):
+//   kohya / sd-scripts   lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight / .lora_up.weight / .alpha
+//   diffusers / PEFT     transformer.transformer_blocks.0.attn.to_q.lora_A.weight / .lora_B.weight [/ .alpha]
+//                        (also without `transformer.`, or PEFT's `base_model.model.`; old diffusers
+//                        `.lora.down.weight` / `.lora_linear_layer.down.weight`)
+//   ComfyUI / BFL        diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight (or .lora_down.weight)
+//   underscored diffusers lora_transformer_single_transformer_blocks_0_attn_to_q.lora_down.weight
+// diffusers names map onto BFL's fused layers with a row range: to_q / to_k / to_v (add_q_proj ...) are
+// the three thirds of `qkv`, single blocks' to_q, to_k, to_v, proj_mlp are the four row ranges of
+// `linear1`, and norm_out's [scale, shift] rows are BFL's [shift, scale] (the same map as the model
+// loader, models::flux_diffusers_map). Scale = alpha / rank, or 1 without an alpha (PEFT/diffusers files
+// store none: their adapters were saved with alpha = rank).
+//
+// Text-encoder adapters (lora_te*, text_encoder.*) are recognised and counted but not applied.
+// LyCORIS types (LoHa, LoKr, DoRA, full diffs) are refused with an error naming them.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <string>
+#include <vector>
+
+namespace fluxtrain::models {
+class FluxTransformerImpl;
+}
+
+namespace fluxtrain::lora {
+
+// One low-rank update of (a row range of) one Linear weight of the transformer:
+// W[row_offset : row_offset + up.size(0)] += strength * scale * up @ down.
+struct LoraDelta {
+  std::string module;  // BFL module path, e.g. "double_blocks.0.img_attn.qkv"
+  int64_t row_offset = 0;
+  at::Tensor down;  // [rank, in] fp32, CPU
+  at::Tensor up;    // [rows, rank] fp32, CPU (rows already in BFL order)
+  double scale = 1.0;
+  std::string source;  // the file's module name, for messages
+};
+
+struct LoraContents {
+  std::string path;
+  std::string layout;  // "kohya", "diffusers", "comfyui", "mixed"
+  std::vector<LoraDelta> deltas;
+  size_t text_encoder_modules = 0;  // adapters of CLIP/T5 in the file (not applied)
+};
+
+// Reads a LoRA file and resolves every module against `model` (names, shapes). Throws Error naming the
+// file and the keys that fit no layer (with the layout they look like), shape mismatches, and modules
+// with a missing half.
+LoraContents read_lora(const std::string& path, const models::FluxTransformerImpl& model);
+
+// Adds strength * scale * up @ down to the weights (in fp32, then stored in the weight's dtype).
+// Merging is exact for any number of LoRAs and layouts, costs no time per step, and is what `sample`
+// uses; the base weights change, so load a fresh model to undo it.
+void merge_lora(models::FluxTransformerImpl& model, const LoraContents& lora, double strength);
+
+}  // namespace fluxtrain::lora

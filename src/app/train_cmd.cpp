@@ -17,6 +17,7 @@
 #include <set>
 
 #include "app/commands.h"
+#include "app/sampling.h"
 #include "app/train_options.h"
 #include "core/atomic_file.h"
 #include "core/error.h"
@@ -24,6 +25,7 @@
 #include "core/sha256.h"
 #include "data/dataset.h"
 #include "data/fetch.h"
+#include "data/prompts.h"
 #include "models/linear.h"
 #include "train/dataset_source.h"
 #include "train/state.h"
@@ -183,9 +185,7 @@ std::shared_ptr<data::DatasetPlan> build_dataset(const ResolvedConfig& config) {
   }
   data::ScanOptions scan;
   scan.probe = data::default_image_probe();
-  auto plan = std::make_shared<data::DatasetPlan>(data::DatasetPlan::build(std::move(group), scan));
-  log::info(plan->summary());
-  return plan;
+  return std::make_shared<data::DatasetPlan>(data::DatasetPlan::build(std::move(group), scan));
 }
 
 train::TrainerConfig trainer_config(const ResolvedConfig& config, const ModelFiles& files, const RunPlan& run,
@@ -328,7 +328,27 @@ int run_train(const TrainCli& cli, bool cache_only) {
   log::add_file_sink((run.dir / "logs" / "fluxtrain.log").string());
   log::info("training ", trainer.output_name, " in ", run.dir.string(), " on ", trainer.model.device.str(), " (",
             c10::toString(trainer.compute_dtype), ")", run.resume_state.empty() ? "" : ", resuming from " + run.resume_state);
-  train::TrainResult result = train::train(trainer, source);
+  // Samples: the prompts are encoded once now (the text encoders are freed again); the AE stays.
+  std::unique_ptr<sample::Sampler> sampler;
+  train::SampleHook hook;
+  const bool sampling = trainer.sample_every_n_steps > 0 || trainer.sample_at_first;
+  if (auto prompts = config.find_string("sample_prompts"); prompts && !prompts->empty() && sampling) {
+    SamplerSetup setup;
+    setup.ae_path = files.ae;
+    setup.clip_path = files.clip_l;
+    setup.t5_path = files.t5xxl;
+    setup.options.device = device;
+    setup.options.dtype = precision;
+    setup.text = source_options.text;
+    setup.prompts = data::load_prompts(*prompts);
+    setup.sampler.out_dir = run.dir / "samples";
+    setup.sampler.name = trainer.output_name;
+    setup.sampler.run_seed = trainer.seed;
+    setup.sampler.text = {{"model", fs::path(files.model).filename().string()}, {"lora", trainer.output_name}};
+    sampler = make_sampler(setup);
+    hook = [&sampler](int64_t step, models::FluxTransformerImpl& model) { sampler->render(step, model); };
+  }
+  train::TrainResult result = train::train(trainer, source, hook);
   log::info(result.interrupted ? "stopped" : "done", ": ", result.steps, "/", result.total_steps, " steps in ",
             result.seconds, " s, last loss ", result.last_loss);
   for (const auto& file : result.files) std::cout << file << "\n";

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <map>
 
 #include "core/atomic_file.h"
 #include "core/error.h"
@@ -140,14 +141,16 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
            "; it was saved by a different network configuration");
     }
     {
+      std::map<std::string, at::Tensor> saved(state.trainable.begin(), state.trainable.end());
       at::NoGradGuard no_grad;
       for (size_t i = 0; i < t.params.size(); ++i) {
-        const auto& [name, tensor] = state.trainable[i];
-        if (name != t.names[i] || tensor.sizes() != t.params[i].sizes()) {
-          fail(dir, ": trained tensor '", name, "' ", tensor.sizes(), " does not match this network's '", t.names[i],
-               "' ", t.params[i].sizes(), "; it was saved by a different network configuration");
+        auto it = saved.find(t.names[i]);
+        if (it == saved.end() || it->second.sizes() != t.params[i].sizes()) {
+          fail(dir, ": trained tensor '", t.names[i], "' ", t.params[i].sizes(), " is ",
+               it == saved.end() ? std::string("missing from the state") : cat("saved as ", it->second.sizes()),
+               "; the state was saved by a different network configuration");
         }
-        t.params[i].copy_(tensor);
+        t.params[i].copy_(it->second);
       }
     }
     optimizer->load_state(state.optimizer_tensors, state.info.at("optimizer"));

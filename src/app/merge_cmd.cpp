@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <memory>
 
@@ -46,6 +47,12 @@ lora::WeightedLora parse_weighted(const std::string& text, const std::string& wh
   if (std::filesystem::exists(text, ec)) return out;
   fail("--lora ", text, ": '", number, "' after the last ':' is not a number (expected FILE or FILE:", what,
        ", e.g. style.safetensors:0.8)");
+}
+
+std::string percent(double share) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.2f%%", share * 100);
+  return text;
 }
 
 }  // namespace
@@ -93,9 +100,9 @@ Command add_merge_command(CLI::App& app) {
             std::string ranks = report.min_rank == report.max_rank ? std::to_string(report.max_rank)
                                                                   : cat(report.min_rank, "-", report.max_rank);
             log::info("merged ", loras.size(), " LoRAs: ", report.modules, " modules, rank ", ranks,
-                      options.rank > 0 ? cat(" (SVD; kept ", report.total_kept * 100, "% of ‖ΔW‖², worst module ",
+                      options.rank > 0 ? cat(" (SVD; kept ", percent(report.total_kept), " of ‖ΔW‖², worst module ",
                                              report.worst_module.empty() ? "-" : report.worst_module, " ",
-                                             report.worst_kept * 100, "%)")
+                                             percent(report.worst_kept), ")")
                                        : std::string(" (exact)"),
                       ": wrote ", o->out);
             return 0;

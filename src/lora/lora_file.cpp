@@ -6,7 +6,9 @@
 #include <chrono>
 #include <cstdlib>
 #include <ctime>
+#include <sstream>
 
+#include "core/error.h"
 #include "core/safetensors.h"
 #include "core/version.h"
 #include "lora/network.h"

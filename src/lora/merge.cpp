@@ -3,12 +3,14 @@
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <map>
 #include <memory>
 #include <set>
+#include <sstream>
 
 #include "core/error.h"
 #include "core/log.h"
@@ -155,9 +157,9 @@ LoraFile open_lora(const WeightedLora& input) {
   return file;
 }
 
-std::string number(double value) {
+std::string significant(double value, int digits) {
   std::ostringstream out;
-  out.precision(17);
+  out.precision(digits);
   out << value;
   return out.str();
 }
@@ -461,13 +463,16 @@ BakeReport bake_loras(const std::string& base, const std::vector<WeightedLora>& 
     if (!unmatched.empty()) {
       std::vector<std::string> names;
       for (const auto& [name, keys] : targets) names.push_back(name);
-      std::string first = unmatched.front().substr(0, unmatched.front().find(' '));
-      std::string hint = closest_match(first, names);
       message += cat("\n  ", unmatched.size(), " LoRA modules match no 2-D weight of the base, e.g.:");
-      for (size_t i = 0; i < unmatched.size() && i < 8; ++i) message += "\n    " + unmatched[i];
-      message += hint.empty() ? cat("\n  (the base's weights map to names like ",
-                                    names.empty() ? std::string("(none)") : names.front(), ")")
-                              : cat("\n  did you mean ", hint, "?");
+      for (size_t i = 0; i < unmatched.size() && i < 8; ++i) {
+        std::string hint = closest_match(unmatched[i].substr(0, unmatched[i].find(' ')), names);
+        message += "\n    " + unmatched[i] + (hint.empty() ? "" : "; closest: " + hint);
+      }
+      // An example of what the base does hold, under the same LoRA prefix when there is one.
+      std::string prefix = unmatched.front().substr(0, unmatched.front().find('_', 5) + 1);
+      auto example = std::find_if(names.begin(), names.end(), [&](const std::string& n) { return n.rfind(prefix, 0) == 0; });
+      if (example == names.end()) example = names.begin();
+      if (example != names.end()) message += cat("\n  (the base's weights take names like ", *example, ")");
     }
     for (size_t i = 0; i < problems.size() && i < 8; ++i) message += "\n  " + problems[i];
     message += "\n fix: use a LoRA trained for this base model (kohya names lora_unet_<key with . -> _>), and a BFL "
@@ -561,7 +566,7 @@ BakeReport bake_loras(const std::string& base, const std::vector<WeightedLora>& 
   report.fp8_clamped = stats->clamped;
   report.fp8_relative_error = stats->fp8_delta2 > 0 ? std::sqrt(stats->fp8_error2 / stats->fp8_delta2) : 0;
   if (fp8_output) {
-    log::warn("fp8 rounding: the rounding error of the changed weights is ", number(report.fp8_relative_error),
+    log::warn("fp8 rounding: the rounding error of the changed weights is ", significant(report.fp8_relative_error, 3),
               " × the size of the LoRA's change (‖Q(W+ΔW) − (W+ΔW)‖ / ‖ΔW‖)",
               report.fp8_clamped > 0 ? cat("; ", report.fp8_clamped, " values were clamped to ±448") : std::string(),
               "; bake into a bf16 base (or --dtype bf16) to keep the LoRA exactly");

@@ -151,9 +151,9 @@ def test_concat_merge_is_the_exact_weighted_sum(tiny, fluxtrain_bin):
     assert {r for n, r in ranks(out3).items() if "double_blocks" in n} == {4}
 
 
-@pytest.mark.parametrize("rank", [3, 6])
-def test_rank_r_merge_is_the_best_rank_r_approximation(tiny, fluxtrain_bin, rank):
+def test_rank_r_merge_is_the_best_rank_r_approximation(tiny, fluxtrain_bin):
     t = tiny
+    rank = 5  # below every module's total rank (4 + 4..16 + 0..2)
     out = t["dir"] / f"svd{rank}.safetensors"
     weights = {"a": 0.8, "b": 0.5, "c": -1.5}
     run([fluxtrain_bin, "merge", *sum((["--lora", f"{t[k]}:{w}"] for k, w in weights.items()), []),
@@ -209,7 +209,7 @@ def test_bake_fp32_and_bf16_and_forward(tiny, fluxtrain_bin, test_tool):
         run([fluxtrain_bin, "merge", "--base", base, *lora_args, "--out", out])
         before, after = load_file(str(base)), load_file(str(out))
         assert {k: (v.dtype, v.shape) for k, v in after.items()} == {k: (v.dtype, v.shape) for k, v in before.items()}
-        changed = 0
+        changed = same = total = 0
         worst = 0.0
         for key, w in before.items():
             name = "lora_unet_" + key[: -len(".weight")].replace(".", "_")
@@ -222,13 +222,17 @@ def test_bake_fp32_and_bf16_and_forward(tiny, fluxtrain_bin, test_tool):
                 worst = max(worst, rel_err(after[key], exact))
             else:
                 # A correct bf16 rounding of the exact sum: within half a bf16 ulp (8 significant bits),
-                # plus fp32 noise in the sum.
+                # plus fp32 noise in the sum (relative to its terms, not to the sum, which may cancel).
                 ulp = torch.exp2(torch.floor(torch.log2(exact.abs().clamp_min(1e-30))) - 7)
-                excess = ((after[key].double() - exact).abs() - (0.5 * ulp + 1e-6 * exact.abs())).max()
+                noise = 1e-6 * (w.double().abs() + ref_deltas[name].abs())
+                excess = ((after[key].double() - exact).abs() - (0.5 * ulp + noise)).max()
                 assert float(excess) <= 0, key
-                worst = max(worst, float(((after[key].double() - exact).abs() / ulp).max()))
+                same += int((after[key] == exact.float().to(torch.bfloat16)).sum())
+                total += exact.numel()
         assert changed == len(ref_deltas)
-        print(f"bake {tolerance}: {changed} weights changed, worst {'relative error' if tolerance == 'fp32' else 'error in bf16 ulps'} {worst:.3g}")
+        print(f"bake {tolerance}: {changed} weights changed, " +
+              (f"worst relative error {worst:.2e}" if tolerance == "fp32" else
+               f"{same}/{total} values equal torch's bf16 rounding of the float64 sum, all within ½ ulp + fp32 noise"))
         if tolerance == "fp32":
             assert worst <= 1e-6
         baked_meta = json.loads(metadata(out)["fluxtrain.baked_loras"])
@@ -280,7 +284,8 @@ def test_bake_fp8_and_prefix_and_dtype(tiny, fluxtrain_bin, test_tool):
         # subnormal below 2^-6), plus fp32 noise in the sum.
         exact = (w.double() + 4 * deltas[name]).clamp(-448, 448)
         ulp = torch.exp2(torch.floor(torch.log2(exact.abs().clamp_min(2.0**-6))) - 3)
-        excess = ((after[key].double() - exact).abs() - (0.5 * ulp + 1e-6 * exact.abs())).max()
+        noise = 1e-6 * (w.double().abs() + 4 * deltas[name].abs())
+        excess = ((after[key].double() - exact).abs() - (0.5 * ulp + noise)).max()
         assert float(excess) <= 0, key
     assert changed == len(deltas)
     info = json.loads(run([test_tool, "flux-forward", out, t["inputs"], t["dir"] / "fp8_out.safetensors", "--fp8", "1"]).stdout)

@@ -84,7 +84,8 @@ Command add_merge_command(CLI::App& app) {
             for (const auto& text : o->loras) loras.push_back(parse_weighted(text, bake ? "STRENGTH" : "WEIGHT"));
             if (bake) {
               if (o->rank_given) fail("--rank applies to LoRA merges; baking into --base ", o->base, " has no rank");
-              if (!o->title.empty()) fail("--title applies to LoRA merges; a baked checkpoint keeps the base's metadata");
+              if (!o->title.empty())
+                fail("--title applies to LoRA merges; a baked checkpoint keeps the base's metadata");
               lora::BakeOptions options;
               if (!o->dtype.empty()) options.dtype = lora::parse_weight_dtype(o->dtype, "--dtype");
               auto report = lora::bake_loras(o->base, loras, o->out, options);
@@ -98,7 +99,7 @@ Command add_merge_command(CLI::App& app) {
             if (!o->dtype.empty()) options.dtype = lora::parse_weight_dtype(o->dtype, "--dtype");
             auto report = lora::merge_loras(loras, options, o->out);
             std::string ranks = report.min_rank == report.max_rank ? std::to_string(report.max_rank)
-                                                                  : cat(report.min_rank, "-", report.max_rank);
+                                                                   : cat(report.min_rank, "-", report.max_rank);
             log::info("merged ", loras.size(), " LoRAs: ", report.modules, " modules, rank ", ranks,
                       options.rank > 0 ? cat(" (SVD; kept ", percent(report.total_kept), " of ‖ΔW‖², worst module ",
                                              report.worst_module.empty() ? "-" : report.worst_module, " ",

@@ -36,7 +36,9 @@ bool ends_with(const std::string& text, const std::string& suffix) {
   return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-std::string shape_text(int64_t a, int64_t b) { return cat("[", a, ", ", b, "]"); }
+std::string shape_text(int64_t a, int64_t b) {
+  return cat("[", a, ", ", b, "]");
+}
 
 bool is_float(Dtype d) {
   return d == Dtype::F64 || d == Dtype::F32 || d == Dtype::F16 || d == Dtype::BF16 || d == Dtype::F8_E4M3 ||
@@ -58,9 +60,7 @@ struct LoraFile {
   std::unique_ptr<safetensors::Reader> reader;
   std::map<std::string, ModuleEntry> modules;
 
-  at::Tensor load(const TensorInfo* info, at::ScalarType type) const {
-    return reader->tensor(*info).to(type);
-  }
+  at::Tensor load(const TensorInfo* info, at::ScalarType type) const { return reader->tensor(*info).to(type); }
   std::string meta(const std::string& key) const {
     auto it = reader->metadata().find(key);
     return it == reader->metadata().end() ? std::string() : it->second;
@@ -76,7 +76,8 @@ std::string foreign_format_hint(const std::vector<std::string>& names) {
     if (ends_with(n, ".dora_scale")) return "it is a DoRA (dora_scale), which cannot be merged as a plain LoRA";
     if (n.find("hada_") != std::string::npos) return "it is a LoHa (hada_*), not a plain LoRA";
     if (n.find("lokr_") != std::string::npos) return "it is a LoKr (lokr_*), not a plain LoRA";
-    if (n.find(".lora_mid.") != std::string::npos) return "it is a LoCon with a Tucker middle (lora_mid), not a plain LoRA";
+    if (n.find(".lora_mid.") != std::string::npos)
+      return "it is a LoCon with a Tucker middle (lora_mid), not a plain LoRA";
   }
   for (const auto& n : names) {
     if (n.find("double_blocks.") != std::string::npos || n.find("single_blocks.") != std::string::npos) {
@@ -116,8 +117,8 @@ LoraFile open_lora(const WeightedLora& input) {
          names.empty() ? "" : " (e.g. '" + names.front() + "')", hint.empty() ? "" : "; " + hint);
   }
   if (!unknown.empty()) {
-    fail(input.path, ": ", unknown.size(), " tensors are not part of a plain LoRA (down/up/alpha), e.g. '", unknown.front(),
-         "'", hint.empty() ? "; only plain kohya-format LoRAs can be merged" : "; " + hint);
+    fail(input.path, ": ", unknown.size(), " tensors are not part of a plain LoRA (down/up/alpha), e.g. '",
+         unknown.front(), "'", hint.empty() ? "; only plain kohya-format LoRAs can be merged" : "; " + hint);
   }
   for (const auto& [name, alpha] : alphas) {
     if (!file.modules.count(name)) fail(input.path, ": '", name, kAlpha, "' has no lora_down / lora_up weights");
@@ -128,7 +129,8 @@ LoraFile open_lora(const WeightedLora& input) {
            " weight (incomplete or damaged file)");
     }
     for (const TensorInfo* t : {m.down, m.up}) {
-      if (!is_float(t->dtype)) fail(input.path, ": '", t->name, "' has dtype ", safetensors::dtype_name(t->dtype), ", expected a float type");
+      if (!is_float(t->dtype))
+        fail(input.path, ": '", t->name, "' has dtype ", safetensors::dtype_name(t->dtype), ", expected a float type");
     }
     const auto& d = m.down->shape;
     const auto& u = m.up->shape;
@@ -146,7 +148,8 @@ LoraFile open_lora(const WeightedLora& input) {
     double alpha = static_cast<double>(m.rank);
     if (auto it = alphas.find(name); it != alphas.end()) {
       if (it->second->numel() != 1) {
-        fail(input.path, ": '", it->second->name, "' should hold one number, got shape ", at::IntArrayRef(it->second->shape));
+        fail(input.path, ": '", it->second->name, "' should hold one number, got shape ",
+             at::IntArrayRef(it->second->shape));
       }
       double value = file.reader->tensor(*it->second).to(at::kDouble).item<double>();
       if (!std::isfinite(value)) fail(input.path, ": '", it->second->name, "' is ", value, ", expected a finite alpha");
@@ -227,7 +230,8 @@ MergedModule svd_module(const std::vector<std::pair<const LoraFile*, const Modul
 void check_output_is_not_an_input(const std::string& out, const std::vector<std::string>& inputs) {
   std::error_code ec;
   if (!fs::exists(out, ec)) return;
-  if (fs::is_directory(out, ec)) fail("--out ", out, " is a folder; give a file name such as ", (fs::path(out) / "merged.safetensors").string());
+  if (fs::is_directory(out, ec))
+    fail("--out ", out, " is a folder; give a file name such as ", (fs::path(out) / "merged.safetensors").string());
   for (const auto& in : inputs) {
     if (fs::equivalent(out, in, ec)) fail("--out ", out, " is one of the inputs; write the result to a new file");
   }
@@ -323,8 +327,9 @@ MergeReport merge_loras(const std::vector<WeightedLora>& inputs, const MergeOpti
   bool conflict = false;
   std::string architecture = common_meta(files, "modelspec.architecture", &conflict);
   if (conflict) {
-    log::warn("the LoRAs were trained for different base models (modelspec.architecture differs); the merge is "
-              "labelled flux-1-dev/lora");
+    log::warn(
+        "the LoRAs were trained for different base models (modelspec.architecture differs); the merge is "
+        "labelled flux-1-dev/lora");
   }
   if (architecture.empty()) architecture = "flux-1-dev/lora";
   meta["modelspec.architecture"] = architecture;
@@ -414,7 +419,8 @@ BakeReport bake_loras(const std::string& base, const std::vector<WeightedLora>& 
   std::error_code ec;
   if (!fs::exists(base, ec)) fail("--base ", base, " does not exist (check the path)");
   if (fs::is_directory(base, ec)) {
-    fail("--base ", base, " is a folder (a diffusers layout?); baking needs a single-file checkpoint such as "
+    fail("--base ", base,
+         " is a folder (a diffusers layout?); baking needs a single-file checkpoint such as "
          "flux1-dev.safetensors");
   }
   std::vector<std::string> paths = {base};
@@ -450,8 +456,9 @@ BakeReport bake_loras(const std::string& base, const std::vector<WeightedLora>& 
         continue;
       }
       if (!is_float(w.dtype)) {
-        problems.push_back(cat(name, ": ", w.name, " has dtype ", safetensors::dtype_name(w.dtype),
-                               ", which cannot take a LoRA (quantised checkpoints other than plain fp8 are not supported)"));
+        problems.push_back(
+            cat(name, ": ", w.name, " has dtype ", safetensors::dtype_name(w.dtype),
+                ", which cannot take a LoRA (quantised checkpoints other than plain fp8 are not supported)"));
         continue;
       }
       patches[w.name].push_back({&f, &m});
@@ -470,13 +477,15 @@ BakeReport bake_loras(const std::string& base, const std::vector<WeightedLora>& 
       }
       // An example of what the base does hold, under the same LoRA prefix when there is one.
       std::string prefix = unmatched.front().substr(0, unmatched.front().find('_', 5) + 1);
-      auto example = std::find_if(names.begin(), names.end(), [&](const std::string& n) { return n.rfind(prefix, 0) == 0; });
+      auto example =
+          std::find_if(names.begin(), names.end(), [&](const std::string& n) { return n.rfind(prefix, 0) == 0; });
       if (example == names.end()) example = names.begin();
       if (example != names.end()) message += cat("\n  (the base's weights take names like ", *example, ")");
     }
     for (size_t i = 0; i < problems.size() && i < 8; ++i) message += "\n  " + problems[i];
-    message += "\n fix: use a LoRA trained for this base model (kohya names lora_unet_<key with . -> _>), and a BFL "
-               "single-file checkpoint";
+    message +=
+        "\n fix: use a LoRA trained for this base model (kohya names lora_unet_<key with . -> _>), and a BFL "
+        "single-file checkpoint";
     throw Error(message);
   }
 
@@ -490,8 +499,8 @@ BakeReport bake_loras(const std::string& base, const std::vector<WeightedLora>& 
   for (const TensorInfo& info : header.tensors) out_bytes += info.numel() * safetensors::dtype_size(out_dtype(info));
   fs::path folder = fs::absolute(out).parent_path();
   if (auto space = fs::space(folder, ec); !ec && space.available < out_bytes) {
-    fail("not enough disk space for ", out, ": it needs ", format_bytes(static_cast<double>(out_bytes)), ", ", folder.string(),
-         " has ", format_bytes(static_cast<double>(space.available)), " free");
+    fail("not enough disk space for ", out, ": it needs ", format_bytes(static_cast<double>(out_bytes)), ", ",
+         folder.string(), " has ", format_bytes(static_cast<double>(space.available)), " free");
   }
   bool fp8_output = false;
   for (const auto& [key, list] : patches) {
@@ -499,8 +508,9 @@ BakeReport bake_loras(const std::string& base, const std::vector<WeightedLora>& 
     fp8_output = fp8_output || out_dtype(info) == Dtype::F8_E4M3;
   }
   if (fp8_output) {
-    log::warn("fp8 base: the weights that get a LoRA are upcast, summed and rounded back to fp8 (e4m3fn); changes "
-              "smaller than fp8's resolution are lost (the error is reported at the end)");
+    log::warn(
+        "fp8 base: the weights that get a LoRA are upcast, summed and rounded back to fp8 (e4m3fn); changes "
+        "smaller than fp8's resolution are lost (the error is reported at the end)");
   }
 
   struct Stats {
@@ -522,24 +532,28 @@ BakeReport bake_loras(const std::string& base, const std::vector<WeightedLora>& 
                          const at::ScalarType type = safetensors::to_scalar_type(dtype);
                          const bool fp8 = type == at::kFloat8_e4m3fn;
                          if (list == nullptr && (w.scalar_type() == type || !fp8)) return w.to(type);
-                         at::Tensor value = w.to(at::kFloat);
-                         at::Tensor delta;
-                         if (list != nullptr) {
-                           delta = at::zeros(w.sizes(), at::kFloat);
+                         // One float32 working tensor: ΔW, then W + ΔW in place.
+                         at::Tensor value;
+                         double delta2 = 0;
+                         if (list == nullptr) {
+                           value = w.to(at::kFloat);
+                         } else {
+                           value = at::zeros(w.sizes(), at::kFloat);
                            for (const Patch& p : *list) {
                              at::Tensor up = p.file->load(p.module->up, at::kFloat);
                              at::Tensor down = p.file->load(p.module->down, at::kFloat);
-                             delta.addmm_(up, down, /*beta=*/1, /*alpha=*/p.file->weight * p.module->scale);
+                             value.addmm_(up, down, /*beta=*/1, /*alpha=*/p.file->weight * p.module->scale);
                            }
-                           value = value + delta;
+                           if (fp8) delta2 = value.square().sum(at::kDouble).item<double>();
+                           value.add_(w.to(at::kFloat));  // a no-op view for an fp32 base
                          }
                          if (!fp8) return value.to(type);
                          // e4m3fn has no infinity: values past ±448 would become NaN, so they are clamped.
                          stats->clamped += (value.abs() > kE4M3Max).sum().item<int64_t>();
                          at::Tensor q = value.clamp(-kE4M3Max, kE4M3Max).to(at::kFloat8_e4m3fn);
-                         if (delta.defined()) {
-                           stats->fp8_error2 += (q.to(at::kFloat) - value).to(at::kDouble).square().sum().item<double>();
-                           stats->fp8_delta2 += delta.to(at::kDouble).square().sum().item<double>();
+                         if (list != nullptr) {
+                           stats->fp8_error2 += (q.to(at::kFloat) - value).square().sum(at::kDouble).item<double>();
+                           stats->fp8_delta2 += delta2;
                          }
                          return q;
                        }});

@@ -32,9 +32,9 @@ struct WeightedLora {
 };
 
 struct MergeOptions {
-  int64_t rank = 0;                                  // target rank of the SVD merge; 0 = concat (exact)
+  int64_t rank = 0;                                    // target rank of the SVD merge; 0 = concat (exact)
   safetensors::Dtype dtype = safetensors::Dtype::F32;  // of down/up (alpha is always F32); F32, F16 or BF16
-  std::string title;                                 // modelspec.title / ss_output_name ("" = "merged LoRA")
+  std::string title;                                   // modelspec.title / ss_output_name ("" = "merged LoRA")
 };
 
 struct MergeReport {
@@ -60,9 +60,9 @@ struct BakeOptions {
 };
 
 struct BakeReport {
-  size_t modules = 0;   // LoRA modules applied (counted once per file)
-  size_t tensors = 0;   // base tensors changed
-  size_t written = 0;   // tensors in the output
+  size_t modules = 0;  // LoRA modules applied (counted once per file)
+  size_t tensors = 0;  // base tensors changed
+  size_t written = 0;  // tensors in the output
   // fp8 outputs of changed tensors: ‖rounding error‖ / ‖Σ ΔW‖ over all of them (0 when none is fp8),
   // and how many values were clamped to ±448.
   double fp8_relative_error = 0;

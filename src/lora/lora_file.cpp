@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <ctime>
+#include <sstream>
 
 #include "core/error.h"
 #include "core/safetensors.h"
@@ -22,6 +23,8 @@ std::string number(double value) {
   return out.str();
 }
 
+}  // namespace
+
 // Now, or SOURCE_DATE_EPOCH when set (the reproducible-builds convention), so that two runs with the
 // same seed can produce byte-identical files.
 std::string iso_date_now() {
@@ -35,8 +38,6 @@ std::string iso_date_now() {
   std::strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%S", &utc);
   return text;
 }
-
-}  // namespace
 
 safetensors::Metadata lora_metadata(const LoraNetwork& network, const LoraFileInfo& info) {
   const LoraOptions& o = network.options();

@@ -21,6 +21,9 @@ struct LoraFileInfo {
   safetensors::Metadata training;           // the trainer's ss_* keys (steps, epochs, optimizer, ...)
 };
 
+// modelspec.date: now in UTC ("2025-01-31T12:00:00"), or SOURCE_DATE_EPOCH when set (reproducible files).
+std::string iso_date_now();
+
 // Every metadata key of the file but the hash: the network's own ss_* keys (module, dim, alpha,
 // network_args, dropouts), the given training keys, and modelspec.*.
 safetensors::Metadata lora_metadata(const LoraNetwork& network, const LoraFileInfo& info);

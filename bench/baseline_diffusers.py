@@ -216,22 +216,24 @@ def main() -> None:
     else:
         hwm_reset = reset_peak_rss()
 
-    step_ms, losses, grad_norms = [], [], []
+    step_ms, step_cpu_ms, losses, grad_norms = [], [], [], []
     for i in range(a.warmup + a.steps):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         loss, grad_norm = step()
         if device.type == "cuda":
             torch.cuda.synchronize()
         ms = (time.perf_counter() - start) * 1000
         if i >= a.warmup:
             step_ms.append(ms)
+            step_cpu_ms.append((time.process_time() - cpu_start) * 1000)
         losses.append(loss)
         grad_norms.append(grad_norm)
 
     out = {"side": "eager", "batch": a.batch, "device": str(device), "precision": a.precision,
            "checkpointing": bool(a.checkpointing), "threads": torch.get_num_threads(),
            "lora_parameters": sum(q.numel() for q in params), "step_ms": step_ms,
-           "median_ms": statistics.median(step_ms), "losses": losses, "grad_norms": grad_norms,
+           "median_ms": statistics.median(step_ms), "step_cpu_ms": step_cpu_ms,
+           "median_cpu_ms": statistics.median(step_cpu_ms), "losses": losses, "grad_norms": grad_norms,
            "runtime_rss": runtime_rss, "setup_rss": setup_rss}
     if device.type == "cuda":
         out["peak_bytes"] = torch.cuda.max_memory_allocated()

@@ -34,15 +34,17 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 from reference import tiny_models as tm  # noqa: E402
 
 MIB = 1024 * 1024
+LABELS = {"losses": "loss", "grad_norms": "gradient norm"}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n", 2)[2])
     p.add_argument("--batches", default="1,2,4,8", help="comma-separated batch sizes")
-    p.add_argument("--steps", type=int, default=3, help="timed steps per process")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps per process (first)")
-    p.add_argument("--repeats", type=int, default=1, help="processes per side and batch size (interleaved)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per process (default: cpu 3, cuda 10)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps per process, first (default: cpu 1, cuda 3)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="processes per side and batch size, interleaved (default: cpu 1, cuda 3)")
     p.add_argument("--latent", type=int, default=64, help="latent height = width (64 = a 512x512 image)")
     p.add_argument("--txt-len", type=int, default=128, help="T5 tokens")
     p.add_argument("--hidden", type=int, default=768)
@@ -71,9 +73,20 @@ def parse_args(argv=None):
     if a.smoke:
         a.batches, a.steps, a.warmup, a.latent, a.txt_len = "1,2", 2, 1, 16, 16
         a.hidden, a.heads, a.double, a.single, a.context_dim, a.vec_dim = 128, 2, 1, 2, 64, 32
+        # Tiny ops on a shared machine: OpenMP threads waiting on each other cost more than they gain.
+        a.threads = a.threads or 1
+    cuda = a.device == "cuda"
     if a.precision is None:
-        a.precision = "bf16" if a.device == "cuda" else "fp32"
-    a.batch_list = sorted({int(b) for b in a.batches.split(",") if b.strip()})
+        a.precision = "bf16" if cuda else "fp32"
+    a.steps = a.steps if a.steps is not None else (10 if cuda else 3)
+    a.warmup = a.warmup if a.warmup is not None else (3 if cuda else 1)
+    a.repeats = a.repeats if a.repeats is not None else (3 if cuda else 1)
+    if a.steps < 1 or a.warmup < 0 or a.repeats < 1:
+        p.error(f"--steps {a.steps} / --warmup {a.warmup} / --repeats {a.repeats}: need steps >= 1, warmup >= 0, repeats >= 1")
+    try:
+        a.batch_list = sorted({int(b) for b in a.batches.split(",") if b.strip()})
+    except ValueError:
+        a.batch_list = []
     if not a.batch_list or min(a.batch_list) < 1:
         p.error(f"--batches: '{a.batches}' must list positive batch sizes, e.g. 1,2,4,8")
     if a.hidden % a.heads or (a.hidden // a.heads) % 32:
@@ -163,7 +176,8 @@ def main(argv=None) -> int:
             for side in order:
                 res = run_json(sides[side] + ["--batch", batch])
                 results.setdefault((side, batch), []).append(res)
-                print(f"  batch {batch} {side:9s} run {r + 1}: {res['median_ms']:.0f} ms/step, "
+                print(f"  batch {batch} {side:9s} run {r + 1}: {res['median_ms']:.0f} ms/step "
+                      f"({res['median_cpu_ms']:.0f} ms CPU), "
                       f"peak {res['peak_bytes'] / MIB:.0f} MiB, first loss {res['losses'][0]:.6f}", flush=True)
 
     # Honesty check: the two sides start from the same weights, LoRA and inputs, so the first step's loss
@@ -177,10 +191,10 @@ def main(argv=None) -> int:
         for key, tol in (("losses", loss_tol), ("grad_norms", grad_tol)):
             x, y = f[key][0], e[key][0]
             rel = abs(x - y) / max(abs(y), 1e-12)
-            print(f"check batch {batch}: first-step {key[:-1].replace('_', ' ')} fluxtrain {x:.7g} eager {y:.7g} "
+            print(f"check batch {batch}: first-step {LABELS[key]} fluxtrain {x:.7g} eager {y:.7g} "
                   f"(rel. diff {rel:.1e}, tolerance {tol:.0e})")
             if not rel <= tol:
-                failures.append(f"batch {batch}: first-step {key[:-1]} differs by {rel:.2e} (> {tol:.0e})")
+                failures.append(f"batch {batch}: first-step {LABELS[key]} differs by {rel:.2e} (> {tol:.0e})")
 
     rows = []
     for batch in a.batch_list:
@@ -188,18 +202,28 @@ def main(argv=None) -> int:
         for side in ("fluxtrain", "eager"):
             runs = results[(side, batch)]
             row[f"{side}_ms"] = statistics.median(t for res in runs for t in res["step_ms"])
+            row[f"{side}_cpu_ms"] = statistics.median(t for res in runs for t in res["step_cpu_ms"])
             row[f"{side}_peak"] = statistics.median(res["peak_bytes"] for res in runs)
         rows.append(row)
     per_image = {side: slope([(r["batch"], r[f"{side}_peak"]) for r in rows]) for side in ("fluxtrain", "eager")}
 
-    unit = "MiB (peak RSS over the steps - RSS before the model)" if a.device == "cpu" else "MiB (max_memory_allocated)"
-    header = ["batch", "fluxtrain ms/step", "eager ms/step", "time ratio", "fluxtrain peak MiB", "eager peak MiB",
-              "memory ratio"]
+    # On a CPU the process CPU time is shown too: on a shared machine it is the steadier figure (wall time
+    # also counts the time other programs held the cores).
+    cpu = a.device == "cpu"
+    unit = "MiB (peak RSS over the steps - RSS before the model)" if cpu else "MiB (max_memory_allocated)"
+    header = ["batch", "fluxtrain ms/step", "eager ms/step", "time ratio"]
+    if cpu:
+        header += ["fluxtrain CPU ms/step", "eager CPU ms/step", "CPU-time ratio"]
+    header += ["fluxtrain peak MiB", "eager peak MiB", "memory ratio"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        lines.append(f"| {r['batch']} | {r['fluxtrain_ms']:.0f} | {r['eager_ms']:.0f} | "
-                     f"{r['fluxtrain_ms'] / r['eager_ms']:.2f} | {r['fluxtrain_peak'] / MIB:.0f} | "
-                     f"{r['eager_peak'] / MIB:.0f} | {r['fluxtrain_peak'] / r['eager_peak']:.2f} |")
+        cells = [r["batch"], f"{r['fluxtrain_ms']:.0f}", f"{r['eager_ms']:.0f}", f"{r['fluxtrain_ms'] / r['eager_ms']:.2f}"]
+        if cpu:
+            cells += [f"{r['fluxtrain_cpu_ms']:.0f}", f"{r['eager_cpu_ms']:.0f}",
+                      f"{r['fluxtrain_cpu_ms'] / r['eager_cpu_ms']:.2f}"]
+        cells += [f"{r['fluxtrain_peak'] / MIB:.0f}", f"{r['eager_peak'] / MIB:.0f}",
+                  f"{r['fluxtrain_peak'] / r['eager_peak']:.2f}"]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
     ratio = per_image["fluxtrain"] / per_image["eager"] if per_image["eager"] else float("nan")
     extra = (f"Memory per extra image: fluxtrain {per_image['fluxtrain'] / MIB:.1f} MiB, eager "
              f"{per_image['eager'] / MIB:.1f} MiB (ratio {ratio:.2f}). Memory unit: {unit}. "

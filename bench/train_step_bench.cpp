@@ -14,6 +14,8 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <time.h>
+
 #include <algorithm>
 #include <chrono>
 #include <fstream>
@@ -86,6 +88,13 @@ train::LatentBatch read_batch(const std::string& path, int64_t batch) {
   return b;
 }
 
+// CPU time of the whole process (all threads), in ms.
+double process_cpu_ms() {
+  timespec t{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) * 1e3 + static_cast<double>(t.tv_nsec) * 1e-6;
+}
+
 double median(std::vector<double> v) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
@@ -142,13 +151,17 @@ int run(const Options& o) {
     hwm_reset = reset_peak_rss();
   }
 
-  std::vector<double> step_ms, losses, grad_norms;
+  std::vector<double> step_ms, step_cpu_ms, losses, grad_norms;
   for (int i = 0; i < o.warmup + o.steps; ++i) {
     auto start = std::chrono::steady_clock::now();
+    const double cpu_start = process_cpu_ms();
     train::StepResult r = train::train_step(model, *optimizer, micro_batches, step_options, generators);
     if (device.is_cuda()) at::accelerator::synchronizeDevice(device.index() < 0 ? 0 : device.index());
     double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-    if (i >= o.warmup) step_ms.push_back(ms);
+    if (i >= o.warmup) {
+      step_ms.push_back(ms);
+      step_cpu_ms.push_back(process_cpu_ms() - cpu_start);
+    }
     losses.push_back(r.loss);
     grad_norms.push_back(r.grad_norm);
   }
@@ -163,6 +176,8 @@ int run(const Options& o) {
   out["lora_parameters"] = network.parameter_count();
   out["step_ms"] = step_ms;
   out["median_ms"] = median(step_ms);
+  out["step_cpu_ms"] = step_cpu_ms;
+  out["median_cpu_ms"] = median(step_cpu_ms);
   out["losses"] = losses;
   out["grad_norms"] = grad_norms;
   out["runtime_rss"] = runtime_rss;

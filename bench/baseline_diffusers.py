@@ -179,6 +179,10 @@ def main() -> None:
     optimizer = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01)
 
     inputs = load_file(a.inputs)
+    for name in ("latents", "t5", "clip_pooled"):
+        if inputs[name].shape[0] < a.batch:
+            raise SystemExit(f"baseline: {a.inputs}: tensor '{name}' holds {inputs[name].shape[0]} samples but --batch "
+                             f"is {a.batch}; write the inputs for the largest batch (bench/train_step.py does)")
     latents = inputs["latents"][: a.batch].float().clone()
     t5 = inputs["t5"][: a.batch].float().clone()
     clip_pooled = inputs["clip_pooled"][: a.batch].float().clone()

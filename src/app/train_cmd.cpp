@@ -196,6 +196,7 @@ train::TrainerConfig trainer_config(const ResolvedConfig& config, const ModelFil
   t.compute_dtype = pick_precision(config.get_string("precision"), t.model.device);
   t.model.dtype = t.compute_dtype;
   t.model.fp8_base = config.get_bool("fp8_base");
+  t.full_finetune = config.get_string("network_type") == "none";
   t.lora.rank = config.get_int("network_dim");
   t.lora.alpha = config.get_real("network_alpha");
   t.lora.train_blocks = config.get_string("train_blocks");

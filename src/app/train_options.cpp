@@ -224,6 +224,10 @@ OptionTable make_train_options() {
           .path(PathCheck::file),
 
       // --- network
+      Opt("network_type", kChoice, "network", "lora",
+          "What trains: a LoRA, or `none` for full fine-tuning of every transformer weight (fp32 master "
+          "weights; the result is a base checkpoint).")
+          .choices({"lora", "none"}),
       Opt("network_dim", kInt, "network", "16", "LoRA rank.").min(1).max(4096),
       Opt("network_alpha", kReal, "network", "16", "LoRA alpha: the update is scaled by alpha / rank.").min(0, true),
       Opt("train_blocks", kChoice, "network", "all", "Which transformer blocks get adapters.")

@@ -2,6 +2,9 @@
 
 #include <ATen/ATen.h>
 
+#include <ATen/DeviceAccelerator.h>
+#include <sys/resource.h>
+
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -13,6 +16,9 @@
 #include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "core/metrics.h"
+#include "core/tfevents.h"
+#include "core/train_progress.h"
 #include "core/safetensors.h"
 #include "models/convert.h"
 #include "optim/optimizer.h"
@@ -97,6 +103,22 @@ void write_final_model(const std::string& path, const TrainerConfig& config, Tra
     safetensors::write(path, tensors, {{"modelspec.architecture", config.file_info.architecture},
                                        {"modelspec.title", config.file_info.title}});
   }
+}
+
+// Peak bytes held by tensors on the device (CUDA), or the process's peak RSS on the CPU; -1 if unknown.
+double peak_memory_bytes(const at::Device& device) {
+  if (device.is_cuda()) {
+    try {
+      return static_cast<double>(at::accelerator::getDeviceStats(device.index() < 0 ? 0 : device.index())
+                                     .allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)]
+                                     .peak);
+    } catch (const std::exception&) {
+      return -1;
+    }
+  }
+  struct rusage usage {};
+  if (getrusage(RUSAGE_SELF, &usage) != 0) return -1;
+  return static_cast<double>(usage.ru_maxrss) * 1024.0;
 }
 
 }  // namespace
@@ -194,14 +216,19 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     for (size_t i = 0; i + static_cast<size_t>(config.keep_last_n) < files.size(); ++i) fs::remove(files[i]);
   };
 
-  std::ofstream metrics(config.output_dir / "metrics.jsonl", std::ios::app);
+  // metrics.jsonl and TensorBoard: a resumed run first drops what the lost steps had logged.
+  MetricsLog metrics((config.output_dir / "metrics.jsonl").string());
+  metrics.truncate_after(step);
+  EventWriter events((config.output_dir / "logs").string(),
+                     step > 0 ? std::optional<int64_t>(step + 1) : std::nullopt);
+  TrainProgressOptions progress_options;
+  progress_options.total_steps = result.total_steps;
+  if (config.log_every_seconds > 0) progress_options.line_interval_seconds = config.log_every_seconds;
+  TrainProgress progress(progress_options);
   StopSignals signals;
   if (t.network) t.network->set_training(true);
   if (config.sample_at_first && sample && step == 0) sample(0, *t.model);
 
-  auto last_log = std::chrono::steady_clock::now();
-  double loss_ema = 0;
-  int64_t ema_count = 0;
   while (step < result.total_steps) {
     std::vector<LatentBatch> micro;
     for (int64_t k = 0; k < ga; ++k) {
@@ -213,19 +240,17 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     StepResult r = train_step(*t.model, *optimizer, micro, step_options, generators);
     ++step;
     result.last_loss = r.loss;
-    loss_ema = ema_count == 0 ? r.loss : 0.9 * loss_ema + 0.1 * r.loss;
-    ++ema_count;
 
-    nlohmann::json line = {{"step", step}, {"loss", r.loss}, {"lr", lr}, {"grad_norm", r.grad_norm}};
-    for (const auto& [key, value] : optimizer->stats()) line[key] = value;
-    metrics << line.dump() << "\n";
-    metrics.flush();
-    auto now = std::chrono::steady_clock::now();
-    if (std::chrono::duration<double>(now - last_log).count() >= config.log_every_seconds || step == result.total_steps) {
-      last_log = now;
-      double elapsed = std::chrono::duration<double>(now - started).count();
-      log::info("step ", step, "/", result.total_steps, " loss ", loss_ema, " lr ", lr, " (", elapsed, " s)");
-    }
+    std::vector<std::pair<std::string, double>> values = {{"loss", r.loss}, {"lr", lr}, {"grad_norm", r.grad_norm}};
+    for (const auto& [key, value] : optimizer->stats()) values.emplace_back(key, value);
+    const double memory = peak_memory_bytes(config.model.device);
+    if (memory >= 0) values.emplace_back("peak_memory_bytes", memory);
+    metrics.append(step, values);
+    std::vector<std::pair<std::string, double>> scalars;
+    for (const auto& [key, value] : values) scalars.emplace_back("train/" + key, value);
+    scalars.emplace_back("train/steps_per_second", progress.steps_per_second());
+    events.add_scalars(scalars, step);
+    progress.update(step, r.loss, lr, memory);
 
     const bool epoch_end = (step * ga) / per_epoch > ((step - 1) * ga) / per_epoch && step % steps_per_epoch == 0;
     const int64_t epoch = (step * ga) / per_epoch;
@@ -262,6 +287,9 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     }
   }
   if (t.network) t.network->set_training(false);
+  progress.finish();
+  metrics.flush();
+  events.flush();
   result.steps = step;
   if (!result.interrupted) {
     std::string path = (config.output_dir / (config.output_name + ".safetensors")).string();

@@ -83,6 +83,8 @@ def test_env_only_run_writes_a_complete_run_folder(tmp_path, fluxtrain_bin, mode
     assert (out / "config.toml").exists() and (out / "logs" / "fluxtrain.log").exists()
     lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [l["step"] for l in lines] == list(range(1, 9))
+    assert all(l["loss"] > 0 and l["lr"] > 0 for l in lines)
+    assert list((out / "logs").glob("events.out.tfevents.*")), "no TensorBoard event file"
     assert "latent cache: 0 reused, 6 encoded" in result.stderr
     # A second run with a new output folder reuses every cache entry.
     again = run([fluxtrain_bin, "train"], env=base_env(models, dataset, tmp_path / "run2"))
@@ -151,3 +153,20 @@ def test_sigterm_saves_a_complete_state_and_exits_0(tmp_path, fluxtrain_bin, mod
     env["PARAMS_MAX_TRAIN_STEPS"] = "400"
     step = int(states[0].name.split("-")[1])
     assert 0 < step < 400
+
+
+def test_full_fine_tuning_writes_a_base_checkpoint(tmp_path, fluxtrain_bin, models, dataset):
+    """PARAMS_NETWORK_TYPE=none trains every transformer weight; the result has the base's keys and loads
+    as a base model (inspect identifies it as a Flux transformer)."""
+    out = tmp_path / "run"
+    run([fluxtrain_bin, "train"], env=base_env(models, dataset, out, PARAMS_NETWORK_TYPE="none",
+                                               PARAMS_MAX_TRAIN_STEPS=2, PARAMS_SAVE_EVERY_N_STEPS=0))
+    with safe_open(str(out / "flux-lora.safetensors"), "pt") as f:
+        trained = set(f.keys())
+        changed = f.get_tensor("double_blocks.0.img_attn.qkv.weight")
+    with safe_open(str(models / "flux1-dev.safetensors"), "pt") as f:
+        assert trained == set(f.keys())
+        base = f.get_tensor("double_blocks.0.img_attn.qkv.weight")
+    assert not (changed.float() == base.float()).all()
+    info = json.loads(run([fluxtrain_bin, "inspect", "--json", out / "flux-lora.safetensors"]).stdout)
+    assert info["components"][0]["details"]["variant"] == "dev"

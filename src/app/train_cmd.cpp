@@ -351,7 +351,8 @@ int run_train(const TrainCli& cli, bool cache_only) {
   }
   train::TrainResult result = train::train(trainer, source, hook);
   log::info(result.interrupted ? "stopped" : "done", ": ", result.steps, "/", result.total_steps, " steps in ",
-            result.seconds, " s, last loss ", result.last_loss);
+            result.seconds, " s, last loss ", result.last_loss, "; the steps waited for data ",
+            100.0 * result.data_wait_share, " % of their time");
   for (const auto& file : result.files) std::cout << file << "\n";
   return 0;
 }

@@ -22,6 +22,7 @@
 #include "core/safetensors.h"
 #include "models/convert.h"
 #include "optim/optimizer.h"
+#include "train/prefetch.h"
 #include "train/state.h"
 
 namespace fluxtrain::train {
@@ -226,19 +227,23 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
   if (config.log_every_seconds > 0) progress_options.line_interval_seconds = config.log_every_seconds;
   TrainProgress progress(progress_options);
   StopSignals signals;
+  PrefetchingSource prefetch(data, 4, step * ga);
+  double step_seconds = 0;
   if (t.network) t.network->set_training(true);
   if (config.sample_at_first && sample && step == 0) sample(0, *t.model);
 
   while (step < result.total_steps) {
+    const auto step_started = std::chrono::steady_clock::now();
     std::vector<LatentBatch> micro;
     for (int64_t k = 0; k < ga; ++k) {
       int64_t b = step * ga + k;
-      micro.push_back(data.batch(b / per_epoch, b % per_epoch));
+      micro.push_back(prefetch.batch(b / per_epoch, b % per_epoch));
     }
     const double lr = schedule.lr(step);
     optimizer->set_lr(lr);
     StepResult r = train_step(*t.model, *optimizer, micro, step_options, generators);
     ++step;
+    step_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - step_started).count();
     result.last_loss = r.loss;
 
     std::vector<std::pair<std::string, double>> values = {{"loss", r.loss}, {"lr", lr}, {"grad_norm", r.grad_norm}};
@@ -288,6 +293,7 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
   }
   if (t.network) t.network->set_training(false);
   progress.finish();
+  result.data_wait_share = step_seconds > 0 ? prefetch.wait_seconds() / step_seconds : 0;
   metrics.flush();
   events.flush();
   result.steps = step;

@@ -77,6 +77,7 @@ struct TrainResult {
   bool interrupted = false;  // stopped by SIGINT/SIGTERM after saving a state
   std::vector<std::string> files;  // LoRA/model files written by this process
   double seconds = 0;
+  double data_wait_share = 0;  // time the steps waited for the loader / time of the steps
 };
 
 // The total number of optimizer steps the config plans for a data source of `batches_per_epoch`.

@@ -170,3 +170,32 @@ def test_full_fine_tuning_writes_a_base_checkpoint(tmp_path, fluxtrain_bin, mode
     assert not (changed.float() == base.float()).all()
     info = json.loads(run([fluxtrain_bin, "inspect", "--json", out / "flux-lora.safetensors"]).stdout)
     assert info["components"][0]["details"]["variant"] == "dev"
+
+
+def test_cache_recomputes_only_what_changed(tmp_path, fluxtrain_bin, models, dataset):
+    """`fluxtrain cache`: a second run encodes nothing; a changed image re-encodes just that image; a
+    corrupt entry is recomputed with a warning; another AE re-encodes every latent but no text."""
+    data = tmp_path / "data"
+    (data / "2_ohwx").mkdir(parents=True)
+    for f in (dataset / "2_ohwx").iterdir():
+        (data / "2_ohwx" / f.name).write_bytes(f.read_bytes())
+    out = tmp_path / "run"
+    env = base_env(models, data, out)
+    first = run([fluxtrain_bin, "cache"], env=env)
+    assert "latent cache: 0 reused, 6 encoded" in first.stderr
+    assert "latent cache: 6 reused, 0 encoded" in run([fluxtrain_bin, "cache"], env=env).stderr
+    image = Image.open(data / "2_ohwx" / "img3.png")
+    image.putpixel((0, 0), (1, 2, 3))
+    image.save(data / "2_ohwx" / "img3.png")
+    assert "latent cache: 5 reused, 1 encoded" in run([fluxtrain_bin, "cache"], env=env).stderr
+    entry = sorted((tmp_path / "cache" / "latents").iterdir())[0]
+    entry.write_bytes(entry.read_bytes()[:20])
+    corrupt = run([fluxtrain_bin, "cache"], env=env)
+    assert "5 reused, 1 encoded (1 unreadable entries recomputed)" in corrupt.stderr
+    assert "is unreadable and is recomputed" in corrupt.stderr
+    other_ae = tmp_path / "models2"
+    run([fluxtrain_bin, "make-tiny", "--out", other_ae, "--seed", "4"])
+    env["PARAMS_AE"] = str(other_ae / "ae.safetensors")
+    changed = run([fluxtrain_bin, "cache"], env=env)
+    assert "latent cache: 0 reused, 6 encoded" in changed.stderr
+    assert "text cache: 6 reused, 0 encoded" in changed.stderr

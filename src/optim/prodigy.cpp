@@ -67,7 +67,11 @@ void ProdigyOptimizer::step() {
     }
     if (lr > 0.0) {
       at::Tensor sliced_grad = sliced(grad, slice_p);
-      delta_numerator += (d / d0) * dlr * at::dot(sliced_grad, state["p0"] - sliced(p, slice_p)).item<double>();
+      // prodigyopt's torch.dot, as a product and ATen's own sum: BLAS dot may split the sum over a number
+      // of threads that depends on the machine's load (MKL dynamic threading), which made a resumed run
+      // differ in the last bits; ATen's reduction order is fixed for a given thread count.
+      at::Tensor diff = state["p0"] - sliced(p, slice_p);
+      delta_numerator += (d / d0) * dlr * (sliced_grad.reshape(-1) * diff.reshape(-1)).sum().item<double>();
       if (beta1 > 0) state["exp_avg"].mul_(beta1).add_(grad, d * (1 - beta1));
       state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, d * d * (1 - beta2));
       at::Tensor& s = state["s"];

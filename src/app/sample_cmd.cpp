@@ -10,6 +10,7 @@
 
 #include "app/commands.h"
 #include "app/sampling.h"
+#include "app/train_options.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "lora/convert.h"
@@ -63,43 +64,28 @@ struct SampleOptions {
   bool t5_attn_mask = false;
 };
 
-// The first of `names` that exists in `dir`, or "".
-std::string find_in(const std::string& dir, const std::vector<std::string>& names) {
-  for (const auto& n : names) {
-    if (fs::exists(fs::path(dir) / n)) return (fs::path(dir) / n).string();
-  }
-  return "";
-}
-
+// The four files from the flags, or from --model-dir by their usual names (the same search as
+// `train`'s MODEL_DIR: train_options.h find_model_files); dev or schnell by what the folder holds.
 void resolve_files(SampleOptions& o) {
-  struct Slot {
-    std::string* value;
-    const char* flag;
-    std::vector<std::string> names;
-  };
-  std::vector<Slot> slots = {
-      {&o.model,
-       "--model",
-       {"flux1-dev.safetensors", "flux_dev.safetensors", "flux1-schnell.safetensors", "flux_schnell.safetensors"}},
-      {&o.ae, "--ae", {"ae.safetensors"}},
-      {&o.clip_l, "--clip-l", {"clip_l.safetensors"}},
-      {&o.t5xxl,
-       "--t5xxl",
-       {"t5xxl_fp16.safetensors", "t5xxl_fp8_e4m3fn.safetensors", "t5xxl_fp8_e4m3fn_scaled.safetensors"}}};
-  if (!o.model_dir.empty() && !fs::is_directory(o.model_dir)) {
-    fail("--model-dir ", o.model_dir, ": no such folder");
-  }
-  for (auto& s : slots) {
-    if (s.value->empty() && !o.model_dir.empty()) {
-      *s.value = find_in(o.model_dir, s.names);
-      if (s.value->empty()) {
-        std::string names;
-        for (const auto& n : s.names) names += (names.empty() ? "" : ", ") + n;
-        fail("--model-dir ", o.model_dir, ": holds none of ", names, "; pass the file with ", s.flag);
+  if (!o.model_dir.empty() && !fs::is_directory(o.model_dir)) fail("--model-dir ", o.model_dir, ": no such folder");
+  std::string base = "flux-dev";
+  if (o.model.empty() && !o.model_dir.empty()) {
+    auto holds = [&](const std::string& variant) {
+      for (const auto& name : usual_model_names("model", variant)) {
+        if (fs::is_regular_file(fs::path(o.model_dir) / name)) return true;
       }
-    }
-    if (s.value->empty()) fail(s.flag, " is required (or --model-dir DIR holding the usual file names)");
-    if (!fs::exists(*s.value)) fail(s.flag, " ", *s.value, ": no such file");
+      return false;
+    };
+    if (!holds("flux-dev") && holds("flux-schnell")) base = "flux-schnell";
+  }
+  ModelFiles files = find_model_files({o.model, o.ae, o.clip_l, o.t5xxl}, o.model_dir, base, "--model-dir");
+  o.model = files.model;
+  o.ae = files.ae;
+  o.clip_l = files.clip_l;
+  o.t5xxl = files.t5xxl;
+  for (const auto& [path, flag] : {std::pair{o.model, "--model"}, std::pair{o.ae, "--ae"},
+                                   std::pair{o.clip_l, "--clip-l"}, std::pair{o.t5xxl, "--t5xxl"}}) {
+    if (!fs::exists(path)) fail(flag, " ", path, ": no such file");
   }
 }
 

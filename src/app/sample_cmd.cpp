@@ -1,7 +1,6 @@
 // `fluxtrain sample`: images from a base model plus any number of LoRAs (merged into the weights), from
 // --prompt or a kohya prompt file, into --out — the "test your LoRA" step. Also make_sampler(), the
 // set-up shared with the trainer's sample hook (app/sampling.h).
-#include <torch/cuda.h>
 #include <CLI/CLI.hpp>
 
 #include <filesystem>
@@ -9,6 +8,7 @@
 #include <memory>
 
 #include "app/commands.h"
+#include "app/device.h"
 #include "app/sampling.h"
 #include "app/train_options.h"
 #include "core/error.h"
@@ -109,24 +109,6 @@ LoraSpec parse_lora(const std::string& text) {
   }
   if (!fs::exists(spec.path)) fail("--lora ", text, ": no such file ", spec.path, " (syntax: --lora FILE[:STRENGTH])");
   return spec;
-}
-
-at::Device resolve_device(const std::string& text) {
-  if (text == "cpu") return at::kCPU;
-  if (text == "cuda" || text.rfind("cuda:", 0) == 0) {
-    if (!torch::cuda::is_available()) fail("--device ", text, ": no CUDA device is available; use --device cpu");
-    return at::Device(text);
-  }
-  if (text == "auto") return torch::cuda::is_available() ? at::Device(at::kCUDA) : at::Device(at::kCPU);
-  fail("--device '", text, "': expected auto, cpu or cuda[:N]");
-}
-
-at::ScalarType resolve_precision(const std::string& text, at::Device device) {
-  if (text == "fp32") return at::kFloat;
-  if (text == "bf16") return at::kBFloat16;
-  if (text == "fp16") return at::kHalf;
-  if (text == "auto") return device.is_cpu() ? at::kFloat : at::kBFloat16;
-  fail("--precision '", text, "': expected auto, fp32, bf16 or fp16");
 }
 
 // Whether the transformer file has a guidance embedding (dev) — from the header only.

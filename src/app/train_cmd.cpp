@@ -10,13 +10,13 @@
 // two configurations.
 #include <ATen/ATen.h>
 #include <CLI/CLI.hpp>
-#include <torch/cuda.h>
 
 #include <fstream>
 #include <iostream>
 #include <set>
 
 #include "app/commands.h"
+#include "app/device.h"
 #include "app/sampling.h"
 #include "app/train_options.h"
 #include "core/atomic_file.h"
@@ -76,23 +76,6 @@ std::string training_hash(const nlohmann::json& values) {
     if (!kResumeSafe.count(name)) text += name + "=" + value.get<std::string>() + "\n";
   }
   return sha256_hex(text).substr(0, 12);
-}
-
-at::Device pick_device(const std::string& text) {
-  if (text == "auto") return torch::cuda::is_available() ? at::Device(at::kCUDA) : at::Device(at::kCPU);
-  at::Device device(text);
-  if (device.is_cuda() && !torch::cuda::is_available()) {
-    fail("--device / PARAMS_DEVICE = '", text, "': no CUDA device is available to this process (",
-         "torch sees none); use --device cpu or auto");
-  }
-  return device;
-}
-
-at::ScalarType pick_precision(const std::string& text, const at::Device& device) {
-  if (text == "fp32") return at::kFloat;
-  if (text == "bf16") return at::kBFloat16;
-  if (text == "fp16") return at::kHalf;
-  return device.is_cuda() ? at::kBFloat16 : at::kFloat;  // auto
 }
 
 struct RunPlan {
@@ -189,11 +172,12 @@ std::shared_ptr<data::DatasetPlan> build_dataset(const ResolvedConfig& config) {
 }
 
 train::TrainerConfig trainer_config(const ResolvedConfig& config, const ModelFiles& files, const RunPlan& run,
-                                    const data::DatasetPlan& plan, const nlohmann::json& values) {
+                                    const data::DatasetPlan& plan, const nlohmann::json& values, at::Device device,
+                                    at::ScalarType precision) {
   train::TrainerConfig t;
   t.model_path = files.model;
-  t.model.device = pick_device(config.get_string("device"));
-  t.compute_dtype = pick_precision(config.get_string("precision"), t.model.device);
+  t.model.device = device;
+  t.compute_dtype = precision;
   t.model.dtype = t.compute_dtype;
   t.model.fp8_base = config.get_bool("fp8_base");
   t.full_finetune = config.get_string("network_type") == "none";
@@ -303,9 +287,8 @@ int run_train(const TrainCli& cli, bool cache_only) {
   }
   const ModelFiles files = resolve_model_files(config);
   const nlohmann::json values = option_values(config);
-  // Every cheap check before anything heavy: the optimizer's arguments, the schedule.
-  const at::Device device = pick_device(config.get_string("device"));
-  const at::ScalarType precision = pick_precision(config.get_string("precision"), device);
+  const at::Device device = resolve_device(config.get_string("device"), config.describe("device"));
+  const at::ScalarType precision = resolve_precision(config.get_string("precision"), device, config.describe("precision"));
 
   RunPlan run = cache_only ? RunPlan{fs::path(config.get_string("output_path")), ""} : plan_run(config, values);
   std::shared_ptr<data::DatasetPlan> plan = build_dataset(config);
@@ -323,7 +306,7 @@ int run_train(const TrainCli& cli, bool cache_only) {
   log::info(source.prepare());
   if (cache_only) return 0;
 
-  train::TrainerConfig trainer = trainer_config(config, files, run, *plan, values);
+  train::TrainerConfig trainer = trainer_config(config, files, run, *plan, values, device, precision);
   fs::create_directories(run.dir / "logs");
   write_file_atomic((run.dir / "config.toml").string(), config.to_toml());
   log::add_file_sink((run.dir / "logs" / "fluxtrain.log").string());

@@ -8,9 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <csignal>
-#include <cmath>
 #include <cstdio>
-#include <fstream>
 #include <map>
 
 #include "core/atomic_file.h"

@@ -1,0 +1,27 @@
+#include "app/device.h"
+
+#include <torch/cuda.h>
+
+#include "core/error.h"
+
+namespace fluxtrain::app {
+
+at::Device resolve_device(const std::string& text, const std::string& option) {
+  if (text == "cpu") return at::kCPU;
+  if (text == "cuda" || text.rfind("cuda:", 0) == 0) {
+    if (!torch::cuda::is_available()) fail(option, " ", text, ": no CUDA device is available; use cpu or auto");
+    return at::Device(text);
+  }
+  if (text == "auto") return torch::cuda::is_available() ? at::Device(at::kCUDA) : at::Device(at::kCPU);
+  fail(option, " '", text, "': expected auto, cpu or cuda[:N]");
+}
+
+at::ScalarType resolve_precision(const std::string& text, at::Device device, const std::string& option) {
+  if (text == "fp32") return at::kFloat;
+  if (text == "bf16") return at::kBFloat16;
+  if (text == "fp16") return at::kHalf;
+  if (text == "auto") return device.is_cpu() ? at::kFloat : at::kBFloat16;
+  fail(option, " '", text, "': expected auto, fp32, bf16 or fp16");
+}
+
+}  // namespace fluxtrain::app

@@ -1,0 +1,18 @@
+// `--device` and `--precision` of every command that runs a model (train, cache, sample).
+#pragma once
+
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+
+#include <string>
+
+namespace fluxtrain::app {
+
+// auto (CUDA when torch sees a GPU, else the CPU), cpu, cuda or cuda:N; an Error naming `option` for
+// anything else or for CUDA without a GPU.
+at::Device resolve_device(const std::string& text, const std::string& option = "--device");
+
+// fp32, bf16, fp16, or auto (bf16 on a GPU, fp32 on the CPU); an Error naming `option` otherwise.
+at::ScalarType resolve_precision(const std::string& text, at::Device device, const std::string& option = "--precision");
+
+}  // namespace fluxtrain::app

@@ -54,7 +54,9 @@ int run(int argc, char** argv, const std::vector<CommandFactory>& engine_command
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // CLI11 prints the message (or the help) and gives its own code per kind of mistake (105..109);
+    // every usage error exits 2, as documented.
+    return app.exit(e) == 0 ? 0 : 2;
   }
   try {
     log::set_level(log::parse_level(log_level, "--log-level / FLUXTRAIN_LOG_LEVEL"));

@@ -32,6 +32,7 @@ Command add_train_command(CLI::App& app);
 Command add_cache_command(CLI::App& app);
 Command add_sample_command(CLI::App& app);
 Command add_merge_command(CLI::App& app);
+Command add_demo_command(CLI::App& app);
 
 // The whole CLI: parses argv, runs the command, turns every error into one readable line and an exit
 // code (0 ok, 1 error, 2 usage error). `engine_commands` are added after the torch-free ones.

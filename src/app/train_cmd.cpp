@@ -228,6 +228,7 @@ train::TrainerConfig trainer_config(const ResolvedConfig& config, const ModelFil
   if (auto v = config.find_int("save_every_n_epochs")) t.save_every_n_epochs = *v;
   if (auto v = config.find_int("keep_last_n")) t.keep_last_n = static_cast<int>(*v);
   if (auto v = config.find_int("sample_every_n_steps")) t.sample_every_n_steps = *v;
+  if (auto v = config.find_int("sample_every_n_epochs")) t.sample_every_n_epochs = *v;
   t.sample_at_first = config.get_bool("sample_at_first");
   t.log_every_seconds = config.get_real("log_every_seconds");
   t.resume_from = run.resume_state;
@@ -315,7 +316,7 @@ int run_train(const TrainCli& cli, bool cache_only) {
   // Samples: the prompts are encoded once now (the text encoders are freed again); the AE stays.
   std::unique_ptr<sample::Sampler> sampler;
   train::SampleHook hook;
-  const bool sampling = trainer.sample_every_n_steps > 0 || trainer.sample_at_first;
+  const bool sampling = trainer.sample_every_n_steps > 0 || trainer.sample_every_n_epochs > 0 || trainer.sample_at_first;
   if (auto prompts = config.find_string("sample_prompts"); prompts && !prompts->empty() && sampling) {
     SamplerSetup setup;
     setup.ae_path = files.ae;
@@ -330,7 +331,7 @@ int run_train(const TrainCli& cli, bool cache_only) {
     setup.sampler.run_seed = trainer.seed;
     setup.sampler.text = {{"model", fs::path(files.model).filename().string()}, {"lora", trainer.output_name}};
     sampler = make_sampler(setup);
-    hook = [&sampler](int64_t step, models::FluxTransformerImpl& model) { sampler->render(step, model); };
+    hook = [&sampler](int64_t step, models::FluxTransformerImpl& model) { return sampler->render(step, model); };
   }
   train::TrainResult result = train::train(trainer, source, hook);
   log::info(result.interrupted ? "stopped" : "done", ": ", result.steps, "/", result.total_steps, " steps in ",

@@ -52,6 +52,34 @@ T5Config tiny_t5_config() {
   return c;
 }
 
+FluxConfig demo_flux_config() {
+  FluxConfig c;
+  c.vec_in_dim = 32;      // = demo CLIP width
+  c.context_in_dim = 32;  // = demo T5 width
+  c.hidden_size = 128;
+  c.mlp_hidden = 512;
+  c.num_heads = 4;
+  c.depth = 2;
+  c.depth_single_blocks = 4;
+  c.axes_dim = {4, 14, 14};
+  return c;
+}
+
+AeConfig demo_ae_config() { return tiny_ae_config(); }
+
+ClipConfig demo_clip_config() {
+  ClipConfig c = tiny_clip_config();
+  c.intermediate_size = 64;
+  return c;
+}
+
+T5Config demo_t5_config() {
+  T5Config c = tiny_t5_config();
+  c.d_model = 32;
+  c.d_ff = 64;
+  return c;
+}
+
 namespace {
 
 void save_module(torch::nn::Module& module, const std::string& path, at::ScalarType dtype,
@@ -68,35 +96,46 @@ void save_module(torch::nn::Module& module, const std::string& path, at::ScalarT
 
 }  // namespace
 
-std::vector<std::string> write_tiny_model_set(const std::string& folder, bool schnell, uint64_t seed) {
+std::vector<std::string> write_tiny_model_set(const std::string& folder, bool schnell, uint64_t seed,
+                                              TinyPreset preset) {
+  const bool demo = preset == TinyPreset::demo;
   std::filesystem::create_directories(folder);
   ModelOptions fp32;
   std::vector<std::string> paths;
   auto path = [&](const std::string& name) { return (std::filesystem::path(folder) / name).string(); };
 
-  FluxTransformer flux(tiny_flux_config(schnell), fp32);
+  FluxConfig flux_config = demo ? demo_flux_config() : tiny_flux_config(schnell);
+  flux_config.guidance_embed = !schnell;
+  FluxTransformer flux(flux_config, fp32);
   init_random(*flux, seed);
   {
-    // Larger modulation weights, so that every shift / scale / gate term shows in the output.
     at::NoGradGuard no_grad;
     for (auto& p : flux->named_parameters()) {
-      if (p.key().find("mod") != std::string::npos && p.key().ends_with(".weight")) p.value().mul_(4);
+      const std::string& name = p.key();
+      const bool modulation = name.find("mod") != std::string::npos;  // img_mod, txt_mod, modulation, adaLN_modulation
+      if (!demo && modulation && name.ends_with(".weight")) {
+        p.value().mul_(4);  // every shift / scale / gate term shows in the output
+      } else if (demo && (modulation || name.starts_with("final_layer.linear."))) {
+        p.value().zero_();  // adaLN-Zero
+      } else if (demo && name.ends_with(".bias")) {
+        p.value().zero_();
+      }
     }
   }
   paths.push_back(path(schnell ? "flux1-schnell.safetensors" : "flux1-dev.safetensors"));
   save_module(*flux, paths.back(), at::kBFloat16);
 
-  AutoEncoder ae(tiny_ae_config(), fp32);
+  AutoEncoder ae(demo ? demo_ae_config() : tiny_ae_config(), fp32);
   init_random(*ae, seed + 1);
   paths.push_back(path("ae.safetensors"));
   save_module(*ae, paths.back(), at::kFloat);
 
-  ClipTextModel clip(tiny_clip_config(), fp32);
+  ClipTextModel clip(demo ? demo_clip_config() : tiny_clip_config(), fp32);
   init_random(*clip, seed + 2);
   paths.push_back(path("clip_l.safetensors"));
   save_module(*clip, paths.back(), at::kHalf);
 
-  T5Encoder t5(tiny_t5_config(), fp32);
+  T5Encoder t5(demo ? demo_t5_config() : tiny_t5_config(), fp32);
   init_random(*t5, seed + 3);
   paths.push_back(path("t5xxl_fp16.safetensors"));
   save_module(*t5, paths.back(), at::kHalf, {{"encoder.embed_tokens.weight", "shared.weight"}});

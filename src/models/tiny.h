@@ -20,7 +20,21 @@ AeConfig tiny_ae_config();
 ClipConfig tiny_clip_config();
 T5Config tiny_t5_config();
 
+// The embedded demo's sizes (docs/demo.md): a transformer of width 128 (4 heads, 2 double and 4 single
+// blocks) and text encoders of width 32, all the files together well under 20 MB.
+FluxConfig demo_flux_config();
+AeConfig demo_ae_config();
+ClipConfig demo_clip_config();
+T5Config demo_t5_config();
+
+enum class TinyPreset {
+  test,  // random weights with strong modulation, so every term shows in parity tests
+  demo,  // the demo's sizes, initialised for training from scratch: DiT's adaLN-Zero (every modulation
+         // and the final projection start at zero, so each block starts as the identity)
+};
+
 // Writes the four files into `folder` (created if needed) under their usual names; returns their paths.
-std::vector<std::string> write_tiny_model_set(const std::string& folder, bool schnell, uint64_t seed);
+std::vector<std::string> write_tiny_model_set(const std::string& folder, bool schnell, uint64_t seed,
+                                              TinyPreset preset = TinyPreset::test);
 
 }  // namespace fluxtrain::models

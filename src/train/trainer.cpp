@@ -9,6 +9,8 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <fstream>
+#include <iterator>
 #include <map>
 
 #include "core/atomic_file.h"
@@ -17,6 +19,7 @@
 #include "core/metrics.h"
 #include "core/tfevents.h"
 #include "core/train_progress.h"
+#include "data/image.h"
 #include "core/safetensors.h"
 #include "models/convert.h"
 #include "optim/optimizer.h"
@@ -51,6 +54,12 @@ class StopSignals {
   struct sigaction old_int_ {};
   struct sigaction old_term_ {};
 };
+
+std::string file_bytes(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("cannot read ", path.string());
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
 
 std::string numbered(const std::string& name, const char* what, int64_t n, int width) {
   char text[64];
@@ -228,7 +237,22 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
   PrefetchingSource prefetch(data, 4, step * ga);
   double step_seconds = 0;
   if (t.network) t.network->set_training(true);
-  if (config.sample_at_first && sample && step == 0) sample(0, *t.model);
+  // Samples with the LoRA in inference mode (no dropout), each PNG also a TensorBoard image.
+  auto render_samples = [&](int64_t at) {
+    if (t.network) t.network->set_training(false);
+    const std::vector<std::filesystem::path> files = sample(at, *t.model);
+    if (t.network) t.network->set_training(true);
+    for (size_t i = 0; i < files.size(); ++i) {
+      try {
+        const data::ImageInfo info = data::probe_image(files[i]);
+        events.add_image_png("samples/" + std::to_string(i), file_bytes(files[i]), info.width, info.height, at,
+                             info.has_alpha ? 4 : 3);
+      } catch (const Error& e) {
+        log::warn("sample ", files[i].string(), " not added to the TensorBoard events: ", e.what());
+      }
+    }
+  };
+  if (config.sample_at_first && sample && step == 0) render_samples(0);
 
   while (step < result.total_steps) {
     const auto step_started = std::chrono::steady_clock::now();
@@ -276,11 +300,9 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
       }
       if (saved) save_training_state(step);
     }
-    if (config.sample_every_n_steps > 0 && sample && step % config.sample_every_n_steps == 0) {
-      if (t.network) t.network->set_training(false);
-      sample(step, *t.model);
-      if (t.network) t.network->set_training(true);
-    }
+    const bool sample_step = config.sample_every_n_steps > 0 && step % config.sample_every_n_steps == 0;
+    const bool sample_epoch = config.sample_every_n_epochs > 0 && epoch_end && epoch % config.sample_every_n_epochs == 0;
+    if (sample && (sample_step || sample_epoch)) render_samples(step);
     if (g_stop.load() != 0 && step < result.total_steps) {
       if (!saved) save_training_state(step);
       log::info("stopping on signal ", g_stop.load(), " after step ", step, "; the state is saved in ",

@@ -60,6 +60,7 @@ struct TrainerConfig {
   int64_t save_every_n_epochs = 0;
   int keep_last_n = 0;       // step/epoch files and states kept (0 = all)
   int64_t sample_every_n_steps = 0;
+  int64_t sample_every_n_epochs = 0;
   bool sample_at_first = false;
   double log_every_seconds = 10;
   std::string resume_from;  // a state folder; "" = none (the app resolves "auto")
@@ -68,7 +69,9 @@ struct TrainerConfig {
 };
 
 // Called to write samples at a step with the model in its current (trained) state.
-using SampleHook = std::function<void(int64_t step, models::FluxTransformerImpl& model)>;
+// Renders the sample prompts with the model as it is at `step`; returns the PNG files written (the
+// trainer also logs them as TensorBoard images).
+using SampleHook = std::function<std::vector<std::filesystem::path>(int64_t step, models::FluxTransformerImpl& model)>;
 
 struct TrainResult {
   int64_t steps = 0;        // optimizer steps done in total (including before a resume)

@@ -172,6 +172,20 @@ def test_full_fine_tuning_writes_a_base_checkpoint(tmp_path, fluxtrain_bin, mode
     assert info["components"][0]["details"]["variant"] == "dev"
 
 
+def test_samples_every_n_epochs(tmp_path, fluxtrain_bin, models, dataset):
+    """PARAMS_SAMPLE_EVERY_N_EPOCHS: 12 images per epoch (6 x 2 repeats) in two buckets at batch 2 give 6
+    steps an epoch; 12 steps sample after steps 6 and 12, one PNG per prompt each time."""
+    out = tmp_path / "run"
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("ohwx, a red square --w 32 --h 32 --s 2 --d 1\na blue circle --w 32 --h 32 --s 2 --d 2\n")
+    run([fluxtrain_bin, "train"], env=base_env(models, dataset, out, PARAMS_TRAIN_BATCH_SIZE=2,
+                                               PARAMS_MAX_TRAIN_STEPS=12, PARAMS_SAVE_EVERY_N_STEPS=0,
+                                               PARAMS_SAMPLE_EVERY_N_EPOCHS=1, SAMPLE_PROMPTS=prompts))
+    names = sorted(p.name for p in (out / "samples").glob("*.png"))
+    assert names == ["flux-lora_000006_00_1.png", "flux-lora_000006_01_2.png",
+                     "flux-lora_000012_00_1.png", "flux-lora_000012_01_2.png"]
+
+
 def test_cache_recomputes_only_what_changed(tmp_path, fluxtrain_bin, models, dataset):
     """`fluxtrain cache`: a second run encodes nothing; a changed image re-encodes just that image; a
     corrupt entry is recomputed with a warning; another AE re-encodes every latent but no text."""

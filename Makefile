@@ -5,6 +5,8 @@ BUILD ?= build
 SANITIZE_BUILD ?= build-sanitize
 JOBS ?= $(shell nproc)
 CMAKE_BUILD_TYPE ?= RelWithDebInfo
+# More cmake -D options for `make configure` (the images build with -DFLUXTRAIN_TESTS=OFF).
+CMAKE_ARGS ?=
 
 .PHONY: all setup configure build demo test test-sanitize test-main format clean
 all: build
@@ -15,7 +17,7 @@ setup:
 
 configure: setup
 	@source $(BUILD)/setup.env && cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=$(CMAKE_BUILD_TYPE) \
-	  -DCMAKE_PREFIX_PATH="$$TORCH_PREFIX" $${VENV:+-DFLUXTRAIN_PYTHON="$$VENV/bin/python"} > $(BUILD)/configure.log \
+	  -DCMAKE_PREFIX_PATH="$$TORCH_PREFIX" $${VENV:+-DFLUXTRAIN_PYTHON="$$VENV/bin/python"} $(CMAKE_ARGS) > $(BUILD)/configure.log \
 	  || { cat $(BUILD)/configure.log; exit 1; }
 
 build: configure

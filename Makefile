@@ -5,8 +5,10 @@ BUILD ?= build
 SANITIZE_BUILD ?= build-sanitize
 JOBS ?= $(shell nproc)
 CMAKE_BUILD_TYPE ?= RelWithDebInfo
-# More cmake -D options for `make configure` (the images build with -DFLUXTRAIN_TESTS=OFF).
+# More cmake -D options for `make configure`, and the targets of `make build` (default: all); the
+# container images build with CMAKE_ARGS=-DFLUXTRAIN_TESTS=OFF TARGETS="fluxtrain fluxtrain_engine".
 CMAKE_ARGS ?=
+TARGETS ?=
 
 .PHONY: all setup configure build demo test test-sanitize test-main format clean
 all: build
@@ -21,7 +23,7 @@ configure: setup
 	  || { cat $(BUILD)/configure.log; exit 1; }
 
 build: configure
-	@cmake --build $(BUILD) -j $(JOBS)
+	@cmake --build $(BUILD) -j $(JOBS) $(if $(TARGETS),--target $(TARGETS))
 
 demo: build
 	@BUILD=$(BUILD) bash scripts/demo.sh

@@ -74,6 +74,8 @@ is_true "${DOWNLOAD_MODELS:-true}" DOWNLOAD_MODELS || download_models=false
 keep_alive=false
 is_true "${KEEP_ALIVE:-false}" KEEP_ALIVE && keep_alive=true
 
+# The folder the models are downloaded into (MODEL_DIR must name an existing folder for the check).
+if [ "$download_models" = true ]; then mkdir -p "$MODEL_DIR"; fi
 say "checking the settings"
 "$FLUXTRAIN" config --without-model-files >"$OUTPUT_PATH/logs/settings.txt"
 

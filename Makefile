@@ -5,6 +5,10 @@ BUILD ?= build
 SANITIZE_BUILD ?= build-sanitize
 JOBS ?= $(shell nproc)
 CMAKE_BUILD_TYPE ?= RelWithDebInfo
+# More cmake -D options for `make configure`, and the targets of `make build` (default: all); the
+# container images build with CMAKE_ARGS=-DFLUXTRAIN_TESTS=OFF TARGETS="fluxtrain fluxtrain_engine".
+CMAKE_ARGS ?=
+TARGETS ?=
 
 .PHONY: all setup configure build demo test test-sanitize test-main format clean
 all: build
@@ -15,11 +19,11 @@ setup:
 
 configure: setup
 	@source $(BUILD)/setup.env && cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=$(CMAKE_BUILD_TYPE) \
-	  -DCMAKE_PREFIX_PATH="$$TORCH_PREFIX" $${VENV:+-DFLUXTRAIN_PYTHON="$$VENV/bin/python"} > $(BUILD)/configure.log \
+	  -DCMAKE_PREFIX_PATH="$$TORCH_PREFIX" $${VENV:+-DFLUXTRAIN_PYTHON="$$VENV/bin/python"} $(CMAKE_ARGS) > $(BUILD)/configure.log \
 	  || { cat $(BUILD)/configure.log; exit 1; }
 
 build: configure
-	@cmake --build $(BUILD) -j $(JOBS)
+	@cmake --build $(BUILD) -j $(JOBS) $(if $(TARGETS),--target $(TARGETS))
 
 demo: build
 	@BUILD=$(BUILD) bash scripts/demo.sh

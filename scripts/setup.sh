@@ -10,6 +10,11 @@
 #   Torch_DIR             a libtorch of your own (CUDA/ROCm zip, a container's PyTorch): no venv is
 #                         made for libtorch; tests that need the Python references are then skipped
 #                         unless FLUXTRAIN_VENV is also set.
+#   FLUXTRAIN_TORCH_PYTHON  a Python whose installed torch is the libtorch to build against (a PyTorch
+#                         container image's own; `python3` is looked up on PATH): as Torch_DIR, with
+#                         the prefix taken from torch.utils.cmake_prefix_path. Torch is never installed.
+#   FLUXTRAIN_PACKAGES    all (default): everything, tests and the sanitizer build included; build:
+#                         only what building the program needs (the container images, docker/).
 #   FLUXTRAIN_SKIP_APT=1  do not touch Debian packages.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,17 +22,25 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 
 # Why each package (see docs/dependencies.md):
 apt_packages=(
-  build-essential cmake ninja-build ccache pkg-config python3-venv
+  build-essential cmake ninja-build ccache pkg-config
   nlohmann-json3-dev   # safetensors headers, JSON configs
   libcli11-dev         # command-line parsing (declarative options)
   libicu-dev           # tokenizers: NFC, case mapping, Unicode categories, grapheme clusters
-  libgtest-dev         # unit tests
   libjpeg-dev libpng-dev libwebp-dev zlib1g-dev  # dataset images (JPEG, PNG, WebP); zlib also for PNG text chunks
   libtomlplusplus-dev  # dataset and run configs in TOML
   libcurl4-openssl-dev # dataset and model downloads (HTTP with retries and resume)
   libarchive-dev libzstd-dev  # dataset archives (zip, tar, tar.gz, tar.zst)
-  clang libclang-rt-14-dev  # sanitizer + libFuzzer build of the safetensors parser tests
 )
+case "${FLUXTRAIN_PACKAGES:-all}" in
+  all)
+    apt_packages+=(
+      python3-venv         # the venv of the test references
+      libgtest-dev         # unit tests
+      clang libclang-rt-14-dev  # sanitizer + libFuzzer build of the safetensors parser tests
+    ) ;;
+  build) ;;
+  *) log "FLUXTRAIN_PACKAGES=${FLUXTRAIN_PACKAGES}: expected all or build"; exit 1 ;;
+esac
 
 missing=()
 for p in "${apt_packages[@]}"; do
@@ -38,6 +51,15 @@ if [ "${#missing[@]}" -gt 0 ] && [ "${FLUXTRAIN_SKIP_APT:-0}" != 1 ]; then
     log "installing Debian packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >&2
+    unknown=()
+    for p in "${missing[@]}"; do
+      apt-cache show --no-all-versions "$p" >/dev/null 2>&1 || unknown+=("$p")
+    done
+    if [ "${#unknown[@]}" -gt 0 ]; then
+      log "this release has no package ${unknown[*]} ($(sed -n 's/^PRETTY_NAME=//p' /etc/os-release)):"
+      log "  fluxtrain builds on Debian 12 / Ubuntu 24.04 or newer (CMake >= 3.25, toml++, a C++20 GCC)"
+      exit 1
+    fi
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/tmp/fluxtrain-apt.log 2>&1 ||
       { cat /tmp/fluxtrain-apt.log >&2; exit 1; }
   else
@@ -47,10 +69,17 @@ if [ "${#missing[@]}" -gt 0 ] && [ "${FLUXTRAIN_SKIP_APT:-0}" != 1 ]; then
   fi
 fi
 
+# CMakeLists.txt asks for 3.25 (Ubuntu 22.04 has 3.22).
+cmake_version="$(cmake --version 2>/dev/null | sed -n '1s/^cmake version //p')"
+if [ -n "$cmake_version" ] && [ "$(printf '%s\n' 3.25 "$cmake_version" | sort -V | head -1)" != 3.25 ]; then
+  log "cmake $cmake_version is older than 3.25, which fluxtrain needs: use Debian 12 / Ubuntu 24.04 or newer, or put a newer cmake on PATH"
+  exit 1
+fi
+
 req="$here/requirements-test.txt"
 if [ -n "${FLUXTRAIN_VENV:-}" ]; then
   venv="$FLUXTRAIN_VENV"
-elif [ -n "${Torch_DIR:-}" ]; then
+elif [ -n "${Torch_DIR:-}" ] || [ -n "${FLUXTRAIN_TORCH_PYTHON:-}" ]; then
   venv=""
 else
   key="$(sha256sum "$req" | cut -c1-16)"
@@ -76,6 +105,12 @@ fi
 torch_prefix=""
 if [ -n "${Torch_DIR:-}" ]; then
   torch_prefix="$Torch_DIR"
+elif [ -n "${FLUXTRAIN_TORCH_PYTHON:-}" ]; then
+  python="$(command -v "$FLUXTRAIN_TORCH_PYTHON")" ||
+    { log "FLUXTRAIN_TORCH_PYTHON=$FLUXTRAIN_TORCH_PYTHON: no such program"; exit 1; }
+  torch_prefix="$("$python" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')" ||
+    { log "FLUXTRAIN_TORCH_PYTHON=$python: its torch cannot be imported (an image with PyTorch installed?)"; exit 1; }
+  log "libtorch of $python: $torch_prefix"
 else
   torch_prefix="$("$venv/bin/python" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')"
 fi

@@ -25,6 +25,11 @@ Command add_inspect_command(CLI::App& app);
 Command add_dataset_command(CLI::App& app);
 Command add_fetch_command(CLI::App& app);
 Command add_config_command(CLI::App& app);
+Command add_fetch_models_command(CLI::App& app);
+// `train` and `cache` in the torch-free executable: the same options and --help, but only --help-env and
+// --print-config run (runs_without_engine() sends nothing else here).
+Command add_train_reference_command(CLI::App& app);
+Command add_cache_reference_command(CLI::App& app);
 
 // Engine commands (libfluxtrain_engine.so).
 Command add_make_tiny_command(CLI::App& app);
@@ -38,8 +43,9 @@ Command add_demo_command(CLI::App& app);
 // code (0 ok, 1 error, 2 usage error). `engine_commands` are added after the torch-free ones.
 int run(int argc, char** argv, const std::vector<CommandFactory>& engine_commands);
 
-// True when argv asks for something the torch-free executable does itself (a torch-free command, or
-// --version), so libtorch is never loaded for it.
+// True when argv asks for something the torch-free executable does itself (a torch-free command,
+// --version, or train / cache with --help, --help-env or --print-config), so libtorch is never loaded
+// for it.
 bool runs_without_engine(int argc, char** argv);
 
 // Loads libfluxtrain_engine.so (beside the executable, in ../lib/fluxtrain, or $FLUXTRAIN_ENGINE) and

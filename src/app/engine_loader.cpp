@@ -13,7 +13,10 @@
 namespace fluxtrain::app {
 namespace {
 
-const char* const kLightCommands[] = {"inspect", "dataset", "fetch", "config"};
+const char* const kLightCommands[] = {"inspect", "dataset", "fetch", "fetch-models", "config"};
+// Engine commands whose option reference and resolved options the torch-free executable prints itself.
+const char* const kReferenceCommands[] = {"train", "cache"};
+const char* const kReferenceFlags[] = {"--help", "-h", "--help-env", "--print-config"};
 
 std::string executable_dir() {
   std::error_code ec;
@@ -35,6 +38,14 @@ bool runs_without_engine(int argc, char** argv) {
     if (arg.empty() || arg[0] == '-') continue;
     for (const char* name : kLightCommands) {
       if (arg == name) return true;
+    }
+    for (const char* name : kReferenceCommands) {
+      if (arg != name) continue;
+      for (int j = i + 1; j < argc; ++j) {
+        for (const char* flag : kReferenceFlags) {
+          if (std::strcmp(argv[j], flag) == 0) return true;
+        }
+      }
     }
     return false;
   }
@@ -70,9 +81,10 @@ int run_engine(int argc, char** argv) {
     // The engine is never unloaded: libtorch does not support it, and the process ends right after.
     return entry(argc, argv);
   }
-  log::error("cannot load the fluxtrain engine (libfluxtrain_engine.so, which links libtorch):", errors,
-             "\n  fix: rebuild (`make build`), keep the library beside the fluxtrain executable, or point "
-             "FLUXTRAIN_ENGINE at it; if libtorch itself is missing, run scripts/setup.sh or set Torch_DIR at build time");
+  log::error(
+      "cannot load the fluxtrain engine (libfluxtrain_engine.so, which links libtorch):", errors,
+      "\n  fix: rebuild (`make build`), keep the library beside the fluxtrain executable, or point "
+      "FLUXTRAIN_ENGINE at it; if libtorch itself is missing, run scripts/setup.sh or set Torch_DIR at build time");
   return 1;
 }
 

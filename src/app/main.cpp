@@ -4,6 +4,7 @@
 
 int main(int argc, char** argv) {
   using namespace fluxtrain::app;
-  if (runs_without_engine(argc, argv)) return run(argc, argv, {});
+  if (runs_without_engine(argc, argv))
+    return run(argc, argv, {add_train_reference_command, add_cache_reference_command});
   return run_engine(argc, argv);
 }

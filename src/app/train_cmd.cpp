@@ -344,15 +344,13 @@ int run_train(const TrainCli& cli, bool cache_only) {
 }  // namespace
 
 Command add_train_command(CLI::App& app) {
-  CLI::App* sub = app.add_subcommand(
-      "train", "Train a Flux LoRA (the main job): options from flags, PARAMS_* / the seed's variables or --config");
+  CLI::App* sub = app.add_subcommand("train", kTrainCommandHelp);
   std::shared_ptr<TrainCli> cli = add_train_cli(*sub);
   return {sub, [cli]() { return run_train(*cli, false); }};
 }
 
 Command add_cache_command(CLI::App& app) {
-  CLI::App* sub = app.add_subcommand(
-      "cache", "Fetch and plan the dataset and fill the latent and text caches (the first half of train)");
+  CLI::App* sub = app.add_subcommand("cache", kCacheCommandHelp);
   std::shared_ptr<TrainCli> cli = add_train_cli(*sub);
   return {sub, [cli]() { return run_train(*cli, true); }};
 }

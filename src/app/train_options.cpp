@@ -146,9 +146,10 @@ OptionTable make_train_options() {
           .choices({"flux-dev", "flux-schnell"})
           .choice_alias("flux", "flux-dev"),
       Opt("model_dir", kPath, "models", "",
-          "Folder holding the model files under their usual names (flux1-dev.safetensors or flux_dev.safetensors, "
-          "flux1-schnell.safetensors, ae.safetensors, clip_l.safetensors, t5xxl_fp16.safetensors or "
-          "t5xxl_fp8_e4m3fn.safetensors); --model, --ae, --clip-l and --t5xxl override single files.")
+          "Folder holding the model files under their usual names (flux1-dev.safetensors, flux_dev.safetensors or "
+          "flux1-dev-fp8.safetensors; the same with flux1-schnell; ae.safetensors, clip_l.safetensors, "
+          "t5xxl_fp16.safetensors or t5xxl_fp8_e4m3fn.safetensors); --model, --ae, --clip-l and --t5xxl override "
+          "single files; `fluxtrain fetch-models` downloads them.")
           .env("MODEL_DIR")
           .path(PathCheck::directory),
       Opt("model", kPath, "models", "", "The Flux transformer (.safetensors: BFL single file, or a merged checkpoint).")
@@ -426,8 +427,9 @@ const OptionTable& train_options() {
 
 std::vector<std::string> usual_model_names(const std::string& file, const std::string& base_model) {
   if (file == "model") {
-    if (base_model == "flux-schnell") return {"flux1-schnell.safetensors", "flux_schnell.safetensors"};
-    return {"flux1-dev.safetensors", "flux_dev.safetensors"};
+    if (base_model == "flux-schnell")
+      return {"flux1-schnell.safetensors", "flux_schnell.safetensors", "flux1-schnell-fp8.safetensors"};
+    return {"flux1-dev.safetensors", "flux_dev.safetensors", "flux1-dev-fp8.safetensors"};
   }
   if (file == "ae") return {"ae.safetensors"};
   if (file == "clip_l") return {"clip_l.safetensors"};
@@ -508,7 +510,7 @@ std::string merged_optimizer_args(const ResolvedConfig& config) {
   return args;
 }
 
-std::vector<std::string> validate_train_config(const ResolvedConfig& config) {
+std::vector<std::string> validate_train_config(const ResolvedConfig& config, bool check_model_files) {
   std::vector<std::string> errors, warnings;
   auto d = [&](const std::string& name) { return config.describe(name); };
   const std::string optimizer = config.get_string("optimizer_type");
@@ -519,7 +521,7 @@ std::vector<std::string> validate_train_config(const ResolvedConfig& config) {
         "no dataset: set DATASET_NAME (--dataset-name: a Hugging Face dataset, Kaggle dataset, URL or "
         "local folder) or DATASET_CONFIG (--dataset-config: kohya's dataset TOML/JSON)");
   try {
-    resolve_model_files(config);
+    if (check_model_files) resolve_model_files(config);
   } catch (const Error& e) {
     errors.push_back(e.what());
   }
@@ -605,6 +607,11 @@ std::vector<std::string> validate_train_config(const ResolvedConfig& config) {
   return warnings;
 }
 
+const char* const kTrainCommandHelp =
+    "Train a Flux LoRA (the main job): options from flags, PARAMS_* / the seed's variables or --config";
+const char* const kCacheCommandHelp =
+    "Fetch and plan the dataset and fill the latent and text caches (the first half of train)";
+
 std::shared_ptr<TrainCli> add_train_cli(CLI::App& command) {
   auto cli = std::make_shared<TrainCli>();
   cli->binding = std::make_unique<CliBinding>(command, train_options());
@@ -619,10 +626,10 @@ std::shared_ptr<TrainCli> add_train_cli(CLI::App& command) {
   return cli;
 }
 
-ResolvedConfig resolve_train_config(const TrainCli& cli, const EnvMap& env) {
+ResolvedConfig resolve_train_config(const TrainCli& cli, const EnvMap& env, bool check_model_files) {
   ResolvedConfig config = resolve(train_options(), ResolveInputs{cli.binding->values(), env});
   for (const auto& w : config.warnings()) log::warn(w);
-  for (const auto& w : validate_train_config(config)) log::warn(w);
+  for (const auto& w : validate_train_config(config, check_model_files)) log::warn(w);
   return config;
 }
 

@@ -27,7 +27,9 @@ OptionSpec precision_option(const std::string& group);
 // dataset_name / dataset_config, the model files (see resolve_model_files), options that only make
 // sense together. Throws one Error listing every problem (each naming the flags / variables involved);
 // returns warnings for settings that have no effect.
-std::vector<std::string> validate_train_config(const ResolvedConfig& config);
+// check_model_files = false leaves the model files out (a pod checks its settings before it downloads
+// them).
+std::vector<std::string> validate_train_config(const ResolvedConfig& config, bool check_model_files = true);
 
 // The four model files of a run.
 struct ModelFiles {
@@ -38,8 +40,9 @@ struct ModelFiles {
 };
 
 // The names a model folder is searched for, in order of preference, per file ("model", "ae", "clip_l",
-// "t5xxl"): flux1-dev.safetensors or the seed's flux_dev.safetensors (flux1-schnell / flux_schnell for
-// schnell), ae.safetensors, clip_l.safetensors, t5xxl_fp16.safetensors or t5xxl_fp8_e4m3fn.safetensors.
+// "t5xxl"): flux1-dev.safetensors, the seed's flux_dev.safetensors or the fp8 flux1-dev-fp8.safetensors
+// (flux1-schnell... for schnell), ae.safetensors, clip_l.safetensors, t5xxl_fp16.safetensors or
+// t5xxl_fp8_e4m3fn.safetensors.
 std::vector<std::string> usual_model_names(const std::string& file, const std::string& base_model);
 
 // Fills each file not given in `given` from `model_dir` (may be "") by its usual names. Throws Error
@@ -55,6 +58,11 @@ ModelFiles resolve_model_files(const ResolvedConfig& config);
 // `d_coef=X` / `weight_decay=X` when they are set (validate_train_config rejects a key given twice).
 std::string merged_optimizer_args(const ResolvedConfig& config);
 
+// The descriptions of the train and cache commands (the engine's and the torch-free executable's, which
+// prints their --help, --help-env and --print-config without loading libtorch).
+extern const char* const kTrainCommandHelp;
+extern const char* const kCacheCommandHelp;
+
 // The command-line side of the train options, shared by `fluxtrain train` and `fluxtrain config`: every
 // option of the table, plus --print-config, --help-env and --format.
 struct TrainCli {
@@ -68,6 +76,6 @@ std::shared_ptr<TrainCli> add_train_cli(CLI::App& command);
 
 // Resolves the train options from the parsed command line and the process environment (or `env`),
 // logs the resolution warnings, validates (Error on any problem) and logs the validation warnings.
-ResolvedConfig resolve_train_config(const TrainCli& cli, const EnvMap& env);
+ResolvedConfig resolve_train_config(const TrainCli& cli, const EnvMap& env, bool check_model_files = true);
 
 }  // namespace fluxtrain::app

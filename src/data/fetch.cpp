@@ -189,77 +189,16 @@ class CacheLock {
 
 // --- Hugging Face Hub ---
 
-struct HubFile {
-  std::string path;
-  int64_t size = 0;
-  std::string sha256;  // LFS files only
-};
-
 std::string hub_not_found_hint(const std::string& repo, const FetchOptions& options, const std::string& revision) {
   return cat("check the dataset name and the revision '", revision, "' at ", options.hf_endpoint, "/datasets/", repo,
              " (a model repository is not a dataset); and if a local folder was meant, ./", repo,
              " does not exist here");
 }
 
-HttpAuth hub_auth(const FetchOptions& options) {
-  HttpAuth auth;
-  auth.bearer_token = options.hf_token;
-  auth.variables = "HF_TOKEN";
-  return auth;
-}
-
 bool is_sha256(const std::string& text) {
   return text.size() == 64 && std::all_of(text.begin(), text.end(), [](char c) {
            return std::isdigit(static_cast<unsigned char>(c)) || (c >= 'a' && c <= 'f');
          });
-}
-
-// GET {endpoint}/api/datasets/{repo}/tree/{revision}?recursive=true, following rel="next" Links.
-std::vector<HubFile> list_hub_files(const std::string& repo, const std::string& revision, const FetchOptions& options) {
-  const std::string what = cat("the file list of Hugging Face dataset ", repo, " at revision '", revision, "'");
-  std::string url = cat(options.hf_endpoint, "/api/datasets/", repo, "/tree/", url_encode(revision, false),
-                        "?recursive=true&expand=false");
-  std::vector<HubFile> files;
-  std::set<std::string> seen_pages;
-  while (!url.empty()) {
-    if (!seen_pages.insert(url).second)
-      fail(what, ": the listing's next page is one seen before (", redact_url(url), ")");
-    HttpResponse response =
-        http_get({url, hub_auth(options), what, hub_not_found_hint(repo, options, revision)}, options.http);
-    json page = json::parse(response.body, nullptr, false);
-    if (page.is_discarded() || !page.is_array()) {
-      fail(what, ": the answer from ", redact_url(url), " is not a JSON list; is HF_ENDPOINT (", options.hf_endpoint,
-           ") a Hugging Face Hub?");
-    }
-    for (const json& item : page) {
-      if (!item.is_object() || item.value("type", "") != "file") continue;
-      if (!item.contains("path") || !item["path"].is_string() || !item.contains("size") ||
-          !item["size"].is_number_unsigned()) {
-        fail(what, ": an entry without a path or size: ", item.dump().substr(0, 200));
-      }
-      HubFile file;
-      std::string why;
-      std::string raw = item["path"].get<std::string>();
-      file.path = normalize_relative_path(raw, &why);
-      if (!why.empty() || file.path.empty()) {
-        fail(what, ": the listing names an unsafe path '", raw, "' (", why.empty() ? "empty" : why, "); refusing it");
-      }
-      file.size = item["size"].get<int64_t>();
-      if (item.contains("lfs") && item["lfs"].is_object()) {
-        const json& lfs = item["lfs"];
-        std::string oid = lfs.contains("oid") && lfs["oid"].is_string() ? lfs["oid"].get<std::string>() : "";
-        if (is_sha256(oid)) file.sha256 = oid;
-        if (lfs.contains("size") && lfs["size"].is_number_unsigned()) file.size = lfs["size"].get<int64_t>();
-      }
-      if (file.path == ".gitattributes") continue;  // git metadata of the repository, not data
-      files.push_back(std::move(file));
-    }
-    auto link = response.headers.find("link");
-    url = link == response.headers.end() ? "" : link_next(link->second);
-    if (url.starts_with("/")) url = origin_of(options.hf_endpoint) + url;
-  }
-  std::sort(files.begin(), files.end(), [](const HubFile& a, const HubFile& b) { return a.path < b.path; });
-  return files;
 }
 
 bool have_file(const fs::path& path, const HubFile& file) {
@@ -302,7 +241,11 @@ fs::path fetch_hub(const std::string& repo, const Entry& entry, const FetchOptio
     else
       fs::rename(dataset, partial);
   }
-  const std::vector<HubFile> files = list_hub_files(repo, revision, options);
+  HubListing listing;
+  listing.repo = repo;
+  listing.revision = revision;
+  listing.not_found_hint = hub_not_found_hint(repo, options, revision);
+  const std::vector<HubFile> files = list_hub_files(listing, options);
   if (files.empty()) fail("Hugging Face dataset ", repo, " at revision '", revision, "' holds no files");
 
   std::vector<const HubFile*> missing;
@@ -334,10 +277,11 @@ fs::path fetch_hub(const std::string& repo, const Entry& entry, const FetchOptio
         if (index >= missing.size()) return;
         const HubFile& file = *missing[index];
         try {
-          HttpRequest request{cat(options.hf_endpoint, "/datasets/", repo, "/resolve/", url_encode(revision, false),
-                                  "/", url_encode(file.path, true)),
-                              hub_auth(options), cat("file '", file.path, "' of Hugging Face dataset ", repo),
-                              hub_not_found_hint(repo, options, revision)};
+          HttpRequest request;
+          request.url = hub_file_url(HubRepoType::dataset, repo, revision, file.path, options);
+          request.auth = hub_auth(options);
+          request.what = cat("file '", file.path, "' of Hugging Face dataset ", repo);
+          request.not_found_hint = hub_not_found_hint(repo, options, revision);
           http_download(request, {partial / file.path, file.size, file.sha256, progress.get()}, http);
         } catch (...) {
           std::lock_guard<std::mutex> lock(error_mutex);
@@ -528,6 +472,77 @@ fs::path default_dataset_cache_dir() {
   if (std::string dir = env("XDG_CACHE_HOME"); !dir.empty()) return fs::path(dir) / "fluxtrain" / "datasets";
   if (std::string home = env("HOME"); !home.empty()) return fs::path(home) / ".cache" / "fluxtrain" / "datasets";
   fail("no folder for the dataset cache: HOME is not set; set FLUXTRAIN_DATASET_CACHE (or --cache-dir)");
+}
+
+HttpAuth hub_auth(const FetchOptions& options) {
+  HttpAuth auth;
+  auth.bearer_token = options.hf_token;
+  auth.variables = "HF_TOKEN";
+  return auth;
+}
+
+std::string hub_file_url(HubRepoType type, const std::string& repo, const std::string& revision,
+                         const std::string& path, const FetchOptions& options) {
+  return cat(options.hf_endpoint, type == HubRepoType::dataset ? "/datasets/" : "/", repo, "/resolve/",
+             url_encode(revision, false), "/", url_encode(path, true));
+}
+
+std::vector<HubFile> list_hub_files(const HubListing& listing, const FetchOptions& options) {
+  const std::string& repo = listing.repo;
+  const bool dataset = listing.type == HubRepoType::dataset;
+  const std::string what =
+      cat("the file list of Hugging Face ", dataset ? "dataset " : "model ", repo,
+          listing.folder.empty() ? "" : " (folder " + listing.folder + ")", " at revision '", listing.revision, "'");
+  std::string url =
+      cat(options.hf_endpoint, dataset ? "/api/datasets/" : "/api/models/", repo, "/tree/",
+          url_encode(listing.revision, false), listing.folder.empty() ? "" : "/" + url_encode(listing.folder, true),
+          "?recursive=", listing.recursive ? "true" : "false", "&expand=false");
+  HttpRequest request;
+  request.auth = hub_auth(options);
+  request.what = what;
+  request.not_found_hint = listing.not_found_hint;
+  request.access_hint = listing.access_hint;
+  std::vector<HubFile> files;
+  std::set<std::string> seen_pages;
+  while (!url.empty()) {
+    if (!seen_pages.insert(url).second)
+      fail(what, ": the listing's next page is one seen before (", redact_url(url), ")");
+    request.url = url;
+    HttpResponse response = http_get(request, options.http);
+    json page = json::parse(response.body, nullptr, false);
+    if (page.is_discarded() || !page.is_array()) {
+      fail(what, ": the answer from ", redact_url(url), " is not a JSON list; is HF_ENDPOINT (", options.hf_endpoint,
+           ") a Hugging Face Hub?");
+    }
+    for (const json& item : page) {
+      if (!item.is_object() || item.value("type", "") != "file") continue;
+      if (!item.contains("path") || !item["path"].is_string() || !item.contains("size") ||
+          !item["size"].is_number_unsigned()) {
+        fail(what, ": an entry without a path or size: ", item.dump().substr(0, 200));
+      }
+      HubFile file;
+      std::string why;
+      std::string raw = item["path"].get<std::string>();
+      file.path = normalize_relative_path(raw, &why);
+      if (!why.empty() || file.path.empty()) {
+        fail(what, ": the listing names an unsafe path '", raw, "' (", why.empty() ? "empty" : why, "); refusing it");
+      }
+      file.size = item["size"].get<int64_t>();
+      if (item.contains("lfs") && item["lfs"].is_object()) {
+        const json& lfs = item["lfs"];
+        std::string oid = lfs.contains("oid") && lfs["oid"].is_string() ? lfs["oid"].get<std::string>() : "";
+        if (is_sha256(oid)) file.sha256 = oid;
+        if (lfs.contains("size") && lfs["size"].is_number_unsigned()) file.size = lfs["size"].get<int64_t>();
+      }
+      if (file.path == ".gitattributes") continue;  // git metadata of the repository, not data
+      files.push_back(std::move(file));
+    }
+    auto link = response.headers.find("link");
+    url = link == response.headers.end() ? "" : link_next(link->second);
+    if (url.starts_with("/")) url = origin_of(options.hf_endpoint) + url;
+  }
+  std::sort(files.begin(), files.end(), [](const HubFile& a, const HubFile& b) { return a.path < b.path; });
+  return files;
 }
 
 fs::path fetch_dataset(const std::string& spec, const fs::path& cache_dir, const FetchOptions& options) {

@@ -22,8 +22,10 @@
 // of a multi-GPU run can all call fetch_dataset.
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include "data/archive.h"
 #include "data/http.h"
@@ -65,6 +67,39 @@ struct FetchOptions {
   // KAGGLE_API_ENDPOINT, FLUXTRAIN_DOWNLOAD_WORKERS, and those of HttpOptions and ArchiveLimits.
   static FetchOptions from_environment();
 };
+
+// --- Hugging Face Hub files (datasets here; model files for `fluxtrain fetch-models`) ---
+
+// One file of a Hub repository as its tree API lists it.
+struct HubFile {
+  std::string path;  // in the repository, '/'-separated
+  int64_t size = 0;
+  std::string sha256;  // LFS files only (the listing's lfs.oid); "" for small files kept in git
+};
+
+enum class HubRepoType { dataset, model };
+
+struct HubListing {
+  HubRepoType type = HubRepoType::dataset;
+  std::string repo;  // owner/name
+  std::string revision = "main";
+  std::string folder;  // "" = the repository's root
+  bool recursive = true;
+  std::string not_found_hint;  // the fix after a 404
+  std::string access_hint;     // the fix after a 401/403 ("accept the licence on ...")
+};
+
+// GET {hf_endpoint}/api/{datasets|models}/{repo}/tree/{revision}[/{folder}]?recursive=..., following
+// rel="next" Link headers. Files only (no folders, no .gitattributes), sorted by path; unsafe paths are
+// refused. Throws Error (401/403 naming HF_TOKEN, 404 with the hint).
+std::vector<HubFile> list_hub_files(const HubListing& listing, const FetchOptions& options);
+
+// The download URL of a file: {hf_endpoint}/[datasets/]{repo}/resolve/{revision}/{path}.
+std::string hub_file_url(HubRepoType type, const std::string& repo, const std::string& revision,
+                         const std::string& path, const FetchOptions& options);
+
+// The Hub's credentials: HF_TOKEN as a bearer token (sent to the Hub's origin only).
+HttpAuth hub_auth(const FetchOptions& options);
 
 // $FLUXTRAIN_DATASET_CACHE, else $FLUXTRAIN_CACHE/datasets, else $XDG_CACHE_HOME/fluxtrain/datasets,
 // else ~/.cache/fluxtrain/datasets.

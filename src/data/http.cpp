@@ -289,7 +289,8 @@ std::string status_error(const HttpRequest& request, const Hop& hop, const std::
   if (hop.status == 401 && code != hop.headers.end() && code->second.ends_with("NotFound")) {
     return cat(request.what, " was not found, or is private (HTTP 401 ", code->second, where, ")", said,
                request.not_found_hint.empty() ? "" : "; " + request.not_found_hint,
-               request.auth.empty() ? cat("; if it is private or gated, set ", request.auth.variables) : "");
+               request.auth.empty() ? cat("; if it is private or gated, set ", request.auth.variables) : "",
+               request.access_hint.empty() ? "" : "; " + request.access_hint);
   }
   if (hop.status == 401 || hop.status == 403) {
     std::string fix;
@@ -299,12 +300,13 @@ std::string status_error(const HttpRequest& request, const Hop& hop, const std::
           "(KAGGLE_USERNAME/KAGGLE_KEY): make the URL public, or download it yourself and give the local folder";
     } else if (request.auth.empty()) {
       fix = cat("no credentials were sent: set ", request.auth.variables,
-                " (if the dataset is private or gated, the token must have read access to it)");
+                " (if it is private or gated, the token must have read access to it)");
     } else {
       fix = cat("the credentials from ", request.auth.variables,
-                " were refused: check that they are valid, not expired, and have access to it (a gated dataset must "
+                " were refused: check that they are valid, not expired, and have access to it (a gated repository must "
                 "also be accepted on its page)");
     }
+    if (!request.access_hint.empty()) fix += "; " + request.access_hint;
     return cat(request.what, ": access denied (HTTP ", hop.status, where, ")", said, "; ", fix);
   }
   if (hop.status == 404) {

@@ -58,6 +58,8 @@ struct HttpRequest {
   std::string what;
   // The fix after a 404: "check the name and revision at https://...".
   std::string not_found_hint;
+  // More of the fix after a 401/403 ("a gated model: accept its licence at https://..."); "" = none.
+  std::string access_hint;
 };
 
 struct HttpResponse {

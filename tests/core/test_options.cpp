@@ -500,6 +500,11 @@ TEST(TrainOptions, ModelDirDiscovery) {
   EXPECT_EQ(f.clip_l, (both / "clip_l.safetensors").string());
   EXPECT_EQ(f.t5xxl, (both / "t5xxl_fp16.safetensors").string());
 
+  // The fp8 transformer that `fetch-models` downloads (MODEL_BASE_VARIANT=fp8) counts too.
+  fs::path fp8 = model_dir("models_fp8", {"flux1-dev-fp8.safetensors", "ae.safetensors", "clip_l.safetensors",
+                                          "t5xxl_fp8_e4m3fn.safetensors"});
+  EXPECT_EQ(find_model_files({}, fp8.string(), "flux-dev").model, (fp8 / "flux1-dev-fp8.safetensors").string());
+
   // An explicit file wins over the folder.
   ModelFiles given;
   given.ae = "/elsewhere/my_ae.safetensors";
@@ -510,13 +515,12 @@ TEST(TrainOptions, ModelDirDiscovery) {
     find_model_files({}, both.string(), "flux-schnell");
     FAIL() << "no schnell transformer, yet found";
   } catch (const Error& e) {
-    EXPECT_EQ(
-        std::string(e.what()),
-        "model file missing (BASE_MODEL flux-schnell): the Flux transformer: none of flux1-schnell.safetensors or "
-        "flux_schnell.safetensors in MODEL_DIR=" +
-            both.string() +
-            " (it holds flux1-dev.safetensors: is BASE_MODEL=flux-dev meant?) (it holds flux_dev.safetensors: is "
-            "BASE_MODEL=flux-dev meant?); or name the file with --model / PARAMS_MODEL");
+    EXPECT_EQ(std::string(e.what()),
+              "model file missing (BASE_MODEL flux-schnell): the Flux transformer: none of flux1-schnell.safetensors, "
+              "flux_schnell.safetensors or flux1-schnell-fp8.safetensors in MODEL_DIR=" +
+                  both.string() +
+                  " (it holds flux1-dev.safetensors: is BASE_MODEL=flux-dev meant?) (it holds flux_dev.safetensors: is "
+                  "BASE_MODEL=flux-dev meant?); or name the file with --model / PARAMS_MODEL");
   }
   // Everything missing is listed, with the names looked for.
   fs::path partial = model_dir("models_partial", {"ae.safetensors"});
@@ -526,7 +530,8 @@ TEST(TrainOptions, ModelDirDiscovery) {
   } catch (const Error& e) {
     std::string text = e.what();
     EXPECT_EQ(text.rfind("3 model files missing (BASE_MODEL flux-dev):", 0), 0u) << text;
-    EXPECT_NE(text.find("flux1-dev.safetensors or flux_dev.safetensors in MODEL_DIR=" + partial.string()),
+    EXPECT_NE(text.find("flux1-dev.safetensors, flux_dev.safetensors or flux1-dev-fp8.safetensors in MODEL_DIR=" +
+                        partial.string()),
               std::string::npos);
     EXPECT_NE(text.find("clip_l.safetensors in MODEL_DIR"), std::string::npos);
     EXPECT_NE(text.find("t5xxl_fp16.safetensors or t5xxl_fp8_e4m3fn.safetensors in MODEL_DIR"), std::string::npos);

@@ -179,7 +179,7 @@ def test_bad_values_are_named_errors(tmp_path, fluxtrain_bin):
     (tmp_path / "partial").mkdir()
     partial = model_dir(tmp_path / "partial", names=("ae.safetensors",))
     expect_error(fluxtrain_bin, clean_env(DATASET_NAME="a/b", MODEL_DIR=str(partial)),
-                 contains=["3 model files missing", "flux1-dev.safetensors or flux_dev.safetensors",
+                 contains=["3 model files missing", "flux1-dev.safetensors, flux_dev.safetensors or flux1-dev-fp8.safetensors",
                            "t5xxl_fp16.safetensors or t5xxl_fp8_e4m3fn.safetensors", f"MODEL_DIR={partial}"])
     # Several problems are reported together.
     expect_error(fluxtrain_bin, clean_env(**base, PARAMS_NETWORK_DIM="0", PARAMS_SEED="x"),

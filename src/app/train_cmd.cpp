@@ -39,7 +39,7 @@ namespace {
 const std::set<std::string> kResumeSafe = {
     "save_every_n_steps", "save_every_n_epochs", "keep_last_n", "keep_last_n_states", "save_state",
     "sample_prompts", "sample_every_n_steps", "sample_every_n_epochs", "sample_at_first", "max_train_epochs",
-    "max_train_steps", "log_every_seconds", "device", "resume_from", "auto_resume", "config", "cache_dir",
+    "max_train_steps", "log_every_seconds", "prefetch_batches", "device", "resume_from", "auto_resume", "config", "cache_dir",
     "output_path", "model_dir", "model", "ae", "clip_l", "t5xxl", "dataset_name"};
 
 std::string value_text(const OptionValue& value) {
@@ -215,6 +215,7 @@ train::TrainerConfig trainer_config(const ResolvedConfig& config, const ModelFil
   t.step.apply_t5_mask = config.get_bool("apply_t5_attn_mask");
   t.step.max_grad_norm = config.get_real("max_grad_norm");
   if (auto v = config.find_int("gradient_accumulation_steps")) t.gradient_accumulation = *v;
+  t.prefetch_batches = static_cast<int>(config.get_int("prefetch_batches"));
   if (auto v = config.find_int("max_train_epochs")) {
     t.max_epochs = *v;
     t.max_steps = 0;

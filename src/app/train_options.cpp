@@ -384,6 +384,11 @@ OptionTable make_train_options() {
       Opt("log_every_seconds", kReal, "runtime", "10",
           "Seconds between progress lines when the output is not a terminal.")
           .min(0, true),
+      Opt("prefetch_batches", kInt, "runtime", "4",
+          "Batches a background thread reads from the caches (into pinned memory on CUDA) while a step trains; "
+          "0 = read each batch in the training loop when it is needed.")
+          .min(0)
+          .max(64),
   };
   return OptionTable("train", std::move(groups), std::move(specs));
 }

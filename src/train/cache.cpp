@@ -30,7 +30,7 @@ std::string file_key(const fs::path& path) {
 }
 
 // Reads a cache entry; a missing entry gives an empty map, an unreadable one a warning and an empty map.
-std::map<std::string, at::Tensor> read_entry(const fs::path& path, CacheStats* stats) {
+std::map<std::string, at::Tensor> read_entry(const fs::path& path) {
   std::map<std::string, at::Tensor> out;
   std::error_code ec;
   if (!fs::exists(path, ec)) return out;
@@ -38,11 +38,42 @@ std::map<std::string, at::Tensor> read_entry(const fs::path& path, CacheStats* s
     safetensors::Reader reader(path.string());
     for (const auto& info : reader.header().tensors) out[info.name] = reader.tensor(info).clone();
   } catch (const std::exception& e) {
-    log::warn("cache entry ", path.string(), " is unreadable and is recomputed (", e.what(), ")");
-    if (stats) ++stats->corrupt;
+    log::warn("cache entry ", path.string(), " is unreadable (", e.what(), ")");
     out.clear();
   }
   return out;
+}
+
+// What an entry must hold: a tensor name and its shape (-1: any size in that dimension).
+using EntryLayout = std::vector<std::pair<std::string, std::vector<int64_t>>>;
+
+// Whether an entry can be used, from its header alone: the header parse checks that the file is exactly
+// as long as the tensors it describes (so a truncated, cut or overwritten entry fails), and the tensors
+// must be there with the expected shapes. The data is read only when a batch uses the entry. A missing
+// entry is not valid; an unreadable one is also warned about and counted.
+bool valid_entry(const fs::path& path, const EntryLayout& layout, CacheStats& stats) {
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return false;
+  std::string problem;
+  try {
+    safetensors::Header header = safetensors::read_header(path.string());
+    for (const auto& [name, shape] : layout) {
+      const safetensors::TensorInfo* info = header.find(name);
+      bool fits = info != nullptr && info->shape.size() == shape.size();
+      for (size_t i = 0; fits && i < shape.size(); ++i) fits = shape[i] < 0 || shape[i] == info->shape[i];
+      if (!fits) {
+        problem = cat("tensor '", name, "' is ", info ? c10::IntArrayRef(info->shape) : c10::IntArrayRef(),
+                      info ? "" : " (missing)", ", expected ", c10::IntArrayRef(shape), " (-1: any size)");
+        break;
+      }
+    }
+  } catch (const std::exception& e) {
+    problem = e.what();
+  }
+  if (problem.empty()) return true;
+  log::warn("cache entry ", path.string(), " is unreadable and is recomputed (", problem, ")");
+  ++stats.corrupt;
+  return false;
 }
 
 }  // namespace
@@ -123,8 +154,10 @@ CacheStats LatentCache::ensure(const std::vector<PreparedImage>& images, const s
   // Missing entries grouped by bucket, so a batch has one pixel size.
   std::map<std::pair<int, int>, std::vector<const PreparedImage*>> missing;
   for (const PreparedImage& p : images) {
-    auto entry_map = read_entry(entry(p), &stats);
-    if (entry_map.count("latents") && (!p.alpha_mask || entry_map.count("mask"))) {
+    const int64_t h = p.bucket_height / 8, w = p.bucket_width / 8;
+    EntryLayout layout = {{"latents", {-1, h, w}}};
+    if (p.alpha_mask) layout.push_back({"mask", {h, w}});
+    if (valid_entry(entry(p), layout, stats)) {
       ++stats.reused;
     } else {
       missing[{p.bucket_width, p.bucket_height}].push_back(&p);
@@ -165,7 +198,7 @@ CacheStats LatentCache::ensure(const std::vector<PreparedImage>& images, const s
 
 std::pair<at::Tensor, at::Tensor> LatentCache::load(const PreparedImage& p) const {
   fs::path path = entry(p);
-  auto tensors = read_entry(path, nullptr);
+  auto tensors = read_entry(path);
   if (!tensors.count("latents")) {
     fail(path.string(), ": the latent cache entry of ", p.path, " is missing or unreadable; run `fluxtrain cache` or the "
          "training again to recompute it");
@@ -189,8 +222,8 @@ CacheStats TextCache::ensure(const std::vector<std::string>& captions,
   std::set<std::string> seen;
   for (const std::string& caption : captions) {
     if (!seen.insert(caption).second) continue;
-    auto tensors = read_entry(entry(caption), &stats);
-    if (tensors.count("t5") && tensors.count("t5_mask") && tensors.count("clip_pooled")) {
+    const int64_t length = options_.t5_max_length;
+    if (valid_entry(entry(caption), {{"t5", {length, -1}}, {"t5_mask", {length}}, {"clip_pooled", {-1}}}, stats)) {
       ++stats.reused;
     } else {
       missing.push_back(caption);
@@ -219,7 +252,7 @@ CacheStats TextCache::ensure(const std::vector<std::string>& captions,
 
 TextEmbeddings TextCache::load(const std::string& caption) const {
   fs::path path = entry(caption);
-  auto tensors = read_entry(path, nullptr);
+  auto tensors = read_entry(path);
   if (!tensors.count("t5") || !tensors.count("clip_pooled")) {
     fail(path.string(), ": the text cache entry of caption '", caption.substr(0, 60), "' is missing or unreadable; "
          "run `fluxtrain cache` or the training again to recompute it");

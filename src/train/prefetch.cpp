@@ -6,12 +6,18 @@
 
 namespace fluxtrain::train {
 
-PrefetchingSource::PrefetchingSource(DataSource& inner, int depth, int64_t start)
-    : inner_(inner), per_epoch_(inner.batches_per_epoch()), depth_(std::max(1, depth)), next_(start), wanted_(start) {
-  worker_ = std::thread([this] { work(); });
+PrefetchingSource::PrefetchingSource(DataSource& inner, int depth, int64_t start, BatchStaging stage)
+    : inner_(inner),
+      stage_(std::move(stage)),
+      per_epoch_(inner.batches_per_epoch()),
+      depth_(std::max(0, depth)),
+      next_(start),
+      wanted_(start) {
+  if (depth_ > 0) worker_ = std::thread([this] { work(); });
 }
 
 PrefetchingSource::~PrefetchingSource() {
+  if (!worker_.joinable()) return;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     stop_ = true;
@@ -31,7 +37,7 @@ void PrefetchingSource::work() {
     lock.unlock();
     Slot slot;
     try {
-      slot.batch = inner_.batch(position / per_epoch_, position % per_epoch_);
+      slot.batch = compute(position);
     } catch (...) {
       slot.error = std::current_exception();
     }
@@ -41,9 +47,23 @@ void PrefetchingSource::work() {
   }
 }
 
+LatentBatch PrefetchingSource::compute(int64_t position) {
+  LatentBatch batch = inner_.batch(position / per_epoch_, position % per_epoch_);
+  return stage_ ? stage_(std::move(batch)) : batch;
+}
+
 LatentBatch PrefetchingSource::batch(int64_t epoch, int64_t index) {
   const int64_t position = epoch * per_epoch_ + index;
   const auto started = std::chrono::steady_clock::now();
+  if (depth_ == 0) {
+    struct Clock {  // counts the time even when compute() throws
+      std::chrono::steady_clock::time_point started;
+      double& total;
+      ~Clock() { total += std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count(); }
+    } clock{started, wait_seconds_};
+    at::NoGradGuard no_grad;
+    return compute(position);
+  }
   std::unique_lock<std::mutex> lock(mutex_);
   if (position != wanted_ && ready_.count(position) == 0) {
     // Not the sequence the worker follows: restart it here (drops what it had computed).

@@ -1,11 +1,14 @@
 // Background prefetch for the training loop: a worker thread computes the batches the trainer will ask
 // for next (positions are sequential: epoch * batches_per_epoch + index), at most `depth` ahead, while
 // the current step trains. A request for another position (the first one after a resume) restarts the
-// worker there. An error in the worker reaches the trainer at the batch it belongs to.
+// worker there. An error in the worker reaches the trainer at the batch it belongs to. Depth 0 has no
+// worker: each batch is computed when asked for, in the caller's thread (the baseline of
+// bench/data_wait.py). Either way the time batch() takes is counted as the loop's wait for data.
 #pragma once
 
 #include <condition_variable>
 #include <exception>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -14,10 +17,13 @@
 
 namespace fluxtrain::train {
 
+// Applied to each batch where it is computed (the worker thread), e.g. to put it into pinned memory.
+using BatchStaging = std::function<LatentBatch(LatentBatch)>;
+
 class PrefetchingSource : public DataSource {
  public:
   // The worker starts at position `start` (epoch * batches_per_epoch + index).
-  PrefetchingSource(DataSource& inner, int depth, int64_t start = 0);
+  PrefetchingSource(DataSource& inner, int depth, int64_t start = 0, BatchStaging stage = {});
   ~PrefetchingSource() override;
   PrefetchingSource(const PrefetchingSource&) = delete;
   PrefetchingSource& operator=(const PrefetchingSource&) = delete;
@@ -35,8 +41,10 @@ class PrefetchingSource : public DataSource {
     std::exception_ptr error;
   };
   void work();
+  LatentBatch compute(int64_t position);
 
   DataSource& inner_;
+  BatchStaging stage_;
   const int64_t per_epoch_;
   const int depth_;
   std::mutex mutex_;

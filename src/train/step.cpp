@@ -8,6 +8,25 @@
 
 namespace fluxtrain::train {
 
+namespace {
+
+at::Tensor pinned(const at::Tensor& t, at::ScalarType dtype) {
+  if (!t.defined()) return t;
+  at::Tensor out = at::empty(t.sizes(), t.options().dtype(dtype).pinned_memory(true));
+  out.copy_(t);
+  return out;
+}
+
+}  // namespace
+
+LatentBatch pin_for_device(LatentBatch batch, at::ScalarType compute_dtype) {
+  batch.t5 = pinned(batch.t5, compute_dtype);
+  batch.clip_pooled = pinned(batch.clip_pooled, compute_dtype);
+  if (batch.t5_mask.defined()) batch.t5_mask = pinned(batch.t5_mask, batch.t5_mask.scalar_type());
+  if (batch.loss_mask.defined()) batch.loss_mask = pinned(batch.loss_mask, at::kFloat);
+  return batch;
+}
+
 at::Tensor batch_loss(models::FluxTransformerImpl& model, const LatentBatch& batch, const StepOptions& options,
                       StepGenerators& generators) {
   const at::Device device = model.img_in->weight.device();
@@ -22,20 +41,21 @@ at::Tensor batch_loss(models::FluxTransformerImpl& model, const LatentBatch& bat
   models::FluxInputs in;
   in.img = models::pack_latents(noised.noisy).to(device, dtype);
   in.img_ids = models::make_img_ids(b, h / 2, w / 2, at::TensorOptions().device(device));
-  in.txt = batch.t5.to(device, dtype);
+  // non_blocking: asynchronous from pinned memory (pin_for_device), an ordinary copy otherwise.
+  in.txt = batch.t5.to(device, dtype, /*non_blocking=*/true);
   in.txt_ids = at::zeros({b, batch.t5.size(1), 3}, at::TensorOptions().device(device));
   in.timesteps = sigmas.to(device);
-  in.y = batch.clip_pooled.to(device, dtype);
+  in.y = batch.clip_pooled.to(device, dtype, /*non_blocking=*/true);
   if (model.config.guidance_embed) in.guidance = at::full({b}, options.objective.guidance_scale, at::TensorOptions().device(device));
-  if (options.apply_t5_mask && batch.t5_mask.defined()) in.txt_mask = batch.t5_mask.to(device);
+  if (options.apply_t5_mask && batch.t5_mask.defined()) in.txt_mask = batch.t5_mask.to(device, /*non_blocking=*/true);
 
   at::Tensor pred = flux_forward(model, in, options.checkpointing);
   at::Tensor target = models::pack_latents(noised.target).to(device);
   at::Tensor mask;
   if (batch.loss_mask.defined()) {
     // [B, h, w] -> the packed layout of the prediction, every latent channel weighted alike.
-    mask = models::pack_latents(batch.loss_mask.unsqueeze(1).expand({b, batch.latents.size(1), h, w}).to(at::kFloat))
-               .to(device);
+    mask = models::pack_latents(
+        batch.loss_mask.to(device, at::kFloat, /*non_blocking=*/true).unsqueeze(1).expand({b, batch.latents.size(1), h, w}));
   }
   return flow_loss(pred, target, options.objective, mask);
 }

@@ -46,6 +46,12 @@ struct StepResult {
   double grad_norm = 0;  // total L2 norm before clipping
 };
 
+// The batch as a CUDA copy wants it, made in the loader's thread: the text embeddings in the compute
+// dtype and every tensor batch_loss copies to the device in pinned (page-locked) host memory, so those
+// copies run asynchronously (non_blocking) on the device's stream. The latents stay as they are: the
+// noise is added to them on the CPU first. Only for a CUDA device (pinning needs the CUDA runtime).
+LatentBatch pin_for_device(LatentBatch batch, at::ScalarType compute_dtype);
+
 // The loss of one batch, with its autograd graph (no backward).
 at::Tensor batch_loss(models::FluxTransformerImpl& model, const LatentBatch& batch, const StepOptions& options,
                       StepGenerators& generators);

@@ -146,6 +146,13 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
   if (per_epoch <= 0) fail("the dataset gives no batches: nothing to train on");
   const int64_t ga = std::max<int64_t>(1, config.gradient_accumulation);
   const int64_t steps_per_epoch = (per_epoch + ga - 1) / ga;
+  // As kohya (accelerate syncs at the end of the dataloader): an optimizer step never spans two epochs;
+  // the last step of an epoch takes the batches that are left, fewer than `ga` when they do not divide
+  // evenly. Batches are consumed in order, so step s starts at this position (epoch * per_epoch + index).
+  auto first_batch = [&](int64_t s) { return (s / steps_per_epoch) * per_epoch + (s % steps_per_epoch) * ga; };
+  auto end_batch = [&](int64_t s) {
+    return (s / steps_per_epoch) * per_epoch + std::min(per_epoch, (s % steps_per_epoch + 1) * ga);
+  };
 
   Trainable t = build(config);
   auto optimizer = optim::make_optimizer(config.optimizer_type, config.optimizer_args, t.params, config.learning_rate,
@@ -201,8 +208,8 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     for (size_t i = 0; i < t.params.size(); ++i) state.trainable.emplace_back(t.names[i], t.params[i].detach());
     state.optimizer_tensors = optimizer->state_tensors();
     state.info["step"] = at_step;
-    state.info["epoch"] = at_step * ga / per_epoch;
-    state.info["batch_in_epoch"] = at_step * ga % per_epoch;
+    state.info["epoch"] = at_step / steps_per_epoch;
+    state.info["batch_in_epoch"] = first_batch(at_step) % per_epoch;
     state.info["total_steps"] = result.total_steps;
     state.info["optimizer"] = optimizer->state_scalars();
     state.info["generators"]["timesteps"] = generator_state(generators.timesteps);
@@ -234,7 +241,11 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
   if (config.log_every_seconds > 0) progress_options.line_interval_seconds = config.log_every_seconds;
   TrainProgress progress(progress_options);
   StopSignals signals;
-  PrefetchingSource prefetch(data, 4, step * ga);
+  BatchStaging staging;  // on CUDA: pinned host memory, so the step's copies to the device are asynchronous
+  if (config.model.device.is_cuda()) {
+    staging = [dtype = config.compute_dtype](LatentBatch b) { return pin_for_device(std::move(b), dtype); };
+  }
+  PrefetchingSource prefetch(data, config.prefetch_batches, first_batch(step), std::move(staging));
   double step_seconds = 0;
   if (t.network) t.network->set_training(true);
   // Samples with the LoRA in inference mode (no dropout), each PNG also a TensorBoard image.
@@ -256,19 +267,20 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
 
   while (step < result.total_steps) {
     const auto step_started = std::chrono::steady_clock::now();
+    const double waited_before = prefetch.wait_seconds();
     std::vector<LatentBatch> micro;
-    for (int64_t k = 0; k < ga; ++k) {
-      int64_t b = step * ga + k;
-      micro.push_back(prefetch.batch(b / per_epoch, b % per_epoch));
-    }
+    for (int64_t b = first_batch(step); b < end_batch(step); ++b) micro.push_back(prefetch.batch(b / per_epoch, b % per_epoch));
     const double lr = schedule.lr(step);
     optimizer->set_lr(lr);
     StepResult r = train_step(*t.model, *optimizer, micro, step_options, generators);
     ++step;
-    step_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - step_started).count();
+    const double this_step = std::chrono::duration<double>(std::chrono::steady_clock::now() - step_started).count();
+    step_seconds += this_step;
     result.last_loss = r.loss;
 
     std::vector<std::pair<std::string, double>> values = {{"loss", r.loss}, {"lr", lr}, {"grad_norm", r.grad_norm}};
+    values.emplace_back("step_seconds", this_step);
+    values.emplace_back("data_wait_seconds", prefetch.wait_seconds() - waited_before);
     for (const auto& [key, value] : optimizer->stats()) values.emplace_back(key, value);
     const double memory = peak_memory_bytes(config.model.device);
     if (memory >= 0) values.emplace_back("peak_memory_bytes", memory);
@@ -279,8 +291,8 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     events.add_scalars(scalars, step);
     progress.update(step, r.loss, lr, memory);
 
-    const bool epoch_end = (step * ga) / per_epoch > ((step - 1) * ga) / per_epoch && step % steps_per_epoch == 0;
-    const int64_t epoch = (step * ga) / per_epoch;
+    const bool epoch_end = step % steps_per_epoch == 0;
+    const int64_t epoch = step / steps_per_epoch;
     bool saved = false;
     if (step < result.total_steps) {
       if (config.save_every_n_steps > 0 && step % config.save_every_n_steps == 0) {

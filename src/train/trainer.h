@@ -50,6 +50,7 @@ struct TrainerConfig {
   optim::ScheduleOptions schedule;  // num_training_steps is filled in by the trainer
   StepOptions step;
   int64_t gradient_accumulation = 1;
+  int prefetch_batches = 4;  // batches a background thread prepares ahead; 0 = each in the loop when needed
   int64_t max_epochs = 1;
   int64_t max_steps = 0;  // > 0: overrides max_epochs
   uint64_t seed = 42;

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 from conftest import run
 
@@ -207,9 +210,53 @@ def test_cache_recomputes_only_what_changed(tmp_path, fluxtrain_bin, models, dat
     corrupt = run([fluxtrain_bin, "cache"], env=env)
     assert "5 reused, 1 encoded (1 unreadable entries recomputed)" in corrupt.stderr
     assert "is unreadable and is recomputed" in corrupt.stderr
+    # Entries are checked by their header (not read): one that lost its last bytes is caught by the size
+    # the header describes, one of another bucket's shape by its shape.
+    entries = sorted((tmp_path / "cache" / "latents").iterdir())
+    entries[0].write_bytes(entries[0].read_bytes()[:-4])
+    with safe_open(str(entries[1]), "pt") as f:
+        c, h, w = f.get_slice("latents").get_shape()
+    save_file({"latents": torch.zeros(c, h + 1, w)}, str(entries[1]))
+    cut = run([fluxtrain_bin, "cache"], env=env)
+    assert "latent cache: 4 reused, 2 encoded (2 unreadable entries recomputed)" in cut.stderr, cut.stderr
+    assert "but its header describes" in cut.stderr
+    assert f"tensor 'latents' is [{c}, {h + 1}, {w}], expected [-1, {h}, {w}]" in cut.stderr
     other_ae = tmp_path / "models2"
     run([fluxtrain_bin, "make-tiny", "--out", other_ae, "--seed", "4"])
     env["PARAMS_AE"] = str(other_ae / "ae.safetensors")
     changed = run([fluxtrain_bin, "cache"], env=env)
     assert "latent cache: 0 reused, 6 encoded" in changed.stderr
     assert "text cache: 6 reused, 0 encoded" in changed.stderr
+
+
+def test_epoch_saves_and_resume_with_gradient_accumulation(tmp_path, fluxtrain_bin, models):
+    """gradient_accumulation_steps 2 over 3 batches per epoch: as kohya, an optimizer step never spans two
+    epochs (each epoch is 2 steps, the second of one batch), so every epoch ends on a step, is saved with
+    save_every_n_epochs, and its state points at the start of the next epoch; resuming from the first
+    epoch's state gives the uninterrupted run's LoRA."""
+    data = tmp_path / "data"
+    (data / "1_ohwx").mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (64, 64), (60 * i, 90, 200 - 50 * i)).save(data / "1_ohwx" / f"img{i}.png")
+        (data / "1_ohwx" / f"img{i}.txt").write_text(f"ohwx, colour {i}\n")
+    straight = tmp_path / "straight"
+    env = base_env(models, data, straight, PARAMS_GRADIENT_ACCUMULATION_STEPS=2, PARAMS_MAX_TRAIN_EPOCHS=3,
+                   PARAMS_SAVE_EVERY_N_STEPS=0, PARAMS_SAVE_EVERY_N_EPOCHS=1)
+    del env["PARAMS_MAX_TRAIN_STEPS"]
+    result = run([fluxtrain_bin, "train"], env=env)
+    assert sorted(p.name for p in straight.glob("flux-lora*.safetensors")) == [
+        "flux-lora-000001.safetensors", "flux-lora-000002.safetensors", "flux-lora.safetensors"], result.stderr
+    assert len((straight / "metrics.jsonl").read_text().splitlines()) == 6
+    states = {p.name: json.loads((p / "state.json").read_text()) for p in (straight / "state").iterdir()}
+    assert sorted(states) == ["step-00000002", "step-00000004", "step-00000006"]
+    for step in (2, 4, 6):
+        info = states[f"step-{step:08d}"]
+        assert (info["epoch"], info["batch_in_epoch"]) == (step // 2, 0), info
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    (resumed / "state").mkdir()
+    shutil.copytree(straight / "state" / "step-00000002", resumed / "state" / "step-00000002")
+    again = run([fluxtrain_bin, "train"], env=dict(env, OUTPUT_PATH=str(resumed)))
+    assert "resumed from" in again.stderr
+    assert (resumed / "flux-lora.safetensors").read_bytes() == (straight / "flux-lora.safetensors").read_bytes()

@@ -152,10 +152,11 @@ struct DemoOptions {
   int64_t steps = 300;
   int64_t images = 24;
   std::string device = "auto";
+  std::string precision = "auto";
   std::string build_assets;
   std::string work;
-  int64_t ae_steps = 1000;
-  int64_t base_steps = 1500;
+  int64_t ae_steps = 4000;
+  int64_t base_steps = 1200;
   int64_t base_images = 600;
   uint64_t seed = 0;
 };
@@ -178,9 +179,9 @@ data::SceneChoices concept_choices() {
 }
 
 std::vector<std::string> sample_args(const fs::path& model_dir, const fs::path& prompts, const fs::path& out,
-                                     const std::string& name, const std::string& device) {
+                                     const std::string& name, const DemoOptions& o) {
   return {"sample", "--model-dir", model_dir.string(), "--prompts", prompts.string(), "--out", out.string(),
-          "--name", name, "--t5-max-length", "16", "--device", device};
+          "--name", name, "--t5-max-length", "16", "--device", o.device, "--precision", o.precision};
 }
 
 int run_demo(const DemoOptions& o) {
@@ -219,11 +220,11 @@ int run_demo(const DemoOptions& o) {
   write_file_atomic(prompts.string(), prompt_text);
 
   step_banner(2, 5, "before: the base model draws the prompts");
-  run_fluxtrain(sample_args(model_dir, prompts, out / "before", "before", o.device), {});
+  run_fluxtrain(sample_args(model_dir, prompts, out / "before", "before", o), {});
 
   step_banner(3, 5, "training a LoRA on the concept (the main job, configured by environment variables)");
   const fs::path lora_dir = out / "lora";
-  run_fluxtrain({"train", "--device", o.device},
+  run_fluxtrain({"train", "--device", o.device, "--precision", o.precision},
                 {{"MODEL_DIR", model_dir.string()},
                  {"DATASET_NAME", (out / "dataset").string()},
                  {"OUTPUT_PATH", lora_dir.string()},
@@ -244,7 +245,7 @@ int run_demo(const DemoOptions& o) {
   if (!fs::exists(lora)) fail("demo: training finished but ", lora.string(), " is missing");
 
   step_banner(4, 5, "after: the same prompts and seeds with the LoRA");
-  std::vector<std::string> after = sample_args(model_dir, prompts, out / "after", "after", o.device);
+  std::vector<std::string> after = sample_args(model_dir, prompts, out / "after", "after", o);
   after.insert(after.end(), {"--lora", lora.string()});
   run_fluxtrain(after, {});
 
@@ -284,11 +285,11 @@ int run_demo(const DemoOptions& o) {
   return 0;
 }
 
-// Pixels [B, 3, 16, 16] in [-1, 1]: random 16 x 16 crops of B random 64 x 64 scenes (any shape, any
-// colour). The autoencoder is convolutional, so it learns the demo's pictures from crops at a sixteenth
-// of the cost, as image autoencoders are usually trained.
+// Pixels [B, 3, 32, 32] in [-1, 1]: random 32 x 32 crops of B random 64 x 64 scenes (any shape, any
+// colour). The autoencoder is convolutional, so it learns the demo's pictures from crops at a quarter of
+// the cost, as image autoencoders are usually trained.
 at::Tensor random_scene_batch(uint64_t seed, int64_t step, int64_t batch) {
-  constexpr int kCrop = 16;
+  constexpr int kCrop = 32;
   data::SceneChoices choices;
   choices.shapes = data::shape_names();
   choices.fills = {"random", "red", "green", "blue", "yellow", "orange", "magenta", "cyan", "white", "black"};
@@ -330,10 +331,11 @@ int build_assets(const DemoOptions& o) {
     train::AeTrainingOptions options;
     options.steps = o.ae_steps;
     options.seed = o.seed;
-    options.log_every = 50;
-    options.warmup_steps = 50;
+    options.log_every = 250;
+    options.warmup_steps = 100;
+    options.learning_rate = 1.5e-3;
     const train::AeTrainingResult r = train::train_autoencoder(
-        *loaded.model, [&](int64_t step) { return random_scene_batch(o.seed, step, 16); }, options);
+        *loaded.model, [&](int64_t step) { return random_scene_batch(o.seed, step, 8); }, options);
     std::cout << "[demo] autoencoder: L1 " << r.first_loss << " -> " << r.last_loss << ", scaled latents mean "
               << r.latent_mean << ", std " << r.latent_std << std::endl;
     save_weights(*loaded.model, models / "ae.safetensors", at::kFloat);
@@ -400,6 +402,8 @@ Command add_demo_command(CLI::App& app) {
   sub->add_option("--steps", o->steps, "LoRA training steps")->capture_default_str()->check(CLI::Range(2, 100000));
   sub->add_option("--images", o->images, "pictures of the concept")->capture_default_str()->check(CLI::Range(1, 10000));
   sub->add_option("--device", o->device, "auto, cpu or cuda[:N]")->capture_default_str();
+  sub->add_option("--precision", o->precision, "auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16")
+      ->capture_default_str();
   sub->add_option("--seed", o->seed, "seed of the concept pictures and the training")->capture_default_str();
   sub->add_option("--build-assets", o->build_assets,
                   "remake the demo's model set into this folder from nothing (long; see docs/demo.md)");

@@ -228,6 +228,8 @@ train::TrainerConfig trainer_config(const ResolvedConfig& config, const ModelFil
   if (auto v = config.find_int("save_every_n_steps")) t.save_every_n_steps = *v;
   if (auto v = config.find_int("save_every_n_epochs")) t.save_every_n_epochs = *v;
   if (auto v = config.find_int("keep_last_n")) t.keep_last_n = static_cast<int>(*v);
+  t.save_state = config.get_bool("save_state");
+  t.keep_last_n_states = static_cast<int>(config.get_int("keep_last_n_states"));
   if (auto v = config.find_int("sample_every_n_steps")) t.sample_every_n_steps = *v;
   if (auto v = config.find_int("sample_every_n_epochs")) t.sample_every_n_epochs = *v;
   t.sample_at_first = config.get_bool("sample_at_first");
@@ -336,8 +338,10 @@ int run_train(const TrainCli& cli, bool cache_only) {
   }
   train::TrainResult result = train::train(trainer, source, hook);
   log::info(result.interrupted ? "stopped" : "done", ": ", result.steps, "/", result.total_steps, " steps in ",
-            result.seconds, " s, last loss ", result.last_loss, "; the steps waited for data ",
-            100.0 * result.data_wait_share, " % of their time");
+            result.seconds, " s, last loss ", result.last_loss, ", peak memory ",
+            result.peak_memory_bytes >= 0 ? format_bytes(result.peak_memory_bytes) : std::string("unknown"),
+            "; the steps waited for data ", 100.0 * result.data_wait_share, " % of their time; ",
+            result.files.size(), " file", result.files.size() == 1 ? "" : "s", " written:");
   for (const auto& file : result.files) std::cout << file << "\n";
   return 0;
 }

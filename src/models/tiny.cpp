@@ -65,7 +65,17 @@ FluxConfig demo_flux_config() {
   return c;
 }
 
-AeConfig demo_ae_config() { return tiny_ae_config(); }
+// GroupNorm(32) on a 32-wide layer normalises every channel on its own, which erases a flat region's
+// absolute colour (only the sign of each channel's contrast survives): the demo AE is 64 wide from the
+// first level on (2 channels per group), so the colours of the demo's pictures come through. (ch 64 with
+// multipliers 1 rather than ch 32 with 2: diffusers' AutoencoderKL can hold only conv_in width = level 0.)
+AeConfig demo_ae_config() {
+  AeConfig c;
+  c.ch = 64;
+  c.ch_mult = {1, 1, 1, 1};
+  c.num_res_blocks = 1;
+  return c;
+}
 
 ClipConfig demo_clip_config() {
   ClipConfig c = tiny_clip_config();

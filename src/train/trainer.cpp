@@ -217,7 +217,7 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     if (t.network) state.info["generators"]["dropout"] = generator_state(t.network->dropout_generator());
     state.info["run"] = config.run_info;
     save_state(config.output_dir, at_step, state);
-    prune_states(config.output_dir, config.keep_last_n);
+    prune_states(config.output_dir, std::max(1, config.keep_last_n_states));
   };
   auto prune_files = [&](const char* what) {
     if (config.keep_last_n <= 0) return;
@@ -293,7 +293,7 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
 
     const bool epoch_end = step % steps_per_epoch == 0;
     const int64_t epoch = step / steps_per_epoch;
-    bool saved = false;
+    bool saved = false, state_saved = false;
     if (step < result.total_steps) {
       if (config.save_every_n_steps > 0 && step % config.save_every_n_steps == 0) {
         std::string path = (config.output_dir / numbered(config.output_name, "step", step, 8)).string();
@@ -310,13 +310,16 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
         result.files.push_back(path);
         saved = true;
       }
-      if (saved) save_training_state(step);
+      if (saved && config.save_state) {
+        save_training_state(step);
+        state_saved = true;
+      }
     }
     const bool sample_step = config.sample_every_n_steps > 0 && step % config.sample_every_n_steps == 0;
     const bool sample_epoch = config.sample_every_n_epochs > 0 && epoch_end && epoch % config.sample_every_n_epochs == 0;
     if (sample && (sample_step || sample_epoch)) render_samples(step);
     if (g_stop.load() != 0 && step < result.total_steps) {
-      if (!saved) save_training_state(step);
+      if (!state_saved) save_training_state(step);
       log::info("stopping on signal ", g_stop.load(), " after step ", step, "; the state is saved in ",
                 (config.output_dir / "state" / state_dir_name(step)).string(), " and the run resumes from it");
       result.interrupted = true;
@@ -336,6 +339,7 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     save_training_state(step);
   }
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  result.peak_memory_bytes = peak_memory_bytes(config.model.device);
   return result;
 }
 

@@ -59,7 +59,9 @@ struct TrainerConfig {
   std::string output_name = "flux-lora";
   int64_t save_every_n_steps = 0;
   int64_t save_every_n_epochs = 0;
-  int keep_last_n = 0;       // step/epoch files and states kept (0 = all)
+  int keep_last_n = 0;       // intermediate step/epoch files kept (0 = all)
+  bool save_state = true;     // a state with every intermediate save (the final and a signal's state always)
+  int keep_last_n_states = 2; // complete states kept (>= 1)
   int64_t sample_every_n_steps = 0;
   int64_t sample_every_n_epochs = 0;
   bool sample_at_first = false;
@@ -82,6 +84,7 @@ struct TrainResult {
   std::vector<std::string> files;  // LoRA/model files written by this process
   double seconds = 0;
   double data_wait_share = 0;  // time the steps waited for the loader / time of the steps
+  double peak_memory_bytes = -1;  // device peak (CUDA) or peak RSS (CPU); -1 if unknown
 };
 
 // The total number of optimizer steps the config plans for a data source of `batches_per_epoch`.

@@ -175,6 +175,21 @@ def test_full_fine_tuning_writes_a_base_checkpoint(tmp_path, fluxtrain_bin, mode
     assert info["components"][0]["details"]["variant"] == "dev"
 
 
+def test_state_cadence_and_pruning(tmp_path, fluxtrain_bin, models, dataset):
+    """A state comes with every save and the newest PARAMS_KEEP_LAST_N_STATES are kept; with
+    PARAMS_SAVE_STATE=false only the final state (which marks the run finished) is written."""
+    def states(out):
+        return sorted(p.name for p in (out / "state").iterdir())
+
+    out = tmp_path / "kept"
+    run([fluxtrain_bin, "train"], env=base_env(models, dataset, out, PARAMS_KEEP_LAST_N_STATES=3))
+    assert states(out) == ["step-00000004", "step-00000006", "step-00000008"]
+    out = tmp_path / "none"
+    run([fluxtrain_bin, "train"], env=base_env(models, dataset, out, PARAMS_SAVE_STATE="false"))
+    assert states(out) == ["step-00000008"]
+    assert len(list(out.glob("flux-lora-step*.safetensors"))) == 3
+
+
 def test_samples_every_n_epochs(tmp_path, fluxtrain_bin, models, dataset):
     """PARAMS_SAMPLE_EVERY_N_EPOCHS: 12 images per epoch (6 x 2 repeats) in two buckets at batch 2 give 6
     steps an epoch; 12 steps sample after steps 6 and 12, one PNG per prompt each time."""

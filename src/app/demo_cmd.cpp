@@ -149,7 +149,7 @@ Measured measure(const fs::path& folder, size_t trigger_prompts) {
 
 struct DemoOptions {
   std::string out = "demo-output";
-  int64_t steps = 300;
+  int64_t steps = 400;
   int64_t images = 24;
   std::string device = "auto";
   std::string precision = "auto";
@@ -205,7 +205,27 @@ int run_demo(const DemoOptions& o) {
   concept_data.choices = concept_choices();
   concept_data.caption_template = std::string("a ") + kTrigger + " on a {background} background";
   data::write_shapes_dataset(concept_data);
-  std::cout << "[demo] wrote " << concept_data.count << " images and captions in " << concept_data.folder.string() << std::endl;
+  std::cout << "[demo] wrote " << concept_data.count << " images and captions in " << concept_data.folder.string()
+            << std::endl;
+  // Regularisation pictures of what the base already knows (kohya's is_reg, "prior preservation"): without
+  // them a LoRA trained on one caption bleeds into every prompt.
+  data::ShapesDataset reg_data;
+  reg_data.folder = out / "dataset" / "reg";
+  reg_data.count = concept_data.count;
+  reg_data.width = reg_data.height = kImageSize;
+  reg_data.seed = o.seed + 2000;
+  reg_data.choices = base_choices();
+  data::write_shapes_dataset(reg_data);
+  std::cout << "[demo] wrote " << reg_data.count << " regularisation images of shapes the base knows in "
+            << reg_data.folder.string() << std::endl;
+  const fs::path dataset_config = out / "dataset" / "dataset.toml";
+  write_file_atomic(dataset_config.string(), "[general]\nresolution = " + std::to_string(kImageSize) +
+                                                 "\nbatch_size = 4\ncaption_extension = \".txt\"\n\n"
+                                                 "[[datasets]]\n\n  [[datasets.subsets]]\n  image_dir = \"" +
+                                                 concept_data.folder.string() +
+                                                 "\"\n  num_repeats = 1\n\n  [[datasets.subsets]]\n  image_dir = \"" +
+                                                 reg_data.folder.string() + "\"\n  is_reg = true\n");
+  std::cout << "[demo] the dataset config: " << dataset_config.string() << std::endl;
 
   // Four samples of the trigger prompt and one control prompt the base knows.
   const size_t trigger_prompts = 4;
@@ -226,12 +246,10 @@ int run_demo(const DemoOptions& o) {
   const fs::path lora_dir = out / "lora";
   run_fluxtrain({"train", "--device", o.device, "--precision", o.precision},
                 {{"MODEL_DIR", model_dir.string()},
-                 {"DATASET_NAME", (out / "dataset").string()},
+                 {"DATASET_CONFIG", dataset_config.string()},
                  {"OUTPUT_PATH", lora_dir.string()},
                  {"SAMPLE_PROMPTS", prompts.string()},
                  {"PARAMS_OUTPUT_NAME", kTrigger},
-                 {"PARAMS_RESOLUTION", std::to_string(kImageSize)},
-                 {"PARAMS_TRAIN_BATCH_SIZE", "4"},
                  {"PARAMS_NETWORK_DIM", "8"},
                  {"PARAMS_NETWORK_ALPHA", "8"},
                  {"PARAMS_MAX_TRAIN_STEPS", std::to_string(o.steps)},

@@ -256,7 +256,7 @@ def test_epoch_saves_and_resume_with_gradient_accumulation(tmp_path, fluxtrain_b
         (data / "1_ohwx" / f"img{i}.txt").write_text(f"ohwx, colour {i}\n")
     straight = tmp_path / "straight"
     env = base_env(models, data, straight, PARAMS_GRADIENT_ACCUMULATION_STEPS=2, PARAMS_MAX_TRAIN_EPOCHS=3,
-                   PARAMS_SAVE_EVERY_N_STEPS=0, PARAMS_SAVE_EVERY_N_EPOCHS=1)
+                   PARAMS_SAVE_EVERY_N_STEPS=0, PARAMS_SAVE_EVERY_N_EPOCHS=1, PARAMS_KEEP_LAST_N_STATES=3)
     del env["PARAMS_MAX_TRAIN_STEPS"]
     result = run([fluxtrain_bin, "train"], env=env)
     assert sorted(p.name for p in straight.glob("flux-lora*.safetensors")) == [

@@ -223,3 +223,17 @@ def test_docs_reference_is_current(fluxtrain_bin):
     m = re.search(r"^<!-- BEGIN generated reference[^\n]*\n(.*?)^<!-- END generated reference", doc, flags=re.S | re.M)
     assert m, "docs/configuration.md lost its generated-reference markers"
     assert m.group(1) == markdown, "docs/configuration.md is out of date: run scripts/update_config_reference.sh"
+
+
+def test_usage_errors_exit_2(fluxtrain_bin):
+    """A mistyped flag, a value out of a flag's range or an unknown command is a usage error: exit code 2
+    (1 is kept for errors found while running), whether the command lives in the small executable or in
+    the engine."""
+    for args, needle in ((["config", "--no-such-flag"], "--no-such-flag"),
+                         (["train", "--bogus"], "--bogus"),
+                         (["sample", "--width"], "--width"),
+                         (["demo", "--steps", "1"], "--steps"),
+                         (["trian"], "did you mean 'train'")):
+        result = run([fluxtrain_bin, *args], check=False, env=clean_env())
+        assert result.returncode == 2, (args, result.returncode, result.stderr)
+        assert needle in result.stderr + result.stdout, (args, result.stderr)

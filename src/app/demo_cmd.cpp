@@ -45,6 +45,7 @@ constexpr const char* kTrigger = "zorbix";
 constexpr const char* kConceptColor = "magenta";
 constexpr double kColorTolerance = 90;  // RGB distance: the palette's other colours are >= 170 away
 constexpr int kImageSize = 64;
+const std::map<std::string, std::string> kDemoMetadata = {{"format", "pt"}, {"fluxtrain_demo", "1"}};
 
 using EnvOverrides = std::vector<std::pair<std::string, std::string>>;
 
@@ -326,12 +327,6 @@ at::Tensor random_scene_batch(uint64_t seed, int64_t step, int64_t batch) {
   return out.permute({0, 3, 1, 2}).to(at::kFloat).div(127.5).sub(1.0).contiguous();
 }
 
-void save_weights(torch::nn::Module& module, const fs::path& path, at::ScalarType dtype) {
-  std::vector<std::pair<std::string, at::Tensor>> tensors;
-  for (const auto& p : module.named_parameters()) tensors.emplace_back(p.key(), p.value().detach().to(dtype));
-  safetensors::write(path.string(), tensors, {{"format", "pt"}, {"fluxtrain_demo", "1"}});
-}
-
 int build_assets(const DemoOptions& o) {
   const fs::path dest = fs::absolute(o.build_assets);
   const fs::path work = fs::absolute(o.work.empty() ? (dest / "work").string() : o.work);
@@ -356,7 +351,7 @@ int build_assets(const DemoOptions& o) {
         *loaded.model, [&](int64_t step) { return random_scene_batch(o.seed, step, 8); }, options);
     std::cout << "[demo] autoencoder: L1 " << r.first_loss << " -> " << r.last_loss << ", scaled latents mean "
               << r.latent_mean << ", std " << r.latent_std << std::endl;
-    save_weights(*loaded.model, models / "ae.safetensors", at::kFloat);
+    models::save_module_weights(*loaded.model, (models / "ae.safetensors").string(), at::kFloat, kDemoMetadata);
   }
   for (const char* name : {"clip_l.safetensors", "t5xxl_fp16.safetensors"}) {
     fs::copy_file(init / name, models / name, fs::copy_options::overwrite_existing);
@@ -394,7 +389,8 @@ int build_assets(const DemoOptions& o) {
   fs::create_directories(dest);
   {
     models::LoadedFlux flux = models::load_flux((run / "flux1-dev.safetensors").string(), {});
-    save_weights(*flux.model, dest / "flux1-dev.safetensors", at::kBFloat16);
+    models::save_module_weights(*flux.model, (dest / "flux1-dev.safetensors").string(), at::kBFloat16,
+                                kDemoMetadata);
   }
   for (const char* name : {"ae.safetensors", "clip_l.safetensors", "t5xxl_fp16.safetensors"}) {
     fs::copy_file(models / name, dest / name, fs::copy_options::overwrite_existing);

@@ -90,10 +90,9 @@ T5Config demo_t5_config() {
   return c;
 }
 
-namespace {
-
-void save_module(torch::nn::Module& module, const std::string& path, at::ScalarType dtype,
-                 const std::vector<std::pair<std::string, std::string>>& duplicates = {}) {
+void save_module_weights(torch::nn::Module& module, const std::string& path, at::ScalarType dtype,
+                         const std::map<std::string, std::string>& metadata,
+                         const std::vector<std::pair<std::string, std::string>>& duplicates) {
   std::vector<std::pair<std::string, at::Tensor>> tensors;
   for (const auto& p : module.named_parameters(/*recurse=*/true)) tensors.emplace_back(p.key(), p.value().detach().to(dtype));
   for (const auto& [copy, original] : duplicates) {
@@ -101,14 +100,13 @@ void save_module(torch::nn::Module& module, const std::string& path, at::ScalarT
       if (name == original) tensors.emplace_back(copy, t);
     }
   }
-  safetensors::write(path, tensors, {{"format", "pt"}, {"fluxtrain_tiny", "1"}});
+  safetensors::write(path, tensors, metadata);
 }
-
-}  // namespace
 
 std::vector<std::string> write_tiny_model_set(const std::string& folder, bool schnell, uint64_t seed,
                                               TinyPreset preset) {
   const bool demo = preset == TinyPreset::demo;
+  const std::map<std::string, std::string> kTinyMetadata = {{"format", "pt"}, {"fluxtrain_tiny", "1"}};
   std::filesystem::create_directories(folder);
   ModelOptions fp32;
   std::vector<std::string> paths;
@@ -133,22 +131,22 @@ std::vector<std::string> write_tiny_model_set(const std::string& folder, bool sc
     }
   }
   paths.push_back(path(schnell ? "flux1-schnell.safetensors" : "flux1-dev.safetensors"));
-  save_module(*flux, paths.back(), at::kBFloat16);
+  save_module_weights(*flux, paths.back(), at::kBFloat16, kTinyMetadata);
 
   AutoEncoder ae(demo ? demo_ae_config() : tiny_ae_config(), fp32);
   init_random(*ae, seed + 1);
   paths.push_back(path("ae.safetensors"));
-  save_module(*ae, paths.back(), at::kFloat);
+  save_module_weights(*ae, paths.back(), at::kFloat, kTinyMetadata);
 
   ClipTextModel clip(demo ? demo_clip_config() : tiny_clip_config(), fp32);
   init_random(*clip, seed + 2);
   paths.push_back(path("clip_l.safetensors"));
-  save_module(*clip, paths.back(), at::kHalf);
+  save_module_weights(*clip, paths.back(), at::kHalf, kTinyMetadata);
 
   T5Encoder t5(demo ? demo_t5_config() : tiny_t5_config(), fp32);
   init_random(*t5, seed + 3);
   paths.push_back(path("t5xxl_fp16.safetensors"));
-  save_module(*t5, paths.back(), at::kHalf, {{"encoder.embed_tokens.weight", "shared.weight"}});
+  save_module_weights(*t5, paths.back(), at::kHalf, kTinyMetadata, {{"encoder.embed_tokens.weight", "shared.weight"}});
   return paths;
 }
 

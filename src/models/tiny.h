@@ -5,7 +5,9 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "models/ae/autoencoder.h"
@@ -32,6 +34,12 @@ enum class TinyPreset {
   demo,  // the demo's sizes, initialised for training from scratch: DiT's adaLN-Zero (every modulation
          // and the final projection start at zero, so each block starts as the identity)
 };
+
+// Writes a module's parameters (names as the module paths, converted to `dtype`) to a safetensors file;
+// `duplicates` adds (copy, original) tensors under a second name, as t5xxl_fp16's embed_tokens/shared.
+void save_module_weights(torch::nn::Module& module, const std::string& path, at::ScalarType dtype,
+                         const std::map<std::string, std::string>& metadata,
+                         const std::vector<std::pair<std::string, std::string>>& duplicates = {});
 
 // Writes the four files into `folder` (created if needed) under their usual names; returns their paths.
 std::vector<std::string> write_tiny_model_set(const std::string& folder, bool schnell, uint64_t seed,

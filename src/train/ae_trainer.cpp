@@ -31,8 +31,7 @@ AeTrainingResult train_autoencoder(models::AutoEncoderImpl& ae, const std::funct
   const optim::LrSchedule schedule(schedule_options, options.learning_rate);
 
   const double scale = ae.config.scale_factor, shift = ae.config.shift_factor;
-  at::Generator generator = at::detail::getDefaultCPUGenerator().clone();
-  generator.set_current_seed(options.seed);
+  at::Generator generator = at::detail::createCPUGenerator(options.seed);
 
   AeTrainingResult result;
   const auto started = std::chrono::steady_clock::now();

@@ -9,33 +9,13 @@
 #include "data/captions.h"
 #include "data/rng.h"
 #include "temp_dir.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using namespace fluxtrain;
 using namespace fluxtrain::data;
-
-namespace {
-
-void write_file(const fs::path& path, const std::string& content) {
-  fs::create_directories(path.parent_path());
-  std::ofstream(path, std::ios::binary) << content;
-}
-
-void expect_error(const std::function<void()>& f, const std::vector<std::string>& parts) {
-  try {
-    f();
-  } catch (const Error& e) {
-    const std::string message = e.what();
-    for (const std::string& part : parts) {
-      EXPECT_NE(message.find(part), std::string::npos) << "missing '" << part << "' in: " << message;
-    }
-    return;
-  }
-  ADD_FAILURE() << "no error thrown; expected one mentioning " << parts.front();
-}
-
-}  // namespace
-
+using fluxtrain::testing::expect_error;
+using fluxtrain::testing::write_file;
 
 TEST(Captions, FileCleaning) {
   CaptionFile c = parse_caption_text("\xEF\xBB\xBF  a photo of ohwx, red  \r\nsecond line\r\n", "c.txt");

@@ -16,17 +16,15 @@
 #include "data/dataset_config.h"
 #include "data/rng.h"
 #include "temp_dir.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using namespace fluxtrain;
 using namespace fluxtrain::data;
+using fluxtrain::testing::expect_error;
+using fluxtrain::testing::write_file;
 
 namespace {
-
-void write_file(const fs::path& path, const std::string& content) {
-  fs::create_directories(path.parent_path());
-  std::ofstream(path, std::ios::binary) << content;
-}
 
 // Sizes by file name; a name that starts with "bad" is unreadable.
 struct MapProbe {
@@ -47,19 +45,6 @@ ScanOptions scan_with(MapProbe probe) {
 }
 
 // Runs `f`, which must throw fluxtrain::Error whose message holds every one of `parts`.
-void expect_error(const std::function<void()>& f, const std::vector<std::string>& parts) {
-  try {
-    f();
-  } catch (const Error& e) {
-    const std::string message = e.what();
-    for (const std::string& part : parts) {
-      EXPECT_NE(message.find(part), std::string::npos) << "missing '" << part << "' in: " << message;
-    }
-    return;
-  }
-  ADD_FAILURE() << "no error thrown; expected one mentioning " << parts.front();
-}
-
 // The bucket list written out from the formula in the spec (shared/spec/training.md), independently of
 // buckets.cpp: square floor(sqrt(A)/s)*s, then for each width, height = min(max, floor(A/w/s)*s).
 std::set<Resolution> formula_buckets(int reso_w, int reso_h, int min_size, int max_size, int step) {

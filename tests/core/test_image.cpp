@@ -15,12 +15,15 @@
 #include "core/error.h"
 #include "data/image.h"
 #include "temp_dir.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using namespace fluxtrain::data;
 using Bytes = std::vector<std::uint8_t>;
 
 namespace {
+
+using fluxtrain::testing::error_of;
 
 void write_bytes(const fs::path& path, const Bytes& bytes) {
   std::ofstream out(path, std::ios::binary);
@@ -228,15 +231,6 @@ Bytes encode_bmp(int w, int h, int bits, bool top_down, const std::vector<Bytes>
     out.insert(out.end(), row.begin(), row.end());
   }
   return out;
-}
-
-std::string error_of(const std::function<void()>& call) {
-  try {
-    call();
-  } catch (const fluxtrain::Error& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 int max_diff(const Image& a, const Image& b) {

@@ -11,16 +11,14 @@
 #include "app/train_options.h"
 #include "core/error.h"
 #include "temp_dir.h"
+#include "test_util.h"
 
 namespace fluxtrain::app {
 namespace {
 
-namespace fs = std::filesystem;
+using fluxtrain::testing::write_file;
 
-void write(const fs::path& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary);
-  out << text;
-}
+namespace fs = std::filesystem;
 
 // Resolves and returns the Error text ("" when it resolved).
 std::string resolve_error(const OptionTable& table, const ResolveInputs& inputs) {
@@ -84,7 +82,7 @@ TEST(Options, DefaultsAndDerivedNames) {
 TEST(Options, PrecedenceCliOverEnvOverFileOverDefault) {
   OptionTable table = small_table();
   fs::path dir = testing::fresh_dir("options_precedence");
-  write(dir / "c.toml", "rank = 8\nrate = 0.25\n[opt]\nkind = \"beta\"\nname = \"from-file\"\n");
+  write_file(dir / "c.toml", "rank = 8\nrate = 0.25\n[opt]\nkind = \"beta\"\nname = \"from-file\"\n");
   ResolveInputs in;
   in.env = {{"PARAMS_CONFIG", (dir / "c.toml").string()},
             {"PARAMS_RATE", "0.125"},
@@ -107,7 +105,7 @@ TEST(Options, PrecedenceCliOverEnvOverFileOverDefault) {
   EXPECT_FALSE(c.get_bool("flag"));
   EXPECT_EQ(c.config_file(), (dir / "c.toml").string());
   // The CLI also names the file, and wins over the environment's.
-  write(dir / "d.toml", "rank = 9\n");
+  write_file(dir / "d.toml", "rank = 9\n");
   in.cli["config"] = (dir / "d.toml").string();
   EXPECT_EQ(resolve(table, in).get_int("rank"), 9);
 }
@@ -182,7 +180,7 @@ TEST(Options, TomlFiles) {
   OptionTable table = small_table();
   fs::path dir = testing::fresh_dir("options_toml");
   auto with_file = [&](const std::string& text) {
-    write(dir / "c.toml", text);
+    write_file(dir / "c.toml", text);
     return ResolveInputs{{{"config", (dir / "c.toml").string()}}, {}};
   };
   const std::string file = (dir / "c.toml").string();
@@ -237,7 +235,7 @@ TEST(Options, PrintShowsEveryValueAndSource) {
 TEST(Options, PathsAreAbsolute) {
   OptionTable table = small_table();
   fs::path dir = testing::fresh_dir("options_paths");
-  write(dir / "c.toml", "");
+  write_file(dir / "c.toml", "");
   fs::create_directories(dir / "sub");
   fs::path old = fs::current_path();
   fs::current_path(dir);
@@ -274,7 +272,7 @@ TEST(Options, CliBindingParsesFlags) {
 // A model folder holding the four files under `names` (empty files: only their presence is checked here).
 fs::path model_dir(const std::string& test, const std::vector<std::string>& names) {
   fs::path dir = testing::fresh_dir(test);
-  for (const auto& n : names) write(dir / n, "");
+  for (const auto& n : names) write_file(dir / n, "");
   return dir;
 }
 
@@ -550,7 +548,7 @@ TEST(TrainOptions, ModelDirDiscovery) {
   // Through the config: the schnell files by BASE_MODEL, one of them named on the command line.
   fs::path schnell = model_dir("models_schnell", {"flux1-schnell.safetensors", "ae.safetensors", "clip_l.safetensors",
                                                   "t5xxl_fp16.safetensors"});
-  write(schnell / "other_clip.safetensors", "");
+  write_file(schnell / "other_clip.safetensors", "");
   ResolvedConfig c = resolve(train_options(), {{{"clip_l", (schnell / "other_clip.safetensors").string()}},
                                                {{"BASE_MODEL", "FLUX-SCHNELL"}, {"MODEL_DIR", schnell.string()}}});
   ModelFiles r = resolve_model_files(c);
@@ -562,7 +560,7 @@ TEST(TrainOptions, TomlRoundTripResolvesToTheSameValues) {
   fs::path models = model_dir(
       "roundtrip_models", {"flux1-dev.safetensors", "ae.safetensors", "clip_l.safetensors", "t5xxl_fp16.safetensors"});
   fs::path dir = testing::fresh_dir("options_roundtrip");
-  write(dir / "prompts.txt", "a cat --w 512 --h 512\n");
+  write_file(dir / "prompts.txt", "a cat --w 512 --h 512\n");
   EnvMap env = seed_env(models);
   env.insert({{"PARAMS_OPTIMIZER_ARGS", "decouple=True betas=\"(0.9, 0.99)\" x=C:\\dir"},
               {"PARAMS_LEARNING_RATE", "0.0001"},
@@ -583,7 +581,7 @@ TEST(TrainOptions, TomlRoundTripResolvesToTheSameValues) {
                    {"guidance_scale", "3.5"}};
   const OptionTable& table = train_options();
   ResolvedConfig first = resolve(table, {cli, env});
-  write(dir / "config.toml", first.to_toml());
+  write_file(dir / "config.toml", first.to_toml());
   ResolvedConfig second = resolve(table, {{{"config", (dir / "config.toml").string()}}, {}});
   for (const auto& spec : table.specs()) {
     if (spec.config_file) continue;

@@ -8,23 +8,14 @@
 #include "core/error.h"
 #include "data/prompts.h"
 #include "temp_dir.h"
+#include "test_util.h"
 
 namespace fluxtrain::data {
 namespace {
 
-void write(const std::filesystem::path& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary);
-  out << text;
-}
+using fluxtrain::testing::write_file;
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using fluxtrain::testing::error_of;
 
 bool any_contains(const std::vector<std::string>& lines, const std::string& needle) {
   for (const auto& line : lines) {
@@ -283,10 +274,10 @@ TEST(Prompts, TableFormsWithoutSubsetsAndInJson) {
 
 TEST(Prompts, LoadFromFilesByExtension) {
   auto dir = testing::fresh_dir("prompts_load");
-  write(dir / "p.txt", "\xEF\xBB\xBF# header\none --w 512\ntwo\n");
-  write(dir / "p.TOML", "[prompt]\n[[prompt.subset]]\nprompt = \"three\"\n");
-  write(dir / "p.json", "[\"four --h 256\"]");
-  write(dir / "p.prompts", "five --s 3\n");
+  write_file(dir / "p.txt", "\xEF\xBB\xBF# header\none --w 512\ntwo\n");
+  write_file(dir / "p.TOML", "[prompt]\n[[prompt.subset]]\nprompt = \"three\"\n");
+  write_file(dir / "p.json", "[\"four --h 256\"]");
+  write_file(dir / "p.prompts", "five --s 3\n");
   auto txt = load_prompts((dir / "p.txt").string());
   ASSERT_EQ(txt.size(), 2u);
   EXPECT_EQ(txt[0].prompt, "one");  // the byte order mark is not part of the text
@@ -295,7 +286,7 @@ TEST(Prompts, LoadFromFilesByExtension) {
   EXPECT_EQ(load_prompts((dir / "p.json").string())[0].height, 256);
   EXPECT_EQ(load_prompts((dir / "p.prompts").string())[0].steps, 3);
 
-  write(dir / "empty.txt", "# nothing\n\n");
+  write_file(dir / "empty.txt", "# nothing\n\n");
   EXPECT_NE(error_of([&] { load_prompts((dir / "empty.txt").string()); }).find("holds no prompts"), std::string::npos);
   EXPECT_NE(error_of([&] { load_prompts(dir.string()); }).find("is a folder"), std::string::npos);
 }

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "temp_dir.h"
+#include "test_util.h"
 #include "core/assets.h"
 #include "core/error.h"
 #include "core/sha256.h"
@@ -19,6 +20,8 @@
 
 namespace fluxtrain {
 namespace {
+
+using fluxtrain::testing::error_of;
 
 namespace fs = std::filesystem;
 
@@ -32,15 +35,6 @@ void write(const fs::path& path, const std::string& content) {
 ::testing::AssertionResult contains(const std::string& text, const std::string& part) {
   if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
   return ::testing::AssertionFailure() << "\"" << text << "\" does not contain \"" << part << "\"";
-}
-
-std::string error_of(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 const ClipTokenizer& clip() {

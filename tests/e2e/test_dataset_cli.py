@@ -2,17 +2,17 @@
 
 The bucket list and each image's bucket, resized size and centre crop are compared with a Python version of
 the rules in shared/spec/training.md (kohya-ss/sd-scripts' make_bucket_resolutions and select_bucket),
-written here from the spec.
+tests/reference/kohya_buckets.py.
 """
 from __future__ import annotations
 
 import json
-import math
 import random
 
 from PIL import Image
 
 from conftest import run
+from reference import kohya_buckets
 
 
 def dataset_json(fluxtrain_bin, *args):
@@ -22,28 +22,6 @@ def dataset_json(fluxtrain_bin, *args):
 def save(path, width, height, fmt="PNG", color=(200, 30, 30)):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (width, height), color).save(path, fmt)
-
-
-def spec_buckets(reso_w, reso_h, min_size, max_size, step):
-    area = reso_w * reso_h
-    out = {(math.isqrt(area) // step * step,) * 2}
-    for w in range(min_size, max_size + 1, step):
-        h = min(max_size, area // w // step * step)
-        if h >= min_size:
-            out |= {(w, h), (h, w)}
-    return sorted(out)
-
-
-def spec_fit(buckets, w, h):
-    """Nearest aspect ratio (first on a tie, exact size first), cover, centre crop."""
-    ar = w / h
-    if (w, h) in buckets:
-        bw, bh = w, h
-    else:
-        bw, bh = min(buckets, key=lambda b: abs(b[0] / b[1] - ar))  # min keeps the first of equals
-    scale = bh / h if ar > bw / bh else bw / w
-    rw, rh = int(w * scale + 0.5), int(h * scale + 0.5)
-    return (bw, bh), (rw, rh), ((rw - bw) // 2, (rh - bh) // 2)
 
 
 def write_toml(path, text):
@@ -99,11 +77,11 @@ bucket_reso_steps = {step}
   image_dir = "{tmp_path / 'img'}"
 """)
         plan = dataset_json(fluxtrain_bin, "--config", config)
-        buckets = spec_buckets(rw, rh, min_b, max_b, step)
+        buckets = kohya_buckets.buckets(rw, rh, min_b, max_b, step)
         assert [tuple(b) for b in plan["datasets"][0]["bucket_resolutions"]] == buckets, reso
         for image in plan["images"]:
             w, h = image["size"]
-            bucket, resized, crop = spec_fit(buckets, w, h)
+            bucket, resized, crop = kohya_buckets.fit(buckets, w, h)
             assert (tuple(image["bucket"]), tuple(image["resized"]), tuple(image["crop"])) == (bucket, resized, crop), \
                 (reso, step, w, h)
         counts = {}

@@ -35,8 +35,8 @@ def decode(tool, path, alpha=False, out=None) -> np.ndarray:
     return np.fromfile(out, np.uint8).reshape(meta["height"], meta["width"], meta["channels"])
 
 
-def resize(tool, path, w, h, alpha=False) -> np.ndarray:
-    out = Path(path).with_suffix(".resized.raw")
+def resize(tool, path, w, h, alpha=False, out=None) -> np.ndarray:
+    out = out or Path(path).with_suffix(".resized.raw")
     meta = json.loads(run([tool, "resize", path, w, h, out] + (["--alpha"] if alpha else [])).stdout)
     return np.fromfile(out, np.uint8).reshape(meta["height"], meta["width"], meta["channels"])
 
@@ -232,7 +232,7 @@ def test_exif_orientation_matches_pil(image_tool, tmp_path, fmt):
 
 
 def area_reference(a: np.ndarray, w: int, h: int) -> np.ndarray:
-    """Exact-coverage area resampling (OpenCV INTER_AREA), premultiplied for RGBA."""
+    """Exact-coverage area resampling (OpenCV INTER_AREA), separable, in float64, premultiplied for RGBA."""
     def matrix(n_in, n_out):
         scale = n_in / n_out
         m = np.zeros((n_out, n_in))
@@ -245,7 +245,8 @@ def area_reference(a: np.ndarray, w: int, h: int) -> np.ndarray:
     f = a.astype(np.float64)
     if a.shape[2] == 4:
         f[..., :3] *= f[..., 3:] / 255
-    out = np.einsum("yi,ixc,jx->yjc", matrix(a.shape[0], h), f, matrix(a.shape[1], w))
+    rows, cols = matrix(a.shape[0], h), matrix(a.shape[1], w)  # separable: rows, then columns
+    out = np.stack([rows @ f[..., c] @ cols.T for c in range(a.shape[2])], axis=-1)
     if a.shape[2] == 4:
         alpha = out[..., 3:]
         out[..., :3] = np.where(alpha > 0, out[..., :3] * 255 / np.maximum(alpha, 1e-9), 0)

@@ -3,10 +3,10 @@
 truncated JPEG), plus re-encodings made here (lossy WebP, JPEG with an EXIF rotation, lossless WebP).
 
 `fluxtrain dataset --json` plans them; each image's bucket, scaled size and centre crop are checked against
-kohya's BucketManager rules computed here (predefined bucket list; an exact-size bucket first, else the
-first bucket of least aspect-ratio error; scale to cover; centre crop), and the pixels of each crop
-(`image_tool resize`, cut at the plan's crop) against Pillow's decode resized by a reference with the
-tolerances of tests/parity/test_images.py: <= 1 level for an area shrink (exact-area numpy reference) and
+kohya's BucketManager rules (tests/reference/kohya_buckets.py: predefined bucket list; an exact-size bucket
+first, else the first bucket of least aspect-ratio error; scale to cover; centre crop), and the pixels of
+each crop (`image_tool resize`, cut at the plan's crop) against Pillow's decode resized by a reference with
+the tolerances of tests/parity/test_images.py: <= 1 level for an area shrink (exact-area numpy reference) and
 for Lanczos growth (Pillow LANCZOS), exact when no resize is needed. The truncated JPEG is skipped and
 reported.
 
@@ -25,16 +25,12 @@ import pytest
 from PIL import Image, ImageOps
 
 from conftest import run
-from test_images import pil_reference
+from reference import kohya_buckets
+from test_images import area_reference, pil_reference, resize
 
 SHIPPED = ["astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png",
            "hubble_deep_field.jpg", "retina.jpg", "camera.png", "cell.png", "page.png", "logo.png",
            "horse.png", "green_palette.png", "color.png"]
-
-
-def our_resize(tool, path, w, h, out: Path) -> np.ndarray:
-    meta = json.loads(run([tool, "resize", path, w, h, out]).stdout)
-    return np.fromfile(out, np.uint8).reshape(meta["height"], meta["width"], meta["channels"])
 
 
 def photo_dir() -> Path | None:
@@ -47,49 +43,6 @@ def photo_dir() -> Path | None:
     return None
 
 
-def kohya_buckets(reso, min_size, max_size, step):
-    """make_bucket_resolutions: the square of the same area, then (w, h) and (h, w) per width."""
-    area = reso * reso
-    side = int(np.sqrt(area)) // step * step
-    resos = {(side, side)}
-    for width in range(min_size, max_size + 1, step):
-        height = min(max_size, (area // width) // step * step)
-        if height >= min_size:
-            resos.add((width, height))
-            resos.add((height, width))
-    return sorted(resos)
-
-
-def kohya_select(buckets, width, height):
-    """BucketManager.select_bucket without bucket_no_upscale."""
-    aspect = width / height
-    if (width, height) in buckets:
-        bucket = (width, height)
-    else:
-        errors = np.abs(np.array([w / h for w, h in buckets]) - aspect)
-        bucket = buckets[int(np.argmin(errors))]
-    scale = bucket[1] / height if aspect > bucket[0] / bucket[1] else bucket[0] / width
-    resized = (int(width * scale + 0.5), int(height * scale + 0.5))
-    crop = ((resized[0] - bucket[0]) // 2, (resized[1] - bucket[1]) // 2)
-    return bucket, resized, crop
-
-
-def area_resize(a: np.ndarray, w: int, h: int) -> np.ndarray:
-    """Exact-coverage area resampling (OpenCV INTER_AREA), separable, in float64."""
-    def weights(n_in, n_out):
-        scale = n_in / n_out
-        m = np.zeros((n_out, n_in))
-        for o in range(n_out):
-            lo, hi = o * scale, (o + 1) * scale
-            for i in range(int(np.floor(lo)), min(n_in, int(np.ceil(hi)))):
-                m[o, i] = (min(i + 1, hi) - max(i, lo)) / scale
-        return m
-
-    rows, cols = weights(a.shape[0], h), weights(a.shape[1], w)
-    out = np.stack([rows @ a[..., c].astype(np.float64) @ cols.T for c in range(a.shape[2])], axis=-1)
-    return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
-
-
 def reference_crop(path, resized, bucket, crop) -> tuple[np.ndarray, int]:
     """Pillow's decode, scaled to `resized` by the reference filter, cut to the bucket; and the tolerance."""
     pixels = pil_reference(path)
@@ -97,7 +50,7 @@ def reference_crop(path, resized, bucket, crop) -> tuple[np.ndarray, int]:
     if (w, h) == tuple(resized):
         scaled, tolerance = pixels, 0
     elif resized[0] <= w and resized[1] <= h:
-        scaled, tolerance = area_resize(pixels, *resized), 1
+        scaled, tolerance = area_reference(pixels, *resized), 1
     elif resized[0] >= w and resized[1] >= h:
         scaled, tolerance = np.asarray(Image.fromarray(pixels).resize(tuple(resized), Image.LANCZOS)), 1
     else:
@@ -146,7 +99,7 @@ bucket_reso_steps = {step}
   image_dir = "{photos}"
 """, encoding="utf-8")
     plan = json.loads(run([fluxtrain_bin, "dataset", "--json", "--config", config]).stdout)
-    buckets = kohya_buckets(reso, min_b, max_b, step)
+    buckets = kohya_buckets.buckets(reso, reso, min_b, max_b, step)
     assert [tuple(b) for b in plan["datasets"][0]["bucket_resolutions"]] == buckets
 
     assert [Path(s["path"]).name for s in plan["skipped"]] == ["truncated.jpg"], plan["skipped"]
@@ -159,12 +112,12 @@ bucket_reso_steps = {step}
         path = Path(image["path"])
         upright = ImageOps.exif_transpose(Image.open(path))
         assert tuple(image["size"]) == upright.size, path.name
-        bucket, resized, crop = kohya_select(buckets, *upright.size)
+        bucket, resized, crop = kohya_buckets.fit(buckets, *upright.size)
         assert (tuple(image["bucket"]), tuple(image["resized"]), tuple(image["crop"])) == (bucket, resized, crop), \
             (path.name, upright.size)
         used.add(bucket)
 
-        ours = our_resize(image_tool, path, *resized, tmp_path / "resized.raw")[crop[1]:crop[1] + bucket[1], crop[0]:crop[0] + bucket[0]]
+        ours = resize(image_tool, path, *resized, out=tmp_path / "resized.raw")[crop[1]:crop[1] + bucket[1], crop[0]:crop[0] + bucket[0]]
         ref, tolerance = reference_crop(path, resized, bucket, crop)
         assert ours.shape == ref.shape == (bucket[1], bucket[0], 3), path.name
         diff = int(np.abs(ours.astype(int) - ref.astype(int)).max())

@@ -1,0 +1,29 @@
+"""kohya-ss/sd-scripts' bucket rules, written here from shared/spec/training.md: make_bucket_resolutions
+(the square of the same area, then (w, h) and (h, w) per width step) and BucketManager.select_bucket
+without bucket_no_upscale (an exact-size bucket first, else the first bucket of least aspect-ratio error;
+scale to cover; centre crop). Used by tests/e2e/test_dataset_cli.py and tests/parity/test_photos.py."""
+from __future__ import annotations
+
+import math
+
+
+def buckets(reso_w: int, reso_h: int, min_size: int, max_size: int, step: int) -> list[tuple[int, int]]:
+    area = reso_w * reso_h
+    out = {(math.isqrt(area) // step * step,) * 2}
+    for w in range(min_size, max_size + 1, step):
+        h = min(max_size, area // w // step * step)
+        if h >= min_size:
+            out |= {(w, h), (h, w)}
+    return sorted(out)
+
+
+def fit(bucket_list, w: int, h: int):
+    """(bucket, resized size, centre-crop offset) of a w x h image."""
+    ar = w / h
+    if (w, h) in bucket_list:
+        bw, bh = w, h
+    else:
+        bw, bh = min(bucket_list, key=lambda b: abs(b[0] / b[1] - ar))  # min keeps the first of equals
+    scale = bh / h if ar > bw / bh else bw / w
+    rw, rh = int(w * scale + 0.5), int(h * scale + 0.5)
+    return (bw, bh), (rw, rh), ((rw - bw) // 2, (rh - bh) // 2)

@@ -50,11 +50,11 @@ const std::map<std::string, std::string> kDemoMetadata = {{"format", "pt"}, {"fl
 using EnvOverrides = std::vector<std::pair<std::string, std::string>>;
 
 // The variables a user may have set for their own runs: the demo's children never see them, so the
-// demo is the same on every machine.
+// demo is the same on every machine. FLUXTRAIN_* (assets, engine, log level) are kept.
 bool user_setting(const std::string& name) {
   for (const char* prefix : {"PARAMS_", "BASE_MODEL=", "DATASET_NAME=", "DATASET_CONFIG=", "SAMPLE_PROMPTS=",
-                             "OUTPUT_PATH=", "MODEL_DIR=", "FLUXTRAIN_"}) {
-    if (name.starts_with(prefix)) return name.starts_with("FLUXTRAIN_ENGINE=") ? false : true;
+                             "OUTPUT_PATH=", "MODEL_DIR="}) {
+    if (name.starts_with(prefix)) return true;
   }
   return false;
 }

@@ -23,6 +23,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/host_memory.h"
 #include "core/safetensors.h"
 #include "lora/network.h"
 #include "models/convert.h"
@@ -199,6 +200,7 @@ int run(const Options& o) {
 }  // namespace fluxtrain::bench
 
 int main(int argc, char** argv) {
+  fluxtrain::core::prefer_huge_pages_for_tensors();  // as the fluxtrain executable does
   using fluxtrain::bench::Options;
   Options o;
   CLI::App app{"fluxtrain_bench: time and measure fluxtrain's LoRA training step (see bench/train_step.py)",

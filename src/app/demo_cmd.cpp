@@ -23,6 +23,7 @@
 #include <memory>
 
 #include "app/commands.h"
+#include "app/options.h"
 #include "core/assets.h"
 #include "core/atomic_file.h"
 #include "core/error.h"
@@ -220,12 +221,14 @@ int run_demo(const DemoOptions& o) {
   std::cout << "[demo] wrote " << reg_data.count << " regularisation images of shapes the base knows in "
             << reg_data.folder.string() << std::endl;
   const fs::path dataset_config = out / "dataset" / "dataset.toml";
+  // Paths go through the TOML formatter, so quotes and backslashes in them are escaped.
+  auto path_value = [](const fs::path& p) { return format_toml_value(OptionValue(p.string())); };
   write_file_atomic(dataset_config.string(), "[general]\nresolution = " + std::to_string(kImageSize) +
                                                  "\nbatch_size = 4\ncaption_extension = \".txt\"\n\n"
-                                                 "[[datasets]]\n\n  [[datasets.subsets]]\n  image_dir = \"" +
-                                                 concept_data.folder.string() +
-                                                 "\"\n  num_repeats = 1\n\n  [[datasets.subsets]]\n  image_dir = \"" +
-                                                 reg_data.folder.string() + "\"\n  is_reg = true\n");
+                                                 "[[datasets]]\n\n  [[datasets.subsets]]\n  image_dir = " +
+                                                 path_value(concept_data.folder) +
+                                                 "\n  num_repeats = 1\n\n  [[datasets.subsets]]\n  image_dir = " +
+                                                 path_value(reg_data.folder) + "\n  is_reg = true\n");
   std::cout << "[demo] the dataset config: " << dataset_config.string() << std::endl;
 
   // Four samples of the trigger prompt and one control prompt the base knows.

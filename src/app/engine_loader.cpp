@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "app/commands.h"
+#include "core/host_memory.h"
 #include "core/log.h"
 
 namespace fluxtrain::app {
@@ -67,6 +68,7 @@ int run_engine(int argc, char** argv) {
       errors += "\n  " + path + ": not found";
       continue;
     }
+    core::prefer_huge_pages_for_tensors();  // before libtorch is loaded and allocates
     void* handle = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
     if (handle == nullptr) {
       errors += "\n  " + path + ": " + ::dlerror();

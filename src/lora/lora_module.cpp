@@ -41,20 +41,40 @@ at::Tensor LoraModule::forward(const at::Tensor& x, const at::Tensor& base) {
     for (int64_t d = 2; d < x.dim(); ++d) rank_mask = rank_mask.unsqueeze(1);
     scale /= (1.0 - dropout_.rank);
   }
-  std::vector<at::Tensor> outputs;
-  outputs.reserve(parts_.size());
-  for (const LoraPart& part : parts_) {
-    // LoRA weights are fp32 masters; the matmuls run in the input's dtype (bf16 on GPUs).
-    at::Tensor h = at::linear(x, part.down.to(x.scalar_type()));
-    if (train && dropout_.neuron > 0) {
+  // LoRA weights are fp32 masters; the matmuls run in the input's dtype (bf16 on GPUs).
+  const at::ScalarType dtype = x.scalar_type();
+  const bool neuron_dropout = train && dropout_.neuron > 0;
+  auto finish_part = [&](at::Tensor h, const LoraPart& part) {
+    if (neuron_dropout) {
       at::Tensor keep = at::rand(h.sizes(), dropout_generator_, at::kFloat).gt(dropout_.neuron).to(h.device());
       h = h * keep.to(h.scalar_type()) / (1.0 - dropout_.neuron);
     }
     if (rank_mask.defined()) h = h * rank_mask;
-    outputs.push_back(at::linear(h, part.up.to(x.scalar_type())));
+    return at::linear(h, part.up.to(dtype));
+  };
+  at::Tensor delta;
+  if (parts_.size() == 1) {
+    delta = finish_part(at::linear(x, parts_[0].down.to(dtype)), parts_[0]);
+  } else {
+    // Split parts: one product for all the down projections (stacked [parts * rank, in]) unless neuron
+    // dropout draws its masks part by part; the parts' outputs are concatenated.
+    at::Tensor stacked;
+    if (!neuron_dropout) {
+      std::vector<at::Tensor> downs;
+      downs.reserve(parts_.size());
+      for (const LoraPart& part : parts_) downs.push_back(part.down.to(dtype));
+      stacked = at::linear(x, at::cat(downs, 0));
+    }
+    std::vector<at::Tensor> outputs;
+    outputs.reserve(parts_.size());
+    for (size_t i = 0; i < parts_.size(); ++i) {
+      at::Tensor h = stacked.defined() ? stacked.narrow(-1, static_cast<int64_t>(i) * rank_, rank_)
+                                       : at::linear(x, parts_[i].down.to(dtype));
+      outputs.push_back(finish_part(h, parts_[i]));
+    }
+    delta = at::cat(outputs, -1);
   }
-  at::Tensor delta = outputs.size() == 1 ? outputs[0] : at::cat(outputs, -1);
-  return base + delta * (multiplier_ * scale);
+  return at::add(base, delta, multiplier_ * scale);
 }
 
 }  // namespace fluxtrain::lora

@@ -3,6 +3,10 @@
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <memory>
+
+#include "models/attention.h"
+
 namespace fluxtrain::train {
 namespace {
 
@@ -15,6 +19,7 @@ struct Recompute : torch::CustomClassHolder {
   std::vector<at::Tensor> generator_states;  // as they were when the block first ran
   std::vector<bool> requires_grad;
   std::vector<at::Device> devices{};
+  std::shared_ptr<models::AttentionStash> stash;  // null without keep_attention
 };
 
 class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> {
@@ -37,7 +42,8 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
     variable_list outputs;
     {
       at::NoGradGuard no_grad;
-      outputs = state->fn(inputs.vec());
+      if (state->stash) state->stash->start_record();
+      outputs = state->fn(inputs.vec(), state->stash.get());
     }
     ctx->saved_data["state"] = c10::IValue::make_capsule(state);
     ctx->saved_data["inputs"] = saved;
@@ -61,7 +67,8 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
     variable_list outputs;
     {
       at::AutoGradMode grad(true);
-      outputs = state->fn(inputs);
+      if (state->stash) state->stash->start_replay();
+      outputs = state->fn(inputs, state->stash.get());
     }
     for (size_t i = 0; i < now.size(); ++i) state->options.generators[i].set_state(now[i]);
 
@@ -84,13 +91,14 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
 
 std::vector<at::Tensor> checkpoint(const BlockFn& fn, const std::vector<at::Tensor>& inputs,
                                    const CheckpointOptions& options) {
-  if (!options.enabled || !at::GradMode::is_enabled()) return fn(inputs);
+  if (!options.enabled || !at::GradMode::is_enabled()) return fn(inputs, nullptr);
   auto state = c10::make_intrusive<Recompute>();
+  if (options.keep_attention) state->stash = std::make_shared<models::AttentionStash>();
   // When no input requires grad (a frozen base feeds the first block) autograd would not record the
   // block at all, and the LoRA weights inside it would get no gradient: an empty tensor that requires
   // grad rides along so the node is always recorded. fn never sees it.
-  state->fn = [fn](const std::vector<at::Tensor>& with_anchor) {
-    return fn(std::vector<at::Tensor>(with_anchor.begin(), with_anchor.end() - 1));
+  state->fn = [fn](const std::vector<at::Tensor>& with_anchor, models::AttentionStash* stash) {
+    return fn(std::vector<at::Tensor>(with_anchor.begin(), with_anchor.end() - 1), stash);
   };
   state->options = options;
   std::vector<at::Tensor> with_anchor = inputs;
@@ -102,31 +110,39 @@ at::Tensor flux_forward(models::FluxTransformerImpl& model, const models::FluxIn
                         const CheckpointOptions& options) {
   at::Tensor img, txt;
   models::BlockContext ctx = model.prepare(inputs, img, txt);
+  const size_t n_double = model.double_blocks->size(), n_single = model.single_blocks->size();
+  const size_t last = n_double + n_single - 1;  // index of the block that is not checkpointed
+  size_t index = 0;
+  auto run = [&](const BlockFn& fn, const std::vector<at::Tensor>& in) {
+    return index++ == last ? fn(in, nullptr) : checkpoint(fn, in, options);
+  };
   // The block functions run again in backward, after this function has returned: they hold their own
   // copy of the context (tensor handles, no data copies).
   for (const auto& item : *model.double_blocks) {
     auto block = item->as<models::DoubleBlock>();
-    auto out = checkpoint(
-        [block, ctx](const std::vector<at::Tensor>& x) {
+    auto out = run(
+        [block, ctx](const std::vector<at::Tensor>& x, models::AttentionStash* stash) {
           models::BlockContext local = ctx;
           local.vec = x[2];
+          local.stash = stash;
           auto [i, t] = block->forward(x[0], x[1], local);
           return std::vector<at::Tensor>{i, t};
         },
-        {img, txt, ctx.vec}, options);
+        {img, txt, ctx.vec});
     img = out[0];
     txt = out[1];
   }
   at::Tensor x = at::cat({txt, img}, 1);
   for (const auto& item : *model.single_blocks) {
     auto block = item->as<models::SingleBlock>();
-    x = checkpoint(
-        [block, ctx](const std::vector<at::Tensor>& in) {
+    x = run(
+        [block, ctx](const std::vector<at::Tensor>& in, models::AttentionStash* stash) {
           models::BlockContext local = ctx;
           local.vec = in[1];
+          local.stash = stash;
           return std::vector<at::Tensor>{block->forward(in[0], local)};
         },
-        {x, ctx.vec}, options)[0];
+        {x, ctx.vec})[0];
   }
   return model.finish(x.narrow(1, txt.size(1), img.size(1)), ctx);
 }

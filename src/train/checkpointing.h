@@ -1,7 +1,10 @@
 // Gradient checkpointing per transformer block: a block's forward runs without keeping its
 // activations; backward recomputes it (with the random state it had the first time, so LoRA dropout
-// masks repeat exactly) and backpropagates through the recomputation. Optionally the saved block inputs
-// wait in pinned host memory instead of device memory.
+// masks repeat exactly) and backpropagates through the recomputation. The recomputation skips attention:
+// the first run keeps each attention's output and log-sum-exp (models/attention.h, `keep_attention`).
+// The last block is not checkpointed: its recomputation would run right before its backward, so keeping
+// its activations costs no more memory than recomputing them. Optionally the saved block inputs wait in
+// pinned host memory instead of device memory.
 #pragma once
 
 #include <ATen/core/Generator.h>
@@ -14,19 +17,21 @@
 
 namespace fluxtrain::train {
 
-using BlockFn = std::function<std::vector<at::Tensor>(const std::vector<at::Tensor>&)>;
+// A block: inputs -> outputs. Its attention calls go through `stash` when one is given.
+using BlockFn = std::function<std::vector<at::Tensor>(const std::vector<at::Tensor>&, models::AttentionStash*)>;
 
 struct CheckpointOptions {
   bool enabled = false;
   bool offload_inputs = false;           // keep saved block inputs in (pinned) host memory
+  bool keep_attention = true;            // keep each block's attention output for the recomputation
   std::vector<at::Generator> generators;  // random state to replay in the recomputation
 };
 
-// fn(inputs) with checkpointing as described above; plain fn(inputs) when !options.enabled.
+// fn(inputs) with checkpointing as described above; plain fn(inputs, nullptr) when !options.enabled.
 std::vector<at::Tensor> checkpoint(const BlockFn& fn, const std::vector<at::Tensor>& inputs,
                                    const CheckpointOptions& options);
 
-// FluxTransformer forward with every double and single block wrapped in checkpoint().
+// FluxTransformer forward with every double and single block but the last wrapped in checkpoint().
 at::Tensor flux_forward(models::FluxTransformerImpl& model, const models::FluxInputs& inputs,
                         const CheckpointOptions& options);
 

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include "lora/network.h"
+#include "models/attention.h"
 #include "models/flux/flux.h"
 #include "models/random_init.h"
 #include "models/tiny.h"
@@ -34,7 +35,12 @@ struct Grads {
   at::Tensor img;
 };
 
-Grads run(bool checkpointed, double rank_dropout, bool input_requires_grad = true) {
+struct RunOptions {
+  bool masked = false;          // a text mask (the attention kernels take an additive mask)
+  bool keep_attention = true;   // CheckpointOptions::keep_attention
+};
+
+Grads run(bool checkpointed, double rank_dropout, bool input_requires_grad = true, RunOptions ro = {}) {
   auto config = models::tiny_flux_config(false);
   models::FluxTransformer model(config, models::ModelOptions{});
   models::init_random(*model, 1);
@@ -55,8 +61,14 @@ Grads run(bool checkpointed, double rank_dropout, bool input_requires_grad = tru
   network.set_training(true);
   auto inputs = tiny_inputs(config, 3);
   inputs.img.requires_grad_(input_requires_grad);
+  if (ro.masked) {
+    inputs.txt_mask = at::ones({2, 7}, at::kBool);
+    inputs.txt_mask.narrow(1, 4, 3).fill_(false);
+    inputs.txt_mask[1].narrow(0, 2, 2).fill_(false);
+  }
   CheckpointOptions options;
   options.enabled = checkpointed;
+  options.keep_attention = ro.keep_attention;
   options.generators = {network.dropout_generator()};
   at::Tensor out = flux_forward(*model, inputs, options);
   at::Tensor loss = (out * out).mean();
@@ -78,6 +90,26 @@ TEST(Checkpointing, GradientsAreIdenticalWithAndWithout) {
     nonzero += plain.lora[i].abs().sum().item<double>() > 0;
   }
   EXPECT_GT(nonzero, static_cast<int>(plain.lora.size()) / 2);
+}
+
+TEST(Checkpointing, RecomputationTakesAttentionFromTheFirstRun) {
+  // Every checkpointed block (all but the last) replays its kept attention instead of recomputing it,
+  // and the gradients stay bit-identical; also with a text mask and with keep_attention off.
+  auto config = models::tiny_flux_config(false);
+  const int64_t checkpointed_blocks = config.depth + config.depth_single_blocks - 1;
+  ASSERT_GT(checkpointed_blocks, 1);
+  for (bool masked : {false, true}) {
+    for (bool keep : {true, false}) {
+      SCOPED_TRACE(std::string(masked ? "masked" : "unmasked") + (keep ? ", kept" : ", recomputed"));
+      Grads plain = run(false, 0.0, true, {masked, keep});
+      int64_t before = models::stashed_attention_replays();
+      Grads checkpointed = run(true, 0.0, true, {masked, keep});
+      EXPECT_EQ(models::stashed_attention_replays() - before, keep ? checkpointed_blocks : 0);
+      EXPECT_TRUE(at::equal(plain.loss, checkpointed.loss));
+      EXPECT_TRUE(at::equal(plain.img, checkpointed.img));
+      for (size_t i = 0; i < plain.lora.size(); ++i) EXPECT_TRUE(at::equal(plain.lora[i], checkpointed.lora[i])) << i;
+    }
+  }
 }
 
 TEST(Checkpointing, LoraGetsGradientsWhenNoBlockInputRequiresGrad) {

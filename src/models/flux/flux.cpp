@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "models/attention.h"
 #include "models/header_query.h"
 
 namespace fluxtrain::models {
@@ -94,7 +95,7 @@ at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& rope) {
   // Interleaved pairs (x[2j], x[2j+1]) rotated by the 2x2 matrices, in fp32.
   auto shape = x.sizes().vec();
   at::Tensor pairs = x.to(at::kFloat).reshape({shape[0], shape[1], shape[2], -1, 1, 2});
-  at::Tensor out = rope.select(-1, 0) * pairs.select(-1, 0) + rope.select(-1, 1) * pairs.select(-1, 1);
+  at::Tensor out = at::addcmul(rope.select(-1, 0) * pairs.select(-1, 0), rope.select(-1, 1), pairs.select(-1, 1));
   return out.reshape(shape).to(x.scalar_type());
 }
 
@@ -123,7 +124,7 @@ at::Tensor layer_norm(const at::Tensor& x) {
 }
 
 at::Tensor modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale) {
-  return (1 + scale) * layer_norm(x) + shift;
+  return at::addcmul(shift, 1 + scale, layer_norm(x));
 }
 
 // [B, L, 3H] -> q, k, v each [B, heads, L, D].
@@ -134,9 +135,7 @@ std::vector<at::Tensor> split_heads(const at::Tensor& qkv, int64_t heads) {
 
 at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const BlockContext& ctx) {
   at::Tensor qr = apply_rope(q, ctx.rope), kr = apply_rope(k, ctx.rope);
-  std::optional<at::Tensor> mask;
-  if (ctx.attn_mask.defined()) mask = ctx.attn_mask;
-  at::Tensor out = at::scaled_dot_product_attention(qr, kr, v, mask);
+  at::Tensor out = models::attention(qr, kr, v, ctx.attn_mask, ctx.stash);
   return out.transpose(1, 2).flatten(2);  // [B, L, heads * D]
 }
 
@@ -216,12 +215,14 @@ std::pair<at::Tensor, at::Tensor> DoubleBlockImpl::forward(const at::Tensor& img
   at::Tensor v = at::cat({txt_qkv[2], img_qkv[2]}, 2);
   at::Tensor a = attention(q, k, v, ctx);
   int64_t lt = txt_in.size(1);
-  at::Tensor txt_a = a.narrow(1, 0, lt), img_a = a.narrow(1, lt, a.size(1) - lt);
+  // Contiguous once here rather than copied by each product that reads them (base and LoRA).
+  at::Tensor txt_a = a.narrow(1, 0, lt).contiguous(), img_a = a.narrow(1, lt, a.size(1) - lt).contiguous();
 
-  at::Tensor img = img_in + im[2] * img_attn->proj(img_a);
-  img = img + im[5] * img_mlp(modulate(img, im[3], im[4]));
-  at::Tensor txt = txt_in + tm[2] * txt_attn->proj(txt_a);
-  txt = txt + tm[5] * txt_mlp(modulate(txt, tm[3], tm[4]));
+  // Gated residuals x + gate * f(x) as one pass each.
+  at::Tensor img = at::addcmul(img_in, im[2], img_attn->proj(img_a));
+  img = at::addcmul(img, im[5], img_mlp(modulate(img, im[3], im[4])));
+  at::Tensor txt = at::addcmul(txt_in, tm[2], txt_attn->proj(txt_a));
+  txt = at::addcmul(txt, tm[5], txt_mlp(modulate(txt, tm[3], tm[4])));
   return {img, txt};
 }
 
@@ -243,7 +244,7 @@ at::Tensor SingleBlockImpl::forward(const at::Tensor& x, const BlockContext& ctx
   at::Tensor q = norm->query_norm(parts[0]).to(v.scalar_type());
   at::Tensor k = norm->key_norm(parts[1]).to(v.scalar_type());
   at::Tensor a = attention(q, k, v, ctx);
-  return x + m[2] * linear2(at::cat({a, at::gelu(mlp, "tanh")}, 2));
+  return at::addcmul(x, m[2], linear2(at::cat({a, at::gelu(mlp, "tanh")}, 2)));
 }
 
 LastLayerImpl::LastLayerImpl(int64_t hidden, int64_t out_channels, const at::TensorOptions& options) {
@@ -256,7 +257,7 @@ LastLayerImpl::LastLayerImpl(int64_t hidden, int64_t out_channels, const at::Ten
 
 at::Tensor LastLayerImpl::forward(const at::Tensor& x, const at::Tensor& vec) {
   auto parts = modulation(at::silu(vec)).chunk(2, 1);  // shift, scale
-  return linear((1 + parts[1].unsqueeze(1)) * layer_norm(x) + parts[0].unsqueeze(1));
+  return linear(modulate(x, parts[0].unsqueeze(1), parts[1].unsqueeze(1)));
 }
 
 FluxTransformerImpl::FluxTransformerImpl(const FluxConfig& c, const ModelOptions& options) : config(c) {

@@ -17,6 +17,8 @@
 
 namespace fluxtrain::models {
 
+class AttentionStash;
+
 struct FluxConfig {
   int64_t in_channels = 64;
   int64_t out_channels = 64;
@@ -99,6 +101,8 @@ struct BlockContext {
   at::Tensor vec;        // [B, H]
   at::Tensor rope;       // [B, 1, L, D/2, 2, 2] fp32 rotation matrices, L = Lt + Li (text first)
   at::Tensor attn_mask;  // undefined, or bool [B, 1, 1, L] (true = attend)
+  // Gradient checkpointing: keeps the first run's attention for the recomputation (models/attention.h).
+  AttentionStash* stash = nullptr;
 };
 
 class DoubleBlockImpl : public torch::nn::Module {

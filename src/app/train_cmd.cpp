@@ -212,6 +212,8 @@ train::TrainerConfig trainer_config(const ResolvedConfig& config, const ModelFil
   if (auto v = config.find_real("noise_offset")) t.step.objective.noise_offset = *v;
   t.step.checkpointing.enabled = config.get_bool("gradient_checkpointing");
   t.step.checkpointing.offload_inputs = config.get_bool("offload_checkpoints");
+  t.step.checkpointing.interval = config.get_int("gradient_checkpointing_interval");
+  t.step.checkpointing.keep_attention = config.get_bool("checkpoint_keep_attention");
   t.step.apply_t5_mask = config.get_bool("apply_t5_attn_mask");
   t.step.max_grad_norm = config.get_real("max_grad_norm");
   if (auto v = config.find_int("gradient_accumulation_steps")) t.gradient_accumulation = *v;

@@ -358,6 +358,13 @@ OptionTable make_train_options() {
       Opt("gradient_checkpointing", kBool, "memory", "true",
           "Recompute each block in the backward pass instead of keeping its activations (needed for the 12B model on "
           "most GPUs)."),
+      Opt("gradient_checkpointing_interval", kInt, "memory", "1",
+          "With gradient_checkpointing: checkpoint every Nth block only (1: all but the last); the others keep "
+          "their activations, which is faster and needs more memory.")
+          .min(1),
+      Opt("checkpoint_keep_attention", kBool, "memory", "true",
+          "With gradient_checkpointing: keep each checkpointed block's attention output (one hidden-size "
+          "activation per token and block) so the recomputation skips attention; false saves that memory."),
       Opt("offload_checkpoints", kBool, "memory", "false",
           "Keep the checkpointed block inputs in pinned host memory (needs gradient_checkpointing)."),
       Opt("fp8_base", kBool, "memory", "false",

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <algorithm>
 #include <memory>
 
 #include "models/attention.h"
@@ -111,10 +112,12 @@ at::Tensor flux_forward(models::FluxTransformerImpl& model, const models::FluxIn
   at::Tensor img, txt;
   models::BlockContext ctx = model.prepare(inputs, img, txt);
   const size_t n_double = model.double_blocks->size(), n_single = model.single_blocks->size();
-  const size_t last = n_double + n_single - 1;  // index of the block that is not checkpointed
+  const size_t last = n_double + n_single - 1;  // never checkpointed (see checkpointing.h)
+  const size_t interval = static_cast<size_t>(std::max<int64_t>(options.interval, 1));
   size_t index = 0;
   auto run = [&](const BlockFn& fn, const std::vector<at::Tensor>& in) {
-    return index++ == last ? fn(in, nullptr) : checkpoint(fn, in, options);
+    const size_t i = index++;
+    return i == last || i % interval != 0 ? fn(in, nullptr) : checkpoint(fn, in, options);
   };
   // The block functions run again in backward, after this function has returned: they hold their own
   // copy of the context (tensor handles, no data copies).

@@ -24,6 +24,7 @@ struct CheckpointOptions {
   bool enabled = false;
   bool offload_inputs = false;           // keep saved block inputs in (pinned) host memory
   bool keep_attention = true;            // keep each block's attention output for the recomputation
+  int64_t interval = 1;                  // checkpoint blocks 0, N, 2N, ... (never the last)
   std::vector<at::Generator> generators;  // random state to replay in the recomputation
 };
 
@@ -31,7 +32,8 @@ struct CheckpointOptions {
 std::vector<at::Tensor> checkpoint(const BlockFn& fn, const std::vector<at::Tensor>& inputs,
                                    const CheckpointOptions& options);
 
-// FluxTransformer forward with every double and single block but the last wrapped in checkpoint().
+// FluxTransformer forward with the double and single blocks (counted together, from 0) whose index is a
+// multiple of options.interval, except the last block, wrapped in checkpoint().
 at::Tensor flux_forward(models::FluxTransformerImpl& model, const models::FluxInputs& inputs,
                         const CheckpointOptions& options);
 

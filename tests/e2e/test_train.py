@@ -275,3 +275,27 @@ def test_epoch_saves_and_resume_with_gradient_accumulation(tmp_path, fluxtrain_b
     again = run([fluxtrain_bin, "train"], env=dict(env, OUTPUT_PATH=str(resumed)))
     assert "resumed from" in again.stderr
     assert (resumed / "flux-lora.safetensors").read_bytes() == (straight / "flux-lora.safetensors").read_bytes()
+
+
+def test_checkpointing_settings_give_the_same_lora(tmp_path, fluxtrain_bin, models, dataset):
+    """Checkpointing every block (attention kept for the recomputation), every other block without kept
+    attention, and no checkpointing compute the same gradients bit for bit: the LoRAs' tensors are identical (the metadata records
+    ss_gradient_checkpointing)."""
+    runs = {
+        "default": {},
+        "interval": {"PARAMS_GRADIENT_CHECKPOINTING_INTERVAL": "2", "PARAMS_CHECKPOINT_KEEP_ATTENTION": "false"},
+        "off": {"PARAMS_GRADIENT_CHECKPOINTING": "false"},
+    }
+    files = {}
+    for name, params in runs.items():
+        out = tmp_path / name
+        run([fluxtrain_bin, "train"], env=base_env(models, dataset, out, PARAMS_MAX_TRAIN_STEPS="4", **params))
+        config = (out / "config.toml").read_text()
+        if name == "interval":
+            assert "gradient_checkpointing_interval = 2" in config
+            assert "checkpoint_keep_attention = false" in config
+        with safe_open(str(out / "flux-lora.safetensors"), "pt") as f:
+            files[name] = {k: f.get_tensor(k) for k in f.keys()}
+    assert files["default"].keys() == files["interval"].keys() == files["off"].keys()
+    for key, tensor in files["default"].items():
+        assert torch.equal(tensor, files["interval"][key]) and torch.equal(tensor, files["off"][key]), key

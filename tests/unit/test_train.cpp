@@ -38,6 +38,7 @@ struct Grads {
 struct RunOptions {
   bool masked = false;          // a text mask (the attention kernels take an additive mask)
   bool keep_attention = true;   // CheckpointOptions::keep_attention
+  int64_t interval = 1;         // CheckpointOptions::interval
 };
 
 Grads run(bool checkpointed, double rank_dropout, bool input_requires_grad = true, RunOptions ro = {}) {
@@ -69,6 +70,7 @@ Grads run(bool checkpointed, double rank_dropout, bool input_requires_grad = tru
   CheckpointOptions options;
   options.enabled = checkpointed;
   options.keep_attention = ro.keep_attention;
+  options.interval = ro.interval;
   options.generators = {network.dropout_generator()};
   at::Tensor out = flux_forward(*model, inputs, options);
   at::Tensor loss = (out * out).mean();
@@ -109,6 +111,22 @@ TEST(Checkpointing, RecomputationTakesAttentionFromTheFirstRun) {
       EXPECT_TRUE(at::equal(plain.img, checkpointed.img));
       for (size_t i = 0; i < plain.lora.size(); ++i) EXPECT_TRUE(at::equal(plain.lora[i], checkpointed.lora[i])) << i;
     }
+  }
+}
+
+TEST(Checkpointing, IntervalCheckpointsEveryNthBlockWithTheSameGradients) {
+  auto config = models::tiny_flux_config(false);
+  const int64_t blocks = config.depth + config.depth_single_blocks;
+  Grads plain = run(false, 0.0);
+  for (int64_t interval : {int64_t{2}, int64_t{3}, blocks + 1}) {
+    SCOPED_TRACE("interval " + std::to_string(interval));
+    int64_t expected = 0;
+    for (int64_t i = 0; i < blocks - 1; ++i) expected += i % interval == 0;
+    int64_t before = models::stashed_attention_replays();
+    Grads checkpointed = run(true, 0.0, true, {false, true, interval});
+    EXPECT_EQ(models::stashed_attention_replays() - before, expected);
+    EXPECT_TRUE(at::equal(plain.img, checkpointed.img));
+    for (size_t i = 0; i < plain.lora.size(); ++i) EXPECT_TRUE(at::equal(plain.lora[i], checkpointed.lora[i])) << i;
   }
 }
 

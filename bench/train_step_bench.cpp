@@ -28,6 +28,7 @@
 #include "lora/network.h"
 #include "models/convert.h"
 #include "optim/optimizer.h"
+#include "train/cpu_allocator.h"
 #include "train/step.h"
 
 namespace fluxtrain::bench {
@@ -107,6 +108,7 @@ int run(const Options& o) {
   if (o.threads > 0) at::set_num_threads(o.threads);
   const int64_t runtime_rss = proc_status_bytes("VmRSS");
   at::Device device(o.device == "cuda" ? at::kCUDA : at::kCPU);
+  if (device.is_cpu()) fluxtrain::train::use_caching_cpu_allocator();  // as fluxtrain's commands do
   if (device.is_cuda() && !at::hasCUDA()) fail("--device cuda: this libtorch sees no CUDA device");
   if (o.precision != "fp32" && o.precision != "bf16") fail("--precision: '", o.precision, "'; expected fp32 or bf16");
   const at::ScalarType dtype = o.precision == "bf16" ? at::kBFloat16 : at::kFloat;
@@ -191,6 +193,8 @@ int run(const Options& o) {
     out["peak_rss"] = hwm;
     out["hwm_reset"] = hwm_reset;
     out["peak_bytes"] = hwm - runtime_rss;
+    const auto cache = fluxtrain::train::cpu_cache_stats();
+    out["cpu_cache"] = {{"hits", cache.hits}, {"misses", cache.misses}, {"cached_bytes", cache.cached_bytes}};
   }
   std::cout << out.dump() << "\n";
   return 0;

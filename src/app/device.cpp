@@ -3,10 +3,13 @@
 #include <torch/cuda.h>
 
 #include "core/error.h"
+#include "train/cpu_allocator.h"
 
 namespace fluxtrain::app {
 
-at::Device resolve_device(const std::string& text, const std::string& option) {
+namespace {
+
+at::Device pick(const std::string& text, const std::string& option) {
   if (text == "cpu") return at::kCPU;
   if (text == "cuda" || text.rfind("cuda:", 0) == 0) {
     if (!torch::cuda::is_available()) fail(option, " ", text, ": no CUDA device is available; use cpu or auto");
@@ -14,6 +17,14 @@ at::Device resolve_device(const std::string& text, const std::string& option) {
   }
   if (text == "auto") return torch::cuda::is_available() ? at::Device(at::kCUDA) : at::Device(at::kCPU);
   fail(option, " '", text, "': expected auto, cpu or cuda[:N]");
+}
+
+}  // namespace
+
+at::Device resolve_device(const std::string& text, const std::string& option) {
+  at::Device device = pick(text, option);
+  if (device.is_cpu()) train::use_caching_cpu_allocator();
+  return device;
 }
 
 at::ScalarType resolve_precision(const std::string& text, at::Device device, const std::string& option) {

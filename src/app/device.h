@@ -10,6 +10,7 @@ namespace fluxtrain::app {
 
 // auto (CUDA when torch sees a GPU, else the CPU), cpu, cuda or cuda:N; an Error naming `option` for
 // anything else or for CUDA without a GPU.
+// Computing on the CPU installs the caching CPU allocator (train/cpu_allocator.h).
 at::Device resolve_device(const std::string& text, const std::string& option = "--device");
 
 // fp32, bf16, fp16, or auto (bf16 on a GPU, fp32 on the CPU); an Error naming `option` otherwise.

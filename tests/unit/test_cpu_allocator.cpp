@@ -1,0 +1,57 @@
+// The caching CPU allocator (train/cpu_allocator.h): large blocks are reused, small ones pass through,
+// the cache stays under its limit, and tensors behave as with libtorch's allocator. ctest runs each test
+// in its own process, so installing the allocator here does not leak into other tests.
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+
+#include "train/cpu_allocator.h"
+
+namespace fluxtrain::train {
+namespace {
+
+constexpr int64_t kMiB = int64_t{1} << 20;
+
+TEST(CpuAllocator, ReusesFreedLargeBlocksOfTheSameSize) {
+  use_caching_cpu_allocator(256 * kMiB);
+  void* first = nullptr;
+  {
+    at::Tensor t = at::empty({3 * kMiB / 4}, at::kFloat);  // 3 MiB -> a 4 MiB block
+    first = t.data_ptr();
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(first) % (2 * kMiB), 0u);  // huge-page aligned
+    t.fill_(1.5f);
+  }
+  const CpuCacheStats before = cpu_cache_stats();
+  EXPECT_GE(before.cached_bytes, 4 * kMiB);
+  at::Tensor again = at::full({3 * kMiB / 4}, 2.0f);
+  EXPECT_EQ(again.data_ptr(), first);
+  EXPECT_EQ(cpu_cache_stats().hits, before.hits + 1);
+  EXPECT_EQ(again.sum().item<double>(), 2.0 * static_cast<double>(3 * kMiB / 4));
+}
+
+TEST(CpuAllocator, SmallTensorsAndArithmeticAreUnaffected) {
+  use_caching_cpu_allocator(64 * kMiB);
+  const CpuCacheStats before = cpu_cache_stats();
+  at::Tensor a = at::arange(1000, at::kDouble), b = at::ones({1000}, at::kDouble);
+  EXPECT_EQ((a + b).sum().item<double>(), 1000.0 * 1001.0 / 2.0);
+  EXPECT_EQ(cpu_cache_stats().hits + cpu_cache_stats().misses, before.hits + before.misses);  // none was large
+  at::Tensor big = at::randn({1024, 1024});
+  at::Tensor product = at::matmul(big, at::eye(1024));
+  EXPECT_TRUE(at::allclose(product, big));
+}
+
+TEST(CpuAllocator, KeepsTheCacheUnderItsLimit) {
+  use_caching_cpu_allocator(16 * kMiB);
+  {
+    std::vector<at::Tensor> many;
+    for (int i = 0; i < 12; ++i) many.push_back(at::empty({kMiB}, at::kFloat));  // 4 MiB each
+  }
+  EXPECT_LE(cpu_cache_stats().cached_bytes, 16 * kMiB);
+  use_caching_cpu_allocator(0);
+  EXPECT_EQ(cpu_cache_stats().cached_bytes, 0);
+  at::Tensor t = at::ones({kMiB});  // still allocates with an empty cache
+  EXPECT_EQ(t.sum().item<double>(), static_cast<double>(kMiB));
+}
+
+}  // namespace
+}  // namespace fluxtrain::train

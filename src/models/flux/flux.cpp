@@ -95,7 +95,7 @@ at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& rope) {
   // Interleaved pairs (x[2j], x[2j+1]) rotated by the 2x2 matrices, in fp32.
   auto shape = x.sizes().vec();
   at::Tensor pairs = x.to(at::kFloat).reshape({shape[0], shape[1], shape[2], -1, 1, 2});
-  at::Tensor out = at::addcmul(rope.select(-1, 0) * pairs.select(-1, 0), rope.select(-1, 1), pairs.select(-1, 1));
+  at::Tensor out = rope.select(-1, 0) * pairs.select(-1, 0) + rope.select(-1, 1) * pairs.select(-1, 1);
   return out.reshape(shape).to(x.scalar_type());
 }
 
@@ -123,8 +123,12 @@ at::Tensor layer_norm(const at::Tensor& x) {
   return at::layer_norm(x.to(at::kFloat), {x.size(-1)}, {}, {}, 1e-6).to(x.scalar_type());
 }
 
+// The element-wise products and sums below are written as diffusers and BFL write them, not as at::addcmul:
+// the CPU addcmul kernel fuses multiply and add (one rounding), which moves fp32 results by an ulp, and
+// the fp8 matmul path then quantises some inputs to the neighbouring e4m3 value (tests/parity/test_flux.py
+// compares that path with diffusers exactly).
 at::Tensor modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale) {
-  return at::addcmul(shift, 1 + scale, layer_norm(x));
+  return (1 + scale) * layer_norm(x) + shift;
 }
 
 // [B, L, 3H] -> q, k, v each [B, heads, L, D].
@@ -218,11 +222,10 @@ std::pair<at::Tensor, at::Tensor> DoubleBlockImpl::forward(const at::Tensor& img
   // Contiguous once here rather than copied by each product that reads them (base and LoRA).
   at::Tensor txt_a = a.narrow(1, 0, lt).contiguous(), img_a = a.narrow(1, lt, a.size(1) - lt).contiguous();
 
-  // Gated residuals x + gate * f(x) as one pass each.
-  at::Tensor img = at::addcmul(img_in, im[2], img_attn->proj(img_a));
-  img = at::addcmul(img, im[5], img_mlp(modulate(img, im[3], im[4])));
-  at::Tensor txt = at::addcmul(txt_in, tm[2], txt_attn->proj(txt_a));
-  txt = at::addcmul(txt, tm[5], txt_mlp(modulate(txt, tm[3], tm[4])));
+  at::Tensor img = img_in + im[2] * img_attn->proj(img_a);
+  img = img + im[5] * img_mlp(modulate(img, im[3], im[4]));
+  at::Tensor txt = txt_in + tm[2] * txt_attn->proj(txt_a);
+  txt = txt + tm[5] * txt_mlp(modulate(txt, tm[3], tm[4]));
   return {img, txt};
 }
 
@@ -244,7 +247,7 @@ at::Tensor SingleBlockImpl::forward(const at::Tensor& x, const BlockContext& ctx
   at::Tensor q = norm->query_norm(parts[0]).to(v.scalar_type());
   at::Tensor k = norm->key_norm(parts[1]).to(v.scalar_type());
   at::Tensor a = attention(q, k, v, ctx);
-  return at::addcmul(x, m[2], linear2(at::cat({a, at::gelu(mlp, "tanh")}, 2)));
+  return x + m[2] * linear2(at::cat({a, at::gelu(mlp, "tanh")}, 2));
 }
 
 LastLayerImpl::LastLayerImpl(int64_t hidden, int64_t out_channels, const at::TensorOptions& options) {

@@ -178,7 +178,9 @@ def main(argv=None) -> int:
                 results.setdefault((side, batch), []).append(res)
                 print(f"  batch {batch} {side:9s} run {r + 1}: {res['median_ms']:.0f} ms/step "
                       f"({res['median_cpu_ms']:.0f} ms CPU), "
-                      f"peak {res['peak_bytes'] / MIB:.0f} MiB, first loss {res['losses'][0]:.6f}", flush=True)
+                      f"peak {res['peak_bytes'] / MIB:.0f} MiB, first loss {res['losses'][0]:.6f}"
+                      + (f", attention stash check {res['attention_stash_check']}" if "attention_stash_check" in res else ""),
+                      flush=True)
 
     # Honesty check: the two sides start from the same weights, LoRA and inputs, so the first step's loss
     # and gradient norm must agree (fp32: to float rounding; bf16: to bf16 rounding).

@@ -26,6 +26,7 @@
 #include "core/host_memory.h"
 #include "core/safetensors.h"
 #include "lora/network.h"
+#include "models/attention.h"
 #include "models/convert.h"
 #include "optim/optimizer.h"
 #include "train/cpu_allocator.h"
@@ -195,6 +196,13 @@ int run(const Options& o) {
     out["peak_bytes"] = hwm - runtime_rss;
     const auto cache = fluxtrain::train::cpu_cache_stats();
     out["cpu_cache"] = {{"hits", cache.hits}, {"misses", cache.misses}, {"cached_bytes", cache.cached_bytes}};
+  }
+  // The attention kept for the recomputation (models/attention.h): its gradients against autograd's on
+  // this device and dtype (after the measurement, so it does not touch the peaks above).
+  try {
+    out["attention_stash_check"] = models::attention_stash_self_check(device, dtype);
+  } catch (const std::exception& e) {
+    out["attention_stash_check"] = std::string(e.what()).substr(0, 300);
   }
   std::cout << out.dump() << "\n";
   return 0;

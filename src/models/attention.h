@@ -51,6 +51,11 @@ class AttentionStash {
 at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
                      AttentionStash* stash);
 
+// The stashed path's gradients (dq, dk, dv) against autograd's through scaled_dot_product_attention on a
+// small random problem on `device` (the CPU or CUDA flash kernel): the largest relative difference.
+// Throws when the kernel cannot run there. (Tests, and the GPU benchmark script.)
+double attention_stash_self_check(at::Device device, at::ScalarType dtype);
+
 // How many recomputations took their attention from a stash since the process started (tests).
 int64_t stashed_attention_replays();
 

@@ -114,6 +114,13 @@ TEST(Checkpointing, RecomputationTakesAttentionFromTheFirstRun) {
   }
 }
 
+TEST(Checkpointing, AttentionStashSelfCheckOnTheCpu) {
+  // The check the CUDA path runs before first use (and the GPU benchmark reports), on the CPU kernel:
+  // exact in fp32, within bf16 rounding in bf16.
+  EXPECT_EQ(models::attention_stash_self_check(at::kCPU, at::kFloat), 0.0);
+  EXPECT_LE(models::attention_stash_self_check(at::kCPU, at::kBFloat16), 2e-2);
+}
+
 TEST(Checkpointing, IntervalCheckpointsEveryNthBlockWithTheSameGradients) {
   auto config = models::tiny_flux_config(false);
   const int64_t blocks = config.depth + config.depth_single_blocks;

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "core/atomic_file.h"
+#include "core/env.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/progress.h"
@@ -545,33 +546,12 @@ class FileSink : public BodySink {
   std::unique_ptr<Progress> own_progress_;
 };
 
-int env_int(const char* name, int fallback, int min, int max) {
-  const char* text = std::getenv(name);
-  if (text == nullptr || *text == '\0') return fallback;
-  char* end = nullptr;
-  long value = std::strtol(text, &end, 10);
-  if (*end != '\0' || value < min || value > max) {
-    fail(name, "='", text, "' is not a whole number from ", min, " to ", max);
-  }
-  return static_cast<int>(value);
-}
-
-double env_double(const char* name, double fallback, double min, double max) {
-  const char* text = std::getenv(name);
-  if (text == nullptr || *text == '\0') return fallback;
-  char* end = nullptr;
-  double value = std::strtod(text, &end);
-  if (*end != '\0' || !(value >= min && value <= max))
-    fail(name, "='", text, "' is not a number from ", min, " to ", max);
-  return value;
-}
-
 }  // namespace
 
 HttpOptions HttpOptions::from_environment() {
   HttpOptions options;
-  options.max_attempts = 1 + env_int("FLUXTRAIN_HTTP_RETRIES", options.max_attempts - 1, 0, 100);
-  options.backoff_seconds = env_double("FLUXTRAIN_HTTP_BACKOFF_SECONDS", options.backoff_seconds, 0, 600);
+  options.max_attempts = 1 + core::env_int("FLUXTRAIN_HTTP_RETRIES", options.max_attempts - 1, 0, 100);
+  options.backoff_seconds = core::env_double("FLUXTRAIN_HTTP_BACKOFF_SECONDS", options.backoff_seconds, 0, 600);
   options.max_backoff_seconds = std::max(options.max_backoff_seconds, options.backoff_seconds);
   return options;
 }

@@ -35,10 +35,12 @@ using torch::autograd::variable_list;
 
 std::atomic<int64_t> replays{0};
 
+std::optional<at::Tensor> opt(const at::Tensor& t) {
+  return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
+}
+
 at::Tensor plain_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask) {
-  std::optional<at::Tensor> m;
-  if (mask.defined()) m = mask;
-  return at::scaled_dot_product_attention(q, k, v, m);
+  return at::scaled_dot_product_attention(q, k, v, opt(mask));
 }
 
 // What scaled_dot_product_attention hands the fused kernels for a boolean mask: 0 where attended,
@@ -47,10 +49,6 @@ at::Tensor additive_mask(const at::Tensor& mask, at::ScalarType dtype) {
   if (!mask.defined() || mask.scalar_type() != at::kBool) return mask;
   return at::where(mask.logical_not(), -std::numeric_limits<double>::infinity(),
                    at::scalar_tensor(0.0, at::TensorOptions().dtype(dtype).device(mask.device())));
-}
-
-std::optional<at::Tensor> opt(const at::Tensor& t) {
-  return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
 }
 
 // The fused forward; fills `e` with what the backward needs and returns the output.
@@ -71,6 +69,17 @@ at::Tensor run_kernel(StashedAttention& e, const at::Tensor& q, const at::Tensor
   e.philox_seed = std::get<6>(r);
   e.philox_offset = std::get<7>(r);
   return std::get<0>(r);
+}
+
+// A first run's attention through `kernel` (without autograd): the entry the recomputation replays.
+c10::intrusive_ptr<StashedAttention> record(StashKernel kernel, const at::Tensor& q, const at::Tensor& k,
+                                            const at::Tensor& v, const at::Tensor& mask) {
+  at::NoGradGuard no_grad;
+  auto entry = c10::make_intrusive<StashedAttention>();
+  entry->kernel = kernel;
+  entry->q_shape = q.sizes().vec();
+  entry->out = run_kernel(*entry, q, k, v, mask);
+  return entry;
 }
 
 class StashedAttentionFunction : public torch::autograd::Function<StashedAttentionFunction> {
@@ -121,13 +130,7 @@ double stash_gradient_difference(const at::Tensor& like, StashKernel kernel) {
   std::vector<at::Tensor> plain_in{q.clone().requires_grad_(true), k.clone().requires_grad_(true),
                                    v.clone().requires_grad_(true)};
   (plain_attention(plain_in[0], plain_in[1], plain_in[2], at::Tensor()) * w).sum().backward();
-  auto entry = c10::make_intrusive<StashedAttention>();
-  entry->kernel = kernel;
-  entry->q_shape = q.sizes().vec();
-  {
-    at::NoGradGuard no_grad;
-    entry->out = run_kernel(*entry, q, k, v, at::Tensor());
-  }
+  auto entry = record(kernel, q, k, v, at::Tensor());
   std::vector<at::Tensor> in{q.clone().requires_grad_(true), k.clone().requires_grad_(true),
                              v.clone().requires_grad_(true)};
   (StashedAttentionFunction::apply(in[0], in[1], in[2], entry) * w).sum().backward();
@@ -160,15 +163,6 @@ bool cuda_flash_stash_works(const at::Tensor& like) {
   return ok;
 }
 
-}  // namespace
-
-double attention_stash_self_check(at::Device device, at::ScalarType dtype) {
-  at::Tensor like = at::empty({1, 1, 1, 64}, at::TensorOptions().device(device).dtype(dtype));
-  return stash_gradient_difference(like, device.is_cpu() ? StashKernel::cpu_flash : StashKernel::cuda_flash);
-}
-
-namespace {
-
 std::optional<StashKernel> choose_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                          const at::Tensor& mask) {
   if (q.dim() != 4) return std::nullopt;
@@ -182,6 +176,11 @@ std::optional<StashKernel> choose_kernel(const at::Tensor& q, const at::Tensor& 
 }
 
 }  // namespace
+
+double attention_stash_self_check(at::Device device, at::ScalarType dtype) {
+  at::Tensor like = at::empty({1, 1, 1, 64}, at::TensorOptions().device(device).dtype(dtype));
+  return stash_gradient_difference(like, device.is_cpu() ? StashKernel::cpu_flash : StashKernel::cuda_flash);
+}
 
 AttentionStash::AttentionStash() = default;
 AttentionStash::~AttentionStash() = default;
@@ -213,12 +212,8 @@ at::Tensor AttentionStash::attention(const at::Tensor& q, const at::Tensor& k, c
     entries_.push_back(c10::intrusive_ptr<StashedAttention>());
     return plain_attention(q, k, v, mask);
   }
-  auto entry = c10::make_intrusive<StashedAttention>();
-  entry->kernel = *kernel;
-  entry->q_shape = q.sizes().vec();
-  entry->out = run_kernel(*entry, q, k, v, mask);
-  entries_.push_back(entry);
-  return entry->out;
+  entries_.push_back(record(*kernel, q, k, v, mask));
+  return entries_.back()->out;
 }
 
 at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,

@@ -16,6 +16,8 @@
 #include <utility>
 #include <vector>
 
+#include "core/env.h"
+
 namespace fluxtrain::train {
 namespace {
 
@@ -36,11 +38,11 @@ class CachingCpuAllocator final : public c10::Allocator {
       return {p, p, &release_any, cpu};
     }
     size_t size = (n + kGranule - 1) / kGranule * kGranule;
-    std::unique_lock<std::mutex> lock(mutex_);
+    std::lock_guard<std::mutex> lock(mutex_);
     void* p = take(size);
     if (p == nullptr) {
       ++misses_;
-      p = fresh(size, lock);
+      p = fresh(size);
     } else {
       ++hits_;
     }
@@ -59,7 +61,7 @@ class CachingCpuAllocator final : public c10::Allocator {
   void set_limit(int64_t bytes) {
     std::lock_guard<std::mutex> lock(mutex_);
     limit_ = static_cast<size_t>(std::max<int64_t>(bytes, 0));
-    evict_until_fits(0);
+    evict_until(limit_, 0);
   }
 
   CpuCacheStats stats() {
@@ -91,7 +93,7 @@ class CachingCpuAllocator final : public c10::Allocator {
       unmap(p, size);
       return;
     }
-    evict_until_fits(size);
+    evict_until(limit_, size);
     order_.push_back({p, size});
     free_[size].push_back(std::prev(order_.end()));
     cached_ += size;
@@ -113,18 +115,13 @@ class CachingCpuAllocator final : public c10::Allocator {
     return nullptr;
   }
 
-  // Frees the oldest cached blocks until `incoming` more bytes fit under the limit. Caller holds the lock.
-  void evict_until_fits(size_t incoming) {
-    while (!order_.empty() && cached_ + incoming > limit_) evict_oldest();
+  // Returns the oldest cached blocks to the system until `incoming` more bytes fit under `budget` (or
+  // the cache is empty). Caller holds the lock.
+  void evict_until(size_t budget, size_t incoming) {
+    while (!order_.empty() && cached_ + incoming > budget) evict_oldest();
   }
 
-  // Frees the oldest cached blocks until `bytes` have gone back to the system (or none is left).
-  void evict_bytes(size_t bytes) {
-    size_t freed = 0;
-    while (!order_.empty() && freed < bytes) freed += evict_oldest();
-  }
-
-  size_t evict_oldest() {
+  void evict_oldest() {
     Cached oldest = order_.front();
     auto& list = free_[oldest.size];
     for (auto i = list.begin(); i != list.end(); ++i) {
@@ -136,22 +133,21 @@ class CachingCpuAllocator final : public c10::Allocator {
     order_.pop_front();
     cached_ -= oldest.size;
     unmap(oldest.ptr, oldest.size);
-    return oldest.size;
   }
 
   // New memory for a miss, 2 MiB aligned and huge-page backed. Before it is mapped, the oldest cached
   // blocks go back to the system until the cache and the new block together are at most a quarter of the
   // largest live total seen, so resident memory stays within 1.25x the peak of the live tensors (measured
   // on the training benchmark: less than glibc's heap holds; a smaller share gave fewer hits).
-  void* fresh(size_t size, std::unique_lock<std::mutex>& lock) {
-    while (!order_.empty() && cached_ + size > peak_live_ / 4) evict_oldest();
+  // Caller holds the lock (released by the caller's guard when this throws).
+  void* fresh(size_t size) {
+    evict_until(peak_live_ / 4, size);
     void* p = map(size);
     if (p == nullptr) {
-      evict_bytes(cached_);
+      evict_until(0, 0);
       p = map(size);
     }
     if (p == nullptr) {
-      lock.unlock();
       C10_THROW_ERROR(OutOfMemoryError,
                       "CPU out of memory: could not allocate " + std::to_string(size >> 20) + " MiB for a tensor");
     }
@@ -176,14 +172,8 @@ class CachingCpuAllocator final : public c10::Allocator {
 
   static void unmap(void* p, size_t size) { ::munmap(p, size); }
 
-  CachingCpuAllocator() {
-    limit_ = size_t{2048} << 20;
-    if (const char* env = std::getenv("FLUXTRAIN_CPU_CACHE_MB"); env != nullptr && *env != '\0') {
-      char* end = nullptr;
-      long long mb = std::strtoll(env, &end, 10);
-      if (end != env && *end == '\0' && mb >= 0) limit_ = static_cast<size_t>(mb) << 20;
-    }
-  }
+  CachingCpuAllocator()
+      : limit_(static_cast<size_t>(core::env_int("FLUXTRAIN_CPU_CACHE_MB", 2048, 0, 1 << 24)) << 20) {}
 
   std::mutex mutex_;
   std::unordered_map<void*, size_t> live_;                     // large blocks in use -> size

@@ -28,7 +28,7 @@ struct CpuCacheStats {
 
 // Makes the caching allocator libtorch's CPU allocator (once; later calls only change the limit).
 // Tensors allocated before keep their own deleters. Default limit: FLUXTRAIN_CPU_CACHE_MB (MiB) when
-// set, else 2048 MiB.
+// set (a whole number from 0; anything else is an Error naming it), else 2048 MiB.
 void use_caching_cpu_allocator();
 void use_caching_cpu_allocator(int64_t limit_bytes);
 

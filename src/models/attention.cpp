@@ -153,8 +153,9 @@ bool cuda_flash_stash_works(const at::Tensor& like) {
   try {
     const double worst = stash_gradient_difference(like, StashKernel::cuda_flash);
     ok = worst <= 2e-2;  // bf16/fp16 kernels; a wrong call differs by O(1)
-    if (!ok) log::warn("attention kept for recomputation: gradients differ from autograd's by ", worst, " on ",
-                       like.device().str(), "; recomputing attention instead");
+    if (!ok)
+      log::warn("attention kept for recomputation: gradients differ from autograd's by ", worst, " on ",
+                like.device().str(), "; recomputing attention instead");
   } catch (const std::exception& e) {
     log::warn("attention kept for recomputation is not available on ", like.device().str(), " (",
               std::string(e.what()).substr(0, 160), "); recomputing attention instead");
@@ -221,6 +222,8 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   return stash ? stash->attention(q, k, v, mask) : plain_attention(q, k, v, mask);
 }
 
-int64_t stashed_attention_replays() { return replays.load(std::memory_order_relaxed); }
+int64_t stashed_attention_replays() {
+  return replays.load(std::memory_order_relaxed);
+}
 
 }  // namespace fluxtrain::models

@@ -22,9 +22,9 @@ using BlockFn = std::function<std::vector<at::Tensor>(const std::vector<at::Tens
 
 struct CheckpointOptions {
   bool enabled = false;
-  bool offload_inputs = false;           // keep saved block inputs in (pinned) host memory
-  bool keep_attention = true;            // keep each block's attention output for the recomputation
-  int64_t interval = 1;                  // checkpoint blocks 0, N, 2N, ... (never the last)
+  bool offload_inputs = false;            // keep saved block inputs in (pinned) host memory
+  bool keep_attention = true;             // keep each block's attention output for the recomputation
+  int64_t interval = 1;                   // checkpoint blocks 0, N, 2N, ... (never the last)
   std::vector<at::Generator> generators;  // random state to replay in the recomputation
 };
 

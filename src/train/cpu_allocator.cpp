@@ -54,9 +54,7 @@ class CachingCpuAllocator final : public c10::Allocator {
 
   c10::DeleterFnPtr raw_deleter() const override { return &release_any; }
 
-  void copy_data(void* dest, const void* src, std::size_t count) const override {
-    default_copy_data(dest, src, count);
-  }
+  void copy_data(void* dest, const void* src, std::size_t count) const override { default_copy_data(dest, src, count); }
 
   void set_limit(int64_t bytes) {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -170,14 +168,16 @@ class CachingCpuAllocator final : public c10::Allocator {
     return reinterpret_cast<void*>(start);
   }
 
-  static void unmap(void* p, size_t size) { ::munmap(p, size); }
+  static void unmap(void* p, size_t size) {
+    ::munmap(p, size);
+  }
 
   CachingCpuAllocator()
       : limit_(static_cast<size_t>(core::env_int("FLUXTRAIN_CPU_CACHE_MB", 2048, 0, 1 << 24)) << 20) {}
 
   std::mutex mutex_;
-  std::unordered_map<void*, size_t> live_;                     // large blocks in use -> size
-  Order order_;                                                // free blocks by age
+  std::unordered_map<void*, size_t> live_;               // large blocks in use -> size
+  Order order_;                                          // free blocks by age
   std::map<size_t, std::vector<Order::iterator>> free_;  // size -> free blocks (newest last)
   size_t cached_ = 0;
   size_t limit_ = 0;
@@ -198,6 +198,8 @@ void use_caching_cpu_allocator(int64_t limit_bytes) {
   CachingCpuAllocator::instance().set_limit(limit_bytes);
 }
 
-CpuCacheStats cpu_cache_stats() { return CachingCpuAllocator::instance().stats(); }
+CpuCacheStats cpu_cache_stats() {
+  return CachingCpuAllocator::instance().stats();
+}
 
 }  // namespace fluxtrain::train

@@ -20,9 +20,9 @@
 namespace fluxtrain::train {
 
 struct CpuCacheStats {
-  int64_t hits = 0;           // large requests served from the cache
-  int64_t misses = 0;         // large requests that needed new memory
-  int64_t cached_bytes = 0;   // free blocks held now
+  int64_t hits = 0;          // large requests served from the cache
+  int64_t misses = 0;        // large requests that needed new memory
+  int64_t cached_bytes = 0;  // free blocks held now
   int64_t limit_bytes = 0;
 };
 

@@ -57,6 +57,8 @@ def parse_args(argv=None):
     p.add_argument("--alpha", type=float, default=16)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--checkpointing", default="on", choices=["on", "off"])
+    p.add_argument("--keep-products", default="outputs", choices=["none", "outputs", "all"],
+                   help="fluxtrain's checkpoint_keep_products (its default: outputs)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--precision", default=None, choices=["fp32", "bf16"], help="default: fp32 on cpu, bf16 on cuda")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads on both sides (0: torch's default)")
@@ -161,12 +163,12 @@ def main(argv=None) -> int:
               "--checkpointing", int(a.checkpointing == "on"), "--device", a.device, "--precision", a.precision,
               "--rank", a.rank, "--alpha", a.alpha, "--lr", a.lr, "--seed", a.seed, "--threads", a.threads,
               "--lora", lora]
-    sides = {"fluxtrain": [a.bench_bin, "--split-qkv", 1] + common,
+    sides = {"fluxtrain": [a.bench_bin, "--split-qkv", 1, "--keep-products", a.keep_products] + common,
              "eager": [a.python, os.path.join(HERE, "baseline_diffusers.py")] + common}
     print(f"model: hidden {cfg.hidden_size}, {cfg.num_heads} heads, {cfg.depth} double + {cfg.depth_single_blocks} "
           f"single blocks; latents {a.latent}x{a.latent} ({(a.latent // 2) ** 2} image tokens) + {a.txt_len} text "
-          f"tokens; LoRA rank {a.rank} alpha {a.alpha:g} (split q/k/v); AdamW; checkpointing {a.checkpointing}; "
-          f"{a.device} {a.precision}; {a.warmup} warm-up + {a.steps} timed steps x {a.repeats} processes per side",
+          f"tokens; LoRA rank {a.rank} alpha {a.alpha:g} (split q/k/v); AdamW; checkpointing {a.checkpointing} "
+          f"(fluxtrain keeps attention and products '{a.keep_products}'); {a.device} {a.precision}; {a.warmup} warm-up + {a.steps} timed steps x {a.repeats} processes per side",
           flush=True)
 
     results = {}  # (side, batch) -> list of result dicts
@@ -242,7 +244,8 @@ def main(argv=None) -> int:
                 f"Machine: {platform.machine()} {os.cpu_count()} CPUs ({threads} torch threads), {a.device} {a.precision}  \n"
                 f"Model: hidden {cfg.hidden_size}, {cfg.depth} double + {cfg.depth_single_blocks} single blocks, "
                 f"{a.latent}x{a.latent} latents, {a.txt_len} text tokens, LoRA rank {a.rank} (split q/k/v), AdamW, "
-                f"checkpointing {a.checkpointing}; {a.warmup} warm-up + {a.steps} timed steps x {a.repeats} "
+                f"checkpointing {a.checkpointing} (fluxtrain keeps attention and products '{a.keep_products}'); "
+                f"{a.warmup} warm-up + {a.steps} timed steps x {a.repeats} "
                 f"processes per side\n\n{table}\n\n{extra}\n")
         write_atomic(a.markdown, text)
     if a.json:

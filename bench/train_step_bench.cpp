@@ -28,6 +28,7 @@
 #include "lora/network.h"
 #include "models/attention.h"
 #include "models/convert.h"
+#include "models/linear.h"
 #include "optim/optimizer.h"
 #include "train/cpu_allocator.h"
 #include "train/step.h"
@@ -40,6 +41,8 @@ struct Options {
   int64_t batch = 1;
   int steps = 5, warmup = 1;
   bool checkpointing = true;
+  bool keep_attention = true;
+  std::string keep_products = "outputs";
   std::string device = "cpu", precision = "fp32";
   int64_t rank = 16;
   double alpha = 16;
@@ -140,6 +143,8 @@ int run(const Options& o) {
 
   train::StepOptions step_options;
   step_options.checkpointing.enabled = o.checkpointing;
+  step_options.checkpointing.keep_attention = o.keep_attention;
+  step_options.checkpointing.keep_products = models::parse_keep_products(o.keep_products, "--keep-products");
   step_options.compute_dtype = dtype;
   step_options.max_grad_norm = 1.0;
   train::StepGenerators generators{at::detail::createCPUGenerator(o.seed + 100),
@@ -176,6 +181,8 @@ int run(const Options& o) {
   out["device"] = device.str();
   out["precision"] = o.precision;
   out["checkpointing"] = o.checkpointing;
+  out["keep_attention"] = o.keep_attention;
+  out["keep_products"] = o.keep_products;
   out["threads"] = at::get_num_threads();
   out["lora_parameters"] = network.parameter_count();
   out["step_ms"] = step_ms;
@@ -223,6 +230,8 @@ int main(int argc, char** argv) {
   app.add_option("--steps", o.steps, "timed steps")->check(CLI::PositiveNumber);
   app.add_option("--warmup", o.warmup, "untimed steps first")->check(CLI::NonNegativeNumber);
   app.add_option("--checkpointing", o.checkpointing, "gradient checkpointing per block (0/1)");
+  app.add_option("--keep-attention", o.keep_attention, "checkpointed blocks keep their attention output (0/1)");
+  app.add_option("--keep-products", o.keep_products, "frozen products checkpointed blocks keep: none, outputs, all");
   app.add_option("--device", o.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--precision", o.precision, "fp32 or bf16 (weights and compute; LoRA masters stay fp32)")
       ->check(CLI::IsMember({"fp32", "bf16"}));

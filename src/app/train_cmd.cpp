@@ -214,6 +214,8 @@ train::TrainerConfig trainer_config(const ResolvedConfig& config, const ModelFil
   t.step.checkpointing.offload_inputs = config.get_bool("offload_checkpoints");
   t.step.checkpointing.interval = config.get_int("gradient_checkpointing_interval");
   t.step.checkpointing.keep_attention = config.get_bool("checkpoint_keep_attention");
+  t.step.checkpointing.keep_products =
+      models::parse_keep_products(config.get_string("checkpoint_keep_products"), "checkpoint_keep_products");
   t.step.apply_t5_mask = config.get_bool("apply_t5_attn_mask");
   t.step.max_grad_norm = config.get_real("max_grad_norm");
   if (auto v = config.find_int("gradient_accumulation_steps")) t.gradient_accumulation = *v;

@@ -365,6 +365,13 @@ OptionTable make_train_options() {
       Opt("checkpoint_keep_attention", kBool, "memory", "true",
           "With gradient_checkpointing: keep each checkpointed block's attention output (one hidden-size "
           "activation per token and block) so the recomputation skips attention; false saves that memory."),
+      Opt("checkpoint_keep_products", kChoice, "memory", "outputs",
+          "With gradient_checkpointing: which frozen matrix products each checkpointed block keeps so the "
+          "recomputation need not multiply again. outputs: attention projection, MLP out and linear2 (1 to 2 "
+          "hidden-size activations per token and block, 5 of every 12 recomputed multiplications saved); all: also "
+          "qkv, MLP in and linear1 (7 more, the recomputation then multiplies only LoRA weights); none: recompute "
+          "them all (least memory).")
+          .choices({"none", "outputs", "all"}),
       Opt("offload_checkpoints", kBool, "memory", "false",
           "Keep the checkpointed block inputs in pinned host memory (needs gradient_checkpointing)."),
       Opt("fp8_base", kBool, "memory", "false",

@@ -1,5 +1,8 @@
 #include "models/linear.h"
 
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <atomic>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -36,6 +39,12 @@ at::Tensor LinearImpl::forward_base(const at::Tensor& x) {
 
 at::Tensor LinearImpl::forward(const at::Tensor& x) {
   at::Tensor out = forward_base(x);
+  return adapter ? adapter->forward(x, out) : out;
+}
+
+at::Tensor LinearImpl::forward_stashed(const at::Tensor& x, ProductStash* stash, bool wide) {
+  if (!stash) return forward(x);
+  at::Tensor out = stash->base(*this, x, wide);
   return adapter ? adapter->forward(x, out) : out;
 }
 
@@ -79,7 +88,87 @@ class Fp8LinearFunction : public torch::autograd::Function<Fp8LinearFunction> {
   }
 };
 
+std::atomic<int64_t> product_replays{0};
+
+struct KeptProduct : torch::CustomClassHolder {
+  at::Tensor out;
+};
+
+class KeptProductFunction : public torch::autograd::Function<KeptProductFunction> {
+ public:
+  // Returns the product kept by the first run; backward is the frozen layer's input gradient, g W (the
+  // product at::linear's and fp8_linear's backward compute).
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
+                            c10::intrusive_ptr<KeptProduct> kept) {
+    (void)x;
+    ctx->save_for_backward({weight});
+    return std::move(kept->out);
+  }
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
+                                               torch::autograd::tensor_list grads) {
+    at::Tensor weight = ctx->get_saved_variables()[0];
+    const at::Tensor& g = grads[0];
+    at::Tensor dx = g.defined()
+                        ? at::matmul(g, weight.scalar_type() == g.scalar_type() ? weight : weight.to(g.scalar_type()))
+                        : at::Tensor();
+    return {dx, at::Tensor(), at::Tensor()};
+  }
+};
+
 }  // namespace
+
+void ProductStash::start_record() {
+  replaying_ = false;
+  next_ = 0;
+  kept_.clear();
+}
+
+void ProductStash::start_replay() {
+  replaying_ = true;
+  next_ = 0;
+}
+
+at::Tensor ProductStash::base(LinearImpl& linear, const at::Tensor& x, bool wide) {
+  const bool frozen = !linear.weight.requires_grad() && !(linear.bias.defined() && linear.bias.requires_grad());
+  if (keep_ == KeepProducts::none || (wide && keep_ != KeepProducts::all) || !frozen) return linear.forward_base(x);
+  if (!replaying_) {
+    // The first run: without autograd, the product is kept; with it (a block that is not recomputed)
+    // nothing is kept.
+    at::Tensor out = linear.forward_base(x);
+    kept_.push_back(at::GradMode::is_enabled() ? at::Tensor() : out);
+    return out;
+  }
+  if (next_ >= kept_.size()) fail("internal: a recomputed block ran more kept products than its first run");
+  at::Tensor out = std::move(kept_[next_++]);
+  if (!out.defined()) return linear.forward_base(x);
+  if (out.dim() != x.dim() || out.sizes().slice(0, x.dim() - 1) != x.sizes().slice(0, x.dim() - 1)) {
+    fail("internal: a recomputed block's product changed shape");
+  }
+  product_replays.fetch_add(1, std::memory_order_relaxed);
+  auto kept = c10::make_intrusive<KeptProduct>();
+  kept->out = std::move(out);
+  return KeptProductFunction::apply(x, linear.weight, std::move(kept));
+}
+
+int64_t kept_product_replays() {
+  return product_replays.load(std::memory_order_relaxed);
+}
+
+const char* to_string(KeepProducts keep) {
+  switch (keep) {
+    case KeepProducts::none: return "none";
+    case KeepProducts::outputs: return "outputs";
+    case KeepProducts::all: return "all";
+  }
+  return "?";
+}
+
+KeepProducts parse_keep_products(const std::string& text, const std::string& option) {
+  for (KeepProducts keep : {KeepProducts::none, KeepProducts::outputs, KeepProducts::all}) {
+    if (text == to_string(keep)) return keep;
+  }
+  fail(option, " = '", text, "' is not a choice of kept products; use none, outputs or all");
+}
 
 at::Tensor fp8_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, Fp8Matmul mode) {
   at::Tensor out = Fp8LinearFunction::apply(x, weight, static_cast<int64_t>(mode));
@@ -91,8 +180,8 @@ bool fp8_matmul_supported(at::Device device, Fp8Matmul mode, at::ScalarType out_
   static std::mutex mutex;
   static std::map<std::tuple<int, int, int, int>, bool> known;
   std::lock_guard<std::mutex> lock(mutex);
-  auto key = std::make_tuple(static_cast<int>(device.type()), static_cast<int>(device.index()),
-                             static_cast<int>(mode), static_cast<int>(out_dtype));
+  auto key = std::make_tuple(static_cast<int>(device.type()), static_cast<int>(device.index()), static_cast<int>(mode),
+                             static_cast<int>(out_dtype));
   auto it = known.find(key);
   if (it != known.end()) return it->second;
   bool ok = true;

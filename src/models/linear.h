@@ -13,10 +13,14 @@
 
 #include <memory>
 #include <optional>
+#include <string>
+#include <vector>
 
 #include "models/options.h"
 
 namespace fluxtrain::models {
+
+class ProductStash;
 
 class LinearAdapter {
  public:
@@ -31,6 +35,9 @@ class LinearImpl : public torch::nn::Module {
   LinearImpl(int64_t in_features, int64_t out_features, bool bias, const at::TensorOptions& options,
              std::optional<at::ScalarType> weight_dtype = std::nullopt);
   at::Tensor forward(const at::Tensor& x);
+  // forward(x) inside a checkpointed block: the frozen product goes through `stash` when one is given
+  // (see ProductStash); `wide` says the output is wider than the block's hidden size (qkv, MLP in).
+  at::Tensor forward_stashed(const at::Tensor& x, ProductStash* stash, bool wide);
   // The output of the frozen weights only (ignores the adapter).
   at::Tensor forward_base(const at::Tensor& x);
   // Weight in the given compute dtype (upcast from fp8 storage when needed).
@@ -45,6 +52,43 @@ class LinearImpl : public torch::nn::Module {
   Fp8Matmul fp8_matmul = Fp8Matmul::off;
 };
 TORCH_MODULE(Linear);
+
+// Which frozen products a checkpointed block keeps from its first run for the recomputation.
+enum class KeepProducts {
+  none,     // recompute every product
+  outputs,  // the products whose output is hidden-wide: attention projection, MLP out, single-block linear2
+  all,      // also qkv, MLP in and linear1 (7 more hidden widths per token and block)
+};
+const char* to_string(KeepProducts keep);
+// "none" | "outputs" | "all"; Error naming `option` otherwise.
+KeepProducts parse_keep_products(const std::string& text, const std::string& option);
+
+// Gradient checkpointing (train/checkpointing.h) runs a block twice: without autograd, then again in
+// backward to rebuild its activations. A product of frozen weights gives the same output both times, so
+// the first run keeps it and the recomputation takes it back instead of multiplying again. The kept
+// output enters autograd through a node whose backward is the frozen layer's input gradient, g W: the
+// product autograd itself computes there, so gradients stay bit-identical. The adapter (LoRA) and
+// everything between the products still run. Cost: the kept outputs, held from the block's forward to
+// its backward. A layer whose weight or bias requires a gradient is not kept.
+class ProductStash {
+ public:
+  explicit ProductStash(KeepProducts keep) : keep_(keep) {}
+  // record: the block's first run (no autograd) appends each kept product; replay: the recomputation
+  // takes them back in the same order.
+  void start_record();
+  void start_replay();
+  // linear.forward_base(x), kept or replayed as described above.
+  at::Tensor base(LinearImpl& linear, const at::Tensor& x, bool wide);
+
+ private:
+  KeepProducts keep_;
+  bool replaying_ = false;
+  size_t next_ = 0;
+  std::vector<at::Tensor> kept_;  // undefined where a product was not kept
+};
+
+// How many recomputations took a product from a ProductStash since the process started (tests).
+int64_t kept_product_replays();
 
 // Sets `mode` on every Linear below `module` whose weight is float8_e4m3fn and whose widths suit the
 // fp8 kernels (multiples of 16). Returns how many layers it set.

@@ -20,7 +20,8 @@ struct Recompute : torch::CustomClassHolder {
   std::vector<at::Tensor> generator_states;  // as they were when the block first ran
   std::vector<bool> requires_grad;
   std::vector<at::Device> devices{};
-  std::shared_ptr<models::AttentionStash> stash;  // null without keep_attention
+  std::shared_ptr<models::AttentionStash> stash;   // null without keep_attention
+  std::shared_ptr<models::ProductStash> products;  // null when no product is kept
 };
 
 class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> {
@@ -44,7 +45,8 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
     {
       at::NoGradGuard no_grad;
       if (state->stash) state->stash->start_record();
-      outputs = state->fn(inputs.vec(), state->stash.get());
+      if (state->products) state->products->start_record();
+      outputs = state->fn(inputs.vec(), state->stash.get(), state->products.get());
     }
     ctx->saved_data["state"] = c10::IValue::make_capsule(state);
     ctx->saved_data["inputs"] = saved;
@@ -69,7 +71,8 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
     {
       at::AutoGradMode grad(true);
       if (state->stash) state->stash->start_replay();
-      outputs = state->fn(inputs, state->stash.get());
+      if (state->products) state->products->start_replay();
+      outputs = state->fn(inputs, state->stash.get(), state->products.get());
     }
     for (size_t i = 0; i < now.size(); ++i) state->options.generators[i].set_state(now[i]);
 
@@ -92,14 +95,18 @@ class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> 
 
 std::vector<at::Tensor> checkpoint(const BlockFn& fn, const std::vector<at::Tensor>& inputs,
                                    const CheckpointOptions& options) {
-  if (!options.enabled || !at::GradMode::is_enabled()) return fn(inputs, nullptr);
+  if (!options.enabled || !at::GradMode::is_enabled()) return fn(inputs, nullptr, nullptr);
   auto state = c10::make_intrusive<Recompute>();
   if (options.keep_attention) state->stash = std::make_shared<models::AttentionStash>();
+  if (options.keep_products != models::KeepProducts::none) {
+    state->products = std::make_shared<models::ProductStash>(options.keep_products);
+  }
   // When no input requires grad (a frozen base feeds the first block) autograd would not record the
   // block at all, and the LoRA weights inside it would get no gradient: an empty tensor that requires
   // grad rides along so the node is always recorded. fn never sees it.
-  state->fn = [fn](const std::vector<at::Tensor>& with_anchor, models::AttentionStash* stash) {
-    return fn(std::vector<at::Tensor>(with_anchor.begin(), with_anchor.end() - 1), stash);
+  state->fn = [fn](const std::vector<at::Tensor>& with_anchor, models::AttentionStash* stash,
+                   models::ProductStash* products) {
+    return fn(std::vector<at::Tensor>(with_anchor.begin(), with_anchor.end() - 1), stash, products);
   };
   state->options = options;
   std::vector<at::Tensor> with_anchor = inputs;
@@ -117,17 +124,18 @@ at::Tensor flux_forward(models::FluxTransformerImpl& model, const models::FluxIn
   size_t index = 0;
   auto run = [&](const BlockFn& fn, const std::vector<at::Tensor>& in) {
     const size_t i = index++;
-    return i == last || i % interval != 0 ? fn(in, nullptr) : checkpoint(fn, in, options);
+    return i == last || i % interval != 0 ? fn(in, nullptr, nullptr) : checkpoint(fn, in, options);
   };
   // The block functions run again in backward, after this function has returned: they hold their own
   // copy of the context (tensor handles, no data copies).
   for (const auto& item : *model.double_blocks) {
     auto block = item->as<models::DoubleBlock>();
     auto out = run(
-        [block, ctx](const std::vector<at::Tensor>& x, models::AttentionStash* stash) {
+        [block, ctx](const std::vector<at::Tensor>& x, models::AttentionStash* stash, models::ProductStash* products) {
           models::BlockContext local = ctx;
           local.vec = x[2];
           local.stash = stash;
+          local.products = products;
           auto [i, t] = block->forward(x[0], x[1], local);
           return std::vector<at::Tensor>{i, t};
         },
@@ -139,10 +147,11 @@ at::Tensor flux_forward(models::FluxTransformerImpl& model, const models::FluxIn
   for (const auto& item : *model.single_blocks) {
     auto block = item->as<models::SingleBlock>();
     x = run(
-        [block, ctx](const std::vector<at::Tensor>& in, models::AttentionStash* stash) {
+        [block, ctx](const std::vector<at::Tensor>& in, models::AttentionStash* stash, models::ProductStash* products) {
           models::BlockContext local = ctx;
           local.vec = in[1];
           local.stash = stash;
+          local.products = products;
           return std::vector<at::Tensor>{block->forward(in[0], local)};
         },
         {x, ctx.vec})[0];

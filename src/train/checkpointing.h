@@ -1,7 +1,8 @@
 // Gradient checkpointing per transformer block: a block's forward runs without keeping its
 // activations; backward recomputes it (with the random state it had the first time, so LoRA dropout
 // masks repeat exactly) and backpropagates through the recomputation. The recomputation skips attention:
-// the first run keeps each attention's output and log-sum-exp (models/attention.h, `keep_attention`).
+// the first run keeps each attention's output and log-sum-exp (models/attention.h, `keep_attention`),
+// and the outputs of the frozen products `keep_products` names (models/linear.h).
 // The last block is not checkpointed: its recomputation would run right before its backward, so keeping
 // its activations costs no more memory than recomputing them. Optionally the saved block inputs wait in
 // pinned host memory instead of device memory.
@@ -17,18 +18,21 @@
 
 namespace fluxtrain::train {
 
-// A block: inputs -> outputs. Its attention calls go through `stash` when one is given.
-using BlockFn = std::function<std::vector<at::Tensor>(const std::vector<at::Tensor>&, models::AttentionStash*)>;
+// A block: inputs -> outputs. Its attention calls and frozen products go through the stashes when they
+// are given.
+using BlockFn = std::function<std::vector<at::Tensor>(const std::vector<at::Tensor>&, models::AttentionStash*,
+                                                      models::ProductStash*)>;
 
 struct CheckpointOptions {
   bool enabled = false;
-  bool offload_inputs = false;            // keep saved block inputs in (pinned) host memory
-  bool keep_attention = true;             // keep each block's attention output for the recomputation
+  bool offload_inputs = false;  // keep saved block inputs in (pinned) host memory
+  bool keep_attention = true;   // keep each block's attention output for the recomputation
+  models::KeepProducts keep_products = models::KeepProducts::outputs;  // ... and these products' outputs
   int64_t interval = 1;                   // checkpoint blocks 0, N, 2N, ... (never the last)
   std::vector<at::Generator> generators;  // random state to replay in the recomputation
 };
 
-// fn(inputs) with checkpointing as described above; plain fn(inputs, nullptr) when !options.enabled.
+// fn(inputs) with checkpointing as described above; plain fn(inputs, nullptr, nullptr) when !options.enabled.
 std::vector<at::Tensor> checkpoint(const BlockFn& fn, const std::vector<at::Tensor>& inputs,
                                    const CheckpointOptions& options);
 

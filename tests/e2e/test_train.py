@@ -278,24 +278,29 @@ def test_epoch_saves_and_resume_with_gradient_accumulation(tmp_path, fluxtrain_b
 
 
 def test_checkpointing_settings_give_the_same_lora(tmp_path, fluxtrain_bin, models, dataset):
-    """Checkpointing every block (attention kept for the recomputation), every other block without kept
-    attention, and no checkpointing compute the same gradients bit for bit: the LoRAs' tensors are identical (the metadata records
-    ss_gradient_checkpointing)."""
+    """Checkpointing every block (attention and the hidden-wide products kept for the recomputation),
+    every other block keeping every product but not attention, every block keeping nothing, and no
+    checkpointing compute the same gradients bit for bit: the LoRAs' tensors are identical (the metadata
+    records ss_gradient_checkpointing)."""
     runs = {
         "default": {},
-        "interval": {"PARAMS_GRADIENT_CHECKPOINTING_INTERVAL": "2", "PARAMS_CHECKPOINT_KEEP_ATTENTION": "false"},
+        "interval": {"PARAMS_GRADIENT_CHECKPOINTING_INTERVAL": "2", "PARAMS_CHECKPOINT_KEEP_ATTENTION": "false",
+                     "PARAMS_CHECKPOINT_KEEP_PRODUCTS": "all"},
+        "nothing kept": {"PARAMS_CHECKPOINT_KEEP_ATTENTION": "false", "PARAMS_CHECKPOINT_KEEP_PRODUCTS": "none"},
         "off": {"PARAMS_GRADIENT_CHECKPOINTING": "false"},
     }
     files = {}
     for name, params in runs.items():
-        out = tmp_path / name
+        out = tmp_path / name.replace(" ", "-")
         run([fluxtrain_bin, "train"], env=base_env(models, dataset, out, PARAMS_MAX_TRAIN_STEPS="4", **params))
         config = (out / "config.toml").read_text()
         if name == "interval":
             assert "gradient_checkpointing_interval = 2" in config
             assert "checkpoint_keep_attention = false" in config
+            assert 'checkpoint_keep_products = "all"' in config
         with safe_open(str(out / "flux-lora.safetensors"), "pt") as f:
             files[name] = {k: f.get_tensor(k) for k in f.keys()}
-    assert files["default"].keys() == files["interval"].keys() == files["off"].keys()
-    for key, tensor in files["default"].items():
-        assert torch.equal(tensor, files["interval"][key]) and torch.equal(tensor, files["off"][key]), key
+    for name in runs:
+        assert files[name].keys() == files["default"].keys(), name
+        for key, tensor in files["default"].items():
+            assert torch.equal(tensor, files[name][key]), (name, key)

@@ -6,6 +6,7 @@
 #include "lora/network.h"
 #include "models/attention.h"
 #include "models/flux/flux.h"
+#include "models/linear.h"
 #include "models/random_init.h"
 #include "models/tiny.h"
 #include "train/checkpointing.h"
@@ -39,12 +40,19 @@ struct RunOptions {
   bool masked = false;          // a text mask (the attention kernels take an additive mask)
   bool keep_attention = true;   // CheckpointOptions::keep_attention
   int64_t interval = 1;         // CheckpointOptions::interval
+  models::KeepProducts keep_products = models::KeepProducts::outputs;
+  models::Fp8Matmul fp8 = models::Fp8Matmul::off;  // other than off: fp8 block weights multiplied this way
 };
 
 Grads run(bool checkpointed, double rank_dropout, bool input_requires_grad = true, RunOptions ro = {}) {
   auto config = models::tiny_flux_config(false);
-  models::FluxTransformer model(config, models::ModelOptions{});
+  models::ModelOptions model_options;
+  model_options.fp8_base = ro.fp8 != models::Fp8Matmul::off;
+  models::FluxTransformer model(config, model_options);
   models::init_random(*model, 1);
+  if (model_options.fp8_base) {
+    EXPECT_GT(models::set_fp8_matmul(*model, ro.fp8), 0);
+  }
   for (auto& p : model->parameters()) p.requires_grad_(false);
   lora::LoraOptions lo;
   lo.rank = 4;
@@ -71,6 +79,7 @@ Grads run(bool checkpointed, double rank_dropout, bool input_requires_grad = tru
   options.enabled = checkpointed;
   options.keep_attention = ro.keep_attention;
   options.interval = ro.interval;
+  options.keep_products = ro.keep_products;
   options.generators = {network.dropout_generator()};
   at::Tensor out = flux_forward(*model, inputs, options);
   at::Tensor loss = (out * out).mean();
@@ -111,6 +120,47 @@ TEST(Checkpointing, RecomputationTakesAttentionFromTheFirstRun) {
       EXPECT_TRUE(at::equal(plain.img, checkpointed.img));
       for (size_t i = 0; i < plain.lora.size(); ++i) EXPECT_TRUE(at::equal(plain.lora[i], checkpointed.lora[i])) << i;
     }
+  }
+}
+
+TEST(Checkpointing, RecomputationTakesKeptProductsFromTheFirstRun) {
+  // Each checkpointed block (all but the last, a single block) replays the frozen products it kept:
+  // outputs = proj and MLP out per stream of a double block, linear2 of a single block; all = also qkv,
+  // MLP in, linear1. Gradients stay bit-identical, with fp32 weights and with fp8 weights multiplied
+  // in fp8 (the CPU does tensorwise).
+  auto config = models::tiny_flux_config(false);
+  ASSERT_GT(config.depth_single_blocks, 0);
+  const int64_t doubles = config.depth, singles = config.depth_single_blocks - 1;
+  using models::KeepProducts;
+  for (models::Fp8Matmul fp8 : {models::Fp8Matmul::off, models::Fp8Matmul::tensorwise}) {
+    RunOptions plain_options;
+    plain_options.fp8 = fp8;
+    Grads plain = run(false, 0.0, true, plain_options);
+    for (KeepProducts keep : {KeepProducts::none, KeepProducts::outputs, KeepProducts::all}) {
+      SCOPED_TRACE(std::string(models::to_string(fp8)) + ", keep " + models::to_string(keep));
+      RunOptions ro = plain_options;
+      ro.keep_products = keep;
+      int64_t before = models::kept_product_replays();
+      Grads checkpointed = run(true, 0.0, true, ro);
+      const int64_t expected = keep == KeepProducts::none      ? 0
+                               : keep == KeepProducts::outputs ? 4 * doubles + singles
+                                                               : 8 * doubles + 2 * singles;
+      EXPECT_EQ(models::kept_product_replays() - before, expected);
+      EXPECT_TRUE(at::equal(plain.loss, checkpointed.loss));
+      EXPECT_TRUE(at::equal(plain.img, checkpointed.img));
+      for (size_t i = 0; i < plain.lora.size(); ++i) EXPECT_TRUE(at::equal(plain.lora[i], checkpointed.lora[i])) << i;
+    }
+  }
+}
+
+TEST(Checkpointing, KeepProductsParsesItsChoicesAndNamesTheOption) {
+  EXPECT_EQ(models::parse_keep_products("all", "x"), models::KeepProducts::all);
+  try {
+    models::parse_keep_products("most", "checkpoint_keep_products");
+    FAIL() << "no error";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("checkpoint_keep_products = 'most'"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("none, outputs or all"), std::string::npos) << e.what();
   }
 }
 

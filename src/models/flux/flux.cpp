@@ -191,7 +191,9 @@ FluxMlpImpl::FluxMlpImpl(int64_t hidden, int64_t mlp_hidden, const ModelOptions&
   fc2 = register_module("2", Linear(mlp_hidden, hidden, true, options.tensor(), storage));
 }
 
-at::Tensor FluxMlpImpl::forward(const at::Tensor& x) { return fc2(at::gelu(fc1(x), "tanh")); }
+at::Tensor FluxMlpImpl::forward(const at::Tensor& x, ProductStash* stash) {
+  return fc2->forward_stashed(at::gelu(fc1->forward_stashed(x, stash, /*wide=*/true), "tanh"), stash, /*wide=*/false);
+}
 
 DoubleBlockImpl::DoubleBlockImpl(const FluxConfig& c, const ModelOptions& options) : heads(c.num_heads) {
   img_mod = register_module("img_mod", Modulation(c.hidden_size, 6, options));
@@ -207,7 +209,7 @@ std::pair<at::Tensor, at::Tensor> DoubleBlockImpl::forward(const at::Tensor& img
   auto im = img_mod(ctx.vec);  // shift1, scale1, gate1, shift2, scale2, gate2
   auto tm = txt_mod(ctx.vec);
   auto qkv_of = [&](SelfAttention& attn, const at::Tensor& x, const std::vector<at::Tensor>& m) {
-    auto parts = split_heads(attn->qkv(modulate(x, m[0], m[1])), heads);
+    auto parts = split_heads(attn->qkv->forward_stashed(modulate(x, m[0], m[1]), ctx.products, /*wide=*/true), heads);
     at::Tensor v = parts[2];
     return std::vector<at::Tensor>{attn->norm->query_norm(parts[0]).to(v.scalar_type()),
                                    attn->norm->key_norm(parts[1]).to(v.scalar_type()), v};
@@ -222,10 +224,10 @@ std::pair<at::Tensor, at::Tensor> DoubleBlockImpl::forward(const at::Tensor& img
   // Contiguous once here rather than copied by each product that reads them (base and LoRA).
   at::Tensor txt_a = a.narrow(1, 0, lt).contiguous(), img_a = a.narrow(1, lt, a.size(1) - lt).contiguous();
 
-  at::Tensor img = img_in + im[2] * img_attn->proj(img_a);
-  img = img + im[5] * img_mlp(modulate(img, im[3], im[4]));
-  at::Tensor txt = txt_in + tm[2] * txt_attn->proj(txt_a);
-  txt = txt + tm[5] * txt_mlp(modulate(txt, tm[3], tm[4]));
+  at::Tensor img = img_in + im[2] * img_attn->proj->forward_stashed(img_a, ctx.products, /*wide=*/false);
+  img = img + im[5] * img_mlp->forward(modulate(img, im[3], im[4]), ctx.products);
+  at::Tensor txt = txt_in + tm[2] * txt_attn->proj->forward_stashed(txt_a, ctx.products, /*wide=*/false);
+  txt = txt + tm[5] * txt_mlp->forward(modulate(txt, tm[3], tm[4]), ctx.products);
   return {img, txt};
 }
 
@@ -240,14 +242,14 @@ SingleBlockImpl::SingleBlockImpl(const FluxConfig& c, const ModelOptions& option
 
 at::Tensor SingleBlockImpl::forward(const at::Tensor& x, const BlockContext& ctx) {
   auto m = modulation(ctx.vec);  // shift, scale, gate
-  at::Tensor h = linear1(modulate(x, m[0], m[1]));
+  at::Tensor h = linear1->forward_stashed(modulate(x, m[0], m[1]), ctx.products, /*wide=*/true);
   at::Tensor qkv = h.narrow(-1, 0, 3 * hidden), mlp = h.narrow(-1, 3 * hidden, mlp_hidden);
   auto parts = split_heads(qkv, heads);
   at::Tensor v = parts[2];
   at::Tensor q = norm->query_norm(parts[0]).to(v.scalar_type());
   at::Tensor k = norm->key_norm(parts[1]).to(v.scalar_type());
   at::Tensor a = attention(q, k, v, ctx);
-  return x + m[2] * linear2(at::cat({a, at::gelu(mlp, "tanh")}, 2));
+  return x + m[2] * linear2->forward_stashed(at::cat({a, at::gelu(mlp, "tanh")}, 2), ctx.products, /*wide=*/false);
 }
 
 LastLayerImpl::LastLayerImpl(int64_t hidden, int64_t out_channels, const at::TensorOptions& options) {

@@ -91,7 +91,8 @@ TORCH_MODULE(SelfAttention);
 class FluxMlpImpl : public torch::nn::Module {
  public:
   FluxMlpImpl(int64_t hidden, int64_t mlp_hidden, const ModelOptions& options);
-  at::Tensor forward(const at::Tensor& x);
+  // Products through `stash` when one is given (gradient checkpointing, models/linear.h).
+  at::Tensor forward(const at::Tensor& x, ProductStash* stash = nullptr);
   Linear fc1{nullptr}, fc2{nullptr};
 };
 TORCH_MODULE(FluxMlp);
@@ -103,6 +104,8 @@ struct BlockContext {
   at::Tensor attn_mask;  // undefined, or bool [B, 1, 1, L] (true = attend)
   // Gradient checkpointing: keeps the first run's attention for the recomputation (models/attention.h).
   AttentionStash* stash = nullptr;
+  // ... and the frozen products it was told to keep (models/linear.h).
+  ProductStash* products = nullptr;
 };
 
 class DoubleBlockImpl : public torch::nn::Module {

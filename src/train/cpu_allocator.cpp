@@ -64,7 +64,12 @@ class CachingCpuAllocator final : public c10::Allocator {
 
   CpuCacheStats stats() {
     std::lock_guard<std::mutex> lock(mutex_);
-    return {hits_, misses_, static_cast<int64_t>(cached_), static_cast<int64_t>(limit_)};
+    return {hits_,
+            misses_,
+            static_cast<int64_t>(cached_),
+            static_cast<int64_t>(limit_),
+            static_cast<int64_t>(live_bytes_),
+            static_cast<int64_t>(peak_live_)};
   }
 
  private:
@@ -134,12 +139,12 @@ class CachingCpuAllocator final : public c10::Allocator {
   }
 
   // New memory for a miss, 2 MiB aligned and huge-page backed. Before it is mapped, the oldest cached
-  // blocks go back to the system until the cache and the new block together are at most a quarter of the
-  // largest live total seen, so resident memory stays within 1.25x the peak of the live tensors (measured
-  // on the training benchmark: less than glibc's heap holds; a smaller share gave fewer hits).
+  // blocks go back to the system until the live blocks, the cache and the new block together fit in the
+  // largest live total seen so far (all of the cache when the new block makes a new peak). Freeing and
+  // reusing do not change live + cached, so resident memory never exceeds the live tensors' peak.
   // Caller holds the lock (released by the caller's guard when this throws).
   void* fresh(size_t size) {
-    evict_until(peak_live_ / 4, size);
+    evict_until(peak_live_ > live_bytes_ ? peak_live_ - live_bytes_ : 0, size);
     void* p = map(size);
     if (p == nullptr) {
       evict_until(0, 0);

@@ -7,11 +7,12 @@
 // that size, which a training step makes in the same order every step. Smaller requests go to
 // libtorch's own CPU allocation functions.
 //
-// The cache stays small next to the live tensors: before a request it cannot serve maps new memory, the
-// oldest freed blocks go back to the system until the cache and the new block are at most a quarter of
-// the largest live total so far, so resident memory stays within 1.25x the live peak (on the training
-// benchmark less than with glibc alone, which keeps freed heap memory). It also never holds more than
-// `limit_bytes`. Blocks up to 1/8 larger than a request serve it.
+// The cache lives in the room below the live tensors' peak: before a request it cannot serve maps new
+// memory, the oldest freed blocks go back to the system until live + cached + new fit in the largest
+// live total so far (everything cached goes when the request makes a new peak). Since freeing and
+// reusing leave live + cached unchanged, the large blocks' resident memory never exceeds the live peak
+// (glibc alone keeps freed heap memory on top of it). It also never holds more than `limit_bytes`.
+// Blocks up to 1/8 larger than a request serve it.
 #pragma once
 
 #include <cstddef>
@@ -24,6 +25,8 @@ struct CpuCacheStats {
   int64_t misses = 0;        // large requests that needed new memory
   int64_t cached_bytes = 0;  // free blocks held now
   int64_t limit_bytes = 0;
+  int64_t live_bytes = 0;       // large blocks in use now
+  int64_t peak_live_bytes = 0;  // the most large blocks in use at once so far
 };
 
 // Makes the caching allocator libtorch's CPU allocator (once; later calls only change the limit).

@@ -53,5 +53,30 @@ TEST(CpuAllocator, KeepsTheCacheUnderItsLimit) {
   EXPECT_EQ(t.sum().item<double>(), static_cast<double>(kMiB));
 }
 
+TEST(CpuAllocator, ResidentBlocksNeverExceedTheLivePeak) {
+  // Cached blocks only fill the room below the largest live total: a miss first returns enough of the
+  // cache that live + cached + the new block stay within that peak (all of it at a new peak). (A cache
+  // allowed a share of the peak instead, e.g. a quarter, keeps the 16 MiB below and overshoots.)
+  use_caching_cpu_allocator(1024 * kMiB);
+  auto check = [](const char* when) {
+    const CpuCacheStats s = cpu_cache_stats();
+    EXPECT_LE(s.live_bytes + s.cached_bytes, s.peak_live_bytes) << when;
+  };
+  // A new peak at least 128 MiB above the process's earlier one, in 4 MiB blocks (never written).
+  const int64_t blocks = (cpu_cache_stats().peak_live_bytes + 128 * kMiB) / (4 * kMiB) + 1;
+  std::vector<at::Tensor> held;
+  for (int64_t i = 0; i < blocks; ++i) held.push_back(at::empty({kMiB}, at::kFloat));
+  check("at a new peak");
+  held.resize(static_cast<size_t>(blocks - 4));
+  EXPECT_EQ(cpu_cache_stats().cached_bytes, 16 * kMiB);
+  check("after freeing");
+  held.push_back(at::empty({14 * kMiB / 4}, at::kFloat));  // 14 MiB: no cached block serves it
+  check("after a miss below the peak");
+  EXPECT_LE(cpu_cache_stats().cached_bytes, 2 * kMiB);
+  held.push_back(at::empty({1000 * kMiB / 4}, at::kFloat));  // a new peak...
+  check("after a miss at a new peak");
+  EXPECT_EQ(cpu_cache_stats().cached_bytes, 0);  // ...leaves nothing cached
+}
+
 }  // namespace
 }  // namespace fluxtrain::train

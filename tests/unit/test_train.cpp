@@ -9,10 +9,10 @@
 #include "models/linear.h"
 #include "models/random_init.h"
 #include "models/tiny.h"
+#include "optim/optimizer.h"
 #include "train/checkpointing.h"
 #include "train/flow_matching.h"
 #include "train/step.h"
-#include "optim/optimizer.h"
 
 namespace fluxtrain::train {
 namespace {
@@ -37,9 +37,9 @@ struct Grads {
 };
 
 struct RunOptions {
-  bool masked = false;          // a text mask (the attention kernels take an additive mask)
-  bool keep_attention = true;   // CheckpointOptions::keep_attention
-  int64_t interval = 1;         // CheckpointOptions::interval
+  bool masked = false;         // a text mask (the attention kernels take an additive mask)
+  bool keep_attention = true;  // CheckpointOptions::keep_attention
+  int64_t interval = 1;        // CheckpointOptions::interval
   models::KeepProducts keep_products = models::KeepProducts::outputs;
   models::Fp8Matmul fp8 = models::Fp8Matmul::off;  // other than off: fp8 block weights multiplied this way
 };
@@ -85,7 +85,8 @@ Grads run(bool checkpointed, double rank_dropout, bool input_requires_grad = tru
   at::Tensor loss = (out * out).mean();
   loss.backward();
   Grads grads{loss.detach(), {}, input_requires_grad ? inputs.img.grad() : at::zeros({1})};
-  for (const auto& p : network.parameters()) grads.lora.push_back(p.grad().defined() ? p.grad().clone() : at::zeros_like(p));
+  for (const auto& p : network.parameters())
+    grads.lora.push_back(p.grad().defined() ? p.grad().clone() : at::zeros_like(p));
   return grads;
 }
 
@@ -235,7 +236,8 @@ TEST(FlowMatching, NoiseOffsetShiftsWholeChannels) {
 
 TEST(FlowMatching, SigmaSamplersStayInRangeAndShiftMovesThemUp) {
   ObjectiveOptions o;
-  for (auto s : {TimestepSampling::uniform, TimestepSampling::sigmoid, TimestepSampling::shift, TimestepSampling::flux_shift}) {
+  for (auto s :
+       {TimestepSampling::uniform, TimestepSampling::sigmoid, TimestepSampling::shift, TimestepSampling::flux_shift}) {
     o.sampling = s;
     at::Generator g = at::detail::createCPUGenerator(1);
     at::Tensor sig = sample_sigmas(4096, 4096, o, g);

@@ -131,7 +131,8 @@ int run(const Options& o) {
   lora::LoraNetwork network(model, lora_options, o.seed);
   if (!o.write_lora.empty()) {
     safetensors::write(o.write_lora, network.kohya_state(), {{"ss_network_module", "networks.lora_flux"}});
-    std::cout << nlohmann::json{{"lora", o.write_lora}, {"modules", network.modules().size()},
+    std::cout << nlohmann::json{{"lora", o.write_lora},
+                                {"modules", network.modules().size()},
                                 {"parameters", network.parameter_count()}}
                      .dump()
               << "\n";
@@ -202,7 +203,10 @@ int run(const Options& o) {
     out["hwm_reset"] = hwm_reset;
     out["peak_bytes"] = hwm - runtime_rss;
     const auto cache = fluxtrain::train::cpu_cache_stats();
-    out["cpu_cache"] = {{"hits", cache.hits}, {"misses", cache.misses}, {"cached_bytes", cache.cached_bytes}};
+    out["cpu_cache"] = {{"hits", cache.hits},
+                        {"misses", cache.misses},
+                        {"cached_bytes", cache.cached_bytes},
+                        {"peak_live_bytes", cache.peak_live_bytes}};
   }
   // The attention kept for the recomputation (models/attention.h): its gradients against autograd's on
   // this device and dtype (after the measurement, so it does not touch the peaks above).

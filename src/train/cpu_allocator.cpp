@@ -21,8 +21,15 @@
 namespace fluxtrain::train {
 namespace {
 
-constexpr size_t kMinBytes = size_t{1} << 20;  // smaller requests: libtorch's allocator
-constexpr size_t kGranule = size_t{2} << 20;   // one huge page
+constexpr size_t kMinBytes = size_t{128} << 10;     // smaller requests: libtorch's allocator
+constexpr size_t kHugeFrom = size_t{1} << 20;       // from here: whole huge pages, huge-page aligned
+constexpr size_t kGranule = size_t{2} << 20;        // one huge page
+constexpr size_t kSmallGranule = size_t{64} << 10;  // below kHugeFrom
+
+size_t block_size(size_t n) {
+  const size_t granule = n >= kHugeFrom ? kGranule : kSmallGranule;
+  return (n + granule - 1) / granule * granule;
+}
 
 class CachingCpuAllocator final : public c10::Allocator {
  public:
@@ -37,7 +44,7 @@ class CachingCpuAllocator final : public c10::Allocator {
       void* p = c10::alloc_cpu(n);
       return {p, p, &release_any, cpu};
     }
-    size_t size = (n + kGranule - 1) / kGranule * kGranule;
+    size_t size = block_size(n);
     std::lock_guard<std::mutex> lock(mutex_);
     void* p = take(size);
     if (p == nullptr) {
@@ -158,6 +165,10 @@ class CachingCpuAllocator final : public c10::Allocator {
   }
 
   static void* map(size_t size) {
+    if (size < kGranule) {  // a mid-size block: plain pages
+      void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      return p == MAP_FAILED ? nullptr : p;
+    }
     // Over-allocate by one granule and trim, so the block starts on a 2 MiB boundary.
     const size_t span = size + kGranule;
     void* raw = ::mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

@@ -3,9 +3,10 @@
 // libtorch's CPU allocator hands every large tensor a fresh mapping and unmaps it on free, so each step
 // of a CPU training run faults in and zero-fills all its activation memory again: with huge pages
 // (core/host_memory.h) the zero-filling alone was about 7 % of a step. This allocator keeps freed blocks
-// of 1 MiB and more (rounded up to 2 MiB, mapped directly, huge-page backed) for the next request of
-// that size, which a training step makes in the same order every step. Smaller requests go to
-// libtorch's own CPU allocation functions.
+// of 128 KiB and more, mapped directly, for the next request of that size, which a training step makes
+// in the same order every step: from 1 MiB rounded up to 2 MiB and huge-page backed, below that rounded
+// up to 64 KiB (those would otherwise fragment glibc's heap, which then holds freed memory). Smaller
+// requests go to libtorch's own CPU allocation functions.
 //
 // The cache lives in the room below the live tensors' peak: before a request it cannot serve maps new
 // memory, the oldest freed blocks go back to the system until live + cached + new fit in the largest

@@ -29,6 +29,21 @@ TEST(CpuAllocator, ReusesFreedLargeBlocksOfTheSameSize) {
   EXPECT_EQ(again.sum().item<double>(), 2.0 * static_cast<double>(3 * kMiB / 4));
 }
 
+TEST(CpuAllocator, ReusesFreedMidSizeBlocks) {
+  // 128 KiB to 1 MiB: plain pages in 64 KiB steps, cached like the large blocks.
+  use_caching_cpu_allocator(256 * kMiB);
+  void* first = nullptr;
+  {
+    at::Tensor t = at::ones({50 * 1024}, at::kFloat);  // 200 KiB -> a 256 KiB block
+    first = t.data_ptr();
+  }
+  const CpuCacheStats before = cpu_cache_stats();
+  at::Tensor again = at::full({60 * 1024}, 3.0f);  // 240 KiB: the same block
+  EXPECT_EQ(again.data_ptr(), first);
+  EXPECT_EQ(cpu_cache_stats().hits, before.hits + 1);
+  EXPECT_EQ(again.sum().item<double>(), 3.0 * 60 * 1024);
+}
+
 TEST(CpuAllocator, SmallTensorsAndArithmeticAreUnaffected) {
   use_caching_cpu_allocator(64 * kMiB);
   const CpuCacheStats before = cpu_cache_stats();

@@ -186,35 +186,33 @@ double attention_stash_self_check(at::Device device, at::ScalarType dtype) {
 AttentionStash::AttentionStash() = default;
 AttentionStash::~AttentionStash() = default;
 
+// Out of line: clearing the log destroys StashedAttention entries, a type only this file completes.
 void AttentionStash::start_record() {
-  replaying_ = false;
-  next_ = 0;
-  entries_.clear();
+  log_.start_record();
 }
-
 void AttentionStash::start_replay() {
-  replaying_ = true;
-  next_ = 0;
+  log_.start_replay();
 }
 
 at::Tensor AttentionStash::attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                      const at::Tensor& mask) {
-  if (replaying_) {
-    if (next_ >= entries_.size()) fail("internal: a recomputed block called attention more often than its first run");
-    c10::intrusive_ptr<StashedAttention> entry = std::move(entries_[next_++]);
+  if (log_.replaying()) {
+    c10::intrusive_ptr<StashedAttention> entry = log_.take("attention calls");
     if (!entry) return plain_attention(q, k, v, mask);
-    if (entry->q_shape != q.sizes().vec()) fail("internal: a recomputed block's attention changed shape");
+    TORCH_CHECK(entry->q_shape == q.sizes().vec(), "internal: a recomputed block's attention changed shape");
     replays.fetch_add(1, std::memory_order_relaxed);
     return StashedAttentionFunction::apply(q, k, v, std::move(entry));
   }
   std::optional<StashKernel> kernel;
   if (!at::GradMode::is_enabled()) kernel = choose_kernel(q, k, v, mask);
   if (!kernel) {
-    entries_.push_back(c10::intrusive_ptr<StashedAttention>());
+    log_.record(c10::intrusive_ptr<StashedAttention>());
     return plain_attention(q, k, v, mask);
   }
-  entries_.push_back(record(*kernel, q, k, v, mask));
-  return entries_.back()->out;
+  c10::intrusive_ptr<StashedAttention> entry = record(*kernel, q, k, v, mask);
+  at::Tensor out = entry->out;
+  log_.record(std::move(entry));
+  return out;
 }
 
 at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,

@@ -21,6 +21,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "models/replay_log.h"
+
 namespace fluxtrain::models {
 
 struct StashedAttention;  // one call's kept output and kernel results (attention.cpp)
@@ -42,9 +44,7 @@ class AttentionStash {
   at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask);
 
  private:
-  bool replaying_ = false;
-  size_t next_ = 0;
-  std::vector<c10::intrusive_ptr<StashedAttention>> entries_;  // null where the call was not stashable
+  ReplayLog<c10::intrusive_ptr<StashedAttention>> log_;  // null where the call was not stashable
 };
 
 // softmax(q k^T / sqrt(D) + mask) v; through `stash` when it is given.

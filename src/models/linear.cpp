@@ -117,33 +117,20 @@ class KeptProductFunction : public torch::autograd::Function<KeptProductFunction
 
 }  // namespace
 
-void ProductStash::start_record() {
-  replaying_ = false;
-  next_ = 0;
-  kept_.clear();
-}
-
-void ProductStash::start_replay() {
-  replaying_ = true;
-  next_ = 0;
-}
-
 at::Tensor ProductStash::base(LinearImpl& linear, const at::Tensor& x, bool wide) {
   const bool frozen = !linear.weight.requires_grad() && !(linear.bias.defined() && linear.bias.requires_grad());
   if (keep_ == KeepProducts::none || (wide && keep_ != KeepProducts::all) || !frozen) return linear.forward_base(x);
-  if (!replaying_) {
+  if (!log_.replaying()) {
     // The first run: without autograd, the product is kept; with it (a block that is not recomputed)
     // nothing is kept.
     at::Tensor out = linear.forward_base(x);
-    kept_.push_back(at::GradMode::is_enabled() ? at::Tensor() : out);
+    log_.record(at::GradMode::is_enabled() ? at::Tensor() : out);
     return out;
   }
-  if (next_ >= kept_.size()) fail("internal: a recomputed block ran more kept products than its first run");
-  at::Tensor out = std::move(kept_[next_++]);
+  at::Tensor out = log_.take("kept products");
   if (!out.defined()) return linear.forward_base(x);
-  if (out.dim() != x.dim() || out.sizes().slice(0, x.dim() - 1) != x.sizes().slice(0, x.dim() - 1)) {
-    fail("internal: a recomputed block's product changed shape");
-  }
+  TORCH_CHECK(out.dim() == x.dim() && out.sizes().slice(0, x.dim() - 1) == x.sizes().slice(0, x.dim() - 1),
+              "internal: a recomputed block's product changed shape");
   product_replays.fetch_add(1, std::memory_order_relaxed);
   auto kept = c10::make_intrusive<KeptProduct>();
   kept->out = std::move(out);

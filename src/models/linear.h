@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "models/options.h"
+#include "models/replay_log.h"
 
 namespace fluxtrain::models {
 
@@ -75,16 +76,14 @@ class ProductStash {
   explicit ProductStash(KeepProducts keep) : keep_(keep) {}
   // record: the block's first run (no autograd) appends each kept product; replay: the recomputation
   // takes them back in the same order.
-  void start_record();
-  void start_replay();
+  void start_record() { log_.start_record(); }
+  void start_replay() { log_.start_replay(); }
   // linear.forward_base(x), kept or replayed as described above.
   at::Tensor base(LinearImpl& linear, const at::Tensor& x, bool wide);
 
  private:
   KeepProducts keep_;
-  bool replaying_ = false;
-  size_t next_ = 0;
-  std::vector<at::Tensor> kept_;  // undefined where a product was not kept
+  ReplayLog<at::Tensor> log_;  // undefined where a product was not kept
 };
 
 // How many recomputations took a product from a ProductStash since the process started (tests).

@@ -145,10 +145,10 @@ class CachingCpuAllocator final : public c10::Allocator {
     unmap(oldest.ptr, oldest.size);
   }
 
-  // New memory for a miss, 2 MiB aligned and huge-page backed. Before it is mapped, the oldest cached
-  // blocks go back to the system until the live blocks, the cache and the new block together fit in the
-  // largest live total seen so far (all of the cache when the new block makes a new peak). Freeing and
-  // reusing do not change live + cached, so resident memory never exceeds the live tensors' peak.
+  // New memory for a miss (see map()). Before it is mapped, the oldest cached blocks go back to the
+  // system until the live blocks, the cache and the new block together fit in the largest live total
+  // seen so far (all of the cache when the new block makes a new peak). Freeing and reusing do not
+  // change live + cached, so resident memory never exceeds the live tensors' peak.
   // Caller holds the lock (released by the caller's guard when this throws).
   void* fresh(size_t size) {
     evict_until(peak_live_ > live_bytes_ ? peak_live_ - live_bytes_ : 0, size);
@@ -159,11 +159,12 @@ class CachingCpuAllocator final : public c10::Allocator {
     }
     if (p == nullptr) {
       C10_THROW_ERROR(OutOfMemoryError,
-                      "CPU out of memory: could not allocate " + std::to_string(size >> 20) + " MiB for a tensor");
+                      "CPU out of memory: could not allocate " + std::to_string(size >> 10) + " KiB for a tensor");
     }
     return p;
   }
 
+  // Blocks of a huge page or more: 2 MiB aligned and huge-page backed; smaller ones: plain pages.
   static void* map(size_t size) {
     if (size < kGranule) {  // a mid-size block: plain pages
       void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

@@ -145,7 +145,7 @@ int run(const Options& o) {
   train::StepOptions step_options;
   step_options.checkpointing.enabled = o.checkpointing;
   step_options.checkpointing.keep_attention = o.keep_attention;
-  step_options.checkpointing.keep_products = models::parse_keep_products(o.keep_products, "--keep-products");
+  step_options.checkpointing.keep_products = parse_enum<models::KeepProducts>(o.keep_products, "--keep-products");
   step_options.compute_dtype = dtype;
   step_options.max_grad_norm = 1.0;
   train::StepGenerators generators{at::detail::createCPUGenerator(o.seed + 100),

@@ -9,34 +9,12 @@
 #include <memory>
 
 #include "app/commands.h"
+#include "app/tool_options.h"
 #include "core/error.h"
 #include "data/dataset.h"
 
 namespace fluxtrain::app {
 namespace {
-
-struct DatasetOptions {
-  std::string config;
-  std::string dir;
-  std::string reg_dir;
-  uint64_t seed = 0;
-  int batch_size = 0;
-  std::string resolution;
-  int64_t show_epoch = 0;  // 1-based; 0 = none
-  bool json = false;
-};
-
-data::Resolution parse_resolution(const std::string& text) {
-  int w = 0, h = 0;
-  char sep = 0, extra = 0;
-  const int n = std::sscanf(text.c_str(), "%d%c%d%c", &w, &sep, &h, &extra);
-  if (n == 1) h = w;
-  if (!((n == 1) || (n == 3 && (sep == 'x' || sep == ',' || sep == 'X'))) || w < 64 || h < 64 || w > 16384 ||
-      h > 16384) {
-    fail("--resolution '", text, "' is not a resolution: expected N or WxH (e.g. 1024 or 1280x768), 64 to 16384");
-  }
-  return {w, h};
-}
 
 nlohmann::ordered_json resolution_json(data::Resolution r) {
   return {r.width, r.height};
@@ -75,7 +53,7 @@ nlohmann::ordered_json subset_json(const data::SubsetConfig& s, const data::Subs
   return j;
 }
 
-nlohmann::ordered_json plan_json(const data::DatasetPlan& plan, const DatasetOptions& options) {
+nlohmann::ordered_json plan_json(const data::DatasetPlan& plan, const DatasetCommandSettings& options) {
   nlohmann::ordered_json out;
   out["source"] = plan.config().source;
   out["seed"] = options.seed;
@@ -163,7 +141,7 @@ std::string quoted(const std::string& s) {
   return "\"" + s + "\"";
 }
 
-void print_text(const data::DatasetPlan& plan, const DatasetOptions& options) {
+void print_text(const data::DatasetPlan& plan, const DatasetCommandSettings& options) {
   std::cout << "source           " << plan.config().source << "\n";
   for (size_t d = 0; d < plan.config().datasets.size(); ++d) {
     const data::DatasetConfig& ds = plan.config().datasets[d];
@@ -231,21 +209,9 @@ void print_text(const data::DatasetPlan& plan, const DatasetOptions& options) {
   }
 }
 
-int run_dataset(const DatasetOptions& options) {
-  if (options.config.empty() == options.dir.empty()) {
-    fail(
-        "fluxtrain dataset needs exactly one of --config FILE (a kohya-style .toml/.json dataset config) or "
-        "--dir FOLDER (a folder of images and captions)");
-  }
-  if (!options.reg_dir.empty() && options.dir.empty()) {
-    fail("--reg-dir goes with --dir; in a config file, mark a subset with is_reg = true");
-  }
+int run_dataset(const DatasetCommandSettings& options) {
   data::ConfigOptions config_options;
-  if (options.batch_size != 0) {
-    if (options.batch_size < 1) fail("--batch-size ", options.batch_size, " must be 1 or more");
-    config_options.fallbacks.batch_size = options.batch_size;
-  }
-  if (!options.resolution.empty()) config_options.fallbacks.resolution = parse_resolution(options.resolution);
+  config_options.fallbacks = options.fallbacks;
   data::DatasetGroupConfig config = options.config.empty()
                                         ? data::folder_dataset_config(options.dir, config_options, options.reg_dir)
                                         : data::load_dataset_config(options.config, config_options);
@@ -263,21 +229,9 @@ int run_dataset(const DatasetOptions& options) {
 }  // namespace
 
 Command add_dataset_command(CLI::App& app) {
-  auto options = std::make_shared<DatasetOptions>();
-  CLI::App* sub = app.add_subcommand(
-      "dataset", "Show the resolved dataset plan: config values, buckets, images per bucket, steps per epoch");
-  sub->add_option("--config", options->config, "dataset config (.toml or .json, kohya's schema)");
-  sub->add_option("--dir", options->dir, "a folder of images (+ .txt captions, or kohya N_name subfolders)");
-  sub->add_option("--reg-dir", options->reg_dir, "regularisation images for --dir (kohya's reg_data_dir)");
-  sub->add_option("--seed", options->seed, "seed of the epoch plan")->capture_default_str();
-  sub->add_option("--batch-size", options->batch_size,
-                  "batch size where the config sets none (kohya's --train_batch_size)");
-  sub->add_option("--resolution", options->resolution,
-                  "resolution where the config sets none: N or WxH (kohya's --resolution)");
-  sub->add_option("--epoch", options->show_epoch, "also print the batches of this epoch (1-based)")
-      ->check(CLI::NonNegativeNumber);
-  sub->add_flag("--json", options->json, "print JSON instead of text");
-  return {sub, [options] { return run_dataset(*options); }};
+  return add_table_command(app, command_info("dataset"), [](const ResolvedConfig& config) {
+    return run_dataset(config.bind<DatasetCommandSettings>());
+  });
 }
 
 }  // namespace fluxtrain::app

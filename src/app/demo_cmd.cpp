@@ -9,10 +9,10 @@
 // autoencoder on random shapes, then the transformer (`fluxtrain train --network-type none`) on a
 // captioned shapes dataset. scripts/make_demo_assets.sh runs it.
 #include <ATen/ATen.h>
-#include <CLI/CLI.hpp>
-#include <nlohmann/json.hpp>
 #include <spawn.h>
 #include <sys/wait.h>
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include <chrono>
 #include <cstdio>
@@ -24,6 +24,7 @@
 
 #include "app/commands.h"
 #include "app/options.h"
+#include "app/tool_options.h"
 #include "core/assets.h"
 #include "core/atomic_file.h"
 #include "core/error.h"
@@ -54,7 +55,7 @@ using EnvOverrides = std::vector<std::pair<std::string, std::string>>;
 // demo is the same on every machine. FLUXTRAIN_* (assets, engine, log level) are kept.
 bool user_setting(const std::string& name) {
   for (const char* prefix : {"PARAMS_", "BASE_MODEL=", "DATASET_NAME=", "DATASET_CONFIG=", "SAMPLE_PROMPTS=",
-                             "OUTPUT_PATH=", "MODEL_DIR="}) {
+                             "OUTPUT_PATH=", "MODEL_DIR=", "FLUXTRAIN_SAMPLE_"}) {
     if (name.starts_with(prefix)) return true;
   }
   return false;
@@ -125,7 +126,7 @@ std::vector<fs::path> pngs_in(const fs::path& folder) {
 }
 
 struct Measured {
-  double share = 0;  // mean share of concept-coloured pixels over the trigger prompt's samples
+  double share = 0;    // mean share of concept-coloured pixels over the trigger prompt's samples
   double control = 0;  // mean share of red pixels in the control prompt's samples
   std::vector<fs::path> files;
 };
@@ -149,20 +150,6 @@ Measured measure(const fs::path& folder, size_t trigger_prompts) {
   return m;
 }
 
-struct DemoOptions {
-  std::string out = "demo-output";
-  int64_t steps = 400;
-  int64_t images = 24;
-  std::string device = "auto";
-  std::string precision = "auto";
-  std::string build_assets;
-  std::string work;
-  int64_t ae_steps = 4000;
-  int64_t base_steps = 1200;
-  int64_t base_images = 600;
-  uint64_t seed = 0;
-};
-
 // The base's dataset knows five colours and four shapes; the concept's colour and shape are neither.
 data::SceneChoices base_choices() {
   data::SceneChoices c;
@@ -181,12 +168,13 @@ data::SceneChoices concept_choices() {
 }
 
 std::vector<std::string> sample_args(const fs::path& model_dir, const fs::path& prompts, const fs::path& out,
-                                     const std::string& name, const DemoOptions& o) {
-  return {"sample", "--model-dir", model_dir.string(), "--prompts", prompts.string(), "--out", out.string(),
-          "--name", name, "--t5-max-length", "16", "--device", o.device, "--precision", o.precision};
+                                     const std::string& name, const DemoSettings& o) {
+  return {"sample", "--model-dir", model_dir.string(), "--prompts",   prompts.string(),
+          "--out",  out.string(),  "--name",           name,          "--t5-max-length",
+          "16",     "--device",    o.compute.device,   "--precision", std::string(name_of(o.compute.precision))};
 }
 
-int run_demo(const DemoOptions& o) {
+int run_demo(const DemoSettings& o) {
   const auto started = std::chrono::steady_clock::now();
   const fs::path model_dir = find_asset("demo/flux1-dev.safetensors").parent_path();
   const fs::path out = fs::absolute(o.out);
@@ -197,8 +185,9 @@ int run_demo(const DemoOptions& o) {
   for (const char* sub : {"dataset", "before", "after", "lora"}) fs::remove_all(out / sub);
   fs::create_directories(out);
 
-  step_banner(1, 5, std::string("the concept: ") + std::to_string(o.images) + " pictures captioned \"a " + kTrigger +
-                        " on a ... background\"");
+  step_banner(1, 5,
+              std::string("the concept: ") + std::to_string(o.images) + " pictures captioned \"a " + kTrigger +
+                  " on a ... background\"");
   data::ShapesDataset concept_data;
   concept_data.folder = out / "dataset" / (std::string("1_") + kTrigger);
   concept_data.count = static_cast<int>(o.images);
@@ -237,8 +226,8 @@ int run_demo(const DemoOptions& o) {
   std::string prompt_text;
   const char* backgrounds[] = {"white", "black", "gray", "white"};
   for (size_t i = 0; i < trigger_prompts; ++i) {
-    prompt_text += std::string("a ") + kTrigger + " on a " + backgrounds[i] + " background --w 64 --h 64 --s 20 --g 1 --d " +
-                   std::to_string(i + 1) + "\n";
+    prompt_text += std::string("a ") + kTrigger + " on a " + backgrounds[i] +
+                   " background --w 64 --h 64 --s 20 --g 1 --d " + std::to_string(i + 1) + "\n";
   }
   prompt_text += "a red circle on a white background --w 64 --h 64 --s 20 --g 1 --d 5\n";
   write_file_atomic(prompts.string(), prompt_text);
@@ -248,7 +237,7 @@ int run_demo(const DemoOptions& o) {
 
   step_banner(3, 5, "training a LoRA on the concept (the main job, configured by environment variables)");
   const fs::path lora_dir = out / "lora";
-  run_fluxtrain({"train", "--device", o.device, "--precision", o.precision},
+  run_fluxtrain({"train", "--device", o.compute.device, "--precision", std::string(name_of(o.compute.precision))},
                 {{"MODEL_DIR", model_dir.string()},
                  {"DATASET_CONFIG", dataset_config.string()},
                  {"OUTPUT_PATH", lora_dir.string()},
@@ -330,7 +319,7 @@ at::Tensor random_scene_batch(uint64_t seed, int64_t step, int64_t batch) {
   return out.permute({0, 3, 1, 2}).to(at::kFloat).div(127.5).sub(1.0).contiguous();
 }
 
-int build_assets(const DemoOptions& o) {
+int build_assets(const DemoSettings& o) {
   const fs::path dest = fs::absolute(o.build_assets);
   const fs::path work = fs::absolute(o.work.empty() ? (dest / "work").string() : o.work);
   const fs::path init = work / "init", models = work / "models";
@@ -369,7 +358,7 @@ int build_assets(const DemoOptions& o) {
   base.choices = base_choices();
   data::write_shapes_dataset(base);
   const fs::path run = work / "base-run";
-  run_fluxtrain({"train", "--device", o.device, "--network-type", "none", "--model",
+  run_fluxtrain({"train", "--device", o.compute.device, "--network-type", "none", "--model",
                  (init / "flux1-dev.safetensors").string(), "--ae", (models / "ae.safetensors").string(), "--clip-l",
                  (models / "clip_l.safetensors").string(), "--t5xxl", (models / "t5xxl_fp16.safetensors").string()},
                 {{"DATASET_NAME", base.folder.string()},
@@ -392,8 +381,7 @@ int build_assets(const DemoOptions& o) {
   fs::create_directories(dest);
   {
     models::LoadedFlux flux = models::load_flux((run / "flux1-dev.safetensors").string(), {});
-    models::save_module_weights(*flux.model, (dest / "flux1-dev.safetensors").string(), at::kBFloat16,
-                                kDemoMetadata);
+    models::save_module_weights(*flux.model, (dest / "flux1-dev.safetensors").string(), at::kBFloat16, kDemoMetadata);
   }
   for (const char* name : {"ae.safetensors", "clip_l.safetensors", "t5xxl_fp16.safetensors"}) {
     fs::copy_file(models / name, dest / name, fs::copy_options::overwrite_existing);
@@ -401,8 +389,8 @@ int build_assets(const DemoOptions& o) {
   uintmax_t total = 0;
   for (const char* name : {"flux1-dev.safetensors", "ae.safetensors", "clip_l.safetensors", "t5xxl_fp16.safetensors"}) {
     total += fs::file_size(dest / name);
-    std::cout << "[demo] " << (dest / name).string() << " (" << format_bytes(static_cast<double>(fs::file_size(dest / name)))
-              << ")" << std::endl;
+    std::cout << "[demo] " << (dest / name).string() << " ("
+              << format_bytes(static_cast<double>(fs::file_size(dest / name))) << ")" << std::endl;
   }
   std::cout << "[demo] done: " << format_bytes(static_cast<double>(total)) << " in " << dest.string()
             << " (the work folder " << work.string() << " can be deleted)" << std::endl;
@@ -412,23 +400,10 @@ int build_assets(const DemoOptions& o) {
 }  // namespace
 
 Command add_demo_command(CLI::App& app) {
-  auto o = std::make_shared<DemoOptions>();
-  CLI::App* sub = app.add_subcommand(
-      "demo", "The embedded demo: a tiny Flux model learns a new concept through a LoRA; samples before and after");
-  sub->add_option("--out", o->out, "folder for every output")->capture_default_str();
-  sub->add_option("--steps", o->steps, "LoRA training steps")->capture_default_str()->check(CLI::Range(2, 100000));
-  sub->add_option("--images", o->images, "pictures of the concept")->capture_default_str()->check(CLI::Range(1, 10000));
-  sub->add_option("--device", o->device, "auto, cpu or cuda[:N]")->capture_default_str();
-  sub->add_option("--precision", o->precision, "auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16")
-      ->capture_default_str();
-  sub->add_option("--seed", o->seed, "seed of the concept pictures and the training")->capture_default_str();
-  sub->add_option("--build-assets", o->build_assets,
-                  "remake the demo's model set into this folder from nothing (long; see docs/demo.md)");
-  sub->add_option("--work", o->work, "--build-assets: folder for the intermediate runs (default DIR/work)");
-  sub->add_option("--ae-steps", o->ae_steps, "--build-assets: autoencoder steps")->capture_default_str();
-  sub->add_option("--base-steps", o->base_steps, "--build-assets: transformer steps")->capture_default_str();
-  sub->add_option("--base-images", o->base_images, "--build-assets: pictures of the base dataset")->capture_default_str();
-  return {sub, [o] { return o->build_assets.empty() ? run_demo(*o) : build_assets(*o); }};
+  return add_table_command(app, command_info("demo"), [](const ResolvedConfig& config) {
+    const auto o = config.bind<DemoSettings>();
+    return o.build_assets.empty() ? run_demo(o) : build_assets(o);
+  });
 }
 
 }  // namespace fluxtrain::app

@@ -27,12 +27,14 @@ at::Device resolve_device(const std::string& text, const std::string& option) {
   return device;
 }
 
-at::ScalarType resolve_precision(const std::string& text, at::Device device, const std::string& option) {
-  if (text == "fp32") return at::kFloat;
-  if (text == "bf16") return at::kBFloat16;
-  if (text == "fp16") return at::kHalf;
-  if (text == "auto") return device.is_cpu() ? at::kFloat : at::kBFloat16;
-  fail(option, " '", text, "': expected auto, fp32, bf16 or fp16");
+at::ScalarType resolve_precision(Precision precision, at::Device device) {
+  switch (precision) {
+    case Precision::fp32: return at::kFloat;
+    case Precision::bf16: return at::kBFloat16;
+    case Precision::fp16: return at::kHalf;
+    case Precision::automatic: break;
+  }
+  return device.is_cpu() ? at::kFloat : at::kBFloat16;
 }
 
 }  // namespace fluxtrain::app

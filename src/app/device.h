@@ -6,6 +6,8 @@
 
 #include <string>
 
+#include "app/shared_options.h"
+
 namespace fluxtrain::app {
 
 // auto (CUDA when torch sees a GPU, else the CPU), cpu, cuda or cuda:N; an Error naming `option` for
@@ -13,7 +15,7 @@ namespace fluxtrain::app {
 // Computing on the CPU installs the caching CPU allocator (train/cpu_allocator.h).
 at::Device resolve_device(const std::string& text, const std::string& option = "--device");
 
-// fp32, bf16, fp16, or auto (bf16 on a GPU, fp32 on the CPU); an Error naming `option` otherwise.
-at::ScalarType resolve_precision(const std::string& text, at::Device device, const std::string& option = "--precision");
+// fp32, bf16, fp16, or auto (bf16 on a GPU, fp32 on the CPU).
+at::ScalarType resolve_precision(Precision precision, at::Device device);
 
 }  // namespace fluxtrain::app

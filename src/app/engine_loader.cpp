@@ -14,9 +14,7 @@
 namespace fluxtrain::app {
 namespace {
 
-const char* const kLightCommands[] = {"inspect", "dataset", "fetch", "fetch-models", "config"};
-// Engine commands whose option reference and resolved options the torch-free executable prints itself.
-const char* const kReferenceCommands[] = {"train", "cache"};
+// What the torch-free executable answers for an engine command from its option table.
 const char* const kReferenceFlags[] = {"--help", "-h", "--help-env", "--print-config"};
 
 std::string executable_dir() {
@@ -37,11 +35,9 @@ bool runs_without_engine(int argc, char** argv) {
     }
     if (arg == "--version") version = true;
     if (arg.empty() || arg[0] == '-') continue;
-    for (const char* name : kLightCommands) {
-      if (arg == name) return true;
-    }
-    for (const char* name : kReferenceCommands) {
-      if (arg != name) continue;
+    for (const CommandInfo& info : command_infos()) {
+      if (arg != info.name) continue;
+      if (!info.needs_engine) return true;
       for (int j = i + 1; j < argc; ++j) {
         for (const char* flag : kReferenceFlags) {
           if (std::strcmp(argv[j], flag) == 0) return true;

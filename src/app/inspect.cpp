@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "app/commands.h"
+#include "app/tool_options.h"
 #include "core/error.h"
 #include "core/safetensors_format.h"
 #include "models/identify.h"
@@ -14,24 +15,24 @@
 namespace fluxtrain::app {
 namespace {
 
-struct InspectOptions {
-  std::string file;
-  bool json = false;
-  int max_value_chars = 300;
-};
-
 std::string short_count(uint64_t n) {
   char buffer[32];
-  if (n >= 1'000'000'000) std::snprintf(buffer, sizeof buffer, "%.1f B", n / 1e9);
-  else if (n >= 1'000'000) std::snprintf(buffer, sizeof buffer, "%.1f M", n / 1e6);
-  else if (n >= 1'000) std::snprintf(buffer, sizeof buffer, "%.1f K", n / 1e3);
-  else return std::to_string(n);
+  if (n >= 1'000'000'000)
+    std::snprintf(buffer, sizeof buffer, "%.1f B", n / 1e9);
+  else if (n >= 1'000'000)
+    std::snprintf(buffer, sizeof buffer, "%.1f M", n / 1e6);
+  else if (n >= 1'000)
+    std::snprintf(buffer, sizeof buffer, "%.1f K", n / 1e3);
+  else
+    return std::to_string(n);
   return buffer;
 }
 
-int run_inspect(const InspectOptions& options) {
+int run_inspect(const InspectSettings& options) {
   const safetensors::Header header = safetensors::read_header(options.file);
-  auto scalar = [&](const safetensors::TensorInfo& info) { return safetensors::read_scalar(options.file, header, info); };
+  auto scalar = [&](const safetensors::TensorInfo& info) {
+    return safetensors::read_scalar(options.file, header, info);
+  };
   const std::vector<models::Component> components = models::identify(header, scalar);
 
   std::map<std::string, size_t> dtypes;
@@ -73,7 +74,8 @@ int run_inspect(const InspectOptions& options) {
   for (const auto& c : components) {
     std::cout << "kind        " << c.description;
     if (!c.prefix.empty() || components.size() > 1) {
-      std::cout << " [" << (c.prefix.empty() ? "no prefix" : "prefix " + c.prefix) << ", " << c.tensor_count << " tensors]";
+      std::cout << " [" << (c.prefix.empty() ? "no prefix" : "prefix " + c.prefix) << ", " << c.tensor_count
+                << " tensors]";
     }
     std::cout << "\n";
   }
@@ -84,7 +86,8 @@ int run_inspect(const InspectOptions& options) {
     for (const auto& [key, value] : header.metadata) {
       std::string shown = value;
       if (static_cast<int>(shown.size()) > options.max_value_chars) {
-        shown = shown.substr(0, options.max_value_chars) + "... (" + std::to_string(value.size()) + " chars; --json shows all)";
+        shown = shown.substr(0, options.max_value_chars) + "... (" + std::to_string(value.size()) +
+                " chars; --json shows all)";
       }
       for (char& ch : shown) {
         if (ch == '\n' || ch == '\r') ch = ' ';
@@ -98,11 +101,8 @@ int run_inspect(const InspectOptions& options) {
 }  // namespace
 
 Command add_inspect_command(CLI::App& app) {
-  auto options = std::make_shared<InspectOptions>();
-  CLI::App* sub = app.add_subcommand("inspect", "Show what a .safetensors file holds and what model it is (reads the header only)");
-  sub->add_option("file", options->file, "the .safetensors file")->required();
-  sub->add_flag("--json", options->json, "print JSON instead of text");
-  return {sub, [options] { return run_inspect(*options); }};
+  return add_table_command(app, command_info("inspect"),
+                           [](const ResolvedConfig& config) { return run_inspect(config.bind<InspectSettings>()); });
 }
 
 }  // namespace fluxtrain::app

@@ -4,7 +4,6 @@
 
 int main(int argc, char** argv) {
   using namespace fluxtrain::app;
-  if (runs_without_engine(argc, argv))
-    return run(argc, argv, {add_train_reference_command, add_cache_reference_command});
+  if (runs_without_engine(argc, argv)) return run(argc, argv, engine_command_references());
   return run_engine(argc, argv);
 }

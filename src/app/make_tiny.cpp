@@ -5,36 +5,18 @@
 #include <memory>
 
 #include "app/commands.h"
+#include "app/tool_options.h"
 #include "core/log.h"
 #include "models/tiny.h"
 
 namespace fluxtrain::app {
 
 Command add_make_tiny_command(CLI::App& app) {
-  struct Options {
-    std::string out;
-    bool schnell = false;
-    std::string preset = "test";
-    uint64_t seed = 0;
-  };
-  auto o = std::make_shared<Options>();
-  CLI::App* sub = app.add_subcommand(
-      "make-tiny", "Write a tiny random Flux model set (transformer, AE, CLIP-L, T5) in the real file layouts");
-  sub->add_option("--out", o->out, "folder to write into (created if needed)")->required();
-  sub->add_flag("--schnell", o->schnell, "schnell layout (no guidance embedding) instead of dev");
-  sub->add_option("--seed", o->seed, "random seed")->capture_default_str();
-  sub->add_option("--preset", o->preset,
-                  "test (tiny, strong random modulation for parity tests) or demo (the demo's sizes, initialised for "
-                  "training from scratch)")
-      ->check(CLI::IsMember({"test", "demo"}))
-      ->capture_default_str();
-  return {sub, [o] {
-            for (const auto& path : models::write_tiny_model_set(
-                 o->out, o->schnell, o->seed, o->preset == "demo" ? models::TinyPreset::demo : models::TinyPreset::test)) {
-              log::info("wrote ", path);
-            }
-            return 0;
-          }};
+  return add_table_command(app, command_info("make-tiny"), [](const ResolvedConfig& config) {
+    const auto o = config.bind<TinySettings>();
+    for (const auto& path : models::write_tiny_model_set(o.out, o.schnell, o.seed, o.preset)) log::info("wrote ", path);
+    return 0;
+  });
 }
 
 }  // namespace fluxtrain::app

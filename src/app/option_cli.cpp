@@ -1,7 +1,10 @@
 // The option table's outward faces: the environment-variable reference (`--help-env`, text or
 // markdown, docs/runpod.md and docs/configuration.md are generated from it) and the CLI11 flags.
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <cctype>
 #include <sstream>
 
 #include "app/options.h"
@@ -24,6 +27,18 @@ std::string markdown_cell(const std::string& s) {
   return out;
 }
 
+std::string group_title(const OptionTable& table, const OptionSpec& spec) {
+  for (const auto& g : table.groups()) {
+    if (g.id == spec.group) return g.title;
+  }
+  return spec.group;
+}
+
+std::string upper_case(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  return s;
+}
+
 std::string joined_choices(const std::vector<std::string>& choices) {
   std::string text;
   for (const auto& c : choices) text += (text.empty() ? "" : ",") + c;
@@ -37,9 +52,15 @@ std::string joined_choices(const std::vector<std::string>& choices) {
 std::string help_env(const OptionTable& table, const std::string& format) {
   auto variables = [](const OptionSpec& spec, bool markdown) {
     std::string q = markdown ? "`" : "";
-    std::string text = q + spec.env_name() + q;
+    std::string text = spec.has_env ? q + spec.env_name() + q : "(none)";
     for (const auto& alias : spec.env_aliases) text += " or " + q + alias + q;
     return text;
+  };
+  auto flag_of = [](const OptionSpec& spec, bool markdown) {
+    if (!spec.has_flag) return std::string(markdown ? "(none)" : "no flag");
+    std::string flag = spec.positional ? cat(upper_case(spec.name), " (argument)") : spec.flag_name();
+    if (spec.repeatable) flag += " (repeatable)";
+    return markdown && !spec.positional ? "`" + flag + "`" : flag;
   };
   // Defaults as they are written in a variable.
   auto default_of = [](const OptionSpec& spec, bool markdown) {
@@ -52,9 +73,9 @@ std::string help_env(const OptionTable& table, const std::string& format) {
       std::string rows;
       for (const auto& spec : table.specs()) {
         if (spec.group != group.id) continue;
-        rows +=
-            cat("| ", variables(spec, true), " | `", spec.flag_name(), "` | ", markdown_cell(default_of(spec, true)),
-                " | ", markdown_cell(spec.allowed_text()), " | ", markdown_cell(spec.help), " |\n");
+        rows += cat("| ", variables(spec, true), " | ", markdown_cell(flag_of(spec, true)), " | ",
+                    markdown_cell(default_of(spec, true)), " | ", markdown_cell(spec.allowed_text()), " | ",
+                    markdown_cell(spec.help), " |\n");
       }
       if (rows.empty()) continue;
       out += cat(out.empty() ? "" : "\n", "### ", group.title,
@@ -67,28 +88,62 @@ std::string help_env(const OptionTable& table, const std::string& format) {
       std::string rows;
       for (const auto& spec : table.specs()) {
         if (spec.group != group.id) continue;
-        rows += cat("  ", variables(spec, false), "  (", spec.flag_name(), "; default ", default_of(spec, false),
+        rows += cat("  ", variables(spec, false), "  (", flag_of(spec, false), "; default ", default_of(spec, false),
                     ")\n      ", spec.help, "\n      allowed: ", spec.allowed_text(), "\n");
       }
       if (!rows.empty()) out += cat(out.empty() ? "" : "\n", group.title, ":\n", rows);
     }
     return out;
   }
-  fail("--format \"", format, "\" is not a reference format; allowed: markdown, text");
+  if (format == "json") {
+    nlohmann::ordered_json list = nlohmann::ordered_json::array();
+    for (const auto& spec : table.specs()) {
+      nlohmann::ordered_json o;
+      o["name"] = spec.name;
+      o["group"] = spec.group;
+      o["flag"] = spec.flag_name();
+      o["env"] = spec.env_name();
+      o["env_aliases"] = spec.env_aliases;
+      o["default"] = spec.default_text;
+      o["allowed"] = spec.allowed_text();
+      o["resume"] = std::string(name_of(spec.resume));
+      o["metadata"] = spec.metadata_keys;
+      o["positional"] = spec.positional;
+      o["repeatable"] = spec.repeatable;
+      o["required"] = spec.required;
+      o["secret"] = spec.secret;
+      o["in_file"] = spec.from_file;
+      o["help"] = spec.help;
+      list.push_back(o);
+    }
+    return list.dump(1) + "\n";
+  }
+  fail("--format \"", format, "\" is not a reference format; allowed: markdown, text, json");
 }
 
 CliBinding::CliBinding(CLI::App& app, const OptionTable& table) {
+  // A boolean that takes its value from the next argument would swallow a positional one (`--json FILE`),
+  // so with positional arguments a boolean's value needs `=`: `--json`, `--json=false`.
+  const bool positionals = std::any_of(table.specs().begin(), table.specs().end(),
+                                       [](const OptionSpec& spec) { return spec.positional && spec.has_flag; });
   for (const auto& spec : table.specs()) {
-    std::string& target = storage_[spec.name];
-    std::string description = cat(spec.help, " [", spec.env_name(), "; default ",
+    if (!spec.has_flag) continue;
+    std::string description = cat(spec.help, " [", spec.has_env ? spec.env_name() + "; " : std::string(), "default ",
                                   spec.default_text.empty() ? "unset" : spec.default_text, "]");
-    CLI::Option* option = app.add_option(spec.flag_name(), target, description);
-    option->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
-    std::string group = spec.group;
-    for (const auto& g : table.groups()) {
-      if (g.id == spec.group) group = g.title;
+    CLI::Option* option = nullptr;
+    if (positionals && spec.type == OptionType::boolean && !spec.positional) {
+      option = app.add_flag(spec.flag_name() + "{true}", storage_[spec.name], description);
+      option->multi_option_policy(CLI::MultiOptionPolicy::TakeLast)->group(group_title(table, spec));
+      options_.emplace_back(spec.name, option);
+      continue;
+    } else if (spec.repeatable) {
+      option = app.add_option(spec.flag_name(), item_storage_[spec.name], description);
+      option->expected(1)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+    } else {
+      option = app.add_option(spec.flag_name(), storage_[spec.name], description);
+      option->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
     }
-    option->group(group);
+    option->group(group_title(table, spec));
     switch (spec.type) {
       case OptionType::boolean: option->expected(0, 1)->type_name("[BOOL]"); break;
       case OptionType::integer: option->type_name("INT"); break;
@@ -105,7 +160,15 @@ CliBinding::CliBinding(CLI::App& app, const OptionTable& table) {
 CliValues CliBinding::values() const {
   CliValues out;
   for (const auto& [name, option] : options_) {
-    if (option->count() > 0) out[name] = storage_.at(name);
+    if (option->count() > 0 && storage_.count(name) != 0) out[name] = storage_.at(name);
+  }
+  return out;
+}
+
+std::map<std::string, std::vector<std::string>> CliBinding::items() const {
+  std::map<std::string, std::vector<std::string>> out;
+  for (const auto& [name, option] : options_) {
+    if (option->count() > 0 && item_storage_.count(name) != 0) out[name] = item_storage_.at(name);
   }
   return out;
 }

@@ -323,20 +323,21 @@ std::string given_text(Source source, const std::string& origin, const std::stri
   return origin;
 }
 
-
 }  // namespace
 
 // ---- OptionSpec -------------------------------------------------------------------------------
 
 std::string OptionSpec::flag_name() const {
+  if (!has_flag) return "";
   if (!flag.empty()) return flag;
+  if (positional) return name;
   std::string out = "--" + name;
   std::replace(out.begin(), out.end(), '_', '-');
   return out;
 }
 
 std::string OptionSpec::env_name() const {
-  return env.empty() ? "PARAMS_" + upper(name) : env;
+  return has_env ? env : "";
 }
 
 std::string OptionSpec::allowed_text() const {
@@ -381,31 +382,50 @@ const char* to_string(Source source) {
 
 // ---- OptionTable ------------------------------------------------------------------------------
 
-OptionTable::OptionTable(std::string command, std::vector<Group> groups, std::vector<OptionSpec> specs)
-    : command_(std::move(command)), groups_(std::move(groups)), specs_(std::move(specs)) {
+OptionTable::OptionTable(std::string command, std::string env_prefix, std::vector<Group> groups,
+                         std::vector<OptionSpec> specs)
+    : command_(std::move(command)),
+      env_prefix_(std::move(env_prefix)),
+      groups_(std::move(groups)),
+      specs_(std::move(specs)) {
   std::set<std::string> names, flags, envs, group_ids;
   for (const auto& g : groups_) group_ids.insert(g.id);
-  for (const auto& spec : specs_) {
-    if (!names.insert(spec.name).second) fail("option table ", command_, ": option ", spec.name, " is listed twice");
-    if (group_ids.count(spec.group) == 0)
-      fail("option table ", command_, ": option ", spec.name, " has an unknown group \"", spec.group, "\"");
-    if (group_ids.count(spec.name) != 0)
-      fail("option table ", command_, ": option ", spec.name, " has the name of a group (ambiguous in TOML)");
-    if (!flags.insert(spec.flag_name()).second)
-      fail("option table ", command_, ": flag ", spec.flag_name(), " is used twice");
-    std::vector<std::string> vars = spec.env_aliases;
-    vars.push_back(spec.env_name());
-    for (const auto& var : vars) {
-      if (!envs.insert(var).second) fail("option table ", command_, ": variable ", var, " is used twice");
+  bool bound = false;
+  for (auto& spec : specs_) {
+    if (spec.has_env && spec.env.empty()) {
+      if (env_prefix_.empty())
+        spec.has_env = false;
+      else
+        spec.env = env_prefix_ + upper(spec.name);
     }
-    if (spec.type == OptionType::choice && spec.choices.empty())
-      fail("option table ", command_, ": choice option ", spec.name, " lists no choices");
+    if (spec.apply) bound = true;
+  }
+  for (const auto& spec : specs_) {
+    auto problem = [&](auto&&... what) { fail("option table ", command_, ": option ", spec.name, " ", what...); };
+    if (!names.insert(spec.name).second) problem("is listed twice");
+    if (group_ids.count(spec.group) == 0) problem("has an unknown group \"", spec.group, "\"");
+    if (group_ids.count(spec.name) != 0) problem("has the name of a group (ambiguous in TOML)");
+    if (spec.has_flag && !flags.insert(spec.flag_name()).second) problem("uses the flag ", spec.flag_name(), " twice");
+    std::vector<std::string> vars = spec.env_aliases;
+    if (spec.has_env) vars.push_back(spec.env_name());
+    for (const auto& var : vars) {
+      if (!envs.insert(var).second) problem("uses the variable ", var, ", which is used twice");
+    }
+    if (spec.type == OptionType::choice && spec.choices.empty()) problem("lists no choices");
+    if (spec.repeatable && spec.type != OptionType::list) problem("is repeatable but not a list");
+    if (spec.secret && (spec.has_flag || spec.from_file))
+      problem("is secret, so it may come from the environment only (a flag shows in ps, a file gets copied)");
+    if (spec.positional && !spec.has_flag) problem("is positional but has no command-line form");
+    if (bound && !spec.config_file) {
+      if (!spec.apply) problem("has no setter (every option of a bound table says where its value goes)");
+      if (settings_type_ == typeid(void)) settings_type_ = spec.settings_type;
+      if (spec.settings_type != settings_type_) problem("sets another struct than the table's other options");
+    }
     if (!spec.default_text.empty()) {
       std::string error;
       OptionValue value = parse_text(spec, spec.default_text, error);
       if (error.empty()) error = check_value(spec, value, false);
-      if (!error.empty())
-        fail("option table ", command_, ": the default \"", spec.default_text, "\" of ", spec.name, " is bad: ", error);
+      if (!error.empty()) problem("has a bad default \"", spec.default_text, "\": ", error);
     }
   }
 }
@@ -425,7 +445,7 @@ const OptionSpec& OptionTable::at(const std::string& name) const {
 
 const OptionSpec* OptionTable::find_env(const std::string& var) const {
   for (const auto& spec : specs_) {
-    if (spec.env_name() == var) return &spec;
+    if (spec.has_env && spec.env_name() == var) return &spec;
     if (std::find(spec.env_aliases.begin(), spec.env_aliases.end(), var) != spec.env_aliases.end()) return &spec;
   }
   return nullptr;
@@ -440,7 +460,7 @@ std::vector<std::string> OptionTable::names() const {
 std::vector<std::string> OptionTable::env_names() const {
   std::vector<std::string> out;
   for (const auto& spec : specs_) {
-    out.push_back(spec.env_name());
+    if (spec.has_env) out.push_back(spec.env_name());
     out.insert(out.end(), spec.env_aliases.begin(), spec.env_aliases.end());
   }
   return out;
@@ -465,6 +485,26 @@ std::string format_toml_value(const OptionValue& value) {
   std::vector<std::string> items;
   for (const auto& item : std::get<std::vector<std::string>>(value)) items.push_back(toml_string(item));
   return "[" + join(items, ", ") + "]";
+}
+
+std::string format_plain_value(const OptionValue& value) {
+  struct Visitor {
+    std::string operator()(std::monostate) const { return "(unset)"; }
+    std::string operator()(bool v) const { return v ? "true" : "false"; }
+    std::string operator()(int64_t v) const { return std::to_string(v); }
+    // Shortest round-trip digits, fixed or scientific where Python's repr switches (kohya's metadata is str()).
+    std::string operator()(double v) const {
+      char buffer[400];
+      const double magnitude = std::fabs(v);
+      const bool fixed = magnitude == 0 || (magnitude >= 1e-4 && magnitude < 1e16);
+      auto [end, ec] = std::to_chars(buffer, buffer + sizeof buffer, v,
+                                     fixed ? std::chars_format::fixed : std::chars_format::scientific);
+      return std::string(buffer, end);
+    }
+    std::string operator()(const std::string& v) const { return v; }
+    std::string operator()(const std::vector<std::string>& v) const { return join(v, ","); }
+  };
+  return std::visit(Visitor{}, value);
 }
 
 EnvMap environment() {
@@ -552,14 +592,49 @@ std::string ResolvedConfig::where(const std::string& name) const {
 
 std::string ResolvedConfig::describe(const std::string& name) const {
   const ResolvedOption& o = option(name);
+  if (table_->at(name).secret) return o.source == Source::default_value ? name : cat(o.origin, " (hidden)");
   if (o.source == Source::default_value) return cat(name, " (default ", format_toml_value(o.value), ")");
   return given_text(o.source, o.origin, o.raw, name, file_);
+}
+
+void ResolvedConfig::bind_into(void* settings, std::type_index type) const {
+  if (type != table_->settings_type())
+    fail("internal: the ", table_->command(), " options set ", table_->settings_type().name(), ", not ", type.name());
+  for (const auto& spec : table_->specs()) {
+    const ResolvedOption& o = option(spec.name);
+    if (!spec.apply || std::holds_alternative<std::monostate>(o.value)) continue;
+    spec.apply(settings, o, describe(spec.name));
+  }
+}
+
+std::map<std::string, std::string> ResolvedConfig::value_texts() const {
+  std::map<std::string, std::string> out;
+  for (const auto& spec : table_->specs()) {
+    const OptionValue& value = option(spec.name).value;
+    out[spec.name] =
+        spec.secret && !std::holds_alternative<std::monostate>(value) ? "(hidden)" : format_plain_value(value);
+  }
+  return out;
+}
+
+std::map<std::string, std::string> ResolvedConfig::metadata() const {
+  std::map<std::string, std::string> out;
+  for (const auto& spec : table_->specs()) {
+    const OptionValue& value = option(spec.name).value;
+    if (spec.secret || std::holds_alternative<std::monostate>(value)) continue;
+    const bool* flag = std::get_if<bool>(&value);
+    for (const auto& key : spec.metadata_keys) out[key] = flag ? (*flag ? "True" : "False") : format_plain_value(value);
+  }
+  return out;
 }
 
 std::string ResolvedConfig::print() const {
   std::string out;
   for (const auto& spec : table_->specs()) {
-    out += cat(spec.name, " = ", format_toml_value(option(spec.name).value), "  (source: ", where(spec.name), ")\n");
+    const OptionValue& value = option(spec.name).value;
+    const std::string text =
+        spec.secret && !std::holds_alternative<std::monostate>(value) ? "(hidden)" : format_toml_value(value);
+    out += cat(spec.name, " = ", text, "  (source: ", where(spec.name), ")\n");
   }
   return out;
 }
@@ -608,8 +683,9 @@ ResolvedConfig resolve(const OptionTable& table, const ResolveInputs& inputs) {
                     OptionValue value, std::string error, const std::string& file) {
     if (error.empty()) error = check_value(spec, value, true);
     if (!error.empty()) {
-      errors.push_back(
-          cat(given_text(source, origin, raw, spec.name, file), ": ", error, "; allowed: ", spec.allowed_text()));
+      const std::string shown =
+          spec.secret ? cat(origin, " (hidden)") : given_text(source, origin, raw, spec.name, file);
+      errors.push_back(cat(shown, ": ", error, "; allowed: ", spec.allowed_text()));
       return;
     }
     given[spec.name][source] = ResolvedOption{normalise(spec, std::move(value)), source, origin, raw};
@@ -626,6 +702,19 @@ ResolvedConfig resolve(const OptionTable& table, const ResolveInputs& inputs) {
     // A bare boolean flag means true.
     std::string text = spec.type == OptionType::boolean && trim(raw).empty() ? "true" : raw;
     accept_text(spec, Source::cli, spec.flag_name(), text);
+  }
+  // Repeatable options: one item per occurrence on the command line (commas are not separators there).
+  for (const auto& [name, items] : inputs.cli_items) {
+    const OptionSpec& spec = table.at(name);
+    if (items.empty()) continue;
+    std::string raw = join(items, " ");
+    std::string error;
+    std::vector<std::string> checked;
+    for (const auto& item : items) {
+      if (trim(item).empty()) error = "an empty item";
+      checked.push_back(item);
+    }
+    accept(spec, Source::cli, spec.flag_name(), raw, error.empty() ? OptionValue(checked) : OptionValue(), error, "");
   }
 
   // Environment. An empty variable counts as unset (container templates list every variable, most empty).
@@ -645,7 +734,7 @@ ResolvedConfig resolve(const OptionTable& table, const ResolveInputs& inputs) {
     if (set.size() == 1) accept_text(spec, Source::env, set[0], inputs.env.at(set[0]));
   }
   for (const auto& [var, value] : inputs.env) {
-    if (var.rfind("PARAMS_", 0) != 0 || table.find_env(var) != nullptr) continue;
+    if (table.env_prefix().empty() || var.rfind(table.env_prefix(), 0) != 0 || table.find_env(var) != nullptr) continue;
     std::string hint = closest_match(var, known_vars);
     warnings.push_back(cat("unknown environment variable ", var, " is ignored",
                            hint.empty()
@@ -715,6 +804,14 @@ ResolvedConfig resolve(const OptionTable& table, const ResolveInputs& inputs) {
       }
       read_key(key, node, "");
     }
+  }
+
+  for (const auto& spec : table.specs()) {
+    if (!spec.required || given.count(spec.name) != 0) continue;
+    std::vector<std::string> ways;
+    if (spec.has_flag) ways.push_back(spec.positional ? cat("the argument ", upper(spec.name)) : spec.flag_name());
+    if (spec.has_env) ways.push_back(spec.env_name());
+    errors.push_back(cat(spec.name, " is required: give ", join(ways, " or ")));
   }
 
   throw_errors(errors);

@@ -13,13 +13,17 @@
 // option's group (`[optimizer] learning_rate = 1.0`); to_toml() writes the grouped form.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <optional>
 #include <string>
+#include <typeindex>
 #include <variant>
 #include <vector>
+
+#include "core/enum_names.h"
 
 namespace CLI {
 class App;
@@ -33,9 +37,27 @@ enum class OptionType { boolean, integer, real, string, path, choice, list };
 // What a path option must name.
 enum class PathCheck { none, file, directory, exists };
 
+// What a change of the option's value means for a run that resumes from a saved state:
+//   breaking     it shapes the training: the changed run starts fresh in OUTPUT_PATH/run-<hash>
+//   safe         the resumed run takes the new value (cadences, lengths, files, logging)
+//   memory_only  it trades memory for speed and leaves every number as it is (checkpointing, prefetch):
+//                the resumed run takes it, and it is left out of the run's hash
+enum class ResumeRule { breaking, safe, memory_only };
+constexpr std::array<EnumName<ResumeRule>, 3> enum_names(ResumeRule) {
+  return {{{"breaking", ResumeRule::breaking}, {"safe", ResumeRule::safe}, {"memory-only", ResumeRule::memory_only}}};
+}
+
 // An unset option holds monostate (options without a default); otherwise bool for boolean, int64_t for
 // integer, double for real, std::string for string/path/choice, std::vector<std::string> for list.
 using OptionValue = std::variant<std::monostate, bool, int64_t, double, std::string, std::vector<std::string>>;
+
+struct ResolvedOption;
+// Where a resolved value goes: writes it into the command's settings struct (`settings` points to one of
+// the table's settings type). `described` is how the user gave it (ResolvedConfig::describe), for
+// settings that carry their origin into later messages. Only called for set values.
+using OptionApply = std::function<void(void* settings, const ResolvedOption& option, const std::string& described)>;
+// Reads the field back from a settings struct (the default-agreement test and --print-config of a struct).
+using OptionRead = std::function<OptionValue(const void* settings)>;
 
 struct OptionSpec {
   std::string name;  // canonical snake_case name; also the TOML key
@@ -44,7 +66,9 @@ struct OptionSpec {
   std::string help;
   std::string group;                     // an id from the table's group list
   std::string flag;                      // "" = "--" + name with '_' -> '-'
-  std::string env;                       // "" = "PARAMS_" + upper-case name
+  std::string env;                       // "" = the table's prefix + upper-case name (when has_env)
+  bool has_flag = true;                  // false: environment only (secrets such as HF_TOKEN)
+  bool has_env = true;                   // false: command line and file only
   std::vector<std::string> env_aliases;  // further accepted variable names (kohya spellings)
   // choice: the allowed values in their canonical spelling (matched case-insensitively), and extra
   // spellings mapped to one of them ({"flux", "flux-dev"}).
@@ -63,9 +87,19 @@ struct OptionSpec {
   std::string toml_array_join;
   bool from_file = true;     // may be set in the TOML file
   bool config_file = false;  // this option names the TOML file itself (read from the CLI or env only)
+  bool positional = false;   // command line: a positional argument rather than a flag
+  bool repeatable = false;   // list: every occurrence of the flag adds an item (--lora A --lora B)
+  bool required = false;     // resolution fails when no source sets it
+  bool secret = false;       // the value is never printed (--print-config, messages, saved configs)
+  ResumeRule resume = ResumeRule::breaking;
+  std::vector<std::string> metadata_keys;  // the LoRA file's ss_* keys that record the value
 
-  std::string flag_name() const;
-  std::string env_name() const;
+  std::type_index settings_type = typeid(void);  // the struct `apply` writes into
+  OptionApply apply;                             // where the value goes; empty only for the config-file option
+  OptionRead read;                               // optional
+
+  std::string flag_name() const;  // "" without a flag; the argument's name for a positional one
+  std::string env_name() const;   // "" without a variable
   std::string allowed_text() const;
 };
 
@@ -78,11 +112,18 @@ class OptionTable {
     std::string id;     // also the TOML table name
     std::string title;  // for help and the reference
   };
-  // Checks the table itself (unique names, flags and variables; known groups; parseable defaults) and
-  // throws Error on a mistake in it.
-  OptionTable(std::string command, std::vector<Group> groups, std::vector<OptionSpec> specs);
+  // Checks the table itself (unique names, flags and variables; known groups; parseable defaults; one
+  // settings type; a setter on every option) and throws Error on a mistake in it. Options without an
+  // explicit variable get `env_prefix` + upper-case name; variables that start with the prefix but name
+  // no option are warned about (a typo); "" = no derived variables and no such warnings.
+  OptionTable(std::string command, std::string env_prefix, std::vector<Group> groups, std::vector<OptionSpec> specs);
+  // The same with the seed's prefix, PARAMS_.
+  OptionTable(std::string command, std::vector<Group> groups, std::vector<OptionSpec> specs)
+      : OptionTable(std::move(command), "PARAMS_", std::move(groups), std::move(specs)) {}
 
   const std::string& command() const { return command_; }
+  const std::string& env_prefix() const { return env_prefix_; }
+  std::type_index settings_type() const { return settings_type_; }
   const std::vector<Group>& groups() const { return groups_; }
   const std::vector<OptionSpec>& specs() const { return specs_; }
   const OptionSpec* find(const std::string& name) const;
@@ -94,8 +135,10 @@ class OptionTable {
 
  private:
   std::string command_;
+  std::string env_prefix_;
   std::vector<Group> groups_;
   std::vector<OptionSpec> specs_;
+  std::type_index settings_type_ = typeid(void);
 };
 
 struct ResolvedOption {
@@ -154,6 +197,23 @@ class ResolvedConfig {
   const std::string& config_file() const { return file_; }
   const std::vector<std::string>& warnings() const { return warnings_; }
 
+  // The command's settings: a default-constructed Settings with every set value applied through its
+  // option's setter, in table order. Settings must be the table's settings type.
+  template <typename Settings>
+  Settings bind() const {
+    Settings settings{};
+    bind_into(&settings, typeid(Settings));
+    return settings;
+  }
+  void bind_into(void* settings, std::type_index type) const;
+
+  // The value of every option as text (lists comma-joined, numbers in shortest round-trip form, secrets
+  // as "(hidden)"): what a training state records to compare a restarted run's options with.
+  std::map<std::string, std::string> value_texts() const;
+  // The LoRA file's ss_* metadata of the options that declare keys: booleans True/False (kohya writes
+  // Python's), other values as value_texts() gives them.
+  std::map<std::string, std::string> metadata() const;
+
  private:
   const OptionTable* table_;
   std::map<std::string, ResolvedOption> values_;
@@ -162,8 +222,13 @@ class ResolvedConfig {
 };
 
 struct ResolveInputs {
+  ResolveInputs() = default;
+  ResolveInputs(CliValues cli_values, EnvMap environment, std::map<std::string, std::vector<std::string>> items = {})
+      : cli(std::move(cli_values)), env(std::move(environment)), cli_items(std::move(items)) {}
   CliValues cli;
   EnvMap env;
+  // Repeatable options given on the command line: one item per occurrence (CliBinding::items()).
+  std::map<std::string, std::vector<std::string>> cli_items;
 };
 
 // Resolves every option of `table` (command line > environment > TOML file > default). The TOML file is
@@ -183,25 +248,32 @@ OptionValue parse_option_text(const OptionSpec& spec, const std::string& text, s
 
 // A value in TOML syntax: true, 16, 1.0, "text", ["a", "b"].
 std::string format_toml_value(const OptionValue& value);
+// A value as plain text: true, 16, 1, text, a,b (numbers in shortest round-trip form); "(unset)".
+std::string format_plain_value(const OptionValue& value);
 
 // The environment-variable reference of a table: "markdown" (one table per group: variable, flag,
 // default, allowed, description) or "text".
 std::string help_env(const OptionTable& table, const std::string& format);
 
-// Registers every option of `table` on a CLI11 (sub)command: one flag each, with the help text, the
-// variable name and the default, in a help section per group. A boolean flag may stand alone (= true)
-// or take a value (`--split-qkv false`); a repeated flag keeps its last value. CLI11 writes into the
-// binding while it parses, so the binding must outlive the parse; read values() afterwards.
+// Registers every option of `table` that has a flag on a CLI11 (sub)command: one flag (or positional
+// argument) each, with the help text, the variable name and the default, in a help section per group. A
+// boolean flag may stand alone (= true) or take a value (`--split-qkv false`; `--json=false` in a command
+// with positional arguments, whose next argument may be one); a repeated flag keeps its last value, a
+// repeatable one every value. CLI11 writes into the binding while it parses, so the binding must outlive
+// the parse; read values() / items() afterwards.
 class CliBinding {
  public:
   CliBinding(CLI::App& app, const OptionTable& table);
   CliBinding(const CliBinding&) = delete;
   CliBinding& operator=(const CliBinding&) = delete;
-  CliValues values() const;  // the flags given on the command line
+  CliValues values() const;                                       // the flags given on the command line
+  std::map<std::string, std::vector<std::string>> items() const;  // repeatable flags, one item per use
+  ResolveInputs inputs(EnvMap env) const { return {values(), std::move(env), items()}; }
 
  private:
   std::vector<std::pair<std::string, CLI::Option*>> options_;
   std::map<std::string, std::string> storage_;  // std::map nodes never move
+  std::map<std::string, std::vector<std::string>> item_storage_;
 };
 
 }  // namespace fluxtrain::app

@@ -10,7 +10,7 @@
 #include "app/commands.h"
 #include "app/device.h"
 #include "app/sampling.h"
-#include "app/train_options.h"
+#include "app/tool_options.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "lora/convert.h"
@@ -47,46 +47,25 @@ std::unique_ptr<sample::Sampler> make_sampler(const SamplerSetup& setup) {
 
 namespace {
 
-struct SampleOptions {
-  std::string model, ae, clip_l, t5xxl, model_dir;
-  std::vector<std::string> loras;
-  std::string prompt, prompts;
-  int width = 1024, height = 1024;
-  int steps = 0;  // 0: 20 for dev, 4 for schnell
-  double guidance = 3.5, cfg = 1.0;
-  std::string negative;
-  uint64_t seed = 42;
-  std::string out;
-  std::string name = "sample";
-  std::string device = "auto";
-  std::string precision = "auto";
-  int t5_max_length = 0;  // 0: 512 dev, 256 schnell
-  bool t5_attn_mask = false;
-};
-
 // The four files from the flags, or from --model-dir by their usual names (the same search as
-// `train`'s MODEL_DIR: train_options.h find_model_files); dev or schnell by what the folder holds.
-void resolve_files(SampleOptions& o) {
-  if (!o.model_dir.empty() && !fs::is_directory(o.model_dir)) fail("--model-dir ", o.model_dir, ": no such folder");
-  std::string base = "flux-dev";
-  if (o.model.empty() && !o.model_dir.empty()) {
-    auto holds = [&](const std::string& variant) {
-      for (const auto& name : usual_model_names("model", variant)) {
-        if (fs::is_regular_file(fs::path(o.model_dir) / name)) return true;
+// `train`'s MODEL_DIR: shared_options.h find_model_files); dev or schnell by what the folder holds.
+ModelFiles resolve_files(ModelFileSettings models) {
+  if (models.given.model.empty() && !models.dir.empty()) {
+    auto holds = [&](BaseModel variant) {
+      for (const auto& name : usual_model_names(ModelFileKind::model, variant)) {
+        if (fs::is_regular_file(fs::path(models.dir) / name)) return true;
       }
       return false;
     };
-    if (!holds("flux-dev") && holds("flux-schnell")) base = "flux-schnell";
+    if (!holds(BaseModel::dev) && holds(BaseModel::schnell)) models.base_model = BaseModel::schnell;
   }
-  ModelFiles files = find_model_files({o.model, o.ae, o.clip_l, o.t5xxl}, o.model_dir, base, "--model-dir");
-  o.model = files.model;
-  o.ae = files.ae;
-  o.clip_l = files.clip_l;
-  o.t5xxl = files.t5xxl;
-  for (const auto& [path, flag] : {std::pair{o.model, "--model"}, std::pair{o.ae, "--ae"},
-                                   std::pair{o.clip_l, "--clip-l"}, std::pair{o.t5xxl, "--t5xxl"}}) {
-    if (!fs::exists(path)) fail(flag, " ", path, ": no such file");
+  ModelFiles files = find_model_files(models);
+  for (const auto& [path, what] :
+       {std::pair{files.model, "the Flux transformer"}, std::pair{files.ae, "the autoencoder"},
+        std::pair{files.clip_l, "the CLIP-L text encoder"}, std::pair{files.t5xxl, "the T5-XXL text encoder"}}) {
+    if (!fs::exists(path)) fail(what, " ", path, ": no such file");
   }
+  return files;
 }
 
 struct LoraSpec {
@@ -121,22 +100,12 @@ bool has_guidance_embedding(const std::string& path) {
   return false;
 }
 
-void check_size(int value, const char* flag) {
-  if (value < 16 || value % 16 != 0) {
-    fail(flag, " ", value, ": expected a positive multiple of 16, e.g. ", std::max(16, value / 16 * 16));
-  }
-}
-
-int run_sample(SampleOptions o) {
-  resolve_files(o);
-  if (o.prompt.empty() == o.prompts.empty()) fail("give either --prompt TEXT or --prompts FILE (exactly one)");
-  if (o.out.empty()) fail("--out DIR is required");
-  check_size(o.width, "--width");
-  check_size(o.height, "--height");
+int run_sample(const SampleSettings& o) {
+  const ModelFiles files = resolve_files(o.models);
   std::vector<LoraSpec> loras;
   for (const auto& text : o.loras) loras.push_back(parse_lora(text));
 
-  const bool dev = has_guidance_embedding(o.model);
+  const bool dev = has_guidance_embedding(files.model);
   data::PromptDefaults defaults;
   defaults.width = o.width;
   defaults.height = o.height;
@@ -150,13 +119,13 @@ int run_sample(SampleOptions o) {
   if (prompts.empty()) fail("--prompt: the text holds no prompt");
 
   models::ModelOptions options;
-  options.device = resolve_device(o.device);
-  options.dtype = resolve_precision(o.precision, options.device);
+  options.device = resolve_device(o.compute.device, o.compute.device_origin);
+  options.dtype = resolve_precision(o.compute.precision, options.device);
 
   SamplerSetup setup;
-  setup.ae_path = o.ae;
-  setup.clip_path = o.clip_l;
-  setup.t5_path = o.t5xxl;
+  setup.ae_path = files.ae;
+  setup.clip_path = files.clip_l;
+  setup.t5_path = files.t5xxl;
   setup.options = options;
   setup.text.t5_max_length = o.t5_max_length > 0 ? o.t5_max_length : (dev ? 512 : 256);
   setup.text.t5_attn_mask = o.t5_attn_mask;
@@ -168,14 +137,14 @@ int run_sample(SampleOptions o) {
   for (const auto& l : loras) {
     lora_list += cat(lora_list.empty() ? "" : ", ", fs::path(l.path).filename().string(), ":", l.strength);
   }
-  setup.sampler.text = {{"model", fs::path(o.model).filename().string()}, {"loras", lora_list}};
+  setup.sampler.text = {{"model", fs::path(files.model).filename().string()}, {"loras", lora_list}};
 
   // Text encoders first (encode, free), then the transformer: the peak is the larger of the two.
-  log::info("encoding ", prompts.size(), " prompts with ", o.clip_l, " and ", o.t5xxl);
+  log::info("encoding ", prompts.size(), " prompts with ", files.clip_l, " and ", files.t5xxl);
   std::unique_ptr<sample::Sampler> sampler = make_sampler(setup);
 
-  log::info("loading ", o.model);
-  models::LoadedFlux flux = models::load_flux(o.model, options);
+  log::info("loading ", files.model);
+  models::LoadedFlux flux = models::load_flux(files.model, options);
   for (const auto& l : loras) {
     lora::LoraContents contents = lora::read_lora(l.path, *flux.model);
     lora::merge_lora(*flux.model, contents, l.strength);
@@ -190,36 +159,8 @@ int run_sample(SampleOptions o) {
 }  // namespace
 
 Command add_sample_command(CLI::App& app) {
-  auto o = std::make_shared<SampleOptions>();
-  CLI::App* sub = app.add_subcommand(
-      "sample", "Generate images with a Flux model plus any number of LoRAs (kohya, diffusers/PEFT or ComfyUI layout)");
-  sub->add_option("--model", o->model, "Flux transformer (flux1-dev.safetensors, a diffusers folder, ...)");
-  sub->add_option("--ae", o->ae, "autoencoder (ae.safetensors)");
-  sub->add_option("--clip-l", o->clip_l, "CLIP-L text encoder (clip_l.safetensors)");
-  sub->add_option("--t5xxl", o->t5xxl, "T5-XXL text encoder (t5xxl_fp16.safetensors)");
-  sub->add_option("--model-dir", o->model_dir,
-                  "folder holding the usual file names (flux1-dev/flux1-schnell, ae, clip_l, t5xxl_fp16 .safetensors)");
-  sub->add_option("--lora", o->loras, "LoRA file, optionally with a strength: FILE[:STRENGTH] (repeatable)")
-      ->expected(1)
-      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
-  sub->add_option("--prompt", o->prompt, "the prompt (kohya options such as --w 768 --d 5 may follow inside it)");
-  sub->add_option("--prompts", o->prompts, "prompt file in kohya's syntax (.txt lines, .toml or .json)");
-  sub->add_option("--width", o->width, "image width (multiple of 16)")->capture_default_str();
-  sub->add_option("--height", o->height, "image height (multiple of 16)")->capture_default_str();
-  sub->add_option("--steps", o->steps, "sampling steps (default 20 for dev, 4 for schnell)");
-  sub->add_option("--guidance", o->guidance, "Flux dev's embedded guidance")->capture_default_str();
-  sub->add_option("--cfg", o->cfg, "true classifier-free guidance scale (1 = off; otherwise two forwards per step)")
-      ->capture_default_str();
-  sub->add_option("--negative", o->negative, "negative prompt (used when --cfg is not 1)");
-  sub->add_option("--seed", o->seed, "seed of every prompt that sets none with --d")->capture_default_str();
-  sub->add_option("--out", o->out, "folder for the PNGs (created if needed)");
-  sub->add_option("--name", o->name, "file name prefix: NAME_000000_IDX_SEED.png")->capture_default_str();
-  sub->add_option("--device", o->device, "auto, cpu or cuda[:N]")->capture_default_str();
-  sub->add_option("--precision", o->precision, "auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16")
-      ->capture_default_str();
-  sub->add_option("--t5-max-length", o->t5_max_length, "T5 tokens (default 512 for dev, 256 for schnell)");
-  sub->add_flag("--t5-attn-mask", o->t5_attn_mask, "mask T5 padding (kohya apply_t5_attn_mask)");
-  return {sub, [o] { return run_sample(*o); }};
+  return add_table_command(app, command_info("sample"),
+                           [](const ResolvedConfig& config) { return run_sample(config.bind<SampleSettings>()); });
 }
 
 }  // namespace fluxtrain::app

@@ -13,6 +13,7 @@
 
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <set>
 
 #include "app/commands.h"
@@ -20,13 +21,13 @@
 #include "app/sampling.h"
 #include "app/train_options.h"
 #include "core/atomic_file.h"
+#include "core/enum_names.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/sha256.h"
 #include "data/dataset.h"
 #include "data/fetch.h"
 #include "data/prompts.h"
-#include "models/linear.h"
 #include "train/dataset_source.h"
 #include "train/state.h"
 #include "train/trainer.h"
@@ -35,47 +36,23 @@ namespace fluxtrain::app {
 namespace fs = std::filesystem;
 namespace {
 
-// Options whose change a resumed run can take on without mixing two trainings.
-const std::set<std::string> kResumeSafe = {
-    "save_every_n_steps", "save_every_n_epochs", "keep_last_n", "keep_last_n_states", "save_state",
-    "sample_prompts", "sample_every_n_steps", "sample_every_n_epochs", "sample_at_first", "max_train_epochs",
-    "max_train_steps", "log_every_seconds", "prefetch_batches", "device", "resume_from", "auto_resume", "config", "cache_dir",
-    "output_path", "model_dir", "model", "ae", "clip_l", "t5xxl", "dataset_name"};
-
-std::string value_text(const OptionValue& value) {
-  struct Visitor {
-    std::string operator()(std::monostate) const { return "(unset)"; }
-    std::string operator()(bool v) const { return v ? "true" : "false"; }
-    std::string operator()(int64_t v) const { return std::to_string(v); }
-    std::string operator()(double v) const {
-      std::ostringstream out;
-      out.precision(17);
-      out << v;
-      return out.str();
-    }
-    std::string operator()(const std::string& v) const { return v; }
-    std::string operator()(const std::vector<std::string>& v) const {
-      std::string out;
-      for (const auto& s : v) out += (out.empty() ? "" : ",") + s;
-      return out;
-    }
-  };
-  return std::visit(Visitor{}, value);
-}
-
-nlohmann::json option_values(const ResolvedConfig& config) {
-  nlohmann::json out = nlohmann::json::object();
-  for (const std::string& name : config.table().names()) out[name] = value_text(config.option(name).value);
-  return out;
-}
-
-// The hash of the options that shape the training (everything not in kResumeSafe).
-std::string training_hash(const nlohmann::json& values) {
+// The options that shape the training (resume rule `breaking`) as "name=value" lines, hashed.
+std::string training_hash(const std::map<std::string, std::string>& values) {
   std::string text;
-  for (const auto& [name, value] : values.items()) {
-    if (!kResumeSafe.count(name)) text += name + "=" + value.get<std::string>() + "\n";
+  for (const auto& [name, value] : values) {
+    if (train_options().at(name).resume == ResumeRule::breaking) text += name + "=" + value + "\n";
   }
   return sha256_hex(text).substr(0, 12);
+}
+
+// Two option texts for the same value: equal, or the same number written differently (states of format 1
+// wrote numbers with 17 significant digits).
+bool same_value(const std::string& a, const std::string& b) {
+  if (a == b) return true;
+  char* end_a = nullptr;
+  char* end_b = nullptr;
+  const double x = std::strtod(a.c_str(), &end_a), y = std::strtod(b.c_str(), &end_b);
+  return !a.empty() && !b.empty() && *end_a == '\0' && *end_b == '\0' && x == y;
 }
 
 struct RunPlan {
@@ -84,15 +61,15 @@ struct RunPlan {
 };
 
 // Where this run lives and whether it resumes (see the file comment).
-RunPlan plan_run(const ResolvedConfig& config, const nlohmann::json& values) {
+RunPlan plan_run(const TrainSettings& settings, const std::map<std::string, std::string>& values) {
   RunPlan plan;
-  const fs::path output(config.get_string("output_path"));
+  const fs::path output(settings.output_path);
   plan.dir = output;
-  if (auto from = config.find_string("resume_from"); from && !from->empty()) {
-    plan.resume_state = *from;
+  if (!settings.resume_from.empty()) {
+    plan.resume_state = settings.resume_from;
     return plan;
   }
-  if (!config.get_bool("auto_resume")) return plan;
+  if (!settings.auto_resume) return plan;
   const std::string hash = training_hash(values);
   auto newest = train::newest_state(output);
   if (!newest) {
@@ -112,11 +89,13 @@ RunPlan plan_run(const ResolvedConfig& config, const nlohmann::json& values) {
     saved = nlohmann::json::object();
   }
   std::vector<std::string> honoured, breaking;
-  for (const auto& [name, value] : values.items()) {
-    std::string before = saved.contains(name) ? saved[name].get<std::string>() : "(unset)";
-    if (before == value.get<std::string>()) continue;
-    std::string change = cat(name, ": ", before, " -> ", value.get<std::string>());
-    (kResumeSafe.count(name) ? honoured : breaking).push_back(change);
+  for (const auto& [name, value] : values) {
+    const std::string before = saved.contains(name) ? saved[name].get<std::string>() : "(unset)";
+    if (same_value(before, value)) continue;
+    const ResumeRule rule = train_options().at(name).resume;
+    std::string change =
+        cat(name, ": ", before, " -> ", value, rule == ResumeRule::memory_only ? " (memory only)" : "");
+    (rule == ResumeRule::breaking ? breaking : honoured).push_back(change);
   }
   if (breaking.empty()) {
     plan.resume_state = newest->string();
@@ -125,45 +104,32 @@ RunPlan plan_run(const ResolvedConfig& config, const nlohmann::json& values) {
   }
   for (const auto& c : breaking) log::warn("changed since the saved state in ", output.string(), ": ", c);
   plan.dir = output / ("run-" + hash);
-  log::warn("these changes shape the training, so this is a new run in ", plan.dir.string(),
-            " (the run in ", output.string(), " is left as it is)");
+  log::warn("these changes shape the training, so this is a new run in ", plan.dir.string(), " (the run in ",
+            output.string(), " is left as it is)");
   if (auto alt = train::newest_state(plan.dir)) plan.resume_state = alt->string();
   return plan;
 }
 
-std::shared_ptr<data::DatasetPlan> build_dataset(const ResolvedConfig& config) {
+std::shared_ptr<data::DatasetPlan> build_dataset(const TrainSettings& settings) {
   data::ConfigOptions options;
-  if (auto v = config.find_int("train_batch_size")) {
-    options.fallbacks.batch_size = static_cast<int>(*v);
-    options.fallbacks.batch_size_origin = config.describe("train_batch_size");
-  }
-  if (config.is_set("resolution")) {
-    const auto& r = config.get_list("resolution");
-    int w = std::stoi(r.at(0)), h = r.size() > 1 ? std::stoi(r[1]) : w;
-    options.fallbacks.resolution = data::Resolution{w, h};
-    options.fallbacks.resolution_origin = config.describe("resolution");
-  }
+  options.fallbacks = settings.dataset_fallbacks;
   fs::path fetched;
-  if (auto name = config.find_string("dataset_name"); name && !name->empty()) {
+  if (!settings.dataset_name.empty()) {
     data::FetchOptions fetch = data::FetchOptions::from_environment();
-    fetched = data::fetch_dataset(*name, data::default_dataset_cache_dir(), fetch);
-    log::info("dataset ", *name, ": ", fetched.string());
+    fetched = data::fetch_dataset(settings.dataset_name, data::default_dataset_cache_dir(), fetch);
+    log::info("dataset ", settings.dataset_name, ": ", fetched.string());
     options.default_image_dir = fetched;
   }
-  data::DatasetGroupConfig group;
-  if (auto file = config.find_string("dataset_config"); file && !file->empty()) {
-    group = data::load_dataset_config(*file, options);
-  } else {
-    group = data::folder_dataset_config(fetched, options);
-  }
+  data::DatasetGroupConfig group = settings.dataset_config.empty()
+                                       ? data::folder_dataset_config(fetched, options)
+                                       : data::load_dataset_config(settings.dataset_config, options);
   for (auto& dataset : group.datasets) {
     for (auto& subset : dataset.subsets) {
-      if (auto ext = config.find_string("caption_extension"); ext && !ext->empty() && !subset.origin.count("caption_extension")) {
-        subset.caption_extension = (*ext)[0] == '.' ? *ext : "." + *ext;
+      if (settings.caption_extension && !subset.origin.count("caption_extension")) {
+        const std::string& ext = *settings.caption_extension;
+        subset.caption_extension = ext[0] == '.' ? ext : "." + ext;
       }
-      if (auto n = config.find_int("num_repeats"); n && subset.origin.count("num_repeats") == 0) {
-        subset.num_repeats = static_cast<int>(*n);
-      }
+      if (settings.num_repeats && subset.origin.count("num_repeats") == 0) subset.num_repeats = *settings.num_repeats;
     }
   }
   data::ScanOptions scan;
@@ -171,76 +137,19 @@ std::shared_ptr<data::DatasetPlan> build_dataset(const ResolvedConfig& config) {
   return std::make_shared<data::DatasetPlan>(data::DatasetPlan::build(std::move(group), scan));
 }
 
-train::TrainerConfig trainer_config(const ResolvedConfig& config, const ModelFiles& files, const RunPlan& run,
-                                    const data::DatasetPlan& plan, const nlohmann::json& values, at::Device device,
-                                    at::ScalarType precision) {
+train::TrainerConfig trainer_config(const ResolvedConfig& config, const TrainSettings& settings,
+                                    const ModelFiles& files, const RunPlan& run, const data::DatasetPlan& plan,
+                                    at::Device device, at::ScalarType precision) {
   train::TrainerConfig t;
+  static_cast<train::TrainOptions&>(t) = settings.training;
   t.model_path = files.model;
   t.model.device = device;
+  t.model.dtype = precision;
+  t.model.fp8_base = settings.training.fp8_base;
   t.compute_dtype = precision;
-  t.model.dtype = t.compute_dtype;
-  t.model.fp8_base = config.get_bool("fp8_base");
-  t.full_finetune = config.get_string("network_type") == "none";
-  t.lora.rank = config.get_int("network_dim");
-  t.lora.alpha = config.get_real("network_alpha");
-  t.lora.train_blocks = config.get_string("train_blocks");
-  t.lora.train_double_block_indices = config.get_string("train_double_block_indices");
-  t.lora.train_single_block_indices = config.get_string("train_single_block_indices");
-  t.lora.split_qkv = config.get_bool("split_qkv");
-  if (auto v = config.find_real("network_dropout")) t.lora.dropout.neuron = *v;
-  if (auto v = config.find_real("rank_dropout")) t.lora.dropout.rank = *v;
-  if (auto v = config.find_real("module_dropout")) t.lora.dropout.module = *v;
-  for (const char* type : {"img_attn", "img_mlp", "img_mod", "txt_attn", "txt_mlp", "txt_mod", "single", "single_mod"}) {
-    if (auto v = config.find_int(std::string(type) + "_dim")) t.lora.type_dims[type] = *v;
-  }
-  if (auto w = config.find_string("network_weights")) t.network_weights = *w;
-  t.optimizer_type = config.get_string("optimizer_type");
-  t.optimizer_args = merged_optimizer_args(config);
-  t.learning_rate = config.get_real("learning_rate");
-  t.weight_decay = 0.0;  // the optimizer's own default unless optimizer_args / PARAMS_WEIGHT_DECAY set it
-  t.schedule.name = config.get_string("lr_scheduler");
-  if (auto v = config.find_real("lr_warmup_steps")) t.schedule.warmup = *v;
-  if (auto v = config.find_int("lr_scheduler_num_cycles")) t.schedule.num_cycles = static_cast<double>(*v);
-  t.schedule.power = config.get_real("lr_scheduler_power");
-  if (auto v = config.find_string("lr_step_rules")) t.schedule.step_rules = *v;
-  t.step.objective.sampling = train::parse_timestep_sampling(config.get_string("timestep_sampling"), "timestep_sampling");
-  t.step.objective.sigmoid_scale = config.get_real("sigmoid_scale");
-  t.step.objective.discrete_flow_shift = config.get_real("discrete_flow_shift");
-  t.step.objective.guidance_scale = config.get_real("guidance_scale");
-  t.step.objective.loss = train::parse_loss_type(config.get_string("loss_type"), "loss_type");
-  t.step.objective.huber_c = config.get_real("huber_c");
-  if (auto v = config.find_real("noise_offset")) t.step.objective.noise_offset = *v;
-  t.step.checkpointing.enabled = config.get_bool("gradient_checkpointing");
-  t.step.checkpointing.offload_inputs = config.get_bool("offload_checkpoints");
-  t.step.checkpointing.interval = config.get_int("gradient_checkpointing_interval");
-  t.step.checkpointing.keep_attention = config.get_bool("checkpoint_keep_attention");
-  t.step.checkpointing.keep_products =
-      models::parse_keep_products(config.get_string("checkpoint_keep_products"), "checkpoint_keep_products");
-  t.step.apply_t5_mask = config.get_bool("apply_t5_attn_mask");
-  t.step.max_grad_norm = config.get_real("max_grad_norm");
-  if (auto v = config.find_int("gradient_accumulation_steps")) t.gradient_accumulation = *v;
-  t.prefetch_batches = static_cast<int>(config.get_int("prefetch_batches"));
-  if (auto v = config.find_int("max_train_epochs")) {
-    t.max_epochs = *v;
-    t.max_steps = 0;
-  } else {
-    t.max_steps = config.get_int("max_train_steps");
-  }
-  t.seed = static_cast<uint64_t>(config.get_int("seed"));
   t.output_dir = run.dir;
-  t.output_name = config.get_string("output_name");
-  if (auto v = config.find_int("save_every_n_steps")) t.save_every_n_steps = *v;
-  if (auto v = config.find_int("save_every_n_epochs")) t.save_every_n_epochs = *v;
-  if (auto v = config.find_int("keep_last_n")) t.keep_last_n = static_cast<int>(*v);
-  t.save_state = config.get_bool("save_state");
-  t.keep_last_n_states = static_cast<int>(config.get_int("keep_last_n_states"));
-  if (auto v = config.find_int("sample_every_n_steps")) t.sample_every_n_steps = *v;
-  if (auto v = config.find_int("sample_every_n_epochs")) t.sample_every_n_epochs = *v;
-  t.sample_at_first = config.get_bool("sample_at_first");
-  t.log_every_seconds = config.get_real("log_every_seconds");
   t.resume_from = run.resume_state;
-  const bool schnell = config.get_string("base_model") == "flux-schnell";
-  t.file_info.architecture = schnell ? "flux-1-schnell" : "flux-1-dev";
+  t.file_info.architecture = settings.models.base_model == BaseModel::schnell ? "flux-1-schnell" : "flux-1-dev";
   t.file_info.title = t.output_name;
   if (!plan.buckets().empty()) {
     t.file_info.width = plan.config().datasets.at(0).buckets.resolution.width;
@@ -252,79 +161,61 @@ train::TrainerConfig trainer_config(const ResolvedConfig& config, const ModelFil
       if (!subset.class_tokens.empty() && !subset.is_reg) triggers.insert(subset.class_tokens);
     }
   }
-  for (const auto& trigger : triggers) t.file_info.trigger_phrase += (t.file_info.trigger_phrase.empty() ? "" : ", ") + trigger;
-  t.file_info.training = {
-      {"ss_learning_rate", value_text(config.option("learning_rate").value)},
-      {"ss_unet_lr", value_text(config.option("learning_rate").value)},
-      {"ss_optimizer", t.optimizer_type + (t.optimizer_args.empty() ? "" : "(" + t.optimizer_args + ")")},
-      {"ss_lr_scheduler", t.schedule.name},
-      {"ss_lr_warmup_steps", cat(t.schedule.warmup)},
+  for (const auto& trigger : triggers)
+    t.file_info.trigger_phrase += (t.file_info.trigger_phrase.empty() ? "" : ", ") + trigger;
+  // kohya's ss_* keys: those the option table declares, and what only the run knows.
+  for (const auto& [key, value] : config.metadata()) t.file_info.training[key] = value;
+  t.file_info.training.insert({
+      {"ss_optimizer", optim::describe(t.optimizer)},
       {"ss_num_train_images", std::to_string(plan.train_samples())},
       {"ss_num_reg_images", std::to_string(plan.reg_samples())},
       {"ss_num_batches_per_epoch", std::to_string(plan.steps_per_epoch())},
-      {"ss_gradient_checkpointing", t.step.checkpointing.enabled ? "True" : "False"},
-      {"ss_gradient_accumulation_steps", std::to_string(t.gradient_accumulation)},
-      {"ss_max_grad_norm", value_text(config.option("max_grad_norm").value)},
-      {"ss_seed", std::to_string(t.seed)},
-      {"ss_noise_offset", cat(t.step.objective.noise_offset)},
-      {"ss_timestep_sampling", config.get_string("timestep_sampling")},
-      {"ss_sigmoid_scale", value_text(config.option("sigmoid_scale").value)},
-      {"ss_discrete_flow_shift", value_text(config.option("discrete_flow_shift").value)},
-      {"ss_guidance_scale", value_text(config.option("guidance_scale").value)},
       {"ss_model_prediction_type", "raw"},
-      {"ss_loss_type", config.get_string("loss_type")},
-      {"ss_fp8_base", t.model.fp8_base ? "True" : "False"},
-      {"ss_apply_t5_attn_mask", t.step.apply_t5_mask ? "True" : "False"},
       {"ss_mixed_precision", c10::toString(t.compute_dtype)},
       {"ss_sd_model_name", fs::path(files.model).filename().string()},
       {"ss_vae_name", fs::path(files.ae).filename().string()},
-  };
+  });
+  const std::map<std::string, std::string> values = config.value_texts();
   t.run_info = {{"options", values}, {"training_hash", training_hash(values)}};
   return t;
 }
 
-int run_train(const TrainCli& cli, bool cache_only) {
-  if (cli.help_env) {
-    std::cout << help_env(train_options(), cli.format);
-    return 0;
-  }
-  ResolvedConfig config = resolve_train_config(cli, environment());
-  if (cli.print_config) {
-    std::cout << (cli.format == "toml" ? config.to_toml() : config.print());
-    return 0;
-  }
-  const ModelFiles files = resolve_model_files(config);
-  const nlohmann::json values = option_values(config);
-  const at::Device device = resolve_device(config.get_string("device"), config.describe("device"));
-  const at::ScalarType precision = resolve_precision(config.get_string("precision"), device, config.describe("precision"));
+int run_train(const ResolvedConfig& config, bool cache_only) {
+  const TrainSettings settings = config.bind<TrainSettings>();
+  const ModelFiles files = find_model_files(settings.models);
+  const at::Device device = resolve_device(settings.compute.device, settings.compute.device_origin);
+  const at::ScalarType precision = resolve_precision(settings.compute.precision, device);
 
-  RunPlan run = cache_only ? RunPlan{fs::path(config.get_string("output_path")), ""} : plan_run(config, values);
-  std::shared_ptr<data::DatasetPlan> plan = build_dataset(config);
+  RunPlan run = cache_only ? RunPlan{fs::path(settings.output_path), ""} : plan_run(settings, config.value_texts());
+  std::shared_ptr<data::DatasetPlan> plan = build_dataset(settings);
 
   train::DatasetSourceOptions source_options;
-  source_options.cache_dir = config.find_string("cache_dir").value_or("");
-  if (source_options.cache_dir.empty()) source_options.cache_dir = fs::path(config.get_string("output_path")) / "cache";
+  source_options.cache_dir = settings.cache_dir;
+  if (source_options.cache_dir.empty()) source_options.cache_dir = fs::path(settings.output_path) / "cache";
   source_options.encoders.device = device;
   source_options.encoders.dtype = precision;
-  source_options.text.t5_max_length = static_cast<int>(
-      config.find_int("t5xxl_max_token_length").value_or(config.get_string("base_model") == "flux-schnell" ? 256 : 512));
-  source_options.text.t5_attn_mask = config.get_bool("apply_t5_attn_mask");
-  source_options.seed = static_cast<uint64_t>(config.get_int("seed"));
+  source_options.text.t5_max_length = settings.t5_max_length > 0
+                                          ? settings.t5_max_length
+                                          : (settings.models.base_model == BaseModel::schnell ? 256 : 512);
+  source_options.text.t5_attn_mask = settings.t5_attn_mask;
+  source_options.seed = settings.training.seed;
   train::DatasetSource source(plan, {files.ae, files.clip_l, files.t5xxl}, source_options);
   log::info(source.prepare());
   if (cache_only) return 0;
 
-  train::TrainerConfig trainer = trainer_config(config, files, run, *plan, values, device, precision);
+  train::TrainerConfig trainer = trainer_config(config, settings, files, run, *plan, device, precision);
   fs::create_directories(run.dir / "logs");
   write_file_atomic((run.dir / "config.toml").string(), config.to_toml());
   log::add_file_sink((run.dir / "logs" / "fluxtrain.log").string());
   log::info("training ", trainer.output_name, " in ", run.dir.string(), " on ", trainer.model.device.str(), " (",
-            c10::toString(trainer.compute_dtype), ")", run.resume_state.empty() ? "" : ", resuming from " + run.resume_state);
+            c10::toString(trainer.compute_dtype), ")",
+            run.resume_state.empty() ? "" : ", resuming from " + run.resume_state);
   // Samples: the prompts are encoded once now (the text encoders are freed again); the AE stays.
   std::unique_ptr<sample::Sampler> sampler;
   train::SampleHook hook;
-  const bool sampling = trainer.sample_every_n_steps > 0 || trainer.sample_every_n_epochs > 0 || trainer.sample_at_first;
-  if (auto prompts = config.find_string("sample_prompts"); prompts && !prompts->empty() && sampling) {
+  const bool sampling =
+      trainer.sample_every_n_steps > 0 || trainer.sample_every_n_epochs > 0 || trainer.sample_at_first;
+  if (!settings.sample_prompts.empty() && sampling) {
     SamplerSetup setup;
     setup.ae_path = files.ae;
     setup.clip_path = files.clip_l;
@@ -332,7 +223,7 @@ int run_train(const TrainCli& cli, bool cache_only) {
     setup.options.device = device;
     setup.options.dtype = precision;
     setup.text = source_options.text;
-    setup.prompts = data::load_prompts(*prompts);
+    setup.prompts = data::load_prompts(settings.sample_prompts);
     setup.sampler.out_dir = run.dir / "samples";
     setup.sampler.name = trainer.output_name;
     setup.sampler.run_seed = trainer.seed;
@@ -344,8 +235,8 @@ int run_train(const TrainCli& cli, bool cache_only) {
   log::info(result.interrupted ? "stopped" : "done", ": ", result.steps, "/", result.total_steps, " steps in ",
             result.seconds, " s, last loss ", result.last_loss, ", peak memory ",
             result.peak_memory_bytes >= 0 ? format_bytes(result.peak_memory_bytes) : std::string("unknown"),
-            "; the steps waited for data ", 100.0 * result.data_wait_share, " % of their time; ",
-            result.files.size(), " file", result.files.size() == 1 ? "" : "s", " written:");
+            "; the steps waited for data ", 100.0 * result.data_wait_share, " % of their time; ", result.files.size(),
+            " file", result.files.size() == 1 ? "" : "s", " written:");
   for (const auto& file : result.files) std::cout << file << "\n";
   return 0;
 }
@@ -353,15 +244,13 @@ int run_train(const TrainCli& cli, bool cache_only) {
 }  // namespace
 
 Command add_train_command(CLI::App& app) {
-  CLI::App* sub = app.add_subcommand("train", kTrainCommandHelp);
-  std::shared_ptr<TrainCli> cli = add_train_cli(*sub);
-  return {sub, [cli]() { return run_train(*cli, false); }};
+  return add_table_command(app, command_info("train"),
+                           [](const ResolvedConfig& config) { return run_train(config, false); });
 }
 
 Command add_cache_command(CLI::App& app) {
-  CLI::App* sub = app.add_subcommand("cache", kCacheCommandHelp);
-  std::shared_ptr<TrainCli> cli = add_train_cli(*sub);
-  return {sub, [cli]() { return run_train(*cli, true); }};
+  return add_table_command(app, command_info("cache"),
+                           [](const ResolvedConfig& config) { return run_train(config, true); });
 }
 
 }  // namespace fluxtrain::app

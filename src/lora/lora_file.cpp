@@ -49,7 +49,7 @@ safetensors::Metadata lora_metadata(const LoraNetwork& network, const LoraFileIn
   m["ss_network_alpha"] = number(o.alpha > 0 ? o.alpha : static_cast<double>(o.rank));
   m["ss_network_dropout"] = number(o.dropout.neuron);
   nlohmann::ordered_json args = nlohmann::ordered_json::object();
-  args["train_blocks"] = o.train_blocks;
+  args["train_blocks"] = std::string(name_of(o.train_blocks));
   if (o.train_double_block_indices != "all") args["train_double_block_indices"] = o.train_double_block_indices;
   if (o.train_single_block_indices != "all") args["train_single_block_indices"] = o.train_single_block_indices;
   if (o.split_qkv) args["split_qkv"] = "True";
@@ -76,6 +76,10 @@ safetensors::Metadata lora_metadata(const LoraNetwork& network, const LoraFileIn
 
 void save_lora_file(const std::string& path, const LoraNetwork& network, const LoraFileInfo& info) {
   auto tensors = network.kohya_state();
+  const at::ScalarType dtype = info.precision == SavePrecision::bf16   ? at::kBFloat16
+                               : info.precision == SavePrecision::fp16 ? at::kHalf
+                                                                       : at::kFloat;
+  for (auto& [name, tensor] : tensors) tensor = tensor.to(dtype);
   safetensors::Metadata metadata = lora_metadata(network, info);
   // kohya: sha256 of the data area; A1111/Forge show its first 10 hex digits as the LoRA's hash.
   metadata["sshs_model_hash"] = safetensors::data_sha256(tensors);

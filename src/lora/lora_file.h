@@ -7,6 +7,7 @@
 #include <string>
 
 #include "core/safetensors_format.h"
+#include "lora/options.h"
 
 namespace fluxtrain::lora {
 
@@ -19,6 +20,7 @@ struct LoraFileInfo {
   int height = 1024;
   std::string trigger_phrase;              // modelspec.trigger_phrase when known (class tokens)
   safetensors::Metadata training;           // the trainer's ss_* keys (steps, epochs, optimizer, ...)
+  SavePrecision precision = SavePrecision::fp32;  // dtype of every saved tensor (kohya casts them all)
 };
 
 // modelspec.date: now in UTC ("2025-01-31T12:00:00"), or SOURCE_DATE_EPOCH when set (reproducible files).

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "lora/options.h"
 #include "models/linear.h"
 
 namespace fluxtrain::lora {
@@ -17,12 +18,6 @@ namespace fluxtrain::lora {
 struct LoraPart {
   at::Tensor down;  // [rank, in]
   at::Tensor up;    // [rows, rank]
-};
-
-struct DropoutOptions {
-  double neuron = 0;  // kohya `dropout`
-  double rank = 0;    // kohya `rank_dropout`
-  double module = 0;  // kohya `module_dropout`
 };
 
 class LoraModule : public models::LinearAdapter {

@@ -76,14 +76,11 @@ LoraNetwork::LoraNetwork(models::FluxTransformerImpl& model, const LoraOptions& 
     if (value < 0) fail("network_args: ", key, "_dim must be >= 0, got ", value);
   }
   const auto& c = model.config;
-  bool doubles = options.train_blocks == "all" || options.train_blocks == "double";
-  bool singles = options.train_blocks == "all" || options.train_blocks == "single";
-  if (!doubles && !singles) {
-    fail("train_blocks: '", options.train_blocks, "' is not one of all, single, double");
-  }
-  auto double_sel = parse_block_selection(options.train_double_block_indices, c.depth, "train_double_block_indices");
+  const bool doubles = options.train_blocks != TrainBlocks::single;
+  const bool singles = options.train_blocks != TrainBlocks::double_;
+  auto double_sel = parse_block_selection(options.train_double_block_indices, c.depth, options.double_blocks_origin);
   auto single_sel =
-      parse_block_selection(options.train_single_block_indices, c.depth_single_blocks, "train_single_block_indices");
+      parse_block_selection(options.train_single_block_indices, c.depth_single_blocks, options.single_blocks_origin);
 
   at::Generator generator = at::detail::createCPUGenerator(seed);
   dropout_generator_ = at::detail::createCPUGenerator(seed + 1);

@@ -27,18 +27,6 @@ class FluxTransformerImpl;
 
 namespace fluxtrain::lora {
 
-struct LoraOptions {
-  int64_t rank = 4;     // kohya network_dim
-  double alpha = 1.0;   // kohya network_alpha (0 -> rank)
-  std::string train_blocks = "all";               // all | single | double
-  std::string train_double_block_indices = "all";  // "all", "none", or "0,2,5-9"
-  std::string train_single_block_indices = "all";
-  // Per-layer-type ranks (kohya's img_attn_dim ... single_mod_dim): -1 = rank, 0 = no adapter there.
-  std::map<std::string, int64_t> type_dims;  // keys: img_attn img_mlp img_mod txt_attn txt_mlp txt_mod single single_mod
-  bool split_qkv = false;
-  DropoutOptions dropout;
-};
-
 // "all" / "none" / "" / comma-separated indices and ranges ("0,2,5-9") -> one flag per block. Errors
 // name `option` and the bad item.
 std::vector<bool> parse_block_selection(const std::string& text, int64_t count, const std::string& option);
@@ -54,6 +42,7 @@ class LoraNetwork {
   LoraNetwork& operator=(const LoraNetwork&) = delete;
 
   const std::vector<std::shared_ptr<LoraModule>>& modules() const { return modules_; }
+  // The trained tensors: for each module, for each of its parts, the down matrix then the up matrix.
   std::vector<at::Tensor> parameters() const;
   int64_t parameter_count() const;
   void set_training(bool training);

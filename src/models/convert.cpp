@@ -133,7 +133,7 @@ LoadedFlux load_flux(const std::string& path, const ModelOptions& options) {
   out.model->eval();
   if (options.fp8_base && options.fp8_matmul != Fp8Matmul::off) {
     int64_t layers = set_fp8_matmul(*out.model, options.fp8_matmul);
-    log::debug("fp8 matmul (", to_string(options.fp8_matmul), ") on ", layers, " Linear layers");
+    log::debug("fp8 matmul (", name_of(options.fp8_matmul), ") on ", layers, " Linear layers");
   }
   log::debug("loaded Flux transformer from ", path, " (", out.layout, " layout, ", out.report.loaded, " tensors)");
   return out;

@@ -141,22 +141,6 @@ int64_t kept_product_replays() {
   return product_replays.load(std::memory_order_relaxed);
 }
 
-const char* to_string(KeepProducts keep) {
-  switch (keep) {
-    case KeepProducts::none: return "none";
-    case KeepProducts::outputs: return "outputs";
-    case KeepProducts::all: return "all";
-  }
-  return "?";
-}
-
-KeepProducts parse_keep_products(const std::string& text, const std::string& option) {
-  for (KeepProducts keep : {KeepProducts::none, KeepProducts::outputs, KeepProducts::all}) {
-    if (text == to_string(keep)) return keep;
-  }
-  fail(option, " = '", text, "' is not a choice of kept products; use none, outputs or all");
-}
-
 at::Tensor fp8_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, Fp8Matmul mode) {
   at::Tensor out = Fp8LinearFunction::apply(x, weight, static_cast<int64_t>(mode));
   return bias.defined() ? out + bias : out;
@@ -181,7 +165,7 @@ bool fp8_matmul_supported(at::Device device, Fp8Matmul mode, at::ScalarType out_
     ok = y.to(at::kFloat).sub(32.0).abs().max().item<double>() < 1e-3;
   } catch (const std::exception& e) {
     ok = false;
-    log::warn("fp8 matmul (", to_string(mode), ", ", c10::toString(out_dtype), ") is not available on ", device.str(),
+    log::warn("fp8 matmul (", name_of(mode), ", ", c10::toString(out_dtype), ") is not available on ", device.str(),
               "; fp8 weights are upcast instead (", std::string(e.what()).substr(0, 160), ")");
   }
   known[key] = ok;
@@ -198,22 +182,6 @@ int64_t set_fp8_matmul(torch::nn::Module& module, Fp8Matmul mode) {
     ++count;
   }
   return count;
-}
-
-const char* to_string(Fp8Matmul mode) {
-  switch (mode) {
-    case Fp8Matmul::off: return "off";
-    case Fp8Matmul::tensorwise: return "tensorwise";
-    case Fp8Matmul::rowwise: return "rowwise";
-  }
-  return "?";
-}
-
-Fp8Matmul parse_fp8_matmul(const std::string& text, const std::string& option) {
-  for (Fp8Matmul mode : {Fp8Matmul::off, Fp8Matmul::tensorwise, Fp8Matmul::rowwise}) {
-    if (text == to_string(mode)) return mode;
-  }
-  fail(option, " = '", text, "' is not an fp8 matmul mode; use off, tensorwise or rowwise");
 }
 
 }  // namespace fluxtrain::models

@@ -54,16 +54,6 @@ class LinearImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Linear);
 
-// Which frozen products a checkpointed block keeps from its first run for the recomputation.
-enum class KeepProducts {
-  none,     // recompute every product
-  outputs,  // the products whose output is hidden-wide: attention projection, MLP out, single-block linear2
-  all,      // also qkv, MLP in and linear1 (7 more hidden widths per token and block)
-};
-const char* to_string(KeepProducts keep);
-// "none" | "outputs" | "all"; Error naming `option` otherwise.
-KeepProducts parse_keep_products(const std::string& text, const std::string& option);
-
 // Gradient checkpointing (train/checkpointing.h) runs a block twice: without autograd, then again in
 // backward to rebuild its activations. A product of frozen weights gives the same output both times, so
 // the first run keeps it and the recomputation takes it back instead of multiplying again. The kept
@@ -101,10 +91,6 @@ bool fp8_matmul_supported(at::Device device, Fp8Matmul mode, at::ScalarType out_
 // y = x W^T + b with x quantised to e4m3 (scale = amax / 448 per tensor or per row) and W used as
 // stored (e4m3, scale 1); the result in x's dtype. Differentiable in x (grad = g W, W upcast).
 at::Tensor fp8_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, Fp8Matmul mode);
-
-const char* to_string(Fp8Matmul mode);
-// "off" | "tensorwise" | "rowwise"; Error naming `option` otherwise.
-Fp8Matmul parse_fp8_matmul(const std::string& text, const std::string& option);
 
 // A parameter-free helper: registers an uninitialised parameter of `shape` on `module`.
 at::Tensor register_empty(torch::nn::Module& module, const std::string& name, at::IntArrayRef shape,

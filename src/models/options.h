@@ -6,14 +6,9 @@
 #include <c10/core/ScalarType.h>
 #include <c10/core/TensorOptions.h>
 
-namespace fluxtrain::models {
+#include "models/linear_modes.h"
 
-// How a Linear layer with an fp8 weight multiplies (spec/flux.md §6). `off` upcasts the weight to the
-// compute dtype (works everywhere). The others quantise the input to float8_e4m3fn too and run one fp8
-// matmul (`_scaled_mm`, fp8 tensor cores on Ada/Hopper GPUs): `tensorwise` with one scale for the whole
-// input, `rowwise` with one scale per token (more accurate; CUDA and bf16 only). Where the device cannot
-// (probed once per device, mode and dtype), the layer falls back to `off` with a warning.
-enum class Fp8Matmul { off, tensorwise, rowwise };
+namespace fluxtrain::models {
 
 struct ModelOptions {
   at::ScalarType dtype = at::kFloat;  // parameters and compute

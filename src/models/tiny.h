@@ -14,6 +14,7 @@
 #include "models/clip/clip_text.h"
 #include "models/flux/flux.h"
 #include "models/t5/t5_encoder.h"
+#include "models/tiny_preset.h"
 
 namespace fluxtrain::models {
 
@@ -28,12 +29,6 @@ FluxConfig demo_flux_config();
 AeConfig demo_ae_config();
 ClipConfig demo_clip_config();
 T5Config demo_t5_config();
-
-enum class TinyPreset {
-  test,  // random weights with strong modulation, so every term shows in parity tests
-  demo,  // the demo's sizes, initialised for training from scratch: DiT's adaLN-Zero (every modulation
-         // and the final projection start at zero, so each block starts as the identity)
-};
 
 // Writes a module's parameters (names as the module paths, converted to `dtype`) to a safetensors file;
 // `duplicates` adds (copy, original) tensors under a second name, as t5xxl_fp16's embed_tokens/shared.

@@ -27,13 +27,21 @@ std::string join(const std::vector<std::string>& items) {
 
 }  // namespace
 
-const std::vector<std::string>& optimizer_types() {
-  static const std::vector<std::string> types = {"Prodigy", "AdamW", "AdamW8bit", "Adafactor", "Lion", "SGD"};
-  return types;
-}
-
 std::unique_ptr<Optimizer> make_optimizer(const std::string& type, const std::string& args,
                                           std::vector<at::Tensor> params, double lr, double weight_decay) {
+  OptimizerSettings settings;
+  settings.type = type;
+  settings.args = args;
+  settings.learning_rate = lr;
+  settings.weight_decay = weight_decay;
+  return make_optimizer(settings, std::move(params), /*weight_decay_is_default=*/true);
+}
+
+std::unique_ptr<Optimizer> make_optimizer(const OptimizerSettings& settings, std::vector<at::Tensor> params,
+                                          bool weight_decay_is_default) {
+  const std::string& type = settings.type;
+  const std::string& args = settings.args;
+  const double lr = settings.learning_rate;
   const auto& types = optimizer_types();
   auto it = std::find_if(types.begin(), types.end(), [&](const std::string& t) { return lower(t) == lower(type); });
   if (it == types.end()) {
@@ -46,6 +54,14 @@ std::unique_ptr<Optimizer> make_optimizer(const std::string& type, const std::st
   }
   const std::string& name = *it;
   ArgReader r(name, args);
+  // A typed setting and the same key in optimizer_args would be two values for one thing; the option
+  // table reports it with the user's spellings before a run starts, this guards every other caller.
+  for (const auto& [key, value] : {std::pair{"weight_decay", settings.weight_decay}, std::pair{"d_coef", settings.d_coef}}) {
+    if (value && r.has(key) && !(weight_decay_is_default && std::string(key) == "weight_decay"))
+      fail(name, ": ", key, " is given both as a setting (", *value, ") and in optimizer_args; keep one");
+  }
+  if (settings.d_coef && name != "Prodigy") fail(name, ": d_coef applies to the Prodigy optimizer only");
+  const double weight_decay = settings.weight_decay.value_or(0.0);
   std::unique_ptr<Optimizer> out;
   if (name == "Prodigy") {
     ProdigyOptions o;
@@ -57,7 +73,7 @@ std::unique_ptr<Optimizer> make_optimizer(const std::string& type, const std::st
     o.use_bias_correction = r.flag("use_bias_correction", o.use_bias_correction);
     o.safeguard_warmup = r.flag("safeguard_warmup", o.safeguard_warmup);
     o.d0 = r.real("d0", o.d0);
-    o.d_coef = r.real("d_coef", o.d_coef);
+    o.d_coef = r.real("d_coef", settings.d_coef.value_or(o.d_coef));
     o.growth_rate = r.real("growth_rate", o.growth_rate);
     o.slice_p = r.integer("slice_p", o.slice_p);
     r.flag("fsdp_in_use", false);  // accepted for compatibility; one process holds whole tensors

@@ -15,6 +15,8 @@
 #include <utility>
 #include <vector>
 
+#include "optim/options.h"
+
 namespace fluxtrain::optim {
 
 class Optimizer {
@@ -70,13 +72,15 @@ class Optimizer {
   std::vector<std::map<std::string, at::Tensor>> slots_;
 };
 
-// The optimizer types, as kohya names them (matched case-insensitively).
-const std::vector<std::string>& optimizer_types();
-
 // Builds an optimizer. `args` is kohya's optimizer_args string ("decouple=True betas=0.9,0.99 ...");
 // a weight_decay key there overrides `weight_decay`. Unknown types, unknown keys and bad values are
 // Errors that name them and list what is valid.
 std::unique_ptr<Optimizer> make_optimizer(const std::string& type, const std::string& args,
                                           std::vector<at::Tensor> params, double lr, double weight_decay);
+// The same from a run's typed settings (optim/options.h): weight_decay and d_coef, when set, override
+// the optimizer's defaults. weight_decay_is_default: settings.weight_decay is a caller's fallback that a
+// weight_decay key in args may override (the form above) rather than the user's own setting.
+std::unique_ptr<Optimizer> make_optimizer(const OptimizerSettings& settings, std::vector<at::Tensor> params,
+                                          bool weight_decay_is_default = false);
 
 }  // namespace fluxtrain::optim

@@ -21,7 +21,7 @@
 namespace fluxtrain::optim {
 
 struct ScheduleOptions {
-  std::string name = "constant";
+  std::string name = "cosine";
   double warmup = 0;  // steps, or a fraction of num_training_steps when 0 < warmup < 1
   int64_t num_training_steps = 0;
   double num_cycles = 1;

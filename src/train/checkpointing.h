@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "models/flux/flux.h"
+#include "train/options.h"
 
 namespace fluxtrain::train {
 
@@ -23,13 +24,9 @@ namespace fluxtrain::train {
 using BlockFn = std::function<std::vector<at::Tensor>(const std::vector<at::Tensor>&, models::AttentionStash*,
                                                       models::ProductStash*)>;
 
-struct CheckpointOptions {
-  bool enabled = false;
-  bool offload_inputs = false;  // keep saved block inputs in (pinned) host memory
-  bool keep_attention = true;   // keep each block's attention output for the recomputation
-  models::KeepProducts keep_products = models::KeepProducts::outputs;  // ... and these products' outputs
-  int64_t interval = 1;                   // checkpoint blocks 0, N, 2N, ... (never the last)
-  std::vector<at::Generator> generators;  // random state to replay in the recomputation
+// The settings (train/options.h) and the random state to replay in the recomputation.
+struct CheckpointOptions : CheckpointSettings {
+  std::vector<at::Generator> generators;
 };
 
 // fn(inputs) with checkpointing as described above; plain fn(inputs, nullptr, nullptr) when !options.enabled.

@@ -8,42 +8,6 @@
 
 namespace fluxtrain::train {
 
-TimestepSampling parse_timestep_sampling(const std::string& name, const std::string& source) {
-  if (name == "uniform") return TimestepSampling::uniform;
-  if (name == "sigmoid") return TimestepSampling::sigmoid;
-  if (name == "shift") return TimestepSampling::shift;
-  if (name == "flux_shift") return TimestepSampling::flux_shift;
-  fail(source, ": unknown timestep sampling '", name, "'; expected one of uniform, sigmoid, shift, flux_shift");
-}
-
-LossType parse_loss_type(const std::string& name, const std::string& source) {
-  if (name == "l2") return LossType::l2;
-  if (name == "l1") return LossType::l1;
-  if (name == "huber") return LossType::huber;
-  if (name == "smooth_l1") return LossType::smooth_l1;
-  fail(source, ": unknown loss type '", name, "'; expected one of l2, l1, huber, smooth_l1");
-}
-
-std::string to_string(TimestepSampling s) {
-  switch (s) {
-    case TimestepSampling::uniform: return "uniform";
-    case TimestepSampling::sigmoid: return "sigmoid";
-    case TimestepSampling::shift: return "shift";
-    case TimestepSampling::flux_shift: return "flux_shift";
-  }
-  return "?";
-}
-
-std::string to_string(LossType l) {
-  switch (l) {
-    case LossType::l2: return "l2";
-    case LossType::l1: return "l1";
-    case LossType::huber: return "huber";
-    case LossType::smooth_l1: return "smooth_l1";
-  }
-  return "?";
-}
-
 at::Tensor sample_sigmas(int64_t batch, int64_t image_tokens, const ObjectiveOptions& o, at::Generator& generator) {
   if (o.sampling == TimestepSampling::uniform) return at::rand({batch}, generator, at::kFloat);
   at::Tensor t = at::sigmoid(at::randn({batch}, generator, at::kFloat) * o.sigmoid_scale);

@@ -8,25 +8,9 @@
 
 #include <string>
 
+#include "train/options.h"
+
 namespace fluxtrain::train {
-
-enum class TimestepSampling { uniform, sigmoid, shift, flux_shift };
-enum class LossType { l2, l1, huber, smooth_l1 };
-
-TimestepSampling parse_timestep_sampling(const std::string& name, const std::string& source);
-LossType parse_loss_type(const std::string& name, const std::string& source);
-std::string to_string(TimestepSampling sampling);
-std::string to_string(LossType loss);
-
-struct ObjectiveOptions {
-  TimestepSampling sampling = TimestepSampling::sigmoid;
-  double sigmoid_scale = 1.0;        // kohya sigmoid_scale
-  double discrete_flow_shift = 3.0;  // kohya discrete_flow_shift (for `shift`)
-  LossType loss = LossType::l2;
-  double huber_c = 0.1;              // kohya huber_c (constant schedule)
-  double noise_offset = 0.0;         // really applied (kohya's Flux path ignores it, issue #1861)
-  double guidance_scale = 1.0;       // the dev guidance vector during training
-};
 
 // sigma in (0, 1) for each sample. `image_tokens` is the packed sequence length (flux_shift uses it):
 //   uniform     U(0, 1)

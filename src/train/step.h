@@ -27,12 +27,18 @@ struct LatentBatch {
   at::Tensor loss_mask;    // [B, h, w] in [0, 1] (alpha_mask training) or undefined
 };
 
+// The settings (train/options.h) with the checkpointing's generators and the compute dtype.
 struct StepOptions {
+  StepOptions() = default;
+  explicit StepOptions(const StepSettings& settings)
+      : objective(settings.objective), apply_t5_mask(settings.apply_t5_mask), max_grad_norm(settings.max_grad_norm) {
+    static_cast<CheckpointSettings&>(checkpointing) = settings.checkpointing;
+  }
   ObjectiveOptions objective;
   CheckpointOptions checkpointing;
   at::ScalarType compute_dtype = at::kFloat;
-  bool apply_t5_mask = false;  // mask padded T5 tokens in every attention (kohya apply_t5_attn_mask)
-  double max_grad_norm = 1.0;  // 0 = no clipping (kohya's default is 1.0)
+  bool apply_t5_mask = false;
+  double max_grad_norm = 1.0;
 };
 
 // One CPU generator per purpose, so a run is reproducible on any device and resumable exactly.

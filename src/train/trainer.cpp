@@ -104,7 +104,9 @@ Trainable build(const TrainerConfig& config) {
 
 void write_final_model(const std::string& path, const TrainerConfig& config, Trainable& t) {
   if (t.network) {
-    lora::save_lora_file(path, *t.network, config.file_info);
+    lora::LoraFileInfo info = config.file_info;
+    info.precision = config.save_precision;
+    lora::save_lora_file(path, *t.network, info);
   } else {
     std::vector<std::pair<std::string, at::Tensor>> tensors;
     for (const auto& p : t.model->named_parameters()) tensors.emplace_back(p.key(), p.value().detach());
@@ -134,10 +136,10 @@ double peak_memory_bytes(const at::Device& device) {
 void request_stop() { g_stop.store(SIGTERM); }
 
 int64_t planned_steps(const TrainerConfig& config, int64_t batches_per_epoch) {
-  if (config.max_steps > 0) return config.max_steps;
+  if (!config.max_epochs) return config.max_steps;
   const int64_t ga = std::max<int64_t>(1, config.gradient_accumulation);
   // kohya: ceil(batches per epoch / accumulation) optimizer steps per epoch.
-  return config.max_epochs * ((batches_per_epoch + ga - 1) / ga);
+  return *config.max_epochs * ((batches_per_epoch + ga - 1) / ga);
 }
 
 TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHook& sample) {
@@ -155,17 +157,23 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
   };
 
   Trainable t = build(config);
-  auto optimizer = optim::make_optimizer(config.optimizer_type, config.optimizer_args, t.params, config.learning_rate,
-                                         config.weight_decay);
+  auto optimizer = optim::make_optimizer(config.optimizer, t.params);
+  if (config.optimizer.loraplus_lr_ratio && t.network) {
+    // LoRA+ (kohya loraplus_lr_ratio): the up matrices learn `ratio` times faster than the down ones.
+    // LoraNetwork::parameters() lists each part's down matrix, then its up matrix.
+    std::vector<double> multipliers(t.params.size(), 1.0);
+    for (size_t i = 1; i < multipliers.size(); i += 2) multipliers[i] = *config.optimizer.loraplus_lr_ratio;
+    optimizer->set_lr_multipliers(multipliers);
+  }
   optim::ScheduleOptions schedule_options = config.schedule;
   TrainResult result;
   result.total_steps = planned_steps(config, per_epoch);
   schedule_options.num_training_steps = result.total_steps;
-  optim::LrSchedule schedule(schedule_options, config.learning_rate);
+  optim::LrSchedule schedule(schedule_options, config.optimizer.learning_rate);
 
   StepGenerators generators{at::detail::createCPUGenerator(config.seed + 101),
                             at::detail::createCPUGenerator(config.seed + 102)};
-  StepOptions step_options = config.step;
+  StepOptions step_options(config.step);
   step_options.compute_dtype = config.compute_dtype;
   if (t.network) step_options.checkpointing.generators = {t.network->dropout_generator()};
 

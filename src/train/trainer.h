@@ -18,7 +18,7 @@
 #include "lora/lora_file.h"
 #include "lora/network.h"
 #include "models/options.h"
-#include "optim/schedule.h"
+#include "train/options.h"
 #include "train/step.h"
 
 namespace fluxtrain::train {
@@ -34,38 +34,12 @@ class DataSource {
   virtual int64_t images_per_epoch() const = 0;
 };
 
-struct TrainerConfig {
+// The run's options (train/options.h, filled by the option table) plus what the app resolves for it.
+struct TrainerConfig : TrainOptions {
   std::string model_path;
-  models::ModelOptions model;  // dtype = storage of the frozen base; device; fp8
+  models::ModelOptions model;  // dtype = storage of the frozen base; device; fp8 (from fp8_base)
   at::ScalarType compute_dtype = at::kFloat;
-
-  bool full_finetune = false;  // --network none: every transformer weight trains (fp32 master weights)
-  lora::LoraOptions lora;
-  std::string network_weights;  // start from this LoRA file
-
-  std::string optimizer_type = "Prodigy";
-  std::string optimizer_args;
-  double learning_rate = 1.0;
-  double weight_decay = 0.0;
-  optim::ScheduleOptions schedule;  // num_training_steps is filled in by the trainer
-  StepOptions step;
-  int64_t gradient_accumulation = 1;
-  int prefetch_batches = 4;  // batches a background thread prepares ahead; 0 = each in the loop when needed
-  int64_t max_epochs = 1;
-  int64_t max_steps = 0;  // > 0: overrides max_epochs
-  uint64_t seed = 42;
-
   std::filesystem::path output_dir;
-  std::string output_name = "flux-lora";
-  int64_t save_every_n_steps = 0;
-  int64_t save_every_n_epochs = 0;
-  int keep_last_n = 0;       // intermediate step/epoch files kept (0 = all)
-  bool save_state = true;     // a state with every intermediate save (the final and a signal's state always)
-  int keep_last_n_states = 2; // complete states kept (>= 1)
-  int64_t sample_every_n_steps = 0;
-  int64_t sample_every_n_epochs = 0;
-  bool sample_at_first = false;
-  double log_every_seconds = 10;
   std::string resume_from;  // a state folder; "" = none (the app resolves "auto")
   lora::LoraFileInfo file_info;
   nlohmann::json run_info;  // stored in every state (the app's resolved config and its hash)

@@ -358,8 +358,12 @@ TEST(TrainOptions, SeedValuesFromTheEnvironment) {
   EXPECT_TRUE(c.get_bool("split_qkv"));
   EXPECT_EQ(c.get_string("base_model"), "flux-dev");
   EXPECT_EQ(c.get_string("output_path"), "/tmp/run1");
-  EXPECT_EQ(merged_optimizer_args(c), "betas=0.9,0.99 eps=1e-8 weight_decay=0.01");
-  ModelFiles files = resolve_model_files(c);
+  // The seed's PARAMS_WEIGHT_DECAY reaches the optimizer typed, and kohya's ss_optimizer lists it with the args.
+  const TrainSettings settings = c.bind<TrainSettings>();
+  EXPECT_EQ(settings.training.optimizer.args, "betas=0.9,0.99 eps=1e-8");
+  EXPECT_EQ(settings.training.optimizer.weight_decay, 0.01);
+  EXPECT_EQ(optim::describe(settings.training.optimizer), "AdamW8bit(betas=0.9,0.99 eps=1e-8 weight_decay=0.01)");
+  ModelFiles files = find_model_files(settings.models);
   EXPECT_EQ(files.model, (models / "flux_dev.safetensors").string());
   EXPECT_EQ(files.t5xxl, (models / "t5xxl_fp8_e4m3fn.safetensors").string());
 
@@ -492,7 +496,7 @@ TEST(TrainOptions, ModelDirDiscovery) {
   fs::path both =
       model_dir("models_both", {"flux1-dev.safetensors", "flux_dev.safetensors", "ae.safetensors", "clip_l.safetensors",
                                 "t5xxl_fp16.safetensors", "t5xxl_fp8_e4m3fn.safetensors"});
-  ModelFiles f = find_model_files({}, both.string(), "flux-dev");
+  ModelFiles f = find_model_files({}, both.string(), BaseModel::dev);
   EXPECT_EQ(f.model, (both / "flux1-dev.safetensors").string());
   EXPECT_EQ(f.ae, (both / "ae.safetensors").string());
   EXPECT_EQ(f.clip_l, (both / "clip_l.safetensors").string());
@@ -501,16 +505,16 @@ TEST(TrainOptions, ModelDirDiscovery) {
   // The fp8 transformer that `fetch-models` downloads (MODEL_BASE_VARIANT=fp8) counts too.
   fs::path fp8 = model_dir("models_fp8", {"flux1-dev-fp8.safetensors", "ae.safetensors", "clip_l.safetensors",
                                           "t5xxl_fp8_e4m3fn.safetensors"});
-  EXPECT_EQ(find_model_files({}, fp8.string(), "flux-dev").model, (fp8 / "flux1-dev-fp8.safetensors").string());
+  EXPECT_EQ(find_model_files({}, fp8.string(), BaseModel::dev).model, (fp8 / "flux1-dev-fp8.safetensors").string());
 
   // An explicit file wins over the folder.
   ModelFiles given;
   given.ae = "/elsewhere/my_ae.safetensors";
-  EXPECT_EQ(find_model_files(given, both.string(), "flux-dev").ae, "/elsewhere/my_ae.safetensors");
+  EXPECT_EQ(find_model_files(given, both.string(), BaseModel::dev).ae, "/elsewhere/my_ae.safetensors");
 
   // schnell looks for its own transformer, and says so when only dev is there.
   try {
-    find_model_files({}, both.string(), "flux-schnell");
+    find_model_files({}, both.string(), BaseModel::schnell);
     FAIL() << "no schnell transformer, yet found";
   } catch (const Error& e) {
     EXPECT_EQ(std::string(e.what()),
@@ -523,7 +527,7 @@ TEST(TrainOptions, ModelDirDiscovery) {
   // Everything missing is listed, with the names looked for.
   fs::path partial = model_dir("models_partial", {"ae.safetensors"});
   try {
-    find_model_files({}, partial.string(), "flux-dev");
+    find_model_files({}, partial.string(), BaseModel::dev);
     FAIL() << "found missing files";
   } catch (const Error& e) {
     std::string text = e.what();
@@ -537,7 +541,7 @@ TEST(TrainOptions, ModelDirDiscovery) {
   }
   // No folder and no files.
   try {
-    find_model_files({}, "", "flux-dev");
+    find_model_files({}, "", BaseModel::dev);
     FAIL();
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("the autoencoder: not given (set --ae / PARAMS_AE, or MODEL_DIR to a folder "
@@ -551,7 +555,7 @@ TEST(TrainOptions, ModelDirDiscovery) {
   write_file(schnell / "other_clip.safetensors", "");
   ResolvedConfig c = resolve(train_options(), {{{"clip_l", (schnell / "other_clip.safetensors").string()}},
                                                {{"BASE_MODEL", "FLUX-SCHNELL"}, {"MODEL_DIR", schnell.string()}}});
-  ModelFiles r = resolve_model_files(c);
+  ModelFiles r = find_model_files(c.bind<TrainSettings>().models);
   EXPECT_EQ(r.model, (schnell / "flux1-schnell.safetensors").string());
   EXPECT_EQ(r.clip_l, (schnell / "other_clip.safetensors").string());
 }

@@ -226,13 +226,13 @@ def test_docs_reference_is_current(fluxtrain_bin):
 
 
 def test_usage_errors_exit_2(fluxtrain_bin):
-    """A mistyped flag, a value out of a flag's range or an unknown command is a usage error: exit code 2
-    (1 is kept for errors found while running), whether the command lives in the small executable or in
-    the engine."""
+    """A mistyped flag, a flag without its value or an unknown command is a usage error: exit code 2 (1 is
+    kept for errors found in the values, as the option tables check them, and while running), whether the
+    command lives in the small executable or in the engine."""
     for args, needle in ((["config", "--no-such-flag"], "--no-such-flag"),
                          (["train", "--bogus"], "--bogus"),
                          (["sample", "--width"], "--width"),
-                         (["demo", "--steps", "1"], "--steps"),
+                         (["demo", "--steps"], "--steps"),
                          (["trian"], "did you mean 'train'")):
         result = run([fluxtrain_bin, *args], check=False, env=clean_env())
         assert result.returncode == 2, (args, result.returncode, result.stderr)

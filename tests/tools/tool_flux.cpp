@@ -42,7 +42,7 @@ int flux_forward(const Args& args) {
   models::ModelOptions options;
   options.dtype = parse_dtype(option(args, "--dtype", "fp32"));
   options.fp8_base = option(args, "--fp8", "0") == "1";
-  options.fp8_matmul = models::parse_fp8_matmul(option(args, "--fp8-matmul", "off"), "--fp8-matmul");
+  options.fp8_matmul = parse_enum<models::Fp8Matmul>(option(args, "--fp8-matmul", "off"), "--fp8-matmul");
   auto loaded = models::load_flux(args.at(0), options);
   at::NoGradGuard no_grad;
   at::Tensor out = loaded.model->forward(read_inputs(args.at(1), options.dtype));

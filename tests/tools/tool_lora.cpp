@@ -24,7 +24,7 @@ lora::LoraOptions network_options(const Args& args) {
   o.rank = std::stoll(option(args, "--rank", "4"));
   o.alpha = std::stod(option(args, "--alpha", "1"));
   o.split_qkv = option(args, "--split-qkv", "0") == "1";
-  o.train_blocks = option(args, "--train-blocks", "all");
+  o.train_blocks = parse_enum<lora::TrainBlocks>(option(args, "--train-blocks", "all"), "--train-blocks");
   o.train_double_block_indices = option(args, "--double-indices", "all");
   o.train_single_block_indices = option(args, "--single-indices", "all");
   return o;

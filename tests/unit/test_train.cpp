@@ -56,6 +56,7 @@ Grads run(bool checkpointed, double rank_dropout, bool input_requires_grad = tru
   for (auto& p : model->parameters()) p.requires_grad_(false);
   lora::LoraOptions lo;
   lo.rank = 4;
+  lo.alpha = 1.0;
   lo.split_qkv = true;
   lo.dropout.rank = rank_dropout;
   lo.dropout.module = rank_dropout > 0 ? 0.2 : 0.0;
@@ -138,7 +139,7 @@ TEST(Checkpointing, RecomputationTakesKeptProductsFromTheFirstRun) {
     plain_options.fp8 = fp8;
     Grads plain = run(false, 0.0, true, plain_options);
     for (KeepProducts keep : {KeepProducts::none, KeepProducts::outputs, KeepProducts::all}) {
-      SCOPED_TRACE(std::string(models::to_string(fp8)) + ", keep " + models::to_string(keep));
+      SCOPED_TRACE(std::string(name_of(fp8)) + ", keep " + std::string(name_of(keep)));
       RunOptions ro = plain_options;
       ro.keep_products = keep;
       int64_t before = models::kept_product_replays();
@@ -155,9 +156,9 @@ TEST(Checkpointing, RecomputationTakesKeptProductsFromTheFirstRun) {
 }
 
 TEST(Checkpointing, KeepProductsParsesItsChoicesAndNamesTheOption) {
-  EXPECT_EQ(models::parse_keep_products("all", "x"), models::KeepProducts::all);
+  EXPECT_EQ(parse_enum<models::KeepProducts>("all", "x"), models::KeepProducts::all);
   try {
-    models::parse_keep_products("most", "checkpoint_keep_products");
+    parse_enum<models::KeepProducts>("most", "checkpoint_keep_products");
     FAIL() << "no error";
   } catch (const std::exception& e) {
     EXPECT_NE(std::string(e.what()).find("checkpoint_keep_products = 'most'"), std::string::npos) << e.what();
@@ -241,8 +242,8 @@ TEST(FlowMatching, SigmaSamplersStayInRangeAndShiftMovesThemUp) {
     o.sampling = s;
     at::Generator g = at::detail::createCPUGenerator(1);
     at::Tensor sig = sample_sigmas(4096, 4096, o, g);
-    EXPECT_GT(sig.min().item<double>(), 0.0) << to_string(s);
-    EXPECT_LT(sig.max().item<double>(), 1.0) << to_string(s);
+    EXPECT_GT(sig.min().item<double>(), 0.0) << name_of(s);
+    EXPECT_LT(sig.max().item<double>(), 1.0) << name_of(s);
   }
   at::Generator g1 = at::detail::createCPUGenerator(1), g2 = at::detail::createCPUGenerator(1);
   o.sampling = TimestepSampling::sigmoid;
@@ -251,7 +252,7 @@ TEST(FlowMatching, SigmaSamplersStayInRangeAndShiftMovesThemUp) {
   o.discrete_flow_shift = 3.1582;
   double shifted = sample_sigmas(4096, 4096, o, g2).mean().item<double>();
   EXPECT_GT(shifted, plain + 0.1);
-  EXPECT_THROW(parse_timestep_sampling("logit", "timestep_sampling"), std::exception);
+  EXPECT_THROW(parse_enum<TimestepSampling>("logit", "timestep_sampling"), std::exception);
 }
 
 // Mixed precision (issue item 8): a bf16 base with bf16 compute trains fp32 LoRA weights with fp32

@@ -1,0 +1,46 @@
+// Every command of the CLI with its option table and checks (commands.h), torch-free.
+#include "app/commands.h"
+#include "app/fetch_models_options.h"
+#include "app/tool_options.h"
+#include "app/train_options.h"
+
+namespace fluxtrain::app {
+namespace {
+
+std::vector<std::string> check_train(const ResolvedConfig& config) {
+  return validate_train_config(config, true);
+}
+
+}  // namespace
+
+const std::vector<CommandInfo>& command_infos() {
+  static const std::vector<CommandInfo> infos = {
+      {"inspect", "Show what a .safetensors file holds and what model it is (reads the header only)", inspect_options,
+       nullptr, false},
+      {"dataset", "Show the resolved dataset plan: config values, buckets, images per bucket, steps per epoch",
+       dataset_command_options, check_dataset_command, false},
+      {"fetch", "Download a dataset (Hugging Face Hub, Kaggle, archive URL) into the cache and print its local folder",
+       fetch_command_options, nullptr, false},
+      {"fetch-models",
+       "Download the Flux model files (transformer, AE, CLIP-L, T5-XXL) from the Hugging Face Hub into MODEL_DIR; "
+       "files already there are skipped",
+       fetch_models_options, nullptr, false},
+      {"config",
+       "Resolve and check the train options (flags > PARAMS_* / seed variables > --config TOML > defaults) and print "
+       "them with their sources; --help-env prints the variable reference",
+       train_options, nullptr, false},
+      {"train", kTrainCommandHelp, train_options, check_train, true},
+      {"cache", kCacheCommandHelp, train_options, check_train, true},
+      {"sample", "Generate images with a Flux model plus any number of LoRAs (kohya, diffusers/PEFT or ComfyUI layout)",
+       sample_options, check_sample, true},
+      {"merge", "Merge LoRAs into one (exact, or SVD to a rank), or bake LoRAs into a base checkpoint", merge_options,
+       check_merge, true},
+      {"make-tiny", "Write a tiny random Flux model set (transformer, AE, CLIP-L, T5) in the real file layouts",
+       make_tiny_options, nullptr, true},
+      {"demo", "The embedded demo: a tiny Flux model learns a new concept through a LoRA; samples before and after",
+       demo_options, nullptr, true},
+  };
+  return infos;
+}
+
+}  // namespace fluxtrain::app

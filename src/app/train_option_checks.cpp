@@ -1,0 +1,128 @@
+// Checks of the train options that span several options or need the files on disk (validate_train_config).
+#include <cmath>
+
+#include "app/train_options.h"
+#include "core/error.h"
+#include "optim/args.h"
+#include "optim/schedule.h"
+
+namespace fluxtrain::app {
+namespace {
+
+bool has_arg(const ResolvedConfig& config, const std::string& key) {
+  if (!config.is_set("optimizer_args")) return false;
+  for (const auto& [k, v] : optim::split_optimizer_args(config.get_string("optimizer_args"))) {
+    if (k == key) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+std::vector<std::string> validate_train_config(const ResolvedConfig& config, bool check_model_files) {
+  std::vector<std::string> errors, warnings;
+  auto d = [&](const std::string& name) { return config.describe(name); };
+  const std::string optimizer = config.get_string("optimizer_type");
+  const std::string scheduler = config.get_string("lr_scheduler");
+
+  if (!config.is_set("dataset_name") && !config.is_set("dataset_config"))
+    errors.push_back(
+        "no dataset: set DATASET_NAME (--dataset-name: a Hugging Face dataset, Kaggle dataset, URL or "
+        "local folder) or DATASET_CONFIG (--dataset-config: kohya's dataset TOML/JSON)");
+  try {
+    if (check_model_files) find_model_files(config.bind<TrainSettings>().models);
+  } catch (const Error& e) {
+    errors.push_back(e.what());
+  }
+
+  if (config.is_set("max_train_epochs") && config.changed("max_train_steps"))
+    errors.push_back(cat(d("max_train_epochs"), " and ", d("max_train_steps"),
+                         " are both set: the run length is one or the other; remove one"));
+  if (config.is_set("d_coef") && optimizer != "Prodigy")
+    errors.push_back(cat(d("d_coef"), " applies to the Prodigy optimizer only, but ", d("optimizer_type")));
+  for (const char* key : {"d_coef", "weight_decay"}) {
+    if (config.is_set(key) && has_arg(config, key))
+      errors.push_back(cat(d(key), " and ", key, "= in ", d("optimizer_args"), " set the same thing; keep one"));
+  }
+  if (config.is_set("loraplus_lr_ratio")) {
+    if (config.get_string("network_type") == "none")
+      errors.push_back(cat(d("loraplus_lr_ratio"), " applies to a LoRA's up matrices, but ", d("network_type")));
+    else if (optimizer == "Prodigy")
+      errors.push_back(cat(d("loraplus_lr_ratio"),
+                           " needs per-parameter learning rates, which Prodigy refuses (as "
+                           "prodigyopt does), but ",
+                           d("optimizer_type"), "; use AdamW or unset it"));
+  }
+  if (config.get_bool("offload_checkpoints") && !config.get_bool("gradient_checkpointing"))
+    errors.push_back(cat(d("offload_checkpoints"), " needs gradient checkpointing, but ", d("gradient_checkpointing")));
+  if (!config.is_set("sample_prompts")) {
+    for (const char* key : {"sample_every_n_steps", "sample_every_n_epochs"}) {
+      if (config.get_int(key) > 0)
+        errors.push_back(cat(d(key),
+                             " asks for samples, but there are no prompts: set SAMPLE_PROMPTS (--sample-prompts) "
+                             "to a prompt file, or set ",
+                             key, " to 0"));
+    }
+    if (config.get_bool("sample_at_first"))
+      errors.push_back(cat(d("sample_at_first"),
+                           " asks for samples, but there are no prompts: set SAMPLE_PROMPTS (--sample-prompts)"));
+  }
+  if (config.is_set("resume_from") && config.is_set("network_weights"))
+    errors.push_back(cat(d("resume_from"), " restores the LoRA weights, so ", d("network_weights"),
+                         " would be ignored; set only one"));
+  if (scheduler == "piecewise_constant") {
+    if (!config.is_set("lr_step_rules")) {
+      errors.push_back(
+          cat(d("lr_scheduler"), " needs lr_step_rules (--lr-step-rules / PARAMS_LR_STEP_RULES), e.g. \"1:500,0.1\""));
+    } else {
+      try {
+        optim::ScheduleOptions o;
+        o.name = scheduler;
+        o.step_rules = config.get_string("lr_step_rules");
+        optim::LrSchedule(o, config.get_real("learning_rate"));
+      } catch (const Error& e) {
+        errors.push_back(cat(d("lr_step_rules"), ": ", e.what()));
+      }
+    }
+  } else if (config.given("lr_step_rules")) {
+    warnings.push_back(
+        cat(d("lr_step_rules"), " has no effect with ", d("lr_scheduler"), " (piecewise_constant only)"));
+  }
+  if (scheduler == "polynomial" && !(config.get_real("learning_rate") > 1e-7))
+    errors.push_back(cat(d("learning_rate"), " must exceed the polynomial schedule's end value 1e-7"));
+  const double warmup = config.get_real("lr_warmup_steps");
+  if (warmup >= 1 && !config.is_set("max_train_epochs") &&
+      warmup >= static_cast<double>(config.get_int("max_train_steps")))
+    errors.push_back(cat(d("lr_warmup_steps"), " is not shorter than the run, ", d("max_train_steps")));
+  if (warmup > 0 && scheduler == "constant")
+    warnings.push_back(
+        cat(d("lr_warmup_steps"), " has no effect with ", d("lr_scheduler"), " (use constant_with_warmup)"));
+  if (config.changed("lr_scheduler_num_cycles") && config.get_int("lr_scheduler_num_cycles") != 1 &&
+      scheduler != "cosine_with_restarts")
+    warnings.push_back(cat(d("lr_scheduler_num_cycles"), " has no effect with ", d("lr_scheduler"),
+                           " (only cosine_with_restarts restarts; kohya's cosine ignores it too)"));
+  if (config.changed("lr_scheduler_power") && scheduler != "polynomial")
+    warnings.push_back(cat(d("lr_scheduler_power"), " has no effect with ", d("lr_scheduler"), " (polynomial only)"));
+  const std::string sampling = config.get_string("timestep_sampling");
+  if (config.changed("discrete_flow_shift") && sampling != "shift")
+    warnings.push_back(cat(d("discrete_flow_shift"), " has no effect with ", d("timestep_sampling"), " (shift only)"));
+  if (config.changed("sigmoid_scale") && sampling == "uniform")
+    warnings.push_back(cat(d("sigmoid_scale"), " has no effect with ", d("timestep_sampling")));
+  const std::string loss = config.get_string("loss_type");
+  if (config.changed("huber_c") && loss != "huber" && loss != "smooth_l1")
+    warnings.push_back(cat(d("huber_c"), " has no effect with ", d("loss_type"), " (huber and smooth_l1 only)"));
+  if (config.changed("guidance_scale") && config.get_string("base_model") == "flux-schnell")
+    warnings.push_back(cat(d("guidance_scale"), " has no effect on flux-schnell, which has no guidance input"));
+  const std::string blocks = config.get_string("train_blocks");
+  if (blocks == "single" && config.changed("train_double_block_indices"))
+    warnings.push_back(cat(d("train_double_block_indices"), " has no effect with ", d("train_blocks")));
+  if (blocks == "double" && config.changed("train_single_block_indices"))
+    warnings.push_back(cat(d("train_single_block_indices"), " has no effect with ", d("train_blocks")));
+  if (config.changed("keep_last_n_states") && !config.get_bool("save_state"))
+    warnings.push_back(cat(d("keep_last_n_states"), " has no effect with ", d("save_state")));
+
+  throw_errors(errors);
+  return warnings;
+}
+
+}  // namespace fluxtrain::app

@@ -1,0 +1,50 @@
+// What a LoRA network is made of: rank, alpha, which blocks and layer types get adapters, split parts
+// and dropouts (kohya's network_dim, network_alpha, train_blocks, ... names). Plain data, torch-free:
+// the train option table fills it (src/app/train_options.cpp), lora/network.h builds from it.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <string>
+
+#include "core/enum_names.h"
+
+namespace fluxtrain::lora {
+
+// kohya's train_blocks: which kind of transformer block gets adapters.
+enum class TrainBlocks { all, single, double_ };
+constexpr std::array<EnumName<TrainBlocks>, 3> enum_names(TrainBlocks) {
+  return {{{"all", TrainBlocks::all}, {"single", TrainBlocks::single}, {"double", TrainBlocks::double_}}};
+}
+
+// kohya's save_precision: the dtype of a saved LoRA's tensors.
+enum class SavePrecision { fp32, bf16, fp16 };
+constexpr std::array<EnumName<SavePrecision>, 3> enum_names(SavePrecision) {
+  return {{{"fp32", SavePrecision::fp32}, {"bf16", SavePrecision::bf16}, {"fp16", SavePrecision::fp16}}};
+}
+
+struct DropoutOptions {
+  double neuron = 0;  // kohya `dropout`
+  double rank = 0;    // kohya `rank_dropout`
+  double module = 0;  // kohya `module_dropout`
+};
+
+// The member initialisers are the train option table's defaults (a unit test holds them equal).
+struct LoraOptions {
+  int64_t rank = 16;    // kohya network_dim
+  double alpha = 16.0;  // kohya network_alpha (0 -> rank)
+  TrainBlocks train_blocks = TrainBlocks::all;
+  std::string train_double_block_indices = "all";  // "all", "none", or "0,2,5-9"
+  std::string train_single_block_indices = "all";
+  // How the user named the selections, for the messages of the checks against the model's block counts.
+  std::string double_blocks_origin = "the double block selection";
+  std::string single_blocks_origin = "the single block selection";
+  // Per-layer-type ranks (kohya's img_attn_dim ... single_mod_dim): absent = rank, 0 = no adapter there.
+  std::map<std::string, int64_t>
+      type_dims;  // keys: img_attn img_mlp img_mod txt_attn txt_mlp txt_mod single single_mod
+  bool split_qkv = false;
+  DropoutOptions dropout;
+};
+
+}  // namespace fluxtrain::lora

@@ -1,0 +1,91 @@
+// What a training run is asked to do, as plain torch-free data: the objective, gradient checkpointing,
+// the LoRA, the optimizer and schedule, the run's length, cadences and seed. The train option table
+// (src/app/train_options.cpp) fills TrainOptions; the trainer (train/trainer.h) takes it together with
+// what the app resolves at run time (device, dtype, folders, the resume state).
+//
+// Member initialisers are the option table's defaults; a unit test holds every one of them equal to the
+// table's, so code that builds these structs directly (tests, benchmarks) trains like a default run.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "core/enum_names.h"
+#include "lora/options.h"
+#include "models/linear_modes.h"
+#include "optim/options.h"
+#include "optim/schedule.h"
+
+namespace fluxtrain::train {
+
+enum class TimestepSampling { uniform, sigmoid, shift, flux_shift };
+constexpr std::array<EnumName<TimestepSampling>, 4> enum_names(TimestepSampling) {
+  return {{{"uniform", TimestepSampling::uniform},
+           {"sigmoid", TimestepSampling::sigmoid},
+           {"shift", TimestepSampling::shift},
+           {"flux_shift", TimestepSampling::flux_shift}}};
+}
+
+enum class LossType { l2, l1, huber, smooth_l1 };
+constexpr std::array<EnumName<LossType>, 4> enum_names(LossType) {
+  return {{{"l2", LossType::l2}, {"l1", LossType::l1}, {"huber", LossType::huber}, {"smooth_l1", LossType::smooth_l1}}};
+}
+
+// The rectified-flow objective (train/flow_matching.h).
+struct ObjectiveOptions {
+  TimestepSampling sampling = TimestepSampling::sigmoid;
+  double sigmoid_scale = 1.0;        // kohya sigmoid_scale
+  double discrete_flow_shift = 3.0;  // kohya discrete_flow_shift (for `shift`)
+  LossType loss = LossType::l2;
+  double huber_c = 0.1;         // kohya huber_c (constant schedule)
+  double noise_offset = 0.0;    // really applied (kohya's Flux path ignores it, issue #1861)
+  double guidance_scale = 1.0;  // the dev guidance vector during training
+};
+
+// Gradient checkpointing per block (train/checkpointing.h).
+struct CheckpointSettings {
+  bool enabled = true;
+  bool offload_inputs = false;  // keep saved block inputs in (pinned) host memory
+  bool keep_attention = true;   // keep each block's attention output for the recomputation
+  models::KeepProducts keep_products = models::KeepProducts::outputs;  // ... and these products' outputs
+  int64_t interval = 1;  // checkpoint blocks 0, N, 2N, ... (never the last)
+};
+
+// One training step (train/step.h) but for the compute dtype, which the app resolves.
+struct StepSettings {
+  ObjectiveOptions objective;
+  CheckpointSettings checkpointing;
+  bool apply_t5_mask = false;  // mask padded T5 tokens in every attention (kohya apply_t5_attn_mask)
+  double max_grad_norm = 1.0;  // 0 = no clipping (kohya's default is 1.0)
+};
+
+struct TrainOptions {
+  bool full_finetune = false;  // network_type none: every transformer weight trains (fp32 master weights)
+  lora::LoraOptions lora;
+  std::string network_weights;  // start from this LoRA file
+  bool fp8_base = false;        // frozen block weights stored as float8_e4m3fn
+  optim::OptimizerSettings optimizer;
+  optim::ScheduleOptions schedule;  // num_training_steps is filled in by the trainer
+  StepSettings step;
+  int64_t gradient_accumulation = 1;
+  int prefetch_batches = 4;           // batches a background thread prepares ahead; 0 = each in the loop when needed
+  std::optional<int64_t> max_epochs;  // set: the run's length in epochs, and max_steps is not used
+  int64_t max_steps = 1600;
+  uint64_t seed = 42;
+
+  std::string output_name = "flux-lora";
+  lora::SavePrecision save_precision = lora::SavePrecision::bf16;  // of the LoRA files
+  int64_t save_every_n_steps = 0;
+  int64_t save_every_n_epochs = 0;
+  int keep_last_n = 0;         // intermediate step/epoch files kept (0 = all)
+  bool save_state = true;      // a state with every intermediate save (the final and a signal's state always)
+  int keep_last_n_states = 2;  // complete states kept (>= 1)
+  int64_t sample_every_n_steps = 0;
+  int64_t sample_every_n_epochs = 0;
+  bool sample_at_first = false;
+  double log_every_seconds = 10;
+};
+
+}  // namespace fluxtrain::train

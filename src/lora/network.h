@@ -2,7 +2,8 @@
 // kohya-format state (spec/training.md "LoRA network and file format").
 //
 // Targets are every Linear inside the double and single blocks (10 per double block, 3 per single
-// block: 304 for Flux.1). Module names are `lora_unet_` + the module path with '.' -> '_'.
+// block: 304 for Flux.1). Module names and tensor keys are kohya's, the transformer's form of the
+// grammar in lora/keys.h.
 //
 // split_qkv and the file format: a split module trains separate down/up pairs for q, k, v (and the MLP
 // input of single blocks' linear1). Files hold them fused as kohya does — down concatenated [k*r, in],
@@ -28,13 +29,14 @@ class FluxTransformerImpl;
 namespace fluxtrain::lora {
 
 struct LoraOptions {
-  int64_t rank = 4;     // kohya network_dim
-  double alpha = 1.0;   // kohya network_alpha (0 -> rank)
-  std::string train_blocks = "all";               // all | single | double
+  int64_t rank = 4;                                // kohya network_dim
+  double alpha = 1.0;                              // kohya network_alpha (0 -> rank)
+  std::string train_blocks = "all";                // all | single | double
   std::string train_double_block_indices = "all";  // "all", "none", or "0,2,5-9"
   std::string train_single_block_indices = "all";
   // Per-layer-type ranks (kohya's img_attn_dim ... single_mod_dim): -1 = rank, 0 = no adapter there.
-  std::map<std::string, int64_t> type_dims;  // keys: img_attn img_mlp img_mod txt_attn txt_mlp txt_mod single single_mod
+  std::map<std::string, int64_t>
+      type_dims;  // keys: img_attn img_mlp img_mod txt_attn txt_mlp txt_mod single single_mod
   bool split_qkv = false;
   DropoutOptions dropout;
 };
@@ -74,6 +76,7 @@ class LoraNetwork {
   at::Generator dropout_generator_;
   std::vector<std::shared_ptr<LoraModule>> modules_;
   std::vector<std::shared_ptr<models::LinearImpl>> targets_;
+  std::vector<std::string> target_paths_;  // the model paths of targets_ ("double_blocks.0.img_attn.qkv")
 };
 
 // Reads a kohya-format LoRA file into memory (for load_kohya).

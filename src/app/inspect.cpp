@@ -9,6 +9,7 @@
 #include "app/commands.h"
 #include "core/error.h"
 #include "core/safetensors_format.h"
+#include "lora/identify.h"
 #include "models/identify.h"
 
 namespace fluxtrain::app {
@@ -32,7 +33,7 @@ std::string short_count(uint64_t n) {
 int run_inspect(const InspectOptions& options) {
   const safetensors::Header header = safetensors::read_header(options.file);
   auto scalar = [&](const safetensors::TensorInfo& info) { return safetensors::read_scalar(options.file, header, info); };
-  const std::vector<models::Component> components = models::identify(header, scalar);
+  const std::vector<models::Component> components = models::identify(header, {lora::lora_recogniser(scalar)});
 
   std::map<std::string, size_t> dtypes;
   for (const auto& t : header.tensors) dtypes[std::string(safetensors::dtype_name(t.dtype))]++;

@@ -4,6 +4,7 @@
 #include <optional>
 
 #include "core/error.h"
+#include "models/flux/flux_config.h"
 
 namespace fluxtrain::models {
 
@@ -45,56 +46,32 @@ namespace {
 using safetensors::Header;
 using safetensors::TensorInfo;
 
-std::optional<Component> flux_bfl(const ComponentTensors& v) {
-  if (!v.has("img_in.weight") ||
-      !(v.has("double_blocks.0.img_attn.qkv.weight") || v.has("single_blocks.0.linear1.weight"))) {
-    return std::nullopt;
-  }
+// A Flux transformer in either layout, its config read as the loader reads it (leniently, so that an
+// odd file is still described).
+std::optional<Component> flux_transformer(const ComponentTensors& v, FluxLayout layout) {
+  const FluxConfig config = FluxConfig::detect_partial([&](const std::string& name) { return v.get(name); }, layout);
+  if (config.hidden_size < 0 || (config.depth == 0 && config.depth_single_blocks == 0)) return std::nullopt;
+  const bool guidance = config.guidance_embed;
+  const bool bfl = layout == FluxLayout::bfl;
   Component c;
   c.kind = "flux-transformer";
-  int64_t hidden = v.dim("img_in.weight", 0);
-  int64_t head_dim = std::max(v.dim("double_blocks.0.img_attn.norm.query_norm.scale", 0),
-                              v.dim("single_blocks.0.norm.query_norm.scale", 0));
-  int double_blocks = v.count_indexed("double_blocks.");
-  int single_blocks = v.count_indexed("single_blocks.");
-  bool guidance = v.has("guidance_in.in_layer.weight");
-  c.details = {{"layout", "bfl"},
+  c.details = {{"layout", bfl ? "bfl" : "diffusers"},
                {"variant", guidance ? "dev" : "schnell"},
-               {"hidden_size", std::to_string(hidden)},
-               {"num_heads", head_dim > 0 ? std::to_string(hidden / head_dim) : "?"},
-               {"double_blocks", std::to_string(double_blocks)},
-               {"single_blocks", std::to_string(single_blocks)},
-               {"in_channels", std::to_string(v.dim("img_in.weight", 1))},
-               {"context_in_dim", std::to_string(v.dim("txt_in.weight", 1))},
-               {"vec_in_dim", std::to_string(v.dim("vector_in.in_layer.weight", 1))},
+               {"hidden_size", std::to_string(config.hidden_size)},
+               {"num_heads", config.num_heads > 0 ? std::to_string(config.num_heads) : "?"},
+               {"double_blocks", std::to_string(config.depth)},
+               {"single_blocks", std::to_string(config.depth_single_blocks)},
+               {"in_channels", std::to_string(config.in_channels)},
+               {"context_in_dim", std::to_string(config.context_in_dim)},
+               {"vec_in_dim", std::to_string(config.vec_in_dim)},
                {"guidance_embed", guidance ? "true" : "false"}};
-  bool full = hidden == 3072 && double_blocks == 19 && single_blocks == 38;
-  c.description =
-      cat(full ? "FLUX.1 " : "Flux-architecture ", guidance ? "dev" : "schnell", " transformer (", double_blocks,
-          " double + ", single_blocks, " single blocks, hidden ", hidden, ", ", c.details["num_heads"], " heads",
-          guidance ? ", guidance embedding" : ", no guidance embedding", "; ", v.dtypes(), ")");
-  return c;
-}
-
-std::optional<Component> flux_diffusers(const ComponentTensors& v) {
-  if (!v.has("x_embedder.weight") ||
-      !(v.has("transformer_blocks.0.attn.to_q.weight") || v.has("single_transformer_blocks.0.attn.to_q.weight"))) {
-    return std::nullopt;
-  }
-  Component c;
-  c.kind = "flux-transformer";
-  int64_t hidden = v.dim("x_embedder.weight", 0);
-  int double_blocks = v.count_indexed("transformer_blocks.");
-  int single_blocks = v.count_indexed("single_transformer_blocks.");
-  bool guidance = v.has("time_text_embed.guidance_embedder.linear_1.weight");
-  c.details = {{"layout", "diffusers"},
-               {"variant", guidance ? "dev" : "schnell"},
-               {"hidden_size", std::to_string(hidden)},
-               {"double_blocks", std::to_string(double_blocks)},
-               {"single_blocks", std::to_string(single_blocks)},
-               {"guidance_embed", guidance ? "true" : "false"}};
-  c.description = cat("Flux ", guidance ? "dev" : "schnell", " transformer in diffusers layout (", double_blocks,
-                      " double + ", single_blocks, " single blocks, hidden ", hidden, "; ", v.dtypes(), ")");
+  const FluxConfig dev = FluxConfig::dev();
+  const bool full = config.hidden_size == dev.hidden_size && config.depth == dev.depth &&
+                    config.depth_single_blocks == dev.depth_single_blocks;
+  c.description = cat(full ? "FLUX.1 " : "Flux-architecture ", guidance ? "dev" : "schnell", " transformer",
+                      bfl ? "" : " in diffusers layout", " (", config.depth, " double + ", config.depth_single_blocks,
+                      " single blocks, hidden ", config.hidden_size, ", ", c.details["num_heads"], " heads",
+                      guidance ? ", guidance embedding" : ", no guidance embedding", "; ", v.dtypes(), ")");
   return c;
 }
 
@@ -168,7 +145,10 @@ std::vector<Component> identify(const Header& header, const std::vector<Recognis
     view.prefix = prefix;
     view.tensors.emplace(t.name.substr(prefix.size()), &t);
   }
-  const std::vector<Recogniser> models = {flux_bfl, flux_diffusers, autoencoder, clip_text, t5_encoder};
+  const std::vector<Recogniser> models = {
+      [](const ComponentTensors& v) { return flux_transformer(v, FluxLayout::bfl); },
+      [](const ComponentTensors& v) { return flux_transformer(v, FluxLayout::diffusers); }, autoencoder, clip_text,
+      t5_encoder};
   std::vector<Component> out;
   for (const auto& [prefix, view] : views) {
     std::optional<Component> c;

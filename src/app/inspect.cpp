@@ -10,6 +10,7 @@
 #include "app/tool_options.h"
 #include "core/error.h"
 #include "core/safetensors_format.h"
+#include "lora/identify.h"
 #include "models/identify.h"
 
 namespace fluxtrain::app {
@@ -30,10 +31,8 @@ std::string short_count(uint64_t n) {
 
 int run_inspect(const InspectSettings& options) {
   const safetensors::Header header = safetensors::read_header(options.file);
-  auto scalar = [&](const safetensors::TensorInfo& info) {
-    return safetensors::read_scalar(options.file, header, info);
-  };
-  const std::vector<models::Component> components = models::identify(header, scalar);
+  auto scalar = [&](const safetensors::TensorInfo& info) { return safetensors::read_scalar(options.file, header, info); };
+  const std::vector<models::Component> components = models::identify(header, {lora::lora_recogniser(scalar)});
 
   std::map<std::string, size_t> dtypes;
   for (const auto& t : header.tensors) dtypes[std::string(safetensors::dtype_name(t.dtype))]++;

@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/safetensors.h"
+#include "lora/keys.h"
 #include "models/convert.h"
 #include "models/flux/flux.h"
 
@@ -24,13 +25,6 @@ struct Target {
   bool swap_halves = false;  // diffusers norm_out [scale, shift] -> BFL [shift, scale]
   const char* layout = "";
 };
-
-std::string underscored(std::string name) {
-  for (char& c : name) {
-    if (c == '.') c = '_';
-  }
-  return name;
-}
 
 std::map<std::string, std::shared_ptr<models::LinearImpl>> linears_of(const models::FluxTransformerImpl& model) {
   std::map<std::string, std::shared_ptr<models::LinearImpl>> out;
@@ -48,7 +42,7 @@ std::map<std::string, Target> target_table(const models::FluxTransformerImpl& mo
     Target t{path, 0, linear->out_features, linear->in_features, false, "comfyui"};
     table.emplace(path, t);
     t.layout = "kohya";
-    table.emplace("lora_unet_" + underscored(path), t);
+    table.emplace(keys::module_name(keys::kTransformerPrefix, path), t);
   }
   const auto& c = model.config;
   for (const auto& [canonical, source] : models::flux_diffusers_map(c)) {
@@ -56,63 +50,33 @@ std::map<std::string, Target> target_table(const models::FluxTransformerImpl& mo
     const std::string path = canonical.substr(0, canonical.size() - 7);
     auto linear = linears.find(path);
     if (linear == linears.end()) continue;  // the norms' scales
+    const auto parts = keys::split_parts(path);
     int64_t offset = 0;
     for (size_t k = 0; k < source.keys.size(); ++k) {
       const std::string name = source.keys[k].substr(0, source.keys[k].size() - 7);
-      // Concatenated parts: q, k, v of hidden_size rows each, then (single blocks) the MLP input.
-      const int64_t rows = source.op == models::KeySource::Op::concat ? (k < 3 ? c.hidden_size : c.mlp_hidden)
-                                                                      : linear->second->out_features;
+      // diffusers keeps the split parts of BFL's fused Linears apart, in BFL's row order.
+      int64_t rows = linear->second->out_features;
+      if (source.op == models::KeySource::Op::concat) {
+        TORCH_CHECK(k < parts.size(), "the diffusers map concatenates more parts into ", path,
+                    " than keys::split_parts");
+        rows = parts[k].mlp_input ? c.mlp_hidden : c.hidden_size;
+      }
       Target t{path,       offset, rows, linear->second->in_features, source.op == models::KeySource::Op::swap_halves,
                "diffusers"};
       table.emplace(name, t);
       t.layout = "kohya";
-      table.emplace("lora_transformer_" + underscored(name), t);
-      table.emplace("lora_unet_" + underscored(name), t);
+      table.emplace(keys::module_name(keys::kDiffusersTransformerPrefix, name), t);
+      table.emplace(keys::module_name(keys::kTransformerPrefix, name), t);
       offset += rows;
     }
   }
   return table;
 }
 
-enum class Part { down, up, alpha };
-struct SuffixRule {
-  const char* suffix;
-  Part part;
-};
-const SuffixRule kSuffixes[] = {
-    {".lora_down.weight", Part::down},
-    {".lora_up.weight", Part::up},
-    {".lora_A.weight", Part::down},
-    {".lora_B.weight", Part::up},
-    {".lora_A.default.weight", Part::down},
-    {".lora_B.default.weight", Part::up},
-    {".lora.down.weight", Part::down},
-    {".lora.up.weight", Part::up},
-    {".lora_linear_layer.down.weight", Part::down},
-    {".lora_linear_layer.up.weight", Part::up},
-    {"_lora.down.weight", Part::down},
-    {"_lora.up.weight", Part::up},
-    {".alpha", Part::alpha},
-};
-
-// Prefixes in front of the module names: ComfyUI, merged checkpoints, diffusers, PEFT.
-const char* const kPrefixes[] = {"diffusion_model.", "model.diffusion_model.", "transformer.", "base_model.model.",
-                                 "unet."};
-
-bool is_text_encoder(const std::string& module) {
-  return module.rfind("lora_te", 0) == 0 || module.rfind("text_encoder", 0) == 0 ||
-         module.rfind("text_encoders.", 0) == 0 || module.rfind("te1.", 0) == 0 || module.rfind("te2.", 0) == 0;
-}
-
-// The LyCORIS (or other non-LoRA) adapter type a key belongs to, or "".
-std::string unsupported_type(const std::string& key) {
-  if (key.find(".hada_") != std::string::npos) return "LoHa";
-  if (key.find(".lokr_") != std::string::npos) return "LoKr";
-  if (key.ends_with(".dora_scale")) return "DoRA";
-  if (key.find(".oft_") != std::string::npos) return "OFT";
-  if (key.ends_with(".diff") || key.ends_with(".diff_b")) return "full weight difference";
-  if (key.find(".lora_mid.") != std::string::npos) return "Tucker LoCon (lora_mid)";
-  return "";
+// The layouts read_lora accepts, as an error message names them.
+std::string accepted_layouts() {
+  return cat("kohya ", keys::kTransformerPrefix, "*, diffusers/PEFT transformer.*", keys::kPeftDown, "/", keys::kPeftUp,
+             ", ComfyUI diffusion_model.*");
 }
 
 struct Group {
@@ -129,37 +93,30 @@ LoraContents read_lora(const std::string& path, const models::FluxTransformerImp
   out.path = path;
 
   std::map<std::string, Group> groups;  // by the file's module name
-  std::map<std::string, std::vector<std::string>> unsupported;
+  std::map<std::string_view, std::vector<std::string>> unsupported;
   std::vector<std::string> unknown_suffix;
   std::set<std::string> text_encoder;
   for (const auto& info : reader.header().tensors) {
     const std::string& key = info.name;
-    if (std::string type = unsupported_type(key); !type.empty()) {
-      unsupported[type].push_back(key);
+    if (auto adapter = keys::unsupported_adapter(key)) {
+      unsupported[adapter->name].push_back(key);
       continue;
     }
-    const SuffixRule* rule = nullptr;
-    for (const auto& r : kSuffixes) {
-      if (key.ends_with(r.suffix)) {
-        rule = &r;
-        break;
-      }
-    }
-    if (rule == nullptr) {
+    const auto parsed = keys::parse(key);
+    if (!parsed) {
       unknown_suffix.push_back(key);
       continue;
     }
-    std::string module = key.substr(0, key.size() - std::string(rule->suffix).size());
-    if (is_text_encoder(module)) {
-      text_encoder.insert(module);
+    if (keys::is_text_encoder(parsed->module)) {
+      text_encoder.insert(parsed->module);
       continue;
     }
-    Group& g = groups[module];
+    Group& g = groups[parsed->module];
     at::Tensor t = reader.tensor(info).to(at::kFloat).clone();
-    if (rule->part == Part::down) {
+    if (parsed->part == keys::Part::down) {
       g.down = t;
       g.down_key = key;
-    } else if (rule->part == Part::up) {
+    } else if (parsed->part == keys::Part::up) {
       g.up = t;
       g.up_key = key;
     } else {
@@ -170,9 +127,10 @@ LoraContents read_lora(const std::string& path, const models::FluxTransformerImp
     std::string types;
     for (const auto& [type, keys] : unsupported)
       types += cat(types.empty() ? "" : ", ", type, " (", keys.size(), " tensors, e.g. ", keys.front(), ")");
-    fail(path, ": holds adapter types that fluxtrain cannot apply: ", types,
-         "; only plain LoRA (down/up or lora_A/lora_B pairs) is supported. Fix: convert it to a plain LoRA "
-         "(e.g. with kohya's extract/resize tools) or use a tool that supports LyCORIS");
+    fail(path, ": holds adapter types that fluxtrain cannot apply: ", types, "; only plain LoRA (",
+         keys::part_label(keys::Part::down), " / ", keys::part_label(keys::Part::up),
+         " pairs) is supported. Fix: convert it to a plain LoRA (e.g. with kohya's extract/resize tools) or use a "
+         "tool that supports LyCORIS");
   }
 
   std::vector<std::string> problems, unmatched;
@@ -181,19 +139,23 @@ LoraContents read_lora(const std::string& path, const models::FluxTransformerImp
     const Target* target = nullptr;
     auto it = table.find(module);
     if (it != table.end()) target = &it->second;
-    for (const char* prefix : kPrefixes) {
+    for (std::string_view prefix : keys::container_prefixes()) {
       if (target != nullptr) break;
-      if (module.rfind(prefix, 0) != 0) continue;
-      it = table.find(module.substr(std::string(prefix).size()));
+      if (!module.starts_with(prefix)) continue;
+      it = table.find(module.substr(prefix.size()));
       if (it != table.end()) target = &it->second;
     }
     if (target == nullptr) {
-      unmatched.push_back(g.down_key.empty() ? (g.up_key.empty() ? module + ".alpha" : g.up_key) : g.down_key);
+      unmatched.push_back(g.down_key.empty()
+                              ? (g.up_key.empty() ? keys::tensor_key(module, keys::Part::alpha) : g.up_key)
+                              : g.down_key);
       continue;
     }
     if (!g.down.defined() || !g.up.defined()) {
-      problems.push_back(cat(module, ": has ", g.down.defined() ? "a down (lora_A)" : "an up (lora_B)",
-                             " weight but no ", g.down.defined() ? "up (lora_B)" : "down (lora_A)", " weight"));
+      const keys::Part present = g.down.defined() ? keys::Part::down : keys::Part::up;
+      const keys::Part missing = g.down.defined() ? keys::Part::up : keys::Part::down;
+      problems.push_back(cat(module, ": has ", present == keys::Part::down ? "a " : "an ", keys::part_label(present),
+                             " weight but no ", keys::part_label(missing), " weight"));
       continue;
     }
     const int64_t rank = g.down.dim() == 2 ? g.down.size(0) : -1;
@@ -229,12 +191,10 @@ LoraContents read_lora(const std::string& path, const models::FluxTransformerImp
     for (size_t i = 0; i < unmatched.size() && i < 8; ++i) list += "\n  " + unmatched[i];
     if (unmatched.size() > 8) list += cat("\n  ... and ", unmatched.size() - 8, " more");
     const auto& c = model.config;
-    problems.insert(problems.begin(),
-                    cat(unmatched.size(), " tensors fit no layer of this Flux transformer (", c.depth, " double / ",
-                        c.depth_single_blocks, " single blocks, hidden ", c.hidden_size,
-                        "); accepted: kohya lora_unet_*, diffusers/PEFT transformer.*.lora_A/lora_B, ComfyUI "
-                        "diffusion_model.*. Is it a LoRA for another model (SD 1.5, SDXL, SD3)?",
-                        list));
+    problems.insert(problems.begin(), cat(unmatched.size(), " tensors fit no layer of this Flux transformer (", c.depth,
+                                          " double / ", c.depth_single_blocks, " single blocks, hidden ", c.hidden_size,
+                                          "); accepted: ", accepted_layouts(),
+                                          ". Is it a LoRA for another model (SD 1.5, SDXL, SD3)?", list));
   }
   if (!problems.empty()) {
     std::string message = cat(path, ": not a usable Flux LoRA (", problems.size(), " problems):");

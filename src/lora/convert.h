@@ -1,19 +1,14 @@
 // LoRA files of every common layout, read against a Flux transformer and merged into its weights.
 //
-// Layouts (module name + suffix; the suffixes of any layout are accepted with any module naming):
-//   kohya / sd-scripts   lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight / .lora_up.weight / .alpha
-//   diffusers / PEFT     transformer.transformer_blocks.0.attn.to_q.lora_A.weight / .lora_B.weight [/ .alpha]
-//                        (also without `transformer.`, or PEFT's `base_model.model.`; old diffusers
-//                        `.lora.down.weight` / `.lora_linear_layer.down.weight`)
-//   ComfyUI / BFL        diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight (or .lora_down.weight)
-//   underscored diffusers lora_transformer_single_transformer_blocks_0_attn_to_q.lora_down.weight
+// Every layout of the key grammar (lora/keys.h) is accepted: kohya, diffusers/PEFT, ComfyUI and
+// underscored diffusers module names, with the part suffixes of any spelling.
 // diffusers names map onto BFL's fused layers with a row range: to_q / to_k / to_v (add_q_proj ...) are
 // the three thirds of `qkv`, single blocks' to_q, to_k, to_v, proj_mlp are the four row ranges of
-// `linear1`, and norm_out's [scale, shift] rows are BFL's [shift, scale] (the same map as the model
-// loader, models::flux_diffusers_map). Scale = alpha / rank, or 1 without an alpha (PEFT/diffusers files
-// store none: their adapters were saved with alpha = rank).
+// `linear1` (keys::split_parts), and norm_out's [scale, shift] rows are BFL's [shift, scale] (the same
+// map as the model loader, models::flux_diffusers_map). Scale = alpha / rank, or 1 without an alpha
+// (PEFT/diffusers files store none: their adapters were saved with alpha = rank).
 //
-// Text-encoder adapters (lora_te*, text_encoder.*) are recognised and counted but not applied.
+// Text-encoder adapters (keys::is_text_encoder) are recognised and counted but not applied.
 // LyCORIS types (LoHa, LoKr, DoRA, full diffs) are refused with an error naming them.
 #pragma once
 

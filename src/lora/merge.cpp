@@ -17,6 +17,7 @@
 #include "core/progress.h"
 #include "core/safetensors.h"
 #include "core/version.h"
+#include "lora/keys.h"
 #include "lora/lora_file.h"
 #include "models/convert.h"
 
@@ -27,9 +28,6 @@ namespace fs = std::filesystem;
 using safetensors::Dtype;
 using safetensors::TensorInfo;
 
-constexpr const char* kDown = ".lora_down.weight";
-constexpr const char* kUp = ".lora_up.weight";
-constexpr const char* kAlpha = ".alpha";
 constexpr double kE4M3Max = 448.0;
 
 bool ends_with(const std::string& text, const std::string& suffix) {
@@ -70,14 +68,13 @@ struct LoraFile {
 // Why a file is not a plain kohya LoRA, from its tensor names ("" when nothing recognisable).
 std::string foreign_format_hint(const std::vector<std::string>& names) {
   for (const auto& n : names) {
-    if (n.find("lora_A.") != std::string::npos || n.find("lora_B.") != std::string::npos) {
-      return "it is a PEFT / diffusers-format LoRA (lora_A / lora_B); convert it to kohya format first";
+    if (auto parsed = keys::parse(n); parsed && parsed->spelling != keys::Spelling::kohya) {
+      return cat("it is a PEFT / diffusers-format LoRA (", keys::part_label(keys::Part::down), " / ",
+                 keys::part_label(keys::Part::up), "); convert it to kohya format first");
     }
-    if (ends_with(n, ".dora_scale")) return "it is a DoRA (dora_scale), which cannot be merged as a plain LoRA";
-    if (n.find("hada_") != std::string::npos) return "it is a LoHa (hada_*), not a plain LoRA";
-    if (n.find("lokr_") != std::string::npos) return "it is a LoKr (lokr_*), not a plain LoRA";
-    if (n.find(".lora_mid.") != std::string::npos)
-      return "it is a LoCon with a Tucker middle (lora_mid), not a plain LoRA";
+    if (auto adapter = keys::unsupported_adapter(n)) {
+      return cat("it is a ", adapter->name, " (", adapter->marker, "), which cannot be merged as a plain LoRA");
+    }
   }
   for (const auto& n : names) {
     if (n.find("double_blocks.") != std::string::npos || n.find("single_blocks.") != std::string::npos) {
@@ -101,32 +98,37 @@ LoraFile open_lora(const WeightedLora& input) {
   std::map<std::string, const TensorInfo*> alphas;
   for (const TensorInfo& info : tensors) {
     names.push_back(info.name);
-    if (ends_with(info.name, kDown)) {
-      file.modules[info.name.substr(0, info.name.size() - std::strlen(kDown))].down = &info;
-    } else if (ends_with(info.name, kUp)) {
-      file.modules[info.name.substr(0, info.name.size() - std::strlen(kUp))].up = &info;
-    } else if (ends_with(info.name, kAlpha)) {
-      alphas[info.name.substr(0, info.name.size() - std::strlen(kAlpha))] = &info;
-    } else {
+    const auto parsed = keys::parse(info.name);
+    if (!parsed || parsed->spelling != keys::Spelling::kohya) {
       unknown.push_back(info.name);
+    } else if (parsed->part == keys::Part::down) {
+      file.modules[parsed->module].down = &info;
+    } else if (parsed->part == keys::Part::up) {
+      file.modules[parsed->module].up = &info;
+    } else {
+      alphas[parsed->module] = &info;
     }
   }
   std::string hint = foreign_format_hint(names);
   if (file.modules.empty()) {
-    fail(input.path, ": not a kohya-format LoRA: no '*", kDown, "' tensors among its ", tensors.size(), " tensors",
-         names.empty() ? "" : " (e.g. '" + names.front() + "')", hint.empty() ? "" : "; " + hint);
+    fail(input.path, ": not a kohya-format LoRA: no '*", keys::kDown, "' tensors among its ", tensors.size(),
+         " tensors", names.empty() ? "" : " (e.g. '" + names.front() + "')", hint.empty() ? "" : "; " + hint);
   }
   if (!unknown.empty()) {
     fail(input.path, ": ", unknown.size(), " tensors are not part of a plain LoRA (down/up/alpha), e.g. '",
          unknown.front(), "'", hint.empty() ? "; only plain kohya-format LoRAs can be merged" : "; " + hint);
   }
   for (const auto& [name, alpha] : alphas) {
-    if (!file.modules.count(name)) fail(input.path, ": '", name, kAlpha, "' has no lora_down / lora_up weights");
+    if (!file.modules.count(name)) {
+      fail(input.path, ": '", keys::tensor_key(name, keys::Part::alpha), "' has no ", keys::kDown, " / ", keys::kUp,
+           " weights");
+    }
   }
   for (auto& [name, m] : file.modules) {
     if (m.down == nullptr || m.up == nullptr) {
-      fail(input.path, ": module ", name, " has ", m.down ? "lora_down but no lora_up" : "lora_up but no lora_down",
-           " weight (incomplete or damaged file)");
+      fail(input.path, ": module ", name, " has ", keys::tensor_key(name, m.down ? keys::Part::down : keys::Part::up),
+           " but no ", keys::tensor_key(name, m.down ? keys::Part::up : keys::Part::down),
+           " (incomplete or damaged file)");
     }
     for (const TensorInfo* t : {m.down, m.up}) {
       if (!is_float(t->dtype))
@@ -308,9 +310,10 @@ MergeReport merge_loras(const std::vector<WeightedLora>& inputs, const MergeOpti
       report.max_rank = std::max(report.max_rank, rank);
       const auto type = safetensors::to_scalar_type(options.dtype);
       // alpha = rank: the loaders' scale alpha / rank is 1, and the weights carry ΔW as it is.
-      tensors.emplace_back(name + kAlpha, at::scalar_tensor(static_cast<double>(rank), at::kFloat));
-      tensors.emplace_back(name + kDown, m.down.to(type).contiguous());
-      tensors.emplace_back(name + kUp, m.up.to(type).contiguous());
+      tensors.emplace_back(keys::tensor_key(name, keys::Part::alpha),
+                           at::scalar_tensor(static_cast<double>(rank), at::kFloat));
+      tensors.emplace_back(keys::tensor_key(name, keys::Part::down), m.down.to(type).contiguous());
+      tensors.emplace_back(keys::tensor_key(name, keys::Part::up), m.up.to(type).contiguous());
       progress.advance();
     }
   }
@@ -363,18 +366,18 @@ MergeReport merge_loras(const std::vector<WeightedLora>& inputs, const MergeOpti
 
 namespace {
 
-// kohya LoRA prefix -> the checkpoint key prefixes its modules can live under (a component's own file,
-// or a merged "all in one" checkpoint). kohya names: lora_unet (Flux), lora_te1 (CLIP-L), lora_te3 (T5).
-const std::vector<std::pair<std::string, const std::vector<std::string>*>>& lora_prefixes() {
-  static const std::vector<std::pair<std::string, const std::vector<std::string>*>> table = {
-      {"lora_unet_", &models::kFluxPrefixes},
-      {"lora_te1_", &models::kClipPrefixes},
-      {"lora_te3_", &models::kT5Prefixes}};
+// kohya module prefix -> the checkpoint key prefixes its modules can live under (a component's own
+// file, or a merged "all in one" checkpoint).
+const std::vector<std::pair<std::string_view, const std::vector<std::string>*>>& lora_prefixes() {
+  static const std::vector<std::pair<std::string_view, const std::vector<std::string>*>> table = {
+      {keys::kTransformerPrefix, &models::kFluxPrefixes},
+      {keys::kClipPrefix, &models::kClipPrefixes},
+      {keys::kT5Prefix, &models::kT5Prefixes}};
   return table;
 }
 
-// The LoRA module name of every 2-D `.weight` of the checkpoint (ComfyUI's rule: '.' -> '_'), possibly
-// several keys per name, which is then ambiguous.
+// The LoRA module name of every 2-D `.weight` of the checkpoint, possibly several keys per name, which
+// is then ambiguous.
 std::map<std::string, std::vector<const TensorInfo*>> module_targets(const safetensors::Header& header) {
   std::map<std::string, std::vector<const TensorInfo*>> targets;
   for (const TensorInfo& info : header.tensors) {
@@ -383,11 +386,7 @@ std::map<std::string, std::vector<const TensorInfo*>> module_targets(const safet
     for (const auto& [lora_prefix, key_prefixes] : lora_prefixes()) {
       for (const std::string& key_prefix : *key_prefixes) {
         if (stem.compare(0, key_prefix.size(), key_prefix) != 0) continue;
-        std::string name = lora_prefix + stem.substr(key_prefix.size());
-        for (char& c : name) {
-          if (c == '.') c = '_';
-        }
-        targets[name].push_back(&info);
+        targets[keys::module_name(lora_prefix, stem.substr(key_prefix.size()))].push_back(&info);
       }
     }
   }
@@ -476,16 +475,15 @@ BakeReport bake_loras(const std::string& base, const std::vector<WeightedLora>& 
         message += "\n    " + unmatched[i] + (hint.empty() ? "" : "; closest: " + hint);
       }
       // An example of what the base does hold, under the same LoRA prefix when there is one.
-      std::string prefix = unmatched.front().substr(0, unmatched.front().find('_', 5) + 1);
+      const std::string_view prefix = keys::component_prefix(unmatched.front());
       auto example =
-          std::find_if(names.begin(), names.end(), [&](const std::string& n) { return n.rfind(prefix, 0) == 0; });
+          std::find_if(names.begin(), names.end(), [&](const std::string& n) { return n.starts_with(prefix); });
       if (example == names.end()) example = names.begin();
       if (example != names.end()) message += cat("\n  (the base's weights take names like ", *example, ")");
     }
     for (size_t i = 0; i < problems.size() && i < 8; ++i) message += "\n  " + problems[i];
-    message +=
-        "\n fix: use a LoRA trained for this base model (kohya names lora_unet_<key with . -> _>), and a BFL "
-        "single-file checkpoint";
+    message += cat("\n fix: use a LoRA trained for this base model (kohya names ", keys::kTransformerPrefix,
+                   "<key with . -> _>), and a BFL single-file checkpoint");
     throw Error(message);
   }
 

@@ -69,9 +69,10 @@ struct BakeReport {
   int64_t fp8_clamped = 0;
 };
 
-// Every module of every LoRA must map to a 2-D `<module>.weight` of the base (kohya/ComfyUI naming:
-// `lora_unet_X` <-> `[prefix]X.weight` with '.' -> '_', `lora_te1_` CLIP-L, `lora_te3_` T5; the prefixes
-// of merged checkpoints in models/convert.h) with matching shape; the Error lists those that do not.
+// Every module of every LoRA must map to a 2-D `<module>.weight` of the base with matching shape: the
+// module is keys::module_name(component prefix, X) for a weight `[prefix]X.weight` of the transformer,
+// CLIP-L or T5 (lora/keys.h; the prefixes of merged checkpoints in models/convert.h); the Error lists
+// those that do not.
 BakeReport bake_loras(const std::string& base, const std::vector<WeightedLora>& loras, const std::string& out,
                       const BakeOptions& options);
 

@@ -8,18 +8,11 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/safetensors.h"
+#include "lora/keys.h"
 #include "models/flux/flux.h"
 
 namespace fluxtrain::lora {
 namespace {
-
-std::string kohya_name(const std::string& path) {
-  std::string name = "lora_unet_" + path;
-  for (char& c : name) {
-    if (c == '.') c = '_';
-  }
-  return name;
-}
 
 // The per-layer-type key of a block Linear ("double_blocks.3.img_attn.qkv" -> "img_attn").
 std::string layer_type(const std::string& path) {
@@ -32,7 +25,7 @@ std::string layer_type(const std::string& path) {
 }
 
 const std::vector<std::string> kTypeNames = {"img_attn", "img_mlp", "img_mod", "txt_attn",
-                                             "txt_mlp", "txt_mod", "single", "single_mod"};
+                                             "txt_mlp",  "txt_mod", "single",  "single_mod"};
 
 }  // namespace
 
@@ -71,7 +64,8 @@ LoraNetwork::LoraNetwork(models::FluxTransformerImpl& model, const LoraOptions& 
   for (const auto& [key, value] : options.type_dims) {
     if (std::find(kTypeNames.begin(), kTypeNames.end(), key) == kTypeNames.end()) {
       std::string hint = closest_match(key, kTypeNames);
-      fail("network_args: unknown layer type '", key, "_dim'", hint.empty() ? "" : "; did you mean '" + hint + "_dim'?");
+      fail("network_args: unknown layer type '", key, "_dim'",
+           hint.empty() ? "" : "; did you mean '" + hint + "_dim'?");
     }
     if (value < 0) fail("network_args: ", key, "_dim must be >= 0, got ", value);
   }
@@ -99,20 +93,21 @@ LoraNetwork::LoraNetwork(models::FluxTransformerImpl& model, const LoraOptions& 
     if (rank == 0) continue;
 
     std::vector<int64_t> split = {linear->out_features};
-    if (options.split_qkv && is_double && path.ends_with(".qkv")) {
-      split = {c.hidden_size, c.hidden_size, c.hidden_size};
-    } else if (options.split_qkv && is_single && path.ends_with(".linear1")) {
-      split = {c.hidden_size, c.hidden_size, c.hidden_size, c.mlp_hidden};
+    if (const auto parts = keys::split_parts(path); options.split_qkv && !parts.empty()) {
+      split.clear();
+      for (const auto& part : parts) split.push_back(part.mlp_input ? c.mlp_hidden : c.hidden_size);
     }
     double alpha = options.alpha == 0 ? static_cast<double>(rank) : options.alpha;
-    auto module = std::make_shared<LoraModule>(kohya_name(path), linear->in_features, split, rank, alpha,
-                                               linear->weight.device(), generator);
+    auto module = std::make_shared<LoraModule>(keys::module_name(keys::kTransformerPrefix, path), linear->in_features,
+                                               split, rank, alpha, linear->weight.device(), generator);
     module->set_dropout(options.dropout, dropout_generator_);
     linear->adapter = module;
     modules_.push_back(module);
     targets_.push_back(linear);
+    target_paths_.push_back(path);
   }
-  if (modules_.empty()) fail("the LoRA network has no modules: train_blocks / block indices / per-layer ranks select nothing");
+  if (modules_.empty())
+    fail("the LoRA network has no modules: train_blocks / block indices / per-layer ranks select nothing");
 }
 
 LoraNetwork::~LoraNetwork() {
@@ -170,9 +165,10 @@ std::vector<std::pair<std::string, at::Tensor>> LoraNetwork::kohya_state() const
         row += u.size(0);
       }
     }
-    out.emplace_back(m->name() + ".alpha", at::scalar_tensor(m->alpha() * static_cast<double>(k), at::kFloat));
-    out.emplace_back(m->name() + ".lora_down.weight", down.contiguous());
-    out.emplace_back(m->name() + ".lora_up.weight", up.contiguous());
+    out.emplace_back(keys::tensor_key(m->name(), keys::Part::alpha),
+                     at::scalar_tensor(m->alpha() * static_cast<double>(k), at::kFloat));
+    out.emplace_back(keys::tensor_key(m->name(), keys::Part::down), down.contiguous());
+    out.emplace_back(keys::tensor_key(m->name(), keys::Part::up), up.contiguous());
   }
   std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
   return out;
@@ -182,18 +178,19 @@ void LoraNetwork::load_kohya(const std::map<std::string, at::Tensor>& tensors, c
   at::NoGradGuard no_grad;
   std::set<std::string> used;
   std::vector<std::string> problems;
-  for (auto& m : modules_) {
+  for (size_t i = 0; i < modules_.size(); ++i) {
+    auto& m = modules_[i];
     auto& parts = m->parts();
     const int64_t k = static_cast<int64_t>(parts.size()), r = m->rank();
-    auto get = [&](const std::string& suffix) -> const at::Tensor* {
-      auto it = tensors.find(m->name() + suffix);
+    auto get = [&](keys::Part part) -> const at::Tensor* {
+      auto it = tensors.find(keys::tensor_key(m->name(), part));
       if (it == tensors.end()) return nullptr;
       used.insert(it->first);
       return &it->second;
     };
-    const at::Tensor* down = get(".lora_down.weight");
-    const at::Tensor* up = get(".lora_up.weight");
-    const at::Tensor* alpha = get(".alpha");
+    const at::Tensor* down = get(keys::Part::down);
+    const at::Tensor* up = get(keys::Part::up);
+    const at::Tensor* alpha = get(keys::Part::alpha);
     if (down == nullptr || up == nullptr) {
       problems.push_back(cat(m->name(), ": missing from the file"));
       continue;
@@ -202,8 +199,8 @@ void LoraNetwork::load_kohya(const std::map<std::string, at::Tensor>& tensors, c
     for (const auto& p : parts) rows += p.up.size(0);
     if (down->dim() != 2 || down->size(0) != k * r || down->size(1) != parts[0].down.size(1) || up->dim() != 2 ||
         up->size(0) != rows || up->size(1) != k * r) {
-      problems.push_back(cat(m->name(), ": down ", down->sizes(), " / up ", up->sizes(), ", expected down [", k * r, ", ",
-                             parts[0].down.size(1), "] / up [", rows, ", ", k * r, "] (rank ", r,
+      problems.push_back(cat(m->name(), ": down ", down->sizes(), " / up ", up->sizes(), ", expected down [", k * r,
+                             ", ", parts[0].down.size(1), "] / up [", rows, ", ", k * r, "] (rank ", r,
                              k > 1 ? ", split_qkv" : "", ")"));
       continue;
     }
@@ -219,8 +216,8 @@ void LoraNetwork::load_kohya(const std::map<std::string, at::Tensor>& tensors, c
         at::Tensor off_diagonal = block.clone();
         off_diagonal.narrow(1, j * r, r).zero_();
         if (off_diagonal.count_nonzero().item<int64_t>() != 0) {
-          problems.push_back(cat(m->name(), ": the fused up weight is not block-diagonal, so it cannot be split into q/k/v; "
-                                 "load it without split_qkv"));
+          problems.push_back(cat(m->name(), ": the fused up weight is not block-diagonal, so it cannot be split into ",
+                                 keys::split_parts_text(target_paths_[i]), "; load it without split_qkv"));
           block_diagonal_reported = true;
         }
       }
@@ -229,8 +226,8 @@ void LoraNetwork::load_kohya(const std::map<std::string, at::Tensor>& tensors, c
     if (alpha != nullptr) {
       double file_alpha = alpha->item<double>() / static_cast<double>(k);
       if (std::abs(file_alpha - m->alpha()) > 1e-6 * std::max(1.0, std::abs(m->alpha()))) {
-        log::warn(file, ": ", m->name(), " has alpha ", file_alpha, " (per part), the network was set up with ", m->alpha(),
-                  "; the file's value is kept");
+        log::warn(file, ": ", m->name(), " has alpha ", file_alpha, " (per part), the network was set up with ",
+                  m->alpha(), "; the file's value is kept");
       }
       m->set_alpha(file_alpha);
     }
@@ -239,7 +236,9 @@ void LoraNetwork::load_kohya(const std::map<std::string, at::Tensor>& tensors, c
   for (const auto& [name, t] : tensors) {
     if (!used.count(name)) extra.push_back(name);
   }
-  if (!extra.empty()) problems.push_back(cat(extra.size(), " tensors of the file belong to no module of this network, e.g. ", extra.front()));
+  if (!extra.empty())
+    problems.push_back(
+        cat(extra.size(), " tensors of the file belong to no module of this network, e.g. ", extra.front()));
   if (!problems.empty()) {
     std::string message = cat(file, ": does not fit the LoRA network (", problems.size(), " problems):");
     for (size_t i = 0; i < problems.size() && i < 10; ++i) message += "\n  " + problems[i];

@@ -2,7 +2,8 @@
 // kohya-format state (spec/training.md "LoRA network and file format").
 //
 // Targets are every Linear inside the double and single blocks (10 per double block, 3 per single
-// block: 304 for Flux.1). Module names are `lora_unet_` + the module path with '.' -> '_'.
+// block: 304 for Flux.1). Module names and tensor keys are kohya's, the transformer's form of the
+// grammar in lora/keys.h.
 //
 // split_qkv and the file format: a split module trains separate down/up pairs for q, k, v (and the MLP
 // input of single blocks' linear1). Files hold them fused as kohya does — down concatenated [k*r, in],
@@ -63,6 +64,7 @@ class LoraNetwork {
   at::Generator dropout_generator_;
   std::vector<std::shared_ptr<LoraModule>> modules_;
   std::vector<std::shared_ptr<models::LinearImpl>> targets_;
+  std::vector<std::string> target_paths_;  // the model paths of targets_ ("double_blocks.0.img_attn.qkv")
 };
 
 // Reads a kohya-format LoRA file into memory (for load_kohya).

@@ -3,7 +3,6 @@
 #include <ATen/ATen.h>
 
 #include "core/error.h"
-#include "models/header_query.h"
 #include "core/log.h"
 
 namespace fluxtrain::models {
@@ -46,7 +45,8 @@ KeyMap flux_diffusers_map(const FluxConfig& c) {
     linear_pair(m, b + "img_mod.lin", d + "norm1.linear");
     linear_pair(m, b + "txt_mod.lin", d + "norm1_context.linear");
     concat_linear(m, b + "img_attn.qkv", {d + "attn.to_q", d + "attn.to_k", d + "attn.to_v"}, c.qkv_bias);
-    concat_linear(m, b + "txt_attn.qkv", {d + "attn.add_q_proj", d + "attn.add_k_proj", d + "attn.add_v_proj"}, c.qkv_bias);
+    concat_linear(m, b + "txt_attn.qkv", {d + "attn.add_q_proj", d + "attn.add_k_proj", d + "attn.add_v_proj"},
+                  c.qkv_bias);
     m[b + "img_attn.norm.query_norm.scale"] = {{d + "attn.norm_q.weight"}, Op::copy};
     m[b + "img_attn.norm.key_norm.scale"] = {{d + "attn.norm_k.weight"}, Op::copy};
     m[b + "txt_attn.norm.query_norm.scale"] = {{d + "attn.norm_added_q.weight"}, Op::copy};
@@ -73,37 +73,6 @@ KeyMap flux_diffusers_map(const FluxConfig& c) {
   return m;
 }
 
-FluxConfig detect_flux_diffusers(const std::function<const safetensors::TensorInfo*(const std::string&)>& find,
-                                 const std::string& file) {
-  HeaderQuery q(find, file, "Flux transformer in diffusers layout");
-  FluxConfig c;
-  const auto& x = q.need("x_embedder.weight");
-  c.hidden_size = x.shape.at(0);
-  c.in_channels = x.shape.at(1);
-  c.out_channels = q.need("proj_out.weight").shape.at(0);
-  c.context_in_dim = q.need("context_embedder.weight").shape.at(1);
-  c.vec_in_dim = q.need("time_text_embed.text_embedder.linear_1.weight").shape.at(1);
-  c.guidance_embed = find("time_text_embed.guidance_embedder.linear_1.weight") != nullptr;
-  c.depth = q.count("transformer_blocks.", ".attn.to_q.weight");
-  c.depth_single_blocks = q.count("single_transformer_blocks.", ".attn.to_q.weight");
-  int64_t head_dim = 0;
-  if (c.depth > 0) {
-    head_dim = q.need("transformer_blocks.0.attn.norm_q.weight").shape.at(0);
-    c.mlp_hidden = q.need("transformer_blocks.0.ff.net.0.proj.weight").shape.at(0);
-    c.qkv_bias = find("transformer_blocks.0.attn.to_q.bias") != nullptr;
-  } else if (c.depth_single_blocks > 0) {
-    head_dim = q.need("single_transformer_blocks.0.attn.norm_q.weight").shape.at(0);
-    c.mlp_hidden = q.need("single_transformer_blocks.0.proj_mlp.weight").shape.at(0);
-  } else {
-    fail(file, ": has no transformer blocks");
-  }
-  if (head_dim <= 0 || c.hidden_size % head_dim != 0) fail(file, ": head width ", head_dim, " does not divide ", c.hidden_size);
-  c.num_heads = c.hidden_size / head_dim;
-  c.axes_dim = {head_dim / 8, 7 * head_dim / 16, 7 * head_dim / 16};
-  c.validate(file);
-  return c;
-}
-
 LoadedFlux load_flux(const std::string& path, const ModelOptions& options) {
   Checkpoint checkpoint = Checkpoint::open(path, "transformer");
   LoadedFlux out;
@@ -120,12 +89,8 @@ LoadedFlux load_flux(const std::string& path, const ModelOptions& options) {
   auto find = [&](const std::string& name) -> const safetensors::TensorInfo* {
     return checkpoint.contains(load.prefix + name) ? &checkpoint.info(load.prefix + name) : nullptr;
   };
-  if (diffusers) {
-    out.config = detect_flux_diffusers(find, checkpoint.path());
-    load.map = flux_diffusers_map(out.config);
-  } else {
-    out.config = FluxConfig::detect(find, checkpoint.path());
-  }
+  out.config = FluxConfig::detect(find, checkpoint.path(), diffusers ? FluxLayout::diffusers : FluxLayout::bfl);
+  if (diffusers) load.map = flux_diffusers_map(out.config);
   out.layout = diffusers ? "diffusers" : "bfl";
   out.prefix = load.prefix;
   out.model = FluxTransformer(out.config, options);

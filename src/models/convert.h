@@ -2,7 +2,6 @@
 // that the modules use. Maps are generated from the detected config, never from hard-coded counts.
 #pragma once
 
-#include <functional>
 #include <string>
 #include <vector>
 
@@ -17,7 +16,8 @@ namespace fluxtrain::models {
 // Prefixes of merged ("all in one") checkpoints, per component (ComfyUI / kohya conventions).
 inline const std::vector<std::string> kFluxPrefixes = {"", "model.diffusion_model."};
 inline const std::vector<std::string> kAePrefixes = {"", "vae.", "first_stage_model."};
-inline const std::vector<std::string> kClipPrefixes = {"", "text_encoders.clip_l.transformer.", "cond_stage_model.transformer."};
+inline const std::vector<std::string> kClipPrefixes = {"", "text_encoders.clip_l.transformer.",
+                                                       "cond_stage_model.transformer."};
 inline const std::vector<std::string> kT5Prefixes = {"", "text_encoders.t5xxl.transformer."};
 
 // diffusers FluxTransformer2DModel -> BFL. Source: diffusers
@@ -25,10 +25,6 @@ inline const std::vector<std::string> kT5Prefixes = {"", "text_encoders.t5xxl.tr
 // q/k/v (and single blocks' proj_mlp) are concatenated back into qkv / linear1, and norm_out's
 // [scale, shift] rows are swapped back to BFL's [shift, scale].
 KeyMap flux_diffusers_map(const FluxConfig& config);
-
-// Config of a diffusers-layout transformer from its tensor names/shapes.
-FluxConfig detect_flux_diffusers(const std::function<const safetensors::TensorInfo*(const std::string&)>& find,
-                                 const std::string& file);
 
 struct LoadedFlux {
   FluxTransformer model{nullptr};

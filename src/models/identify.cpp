@@ -1,107 +1,81 @@
 #include "models/identify.h"
 
 #include <algorithm>
-#include <cmath>
 #include <optional>
-#include <set>
 
 #include "core/error.h"
+#include "models/flux/flux_config.h"
 
 namespace fluxtrain::models {
+
+const safetensors::TensorInfo* ComponentTensors::get(const std::string& name) const {
+  auto it = tensors.find(name);
+  return it == tensors.end() ? nullptr : it->second;
+}
+
+int64_t ComponentTensors::dim(const std::string& name, size_t axis) const {
+  const safetensors::TensorInfo* t = get(name);
+  return (t && t->shape.size() > axis) ? t->shape[axis] : -1;
+}
+
+int ComponentTensors::count_indexed(const std::string& head) const {
+  int best = -1;
+  for (auto it = tensors.lower_bound(head); it != tensors.end() && it->first.compare(0, head.size(), head) == 0; ++it) {
+    size_t pos = head.size();
+    size_t dot = it->first.find('.', pos);
+    if (dot == std::string::npos || dot == pos) continue;
+    const std::string digits = it->first.substr(pos, dot - pos);
+    if (!std::all_of(digits.begin(), digits.end(), ::isdigit)) continue;
+    best = std::max(best, std::stoi(digits));
+  }
+  return best + 1;
+}
+
+std::string ComponentTensors::dtypes() const {
+  std::map<std::string, size_t> counts;
+  for (const auto& [name, t] : tensors) counts[std::string(safetensors::dtype_name(t->dtype))]++;
+  std::string out;
+  for (const auto& [d, n] : counts) {
+    out += (out.empty() ? "" : ", ") + d + (counts.size() > 1 ? " x" + std::to_string(n) : "");
+  }
+  return out;
+}
+
 namespace {
 
 using safetensors::Header;
 using safetensors::TensorInfo;
 
-// The tensors of one component, with the component's prefix removed from their names.
-struct View {
-  std::string prefix;
-  std::map<std::string, const TensorInfo*> tensors;
-
-  const TensorInfo* get(const std::string& name) const {
-    auto it = tensors.find(name);
-    return it == tensors.end() ? nullptr : it->second;
-  }
-  bool has(const std::string& name) const { return get(name) != nullptr; }
-  int64_t dim(const std::string& name, size_t axis) const {
-    const TensorInfo* t = get(name);
-    return (t && t->shape.size() > axis) ? t->shape[axis] : -1;
-  }
-  // 1 + the highest N in names "<head>N." (0 if none).
-  int count_indexed(const std::string& head) const {
-    int best = -1;
-    for (auto it = tensors.lower_bound(head); it != tensors.end() && it->first.compare(0, head.size(), head) == 0; ++it) {
-      size_t pos = head.size();
-      size_t dot = it->first.find('.', pos);
-      if (dot == std::string::npos || dot == pos) continue;
-      const std::string digits = it->first.substr(pos, dot - pos);
-      if (!std::all_of(digits.begin(), digits.end(), ::isdigit)) continue;
-      best = std::max(best, std::stoi(digits));
-    }
-    return best + 1;
-  }
-  std::string dtypes() const {
-    std::map<std::string, size_t> counts;
-    for (const auto& [name, t] : tensors) counts[std::string(safetensors::dtype_name(t->dtype))]++;
-    std::string out;
-    for (const auto& [d, n] : counts) out += (out.empty() ? "" : ", ") + d + (counts.size() > 1 ? " x" + std::to_string(n) : "");
-    return out;
-  }
-};
-
-std::optional<Component> flux_bfl(const View& v) {
-  if (!v.has("img_in.weight") || !(v.has("double_blocks.0.img_attn.qkv.weight") || v.has("single_blocks.0.linear1.weight"))) {
-    return std::nullopt;
-  }
+// A Flux transformer in either layout, its config read as the loader reads it (leniently, so that an
+// odd file is still described).
+std::optional<Component> flux_transformer(const ComponentTensors& v, FluxLayout layout) {
+  const FluxConfig config = FluxConfig::detect_partial([&](const std::string& name) { return v.get(name); }, layout);
+  if (config.hidden_size < 0 || (config.depth == 0 && config.depth_single_blocks == 0)) return std::nullopt;
+  const bool guidance = config.guidance_embed;
+  const bool bfl = layout == FluxLayout::bfl;
   Component c;
   c.kind = "flux-transformer";
-  int64_t hidden = v.dim("img_in.weight", 0);
-  int64_t head_dim = std::max(v.dim("double_blocks.0.img_attn.norm.query_norm.scale", 0),
-                              v.dim("single_blocks.0.norm.query_norm.scale", 0));
-  int double_blocks = v.count_indexed("double_blocks.");
-  int single_blocks = v.count_indexed("single_blocks.");
-  bool guidance = v.has("guidance_in.in_layer.weight");
-  c.details = {{"layout", "bfl"},
+  c.details = {{"layout", bfl ? "bfl" : "diffusers"},
                {"variant", guidance ? "dev" : "schnell"},
-               {"hidden_size", std::to_string(hidden)},
-               {"num_heads", head_dim > 0 ? std::to_string(hidden / head_dim) : "?"},
-               {"double_blocks", std::to_string(double_blocks)},
-               {"single_blocks", std::to_string(single_blocks)},
-               {"in_channels", std::to_string(v.dim("img_in.weight", 1))},
-               {"context_in_dim", std::to_string(v.dim("txt_in.weight", 1))},
-               {"vec_in_dim", std::to_string(v.dim("vector_in.in_layer.weight", 1))},
+               {"hidden_size", std::to_string(config.hidden_size)},
+               {"num_heads", config.num_heads > 0 ? std::to_string(config.num_heads) : "?"},
+               {"double_blocks", std::to_string(config.depth)},
+               {"single_blocks", std::to_string(config.depth_single_blocks)},
+               {"in_channels", std::to_string(config.in_channels)},
+               {"context_in_dim", std::to_string(config.context_in_dim)},
+               {"vec_in_dim", std::to_string(config.vec_in_dim)},
                {"guidance_embed", guidance ? "true" : "false"}};
-  bool full = hidden == 3072 && double_blocks == 19 && single_blocks == 38;
-  c.description = cat(full ? "FLUX.1 " : "Flux-architecture ", guidance ? "dev" : "schnell",
-                      " transformer (", double_blocks, " double + ", single_blocks, " single blocks, hidden ", hidden,
-                      ", ", c.details["num_heads"], " heads", guidance ? ", guidance embedding" : ", no guidance embedding",
-                      "; ", v.dtypes(), ")");
+  const FluxConfig dev = FluxConfig::dev();
+  const bool full = config.hidden_size == dev.hidden_size && config.depth == dev.depth &&
+                    config.depth_single_blocks == dev.depth_single_blocks;
+  c.description = cat(full ? "FLUX.1 " : "Flux-architecture ", guidance ? "dev" : "schnell", " transformer",
+                      bfl ? "" : " in diffusers layout", " (", config.depth, " double + ", config.depth_single_blocks,
+                      " single blocks, hidden ", config.hidden_size, ", ", c.details["num_heads"], " heads",
+                      guidance ? ", guidance embedding" : ", no guidance embedding", "; ", v.dtypes(), ")");
   return c;
 }
 
-std::optional<Component> flux_diffusers(const View& v) {
-  if (!v.has("x_embedder.weight") || !(v.has("transformer_blocks.0.attn.to_q.weight") ||
-                                       v.has("single_transformer_blocks.0.attn.to_q.weight"))) {
-    return std::nullopt;
-  }
-  Component c;
-  c.kind = "flux-transformer";
-  int64_t hidden = v.dim("x_embedder.weight", 0);
-  int double_blocks = v.count_indexed("transformer_blocks.");
-  int single_blocks = v.count_indexed("single_transformer_blocks.");
-  bool guidance = v.has("time_text_embed.guidance_embedder.linear_1.weight");
-  c.details = {{"layout", "diffusers"},
-               {"variant", guidance ? "dev" : "schnell"},
-               {"hidden_size", std::to_string(hidden)},
-               {"double_blocks", std::to_string(double_blocks)},
-               {"single_blocks", std::to_string(single_blocks)},
-               {"guidance_embed", guidance ? "true" : "false"}};
-  c.description = cat("Flux ", guidance ? "dev" : "schnell", " transformer in diffusers layout (", double_blocks,
-                      " double + ", single_blocks, " single blocks, hidden ", hidden, "; ", v.dtypes(), ")");
-  return c;
-}
-
-std::optional<Component> autoencoder(const View& v) {
+std::optional<Component> autoencoder(const ComponentTensors& v) {
   if (!v.has("encoder.conv_in.weight") || !v.has("decoder.conv_out.weight")) return std::nullopt;
   Component c;
   int64_t z = v.dim("decoder.conv_in.weight", 1);
@@ -117,102 +91,47 @@ std::optional<Component> autoencoder(const View& v) {
   return c;
 }
 
-std::optional<Component> clip_text(const View& v) {
+std::optional<Component> clip_text(const ComponentTensors& v) {
   const std::string emb = "text_model.embeddings.token_embedding.weight";
   if (!v.has(emb)) return std::nullopt;
   Component c;
   c.kind = "clip-text";
   int64_t hidden = v.dim(emb, 1);
   int layers = v.count_indexed("text_model.encoder.layers.");
-  c.details = {{"hidden_size", std::to_string(hidden)}, {"layers", std::to_string(layers)},
+  c.details = {{"hidden_size", std::to_string(hidden)},
+               {"layers", std::to_string(layers)},
                {"vocab_size", std::to_string(v.dim(emb, 0))}};
-  std::string name = (hidden == 768 && layers == 12) ? "CLIP-L text encoder" : hidden == 1280 ? "CLIP-G text encoder" : "CLIP text encoder";
+  std::string name = (hidden == 768 && layers == 12) ? "CLIP-L text encoder"
+                     : hidden == 1280                ? "CLIP-G text encoder"
+                                                     : "CLIP text encoder";
   c.description = cat(name, " (hidden ", hidden, ", ", layers, " layers; ", v.dtypes(), ")");
   return c;
 }
 
-std::optional<Component> t5_encoder(const View& v) {
+std::optional<Component> t5_encoder(const ComponentTensors& v) {
   if (!v.has("encoder.block.0.layer.0.SelfAttention.q.weight")) return std::nullopt;
   Component c;
   c.kind = "t5-encoder";
   int64_t d_model = std::max(v.dim("shared.weight", 1), v.dim("encoder.final_layer_norm.weight", 0));
   int layers = v.count_indexed("encoder.block.");
   int64_t d_ff = v.dim("encoder.block.0.layer.1.DenseReluDense.wi_0.weight", 0);
-  c.details = {{"d_model", std::to_string(d_model)}, {"layers", std::to_string(layers)}, {"d_ff", std::to_string(d_ff)},
+  c.details = {{"d_model", std::to_string(d_model)},
+               {"layers", std::to_string(layers)},
+               {"d_ff", std::to_string(d_ff)},
                {"duplicate_embedding", v.has("encoder.embed_tokens.weight") ? "true" : "false"}};
   std::string name = (d_model == 4096 && layers == 24) ? "T5-XXL encoder" : "T5 encoder";
   c.description = cat(name, " (d_model ", d_model, ", ", layers, " layers, d_ff ", d_ff, "; ", v.dtypes(), ")");
   return c;
 }
 
-bool ends_with(const std::string& text, const std::string& suffix) {
-  return text.size() > suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-std::string format_alpha(double a) {
-  char buffer[32];
-  std::snprintf(buffer, sizeof buffer, "%g", a);
-  return buffer;
-}
-
-std::optional<Component> lora(const View& v, const Header& header,
-                              const std::function<double(const TensorInfo&)>& read_scalar) {
-  const std::string down = ".lora_down.weight", a_key = ".lora_A.weight";
-  std::set<std::string> kohya_modules, peft_modules;
-  std::set<int64_t> ranks;
-  for (const auto& [name, t] : v.tensors) {
-    if (ends_with(name, down)) {
-      kohya_modules.insert(name.substr(0, name.size() - down.size()));
-      if (!t->shape.empty()) ranks.insert(t->shape[0]);
-    } else if (ends_with(name, a_key)) {
-      peft_modules.insert(name.substr(0, name.size() - a_key.size()));
-      if (!t->shape.empty()) ranks.insert(t->shape[0]);
-    }
-  }
-  if (kohya_modules.empty() && peft_modules.empty()) return std::nullopt;
-  Component c;
-  std::string ranks_text;
-  for (int64_t r : ranks) ranks_text += (ranks_text.empty() ? "" : ", ") + std::to_string(r);
-  if (!kohya_modules.empty()) {
-    c.kind = "lora-kohya";
-    std::set<std::string> alphas;
-    size_t unet = 0, te1 = 0, te3 = 0;
-    bool flux = false;
-    for (const std::string& m : kohya_modules) {
-      if (m.rfind("lora_unet_", 0) == 0) ++unet;
-      if (m.rfind("lora_te1_", 0) == 0) ++te1;
-      if (m.rfind("lora_te3_", 0) == 0) ++te3;
-      if (m.find("double_blocks_") != std::string::npos || m.find("single_blocks_") != std::string::npos) flux = true;
-      const TensorInfo* alpha = v.get(m + ".alpha");
-      if (alpha != nullptr && read_scalar && alpha->numel() == 1) alphas.insert(format_alpha(read_scalar(*alpha)));
-    }
-    std::string alpha_text;
-    for (const auto& a : alphas) alpha_text += (alpha_text.empty() ? "" : ", ") + a;
-    if (alpha_text.empty()) {
-      auto it = header.metadata.find("ss_network_alpha");
-      alpha_text = it != header.metadata.end() ? it->second : "none stored (= rank)";
-    }
-    c.details = {{"modules", std::to_string(kohya_modules.size())}, {"rank", ranks_text}, {"alpha", alpha_text},
-                 {"transformer_modules", std::to_string(unet)}, {"clip_modules", std::to_string(te1)},
-                 {"t5_modules", std::to_string(te3)}, {"flux", flux ? "true" : "false"}};
-    c.description = cat("kohya-format LoRA", flux ? " for Flux" : "", " (", kohya_modules.size(), " modules: ", unet,
-                        " transformer, ", te1, " CLIP, ", te3, " T5; rank ", ranks_text, ", alpha ", alpha_text, ")");
-  } else {
-    c.kind = "lora-peft";
-    c.details = {{"modules", std::to_string(peft_modules.size())}, {"rank", ranks_text}};
-    c.description = cat("diffusers/PEFT-format LoRA (", peft_modules.size(), " modules, rank ", ranks_text, ")");
-  }
-  return c;
-}
-
 }  // namespace
 
-std::vector<Component> identify(const Header& header, const std::function<double(const TensorInfo&)>& read_scalar) {
+std::vector<Component> identify(const Header& header, const std::vector<Recogniser>& recognisers) {
   // Merged checkpoints (ComfyUI "all in one") keep each part under a prefix.
   static const std::vector<std::string> prefixes = {
-      "model.diffusion_model.", "vae.", "text_encoders.clip_l.transformer.", "text_encoders.t5xxl.transformer.",
-      "first_stage_model.", "transformer."};
-  std::map<std::string, View> views;
+      "model.diffusion_model.", "vae.",        "text_encoders.clip_l.transformer.", "text_encoders.t5xxl.transformer.",
+      "first_stage_model.",     "transformer."};
+  std::map<std::string, ComponentTensors> views;
   for (const TensorInfo& t : header.tensors) {
     std::string prefix;
     for (const std::string& p : prefixes) {
@@ -221,17 +140,24 @@ std::vector<Component> identify(const Header& header, const std::function<double
         break;
       }
     }
-    View& view = views[prefix];
+    ComponentTensors& view = views[prefix];
+    view.header = &header;
     view.prefix = prefix;
     view.tensors.emplace(t.name.substr(prefix.size()), &t);
   }
+  const std::vector<Recogniser> models = {
+      [](const ComponentTensors& v) { return flux_transformer(v, FluxLayout::bfl); },
+      [](const ComponentTensors& v) { return flux_transformer(v, FluxLayout::diffusers); }, autoencoder, clip_text,
+      t5_encoder};
   std::vector<Component> out;
   for (const auto& [prefix, view] : views) {
     std::optional<Component> c;
-    if (!(c = lora(view, header, read_scalar)) && !(c = flux_bfl(view)) && !(c = flux_diffusers(view)) &&
-        !(c = autoencoder(view)) && !(c = clip_text(view)) && !(c = t5_encoder(view))) {
-      c = Component{"unknown", prefix, "not a model fluxtrain recognises", {}, 0};
+    for (const auto* list : {&recognisers, &models}) {
+      for (const Recogniser& recognise : *list) {
+        if (!c) c = recognise(view);
+      }
     }
+    if (!c) c = Component{"unknown", prefix, "not a model fluxtrain recognises", {}, 0};
     c->prefix = prefix;
     c->tensor_count = view.tensors.size();
     out.push_back(std::move(*c));

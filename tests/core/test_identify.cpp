@@ -3,6 +3,7 @@
 
 #include <set>
 
+#include "lora/identify.h"
 #include "models/identify.h"
 
 namespace fluxtrain::models {
@@ -31,7 +32,8 @@ HeaderBuilder flux(const std::string& prefix, bool guidance, int hidden, int hea
     b.add(prefix + "double_blocks." + std::to_string(i) + ".img_attn.qkv.weight", {3 * hidden, hidden});
     b.add(prefix + "double_blocks." + std::to_string(i) + ".img_attn.norm.query_norm.scale", {head_dim});
   }
-  for (int i = 0; i < singles; ++i) b.add(prefix + "single_blocks." + std::to_string(i) + ".linear1.weight", {7 * hidden, hidden});
+  for (int i = 0; i < singles; ++i)
+    b.add(prefix + "single_blocks." + std::to_string(i) + ".linear1.weight", {7 * hidden, hidden});
   return b;
 }
 
@@ -55,21 +57,25 @@ TEST(Identify, FluxDevAndSchnell) {
 
 TEST(Identify, AutoencoderClipT5) {
   HeaderBuilder ae;
-  ae.add("encoder.conv_in.weight", {128, 3, 3, 3}, Dtype::F32).add("decoder.conv_out.weight", {3, 128, 3, 3}, Dtype::F32);
+  ae.add("encoder.conv_in.weight", {128, 3, 3, 3}, Dtype::F32)
+      .add("decoder.conv_out.weight", {3, 128, 3, 3}, Dtype::F32);
   ae.add("decoder.conv_in.weight", {512, 16, 3, 3}, Dtype::F32);
-  for (int i = 0; i < 4; ++i) ae.add("encoder.down." + std::to_string(i) + ".block.0.conv1.weight", {128, 128, 3, 3}, Dtype::F32);
+  for (int i = 0; i < 4; ++i)
+    ae.add("encoder.down." + std::to_string(i) + ".block.0.conv1.weight", {128, 128, 3, 3}, Dtype::F32);
   auto a = identify(ae.h);
   EXPECT_EQ(a.at(0).kind, "flux-ae");
   EXPECT_NE(a.at(0).description.find("FLUX.1 autoencoder"), std::string::npos);
 
   HeaderBuilder clip;
   clip.add("text_model.embeddings.token_embedding.weight", {49408, 768}, Dtype::F16);
-  for (int i = 0; i < 12; ++i) clip.add("text_model.encoder.layers." + std::to_string(i) + ".mlp.fc1.weight", {3072, 768}, Dtype::F16);
+  for (int i = 0; i < 12; ++i)
+    clip.add("text_model.encoder.layers." + std::to_string(i) + ".mlp.fc1.weight", {3072, 768}, Dtype::F16);
   EXPECT_NE(identify(clip.h).at(0).description.find("CLIP-L text encoder"), std::string::npos);
 
   HeaderBuilder t5;
   t5.add("shared.weight", {32128, 4096}, Dtype::F16).add("encoder.embed_tokens.weight", {32128, 4096}, Dtype::F16);
-  for (int i = 0; i < 24; ++i) t5.add("encoder.block." + std::to_string(i) + ".layer.0.SelfAttention.q.weight", {4096, 4096}, Dtype::F16);
+  for (int i = 0; i < 24; ++i)
+    t5.add("encoder.block." + std::to_string(i) + ".layer.0.SelfAttention.q.weight", {4096, 4096}, Dtype::F16);
   auto t = identify(t5.h);
   EXPECT_EQ(t.at(0).kind, "t5-encoder");
   EXPECT_NE(t.at(0).description.find("T5-XXL encoder"), std::string::npos);
@@ -83,7 +89,7 @@ TEST(Identify, LorasAndMergedAndUnknown) {
   lora.add("lora_unet_double_blocks_0_img_attn_qkv.alpha", {}, Dtype::F32);
   lora.add("lora_unet_single_blocks_0_linear1.lora_down.weight", {16, 3072}, Dtype::F32);
   lora.add("lora_unet_single_blocks_0_linear1.alpha", {}, Dtype::F32);
-  auto l = identify(lora.h, [](const TensorInfo&) { return 8.0; });
+  auto l = identify(lora.h, {lora::lora_recogniser([](const TensorInfo&) { return 8.0; })});
   EXPECT_EQ(l.at(0).kind, "lora-kohya");
   EXPECT_EQ(l.at(0).details.at("modules"), "2");
   EXPECT_EQ(l.at(0).details.at("rank"), "16");
@@ -92,7 +98,7 @@ TEST(Identify, LorasAndMergedAndUnknown) {
 
   HeaderBuilder peft;
   peft.add("transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight", {4, 3072});
-  EXPECT_EQ(identify(peft.h).at(0).kind, "lora-peft");
+  EXPECT_EQ(identify(peft.h, {lora::lora_recogniser()}).at(0).kind, "lora-peft");
 
   HeaderBuilder merged = flux("model.diffusion_model.", true, 96, 32, 1, 1);
   merged.add("vae.encoder.conv_in.weight", {32, 3, 3, 3}).add("vae.decoder.conv_out.weight", {3, 32, 3, 3});

@@ -6,63 +6,8 @@
 
 #include "core/error.h"
 #include "models/attention.h"
-#include "models/header_query.h"
 
 namespace fluxtrain::models {
-
-// ---------------------------------------------------------------------------------------------- config
-
-FluxConfig FluxConfig::dev() { return FluxConfig{}; }
-
-FluxConfig FluxConfig::schnell() {
-  FluxConfig c;
-  c.guidance_embed = false;
-  return c;
-}
-
-FluxConfig FluxConfig::detect(const std::function<const safetensors::TensorInfo*(const std::string&)>& find,
-                              const std::string& file) {
-  HeaderQuery q(find, file, "Flux transformer in BFL layout");
-  FluxConfig c;
-  const auto& img_in = q.need("img_in.weight");
-  c.hidden_size = img_in.shape.at(0);
-  c.in_channels = img_in.shape.at(1);
-  c.out_channels = q.need("final_layer.linear.weight").shape.at(0);
-  c.context_in_dim = q.need("txt_in.weight").shape.at(1);
-  c.vec_in_dim = q.need("vector_in.in_layer.weight").shape.at(1);
-  c.guidance_embed = find("guidance_in.in_layer.weight") != nullptr;
-  c.depth = q.count("double_blocks.", ".img_attn.qkv.weight");
-  c.depth_single_blocks = q.count("single_blocks.", ".linear1.weight");
-  int64_t head_dim = 0;
-  if (c.depth > 0) {
-    head_dim = q.need("double_blocks.0.img_attn.norm.query_norm.scale").shape.at(0);
-    c.mlp_hidden = q.need("double_blocks.0.img_mlp.0.weight").shape.at(0);
-    c.qkv_bias = find("double_blocks.0.img_attn.qkv.bias") != nullptr;
-  } else if (c.depth_single_blocks > 0) {
-    head_dim = q.need("single_blocks.0.norm.query_norm.scale").shape.at(0);
-    c.mlp_hidden = q.need("single_blocks.0.linear1.weight").shape.at(0) - 3 * c.hidden_size;
-  } else {
-    fail(file, ": has neither double_blocks nor single_blocks: not a Flux transformer");
-  }
-  if (head_dim <= 0 || c.hidden_size % head_dim != 0) {
-    fail(file, ": head width ", head_dim, " (from the query_norm scale) does not divide hidden size ", c.hidden_size);
-  }
-  c.num_heads = c.hidden_size / head_dim;
-  c.axes_dim = {head_dim / 8, 7 * head_dim / 16, 7 * head_dim / 16};
-  c.validate(file);
-  return c;
-}
-
-void FluxConfig::validate(const std::string& file) const {
-  int64_t sum = 0;
-  for (int64_t a : axes_dim) {
-    if (a <= 0 || a % 2 != 0) fail(file, ": RoPE axis widths ", a, " must be positive and even (head width ", head_dim(), ")");
-    sum += a;
-  }
-  if (hidden_size % num_heads != 0) fail(file, ": hidden size ", hidden_size, " is not a multiple of ", num_heads, " heads");
-  if (sum != head_dim()) fail(file, ": RoPE axes sum to ", sum, " but the head width is ", head_dim());
-  if (head_dim() % 32 != 0) fail(file, ": head width ", head_dim(), " must be a multiple of 32 for Flux's RoPE axes (D/8, 7D/16, 7D/16)");
-}
 
 // ---------------------------------------------------------------------------------------------- ops
 
@@ -168,7 +113,9 @@ MlpEmbedderImpl::MlpEmbedderImpl(int64_t in_dim, int64_t hidden, const at::Tenso
   out_layer = register_module("out_layer", Linear(hidden, hidden, true, options));
 }
 
-at::Tensor MlpEmbedderImpl::forward(const at::Tensor& x) { return out_layer(at::silu(in_layer(x))); }
+at::Tensor MlpEmbedderImpl::forward(const at::Tensor& x) {
+  return out_layer(at::silu(in_layer(x)));
+}
 
 ModulationImpl::ModulationImpl(int64_t hidden, int64_t n, const ModelOptions& options) : chunks(n) {
   lin = register_module("lin", Linear(hidden, n * hidden, true, options.tensor(), options.block_weight_dtype()));

@@ -11,39 +11,13 @@
 #include <string>
 #include <vector>
 
-#include "core/safetensors_format.h"
+#include "models/flux/flux_config.h"
 #include "models/linear.h"
 #include "models/options.h"
 
 namespace fluxtrain::models {
 
 class AttentionStash;
-
-struct FluxConfig {
-  int64_t in_channels = 64;
-  int64_t out_channels = 64;
-  int64_t vec_in_dim = 768;       // CLIP pooled width
-  int64_t context_in_dim = 4096;  // T5 width
-  int64_t hidden_size = 3072;
-  int64_t mlp_hidden = 12288;     // mlp_ratio 4
-  int64_t num_heads = 24;
-  int64_t depth = 19;
-  int64_t depth_single_blocks = 38;
-  std::vector<int64_t> axes_dim = {16, 56, 56};
-  double theta = 10000;
-  bool qkv_bias = true;
-  bool guidance_embed = true;  // dev: true; schnell: false
-
-  int64_t head_dim() const { return hidden_size / num_heads; }
-  static FluxConfig dev();
-  static FluxConfig schnell();
-  // From tensor names and shapes alone (BFL names, prefix already removed). axes_dim is not stored in
-  // the weights: it is [D/8, 7D/16, 7D/16] for head width D, which is [16, 56, 56] for Flux.1 (D = 128).
-  static FluxConfig detect(const std::function<const safetensors::TensorInfo*(const std::string&)>& find,
-                           const std::string& file);
-  // Throws Error naming the broken constraint.
-  void validate(const std::string& file) const;
-};
 
 // RMSNorm over the head width with a learned `scale` (QKNorm's query_norm / key_norm).
 class RmsNormImpl : public torch::nn::Module {

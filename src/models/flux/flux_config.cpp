@@ -1,0 +1,169 @@
+#include "models/flux/flux_config.h"
+
+#include "core/error.h"
+#include "models/header_query.h"
+
+namespace fluxtrain::models {
+namespace {
+
+// The tensors each config value is read from, as one layout names them (block tensors relative to
+// their block: "<double_block>N.<name>").
+struct ConfigKeys {
+  const char* layout;       // for messages
+  const char* img_in;       // [hidden, in_channels]
+  const char* final_out;    // [out_channels, hidden]
+  const char* txt_in;       // [hidden, context_in_dim]
+  const char* vector_in;    // [hidden, vec_in_dim]
+  const char* guidance_in;  // present: guidance embedding (dev)
+  const char* double_block;
+  const char* double_probe;       // block N exists when it has this tensor
+  const char* double_query_norm;  // [head_dim]
+  const char* double_mlp_in;      // [mlp_hidden, hidden]
+  const char* double_qkv_bias;    // present: q, k, v have biases
+  const char* single_block;
+  const char* single_probe;
+  const char* single_query_norm;          // [head_dim]
+  const char* single_mlp_in;              // [q, k, v rows in front (see below) + mlp_hidden, hidden]
+  int64_t single_mlp_in_attention_parts;  // hidden_size-row parts in front of the MLP input rows
+};
+
+// BFL model.py: single blocks fuse q, k, v and the MLP input into linear1.
+constexpr ConfigKeys kBfl = {"BFL",
+                             "img_in.weight",
+                             "final_layer.linear.weight",
+                             "txt_in.weight",
+                             "vector_in.in_layer.weight",
+                             "guidance_in.in_layer.weight",
+                             "double_blocks.",
+                             "img_attn.qkv.weight",
+                             "img_attn.norm.query_norm.scale",
+                             "img_mlp.0.weight",
+                             "img_attn.qkv.bias",
+                             "single_blocks.",
+                             "linear1.weight",
+                             "norm.query_norm.scale",
+                             "linear1.weight",
+                             3};
+
+// diffusers FluxTransformer2DModel (the names of models::flux_diffusers_map): separate to_q/to_k/to_v
+// and proj_mlp.
+constexpr ConfigKeys kDiffusers = {"diffusers",
+                                   "x_embedder.weight",
+                                   "proj_out.weight",
+                                   "context_embedder.weight",
+                                   "time_text_embed.text_embedder.linear_1.weight",
+                                   "time_text_embed.guidance_embedder.linear_1.weight",
+                                   "transformer_blocks.",
+                                   "attn.to_q.weight",
+                                   "attn.norm_q.weight",
+                                   "ff.net.0.proj.weight",
+                                   "attn.to_q.bias",
+                                   "single_transformer_blocks.",
+                                   "attn.to_q.weight",
+                                   "attn.norm_q.weight",
+                                   "proj_mlp.weight",
+                                   0};
+
+const ConfigKeys& keys_of(FluxLayout layout) {
+  return layout == FluxLayout::diffusers ? kDiffusers : kBfl;
+}
+
+// Reads the config's values; strict: a missing tensor is HeaderQuery's Error, lenient: it reads -1.
+class ShapeReader {
+ public:
+  ShapeReader(const HeaderQuery& query, bool strict) : query_(query), strict_(strict) {}
+  int64_t dim(const std::string& name, size_t axis) const {
+    if (strict_) return query_.need(name).shape.at(axis);
+    const safetensors::TensorInfo* t = query_.find(name);
+    return t != nullptr && t->shape.size() > axis ? t->shape[axis] : -1;
+  }
+  bool has(const std::string& name) const { return query_.has(name); }
+  int64_t count(const std::string& head, const std::string& tail) const { return query_.count(head, tail); }
+
+ private:
+  const HeaderQuery& query_;
+  bool strict_;
+};
+
+FluxConfig read(const FluxConfig::Find& find, const std::string& file, FluxLayout layout, bool strict) {
+  const ConfigKeys& k = keys_of(layout);
+  HeaderQuery query(find, file, cat("Flux transformer in ", k.layout, " layout"));
+  ShapeReader r(query, strict);
+  const std::string first_double = cat(k.double_block, 0, "."), first_single = cat(k.single_block, 0, ".");
+  FluxConfig c;
+  c.hidden_size = r.dim(k.img_in, 0);
+  c.in_channels = r.dim(k.img_in, 1);
+  c.out_channels = r.dim(k.final_out, 0);
+  c.context_in_dim = r.dim(k.txt_in, 1);
+  c.vec_in_dim = r.dim(k.vector_in, 1);
+  c.guidance_embed = r.has(k.guidance_in);
+  c.depth = r.count(k.double_block, cat(".", k.double_probe));
+  c.depth_single_blocks = r.count(k.single_block, cat(".", k.single_probe));
+  std::string head_dim_source;
+  int64_t head_dim = -1;
+  if (c.depth > 0) {
+    head_dim_source = first_double + k.double_query_norm;
+    head_dim = r.dim(head_dim_source, 0);
+    c.mlp_hidden = r.dim(first_double + k.double_mlp_in, 0);
+    c.qkv_bias = r.has(first_double + k.double_qkv_bias);
+  } else if (c.depth_single_blocks > 0) {
+    head_dim_source = first_single + k.single_query_norm;
+    head_dim = r.dim(head_dim_source, 0);
+    const int64_t rows = r.dim(first_single + k.single_mlp_in, 0);
+    c.mlp_hidden = rows < 0 ? -1 : rows - k.single_mlp_in_attention_parts * c.hidden_size;
+  } else if (strict) {
+    fail(file, ": has neither double nor single blocks (no '", first_double, k.double_probe, "' or '", first_single,
+         k.single_probe, "'): not a Flux transformer");
+  } else {
+    c.mlp_hidden = -1;
+  }
+  if (head_dim <= 0 || c.hidden_size <= 0 || c.hidden_size % head_dim != 0) {
+    if (strict) {
+      fail(file, ": head width ", head_dim, " (from '", head_dim_source, "') does not divide hidden size ",
+           c.hidden_size);
+    }
+    c.num_heads = head_dim > 0 && c.hidden_size > 0 ? c.hidden_size / head_dim : -1;
+    c.axes_dim = {-1, -1, -1};
+    return c;
+  }
+  c.num_heads = c.hidden_size / head_dim;
+  c.axes_dim = {head_dim / 8, 7 * head_dim / 16, 7 * head_dim / 16};
+  if (strict) c.validate(file);
+  return c;
+}
+
+}  // namespace
+
+FluxConfig FluxConfig::dev() {
+  return FluxConfig{};
+}
+
+FluxConfig FluxConfig::schnell() {
+  FluxConfig c;
+  c.guidance_embed = false;
+  return c;
+}
+
+FluxConfig FluxConfig::detect(const Find& find, const std::string& file, FluxLayout layout) {
+  return read(find, file, layout, /*strict=*/true);
+}
+
+FluxConfig FluxConfig::detect_partial(const Find& find, FluxLayout layout) {
+  return read(find, "", layout, /*strict=*/false);
+}
+
+void FluxConfig::validate(const std::string& file) const {
+  int64_t sum = 0;
+  for (int64_t a : axes_dim) {
+    if (a <= 0 || a % 2 != 0)
+      fail(file, ": RoPE axis widths ", a, " must be positive and even (head width ", head_dim(), ")");
+    sum += a;
+  }
+  if (hidden_size % num_heads != 0)
+    fail(file, ": hidden size ", hidden_size, " is not a multiple of ", num_heads, " heads");
+  if (sum != head_dim()) fail(file, ": RoPE axes sum to ", sum, " but the head width is ", head_dim());
+  if (head_dim() % 32 != 0)
+    fail(file, ": head width ", head_dim(), " must be a multiple of 32 for Flux's RoPE axes (D/8, 7D/16, 7D/16)");
+}
+
+}  // namespace fluxtrain::models

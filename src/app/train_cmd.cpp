@@ -24,7 +24,7 @@
 #include "core/log.h"
 #include "core/sha256.h"
 #include "data/dataset.h"
-#include "data/fetch.h"
+#include "fetch/dataset.h"
 #include "data/prompts.h"
 #include "models/linear.h"
 #include "train/dataset_source.h"
@@ -145,8 +145,8 @@ std::shared_ptr<data::DatasetPlan> build_dataset(const ResolvedConfig& config) {
   }
   fs::path fetched;
   if (auto name = config.find_string("dataset_name"); name && !name->empty()) {
-    data::FetchOptions fetch = data::FetchOptions::from_environment();
-    fetched = data::fetch_dataset(*name, data::default_dataset_cache_dir(), fetch);
+    fetch::FetchOptions fetch_options = fetch::FetchOptions::from_environment();
+    fetched = fetch::fetch_dataset(*name, fetch::default_dataset_cache_dir(), fetch_options);
     log::info("dataset ", *name, ": ", fetched.string());
     options.default_image_dir = fetched;
   }

@@ -1,4 +1,4 @@
-// Archive extraction safety (src/data/archive.h): archives are written here with libarchive's writer,
+// Archive extraction safety (src/fetch/archive.h): archives are written here with libarchive's writer,
 // including hostile ones (path traversal, absolute paths, escaping links, devices, bombs).
 #include <archive.h>
 #include <archive_entry.h>
@@ -13,12 +13,12 @@
 #include <vector>
 
 #include "core/error.h"
-#include "data/archive.h"
+#include "fetch/archive.h"
 #include "temp_dir.h"
 
 namespace fs = std::filesystem;
 using fluxtrain::Error;
-using namespace fluxtrain::data;
+using namespace fluxtrain::fetch;
 
 namespace {
 

@@ -1,15 +1,15 @@
-// The pure parts of dataset fetching (src/data/http.h, fetch.h): URL redaction, Link headers, URL
+// The pure parts of dataset fetching (src/fetch/http.h, dataset.h): URL redaction, Link headers, URL
 // encoding, DATASET_NAME parsing. The network paths are tested end to end in tests/e2e/test_fetch.py.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
 
 #include "core/error.h"
-#include "data/fetch.h"
-#include "data/http.h"
+#include "fetch/dataset.h"
+#include "fetch/http.h"
 #include "temp_dir.h"
 
-using namespace fluxtrain::data;
+using namespace fluxtrain::fetch;
 using fluxtrain::Error;
 
 TEST(FetchHelpers, RedactUrl) {

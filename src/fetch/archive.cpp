@@ -1,4 +1,4 @@
-#include "data/archive.h"
+#include "fetch/archive.h"
 
 #include <archive.h>
 #include <archive_entry.h>
@@ -18,7 +18,7 @@
 #include "core/error.h"
 #include "core/log.h"
 
-namespace fluxtrain::data {
+namespace fluxtrain::fetch {
 namespace {
 
 namespace fs = std::filesystem;
@@ -401,4 +401,4 @@ std::string normalize_relative_path(std::string_view path, std::string* why) {
   return out;
 }
 
-}  // namespace fluxtrain::data
+}  // namespace fluxtrain::fetch

@@ -1,4 +1,4 @@
-#include "data/http.h"
+#include "fetch/http.h"
 
 #include <curl/curl.h>
 #include <fcntl.h>
@@ -29,7 +29,7 @@
 #include "core/sha256.h"
 #include "core/version.h"
 
-namespace fluxtrain::data {
+namespace fluxtrain::fetch {
 namespace {
 
 namespace fs = std::filesystem;
@@ -689,4 +689,4 @@ std::string url_encode(std::string_view text, bool keep_slash) {
   return out;
 }
 
-}  // namespace fluxtrain::data
+}  // namespace fluxtrain::fetch

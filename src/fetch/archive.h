@@ -22,7 +22,7 @@
 #include <string>
 #include <string_view>
 
-namespace fluxtrain::data {
+namespace fluxtrain::fetch {
 
 struct ArchiveLimits {
   // Total bytes written (all entries). A declared entry size over what is left fails before writing.
@@ -65,4 +65,4 @@ bool has_archive_extension(std::string_view name);
 // unsafe (absolute, "..", a drive letter). "." and "" normalise to "" with *why empty.
 std::string normalize_relative_path(std::string_view path, std::string* why);
 
-}  // namespace fluxtrain::data
+}  // namespace fluxtrain::fetch

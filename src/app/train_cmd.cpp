@@ -17,7 +17,6 @@
 
 #include "app/commands.h"
 #include "app/device.h"
-#include "app/sampling.h"
 #include "app/train_options.h"
 #include "core/atomic_file.h"
 #include "core/error.h"
@@ -25,8 +24,9 @@
 #include "core/sha256.h"
 #include "data/dataset.h"
 #include "fetch/dataset.h"
-#include "data/prompts.h"
 #include "models/linear.h"
+#include "sample/prompts.h"
+#include "sample/sampler_setup.h"
 #include "train/dataset_source.h"
 #include "train/state.h"
 #include "train/trainer.h"
@@ -325,19 +325,19 @@ int run_train(const TrainCli& cli, bool cache_only) {
   train::SampleHook hook;
   const bool sampling = trainer.sample_every_n_steps > 0 || trainer.sample_every_n_epochs > 0 || trainer.sample_at_first;
   if (auto prompts = config.find_string("sample_prompts"); prompts && !prompts->empty() && sampling) {
-    SamplerSetup setup;
+    sample::SamplerSetup setup;
     setup.ae_path = files.ae;
     setup.clip_path = files.clip_l;
     setup.t5_path = files.t5xxl;
     setup.options.device = device;
     setup.options.dtype = precision;
     setup.text = source_options.text;
-    setup.prompts = data::load_prompts(*prompts);
+    setup.prompts = sample::load_prompts(*prompts);
     setup.sampler.out_dir = run.dir / "samples";
     setup.sampler.name = trainer.output_name;
     setup.sampler.run_seed = trainer.seed;
     setup.sampler.text = {{"model", fs::path(files.model).filename().string()}, {"lora", trainer.output_name}};
-    sampler = make_sampler(setup);
+    sampler = sample::make_sampler(setup);
     hook = [&sampler](int64_t step, models::FluxTransformerImpl& model) { return sampler->render(step, model); };
   }
   train::TrainResult result = train::train(trainer, source, hook);

@@ -1,4 +1,4 @@
-#include "data/prompts.h"
+#include "sample/prompts.h"
 
 #include <toml++/toml.h>
 #include <algorithm>
@@ -15,7 +15,7 @@
 #include "core/error.h"
 #include "core/log.h"
 
-namespace fluxtrain::data {
+namespace fluxtrain::sample {
 namespace {
 
 namespace fs = std::filesystem;
@@ -509,4 +509,4 @@ uint64_t sample_seed(const SamplePrompt& prompt, uint64_t run_seed, size_t index
   return prompt.seed ? *prompt.seed : derive_sample_seed(run_seed, index);
 }
 
-}  // namespace fluxtrain::data
+}  // namespace fluxtrain::sample

@@ -12,7 +12,7 @@
 #include "data/dataset.h"
 #include "models/convert.h"
 #include "train/cache.h"
-#include "train/trainer.h"
+#include "train/data_source.h"
 
 namespace fluxtrain::train {
 

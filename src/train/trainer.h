@@ -19,20 +19,10 @@
 #include "lora/network.h"
 #include "models/options.h"
 #include "optim/schedule.h"
+#include "train/data_source.h"
 #include "train/step.h"
 
 namespace fluxtrain::train {
-
-// Batches by position. batch(epoch, i) must be a pure function of its arguments (and the source's
-// seed), so that a resumed run sees exactly the batches the uninterrupted run would have.
-class DataSource {
- public:
-  virtual ~DataSource() = default;
-  virtual int64_t batches_per_epoch() const = 0;
-  virtual LatentBatch batch(int64_t epoch, int64_t index) = 0;
-  // Images in one epoch (with repeats), for the metadata.
-  virtual int64_t images_per_epoch() const = 0;
-};
 
 struct TrainerConfig {
   std::string model_path;
@@ -59,9 +49,9 @@ struct TrainerConfig {
   std::string output_name = "flux-lora";
   int64_t save_every_n_steps = 0;
   int64_t save_every_n_epochs = 0;
-  int keep_last_n = 0;       // intermediate step/epoch files kept (0 = all)
-  bool save_state = true;     // a state with every intermediate save (the final and a signal's state always)
-  int keep_last_n_states = 2; // complete states kept (>= 1)
+  int keep_last_n = 0;         // intermediate step/epoch files kept (0 = all)
+  bool save_state = true;      // a state with every intermediate save (the final and a signal's state always)
+  int keep_last_n_states = 2;  // complete states kept (>= 1)
   int64_t sample_every_n_steps = 0;
   int64_t sample_every_n_epochs = 0;
   bool sample_at_first = false;
@@ -80,10 +70,10 @@ struct TrainResult {
   int64_t steps = 0;        // optimizer steps done in total (including before a resume)
   int64_t total_steps = 0;  // planned
   double last_loss = 0;
-  bool interrupted = false;  // stopped by SIGINT/SIGTERM after saving a state
+  bool interrupted = false;        // stopped by SIGINT/SIGTERM after saving a state
   std::vector<std::string> files;  // LoRA/model files written by this process
   double seconds = 0;
-  double data_wait_share = 0;  // time the steps waited for the loader / time of the steps
+  double data_wait_share = 0;     // time the steps waited for the loader / time of the steps
   double peak_memory_bytes = -1;  // device peak (CUDA) or peak RSS (CPU); -1 if unknown
 };
 

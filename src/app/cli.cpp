@@ -8,6 +8,7 @@
 #include "app/commands.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "core/strings.h"
 #include "core/version.h"
 
 namespace fluxtrain::app {
@@ -43,10 +44,9 @@ int run(int argc, char** argv, const std::vector<CommandFactory>& engine_command
     std::vector<std::string> names;
     for (const Command& command : commands) names.push_back(command.subcommand->get_name());
     if (std::find(names.begin(), names.end(), arg) == names.end()) {
-      std::string all, hint = closest_match(arg, names);
-      for (const auto& n : names) all += (all.empty() ? "" : ", ") + n;
+      std::string hint = closest_match(arg, names);
       log::error("unknown command '", arg, "'", hint.empty() ? "" : "; did you mean '" + hint + "'?",
-                 " (commands: ", all, "; see fluxtrain --help)");
+                 " (commands: ", join(names), "; see fluxtrain --help)");
       return 2;
     }
     break;

@@ -17,6 +17,7 @@
 #include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "core/strings.h"
 
 namespace fluxtrain::fetch {
 namespace {
@@ -87,8 +88,7 @@ uint64_t parse_size(const char* name, const char* text) {
   errno = 0;
   unsigned long long value = std::strtoull(text, &end, 10);
   uint64_t scale = 1;
-  std::string suffix = end;
-  for (char& c : suffix) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  const std::string suffix = upper(end);
   if (suffix == "K" || suffix == "KIB")
     scale = uint64_t{1} << 10;
   else if (suffix == "M" || suffix == "MIB")
@@ -363,8 +363,7 @@ bool is_archive(const fs::path& file) {
 }
 
 bool has_archive_extension(std::string_view name) {
-  std::string text(name);
-  for (char& c : text) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  const std::string text = lower(name);
   for (const char* ext : {".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tbz", ".tar.xz", ".txz", ".tar.zst",
                           ".tzst", ".tar.zstd"}) {
     if (text.ends_with(ext)) return true;

@@ -27,6 +27,7 @@
 #include "core/log.h"
 #include "core/progress.h"
 #include "core/sha256.h"
+#include "core/strings.h"
 #include "fetch/hub.h"
 #include "fetch/kaggle.h"
 
@@ -49,11 +50,6 @@ bool is_repo_id(std::string_view text) {
   size_t slash = text.find('/');
   return slash != std::string_view::npos && valid_repo_part(text.substr(0, slash)) &&
          valid_repo_part(text.substr(slash + 1));
-}
-
-std::string lower(std::string text) {
-  for (char& c : text) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return text;
 }
 
 // A readable folder name: [A-Za-z0-9._-], at most 60 characters, never hidden.

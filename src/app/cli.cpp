@@ -6,6 +6,7 @@
 #include <new>
 
 #include "app/commands.h"
+#include "app/environment_knobs.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/strings.h"
@@ -24,6 +25,7 @@ std::string first_line(const std::string& text) {
 }  // namespace
 
 int run(int argc, char** argv, const std::vector<CommandFactory>& engine_commands) {
+  apply_process_environment();
   CLI::App app{"fluxtrain: a native LoRA trainer for Flux.1 models", "fluxtrain"};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string(kVersion));

@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "app/commands.h"
+#include "app/environment_knobs.h"
 #include "fetch/dataset.h"
 
 namespace fluxtrain::app {
@@ -36,11 +37,11 @@ Command add_fetch_command(CLI::App& app) {
       "--refresh", o->refresh,
       "check the source again even if the cache holds a complete copy (Hub: only changed files are downloaded)");
   return {sub, [o] {
-            fetch::FetchOptions options = fetch::FetchOptions::from_environment();
+            fetch::FetchOptions options = fetch_options_from_environment();
             options.revision = o->revision;
             options.refresh = o->refresh;
             std::filesystem::path cache =
-                o->cache_dir.empty() ? fetch::default_dataset_cache_dir() : std::filesystem::path(o->cache_dir);
+                o->cache_dir.empty() ? default_dataset_cache_dir() : std::filesystem::path(o->cache_dir);
             std::filesystem::path root = fetch::fetch_dataset(o->dataset, cache, options);
             std::cout << root.string() << std::endl;
             return 0;

@@ -16,13 +16,14 @@
 #include <optional>
 
 #include "app/commands.h"
+#include "app/environment_knobs.h"
 #include "app/options.h"
 #include "app/train_options.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/sha256.h"
-#include "fetch/hub.h"
 #include "fetch/http.h"
+#include "fetch/hub.h"
 
 namespace fluxtrain::app {
 namespace {
@@ -230,7 +231,7 @@ int run_fetch_models(const ResolvedConfig& config) {
   const fs::path dir(config.get_string("model_dir"));
   const std::string base = config.get_string("base_model");
   const bool verify = config.get_bool("verify");
-  fetch::FetchOptions options = fetch::FetchOptions::from_environment();
+  fetch::FetchOptions options = fetch_options_from_environment();
 
   std::vector<Slot> slots = plan_slots(config);
   std::vector<const Slot*> wanted;

@@ -10,8 +10,10 @@
 #include <memory>
 
 #include "app/commands.h"
+#include "app/environment_knobs.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "lora/lora_file.h"
 #include "lora/merge.h"
 
 namespace fluxtrain::app {
@@ -97,6 +99,7 @@ Command add_merge_command(CLI::App& app) {
             options.rank = o->rank_given ? o->rank : 0;
             options.title = o->title;
             if (!o->dtype.empty()) options.dtype = lora::parse_weight_dtype(o->dtype, "--dtype");
+            lora::set_default_creation_time(source_date_epoch());  // the merged file's modelspec.date
             auto report = lora::merge_loras(loras, options, o->out);
             std::string ranks = report.min_rank == report.max_rank ? std::to_string(report.max_rank)
                                                                    : cat(report.min_rank, "-", report.max_rank);

@@ -17,6 +17,7 @@
 
 #include "app/commands.h"
 #include "app/device.h"
+#include "app/environment_knobs.h"
 #include "app/train_options.h"
 #include "core/atomic_file.h"
 #include "core/error.h"
@@ -145,8 +146,8 @@ std::shared_ptr<data::DatasetPlan> build_dataset(const ResolvedConfig& config) {
   }
   fs::path fetched;
   if (auto name = config.find_string("dataset_name"); name && !name->empty()) {
-    fetch::FetchOptions fetch_options = fetch::FetchOptions::from_environment();
-    fetched = fetch::fetch_dataset(*name, fetch::default_dataset_cache_dir(), fetch_options);
+    fetch::FetchOptions fetch_options = fetch_options_from_environment();
+    fetched = fetch::fetch_dataset(*name, default_dataset_cache_dir(), fetch_options);
     log::info("dataset ", *name, ": ", fetched.string());
     options.default_image_dir = fetched;
   }
@@ -242,6 +243,7 @@ train::TrainerConfig trainer_config(const ResolvedConfig& config, const ModelFil
   const bool schnell = config.get_string("base_model") == "flux-schnell";
   t.file_info.architecture = schnell ? "flux-1-schnell" : "flux-1-dev";
   t.file_info.title = t.output_name;
+  t.file_info.created_at = source_date_epoch();
   if (!plan.buckets().empty()) {
     t.file_info.width = plan.config().datasets.at(0).buckets.resolution.width;
     t.file_info.height = plan.config().datasets.at(0).buckets.resolution.height;

@@ -83,30 +83,6 @@ bool link_escapes(const std::string& link, std::string_view target) {
   return false;
 }
 
-uint64_t parse_size(const char* name, const char* text) {
-  char* end = nullptr;
-  errno = 0;
-  unsigned long long value = std::strtoull(text, &end, 10);
-  uint64_t scale = 1;
-  const std::string suffix = upper(end);
-  if (suffix == "K" || suffix == "KIB")
-    scale = uint64_t{1} << 10;
-  else if (suffix == "M" || suffix == "MIB")
-    scale = uint64_t{1} << 20;
-  else if (suffix == "G" || suffix == "GIB")
-    scale = uint64_t{1} << 30;
-  else if (suffix == "T" || suffix == "TIB")
-    scale = uint64_t{1} << 40;
-  else if (!suffix.empty())
-    scale = 0;
-  if (end == text || *text == '-' || errno != 0 || scale == 0 || value == 0 || value > UINT64_MAX / scale) {
-    fail(name, "='", text,
-         "' is not a size: give a positive number of bytes, or one with a K, M, G or T suffix (powers "
-         "of 1024), e.g. 500G");
-  }
-  return value * scale;
-}
-
 class Extractor {
  public:
   Extractor(const fs::path& archive, const fs::path& root, const ArchiveLimits& limits, std::string label)
@@ -295,29 +271,6 @@ class Extractor {
 };
 
 }  // namespace
-
-ArchiveLimits ArchiveLimits::from_environment() {
-  ArchiveLimits limits;
-  if (const char* text = std::getenv("FLUXTRAIN_ARCHIVE_MAX_BYTES"); text != nullptr && *text != '\0') {
-    limits.max_total_bytes = parse_size("FLUXTRAIN_ARCHIVE_MAX_BYTES", text);
-  }
-  if (const char* text = std::getenv("FLUXTRAIN_ARCHIVE_MAX_ENTRIES"); text != nullptr && *text != '\0') {
-    char* end = nullptr;
-    errno = 0;
-    unsigned long long value = std::strtoull(text, &end, 10);
-    if (end == text || *end != '\0' || *text == '-' || errno != 0 || value == 0) {
-      fail("FLUXTRAIN_ARCHIVE_MAX_ENTRIES='", text, "' is not a positive whole number");
-    }
-    limits.max_entries = value;
-  }
-  if (const char* text = std::getenv("FLUXTRAIN_ARCHIVE_MAX_RATIO"); text != nullptr && *text != '\0') {
-    char* end = nullptr;
-    double value = std::strtod(text, &end);
-    if (*end != '\0' || !(value >= 1)) fail("FLUXTRAIN_ARCHIVE_MAX_RATIO='", text, "' is not a number of at least 1");
-    limits.max_ratio = value;
-  }
-  return limits;
-}
 
 ExtractStats extract_archive(const fs::path& archive, const fs::path& target, const ArchiveLimits& limits,
                              const std::string& name) {

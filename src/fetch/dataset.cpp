@@ -74,16 +74,6 @@ const char* kind_name(DatasetSourceKind kind) {
   return "?";
 }
 
-bool is_http_url(const std::string& endpoint) {
-  std::string text = lower(endpoint);
-  return text.starts_with("http://") || text.starts_with("https://");
-}
-
-std::string without_trailing_slashes(std::string text) {
-  while (!text.empty() && text.back() == '/') text.pop_back();
-  return text;
-}
-
 // The cache folder of one source at one revision.
 struct Entry {
   fs::path dir;
@@ -370,11 +360,6 @@ fs::path fetch_file(const DatasetSource& source, const Entry& entry, const Fetch
   return root;
 }
 
-std::string env(const char* name) {
-  const char* value = std::getenv(name);
-  return value != nullptr ? value : "";
-}
-
 }  // namespace
 
 DatasetSource parse_dataset_source(const std::string& spec) {
@@ -412,43 +397,6 @@ DatasetSource parse_dataset_source(const std::string& spec) {
   source.kind = DatasetSourceKind::local;
   source.path = spec;
   return source;
-}
-
-FetchOptions FetchOptions::from_environment() {
-  FetchOptions options;
-  if (std::string endpoint = env("HF_ENDPOINT"); !endpoint.empty()) {
-    if (!is_http_url(endpoint))
-      fail("HF_ENDPOINT='", endpoint, "' is not an http(s) URL (e.g. https://huggingface.co)");
-    options.hf_endpoint = without_trailing_slashes(endpoint);
-  }
-  options.hf_token = env("HF_TOKEN");
-  if (std::string endpoint = env("KAGGLE_API_ENDPOINT"); !endpoint.empty()) {
-    if (!is_http_url(endpoint)) {
-      fail("KAGGLE_API_ENDPOINT='", endpoint, "' is not an http(s) URL (e.g. https://www.kaggle.com)");
-    }
-    options.kaggle_endpoint = without_trailing_slashes(endpoint);
-  }
-  options.kaggle_username = env("KAGGLE_USERNAME");
-  options.kaggle_key = env("KAGGLE_KEY");
-  if (std::string workers = env("FLUXTRAIN_DOWNLOAD_WORKERS"); !workers.empty()) {
-    char* end = nullptr;
-    long value = std::strtol(workers.c_str(), &end, 10);
-    if (*end != '\0' || value < 1 || value > 64) {
-      fail("FLUXTRAIN_DOWNLOAD_WORKERS='", workers, "' is not a whole number from 1 to 64");
-    }
-    options.parallel_downloads = static_cast<int>(value);
-  }
-  options.http = HttpOptions::from_environment();
-  options.limits = ArchiveLimits::from_environment();
-  return options;
-}
-
-fs::path default_dataset_cache_dir() {
-  if (std::string dir = env("FLUXTRAIN_DATASET_CACHE"); !dir.empty()) return dir;
-  if (std::string dir = env("FLUXTRAIN_CACHE"); !dir.empty()) return fs::path(dir) / "datasets";
-  if (std::string dir = env("XDG_CACHE_HOME"); !dir.empty()) return fs::path(dir) / "fluxtrain" / "datasets";
-  if (std::string home = env("HOME"); !home.empty()) return fs::path(home) / ".cache" / "fluxtrain" / "datasets";
-  fail("no folder for the dataset cache: HOME is not set; set FLUXTRAIN_DATASET_CACHE (or --cache-dir)");
 }
 
 fs::path fetch_dataset(const std::string& spec, const fs::path& cache_dir, const FetchOptions& options) {

@@ -42,10 +42,6 @@ struct DatasetSource {
 // Error naming the spec when it is none of the forms above.
 DatasetSource parse_dataset_source(const std::string& spec);
 
-// $FLUXTRAIN_DATASET_CACHE, else $FLUXTRAIN_CACHE/datasets, else $XDG_CACHE_HOME/fluxtrain/datasets,
-// else ~/.cache/fluxtrain/datasets.
-std::filesystem::path default_dataset_cache_dir();
-
 // The local folder of the dataset. Throws Error (401/403: which variable to set; 404: what to check;
 // unsafe archives; limits) and never logs a credential.
 std::filesystem::path fetch_dataset(const std::string& spec, const std::filesystem::path& cache_dir,

@@ -22,7 +22,6 @@
 #include <vector>
 
 #include "core/atomic_file.h"
-#include "core/env.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/progress.h"
@@ -539,14 +538,6 @@ class FileSink : public BodySink {
 };
 
 }  // namespace
-
-HttpOptions HttpOptions::from_environment() {
-  HttpOptions options;
-  options.max_attempts = 1 + core::env_int("FLUXTRAIN_HTTP_RETRIES", options.max_attempts - 1, 0, 100);
-  options.backoff_seconds = core::env_double("FLUXTRAIN_HTTP_BACKOFF_SECONDS", options.backoff_seconds, 0, 600);
-  options.max_backoff_seconds = std::max(options.max_backoff_seconds, options.backoff_seconds);
-  return options;
-}
 
 HttpResponse http_get(const HttpRequest& request, const HttpOptions& options, size_t max_bytes) {
   MemorySink sink(request, max_bytes);

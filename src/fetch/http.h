@@ -46,10 +46,6 @@ struct HttpOptions {
   int max_redirects = 10;
   // Report download progress through core/progress.h.
   bool progress = true;
-
-  // Defaults, overridden by FLUXTRAIN_HTTP_RETRIES (retries after the first try, default 4) and
-  // FLUXTRAIN_HTTP_BACKOFF_SECONDS (the first wait, default 1). Throws Error naming a bad variable.
-  static HttpOptions from_environment();
 };
 
 struct HttpRequest {

@@ -1,6 +1,7 @@
 // What a download from the Hugging Face Hub, Kaggle or a URL is allowed to do and with which
 // credentials (torch-free): shared by dataset fetches (fetch/dataset.h) and model downloads
-// (`fluxtrain fetch-models`).
+// (`fluxtrain fetch-models`). Plain values with their defaults: the app fills them from the environment
+// (HF_TOKEN, KAGGLE_KEY, ...: app/environment_knobs.h); nothing under src/fetch reads it.
 #pragma once
 
 #include <string>
@@ -27,10 +28,6 @@ struct FetchOptions {
   int parallel_downloads = 8;  // Hub files fetched at once
   HttpOptions http;
   ArchiveLimits limits;
-
-  // Defaults with the environment: HF_TOKEN, HF_ENDPOINT, KAGGLE_USERNAME, KAGGLE_KEY,
-  // KAGGLE_API_ENDPOINT, FLUXTRAIN_DOWNLOAD_WORKERS, and those of HttpOptions and ArchiveLimits.
-  static FetchOptions from_environment();
 };
 
 }  // namespace fluxtrain::fetch

@@ -6,8 +6,10 @@
 #include <new>
 
 #include "app/commands.h"
+#include "app/environment_knobs.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "core/strings.h"
 #include "core/version.h"
 
 namespace fluxtrain::app {
@@ -23,6 +25,7 @@ std::string first_line(const std::string& text) {
 }  // namespace
 
 int run(int argc, char** argv, const std::vector<CommandFactory>& engine_commands) {
+  apply_process_environment();
   CLI::App app{"fluxtrain: a native LoRA trainer for Flux.1 models", "fluxtrain"};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string(kVersion));
@@ -43,10 +46,9 @@ int run(int argc, char** argv, const std::vector<CommandFactory>& engine_command
     std::vector<std::string> names;
     for (const Command& command : commands) names.push_back(command.subcommand->get_name());
     if (std::find(names.begin(), names.end(), arg) == names.end()) {
-      std::string all, hint = closest_match(arg, names);
-      for (const auto& n : names) all += (all.empty() ? "" : ", ") + n;
+      std::string hint = closest_match(arg, names);
       log::error("unknown command '", arg, "'", hint.empty() ? "" : "; did you mean '" + hint + "'?",
-                 " (commands: ", all, "; see fluxtrain --help)");
+                 " (commands: ", join(names), "; see fluxtrain --help)");
       return 2;
     }
     break;

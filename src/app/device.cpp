@@ -2,6 +2,7 @@
 
 #include <torch/cuda.h>
 
+#include "app/environment_knobs.h"
 #include "core/error.h"
 #include "train/cpu_allocator.h"
 
@@ -23,7 +24,7 @@ at::Device pick(const std::string& text, const std::string& option) {
 
 at::Device resolve_device(const std::string& text, const std::string& option) {
   at::Device device = pick(text, option);
-  if (device.is_cpu()) train::use_caching_cpu_allocator();
+  if (device.is_cpu()) train::use_caching_cpu_allocator(cpu_cache_limit_bytes());
   return device;
 }
 

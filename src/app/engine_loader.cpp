@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "app/commands.h"
+#include "app/environment_knobs.h"
 #include "core/host_memory.h"
 #include "core/log.h"
 
@@ -51,8 +52,8 @@ bool runs_without_engine(int argc, char** argv) {
 
 int run_engine(int argc, char** argv) {
   std::vector<std::string> candidates;
-  if (const char* env = std::getenv("FLUXTRAIN_ENGINE"); env != nullptr && *env != '\0') {
-    candidates.emplace_back(env);
+  if (std::string engine = engine_library(); !engine.empty()) {
+    candidates.push_back(engine);
   } else {
     std::string dir = executable_dir();
     candidates.push_back(dir + "/libfluxtrain_engine.so");

@@ -7,20 +7,21 @@
 #include <memory>
 
 #include "app/commands.h"
+#include "app/environment_knobs.h"
 #include "app/tool_options.h"
-#include "data/fetch.h"
+#include "fetch/dataset.h"
 
 namespace fluxtrain::app {
 
 Command add_fetch_command(CLI::App& app) {
   return add_table_command(app, command_info("fetch"), [](const ResolvedConfig& config) {
     const auto o = config.bind<FetchCommandSettings>();
-    data::FetchOptions options = data::FetchOptions::from_environment();
+    fetch::FetchOptions options = fetch_options_from_environment();
     options.revision = o.revision;
     options.refresh = o.refresh;
     std::filesystem::path cache =
-        o.cache_dir.empty() ? data::default_dataset_cache_dir() : std::filesystem::path(o.cache_dir);
-    std::filesystem::path root = data::fetch_dataset(o.dataset, cache, options);
+        o.cache_dir.empty() ? default_dataset_cache_dir() : std::filesystem::path(o.cache_dir);
+    std::filesystem::path root = fetch::fetch_dataset(o.dataset, cache, options);
     std::cout << root.string() << std::endl;
     return 0;
   });

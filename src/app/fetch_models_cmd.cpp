@@ -16,13 +16,14 @@
 #include <optional>
 
 #include "app/commands.h"
+#include "app/environment_knobs.h"
 #include "app/fetch_models_options.h"
 #include "app/options.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/sha256.h"
-#include "data/fetch.h"
-#include "data/http.h"
+#include "fetch/http.h"
+#include "fetch/hub.h"
 
 namespace fluxtrain::app {
 namespace {
@@ -78,20 +79,20 @@ std::vector<Slot> plan_slots(const FetchModelsSettings& settings) {
   return slots;
 }
 
-std::string access_hint(const HubFileRef& ref, const data::FetchOptions& options) {
+std::string access_hint(const HubFileRef& ref, const fetch::FetchOptions& options) {
   return cat("if ", ref.repo, " is gated (FLUX.1-dev is), accept its licence on the model page ", options.hf_endpoint,
              "/", ref.repo, " and set HF_TOKEN to a read token of the account that accepted it");
 }
 
 // The listing entry of each slot's file: one request per repository folder.
-std::vector<data::HubFile> list_sources(const std::vector<const Slot*>& slots, const data::FetchOptions& options) {
-  std::map<std::string, std::vector<data::HubFile>> listings;
-  std::vector<data::HubFile> out;
+std::vector<fetch::HubFile> list_sources(const std::vector<const Slot*>& slots, const fetch::FetchOptions& options) {
+  std::map<std::string, std::vector<fetch::HubFile>> listings;
+  std::vector<fetch::HubFile> out;
   for (const Slot* slot : slots) {
     const HubFileRef& ref = slot->source;
     const size_t slash = ref.path.rfind('/');
-    data::HubListing listing;
-    listing.type = data::HubRepoType::model;
+    fetch::HubListing listing;
+    listing.type = fetch::HubRepoType::model;
     listing.repo = ref.repo;
     listing.revision = ref.revision;
     listing.folder = slash == std::string::npos ? "" : ref.path.substr(0, slash);
@@ -100,11 +101,11 @@ std::vector<data::HubFile> list_sources(const std::vector<const Slot*>& slots, c
                                  ", or name another file with ", slot->source_var);
     listing.access_hint = access_hint(ref, options);
     const std::string key = cat(ref.repo, "@", ref.revision, ":", listing.folder);
-    if (!listings.count(key)) listings[key] = data::list_hub_files(listing, options);
-    const std::vector<data::HubFile>& files = listings[key];
-    const data::HubFile* found = nullptr;
+    if (!listings.count(key)) listings[key] = fetch::list_hub_files(listing, options);
+    const std::vector<fetch::HubFile>& files = listings[key];
+    const fetch::HubFile* found = nullptr;
     std::vector<std::string> names;
-    for (const data::HubFile& file : files) {
+    for (const fetch::HubFile& file : files) {
       if (file.path == ref.path) found = &file;
       names.push_back(file.path);
     }
@@ -125,7 +126,7 @@ int run_fetch_models(const FetchModelsSettings& settings) {
   const fs::path dir(settings.models.dir);
   const BaseModel base = settings.models.base_model;
   const bool verify = settings.verify;
-  data::FetchOptions options = data::FetchOptions::from_environment();
+  fetch::FetchOptions options = fetch_options_from_environment();
 
   std::vector<Slot> slots = plan_slots(settings);
   std::vector<const Slot*> wanted;
@@ -153,7 +154,7 @@ int run_fetch_models(const FetchModelsSettings& settings) {
     }
   }
   if (!to_verify.empty()) {
-    const std::vector<data::HubFile> listed = list_sources(to_verify, options);
+    const std::vector<fetch::HubFile> listed = list_sources(to_verify, options);
     for (size_t i = 0; i < to_verify.size(); ++i) {
       const fs::path path = dir / to_verify[i]->local_name;
       std::error_code ec;
@@ -174,7 +175,7 @@ int run_fetch_models(const FetchModelsSettings& settings) {
   }
 
   fs::create_directories(dir);
-  const std::vector<data::HubFile> files = list_sources(wanted, options);
+  const std::vector<fetch::HubFile> files = list_sources(wanted, options);
   int64_t needed = 0;
   for (size_t i = 0; i < wanted.size(); ++i) {
     std::error_code ec;
@@ -191,23 +192,23 @@ int run_fetch_models(const FetchModelsSettings& settings) {
             format_bytes(static_cast<double>(needed)), ") into ", dir.string(), " from ", options.hf_endpoint);
   for (size_t i = 0; i < wanted.size(); ++i) {
     const Slot& slot = *wanted[i];
-    const data::HubFile& file = files[i];
+    const fetch::HubFile& file = files[i];
     if (file.sha256.empty())
       log::warn(slot.source.repo, "/", file.path,
                 " has no sha256 in the Hub's listing (not an LFS file): checked by size only");
-    data::HttpRequest request;
+    fetch::HttpRequest request;
     request.url =
-        data::hub_file_url(data::HubRepoType::model, slot.source.repo, slot.source.revision, file.path, options);
-    request.auth = data::hub_auth(options);
+        fetch::hub_file_url(fetch::HubRepoType::model, slot.source.repo, slot.source.revision, file.path, options);
+    request.auth = fetch::hub_auth(options);
     request.what = cat(slot.what, " (", slot.source.repo, "/", file.path, ")");
     request.not_found_hint = cat("check the file at ", options.hf_endpoint, "/", slot.source.repo,
                                  ", or name another with ", slot.source_var);
     request.access_hint = access_hint(slot.source, options);
-    data::DownloadTarget target;
+    fetch::DownloadTarget target;
     target.path = dir / slot.local_name;
     target.expected_size = file.size;
     target.expected_sha256 = file.sha256;
-    data::http_download(request, target, options.http);
+    fetch::http_download(request, target, options.http);
     log::info(slot.what, ": ", target.path.string(), " (", format_bytes(static_cast<double>(file.size)),
               file.sha256.empty() ? "" : ", sha256 checked", ")");
   }

@@ -10,9 +10,11 @@
 #include <memory>
 
 #include "app/commands.h"
+#include "app/environment_knobs.h"
 #include "app/tool_options.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "lora/lora_file.h"
 #include "lora/merge.h"
 
 namespace fluxtrain::app {
@@ -47,6 +49,7 @@ std::string percent(double share) {
 }
 
 int run_merge(const MergeSettings& o) {
+  lora::set_default_creation_time(source_date_epoch());  // the merged file's modelspec.date
   const bool bake = !o.base.empty();
   std::vector<lora::WeightedLora> loras;
   for (const auto& text : o.loras) loras.push_back(parse_weighted(text, bake ? "STRENGTH" : "WEIGHT"));

@@ -1,6 +1,6 @@
 // `fluxtrain sample`: images from a base model plus any number of LoRAs (merged into the weights), from
-// --prompt or a kohya prompt file, into --out — the "test your LoRA" step. Also make_sampler(), the
-// set-up shared with the trainer's sample hook (app/sampling.h).
+// --prompt or a kohya prompt file, into --out — the "test your LoRA" step. The sampler is set up as for
+// the trainer's sample hook (sample/sampler_setup.h).
 #include <CLI/CLI.hpp>
 
 #include <filesystem>
@@ -9,41 +9,17 @@
 
 #include "app/commands.h"
 #include "app/device.h"
-#include "app/sampling.h"
 #include "app/tool_options.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "lora/convert.h"
 #include "models/convert.h"
 #include "models/loader.h"
+#include "sample/sampler_setup.h"
 
 namespace fluxtrain::app {
 
 namespace fs = std::filesystem;
-
-sample::TextEncodeFn text_encode_fn(train::TextEncoders& encoders) {
-  return [&encoders](const std::vector<std::string>& texts) {
-    std::vector<sample::Conditioning> out;
-    for (const std::string& text : texts) {
-      train::TextEmbeddings e = encoders.encode({text});
-      sample::Conditioning c;
-      c.txt = e.t5;
-      c.y = e.clip_pooled;
-      if (encoders.options().t5_attn_mask) c.txt_mask = e.t5_mask;
-      out.push_back(std::move(c));
-    }
-    return out;
-  };
-}
-
-std::unique_ptr<sample::Sampler> make_sampler(const SamplerSetup& setup) {
-  models::LoadedAe ae = models::load_ae(setup.ae_path, setup.options);
-  models::ModelOptions encoder_options = setup.options;
-  auto encoders = std::make_unique<train::TextEncoders>(setup.clip_path, setup.t5_path, encoder_options, setup.text);
-  auto sampler = std::make_unique<sample::Sampler>(ae.model, setup.prompts, text_encode_fn(*encoders), setup.sampler);
-  encoders.reset();  // the embeddings are kept; the encoders are not needed any more
-  return sampler;
-}
 
 namespace {
 
@@ -106,7 +82,7 @@ int run_sample(const SampleSettings& o) {
   for (const auto& text : o.loras) loras.push_back(parse_lora(text));
 
   const bool dev = has_guidance_embedding(files.model);
-  data::PromptDefaults defaults;
+  sample::PromptDefaults defaults;
   defaults.width = o.width;
   defaults.height = o.height;
   defaults.steps = o.steps > 0 ? o.steps : (dev ? 20 : 4);
@@ -114,15 +90,16 @@ int run_sample(const SampleSettings& o) {
   defaults.cfg = o.cfg;
   defaults.negative = o.negative;
   defaults.seed = o.seed;
-  std::vector<data::SamplePrompt> prompts = o.prompt.empty() ? data::load_prompts(o.prompts, defaults, "--prompts")
-                                                             : data::parse_prompts_text(o.prompt, "--prompt", defaults);
+  std::vector<sample::SamplePrompt> prompts = o.prompt.empty()
+                                                  ? sample::load_prompts(o.prompts, defaults, "--prompts")
+                                                  : sample::parse_prompts_text(o.prompt, "--prompt", defaults);
   if (prompts.empty()) fail("--prompt: the text holds no prompt");
 
   models::ModelOptions options;
   options.device = resolve_device(o.compute.device, o.compute.device_origin);
   options.dtype = resolve_precision(o.compute.precision, options.device);
 
-  SamplerSetup setup;
+  sample::SamplerSetup setup;
   setup.ae_path = files.ae;
   setup.clip_path = files.clip_l;
   setup.t5_path = files.t5xxl;

@@ -18,7 +18,7 @@
 
 #include "app/commands.h"
 #include "app/device.h"
-#include "app/sampling.h"
+#include "app/environment_knobs.h"
 #include "app/train_options.h"
 #include "core/atomic_file.h"
 #include "core/enum_names.h"
@@ -26,8 +26,9 @@
 #include "core/log.h"
 #include "core/sha256.h"
 #include "data/dataset.h"
-#include "data/fetch.h"
-#include "data/prompts.h"
+#include "fetch/dataset.h"
+#include "sample/prompts.h"
+#include "sample/sampler_setup.h"
 #include "train/dataset_source.h"
 #include "train/state.h"
 #include "train/trainer.h"
@@ -115,8 +116,8 @@ std::shared_ptr<data::DatasetPlan> build_dataset(const TrainSettings& settings) 
   options.fallbacks = settings.dataset_fallbacks;
   fs::path fetched;
   if (!settings.dataset_name.empty()) {
-    data::FetchOptions fetch = data::FetchOptions::from_environment();
-    fetched = data::fetch_dataset(settings.dataset_name, data::default_dataset_cache_dir(), fetch);
+    fetch::FetchOptions fetch_options = fetch_options_from_environment();
+    fetched = fetch::fetch_dataset(settings.dataset_name, default_dataset_cache_dir(), fetch_options);
     log::info("dataset ", settings.dataset_name, ": ", fetched.string());
     options.default_image_dir = fetched;
   }
@@ -151,6 +152,8 @@ train::TrainerConfig trainer_config(const ResolvedConfig& config, const TrainSet
   t.resume_from = run.resume_state;
   t.file_info.architecture = settings.models.base_model == BaseModel::schnell ? "flux-1-schnell" : "flux-1-dev";
   t.file_info.title = t.output_name;
+  t.file_info.created_at = source_date_epoch();
+  t.file_info.created_at = source_date_epoch();
   if (!plan.buckets().empty()) {
     t.file_info.width = plan.config().datasets.at(0).buckets.resolution.width;
     t.file_info.height = plan.config().datasets.at(0).buckets.resolution.height;
@@ -216,19 +219,19 @@ int run_train(const ResolvedConfig& config, bool cache_only) {
   const bool sampling =
       trainer.sample_every_n_steps > 0 || trainer.sample_every_n_epochs > 0 || trainer.sample_at_first;
   if (!settings.sample_prompts.empty() && sampling) {
-    SamplerSetup setup;
+    sample::SamplerSetup setup;
     setup.ae_path = files.ae;
     setup.clip_path = files.clip_l;
     setup.t5_path = files.t5xxl;
     setup.options.device = device;
     setup.options.dtype = precision;
     setup.text = source_options.text;
-    setup.prompts = data::load_prompts(settings.sample_prompts);
+    setup.prompts = sample::load_prompts(settings.sample_prompts);
     setup.sampler.out_dir = run.dir / "samples";
     setup.sampler.name = trainer.output_name;
     setup.sampler.run_seed = trainer.seed;
     setup.sampler.text = {{"model", fs::path(files.model).filename().string()}, {"lora", trainer.output_name}};
-    sampler = make_sampler(setup);
+    sampler = sample::make_sampler(setup);
     hook = [&sampler](int64_t step, models::FluxTransformerImpl& model) { return sampler->render(step, model); };
   }
   train::TrainResult result = train::train(trainer, source, hook);

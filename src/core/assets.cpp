@@ -2,7 +2,7 @@
 
 #include <unistd.h>
 
-#include <cstdlib>
+#include <mutex>
 #include <system_error>
 
 #include "core/error.h"
@@ -19,11 +19,24 @@ fs::path executable_dir() {
   return error ? fs::path() : exe.parent_path();
 }
 
+std::mutex user_root_mutex;
+fs::path user_root;  // set_user_asset_root()
+
+fs::path current_user_root() {
+  std::lock_guard<std::mutex> lock(user_root_mutex);
+  return user_root;
+}
+
 }  // namespace
+
+void set_user_asset_root(fs::path folder) {
+  std::lock_guard<std::mutex> lock(user_root_mutex);
+  user_root = std::move(folder);
+}
 
 std::vector<fs::path> asset_roots() {
   std::vector<fs::path> roots;
-  if (const char* env = std::getenv("FLUXTRAIN_ASSETS"); env && *env) roots.emplace_back(env);
+  if (fs::path user = current_user_root(); !user.empty()) roots.push_back(std::move(user));
   if (fs::path dir = executable_dir(); !dir.empty())
     roots.push_back(dir.parent_path() / "share" / "fluxtrain" / "assets");
 #ifdef FLUXTRAIN_SOURCE_ASSETS
@@ -41,10 +54,9 @@ fs::path find_asset(std::string_view relative) {
     if (fs::exists(candidate, error)) return candidate;
     looked += cat(looked.empty() ? "" : ", ", candidate.string());
   }
-  const char* env = std::getenv("FLUXTRAIN_ASSETS");
   fail("asset ", relative, " not found; looked in: ", looked.empty() ? "(nowhere)" : looked,
-       env && *env ? "" : " ($FLUXTRAIN_ASSETS is not set)", ". Fix: set FLUXTRAIN_ASSETS to a folder that holds ",
-       relative,
+       current_user_root().empty() ? " ($FLUXTRAIN_ASSETS is not set)" : "",
+       ". Fix: set FLUXTRAIN_ASSETS to a folder that holds ", relative,
        " (a fluxtrain checkout's assets/ folder; scripts/fetch_tokenizer_assets.sh recreates its tokenizers/)");
 }
 

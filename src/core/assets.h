@@ -7,7 +7,11 @@
 
 namespace fluxtrain {
 
-// The folders searched for assets, in order: $FLUXTRAIN_ASSETS (when set), <executable dir>/../share/
+// A folder searched before the others, as the user names it (the app sets it at start-up from
+// FLUXTRAIN_ASSETS); empty: none.
+void set_user_asset_root(std::filesystem::path folder);
+
+// The folders searched for assets, in order: the user's folder (when set), <executable dir>/../share/
 // fluxtrain/assets (an installed tree), then the source tree's assets/ folder (compiled in, so a build
 // folder works without installing).
 std::vector<std::filesystem::path> asset_roots();

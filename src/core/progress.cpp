@@ -3,15 +3,30 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <mutex>
 
 #include "core/error.h"
 #include "core/log.h"
 
 namespace fluxtrain {
+
+namespace {
+
+constexpr double kDefaultLineInterval = 10.0;
+std::atomic<double> default_line_interval{kDefaultLineInterval};
+
+}  // namespace
+
+void set_default_line_interval_seconds(double seconds) {
+  default_line_interval = seconds > 0 ? seconds : kDefaultLineInterval;
+}
+
+double default_line_interval_seconds() {
+  return default_line_interval;
+}
 
 std::string format_duration(double seconds) {
   if (!std::isfinite(seconds) || seconds < 0) return "--:--";
@@ -109,17 +124,12 @@ struct Progress::State : log::detail::StatusLine {
   }
 };
 
-Progress::Progress(std::string label, int64_t total, ProgressOptions options)
-    : state_(std::make_unique<State>()) {
+Progress::Progress(std::string label, int64_t total, ProgressOptions options) : state_(std::make_unique<State>()) {
   State& s = *state_;
   s.label = std::move(label);
   s.total = total;
   s.options = std::move(options);
-  if (s.options.line_interval_seconds <= 0) {
-    const char* env = std::getenv("FLUXTRAIN_PROGRESS_SECONDS");
-    double value = env ? std::atof(env) : 0;
-    s.options.line_interval_seconds = value > 0 ? value : 10.0;
-  }
+  if (s.options.line_interval_seconds <= 0) s.options.line_interval_seconds = default_line_interval_seconds();
   s.tty = s.options.force_tty >= 0 ? s.options.force_tty == 1 : isatty(STDERR_FILENO) == 1;
   if (log::level() > log::Level::info && !s.options.sink) s.tty = false;
   s.start = s.now();
@@ -160,8 +170,12 @@ void Progress::finish() {
   if (log::level() <= log::Level::info || state_->options.sink) state_->emit(true);
 }
 
-int64_t Progress::done() const { return state_->done; }
+int64_t Progress::done() const {
+  return state_->done;
+}
 
-double Progress::elapsed_seconds() const { return state_->now() - state_->start; }
+double Progress::elapsed_seconds() const {
+  return state_->now() - state_->start;
+}
 
 }  // namespace fluxtrain

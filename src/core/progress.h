@@ -13,8 +13,7 @@ namespace fluxtrain {
 struct ProgressOptions {
   // "B" formats counts as bytes (downloads, file writes); anything else is a plain count.
   std::string unit = "it";
-  // Seconds between plain lines when not on a terminal. 0 = environment FLUXTRAIN_PROGRESS_SECONDS,
-  // else 10.
+  // Seconds between plain lines when not on a terminal. 0 = default_line_interval_seconds().
   double line_interval_seconds = 0;
   // Test hooks: where output goes (default: the logger's terminal writer) and whether to draw a bar
   // (default: stderr is a TTY), and the clock (default: steady_clock).
@@ -44,6 +43,11 @@ class Progress {
   struct State;
   std::unique_ptr<State> state_;
 };
+
+// The interval of reporters that set none (here and in core/train_progress.h): 10 s unless the app sets
+// another at start-up (FLUXTRAIN_PROGRESS_SECONDS); a value <= 0 restores 10.
+void set_default_line_interval_seconds(double seconds);
+double default_line_interval_seconds();
 
 // Formats a duration as "1:02:03" or "02:03".
 std::string format_duration(double seconds);

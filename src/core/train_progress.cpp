@@ -143,11 +143,7 @@ struct TrainProgress::State : log::detail::StatusLine {
 TrainProgress::TrainProgress(TrainProgressOptions options) : state_(std::make_unique<State>()) {
   State& s = *state_;
   s.options = std::move(options);
-  if (s.options.line_interval_seconds <= 0) {
-    const char* env = std::getenv("FLUXTRAIN_PROGRESS_SECONDS");
-    double value = env ? std::atof(env) : 0;
-    s.options.line_interval_seconds = value > 0 ? value : 10.0;
-  }
+  if (s.options.line_interval_seconds <= 0) s.options.line_interval_seconds = default_line_interval_seconds();
   s.options.loss_smoothing = std::clamp(s.options.loss_smoothing, 0.0, 0.9999);
   s.options.rate_smoothing = std::clamp(s.options.rate_smoothing, 0.0, 0.9999);
   s.tty = s.options.force_tty >= 0 ? s.options.force_tty == 1 : isatty(STDERR_FILENO) == 1;

@@ -38,8 +38,8 @@ std::string format_step_rate(double steps_per_second);
 
 struct TrainProgressOptions {
   int64_t total_steps = 0;
-  // Seconds between plain lines when not on a terminal. 0 = environment FLUXTRAIN_PROGRESS_SECONDS,
-  // else 10 (as core/progress.h).
+  // Seconds between plain lines when not on a terminal. 0 = default_line_interval_seconds() (as
+  // core/progress.h).
   double line_interval_seconds = 0;
   // Least time between redraws on a terminal (0.2 s: at most 5 a second).
   double redraw_interval_seconds = 0.2;

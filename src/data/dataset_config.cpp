@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "core/log.h"
+#include "core/strings.h"
 
 namespace fluxtrain::data {
 
@@ -304,11 +305,7 @@ void Resolver::check_table(const json& table, Level level, const std::string& wh
     }
     const std::string hint = closest_match(name, valid);
     error("unknown key '", name, "' in ", where, hint.empty() ? std::string() : cat(" (did you mean '", hint, "'?)"),
-          "; valid keys here: ", [&] {
-            std::string all;
-            for (const auto& k : valid) all += (all.empty() ? "" : ", ") + k;
-            return all;
-          }());
+          "; valid keys here: ", join(valid));
   }
 }
 
@@ -410,8 +407,7 @@ std::string level_where(int dataset, int subset) {
 }  // namespace
 
 bool has_image_extension(const std::filesystem::path& path) {
-  std::string ext = path.extension().string();
-  for (char& c : ext) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  const std::string ext = lower(path.extension().string());
   return ext == ".jpg" || ext == ".jpeg" || ext == ".png" || ext == ".webp" || ext == ".bmp";
 }
 
@@ -437,7 +433,8 @@ void Resolver::add_subsets(DatasetConfig& out, const std::vector<Layer>& layers,
     o["image_dir"] = "DATASET_NAME";
   }
   if (image_dir.empty()) {
-    error(where, " has no image_dir: set image_dir = \"path/to/images\" (the folder that holds the images), or set "
+    error(where,
+          " has no image_dir: set image_dir = \"path/to/images\" (the folder that holds the images), or set "
           "DATASET_NAME to fetch the images");
   }
   take(layers, "num_repeats", s.num_repeats, o, where);
@@ -659,8 +656,7 @@ DatasetGroupConfig parse_dataset_config(std::string_view text, ConfigFormat form
 }
 
 DatasetGroupConfig load_dataset_config(const std::filesystem::path& file, const ConfigOptions& options) {
-  std::string ext = file.extension().string();
-  for (char& c : ext) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  const std::string ext = lower(file.extension().string());
   if (ext != ".toml" && ext != ".json") {
     fail("dataset config ", file.string(), ": unknown format '", ext, "'; expected a .toml or .json file");
   }
@@ -684,7 +680,8 @@ DatasetGroupConfig folder_dataset_config(const std::filesystem::path& dir, const
   // it, so a small training resolution works on a bare folder too.
   int min_bucket = 256;
   if (options.fallbacks.resolution) {
-    min_bucket = std::min(min_bucket, std::min(options.fallbacks.resolution->width, options.fallbacks.resolution->height));
+    min_bucket =
+        std::min(min_bucket, std::min(options.fallbacks.resolution->width, options.fallbacks.resolution->height));
   }
   const json defaults = {{"resolution", 1024},      {"enable_bucket", true},   {"min_bucket_reso", min_bucket},
                          {"max_bucket_reso", 2048}, {"bucket_reso_steps", 64}, {"caption_extension", ".txt"}};

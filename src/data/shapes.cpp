@@ -7,6 +7,7 @@
 
 #include "core/atomic_file.h"
 #include "core/error.h"
+#include "core/strings.h"
 
 namespace fluxtrain::data {
 
@@ -36,12 +37,6 @@ std::vector<Point> regular_polygon(int vertices, const std::vector<double>& radi
     points.push_back({r * std::cos(a), r * std::sin(a)});
   }
   return points;
-}
-
-std::string joined(const std::vector<std::string>& names) {
-  std::string all;
-  for (const auto& n : names) all += (all.empty() ? "" : ", ") + n;
-  return all;
 }
 
 uint8_t jittered(uint8_t value, DataRng& rng, int jitter) {
@@ -77,16 +72,15 @@ const std::vector<std::string>& shape_names() {
 Shape parse_shape(const std::string& name) {
   const auto& names = shape_names();
   auto it = std::find(names.begin(), names.end(), name);
-  if (it == names.end()) fail("unknown shape '", name, "': expected one of ", joined(names));
+  if (it == names.end()) fail("unknown shape '", name, "': expected one of ", join(names));
   return static_cast<Shape>(it - names.begin());
 }
 
 const std::vector<NamedColor>& named_colors() {
   static const std::vector<NamedColor> colors = {
-      {"red", {215, 40, 40}},     {"green", {40, 170, 70}},   {"blue", {40, 80, 215}},
-      {"yellow", {235, 205, 40}}, {"orange", {240, 130, 30}}, {"magenta", {215, 40, 215}},
-      {"cyan", {40, 200, 210}},   {"white", {245, 245, 245}}, {"black", {20, 20, 20}},
-      {"gray", {128, 128, 128}},
+      {"red", {215, 40, 40}},     {"green", {40, 170, 70}},    {"blue", {40, 80, 215}},  {"yellow", {235, 205, 40}},
+      {"orange", {240, 130, 30}}, {"magenta", {215, 40, 215}}, {"cyan", {40, 200, 210}}, {"white", {245, 245, 245}},
+      {"black", {20, 20, 20}},    {"gray", {128, 128, 128}},
   };
   return colors;
 }
@@ -97,7 +91,7 @@ Rgb named_color(const std::string& name) {
     if (c.name == name) return c.rgb;
     names.push_back(c.name);
   }
-  fail("unknown colour '", name, "': expected one of ", joined(names), " or random");
+  fail("unknown colour '", name, "': expected one of ", join(names), " or random");
 }
 
 Image render_scene(const ShapeScene& scene, int width, int height) {

@@ -3,8 +3,8 @@
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
+#include <atomic>
 #include <chrono>
-#include <cstdlib>
 #include <ctime>
 #include <sstream>
 
@@ -23,20 +23,28 @@ std::string number(double value) {
   return out.str();
 }
 
+std::atomic<bool> has_default_time{false};
+std::atomic<int64_t> default_time{0};
+
 }  // namespace
 
-// Now, or SOURCE_DATE_EPOCH when set (the reproducible-builds convention), so that two runs with the
-// same seed can produce byte-identical files.
-std::string iso_date_now() {
-  std::time_t now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
-  if (const char* fixed = std::getenv("SOURCE_DATE_EPOCH"); fixed != nullptr && *fixed != 0) {
-    now = static_cast<std::time_t>(std::strtoll(fixed, nullptr, 10));
-  }
+std::string iso_date(std::optional<int64_t> seconds) {
+  std::time_t now = seconds ? static_cast<std::time_t>(*seconds)
+                            : std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
   std::tm utc{};
   gmtime_r(&now, &utc);
   char text[32];
   std::strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%S", &utc);
   return text;
+}
+
+std::string iso_date_now() {
+  return iso_date(has_default_time ? std::optional<int64_t>(default_time.load()) : std::nullopt);
+}
+
+void set_default_creation_time(std::optional<int64_t> seconds) {
+  default_time = seconds.value_or(0);
+  has_default_time = seconds.has_value();
 }
 
 safetensors::Metadata lora_metadata(const LoraNetwork& network, const LoraFileInfo& info) {
@@ -69,7 +77,7 @@ safetensors::Metadata lora_metadata(const LoraNetwork& network, const LoraFileIn
   m["modelspec.implementation_version"] = cat("fluxtrain/", kVersion);
   m["modelspec.title"] = info.title.empty() ? "LoRA" : info.title;
   m["modelspec.resolution"] = cat(info.width, "x", info.height);
-  m["modelspec.date"] = iso_date_now();
+  m["modelspec.date"] = iso_date(info.created_at);
   if (!info.trigger_phrase.empty()) m["modelspec.trigger_phrase"] = info.trigger_phrase;
   return m;
 }

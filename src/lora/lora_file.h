@@ -4,6 +4,8 @@
 // tensor data, as kohya computes it), written atomically.
 #pragma once
 
+#include <cstdint>
+#include <optional>
 #include <string>
 
 #include "core/safetensors_format.h"
@@ -21,10 +23,18 @@ struct LoraFileInfo {
   std::string trigger_phrase;              // modelspec.trigger_phrase when known (class tokens)
   safetensors::Metadata training;           // the trainer's ss_* keys (steps, epochs, optimizer, ...)
   SavePrecision precision = SavePrecision::fp32;  // dtype of every saved tensor (kohya casts them all)
+  // modelspec.date, in seconds since 1970 (the app gives SOURCE_DATE_EPOCH, so that two runs with the same
+  // seed can write byte-identical files); unset: the time of each save.
+  std::optional<int64_t> created_at;
 };
 
-// modelspec.date: now in UTC ("2025-01-31T12:00:00"), or SOURCE_DATE_EPOCH when set (reproducible files).
+// modelspec.date: `seconds` since 1970 in UTC ("2025-01-31T12:00:00"), or now when unset.
+std::string iso_date(std::optional<int64_t> seconds);
+
+// iso_date() of the time set_default_creation_time() gave, else now. For lora/merge.cpp, until its
+// MergeOptions carries the time as LoraFileInfo does (the merge command sets it from SOURCE_DATE_EPOCH).
 std::string iso_date_now();
+void set_default_creation_time(std::optional<int64_t> seconds);
 
 // Every metadata key of the file but the hash: the network's own ss_* keys (module, dim, alpha,
 // network_args, dropouts), the given training keys, and modelspec.*.

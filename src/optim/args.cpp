@@ -6,16 +6,10 @@
 #include <cstdlib>
 
 #include "core/error.h"
+#include "core/strings.h"
 
 namespace fluxtrain::optim {
 namespace {
-
-std::string trim(const std::string& s) {
-  size_t b = 0, e = s.size();
-  while (b < e && std::isspace(static_cast<unsigned char>(s[b]))) ++b;
-  while (e > b && std::isspace(static_cast<unsigned char>(s[e - 1]))) --e;
-  return s.substr(b, e - b);
-}
 
 std::string unquote(std::string s) {
   s = trim(s);
@@ -24,20 +18,13 @@ std::string unquote(std::string s) {
   return s;
 }
 
-std::string join(const std::vector<std::string>& items) {
-  std::string out;
-  for (const auto& item : items) out += (out.empty() ? "" : ", ") + item;
-  return out;
-}
-
 std::optional<double> parse_double(const std::string& text) {
   std::string s = trim(text);
   if (s.empty()) return std::nullopt;
-  std::string lower;
-  for (char c : s) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  if (lower == "inf" || lower == "+inf" || lower == "infinity") return INFINITY;
-  if (lower == "-inf" || lower == "-infinity") return -INFINITY;
-  if (lower.find("nan") != std::string::npos || lower.find("inf") != std::string::npos) return std::nullopt;
+  const std::string lowered = lower(s);
+  if (lowered == "inf" || lowered == "+inf" || lowered == "infinity") return INFINITY;
+  if (lowered == "-inf" || lowered == "-infinity") return -INFINITY;
+  if (lowered.find("nan") != std::string::npos || lowered.find("inf") != std::string::npos) return std::nullopt;
   char* end = nullptr;
   errno = 0;
   double v = std::strtod(s.c_str(), &end);

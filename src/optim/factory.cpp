@@ -4,6 +4,7 @@
 #include <cctype>
 
 #include "core/error.h"
+#include "core/strings.h"
 #include "optim/adafactor.h"
 #include "optim/adamw.h"
 #include "optim/args.h"
@@ -12,20 +13,7 @@
 #include "optim/sgd.h"
 
 namespace fluxtrain::optim {
-namespace {
-
-std::string lower(std::string s) {
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
-}
-
-std::string join(const std::vector<std::string>& items) {
-  std::string out;
-  for (const auto& item : items) out += (out.empty() ? "" : ", ") + item;
-  return out;
-}
-
-}  // namespace
+namespace {}  // namespace
 
 std::unique_ptr<Optimizer> make_optimizer(const std::string& type, const std::string& args,
                                           std::vector<at::Tensor> params, double lr, double weight_decay) {

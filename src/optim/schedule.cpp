@@ -6,15 +6,10 @@
 #include <numbers>
 
 #include "core/error.h"
+#include "core/strings.h"
 
 namespace fluxtrain::optim {
 namespace {
-
-std::string join(const std::vector<std::string>& items) {
-  std::string out;
-  for (const auto& item : items) out += (out.empty() ? "" : ", ") + item;
-  return out;
-}
 
 double parse_number(const std::string& text, const std::string& what) {
   size_t used = 0;
@@ -47,8 +42,7 @@ int64_t resolve_warmup_steps(double warmup, int64_t num_training_steps) {
 
 LrSchedule::LrSchedule(ScheduleOptions options, double base_lr)
     : options_(std::move(options)), base_lr_(base_lr), warmup_steps_(0) {
-  std::string name;
-  for (char c : options_.name) name += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  const std::string name = lower(options_.name);
   const auto& names = schedule_names();
   if (std::find(names.begin(), names.end(), name) == names.end()) {
     std::string hint = closest_match(name, names);

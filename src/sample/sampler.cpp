@@ -110,7 +110,7 @@ data::Image decode_to_image(models::AutoEncoderImpl& ae, const at::Tensor& laten
   return image;
 }
 
-Sampler::Sampler(models::AutoEncoder ae, std::vector<data::SamplePrompt> prompts, const TextEncodeFn& encode,
+Sampler::Sampler(models::AutoEncoder ae, std::vector<SamplePrompt> prompts, const TextEncodeFn& encode,
                  SamplerOptions options)
     : ae_(std::move(ae)), prompts_(std::move(prompts)), options_(std::move(options)) {
   std::vector<std::string> texts;
@@ -144,14 +144,14 @@ Sampler::Sampler(models::AutoEncoder ae, std::vector<data::SamplePrompt> prompts
 }
 
 SampleSettings Sampler::settings(size_t index) const {
-  const data::SamplePrompt& p = prompts_.at(index);
+  const SamplePrompt& p = prompts_.at(index);
   SampleSettings s;
   s.width = p.width;
   s.height = p.height;
   s.steps = p.steps;
   s.guidance = p.guidance;
   s.cfg = p.cfg;
-  s.seed = data::sample_seed(p, options_.run_seed, index);
+  s.seed = sample_seed(p, options_.run_seed, index);
   s.negative = p.negative;
   s.shift = options_.shift;
   return s;

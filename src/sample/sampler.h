@@ -27,8 +27,8 @@
 #include <vector>
 
 #include "data/image.h"
-#include "data/prompts.h"
 #include "models/ae/autoencoder.h"
+#include "sample/prompts.h"
 
 namespace fluxtrain::models {
 class FluxTransformerImpl;
@@ -85,7 +85,7 @@ using TextEncodeFn = std::function<std::vector<Conditioning>(const std::vector<s
 struct SamplerOptions {
   std::filesystem::path out_dir;  // created if needed
   std::string name = "sample";    // file name prefix: {name}_{step:06d}_{idx:02d}_{seed}.png
-  uint64_t run_seed = 42;         // seeds of prompts without --d (data::sample_seed)
+  uint64_t run_seed = 42;         // seeds of prompts without --d (sample_seed)
   std::optional<bool> shift;      // see SampleSettings::shift
   // tEXt chunks added to every PNG besides the prompt's own, e.g. {"model", "flux1-dev.safetensors"},
   // {"loras", "a.safetensors:0.8"}.
@@ -96,21 +96,21 @@ class Sampler {
  public:
   // Encodes every prompt (and the negative prompts of those with cfg != 1) with `encode` right away,
   // so the caller can free the text encoders when this returns. Width/height must be multiples of 16
-  // (data::load_prompts rounds them). `ae` is used for every decode (its device and dtype are kept).
-  Sampler(models::AutoEncoder ae, std::vector<data::SamplePrompt> prompts, const TextEncodeFn& encode,
+  // (load_prompts rounds them). `ae` is used for every decode (its device and dtype are kept).
+  Sampler(models::AutoEncoder ae, std::vector<SamplePrompt> prompts, const TextEncodeFn& encode,
           SamplerOptions options);
 
   // Renders every prompt with `model` (no gradients; the caller puts LoRA dropouts in eval mode) and
   // writes the PNGs; returns their paths. `step` names the files and goes into the text chunks.
   std::vector<std::filesystem::path> render(int64_t step, models::FluxTransformerImpl& model);
 
-  const std::vector<data::SamplePrompt>& prompts() const { return prompts_; }
+  const std::vector<SamplePrompt>& prompts() const { return prompts_; }
   // The settings of prompt `index` (seed resolved).
   SampleSettings settings(size_t index) const;
 
  private:
   models::AutoEncoder ae_;
-  std::vector<data::SamplePrompt> prompts_;
+  std::vector<SamplePrompt> prompts_;
   std::vector<Conditioning> positive_;
   std::vector<Conditioning> negative_;  // undefined tensors where cfg == 1
   SamplerOptions options_;

@@ -200,23 +200,24 @@ std::pair<at::Tensor, at::Tensor> LatentCache::load(const PreparedImage& p) cons
   fs::path path = entry(p);
   auto tensors = read_entry(path);
   if (!tensors.count("latents")) {
-    fail(path.string(), ": the latent cache entry of ", p.path, " is missing or unreadable; run `fluxtrain cache` or the "
+    fail(path.string(), ": the latent cache entry of ", p.path,
+         " is missing or unreadable; run `fluxtrain cache` or the "
          "training again to recompute it");
   }
   return {tensors["latents"], p.alpha_mask ? tensors["mask"] : at::Tensor()};
 }
 
-TextCache::TextCache(fs::path cache_dir, std::string encoders_identity, TextEncoderOptions options)
+TextCache::TextCache(fs::path cache_dir, std::string encoders_identity, sample::TextEncoderOptions options)
     : dir_(std::move(cache_dir)), identity_(std::move(encoders_identity)), options_(options) {}
 
 fs::path TextCache::entry(const std::string& caption) const {
-  std::string key = cat("text v", kTextFormat, "|", identity_, "|", options_.t5_max_length, "|",
-                        options_.t5_attn_mask, "|", caption);
+  std::string key =
+      cat("text v", kTextFormat, "|", identity_, "|", options_.t5_max_length, "|", options_.t5_attn_mask, "|", caption);
   return dir_ / "text" / (sha256_hex(key) + ".safetensors");
 }
 
 CacheStats TextCache::ensure(const std::vector<std::string>& captions,
-                             const std::function<TextEncoders&()>& make_encoders, int batch_size) {
+                             const std::function<sample::TextEncoders&()>& make_encoders, int batch_size) {
   CacheStats stats;
   std::vector<std::string> missing;
   std::set<std::string> seen;
@@ -231,12 +232,13 @@ CacheStats TextCache::ensure(const std::vector<std::string>& captions,
   }
   if (missing.empty()) return stats;
   fs::create_directories(dir_ / "text");
-  TextEncoders& encoders = make_encoders();
+  sample::TextEncoders& encoders = make_encoders();
   const size_t batch = static_cast<size_t>(std::max(1, batch_size));
   for (size_t start = 0; start < missing.size(); start += batch) {
-    std::vector<std::string> chunk(missing.begin() + static_cast<std::ptrdiff_t>(start),
-                                   missing.begin() + static_cast<std::ptrdiff_t>(std::min(missing.size(), start + batch)));
-    TextEmbeddings e = encoders.encode(chunk);
+    std::vector<std::string> chunk(
+        missing.begin() + static_cast<std::ptrdiff_t>(start),
+        missing.begin() + static_cast<std::ptrdiff_t>(std::min(missing.size(), start + batch)));
+    sample::TextEmbeddings e = encoders.encode(chunk);
     for (size_t i = 0; i < chunk.size(); ++i) {
       auto row = static_cast<int64_t>(i);
       safetensors::write(entry(chunk[i]).string(),
@@ -250,11 +252,12 @@ CacheStats TextCache::ensure(const std::vector<std::string>& captions,
   return stats;
 }
 
-TextEmbeddings TextCache::load(const std::string& caption) const {
+sample::TextEmbeddings TextCache::load(const std::string& caption) const {
   fs::path path = entry(caption);
   auto tensors = read_entry(path);
   if (!tensors.count("t5") || !tensors.count("clip_pooled")) {
-    fail(path.string(), ": the text cache entry of caption '", caption.substr(0, 60), "' is missing or unreadable; "
+    fail(path.string(), ": the text cache entry of caption '", caption.substr(0, 60),
+         "' is missing or unreadable; "
          "run `fluxtrain cache` or the training again to recompute it");
   }
   return {tensors["t5"], tensors["t5_mask"], tensors["clip_pooled"]};

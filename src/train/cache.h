@@ -20,7 +20,7 @@
 #include <vector>
 
 #include "models/options.h"
-#include "train/text_encoding.h"
+#include "sample/text_encoding.h"
 
 namespace fluxtrain::train {
 
@@ -70,17 +70,17 @@ class LatentCache {
 
 class TextCache {
  public:
-  TextCache(std::filesystem::path cache_dir, std::string encoders_identity, TextEncoderOptions options);
+  TextCache(std::filesystem::path cache_dir, std::string encoders_identity, sample::TextEncoderOptions options);
   std::filesystem::path entry(const std::string& caption) const;
   // Encodes every caption without a valid entry; `make_encoders` is called only if one is missing.
-  CacheStats ensure(const std::vector<std::string>& captions, const std::function<TextEncoders&()>& make_encoders,
-                    int batch_size);
-  TextEmbeddings load(const std::string& caption) const;  // [L, D], [L], [D] on the CPU
+  CacheStats ensure(const std::vector<std::string>& captions,
+                    const std::function<sample::TextEncoders&()>& make_encoders, int batch_size);
+  sample::TextEmbeddings load(const std::string& caption) const;  // [L, D], [L], [D] on the CPU
 
  private:
   std::filesystem::path dir_;
   std::string identity_;
-  TextEncoderOptions options_;
+  sample::TextEncoderOptions options_;
 };
 
 }  // namespace fluxtrain::train

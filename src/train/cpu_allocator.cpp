@@ -16,8 +16,6 @@
 #include <utility>
 #include <vector>
 
-#include "core/env.h"
-
 namespace fluxtrain::train {
 namespace {
 
@@ -189,8 +187,7 @@ class CachingCpuAllocator final : public c10::Allocator {
     ::munmap(p, size);
   }
 
-  CachingCpuAllocator()
-      : limit_(static_cast<size_t>(core::env_int("FLUXTRAIN_CPU_CACHE_MB", 2048, 0, 1 << 24)) << 20) {}
+  CachingCpuAllocator() : limit_(static_cast<size_t>(kDefaultCpuCacheBytes)) {}
 
   std::mutex mutex_;
   std::unordered_map<void*, size_t> live_;               // large blocks in use -> size
@@ -206,12 +203,8 @@ std::once_flag installed;
 
 }  // namespace
 
-void use_caching_cpu_allocator() {
-  std::call_once(installed, [] { c10::SetCPUAllocator(&CachingCpuAllocator::instance(), /*priority=*/1); });
-}
-
 void use_caching_cpu_allocator(int64_t limit_bytes) {
-  use_caching_cpu_allocator();
+  std::call_once(installed, [] { c10::SetCPUAllocator(&CachingCpuAllocator::instance(), /*priority=*/1); });
   CachingCpuAllocator::instance().set_limit(limit_bytes);
 }
 

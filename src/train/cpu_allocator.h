@@ -30,11 +30,12 @@ struct CpuCacheStats {
   int64_t peak_live_bytes = 0;  // the most large blocks in use at once so far
 };
 
-// Makes the caching allocator libtorch's CPU allocator (once; later calls only change the limit).
-// Tensors allocated before keep their own deleters. Default limit: FLUXTRAIN_CPU_CACHE_MB (MiB) when
-// set (a whole number from 0; anything else is an Error naming it), else 2048 MiB.
-void use_caching_cpu_allocator();
-void use_caching_cpu_allocator(int64_t limit_bytes);
+// The cache's limit unless the caller gives another (the app takes FLUXTRAIN_CPU_CACHE_MB).
+inline constexpr int64_t kDefaultCpuCacheBytes = int64_t{2048} << 20;
+
+// Makes the caching allocator libtorch's CPU allocator (once; later calls only change the limit) and
+// sets the most bytes it keeps cached. Tensors allocated before keep their own deleters.
+void use_caching_cpu_allocator(int64_t limit_bytes = kDefaultCpuCacheBytes);
 
 CpuCacheStats cpu_cache_stats();
 

@@ -14,20 +14,25 @@ DatasetSource::DatasetSource(std::shared_ptr<const data::DatasetPlan> plan, Enco
                              DatasetSourceOptions options)
     : plan_(std::move(plan)), files_(std::move(files)), options_(std::move(options)) {
   latents_ = std::make_unique<LatentCache>(options_.cache_dir, model_identity(files_.ae, options_.cache_dir));
-  std::string text_identity = model_identity(files_.clip_l, options_.cache_dir) + "+" +
-                              model_identity(files_.t5xxl, options_.cache_dir);
+  std::string text_identity =
+      model_identity(files_.clip_l, options_.cache_dir) + "+" + model_identity(files_.t5xxl, options_.cache_dir);
   text_ = std::make_unique<TextCache>(options_.cache_dir, text_identity, options_.text);
 }
 
 DatasetSource::~DatasetSource() = default;
 
-int64_t DatasetSource::batches_per_epoch() const { return plan_->steps_per_epoch(); }
+int64_t DatasetSource::batches_per_epoch() const {
+  return plan_->steps_per_epoch();
+}
 
-int64_t DatasetSource::images_per_epoch() const { return plan_->train_samples() + plan_->reg_samples(); }
+int64_t DatasetSource::images_per_epoch() const {
+  return plan_->train_samples() + plan_->reg_samples();
+}
 
 PreparedImage DatasetSource::prepared(const data::PlannedSample& sample) const {
   const data::DatasetImage& image = plan_->images().at(static_cast<size_t>(sample.image));
-  const auto& subset = plan_->config().datasets.at(static_cast<size_t>(image.dataset)).subsets.at(static_cast<size_t>(image.subset));
+  const auto& subset =
+      plan_->config().datasets.at(static_cast<size_t>(image.dataset)).subsets.at(static_cast<size_t>(image.subset));
   PreparedImage p;
   p.path = image.path.string();
   p.bucket_width = image.fit.bucket.width;
@@ -41,9 +46,9 @@ PreparedImage DatasetSource::prepared(const data::PlannedSample& sample) const {
   return p;
 }
 
-TextEncoders& DatasetSource::encoders() {
+sample::TextEncoders& DatasetSource::encoders() {
   if (!encoders_) {
-    encoders_ = std::make_unique<TextEncoders>(files_.clip_l, files_.t5xxl, options_.encoders, options_.text);
+    encoders_ = std::make_unique<sample::TextEncoders>(files_.clip_l, files_.t5xxl, options_.encoders, options_.text);
   }
   return *encoders_;
 }
@@ -54,7 +59,8 @@ std::string DatasetSource::prepare() {
   for (size_t i = 0; i < plan_->images().size(); ++i) {
     const data::DatasetImage& image = plan_->images()[i];
     if (image.num_repeats <= 0) continue;
-    const auto& subset = plan_->config().datasets.at(static_cast<size_t>(image.dataset)).subsets.at(static_cast<size_t>(image.subset));
+    const auto& subset =
+        plan_->config().datasets.at(static_cast<size_t>(image.dataset)).subsets.at(static_cast<size_t>(image.subset));
     data::PlannedSample s;
     s.image = static_cast<int>(i);
     s.crop_left = image.fit.crop_left;
@@ -72,8 +78,8 @@ std::string DatasetSource::prepare() {
   for (const auto& batch : plan_->epoch(options_.seed, 0)) {
     for (const auto& sample : batch.samples) captions.push_back(sample.caption);
   }
-  CacheStats text_stats = text_->ensure(captions, [this]() -> TextEncoders& { return encoders(); },
-                                        options_.encode_batch_size);
+  CacheStats text_stats = text_->ensure(
+      captions, [this]() -> sample::TextEncoders& { return encoders(); }, options_.encode_batch_size);
   encoders_.reset();  // freed before training; reloaded only if a random caption variant needs it
   return cat("latent cache: ", latent_stats.reused, " reused, ", latent_stats.computed, " encoded",
              latent_stats.corrupt ? cat(" (", latent_stats.corrupt, " unreadable entries recomputed)") : std::string(),
@@ -98,17 +104,19 @@ LatentBatch DatasetSource::batch(int64_t epoch, int64_t index) {
       at::NoGradGuard no_grad;
       PreparedPixels px = prepare_pixels(p);
       latents.push_back(ae_.model->encode(px.pixels.unsqueeze(0).to(options_.encoders.device, options_.encoders.dtype))
-                            .squeeze(0).to(at::kFloat).cpu());
+                            .squeeze(0)
+                            .to(at::kFloat)
+                            .cpu());
       masks.push_back(px.alpha.defined()
                           ? at::avg_pool2d(px.alpha.unsqueeze(0).unsqueeze(0), {8, 8}).squeeze(0).squeeze(0)
                           : at::Tensor());
     }
     any_mask = any_mask || masks.back().defined();
-    TextEmbeddings e;
+    sample::TextEmbeddings e;
     if (std::filesystem::exists(text_->entry(sample.caption))) {
       e = text_->load(sample.caption);
     } else {
-      TextEmbeddings fresh = encoders().encode({sample.caption});
+      sample::TextEmbeddings fresh = encoders().encode({sample.caption});
       e = {fresh.t5[0].cpu(), fresh.t5_mask[0].cpu(), fresh.clip_pooled[0].cpu()};
     }
     t5.push_back(e.t5.to(at::kFloat));

@@ -12,7 +12,7 @@
 #include "data/dataset.h"
 #include "models/convert.h"
 #include "train/cache.h"
-#include "train/trainer.h"
+#include "train/data_source.h"
 
 namespace fluxtrain::train {
 
@@ -25,7 +25,7 @@ struct EncoderFiles {
 struct DatasetSourceOptions {
   std::filesystem::path cache_dir;
   models::ModelOptions encoders;  // device / dtype the encoders run in
-  TextEncoderOptions text;
+  sample::TextEncoderOptions text;
   int encode_batch_size = 4;
   uint64_t seed = 42;
 };
@@ -47,14 +47,14 @@ class DatasetSource : public DataSource {
 
  private:
   PreparedImage prepared(const data::PlannedSample& sample) const;
-  TextEncoders& encoders();
+  sample::TextEncoders& encoders();
 
   std::shared_ptr<const data::DatasetPlan> plan_;
   EncoderFiles files_;
   DatasetSourceOptions options_;
   std::unique_ptr<LatentCache> latents_;
   std::unique_ptr<TextCache> text_;
-  std::unique_ptr<TextEncoders> encoders_;
+  std::unique_ptr<sample::TextEncoders> encoders_;
   models::LoadedAe ae_;
 };
 

@@ -13,7 +13,7 @@
 #include <mutex>
 #include <thread>
 
-#include "train/trainer.h"
+#include "train/data_source.h"
 
 namespace fluxtrain::train {
 
@@ -50,8 +50,8 @@ class PrefetchingSource : public DataSource {
   std::mutex mutex_;
   std::condition_variable changed_;
   std::map<int64_t, Slot> ready_;
-  int64_t next_ = 0;       // the next position the worker computes
-  int64_t wanted_ = 0;     // the position the trainer asks for next
+  int64_t next_ = 0;         // the next position the worker computes
+  int64_t wanted_ = 0;       // the position the trainer asks for next
   uint64_t generation_ = 0;  // bumped on a restart, so a batch computed for the old sequence is dropped
   bool stop_ = false;
   double wait_seconds_ = 0;

@@ -10,6 +10,7 @@
 
 #include "models/flux/flux.h"
 #include "train/checkpointing.h"
+#include "train/data_source.h"
 #include "train/flow_matching.h"
 
 namespace fluxtrain::optim {
@@ -17,15 +18,6 @@ class Optimizer;
 }
 
 namespace fluxtrain::train {
-
-// What the caches hold for a batch (one bucket: same latent size for every sample).
-struct LatentBatch {
-  at::Tensor latents;      // [B, 16, h, w], AE latents already scaled and shifted
-  at::Tensor t5;           // [B, L, context_in_dim]
-  at::Tensor t5_mask;      // [B, L] (1 = token) or undefined
-  at::Tensor clip_pooled;  // [B, vec_in_dim]
-  at::Tensor loss_mask;    // [B, h, w] in [0, 1] (alpha_mask training) or undefined
-};
 
 // The settings (train/options.h) with the checkpointing's generators and the compute dtype.
 struct StepOptions {

@@ -18,21 +18,11 @@
 #include "lora/lora_file.h"
 #include "lora/network.h"
 #include "models/options.h"
+#include "train/data_source.h"
 #include "train/options.h"
 #include "train/step.h"
 
 namespace fluxtrain::train {
-
-// Batches by position. batch(epoch, i) must be a pure function of its arguments (and the source's
-// seed), so that a resumed run sees exactly the batches the uninterrupted run would have.
-class DataSource {
- public:
-  virtual ~DataSource() = default;
-  virtual int64_t batches_per_epoch() const = 0;
-  virtual LatentBatch batch(int64_t epoch, int64_t index) = 0;
-  // Images in one epoch (with repeats), for the metadata.
-  virtual int64_t images_per_epoch() const = 0;
-};
 
 // The run's options (train/options.h, filled by the option table) plus what the app resolves for it.
 struct TrainerConfig : TrainOptions {
@@ -54,10 +44,10 @@ struct TrainResult {
   int64_t steps = 0;        // optimizer steps done in total (including before a resume)
   int64_t total_steps = 0;  // planned
   double last_loss = 0;
-  bool interrupted = false;  // stopped by SIGINT/SIGTERM after saving a state
+  bool interrupted = false;        // stopped by SIGINT/SIGTERM after saving a state
   std::vector<std::string> files;  // LoRA/model files written by this process
   double seconds = 0;
-  double data_wait_share = 0;  // time the steps waited for the loader / time of the steps
+  double data_wait_share = 0;     // time the steps waited for the loader / time of the steps
   double peak_memory_bytes = -1;  // device peak (CUDA) or peak RSS (CPU); -1 if unknown
 };
 

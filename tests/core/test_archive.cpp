@@ -1,4 +1,4 @@
-// Archive extraction safety (src/data/archive.h): archives are written here with libarchive's writer,
+// Archive extraction safety (src/fetch/archive.h): archives are written here with libarchive's writer,
 // including hostile ones (path traversal, absolute paths, escaping links, devices, bombs).
 #include <archive.h>
 #include <archive_entry.h>
@@ -13,12 +13,12 @@
 #include <vector>
 
 #include "core/error.h"
-#include "data/archive.h"
+#include "fetch/archive.h"
 #include "temp_dir.h"
 
 namespace fs = std::filesystem;
 using fluxtrain::Error;
-using namespace fluxtrain::data;
+using namespace fluxtrain::fetch;
 
 namespace {
 
@@ -403,31 +403,4 @@ TEST_F(ArchiveTest, SkipsMacResourceForksAndReplacesDuplicates) {
   EXPECT_EQ(stats.skipped, 1u);
   EXPECT_EQ(listing(work_ / "out" / "dataset"), (std::vector<std::string>{"set", "set/a.png"}));
   EXPECT_EQ(read(work_ / "out/dataset/set/a.png"), "second");
-}
-
-TEST(ArchiveLimitsEnv, ParsesAndRejects) {
-  ::setenv("FLUXTRAIN_ARCHIVE_MAX_BYTES", "2G", 1);
-  ::setenv("FLUXTRAIN_ARCHIVE_MAX_RATIO", "50", 1);
-  ::setenv("FLUXTRAIN_ARCHIVE_MAX_ENTRIES", "10", 1);
-  ArchiveLimits limits = ArchiveLimits::from_environment();
-  EXPECT_EQ(limits.max_total_bytes, uint64_t{2} << 30);
-  EXPECT_EQ(limits.max_ratio, 50);
-  EXPECT_EQ(limits.max_entries, 10u);
-  ::setenv("FLUXTRAIN_ARCHIVE_MAX_BYTES", "12345", 1);
-  EXPECT_EQ(ArchiveLimits::from_environment().max_total_bytes, 12345u);
-  for (const char* bad : {"lots", "-1", "5X", "0"}) {
-    ::setenv("FLUXTRAIN_ARCHIVE_MAX_BYTES", bad, 1);
-    try {
-      ArchiveLimits::from_environment();
-      ADD_FAILURE() << bad;
-    } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find("FLUXTRAIN_ARCHIVE_MAX_BYTES"), std::string::npos);
-    }
-  }
-  ::unsetenv("FLUXTRAIN_ARCHIVE_MAX_BYTES");
-  ::setenv("FLUXTRAIN_ARCHIVE_MAX_RATIO", "0.5", 1);
-  EXPECT_THROW(ArchiveLimits::from_environment(), Error);
-  ::unsetenv("FLUXTRAIN_ARCHIVE_MAX_RATIO");
-  ::unsetenv("FLUXTRAIN_ARCHIVE_MAX_ENTRIES");
-  EXPECT_EQ(ArchiveLimits::from_environment().max_entries, ArchiveLimits{}.max_entries);
 }

@@ -1,15 +1,15 @@
-// The pure parts of dataset fetching (src/data/http.h, fetch.h): URL redaction, Link headers, URL
+// The pure parts of dataset fetching (src/fetch/http.h, dataset.h): URL redaction, Link headers, URL
 // encoding, DATASET_NAME parsing. The network paths are tested end to end in tests/e2e/test_fetch.py.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
 
 #include "core/error.h"
-#include "data/fetch.h"
-#include "data/http.h"
+#include "fetch/dataset.h"
+#include "fetch/http.h"
 #include "temp_dir.h"
 
-using namespace fluxtrain::data;
+using namespace fluxtrain::fetch;
 using fluxtrain::Error;
 
 TEST(FetchHelpers, RedactUrl) {
@@ -66,24 +66,6 @@ TEST(FetchHelpers, ParseDatasetSource) {
   for (const char* bad : {"", "kaggle:nameonly", "kaggle:a/b/c", "hf:a/", "ftp://host/x", "s3://bucket/x"}) {
     EXPECT_THROW(parse_dataset_source(bad), Error) << bad;
   }
-}
-
-TEST(FetchHelpers, EnvironmentIsValidated) {
-  ::setenv("FLUXTRAIN_HTTP_RETRIES", "two", 1);
-  try {
-    HttpOptions::from_environment();
-    ADD_FAILURE();
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("FLUXTRAIN_HTTP_RETRIES='two'"), std::string::npos) << e.what();
-  }
-  ::setenv("FLUXTRAIN_HTTP_RETRIES", "0", 1);
-  EXPECT_EQ(HttpOptions::from_environment().max_attempts, 1);
-  ::unsetenv("FLUXTRAIN_HTTP_RETRIES");
-  ::setenv("HF_ENDPOINT", "huggingface.co", 1);
-  EXPECT_THROW(FetchOptions::from_environment(), Error);
-  ::setenv("HF_ENDPOINT", "https://hf-mirror.example/", 1);
-  EXPECT_EQ(FetchOptions::from_environment().hf_endpoint, "https://hf-mirror.example");
-  ::unsetenv("HF_ENDPOINT");
 }
 
 TEST(FetchHelpers, LocalFolderIsReturnedAsItIs) {

@@ -6,11 +6,11 @@
 #include <set>
 
 #include "core/error.h"
-#include "data/prompts.h"
+#include "sample/prompts.h"
 #include "temp_dir.h"
 #include "test_util.h"
 
-namespace fluxtrain::data {
+namespace fluxtrain::sample {
 namespace {
 
 using fluxtrain::testing::write_file;
@@ -267,8 +267,9 @@ TEST(Prompts, TableFormsWithoutSubsetsAndInJson) {
   EXPECT_EQ(json[1].origin, "p.json: prompt.subset[1]");
   ASSERT_EQ(warnings.size(), 1u);
   EXPECT_NE(warnings[0].find("top-level key 'extra' is ignored"), std::string::npos);
-  EXPECT_NE(error_of([] { parse_prompts_json(R"({"prompt": {"subset": [3]}})", "p.json"); })
-                .find("p.json: prompt.subset[0]: a prompt.subset entry must be a table"),
+  EXPECT_NE(error_of([] {
+              parse_prompts_json(R"({"prompt": {"subset": [3]}})", "p.json");
+            }).find("p.json: prompt.subset[0]: a prompt.subset entry must be a table"),
             std::string::npos);
 }
 
@@ -311,4 +312,4 @@ TEST(Prompts, LoadInlineText) {
 }
 
 }  // namespace
-}  // namespace fluxtrain::data
+}  // namespace fluxtrain::sample

@@ -1,4 +1,4 @@
-#include "train/text_encoding.h"
+#include "sample/text_encoding.h"
 
 #include <ATen/ATen.h>
 
@@ -6,7 +6,7 @@
 #include "tokenizers/clip_bpe.h"
 #include "tokenizers/t5_unigram.h"
 
-namespace fluxtrain::train {
+namespace fluxtrain::sample {
 
 struct TextEncoders::State {
   models::LoadedClip clip;
@@ -50,4 +50,4 @@ TextEmbeddings TextEncoders::encode(const std::vector<std::string>& captions) {
   return out;
 }
 
-}  // namespace fluxtrain::train
+}  // namespace fluxtrain::sample

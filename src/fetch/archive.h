@@ -22,7 +22,7 @@
 #include <string>
 #include <string_view>
 
-namespace fluxtrain::data {
+namespace fluxtrain::fetch {
 
 struct ArchiveLimits {
   // Total bytes written (all entries). A declared entry size over what is left fails before writing.
@@ -34,11 +34,6 @@ struct ArchiveLimits {
   // a bomb (1 GB of zeros is ~1 MB gzip'd, ~1000:1) trips this after ~16 MB.
   double max_ratio = 200;
   uint64_t ratio_allowance_bytes = uint64_t{16} << 20;
-
-  // Defaults, overridden by FLUXTRAIN_ARCHIVE_MAX_BYTES (bytes, or with a K/M/G/T suffix in powers of
-  // 1024: "500G"), FLUXTRAIN_ARCHIVE_MAX_RATIO and FLUXTRAIN_ARCHIVE_MAX_ENTRIES. Throws Error naming a
-  // bad variable.
-  static ArchiveLimits from_environment();
 };
 
 struct ExtractStats {
@@ -65,4 +60,4 @@ bool has_archive_extension(std::string_view name);
 // unsafe (absolute, "..", a drive letter). "." and "" normalise to "" with *why empty.
 std::string normalize_relative_path(std::string_view path, std::string* why);
 
-}  // namespace fluxtrain::data
+}  // namespace fluxtrain::fetch

@@ -1,5 +1,6 @@
-// HTTP GETs for dataset downloads (torch-free, libcurl): into memory for JSON APIs, or into a file
-// with retries, resume, redirects, progress, size and sha256 checks and an atomic final rename.
+// HTTP GETs for downloads of datasets and model files (torch-free, libcurl): into memory for JSON APIs,
+// or into a file with retries, resume, redirects, progress, size and sha256 checks and an atomic final
+// rename.
 //
 // Credentials (HttpAuth) go only to the scheme/host/port of the URL first asked for: redirects are
 // followed here, not by libcurl, and a redirect to another origin (the Hub's resolve URLs redirect to
@@ -19,7 +20,7 @@ namespace fluxtrain {
 class Progress;
 }
 
-namespace fluxtrain::data {
+namespace fluxtrain::fetch {
 
 struct HttpAuth {
   std::string bearer_token;  // sent as "Authorization: Bearer <token>"
@@ -45,10 +46,6 @@ struct HttpOptions {
   int max_redirects = 10;
   // Report download progress through core/progress.h.
   bool progress = true;
-
-  // Defaults, overridden by FLUXTRAIN_HTTP_RETRIES (retries after the first try, default 4) and
-  // FLUXTRAIN_HTTP_BACKOFF_SECONDS (the first wait, default 1). Throws Error naming a bad variable.
-  static HttpOptions from_environment();
 };
 
 struct HttpRequest {
@@ -97,4 +94,4 @@ std::string link_next(std::string_view link_header);
 // Percent-encodes everything but RFC 3986 unreserved characters (and '/' when keep_slash).
 std::string url_encode(std::string_view text, bool keep_slash);
 
-}  // namespace fluxtrain::data
+}  // namespace fluxtrain::fetch

@@ -26,7 +26,7 @@
 #include <string>
 #include <vector>
 
-namespace fluxtrain::data {
+namespace fluxtrain::sample {
 
 struct SamplePrompt {
   std::string prompt;
@@ -89,4 +89,4 @@ uint64_t derive_sample_seed(uint64_t run_seed, size_t index);
 // The prompt's seed, or the derived one.
 uint64_t sample_seed(const SamplePrompt& prompt, uint64_t run_seed, size_t index);
 
-}  // namespace fluxtrain::data
+}  // namespace fluxtrain::sample

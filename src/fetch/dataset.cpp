@@ -1,4 +1,4 @@
-#include "data/fetch.h"
+#include "fetch/dataset.h"
 
 #include <fcntl.h>
 #include <sys/file.h>
@@ -27,8 +27,11 @@
 #include "core/log.h"
 #include "core/progress.h"
 #include "core/sha256.h"
+#include "core/strings.h"
+#include "fetch/hub.h"
+#include "fetch/kaggle.h"
 
-namespace fluxtrain::data {
+namespace fluxtrain::fetch {
 namespace {
 
 namespace fs = std::filesystem;
@@ -47,11 +50,6 @@ bool is_repo_id(std::string_view text) {
   size_t slash = text.find('/');
   return slash != std::string_view::npos && valid_repo_part(text.substr(0, slash)) &&
          valid_repo_part(text.substr(slash + 1));
-}
-
-std::string lower(std::string text) {
-  for (char& c : text) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return text;
 }
 
 // A readable folder name: [A-Za-z0-9._-], at most 60 characters, never hidden.
@@ -74,23 +72,6 @@ const char* kind_name(DatasetSourceKind kind) {
     case DatasetSourceKind::local: return "local";
   }
   return "?";
-}
-
-bool is_http_url(const std::string& endpoint) {
-  std::string text = lower(endpoint);
-  return text.starts_with("http://") || text.starts_with("https://");
-}
-
-std::string without_trailing_slashes(std::string text) {
-  while (!text.empty() && text.back() == '/') text.pop_back();
-  return text;
-}
-
-// scheme://host[:port] of an endpoint, to resolve root-relative links.
-std::string origin_of(const std::string& url) {
-  size_t authority = url.find("://");
-  if (authority == std::string::npos) return url;
-  return url.substr(0, url.find('/', authority + 3));
 }
 
 // The cache folder of one source at one revision.
@@ -193,12 +174,6 @@ std::string hub_not_found_hint(const std::string& repo, const FetchOptions& opti
   return cat("check the dataset name and the revision '", revision, "' at ", options.hf_endpoint, "/datasets/", repo,
              " (a model repository is not a dataset); and if a local folder was meant, ./", repo,
              " does not exist here");
-}
-
-bool is_sha256(const std::string& text) {
-  return text.size() == 64 && std::all_of(text.begin(), text.end(), [](char c) {
-           return std::isdigit(static_cast<unsigned char>(c)) || (c >= 'a' && c <= 'f');
-         });
 }
 
 bool have_file(const fs::path& path, const HubFile& file) {
@@ -331,19 +306,11 @@ fs::path fetch_file(const DatasetSource& source, const Entry& entry, const Fetch
     HttpRequest request;
     std::string name;
     if (source.kind == DatasetSourceKind::kaggle) {
-      std::string api =
-          options.kaggle_endpoint.ends_with("/api/v1") ? options.kaggle_endpoint : options.kaggle_endpoint + "/api/v1";
-      request.url = cat(api, "/datasets/download/", source.repo,
-                        entry.revision.empty() ? "" : "?datasetVersionNumber=" + entry.revision);
-      request.auth.basic_user = options.kaggle_username;
-      request.auth.basic_password = options.kaggle_key;
-      request.auth.variables = "KAGGLE_USERNAME and KAGGLE_KEY";
-      request.what = cat("Kaggle dataset ", source.repo);
-      request.not_found_hint = cat("check the name (and version) at https://www.kaggle.com/datasets/", source.repo);
+      request = kaggle_download_request(source.repo, entry.revision, options);
       name = slug(source.repo.substr(source.repo.find('/') + 1)) + ".zip";
       must_extract = true;
       log::info("fetching Kaggle dataset ", source.repo,
-                entry.revision.empty() ? "" : " (version " + entry.revision + ")", " from ", api);
+                entry.revision.empty() ? "" : " (version " + entry.revision + ")", " from ", kaggle_api(options));
     } else {
       request.url = source.url;
       request.what = cat("the dataset at ", entry.source);
@@ -393,11 +360,6 @@ fs::path fetch_file(const DatasetSource& source, const Entry& entry, const Fetch
   return root;
 }
 
-std::string env(const char* name) {
-  const char* value = std::getenv(name);
-  return value != nullptr ? value : "";
-}
-
 }  // namespace
 
 DatasetSource parse_dataset_source(const std::string& spec) {
@@ -435,114 +397,6 @@ DatasetSource parse_dataset_source(const std::string& spec) {
   source.kind = DatasetSourceKind::local;
   source.path = spec;
   return source;
-}
-
-FetchOptions FetchOptions::from_environment() {
-  FetchOptions options;
-  if (std::string endpoint = env("HF_ENDPOINT"); !endpoint.empty()) {
-    if (!is_http_url(endpoint))
-      fail("HF_ENDPOINT='", endpoint, "' is not an http(s) URL (e.g. https://huggingface.co)");
-    options.hf_endpoint = without_trailing_slashes(endpoint);
-  }
-  options.hf_token = env("HF_TOKEN");
-  if (std::string endpoint = env("KAGGLE_API_ENDPOINT"); !endpoint.empty()) {
-    if (!is_http_url(endpoint)) {
-      fail("KAGGLE_API_ENDPOINT='", endpoint, "' is not an http(s) URL (e.g. https://www.kaggle.com)");
-    }
-    options.kaggle_endpoint = without_trailing_slashes(endpoint);
-  }
-  options.kaggle_username = env("KAGGLE_USERNAME");
-  options.kaggle_key = env("KAGGLE_KEY");
-  if (std::string workers = env("FLUXTRAIN_DOWNLOAD_WORKERS"); !workers.empty()) {
-    char* end = nullptr;
-    long value = std::strtol(workers.c_str(), &end, 10);
-    if (*end != '\0' || value < 1 || value > 64) {
-      fail("FLUXTRAIN_DOWNLOAD_WORKERS='", workers, "' is not a whole number from 1 to 64");
-    }
-    options.parallel_downloads = static_cast<int>(value);
-  }
-  options.http = HttpOptions::from_environment();
-  options.limits = ArchiveLimits::from_environment();
-  return options;
-}
-
-fs::path default_dataset_cache_dir() {
-  if (std::string dir = env("FLUXTRAIN_DATASET_CACHE"); !dir.empty()) return dir;
-  if (std::string dir = env("FLUXTRAIN_CACHE"); !dir.empty()) return fs::path(dir) / "datasets";
-  if (std::string dir = env("XDG_CACHE_HOME"); !dir.empty()) return fs::path(dir) / "fluxtrain" / "datasets";
-  if (std::string home = env("HOME"); !home.empty()) return fs::path(home) / ".cache" / "fluxtrain" / "datasets";
-  fail("no folder for the dataset cache: HOME is not set; set FLUXTRAIN_DATASET_CACHE (or --cache-dir)");
-}
-
-HttpAuth hub_auth(const FetchOptions& options) {
-  HttpAuth auth;
-  auth.bearer_token = options.hf_token;
-  auth.variables = "HF_TOKEN";
-  return auth;
-}
-
-std::string hub_file_url(HubRepoType type, const std::string& repo, const std::string& revision,
-                         const std::string& path, const FetchOptions& options) {
-  return cat(options.hf_endpoint, type == HubRepoType::dataset ? "/datasets/" : "/", repo, "/resolve/",
-             url_encode(revision, false), "/", url_encode(path, true));
-}
-
-std::vector<HubFile> list_hub_files(const HubListing& listing, const FetchOptions& options) {
-  const std::string& repo = listing.repo;
-  const bool dataset = listing.type == HubRepoType::dataset;
-  const std::string what =
-      cat("the file list of Hugging Face ", dataset ? "dataset " : "model ", repo,
-          listing.folder.empty() ? "" : " (folder " + listing.folder + ")", " at revision '", listing.revision, "'");
-  std::string url =
-      cat(options.hf_endpoint, dataset ? "/api/datasets/" : "/api/models/", repo, "/tree/",
-          url_encode(listing.revision, false), listing.folder.empty() ? "" : "/" + url_encode(listing.folder, true),
-          "?recursive=", listing.recursive ? "true" : "false", "&expand=false");
-  HttpRequest request;
-  request.auth = hub_auth(options);
-  request.what = what;
-  request.not_found_hint = listing.not_found_hint;
-  request.access_hint = listing.access_hint;
-  std::vector<HubFile> files;
-  std::set<std::string> seen_pages;
-  while (!url.empty()) {
-    if (!seen_pages.insert(url).second)
-      fail(what, ": the listing's next page is one seen before (", redact_url(url), ")");
-    request.url = url;
-    HttpResponse response = http_get(request, options.http);
-    json page = json::parse(response.body, nullptr, false);
-    if (page.is_discarded() || !page.is_array()) {
-      fail(what, ": the answer from ", redact_url(url), " is not a JSON list; is HF_ENDPOINT (", options.hf_endpoint,
-           ") a Hugging Face Hub?");
-    }
-    for (const json& item : page) {
-      if (!item.is_object() || item.value("type", "") != "file") continue;
-      if (!item.contains("path") || !item["path"].is_string() || !item.contains("size") ||
-          !item["size"].is_number_unsigned()) {
-        fail(what, ": an entry without a path or size: ", item.dump().substr(0, 200));
-      }
-      HubFile file;
-      std::string why;
-      std::string raw = item["path"].get<std::string>();
-      file.path = normalize_relative_path(raw, &why);
-      if (!why.empty() || file.path.empty()) {
-        fail(what, ": the listing names an unsafe path '", raw, "' (", why.empty() ? "empty" : why, "); refusing it");
-      }
-      file.size = item["size"].get<int64_t>();
-      if (item.contains("lfs") && item["lfs"].is_object()) {
-        const json& lfs = item["lfs"];
-        std::string oid = lfs.contains("oid") && lfs["oid"].is_string() ? lfs["oid"].get<std::string>() : "";
-        if (is_sha256(oid)) file.sha256 = oid;
-        if (lfs.contains("size") && lfs["size"].is_number_unsigned()) file.size = lfs["size"].get<int64_t>();
-      }
-      if (file.path == ".gitattributes") continue;  // git metadata of the repository, not data
-      files.push_back(std::move(file));
-    }
-    auto link = response.headers.find("link");
-    url = link == response.headers.end() ? "" : link_next(link->second);
-    if (url.starts_with("/")) url = origin_of(options.hf_endpoint) + url;
-  }
-  std::sort(files.begin(), files.end(), [](const HubFile& a, const HubFile& b) { return a.path < b.path; });
-  return files;
 }
 
 fs::path fetch_dataset(const std::string& spec, const fs::path& cache_dir, const FetchOptions& options) {
@@ -589,17 +443,7 @@ fs::path fetch_dataset(const std::string& spec, const fs::path& cache_dir, const
       identity = cat("hub\n", options.hf_endpoint, "\n", source.repo, "\n", entry.revision);
       break;
     case DatasetSourceKind::kaggle:
-      if (!options.revision.empty() &&
-          (options.revision.size() > 9 || !std::all_of(options.revision.begin(), options.revision.end(),
-                                                       [](char c) { return c >= '0' && c <= '9'; }))) {
-        fail("kaggle:", source.repo, ": the revision '", options.revision,
-             "' is not a dataset version number (1, 2, ...; empty for the latest)");
-      }
-      if (options.kaggle_username.empty() || options.kaggle_key.empty()) {
-        fail("kaggle:", source.repo,
-             " needs Kaggle API credentials: set KAGGLE_USERNAME and KAGGLE_KEY (kaggle.com -> "
-             "Settings -> API -> Create New Token gives both)");
-      }
+      check_kaggle_source(source.repo, options.revision, options);
       entry.source = cat("kaggle:", source.repo);
       entry.revision = options.revision;
       identity = cat("kaggle\n", options.kaggle_endpoint, "\n", source.repo, "\n", options.revision);
@@ -640,4 +484,4 @@ fs::path fetch_dataset(const std::string& spec, const fs::path& cache_dir, const
   }
 }
 
-}  // namespace fluxtrain::data
+}  // namespace fluxtrain::fetch

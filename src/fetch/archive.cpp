@@ -1,4 +1,4 @@
-#include "data/archive.h"
+#include "fetch/archive.h"
 
 #include <archive.h>
 #include <archive_entry.h>
@@ -17,8 +17,9 @@
 #include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "core/strings.h"
 
-namespace fluxtrain::data {
+namespace fluxtrain::fetch {
 namespace {
 
 namespace fs = std::filesystem;
@@ -80,31 +81,6 @@ bool link_escapes(const std::string& link, std::string_view target) {
     }
   }
   return false;
-}
-
-uint64_t parse_size(const char* name, const char* text) {
-  char* end = nullptr;
-  errno = 0;
-  unsigned long long value = std::strtoull(text, &end, 10);
-  uint64_t scale = 1;
-  std::string suffix = end;
-  for (char& c : suffix) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-  if (suffix == "K" || suffix == "KIB")
-    scale = uint64_t{1} << 10;
-  else if (suffix == "M" || suffix == "MIB")
-    scale = uint64_t{1} << 20;
-  else if (suffix == "G" || suffix == "GIB")
-    scale = uint64_t{1} << 30;
-  else if (suffix == "T" || suffix == "TIB")
-    scale = uint64_t{1} << 40;
-  else if (!suffix.empty())
-    scale = 0;
-  if (end == text || *text == '-' || errno != 0 || scale == 0 || value == 0 || value > UINT64_MAX / scale) {
-    fail(name, "='", text,
-         "' is not a size: give a positive number of bytes, or one with a K, M, G or T suffix (powers "
-         "of 1024), e.g. 500G");
-  }
-  return value * scale;
 }
 
 class Extractor {
@@ -296,29 +272,6 @@ class Extractor {
 
 }  // namespace
 
-ArchiveLimits ArchiveLimits::from_environment() {
-  ArchiveLimits limits;
-  if (const char* text = std::getenv("FLUXTRAIN_ARCHIVE_MAX_BYTES"); text != nullptr && *text != '\0') {
-    limits.max_total_bytes = parse_size("FLUXTRAIN_ARCHIVE_MAX_BYTES", text);
-  }
-  if (const char* text = std::getenv("FLUXTRAIN_ARCHIVE_MAX_ENTRIES"); text != nullptr && *text != '\0') {
-    char* end = nullptr;
-    errno = 0;
-    unsigned long long value = std::strtoull(text, &end, 10);
-    if (end == text || *end != '\0' || *text == '-' || errno != 0 || value == 0) {
-      fail("FLUXTRAIN_ARCHIVE_MAX_ENTRIES='", text, "' is not a positive whole number");
-    }
-    limits.max_entries = value;
-  }
-  if (const char* text = std::getenv("FLUXTRAIN_ARCHIVE_MAX_RATIO"); text != nullptr && *text != '\0') {
-    char* end = nullptr;
-    double value = std::strtod(text, &end);
-    if (*end != '\0' || !(value >= 1)) fail("FLUXTRAIN_ARCHIVE_MAX_RATIO='", text, "' is not a number of at least 1");
-    limits.max_ratio = value;
-  }
-  return limits;
-}
-
 ExtractStats extract_archive(const fs::path& archive, const fs::path& target, const ArchiveLimits& limits,
                              const std::string& name) {
   const std::string label = name.empty() ? archive.string() : name;
@@ -363,8 +316,7 @@ bool is_archive(const fs::path& file) {
 }
 
 bool has_archive_extension(std::string_view name) {
-  std::string text(name);
-  for (char& c : text) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  const std::string text = lower(name);
   for (const char* ext : {".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tbz", ".tar.xz", ".txz", ".tar.zst",
                           ".tzst", ".tar.zstd"}) {
     if (text.ends_with(ext)) return true;
@@ -401,4 +353,4 @@ std::string normalize_relative_path(std::string_view path, std::string* why) {
   return out;
 }
 
-}  // namespace fluxtrain::data
+}  // namespace fluxtrain::fetch

@@ -1,4 +1,4 @@
-#include "data/http.h"
+#include "fetch/http.h"
 
 #include <curl/curl.h>
 #include <fcntl.h>
@@ -22,14 +22,14 @@
 #include <vector>
 
 #include "core/atomic_file.h"
-#include "core/env.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/progress.h"
 #include "core/sha256.h"
+#include "core/strings.h"
 #include "core/version.h"
 
-namespace fluxtrain::data {
+namespace fluxtrain::fetch {
 namespace {
 
 namespace fs = std::filesystem;
@@ -51,17 +51,8 @@ CURL* thread_handle() {
   return handle.get();
 }
 
-std::string lower(std::string text) {
-  for (char& c : text) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return text;
-}
-
-std::string trim(std::string_view text) {
-  size_t begin = text.find_first_not_of(" \t\r\n");
-  if (begin == std::string_view::npos) return "";
-  size_t end = text.find_last_not_of(" \t\r\n");
-  return std::string(text.substr(begin, end - begin + 1));
-}
+// HTTP's blanks in header lines and their parameters.
+constexpr std::string_view kHttpBlanks = " \t\r\n";
 
 // Blanks the secrets out of a message (a server might echo them; curl's messages never should).
 std::string scrub(std::string text, const HttpAuth& auth) {
@@ -146,8 +137,8 @@ size_t on_header(char* buffer, size_t size, size_t count, void* user) {
     size_t space = line.find(' ');
     hop.status = space == std::string_view::npos ? 0 : std::atol(std::string(line.substr(space + 1, 3)).c_str());
   } else if (size_t colon = line.find(':'); colon != std::string_view::npos) {
-    std::string name = lower(trim(line.substr(0, colon)));
-    std::string value = trim(line.substr(colon + 1));
+    std::string name = lower(trim(line.substr(0, colon), kHttpBlanks));
+    std::string value = trim(line.substr(colon + 1), kHttpBlanks);
     std::string& slot = hop.headers[name];
     slot = slot.empty() ? value : slot + ", " + value;
   }
@@ -548,14 +539,6 @@ class FileSink : public BodySink {
 
 }  // namespace
 
-HttpOptions HttpOptions::from_environment() {
-  HttpOptions options;
-  options.max_attempts = 1 + core::env_int("FLUXTRAIN_HTTP_RETRIES", options.max_attempts - 1, 0, 100);
-  options.backoff_seconds = core::env_double("FLUXTRAIN_HTTP_BACKOFF_SECONDS", options.backoff_seconds, 0, 600);
-  options.max_backoff_seconds = std::max(options.max_backoff_seconds, options.backoff_seconds);
-  return options;
-}
-
 HttpResponse http_get(const HttpRequest& request, const HttpOptions& options, size_t max_bytes) {
   MemorySink sink(request, max_bytes);
   HttpResponse response;
@@ -660,8 +643,8 @@ std::string link_next(std::string_view header) {
         std::string(header.substr(close + 1, end == std::string_view::npos ? end : end - close - 1)));
     for (std::string param; std::getline(params, param, ';');) {
       size_t equals = param.find('=');
-      if (equals == std::string::npos || lower(trim(param.substr(0, equals))) != "rel") continue;
-      std::string value = trim(param.substr(equals + 1));
+      if (equals == std::string::npos || lower(trim(param.substr(0, equals), kHttpBlanks)) != "rel") continue;
+      std::string value = trim(param.substr(equals + 1), kHttpBlanks);
       if (value.size() >= 2 && value.front() == '"' && value.back() == '"') value = value.substr(1, value.size() - 2);
       std::istringstream types(lower(value));
       for (std::string type; types >> type;) {
@@ -689,4 +672,4 @@ std::string url_encode(std::string_view text, bool keep_slash) {
   return out;
 }
 
-}  // namespace fluxtrain::data
+}  // namespace fluxtrain::fetch

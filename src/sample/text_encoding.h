@@ -11,7 +11,7 @@
 
 #include "models/options.h"
 
-namespace fluxtrain::train {
+namespace fluxtrain::sample {
 
 struct TextEmbeddings {
   at::Tensor t5;           // [B, L, D] in the encoders' dtype
@@ -20,8 +20,8 @@ struct TextEmbeddings {
 };
 
 struct TextEncoderOptions {
-  int t5_max_length = 512;     // 512 for dev, 256 for schnell (BFL)
-  bool t5_attn_mask = false;   // pass the padding mask into T5's attention (kohya apply_t5_attn_mask)
+  int t5_max_length = 512;    // 512 for dev, 256 for schnell (BFL)
+  bool t5_attn_mask = false;  // pass the padding mask into T5's attention (kohya apply_t5_attn_mask)
 };
 
 class TextEncoders {
@@ -43,4 +43,4 @@ class TextEncoders {
   TextEncoderOptions text_options_;
 };
 
-}  // namespace fluxtrain::train
+}  // namespace fluxtrain::sample

@@ -1,4 +1,4 @@
-#include "data/prompts.h"
+#include "sample/prompts.h"
 
 #include <toml++/toml.h>
 #include <algorithm>
@@ -14,8 +14,9 @@
 
 #include "core/error.h"
 #include "core/log.h"
+#include "core/strings.h"
 
-namespace fluxtrain::data {
+namespace fluxtrain::sample {
 namespace {
 
 namespace fs = std::filesystem;
@@ -43,18 +44,6 @@ struct Warner {
     }
   }
 };
-
-std::string trim(std::string_view text) {
-  size_t begin = 0, end = text.size();
-  while (begin < end && std::isspace(static_cast<unsigned char>(text[begin]))) ++begin;
-  while (end > begin && std::isspace(static_cast<unsigned char>(text[end - 1]))) --end;
-  return std::string(text.substr(begin, end - begin));
-}
-
-std::string lower(std::string text) {
-  for (char& c : text) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return text;
-}
 
 bool all_digits(const std::string& text) {
   return !text.empty() && std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; });
@@ -509,4 +498,4 @@ uint64_t sample_seed(const SamplePrompt& prompt, uint64_t run_seed, size_t index
   return prompt.seed ? *prompt.seed : derive_sample_seed(run_seed, index);
 }
 
-}  // namespace fluxtrain::data
+}  // namespace fluxtrain::sample

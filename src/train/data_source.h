@@ -1,0 +1,32 @@
+// The training data as the training loop sees it: batches of cached latents and text embeddings,
+// addressed by position. train/dataset_source.h implements it over the dataset plan and the caches,
+// train/prefetch.h computes its batches ahead in a background thread.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+namespace fluxtrain::train {
+
+// What the caches hold for a batch (one bucket: same latent size for every sample).
+struct LatentBatch {
+  at::Tensor latents;      // [B, 16, h, w], AE latents already scaled and shifted
+  at::Tensor t5;           // [B, L, context_in_dim]
+  at::Tensor t5_mask;      // [B, L] (1 = token) or undefined
+  at::Tensor clip_pooled;  // [B, vec_in_dim]
+  at::Tensor loss_mask;    // [B, h, w] in [0, 1] (alpha_mask training) or undefined
+};
+
+// Batches by position. batch(epoch, i) must be a pure function of its arguments (and the source's
+// seed), so that a resumed run sees exactly the batches the uninterrupted run would have.
+class DataSource {
+ public:
+  virtual ~DataSource() = default;
+  virtual int64_t batches_per_epoch() const = 0;
+  virtual LatentBatch batch(int64_t epoch, int64_t index) = 0;
+  // Images in one epoch (with repeats), for the metadata.
+  virtual int64_t images_per_epoch() const = 0;
+};
+
+}  // namespace fluxtrain::train

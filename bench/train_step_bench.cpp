@@ -22,7 +22,7 @@
 #include <iostream>
 #include <sstream>
 
-#include "app/environment_knobs.h"
+#include "app/knob_options.h"
 #include "core/error.h"
 #include "core/host_memory.h"
 #include "core/safetensors.h"
@@ -113,8 +113,14 @@ int run(const Options& o) {
   if (o.threads > 0) at::set_num_threads(o.threads);
   const int64_t runtime_rss = proc_status_bytes("VmRSS");
   at::Device device(o.device == "cuda" ? at::kCUDA : at::kCPU);
-  if (device.is_cpu())
-    fluxtrain::train::use_caching_cpu_allocator(fluxtrain::app::cpu_cache_limit_bytes());  // as fluxtrain's commands do
+  if (device.is_cpu()) {
+    // As fluxtrain's commands do, with FLUXTRAIN_CPU_CACHE_MB read by their option.
+    std::vector<app::OptionSpec> specs;
+    for (const auto& o : app::engine_options(app::kCpuCacheKnob)) specs.push_back(o);
+    const app::OptionTable table("bench", "", {{"engine", "engine"}}, specs);
+    const auto engine = app::resolve(table, {{}, app::environment()}).bind<app::EngineSettings>();
+    fluxtrain::train::use_caching_cpu_allocator(engine.cpu_cache_mb << 20);
+  }
   if (device.is_cuda() && !at::hasCUDA()) fail("--device cuda: this libtorch sees no CUDA device");
   if (o.precision != "fp32" && o.precision != "bf16") fail("--precision: '", o.precision, "'; expected fp32 or bf16");
   const at::ScalarType dtype = o.precision == "bf16" ? at::kBFloat16 : at::kFloat;

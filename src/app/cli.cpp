@@ -6,7 +6,7 @@
 #include <new>
 
 #include "app/commands.h"
-#include "app/environment_knobs.h"
+#include "app/knob_options.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/strings.h"
@@ -25,14 +25,16 @@ std::string first_line(const std::string& text) {
 }  // namespace
 
 int run(int argc, char** argv, const std::vector<CommandFactory>& engine_commands) {
-  apply_process_environment();
   CLI::App app{"fluxtrain: a native LoRA trainer for Flux.1 models", "fluxtrain"};
-  app.require_subcommand(1);
+  app.require_subcommand(0, 1);
   app.set_version_flag("--version", std::string(kVersion));
-  std::string log_level = "info";
-  app.add_option("--log-level", log_level, "debug, info, warn, error or quiet")
-      ->envname("FLUXTRAIN_LOG_LEVEL")
-      ->capture_default_str();
+  // The program's own options (log level, progress interval, assets), before the command.
+  CliBinding process(app, process_options());
+  bool want_help_env = false;
+  std::string format = "text";
+  app.add_flag("--help-env", want_help_env,
+               "Print the reference of the program's own variables (each command has its own)");
+  app.add_option("--format", format, "--help-env format: text or markdown")->capture_default_str();
 
   std::vector<Command> commands = {add_inspect_command(app), add_dataset_command(app), add_fetch_command(app),
                                    add_fetch_models_command(app), add_config_command(app)};
@@ -41,7 +43,7 @@ int run(int argc, char** argv, const std::vector<CommandFactory>& engine_command
   // An unknown command gets a hint rather than CLI11's "A subcommand is required".
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
-    if (arg == "--log-level") ++i;
+    if (program_flag_takes_value(arg)) ++i;
     if (arg.empty() || arg[0] == '-') continue;
     std::vector<std::string> names;
     for (const Command& command : commands) names.push_back(command.subcommand->get_name());
@@ -61,10 +63,15 @@ int run(int argc, char** argv, const std::vector<CommandFactory>& engine_command
     return app.exit(e) == 0 ? 0 : 2;
   }
   try {
-    log::set_level(log::parse_level(log_level, "--log-level / FLUXTRAIN_LOG_LEVEL"));
+    apply_process_settings(process.values(), environment());
     for (const Command& command : commands) {
       if (command.subcommand->parsed()) return command.run();
     }
+    if (want_help_env) {
+      std::cout << help_env(process_options(), format);
+      return 0;
+    }
+    log::error("no command given (see fluxtrain --help)");
     return 2;
   } catch (const Error& e) {
     log::error(e.what());

@@ -6,6 +6,7 @@
 #include <iostream>
 
 #include "app/commands.h"
+#include "app/knob_options.h"
 #include "core/error.h"
 #include "core/log.h"
 
@@ -67,6 +68,14 @@ std::vector<CommandFactory> engine_command_references() {
     out.push_back([&info](CLI::App& app) { return add_table_command(app, info, nullptr); });
   }
   return out;
+}
+
+bool program_flag_takes_value(const std::string& flag) {
+  if (flag == "--format") return true;
+  for (const auto& spec : process_options().specs()) {
+    if (spec.has_flag && spec.flag_name() == flag) return spec.type != OptionType::boolean;
+  }
+  return false;
 }
 
 const CommandInfo& command_info(const std::string& name) {

@@ -86,6 +86,9 @@ std::vector<CommandFactory> engine_command_references();
 // code (0 ok, 1 error, 2 usage error). `engine_commands` are added after the torch-free ones.
 int run(int argc, char** argv, const std::vector<CommandFactory>& engine_commands);
 
+// Whether a flag given before the command (the program's own options, --format) takes the next argument.
+bool program_flag_takes_value(const std::string& flag);
+
 // True when argv asks for something the torch-free executable does itself (a torch-free command,
 // --version, or any command with --help, --help-env or --print-config), so libtorch is never loaded
 // for it.

@@ -2,7 +2,6 @@
 
 #include <torch/cuda.h>
 
-#include "app/environment_knobs.h"
 #include "core/error.h"
 #include "train/cpu_allocator.h"
 
@@ -23,8 +22,12 @@ at::Device pick(const std::string& text, const std::string& option) {
 }  // namespace
 
 at::Device resolve_device(const std::string& text, const std::string& option) {
-  at::Device device = pick(text, option);
-  if (device.is_cpu()) train::use_caching_cpu_allocator(cpu_cache_limit_bytes());
+  return pick(text, option);
+}
+
+at::Device resolve_device(const ComputeSettings& compute, const EngineSettings& engine) {
+  at::Device device = pick(compute.device, compute.device_origin);
+  if (device.is_cpu()) train::use_caching_cpu_allocator(engine.cpu_cache_mb << 20);
   return device;
 }
 

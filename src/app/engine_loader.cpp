@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "app/commands.h"
-#include "app/environment_knobs.h"
+#include "app/knob_options.h"
 #include "core/host_memory.h"
 #include "core/log.h"
 
@@ -30,11 +30,10 @@ bool runs_without_engine(int argc, char** argv) {
   bool version = false;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
-    if (arg == "--log-level") {
-      ++i;  // its value
-      continue;
-    }
-    if (arg == "--version") version = true;
+    // The program's own --help lists every command (each is registered with its table in the small
+    // executable), and --version and --help-env need nothing of the engine either.
+    if (arg == "--version" || arg == "--help-env" || arg == "--help" || arg == "-h") version = true;
+    if (program_flag_takes_value(arg)) ++i;  // its value
     if (arg.empty() || arg[0] == '-') continue;
     for (const CommandInfo& info : command_infos()) {
       if (arg != info.name) continue;
@@ -52,7 +51,14 @@ bool runs_without_engine(int argc, char** argv) {
 
 int run_engine(int argc, char** argv) {
   std::vector<std::string> candidates;
-  if (std::string engine = engine_library(); !engine.empty()) {
+  std::string engine;
+  try {
+    engine = resolve(process_options(), {{}, environment()}).bind<ProcessSettings>().engine;
+  } catch (const Error& e) {
+    log::error(e.what());
+    return 1;
+  }
+  if (!engine.empty()) {
     candidates.push_back(engine);
   } else {
     std::string dir = executable_dir();

@@ -7,7 +7,6 @@
 #include <memory>
 
 #include "app/commands.h"
-#include "app/environment_knobs.h"
 #include "app/tool_options.h"
 #include "fetch/dataset.h"
 
@@ -16,11 +15,11 @@ namespace fluxtrain::app {
 Command add_fetch_command(CLI::App& app) {
   return add_table_command(app, command_info("fetch"), [](const ResolvedConfig& config) {
     const auto o = config.bind<FetchCommandSettings>();
-    fetch::FetchOptions options = fetch_options_from_environment();
+    fetch::FetchOptions options = o.downloads.fetch;
     options.revision = o.revision;
     options.refresh = o.refresh;
     std::filesystem::path cache =
-        o.cache_dir.empty() ? default_dataset_cache_dir() : std::filesystem::path(o.cache_dir);
+        o.cache_dir.empty() ? dataset_cache_dir(o.downloads) : std::filesystem::path(o.cache_dir);
     std::filesystem::path root = fetch::fetch_dataset(o.dataset, cache, options);
     std::cout << root.string() << std::endl;
     return 0;

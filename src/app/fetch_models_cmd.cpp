@@ -16,7 +16,6 @@
 #include <optional>
 
 #include "app/commands.h"
-#include "app/environment_knobs.h"
 #include "app/fetch_models_options.h"
 #include "app/options.h"
 #include "core/error.h"
@@ -126,7 +125,7 @@ int run_fetch_models(const FetchModelsSettings& settings) {
   const fs::path dir(settings.models.dir);
   const BaseModel base = settings.models.base_model;
   const bool verify = settings.verify;
-  fetch::FetchOptions options = fetch_options_from_environment();
+  const fetch::FetchOptions& options = settings.downloads.fetch;
 
   std::vector<Slot> slots = plan_slots(settings);
   std::vector<const Slot*> wanted;

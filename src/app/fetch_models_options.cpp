@@ -100,8 +100,11 @@ OptionTable make_table() {
           .to(&S::verify),
   };
   for (const auto& o : own) specs.push_back(o);
-  return OptionTable("fetch-models", "MODEL_",
-                     {{"models", "Model folder and files given"}, {"download", "Model download"}}, std::move(specs));
+  for (const auto& o : download_options(kHubKnobs | kHttpKnobs)) specs.push_back(lift(&S::downloads, o));
+  return OptionTable(
+      "fetch-models", "MODEL_",
+      {{"models", "Model folder and files given"}, {"download", "Model download"}, {"downloads", "Downloads"}},
+      std::move(specs));
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <optional>
 #include <string>
 
+#include "app/knob_options.h"
 #include "app/options.h"
 #include "app/shared_options.h"
 #include "core/enum_names.h"
@@ -43,6 +44,7 @@ struct FetchModelsSettings {
   };
   Source model_source, ae_source, clip_l_source, t5xxl_source;
   bool verify = false;
+  DownloadSettings downloads;  // the Hub's address, the token, retries
 };
 
 const OptionTable& fetch_models_options();

@@ -31,7 +31,9 @@ std::string short_count(uint64_t n) {
 
 int run_inspect(const InspectSettings& options) {
   const safetensors::Header header = safetensors::read_header(options.file);
-  auto scalar = [&](const safetensors::TensorInfo& info) { return safetensors::read_scalar(options.file, header, info); };
+  auto scalar = [&](const safetensors::TensorInfo& info) {
+    return safetensors::read_scalar(options.file, header, info);
+  };
   const std::vector<models::Component> components = models::identify(header, {lora::lora_recogniser(scalar)});
 
   std::map<std::string, size_t> dtypes;

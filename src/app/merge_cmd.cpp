@@ -10,7 +10,6 @@
 #include <memory>
 
 #include "app/commands.h"
-#include "app/environment_knobs.h"
 #include "app/tool_options.h"
 #include "core/error.h"
 #include "core/log.h"
@@ -49,7 +48,6 @@ std::string percent(double share) {
 }
 
 int run_merge(const MergeSettings& o) {
-  lora::set_default_creation_time(source_date_epoch());  // the merged file's modelspec.date
   const bool bake = !o.base.empty();
   std::vector<lora::WeightedLora> loras;
   for (const auto& text : o.loras) loras.push_back(parse_weighted(text, bake ? "STRENGTH" : "WEIGHT"));
@@ -64,6 +62,7 @@ int run_merge(const MergeSettings& o) {
   lora::MergeOptions options;
   options.rank = o.rank.value_or(0);
   options.title = o.title;
+  options.created_at = o.engine.source_date_epoch;
   if (!o.dtype.empty()) options.dtype = lora::parse_weight_dtype(o.dtype, "--dtype");
   auto report = lora::merge_loras(loras, options, o.out);
   std::string ranks =

@@ -9,6 +9,7 @@
 
 #include "app/options.h"
 #include "core/error.h"
+#include "core/strings.h"
 
 namespace fluxtrain::app {
 
@@ -34,17 +35,6 @@ std::string group_title(const OptionTable& table, const OptionSpec& spec) {
   return spec.group;
 }
 
-std::string upper_case(std::string s) {
-  for (char& c : s) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-  return s;
-}
-
-std::string joined_choices(const std::vector<std::string>& choices) {
-  std::string text;
-  for (const auto& c : choices) text += (text.empty() ? "" : ",") + c;
-  return text;
-}
-
 }  // namespace
 
 // ---- reference and CLI ------------------------------------------------------------------------
@@ -58,7 +48,7 @@ std::string help_env(const OptionTable& table, const std::string& format) {
   };
   auto flag_of = [](const OptionSpec& spec, bool markdown) {
     if (!spec.has_flag) return std::string(markdown ? "(none)" : "no flag");
-    std::string flag = spec.positional ? cat(upper_case(spec.name), " (argument)") : spec.flag_name();
+    std::string flag = spec.positional ? cat(upper(spec.name), " (argument)") : spec.flag_name();
     if (spec.repeatable) flag += " (repeatable)";
     return markdown && !spec.positional ? "`" + flag + "`" : flag;
   };
@@ -150,7 +140,7 @@ CliBinding::CliBinding(CLI::App& app, const OptionTable& table) {
       case OptionType::real: option->type_name("NUMBER"); break;
       case OptionType::path: option->type_name("PATH"); break;
       case OptionType::list: option->type_name("LIST"); break;
-      case OptionType::choice: option->type_name("{" + joined_choices(spec.choices) + "}"); break;
+      case OptionType::choice: option->type_name("{" + join(spec.choices, ",") + "}"); break;
       case OptionType::string: option->type_name("TEXT"); break;
     }
     options_.emplace_back(spec.name, option);

@@ -188,7 +188,7 @@ class ResolvedConfig {
   std::string describe(const std::string& name) const;
 
   // One line per option: `name = value  (source: env PARAMS_X)`; values in TOML syntax, unset ones as
-  // `(unset)`.
+  // `(unset)`; secrets are left out.
   std::string print() const;
   // The resolved values as a TOML file (one table per group; unset options as comments) which, read
   // back with --config, resolves to the same values.

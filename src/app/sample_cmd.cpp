@@ -96,7 +96,7 @@ int run_sample(const SampleSettings& o) {
   if (prompts.empty()) fail("--prompt: the text holds no prompt");
 
   models::ModelOptions options;
-  options.device = resolve_device(o.compute.device, o.compute.device_origin);
+  options.device = resolve_device(o.compute, o.engine);
   options.dtype = resolve_precision(o.compute.precision, options.device);
 
   sample::SamplerSetup setup;

@@ -13,6 +13,14 @@ std::vector<OptionSpec> specs_of(const std::vector<OptionSpec>& specs) {
   return specs;
 }
 
+// `specs`, then the shared `parts` lifted into `member` of the settings.
+template <typename Settings, typename Part>
+std::vector<OptionSpec> specs_of(std::vector<OptionSpec> specs, const std::vector<Opt<Part>>& parts,
+                                 Part Settings::*member) {
+  for (const auto& part : parts) specs.push_back(lift(member, part));
+  return specs;
+}
+
 // N or WxH (also W,H), 64 to 16384 (kohya's --resolution).
 std::optional<data::Resolution> parse_resolution(const std::string& text) {
   int w = 0, h = 0;
@@ -102,28 +110,30 @@ std::vector<std::string> check_dataset_command(const ResolvedConfig& config) {
 const OptionTable& fetch_command_options() {
   using S = FetchCommandSettings;
   static const OptionTable table(
-      "fetch", "FLUXTRAIN_FETCH_", {{"fetch", "Dataset download"}},
-      specs_of({
-          Opt<S>("dataset", kString, "fetch", "",
-                 "A local folder, an http(s) URL of an archive or file, owner/name on the Hugging Face Hub, or "
-                 "kaggle:owner/name.")
-              .positional()
-              .required()
-              .env("DATASET_NAME")
-              .to(&S::dataset),
-          Opt<S>("cache_dir", kPath, "fetch", "",
-                 "Folder of the dataset cache (default: $FLUXTRAIN_CACHE/datasets or ~/.cache/fluxtrain/datasets).")
-              .env("FLUXTRAIN_DATASET_CACHE")
-              .to(&S::cache_dir),
-          Opt<S>("revision", kString, "fetch", "",
-                 "Hub: branch, tag or commit (default main); Kaggle: dataset version number (default latest).")
-              .env("DATASET_REVISION")
-              .to(&S::revision),
-          Opt<S>("refresh", kBool, "fetch", "false",
-                 "Check the source again even if the cache holds a complete copy (Hub: only changed files are "
-                 "downloaded).")
-              .to(&S::refresh),
-      }));
+      "fetch", "FLUXTRAIN_FETCH_", {{"fetch", "Dataset download"}, {"downloads", "Downloads"}},
+      specs_of(
+          {
+              Opt<S>("dataset", kString, "fetch", "",
+                     "A local folder, an http(s) URL of an archive or file, owner/name on the Hugging Face Hub, or "
+                     "kaggle:owner/name.")
+                  .positional()
+                  .required()
+                  .env("DATASET_NAME")
+                  .to(&S::dataset),
+              Opt<S>("cache_dir", kPath, "fetch", "",
+                     "Folder of the dataset cache (default: $FLUXTRAIN_CACHE/datasets or ~/.cache/fluxtrain/datasets).")
+                  .env("FLUXTRAIN_DATASET_CACHE")
+                  .to(&S::cache_dir),
+              Opt<S>("revision", kString, "fetch", "",
+                     "Hub: branch, tag or commit (default main); Kaggle: dataset version number (default latest).")
+                  .env("DATASET_REVISION")
+                  .to(&S::revision),
+              Opt<S>("refresh", kBool, "fetch", "false",
+                     "Check the source again even if the cache holds a complete copy (Hub: only changed files are "
+                     "downloaded).")
+                  .to(&S::refresh),
+          },
+          download_options(kAllDownloadKnobs & ~kDatasetCacheKnob), &S::downloads));
   return table;
 }
 
@@ -152,30 +162,34 @@ const OptionTable& make_tiny_options() {
 const OptionTable& merge_options() {
   using S = MergeSettings;
   static const OptionTable table(
-      "merge", "FLUXTRAIN_MERGE_", {{"merge", "Merge"}},
-      specs_of({
-          Opt<S>("lora", kList, "merge", "",
-                 "LoRA file, optionally with a weight (merge) or strength (bake): FILE or FILE:W; repeat for several.")
-              .repeatable()
-              .required()
-              .to(&S::loras),
-          Opt<S>("base", kPath, "merge", "",
-                 "Bake the LoRAs into this base checkpoint (BFL single file, bf16/fp16/fp32/fp8).")
-              .to(&S::base),
-          Opt<S>("out", kPath, "merge", "", "Output .safetensors file (replaced atomically if it exists).")
-              .required()
-              .to(&S::out),
-          Opt<S>("rank", kInt, "merge", "",
-                 "LoRA merge: SVD to this rank (best rank-R approximation); without it the merge is exact, with the "
-                 "summed ranks.")
-              .to(&S::rank),
-          Opt<S>("dtype", kString, "merge", "",
-                 "Weight dtype of the output: LoRA merge fp32 (default), bf16, fp16; bake: keep each tensor's "
-                 "(default), bf16, fp16, fp32 or fp8.")
-              .to(&S::dtype),
-          Opt<S>("title", kString, "merge", "", "LoRA merge: modelspec.title / ss_output_name of the result.")
-              .to(&S::title),
-      }));
+      "merge", "FLUXTRAIN_MERGE_", {{"merge", "Merge"}, {"engine", "Reproducible files"}},
+      specs_of(
+          {
+              Opt<S>(
+                  "lora", kList, "merge", "",
+                  "LoRA file, optionally with a weight (merge) or strength (bake): FILE or FILE:W; repeat for several.")
+                  .repeatable()
+                  .required()
+                  .to(&S::loras),
+              Opt<S>("base", kPath, "merge", "",
+                     "Bake the LoRAs into this base checkpoint (BFL single file, bf16/fp16/fp32/fp8).")
+                  .to(&S::base),
+              Opt<S>("out", kPath, "merge", "", "Output .safetensors file (replaced atomically if it exists).")
+                  .required()
+                  .to(&S::out),
+              Opt<S>(
+                  "rank", kInt, "merge", "",
+                  "LoRA merge: SVD to this rank (best rank-R approximation); without it the merge is exact, with the "
+                  "summed ranks.")
+                  .to(&S::rank),
+              Opt<S>("dtype", kString, "merge", "",
+                     "Weight dtype of the output: LoRA merge fp32 (default), bf16, fp16; bake: keep each tensor's "
+                     "(default), bf16, fp16, fp32 or fp8.")
+                  .to(&S::dtype),
+              Opt<S>("title", kString, "merge", "", "LoRA merge: modelspec.title / ss_output_name of the result.")
+                  .to(&S::title),
+          },
+          engine_options(kSourceDateKnob), &S::engine));
   return table;
 }
 
@@ -243,7 +257,9 @@ const OptionTable& sample_options() {
                         .to(&S::t5_max_length));
     specs.push_back(Opt<S>("t5_attn_mask", kBool, "sample", "false", "Mask T5 padding (kohya apply_t5_attn_mask).")
                         .to(&S::t5_attn_mask));
-    return OptionTable("sample", "FLUXTRAIN_SAMPLE_", {{"models", "Model files"}, {"sample", "Sampling"}},
+    for (const auto& o : engine_options(kCpuCacheKnob)) specs.push_back(lift(&S::engine, o));
+    return OptionTable("sample", "FLUXTRAIN_SAMPLE_",
+                       {{"models", "Model files"}, {"sample", "Sampling"}, {"engine", "Memory of the CPU"}},
                        std::move(specs));
   }();
   return table;

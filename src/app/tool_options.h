@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "app/knob_options.h"
 #include "app/options.h"
 #include "app/shared_options.h"
 #include "data/dataset_config.h"
@@ -36,9 +37,10 @@ std::vector<std::string> check_dataset_command(const ResolvedConfig& config);
 
 struct FetchCommandSettings {
   std::string dataset;
-  std::string cache_dir;  // "" = the default dataset cache
+  std::string cache_dir;  // "" = the default dataset cache (FLUXTRAIN_CACHE, ...)
   std::string revision;
   bool refresh = false;
+  DownloadSettings downloads;
 };
 const OptionTable& fetch_command_options();
 
@@ -57,6 +59,7 @@ struct MergeSettings {
   std::optional<int64_t> rank;  // SVD to this rank
   std::string dtype;            // lora::parse_weight_dtype reads it
   std::string title;
+  EngineSettings engine;
 };
 const OptionTable& merge_options();
 std::vector<std::string> check_merge(const ResolvedConfig& config);
@@ -78,6 +81,7 @@ struct SampleSettings {
   ComputeSettings compute;
   int t5_max_length = 0;  // 0: 512 dev, 256 schnell
   bool t5_attn_mask = false;
+  EngineSettings engine;
 };
 const OptionTable& sample_options();
 std::vector<std::string> check_sample(const ResolvedConfig& config);

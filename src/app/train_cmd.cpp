@@ -18,7 +18,6 @@
 
 #include "app/commands.h"
 #include "app/device.h"
-#include "app/environment_knobs.h"
 #include "app/train_options.h"
 #include "core/atomic_file.h"
 #include "core/enum_names.h"
@@ -116,8 +115,8 @@ std::shared_ptr<data::DatasetPlan> build_dataset(const TrainSettings& settings) 
   options.fallbacks = settings.dataset_fallbacks;
   fs::path fetched;
   if (!settings.dataset_name.empty()) {
-    fetch::FetchOptions fetch_options = fetch_options_from_environment();
-    fetched = fetch::fetch_dataset(settings.dataset_name, default_dataset_cache_dir(), fetch_options);
+    fetched =
+        fetch::fetch_dataset(settings.dataset_name, dataset_cache_dir(settings.downloads), settings.downloads.fetch);
     log::info("dataset ", settings.dataset_name, ": ", fetched.string());
     options.default_image_dir = fetched;
   }
@@ -152,8 +151,7 @@ train::TrainerConfig trainer_config(const ResolvedConfig& config, const TrainSet
   t.resume_from = run.resume_state;
   t.file_info.architecture = settings.models.base_model == BaseModel::schnell ? "flux-1-schnell" : "flux-1-dev";
   t.file_info.title = t.output_name;
-  t.file_info.created_at = source_date_epoch();
-  t.file_info.created_at = source_date_epoch();
+  t.file_info.created_at = settings.engine.source_date_epoch;
   if (!plan.buckets().empty()) {
     t.file_info.width = plan.config().datasets.at(0).buckets.resolution.width;
     t.file_info.height = plan.config().datasets.at(0).buckets.resolution.height;
@@ -186,7 +184,7 @@ train::TrainerConfig trainer_config(const ResolvedConfig& config, const TrainSet
 int run_train(const ResolvedConfig& config, bool cache_only) {
   const TrainSettings settings = config.bind<TrainSettings>();
   const ModelFiles files = find_model_files(settings.models);
-  const at::Device device = resolve_device(settings.compute.device, settings.compute.device_origin);
+  const at::Device device = resolve_device(settings.compute, settings.engine);
   const at::ScalarType precision = resolve_precision(settings.compute.precision, device);
 
   RunPlan run = cache_only ? RunPlan{fs::path(settings.output_path), ""} : plan_run(settings, config.value_texts());

@@ -465,6 +465,8 @@ std::vector<OptionSpec> train_specs() {
                       .max(64)
                       .memory_only()
                       .to(&S::training, &T::prefetch_batches));
+  for (const auto& o : engine_options(kCpuCacheKnob | kSourceDateKnob)) specs.push_back(lift(&S::engine, o));
+  for (const auto& o : download_options(kAllDownloadKnobs)) specs.push_back(lift(&S::downloads, o));
   return specs;
 }
 
@@ -484,6 +486,8 @@ const OptionTable& train_options() {
                                      {"memory", "Memory"},
                                      {"sampling", "Samples during training"},
                                      {"runtime", "Device, precision and logging"},
+                                     {"engine", "Memory of the CPU and reproducible files"},
+                                     {"downloads", "Downloads"},
                                  },
                                  train_specs());
   return table;

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "app/knob_options.h"
 #include "app/options.h"
 #include "app/shared_options.h"
 #include "data/dataset_config.h"
@@ -41,6 +42,8 @@ struct TrainSettings {
 
   ComputeSettings compute;
   train::TrainOptions training;
+  DownloadSettings downloads;  // DATASET_NAME's download (knob_options.h)
+  EngineSettings engine;
 };
 
 // The table of the train options.

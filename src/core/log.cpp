@@ -51,14 +51,6 @@ bool stderr_is_tty() {
 void set_level(Level level) { g_level.store(level); }
 Level level() { return g_level.load(); }
 
-Level parse_level(const std::string& text, const std::string& source) {
-  for (Level l : {Level::debug, Level::info, Level::warn, Level::error, Level::quiet}) {
-    if (text == level_name(l)) return l;
-  }
-  if (text == "warn") return Level::warn;
-  fail(source, ": unknown log level '", text, "'; expected one of debug, info, warn, error, quiet");
-}
-
 void add_file_sink(const std::string& path) {
   auto file = std::make_unique<std::ofstream>(path, std::ios::app);
   if (!*file) fail("cannot open log file ", path, " for appending: check the folder exists and is writable");

@@ -2,18 +2,22 @@
 // any thread, aware of an active progress bar so that a log line never tears it.
 #pragma once
 
+#include <array>
 #include <string>
 
+#include "core/enum_names.h"
 #include "core/error.h"
 
 namespace fluxtrain::log {
 
 enum class Level { debug = 0, info = 1, warn = 2, error = 3, quiet = 4 };
+constexpr std::array<EnumName<Level>, 5> enum_names(Level) {
+  return {{{"debug", Level::debug}, {"info", Level::info}, {"warn", Level::warn}, {"error", Level::error},
+           {"quiet", Level::quiet}}};
+}
 
 void set_level(Level level);
 Level level();
-// "debug", "info", "warn", "error", "quiet" -> Level; throws Error naming `source` otherwise.
-Level parse_level(const std::string& text, const std::string& source);
 // Also append every line (all levels at or above the current one) to this file.
 void add_file_sink(const std::string& path);
 void write(Level level, const std::string& message);

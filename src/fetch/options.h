@@ -1,7 +1,7 @@
 // What a download from the Hugging Face Hub, Kaggle or a URL is allowed to do and with which
 // credentials (torch-free): shared by dataset fetches (fetch/dataset.h) and model downloads
 // (`fluxtrain fetch-models`). Plain values with their defaults: the app fills them from the environment
-// (HF_TOKEN, KAGGLE_KEY, ...: app/environment_knobs.h); nothing under src/fetch reads it.
+// (HF_TOKEN, KAGGLE_KEY, ...: the download options of app/knob_options.h); nothing under src/fetch reads it.
 #pragma once
 
 #include <string>

@@ -23,9 +23,6 @@ std::string number(double value) {
   return out.str();
 }
 
-std::atomic<bool> has_default_time{false};
-std::atomic<int64_t> default_time{0};
-
 }  // namespace
 
 std::string iso_date(std::optional<int64_t> seconds) {
@@ -36,15 +33,6 @@ std::string iso_date(std::optional<int64_t> seconds) {
   char text[32];
   std::strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%S", &utc);
   return text;
-}
-
-std::string iso_date_now() {
-  return iso_date(has_default_time ? std::optional<int64_t>(default_time.load()) : std::nullopt);
-}
-
-void set_default_creation_time(std::optional<int64_t> seconds) {
-  default_time = seconds.value_or(0);
-  has_default_time = seconds.has_value();
 }
 
 safetensors::Metadata lora_metadata(const LoraNetwork& network, const LoraFileInfo& info) {

@@ -31,10 +31,6 @@ struct LoraFileInfo {
 // modelspec.date: `seconds` since 1970 in UTC ("2025-01-31T12:00:00"), or now when unset.
 std::string iso_date(std::optional<int64_t> seconds);
 
-// iso_date() of the time set_default_creation_time() gave, else now. For lora/merge.cpp, until its
-// MergeOptions carries the time as LoraFileInfo does (the merge command sets it from SOURCE_DATE_EPOCH).
-std::string iso_date_now();
-void set_default_creation_time(std::optional<int64_t> seconds);
 
 // Every metadata key of the file but the hash: the network's own ss_* keys (module, dim, alpha,
 // network_args, dropouts), the given training keys, and modelspec.*.

@@ -345,7 +345,7 @@ MergeReport merge_loras(const std::vector<WeightedLora>& inputs, const MergeOpti
   meta["modelspec.implementation"] = "https://github.com/black-forest-labs/flux";
   meta["modelspec.implementation_version"] = cat("fluxtrain/", kVersion);
   meta["modelspec.title"] = title;
-  meta["modelspec.date"] = iso_date_now();
+  meta["modelspec.date"] = iso_date(options.created_at);
   if (std::string r = common_meta(files, "modelspec.resolution", nullptr); !r.empty()) meta["modelspec.resolution"] = r;
   meta["fluxtrain.merge_mode"] = svd ? "svd" : "concat";
   if (svd) meta["fluxtrain.merge_rank"] = std::to_string(options.rank);

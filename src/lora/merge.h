@@ -35,6 +35,7 @@ struct MergeOptions {
   int64_t rank = 0;                                    // target rank of the SVD merge; 0 = concat (exact)
   safetensors::Dtype dtype = safetensors::Dtype::F32;  // of down/up (alpha is always F32); F32, F16 or BF16
   std::string title;                                   // modelspec.title / ss_output_name ("" = "merged LoRA")
+  std::optional<int64_t> created_at;  // modelspec.date in seconds since 1970 (SOURCE_DATE_EPOCH); unset: now
 };
 
 struct MergeReport {

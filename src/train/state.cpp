@@ -103,7 +103,9 @@ fs::path save_state(const fs::path& output_dir, int64_t step, const TrainingStat
   fs::create_directories(dir);
   safetensors::write((dir / "trainable.safetensors").string(), state.trainable);
   safetensors::write((dir / "optimizer.safetensors").string(), state.optimizer_tensors);
-  write_file_atomic((dir / "state.json").string(), state.info.dump(1) + "\n");
+  nlohmann::json info = state.info;
+  info["format_version"] = kStateFormatVersion;
+  write_file_atomic((dir / "state.json").string(), info.dump(1) + "\n");
   write_file_atomic((dir / kComplete).string(), std::to_string(step) + "\n");
   return dir;
 }
@@ -132,6 +134,12 @@ TrainingState load_state(const fs::path& path) {
   } catch (const nlohmann::json::exception& e) {
     fail(dir.string(), "/state.json is not valid JSON (", e.what(), "); resume from an older state");
   }
+  const int version = state.info.value("format_version", 1);
+  if (version > kStateFormatVersion)
+    fail(dir.string(), ": a training state of format ", version,
+         ", written by a newer fluxtrain; this one reads "
+         "formats up to ",
+         kStateFormatVersion, ". Resume with that version, or start a new run");
   state.info["_dir"] = dir.string();
   return state;
 }

@@ -2,8 +2,9 @@
 //   OUTPUT_PATH/state/step-00000120/
 //     trainable.safetensors   the trained tensors (LoRA parameters, or the model's for full fine-tuning)
 //     optimizer.safetensors   the optimizer's state tensors
-//     state.json              counters, position in the epoch, scheduler step, optimizer scalars, the
-//                             state of every generator (timesteps, noise, dropout, data), the config hash
+//     state.json              format version, counters, position in the epoch, scheduler step, optimizer
+//                             scalars, the state of every generator (timesteps, noise, dropout, data),
+//                             the run's option values and hash
 //     COMPLETE                written last (after everything else is fsynced): a directory without it
 //                             is an interrupted save and is ignored (and removed by the pruning)
 // Every file is written atomically; the directory is built under a temporary name and renamed.
@@ -19,6 +20,11 @@
 #include <vector>
 
 namespace fluxtrain::train {
+
+// The layout of state.json, written into it as "format_version". 1: no version key (before the option
+// table bound its values; option values as text with 17 significant digits). 2: "format_version",
+// option values in their shortest round-trip text. A state of a newer format is an Error naming both.
+inline constexpr int kStateFormatVersion = 2;
 
 struct TrainingState {
   std::vector<std::pair<std::string, at::Tensor>> trainable;

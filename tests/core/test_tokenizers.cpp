@@ -10,7 +10,7 @@
 #include <functional>
 #include <sstream>
 
-#include "app/environment_knobs.h"
+#include "app/knob_options.h"
 #include "core/assets.h"
 #include "core/error.h"
 #include "core/sha256.h"
@@ -77,10 +77,10 @@ TEST(Assets, ShippedFilesMatchTheirChecksums) {
 TEST(Assets, MissingAssetNamesEveryPlaceAndTheFix) {
   fs::path dir = fresh_dir("assets_env");
   ::setenv("FLUXTRAIN_ASSETS", dir.c_str(), 1);
-  app::apply_process_environment();
+  app::apply_process_settings({}, app::environment());
   std::string message = error_of([] { find_asset("tokenizers/nope.json"); });
   ::unsetenv("FLUXTRAIN_ASSETS");
-  app::apply_process_environment();
+  app::apply_process_settings({}, app::environment());
   EXPECT_TRUE(contains(message, (dir / "tokenizers/nope.json").string()));
   EXPECT_TRUE(contains(message, "share/fluxtrain/assets/tokenizers/nope.json"));
   EXPECT_TRUE(contains(message, "set FLUXTRAIN_ASSETS"));
@@ -93,10 +93,10 @@ TEST(Assets, EnvironmentVariableComesFirst) {
   fs::create_directories(dir / "tokenizers");
   write(dir / "tokenizers" / "SHA256SUMS", "");
   ::setenv("FLUXTRAIN_ASSETS", dir.c_str(), 1);
-  app::apply_process_environment();
+  app::apply_process_settings({}, app::environment());
   fs::path found = find_asset("tokenizers/SHA256SUMS");
   ::unsetenv("FLUXTRAIN_ASSETS");
-  app::apply_process_environment();
+  app::apply_process_settings({}, app::environment());
   EXPECT_EQ(found, dir / "tokenizers" / "SHA256SUMS");
   fs::remove_all(dir);
 }

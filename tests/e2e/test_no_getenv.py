@@ -1,6 +1,6 @@
 """Only src/app reads the environment (docs/architecture.md, "The environment is read in app/"): every
-environment variable that sets something below app/ is read in src/app/environment_knobs.cpp and handed
-down as a plain value. This test fails on any getenv, secure_getenv or environ in src/ outside src/app/,
+environment variable is an option of the option tables (the knobs: src/app/knob_options.cpp), resolved in
+src/app and handed down as a plain value. This test fails on any getenv, secure_getenv or environ in src/ outside src/app/,
 comments included, so that a new knob cannot slip into a lower layer."""
 from __future__ import annotations
 
@@ -26,11 +26,11 @@ def environment_reads() -> list[str]:
 
 def test_no_environment_reads_below_app():
     found = environment_reads()
-    assert not found, ("code below src/app reads the environment; add a knob to src/app/environment_knobs.cpp "
-                       "and pass the value down instead:\n" + "\n".join(found))
+    assert not found, ("code below src/app reads the environment; add a knob to src/app/knob_options.cpp "
+                       "(an option of the command's table) and pass the value down instead:\n" + "\n".join(found))
 
 
 def test_the_scan_sees_the_sources():
     # A wrong root would make the test above pass on nothing.
-    assert (SRC / "core" / "error.h").is_file() and (ALLOWED / "environment_knobs.cpp").is_file()
+    assert (SRC / "core" / "error.h").is_file() and (ALLOWED / "knob_options.cpp").is_file()
     assert len(list(SRC.rglob("*.cpp"))) > 50

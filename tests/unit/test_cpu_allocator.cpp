@@ -5,12 +5,18 @@
 
 #include <ATen/ATen.h>
 
+#include "app/knob_options.h"
 #include "train/cpu_allocator.h"
 
 namespace fluxtrain::train {
 namespace {
 
 constexpr int64_t kMiB = int64_t{1} << 20;
+
+TEST(CpuAllocator, TheBuiltInLimitIsTheOptionsDefault) {
+  // FLUXTRAIN_CPU_CACHE_MB's default (the option table's, app/knob_options.h) and the allocator's own.
+  EXPECT_EQ(kDefaultCpuCacheBytes, app::EngineSettings{}.cpu_cache_mb * kMiB);
+}
 
 TEST(CpuAllocator, ReusesFreedLargeBlocksOfTheSameSize) {
   use_caching_cpu_allocator(256 * kMiB);

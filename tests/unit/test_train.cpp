@@ -3,6 +3,9 @@
 
 #include <ATen/ATen.h>
 
+#include <filesystem>
+#include <fstream>
+
 #include "lora/network.h"
 #include "models/attention.h"
 #include "models/flux/flux.h"
@@ -12,6 +15,7 @@
 #include "optim/optimizer.h"
 #include "train/checkpointing.h"
 #include "train/flow_matching.h"
+#include "train/state.h"
 #include "train/step.h"
 
 namespace fluxtrain::train {
@@ -294,6 +298,40 @@ TEST(MixedPrecision, Bf16ComputeKeepsFp32LoraAndStateAndTracksFp32) {
     EXPECT_TRUE(std::isfinite(bf16[i]));
     EXPECT_NEAR(bf16[i], fp32[i], 0.05 * fp32[i]) << "step " << i;
   }
+}
+
+// A state records its format; one of a newer format is refused with both versions named, one without
+// the key (format 1) still loads.
+TEST(State, RecordsItsFormatVersionAndRefusesANewerOne) {
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() / "fluxtrain_state_format";
+  std::filesystem::remove_all(dir);
+  TrainingState state;
+  state.trainable = {{"0", at::ones({2})}};
+  state.info = {{"step", 3}};
+  const std::filesystem::path saved = save_state(dir, 3, state);
+  TrainingState loaded = load_state(saved);
+  EXPECT_EQ(loaded.info.at("format_version"), kStateFormatVersion);
+  EXPECT_EQ(loaded.info.at("step"), 3);
+
+  auto rewrite = [&](const nlohmann::json& info) {
+    std::ofstream(saved / "state.json") << info.dump();
+  };
+  nlohmann::json older = loaded.info;
+  older.erase("format_version");
+  older.erase("_dir");
+  rewrite(older);
+  EXPECT_EQ(load_state(saved).info.at("step"), 3);
+  older["format_version"] = kStateFormatVersion + 1;
+  rewrite(older);
+  try {
+    load_state(saved);
+    FAIL() << "a newer state loaded";
+  } catch (const std::exception& e) {
+    const std::string text = e.what();
+    EXPECT_NE(text.find("format " + std::to_string(kStateFormatVersion + 1)), std::string::npos) << text;
+    EXPECT_NE(text.find("up to " + std::to_string(kStateFormatVersion)), std::string::npos) << text;
+  }
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

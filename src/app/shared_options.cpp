@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include "core/error.h"
+#include "core/strings.h"
 
 namespace fluxtrain::app {
 namespace {
@@ -18,12 +19,6 @@ std::string check_device(const OptionValue& v) {
       std::all_of(s.begin() + 5, s.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)) != 0; }))
     return "";
   return "not a device";
-}
-
-std::string join_names(const std::vector<std::string>& names) {
-  std::string out;
-  for (size_t i = 0; i < names.size(); ++i) out += (i == 0 ? "" : i + 1 == names.size() ? " or " : ", ") + names[i];
-  return out;
 }
 
 struct FileSlot {
@@ -142,7 +137,7 @@ ModelFiles find_model_files(const ModelFiles& given, const std::string& model_di
     std::vector<std::string> names = usual_model_names(slot.kind, base_model);
     if (model_dir.empty()) {
       missing.push_back(cat(slot.what, ": not given (set ", set_it, ", or ", model_dir_origin, " to a folder holding ",
-                            join_names(names), ")"));
+                            join_alternatives(names), ")"));
       continue;
     }
     for (const auto& name : names) {
@@ -153,7 +148,7 @@ ModelFiles find_model_files(const ModelFiles& given, const std::string& model_di
       }
     }
     if (!path.empty()) continue;
-    std::string text = cat(slot.what, ": none of ", join_names(names), " in ", model_dir_origin, "=", model_dir);
+    std::string text = cat(slot.what, ": none of ", join_alternatives(names), " in ", model_dir_origin, "=", model_dir);
     if (slot.kind == ModelFileKind::model) {
       const BaseModel other = base_model == BaseModel::schnell ? BaseModel::dev : BaseModel::schnell;
       for (const auto& name : usual_model_names(ModelFileKind::model, other)) {

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/strings.h"
 
 namespace fluxtrain {
 
@@ -59,11 +60,7 @@ std::optional<E> find_enum(std::string_view name) {
 template <NamedEnum E>
 E parse_enum(std::string_view name, const std::string& what) {
   if (auto value = find_enum<E>(name)) return *value;
-  const auto names = enum_names(E{});
-  std::string choices;
-  for (size_t i = 0; i < names.size(); ++i)
-    choices += cat(i == 0 ? "" : i + 1 == names.size() ? " or " : ", ", names[i].name);
-  fail(what, " = '", name, "' is not one of ", choices);
+  fail(what, " = '", name, "' is not one of ", join_alternatives(enum_name_list<E>()));
 }
 
 }  // namespace fluxtrain

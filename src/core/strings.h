@@ -25,4 +25,7 @@ std::string trim(std::string_view text, std::string_view blanks = kAsciiWhitespa
 // {"a", "b", "c"} -> "a, b, c".
 std::string join(const std::vector<std::string>& items, std::string_view separator = ", ");
 
+// Alternatives as a sentence says them: {"a", "b", "c"} -> "a, b or c"; {"a"} -> "a".
+std::string join_alternatives(const std::vector<std::string>& items);
+
 }  // namespace fluxtrain

@@ -16,6 +16,7 @@
 #include "core/log.h"
 #include "core/progress.h"
 #include "core/safetensors.h"
+#include "core/strings.h"
 #include "core/version.h"
 #include "lora/keys.h"
 #include "lora/lora_file.h"
@@ -29,10 +30,6 @@ using safetensors::Dtype;
 using safetensors::TensorInfo;
 
 constexpr double kE4M3Max = 448.0;
-
-bool ends_with(const std::string& text, const std::string& suffix) {
-  return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
 
 std::string shape_text(int64_t a, int64_t b) {
   return cat("[", a, ", ", b, "]");
@@ -242,8 +239,7 @@ void check_output_is_not_an_input(const std::string& out, const std::vector<std:
 }  // namespace
 
 safetensors::Dtype parse_weight_dtype(const std::string& text, const std::string& option) {
-  std::string t;
-  for (char c : text) t += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  const std::string t = lower(text);
   if (t == "fp32" || t == "float32" || t == "f32") return Dtype::F32;
   if (t == "fp16" || t == "float16" || t == "f16" || t == "half") return Dtype::F16;
   if (t == "bf16" || t == "bfloat16") return Dtype::BF16;
@@ -381,7 +377,7 @@ const std::vector<std::pair<std::string_view, const std::vector<std::string>*>>&
 std::map<std::string, std::vector<const TensorInfo*>> module_targets(const safetensors::Header& header) {
   std::map<std::string, std::vector<const TensorInfo*>> targets;
   for (const TensorInfo& info : header.tensors) {
-    if (info.shape.size() != 2 || !ends_with(info.name, ".weight")) continue;
+    if (info.shape.size() != 2 || !info.name.ends_with(".weight")) continue;
     std::string stem = info.name.substr(0, info.name.size() - std::strlen(".weight"));
     for (const auto& [lora_prefix, key_prefixes] : lora_prefixes()) {
       for (const std::string& key_prefix : *key_prefixes) {
@@ -395,7 +391,7 @@ std::map<std::string, std::vector<const TensorInfo*>> module_targets(const safet
 
 // The tensors fluxtrain's fp8 base keeps in fp8: 2-D Linear weights inside the repeated blocks.
 bool is_block_matrix(const TensorInfo& info) {
-  if (info.shape.size() != 2 || !ends_with(info.name, ".weight")) return false;
+  if (info.shape.size() != 2 || !info.name.ends_with(".weight")) return false;
   for (const std::string& prefix : models::kFluxPrefixes) {
     if (info.name.compare(0, prefix.size() + 14, prefix + "double_blocks.") == 0 ||
         info.name.compare(0, prefix.size() + 14, prefix + "single_blocks.") == 0) {

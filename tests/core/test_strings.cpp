@@ -29,5 +29,12 @@ TEST(Strings, JoinPutsTheSeparatorBetweenItems) {
   EXPECT_EQ(join({"", "y"}), ", y");
 }
 
+TEST(Strings, AlternativesReadAsASentence) {
+  EXPECT_EQ(join_alternatives({}), "");
+  EXPECT_EQ(join_alternatives({"a"}), "a");
+  EXPECT_EQ(join_alternatives({"a", "b"}), "a or b");
+  EXPECT_EQ(join_alternatives({"a", "b", "c"}), "a, b or c");
+}
+
 }  // namespace
 }  // namespace fluxtrain

@@ -272,9 +272,18 @@ def test_epoch_saves_and_resume_with_gradient_accumulation(tmp_path, fluxtrain_b
     resumed.mkdir()
     (resumed / "state").mkdir()
     shutil.copytree(straight / "state" / "step-00000002", resumed / "state" / "step-00000002")
-    again = run([fluxtrain_bin, "train"], env=dict(env, OUTPUT_PATH=str(resumed)))
+    # Memory-only options may change on resume (their rule in the option table): the run goes on where it
+    # was, and the numbers do not move.
+    memory = {"PARAMS_GRADIENT_CHECKPOINTING_INTERVAL": "2", "PARAMS_PREFETCH_BATCHES": "0"}
+    again = run([fluxtrain_bin, "train"], env=dict(env, OUTPUT_PATH=str(resumed), **memory))
     assert "resumed from" in again.stderr
+    assert "gradient_checkpointing_interval: 1 -> 2 (memory only)" in again.stderr, again.stderr
+    assert not list(resumed.glob("run-*"))
     assert (resumed / "flux-lora.safetensors").read_bytes() == (straight / "flux-lora.safetensors").read_bytes()
+    # A change that shapes the training starts a new run beside the old one.
+    changed = run([fluxtrain_bin, "train"], env=dict(env, OUTPUT_PATH=str(resumed), PARAMS_NETWORK_DIM="2"))
+    assert "network_dim: 4 -> 2" in changed.stderr and "this is a new run in" in changed.stderr, changed.stderr
+    assert len(list(resumed.glob("run-*/flux-lora.safetensors"))) == 1
 
 
 def test_checkpointing_settings_give_the_same_lora(tmp_path, fluxtrain_bin, models, dataset):

@@ -3,6 +3,8 @@
 
 #include <ATen/ATen.h>
 
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
 
@@ -303,8 +305,10 @@ TEST(MixedPrecision, Bf16ComputeKeepsFp32LoraAndStateAndTracksFp32) {
 // A state records its format; one of a newer format is refused with both versions named, one without
 // the key (format 1) still loads.
 TEST(State, RecordsItsFormatVersionAndRefusesANewerOne) {
-  const std::filesystem::path dir = std::filesystem::temp_directory_path() / "fluxtrain_state_format";
-  std::filesystem::remove_all(dir);
+  // A folder of this process's own, never removed: libtorch.so exports a std::filesystem::remove_all that
+  // the test executable binds to (libtorch comes before libstdc++ among its libraries), and it crashes.
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("fluxtrain_state_format_" + std::to_string(::getpid()));
   TrainingState state;
   state.trainable = {{"0", at::ones({2})}};
   state.info = {{"step", 3}};
@@ -313,9 +317,7 @@ TEST(State, RecordsItsFormatVersionAndRefusesANewerOne) {
   EXPECT_EQ(loaded.info.at("format_version"), kStateFormatVersion);
   EXPECT_EQ(loaded.info.at("step"), 3);
 
-  auto rewrite = [&](const nlohmann::json& info) {
-    std::ofstream(saved / "state.json") << info.dump();
-  };
+  auto rewrite = [&](const nlohmann::json& info) { std::ofstream(saved / "state.json") << info.dump(); };
   nlohmann::json older = loaded.info;
   older.erase("format_version");
   older.erase("_dir");
@@ -331,7 +333,6 @@ TEST(State, RecordsItsFormatVersionAndRefusesANewerOne) {
     EXPECT_NE(text.find("format " + std::to_string(kStateFormatVersion + 1)), std::string::npos) << text;
     EXPECT_NE(text.find("up to " + std::to_string(kStateFormatVersion)), std::string::npos) << text;
   }
-  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

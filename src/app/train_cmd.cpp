@@ -88,9 +88,12 @@ RunPlan plan_run(const TrainSettings& settings, const std::map<std::string, std:
   } catch (const std::exception&) {
     saved = nlohmann::json::object();
   }
+  // An option the saved state does not know (a newer fluxtrain added it) had its default then: an upgrade
+  // of the program does not start a new run by itself.
+  const std::map<std::string, std::string> defaults = resolve(train_options(), {}).value_texts();
   std::vector<std::string> honoured, breaking;
   for (const auto& [name, value] : values) {
-    const std::string before = saved.contains(name) ? saved[name].get<std::string>() : "(unset)";
+    const std::string before = saved.contains(name) ? saved[name].get<std::string>() : defaults.at(name);
     if (same_value(before, value)) continue;
     const ResumeRule rule = train_options().at(name).resume;
     std::string change =

@@ -3,7 +3,9 @@
 diffusers' FluxTransformer2DModel holds the weights of the same BFL-layout file (tests/reference's
 converter); PEFT LoRA adapters sit on the same Linear layers with the same rank and alpha, starting from
 the same weights (the kohya-format file fluxtrain_bench --write-lora wrote); diffusers' own gradient
-checkpointing (per block, as fluxtrain's); torch.optim.AdamW (weight decay 0.01) and
+checkpointing (torch.utils.checkpoint per block) with fluxtrain's policy by default: every block but the
+last, whose recomputation would run right before its own backward (--checkpoint-last 1: every block, as
+diffusers' enable_gradient_checkpointing() alone does); torch.optim.AdamW (weight decay 0.01) and
 clip_grad_norm_(1.0), as fluxtrain's train_step. Timesteps and noise come from CPU generators seeded as
 fluxtrain's, in the same order, so both sides train on the same numbers and their losses agree.
 
@@ -24,6 +26,7 @@ import sys
 import time
 
 import torch
+import torch.utils.checkpoint
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
@@ -138,6 +141,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--checkpointing", type=int, default=1)
+    p.add_argument("--checkpoint-last", type=int, default=0,
+                   help="1: checkpoint the last block too (diffusers' default); 0: not, as fluxtrain")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--rank", type=int, default=16)
@@ -173,8 +178,21 @@ def main() -> None:
     params = [q for q in model.parameters() if q.requires_grad]
     for q in params:
         q.data = q.data.float()
+    calls = {"checkpointed": 0, "plain": 0}
     if a.checkpointing:
-        model.enable_gradient_checkpointing()
+        blocks = list(model.transformer_blocks) + list(model.single_transformer_blocks)
+        last = blocks[-1] if blocks and not a.checkpoint_last else None
+
+        def checkpointed(block, *args):
+            # diffusers calls this for every block when checkpointing is on; the last runs plainly (as in
+            # fluxtrain) unless --checkpoint-last 1.
+            if block is last:
+                calls["plain"] += 1
+                return block(*args)
+            calls["checkpointed"] += 1
+            return torch.utils.checkpoint.checkpoint(block.__call__, *args, use_reentrant=False)
+
+        model.enable_gradient_checkpointing(checkpointed)
     model.train()
     optimizer = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01)
 
@@ -234,7 +252,9 @@ def main() -> None:
         grad_norms.append(grad_norm)
 
     out = {"side": "eager", "batch": a.batch, "device": str(device), "precision": a.precision,
-           "checkpointing": bool(a.checkpointing), "threads": torch.get_num_threads(),
+           "checkpointing": bool(a.checkpointing), "checkpoint_last": bool(a.checkpoint_last),
+           "checkpointed_blocks_per_step": calls["checkpointed"] / (a.warmup + a.steps),
+           "thp": os.environ.get("THP_MEM_ALLOC_ENABLE", ""), "threads": torch.get_num_threads(),
            "lora_parameters": sum(q.numel() for q in params), "step_ms": step_ms,
            "median_ms": statistics.median(step_ms), "step_cpu_ms": step_cpu_ms,
            "median_cpu_ms": statistics.median(step_cpu_ms), "losses": losses, "grad_norms": grad_norms,

@@ -6,6 +6,10 @@ in separate processes, alternating which goes first, `--repeats` times each, and
 step time, peak memory, their ratios (fluxtrain / eager), and the memory each extra image costs (the
 least-squares slope of peak memory over the batch sizes). See bench/README.md and docs/performance.md.
 
+Fair by construction: both sides get the same THP_MEM_ALLOC_ENABLE (libc10's huge-page switch, which the
+fluxtrain executable turns on; --thp), the same checkpointing policy (every block but the last, fluxtrain's;
+--eager-checkpointing all gives the baseline diffusers' every-block default instead) and the same threads.
+
 Both sides must compute the same thing: their first-step losses (and gradient norms) are compared on the
 same weights and inputs, and a mismatch beyond the tolerance fails the run (exit 1). The timing targets
 are figures to read, never asserted.
@@ -41,10 +45,10 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n", 2)[2])
     p.add_argument("--batches", default="1,2,4,8", help="comma-separated batch sizes")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per process (default: cpu 3, cuda 10)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per process (default: cpu 5, cuda 10)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per process, first (default: cpu 1, cuda 3)")
     p.add_argument("--repeats", type=int, default=None,
-                   help="processes per side and batch size, interleaved (default: cpu 1, cuda 3)")
+                   help="processes per side and batch size, interleaved (default: 3)")
     p.add_argument("--latent", type=int, default=64, help="latent height = width (64 = a 512x512 image)")
     p.add_argument("--txt-len", type=int, default=128, help="T5 tokens")
     p.add_argument("--hidden", type=int, default=768)
@@ -59,6 +63,14 @@ def parse_args(argv=None):
     p.add_argument("--checkpointing", default="on", choices=["on", "off"])
     p.add_argument("--keep-products", default="outputs", choices=["none", "outputs", "all"],
                    help="fluxtrain's checkpoint_keep_products (its default: outputs)")
+    p.add_argument("--thp", default="on", choices=["on", "off"],
+                   help="THP_MEM_ALLOC_ENABLE for both sides: huge pages for tensors >= 2 MiB (fluxtrain's executable: on)")
+    p.add_argument("--eager-checkpointing", default="same", choices=["same", "all"],
+                   help="the baseline's checkpointed blocks: same (every block but the last, as fluxtrain) or all "
+                        "(diffusers' enable_gradient_checkpointing() default)")
+    p.add_argument("--sides", default="fluxtrain,eager",
+                   help="which sides to run: fluxtrain,eager (the comparison) or one of them (A/B runs of one side "
+                        "at two commits; no ratios, no first-step check)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--precision", default=None, choices=["fp32", "bf16"], help="default: fp32 on cpu, bf16 on cuda")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads on both sides (0: torch's default)")
@@ -77,12 +89,16 @@ def parse_args(argv=None):
         a.hidden, a.heads, a.double, a.single, a.context_dim, a.vec_dim = 128, 2, 1, 2, 64, 32
         # Tiny ops on a shared machine: OpenMP threads waiting on each other cost more than they gain.
         a.threads = a.threads or 1
+        a.repeats = a.repeats if a.repeats is not None else 1
     cuda = a.device == "cuda"
     if a.precision is None:
         a.precision = "bf16" if cuda else "fp32"
-    a.steps = a.steps if a.steps is not None else (10 if cuda else 3)
+    a.steps = a.steps if a.steps is not None else (10 if cuda else 5)
     a.warmup = a.warmup if a.warmup is not None else (3 if cuda else 1)
-    a.repeats = a.repeats if a.repeats is not None else (3 if cuda else 1)
+    a.repeats = a.repeats if a.repeats is not None else 3
+    a.side_list = [s.strip() for s in a.sides.split(",") if s.strip()]
+    if not a.side_list or any(s not in ("fluxtrain", "eager") for s in a.side_list) or len(set(a.side_list)) != len(a.side_list):
+        p.error(f"--sides '{a.sides}': expected fluxtrain,eager, fluxtrain or eager")
     if a.steps < 1 or a.warmup < 0 or a.repeats < 1:
         p.error(f"--steps {a.steps} / --warmup {a.warmup} / --repeats {a.repeats}: need steps >= 1, warmup >= 0, repeats >= 1")
     try:
@@ -117,8 +133,8 @@ def write_fixtures(a, work: str) -> tuple:
     return cfg, model, inputs, lora
 
 
-def run_json(cmd) -> dict:
-    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
+def run_json(cmd, env=None) -> dict:
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"benchmark: {' '.join(map(str, cmd))}\nfailed with exit status {proc.returncode}:\n"
                          f"{proc.stderr[-4000:]}{proc.stdout[-2000:]}")
@@ -135,6 +151,18 @@ def write_atomic(path: str, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def commit() -> str:
+    """The checkout's commit, '+changes' when the tree differs from it ('unknown' outside git)."""
+    try:
+        head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return head + (" +changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def slope(points) -> float:
@@ -164,31 +192,38 @@ def main(argv=None) -> int:
               "--rank", a.rank, "--alpha", a.alpha, "--lr", a.lr, "--seed", a.seed, "--threads", a.threads,
               "--lora", lora]
     sides = {"fluxtrain": [a.bench_bin, "--split-qkv", 1, "--keep-products", a.keep_products] + common,
-             "eager": [a.python, os.path.join(HERE, "baseline_diffusers.py")] + common}
+             "eager": [a.python, os.path.join(HERE, "baseline_diffusers.py"),
+                       "--checkpoint-last", int(a.eager_checkpointing == "all")] + common}
+    # libc10 reads THP_MEM_ALLOC_ENABLE when it loads, in both programs: the same value for both sides.
+    env = dict(os.environ, THP_MEM_ALLOC_ENABLE="1" if a.thp == "on" else "0")
+    policy = ("every block but the last on both sides" if a.eager_checkpointing == "same" else
+              "fluxtrain every block but the last, eager every block")
     print(f"model: hidden {cfg.hidden_size}, {cfg.num_heads} heads, {cfg.depth} double + {cfg.depth_single_blocks} "
           f"single blocks; latents {a.latent}x{a.latent} ({(a.latent // 2) ** 2} image tokens) + {a.txt_len} text "
           f"tokens; LoRA rank {a.rank} alpha {a.alpha:g} (split q/k/v); AdamW; checkpointing {a.checkpointing} "
-          f"(fluxtrain keeps attention and products '{a.keep_products}'); {a.device} {a.precision}; {a.warmup} warm-up + {a.steps} timed steps x {a.repeats} processes per side",
+          f"({policy}; fluxtrain keeps attention and products '{a.keep_products}'); {a.device} {a.precision}; THP_MEM_ALLOC_ENABLE {env['THP_MEM_ALLOC_ENABLE']} both sides; {a.warmup} warm-up + {a.steps} timed steps x {a.repeats} processes per side",
           flush=True)
 
     results = {}  # (side, batch) -> list of result dicts
     for batch in a.batch_list:
         for r in range(a.repeats):
-            order = ["fluxtrain", "eager"] if r % 2 == 0 else ["eager", "fluxtrain"]
+            order = a.side_list if r % 2 == 0 else a.side_list[::-1]
             for side in order:
-                res = run_json(sides[side] + ["--batch", batch])
+                res = run_json(sides[side] + ["--batch", batch], env)
                 results.setdefault((side, batch), []).append(res)
                 print(f"  batch {batch} {side:9s} run {r + 1}: {res['median_ms']:.0f} ms/step "
                       f"({res['median_cpu_ms']:.0f} ms CPU), "
                       f"peak {res['peak_bytes'] / MIB:.0f} MiB, first loss {res['losses'][0]:.6f}"
-                      + (f", attention stash check {res['attention_stash_check']}" if "attention_stash_check" in res else ""),
+                      + (f", attention stash check {res['attention_stash_check']}" if "attention_stash_check" in res else "")
+                      + (f", {res['checkpointed_blocks_per_step']:g} blocks checkpointed" if "checkpointed_blocks_per_step" in res else ""),
                       flush=True)
 
+    both = len(a.side_list) == 2
     # Honesty check: the two sides start from the same weights, LoRA and inputs, so the first step's loss
     # and gradient norm must agree (fp32: to float rounding; bf16: to bf16 rounding).
     loss_tol, grad_tol = (1e-4, 1e-3) if a.precision == "fp32" else (3e-2, 1e-1)
     failures = []
-    for batch in a.batch_list:
+    for batch in a.batch_list if both else []:
         f, e = results[("fluxtrain", batch)][0], results[("eager", batch)][0]
         if f["lora_parameters"] != e["lora_parameters"]:
             failures.append(f"batch {batch}: LoRA parameters {f['lora_parameters']} (fluxtrain) vs {e['lora_parameters']} (eager)")
@@ -200,38 +235,45 @@ def main(argv=None) -> int:
             if not rel <= tol:
                 failures.append(f"batch {batch}: first-step {LABELS[key]} differs by {rel:.2e} (> {tol:.0e})")
 
-    rows = []
+    rows, spread = [], {side: 0.0 for side in a.side_list}
     for batch in a.batch_list:
         row = {"batch": batch}
-        for side in ("fluxtrain", "eager"):
+        for side in a.side_list:
             runs = results[(side, batch)]
             row[f"{side}_ms"] = statistics.median(t for res in runs for t in res["step_ms"])
             row[f"{side}_cpu_ms"] = statistics.median(t for res in runs for t in res["step_cpu_ms"])
             row[f"{side}_peak"] = statistics.median(res["peak_bytes"] for res in runs)
+            medians = [res["median_cpu_ms"] if a.device == "cpu" else res["median_ms"] for res in runs]
+            spread[side] = max(spread[side], max(medians) / min(medians) - 1)
         rows.append(row)
-    per_image = {side: slope([(r["batch"], r[f"{side}_peak"]) for r in rows]) for side in ("fluxtrain", "eager")}
+    per_image = {side: slope([(r["batch"], r[f"{side}_peak"]) for r in rows]) for side in a.side_list}
 
     # On a CPU the process CPU time is shown too: on a shared machine it is the steadier figure (wall time
     # also counts the time other programs held the cores).
     cpu = a.device == "cpu"
     unit = "MiB (peak RSS over the steps - RSS before the model)" if cpu else "MiB (max_memory_allocated)"
-    header = ["batch", "fluxtrain ms/step", "eager ms/step", "time ratio"]
-    if cpu:
-        header += ["fluxtrain CPU ms/step", "eager CPU ms/step", "CPU-time ratio"]
-    header += ["fluxtrain peak MiB", "eager peak MiB", "memory ratio"]
+    columns = [("ms/step", "ms", "time ratio")] + ([("CPU ms/step", "cpu_ms", "CPU-time ratio")] if cpu else []) + \
+              [("peak MiB", "peak", "memory ratio")]
+    header = ["batch"]
+    for label, _, ratio_label in columns:
+        header += [f"{side} {label}" for side in a.side_list] + ([ratio_label] if both else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        cells = [r["batch"], f"{r['fluxtrain_ms']:.0f}", f"{r['eager_ms']:.0f}", f"{r['fluxtrain_ms'] / r['eager_ms']:.2f}"]
-        if cpu:
-            cells += [f"{r['fluxtrain_cpu_ms']:.0f}", f"{r['eager_cpu_ms']:.0f}",
-                      f"{r['fluxtrain_cpu_ms'] / r['eager_cpu_ms']:.2f}"]
-        cells += [f"{r['fluxtrain_peak'] / MIB:.0f}", f"{r['eager_peak'] / MIB:.0f}",
-                  f"{r['fluxtrain_peak'] / r['eager_peak']:.2f}"]
+        cells = [r["batch"]]
+        for _, key, _ in columns:
+            scale = MIB if key == "peak" else 1
+            cells += [f"{r[f'{side}_{key}'] / scale:.0f}" for side in a.side_list]
+            if both:
+                cells.append(f"{r[f'fluxtrain_{key}'] / r[f'eager_{key}']:.2f}")
         lines.append("| " + " | ".join(map(str, cells)) + " |")
-    ratio = per_image["fluxtrain"] / per_image["eager"] if per_image["eager"] else float("nan")
-    extra = (f"Memory per extra image: fluxtrain {per_image['fluxtrain'] / MIB:.1f} MiB, eager "
-             f"{per_image['eager'] / MIB:.1f} MiB (ratio {ratio:.2f}). Memory unit: {unit}. "
-             f"Targets: time ratio <= 0.8, memory ratio <= 0.7.")
+    extra = "Memory per extra image: " + ", ".join(f"{side} {per_image[side] / MIB:.1f} MiB" for side in a.side_list)
+    if both:
+        ratio = per_image["fluxtrain"] / per_image["eager"] if per_image["eager"] else float("nan")
+        extra += f" (ratio {ratio:.2f})"
+    extra += (f". Memory unit: {unit}. Spread of the per-process median {'CPU ' if cpu else ''}step times "
+              f"(largest / smallest - 1, worst batch): " + ", ".join(f"{side} {100 * spread[side]:.1f} %" for side in a.side_list) + ".")
+    if both:
+        extra += " Targets: time ratio <= 0.8, memory ratio <= 0.7."
     table = "\n".join(lines)
     print()
     print(table)
@@ -239,12 +281,13 @@ def main(argv=None) -> int:
 
     if a.markdown:
         cmd = "python bench/train_step.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        threads = results[("fluxtrain", a.batch_list[0])][0]["threads"]
-        text = (f"Command: `{cmd.strip()}`  \nDate: {datetime.date.today().isoformat()}  \n"
+        threads = results[(a.side_list[0], a.batch_list[0])][0]["threads"]
+        text = (f"Command: `{cmd.strip()}`  \nDate: {datetime.date.today().isoformat()}, commit `{commit()}`  \n"
                 f"Machine: {platform.machine()} {os.cpu_count()} CPUs ({threads} torch threads), {a.device} {a.precision}  \n"
                 f"Model: hidden {cfg.hidden_size}, {cfg.depth} double + {cfg.depth_single_blocks} single blocks, "
                 f"{a.latent}x{a.latent} latents, {a.txt_len} text tokens, LoRA rank {a.rank} (split q/k/v), AdamW, "
-                f"checkpointing {a.checkpointing} (fluxtrain keeps attention and products '{a.keep_products}'); "
+                f"checkpointing {a.checkpointing} ({policy}; fluxtrain keeps attention and products '{a.keep_products}'); "
+                f"THP_MEM_ALLOC_ENABLE {env['THP_MEM_ALLOC_ENABLE']} both sides; "
                 f"{a.warmup} warm-up + {a.steps} timed steps x {a.repeats} "
                 f"processes per side\n\n{table}\n\n{extra}\n")
         write_atomic(a.markdown, text)

@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -193,6 +194,8 @@ int run(const Options& o) {
   out["keep_attention"] = o.keep_attention;
   out["keep_products"] = o.keep_products;
   out["threads"] = at::get_num_threads();
+  const char* thp = std::getenv("THP_MEM_ALLOC_ENABLE");  // libc10's switch, read by both sides
+  out["thp"] = thp ? thp : "";
   out["lora_parameters"] = network.parameter_count();
   out["step_ms"] = step_ms;
   out["median_ms"] = median(step_ms);

@@ -22,6 +22,7 @@
 #include "core/atomic_file.h"
 #include "core/enum_names.h"
 #include "core/error.h"
+#include "core/folder_lock.h"
 #include "core/log.h"
 #include "core/sha256.h"
 #include "data/dataset.h"
@@ -71,11 +72,11 @@ RunPlan plan_run(const TrainSettings& settings, const std::map<std::string, std:
   }
   if (!settings.auto_resume) return plan;
   const std::string hash = training_hash(values);
-  auto newest = train::newest_state(output);
+  auto newest = train::newest_sound_state(output);
   if (!newest) {
     // A changed configuration may have started an alternate run before: resume that one.
     fs::path alternate = output / ("run-" + hash);
-    if (auto alt = train::newest_state(alternate)) {
+    if (auto alt = train::newest_sound_state(alternate)) {
       plan.dir = alternate;
       plan.resume_state = alt->string();
     }
@@ -109,7 +110,7 @@ RunPlan plan_run(const TrainSettings& settings, const std::map<std::string, std:
   plan.dir = output / ("run-" + hash);
   log::warn("these changes shape the training, so this is a new run in ", plan.dir.string(), " (the run in ",
             output.string(), " is left as it is)");
-  if (auto alt = train::newest_state(plan.dir)) plan.resume_state = alt->string();
+  if (auto alt = train::newest_sound_state(plan.dir)) plan.resume_state = alt->string();
   return plan;
 }
 
@@ -190,6 +191,9 @@ int run_train(const ResolvedConfig& config, bool cache_only) {
   const at::Device device = resolve_device(settings.compute, settings.engine);
   const at::ScalarType precision = resolve_precision(settings.compute.precision, device);
 
+  // One trainer per OUTPUT_PATH (its run-* folders included); what a killed one left half-written goes.
+  const FolderLock lock(settings.output_path, "OUTPUT_PATH");
+  train::remove_stale_temporaries(settings.output_path);
   RunPlan run = cache_only ? RunPlan{fs::path(settings.output_path), ""} : plan_run(settings, config.value_texts());
   std::shared_ptr<data::DatasetPlan> plan = build_dataset(settings);
 

@@ -111,9 +111,13 @@ void write_file_atomic(const std::string& path, std::string_view content) {
 
 void fsync_directory(const std::string& dir) {
   int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return;  // best effort: some file systems do not allow opening folders
-  ::fsync(fd);
+  if (fd < 0) fail("cannot open the folder ", dir, " to make its new entries durable (fsync): ", errno_text(errno));
+  const int rc = ::fsync(fd);
+  const int error = errno;
   ::close(fd);
+  // EINVAL: the file system cannot sync a folder (some network and FUSE mounts); its renames are as durable
+  // as it makes them. Any other failure (EIO, ENOSPC, EDQUOT) means the new entries may be lost.
+  if (rc != 0 && error != EINVAL) fail("cannot make the new entries of ", dir, " durable (fsync): ", errno_text(error));
 }
 
 }  // namespace fluxtrain

@@ -41,7 +41,8 @@ class AtomicFile {
 // Writes a whole small file atomically.
 void write_file_atomic(const std::string& path, std::string_view content);
 
-// fsyncs a folder so that a rename inside it survives a power loss.
+// fsyncs a folder so that a rename inside it survives a power loss; an Error naming the folder when that
+// fails (except EINVAL: a file system that cannot sync folders).
 void fsync_directory(const std::string& dir);
 
 }  // namespace fluxtrain

@@ -3,15 +3,21 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <sstream>
 
+#include <signal.h>
+#include <sys/types.h>
+#include <unistd.h>
+
 #include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/safetensors.h"
+#include "core/sha256.h"
 
 namespace fluxtrain::train {
 namespace fs = std::filesystem;
@@ -19,6 +25,8 @@ namespace {
 
 constexpr const char* kComplete = "COMPLETE";
 constexpr const char* kPrefix = "step-";
+constexpr const char* kCorrupt = ".corrupt";
+const char* const kStateFiles[] = {"trainable.safetensors", "optimizer.safetensors", "state.json"};
 
 const char kBase64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
@@ -97,23 +105,86 @@ std::string state_dir_name(int64_t step) {
 }
 
 fs::path save_state(const fs::path& output_dir, int64_t step, const TrainingState& state) {
-  fs::path dir = output_dir / "state" / state_dir_name(step);
+  const fs::path root = output_dir / "state";
+  const fs::path dir = root / state_dir_name(step);
+  const fs::path temp = root / ("." + state_dir_name(step) + ".tmp-" + std::to_string(::getpid()));
   std::error_code ec;
-  fs::remove(dir / kComplete, ec);  // an older save of this step is incomplete until the end
-  fs::create_directories(dir);
-  safetensors::write((dir / "trainable.safetensors").string(), state.trainable);
-  safetensors::write((dir / "optimizer.safetensors").string(), state.optimizer_tensors);
-  nlohmann::json info = state.info;
-  info["format_version"] = kStateFormatVersion;
-  write_file_atomic((dir / "state.json").string(), info.dump(1) + "\n");
-  write_file_atomic((dir / kComplete).string(), std::to_string(step) + "\n");
+  fs::create_directories(root, ec);
+  if (ec) fail("cannot create the state folder ", root.string(), ": ", ec.message());
+  fs::remove_all(temp, ec);
+  try {
+    fs::create_directories(temp);
+    safetensors::write((temp / "trainable.safetensors").string(), state.trainable);
+    safetensors::write((temp / "optimizer.safetensors").string(), state.optimizer_tensors);
+    nlohmann::json info = state.info;
+    info["format_version"] = kStateFormatVersion;
+    write_file_atomic((temp / "state.json").string(), info.dump(1) + "\n");
+    nlohmann::json marker = {{"step", step}, {"files", nlohmann::json::object()}};
+    for (const char* name : kStateFiles) {
+      marker["files"][name] = {{"size", fs::file_size(temp / name)}, {"sha256", sha256_file_hex(temp / name)}};
+    }
+    write_file_atomic((temp / kComplete).string(), marker.dump(1) + "\n");
+    // An older save of this step (a re-run of the same step) goes first; the new one takes its name.
+    if (fs::exists(dir)) {
+      fs::remove(dir / kComplete);
+      fs::remove_all(dir);
+    }
+    fs::rename(temp, dir);
+    fsync_directory(root.string());
+  } catch (const fs::filesystem_error& e) {
+    fs::remove_all(temp, ec);
+    fail("cannot save the training state ", dir.string(), ": ", e.code().message(), " (", e.path1().string(), ")");
+  } catch (...) {
+    fs::remove_all(temp, ec);  // nothing half-written stays where a state is expected
+    throw;
+  }
   return dir;
+}
+
+std::string verify_state(const fs::path& dir) {
+  std::ifstream in(dir / kComplete);
+  if (!in) return cat("no ", kComplete, " marker (an interrupted save)");
+  std::stringstream text;
+  text << in.rdbuf();
+  nlohmann::json marker;
+  try {
+    marker = nlohmann::json::parse(text.str());
+  } catch (const nlohmann::json::exception&) {
+    marker = nullptr;  // format 1: the step number only
+  }
+  const bool listed = marker.is_object() && marker.contains("files") && marker["files"].is_object();
+  if (!listed && !marker.is_number_integer()) return cat(kComplete, " is neither a file list nor a step number");
+  for (const char* name : kStateFiles) {
+    const fs::path file = dir / name;
+    std::error_code ec;
+    const uintmax_t size = fs::file_size(file, ec);
+    if (ec) return cat(name, " is missing or unreadable (", ec.message(), ")");
+    if (!listed) continue;
+    if (!marker["files"].contains(name)) return cat(kComplete, " does not list ", name);
+    const auto& expected = marker["files"][name];
+    if (!expected.is_object() || !expected.contains("size") || !expected.contains("sha256"))
+      return cat(kComplete, " lists ", name, " without its size and sha256");
+    if (expected["size"] != size) return cat(name, " has ", size, " bytes where ", expected["size"].dump(), " were written");
+    try {
+      if (sha256_file_hex(file) != expected["sha256"]) return cat(name, " differs from what was written (SHA-256)");
+    } catch (const Error& e) {
+      return e.what();
+    }
+  }
+  try {
+    std::ifstream json(dir / "state.json");
+    const nlohmann::json parsed = nlohmann::json::parse(json);
+    if (!parsed.is_object()) return "state.json does not hold a JSON object";
+  } catch (const nlohmann::json::exception& e) {
+    return cat("state.json is not valid JSON (", e.what(), ")");
+  }
+  return "";
 }
 
 TrainingState load_state(const fs::path& path) {
   fs::path dir = path;
   if (!fs::exists(dir / kComplete)) {
-    auto newest = newest_state(path);
+    auto newest = newest_sound_state(path);
     if (newest) {
       dir = *newest;
     } else if (fs::is_directory(path)) {
@@ -124,6 +195,10 @@ TrainingState load_state(const fs::path& path) {
       fail(path.string(), ": no such training state folder");
     }
   }
+  if (const std::string wrong = verify_state(dir); !wrong.empty())
+    fail(dir.string(), ": not a sound training state: ", wrong,
+         ". Resume from an older state (its sibling folders) or the run's OUTPUT_PATH, which picks the newest "
+         "sound one");
   TrainingState state;
   try {
     state.trainable = read_tensors(dir / "trainable.safetensors");
@@ -148,6 +223,25 @@ std::optional<fs::path> newest_state(const fs::path& output_dir) {
   auto dirs = state_dirs(output_dir);
   for (auto it = dirs.rbegin(); it != dirs.rend(); ++it) {
     if (fs::exists(it->second / kComplete)) return it->second;
+  }
+  return std::nullopt;
+}
+
+std::optional<fs::path> newest_sound_state(const fs::path& output_dir) {
+  auto dirs = state_dirs(output_dir);
+  for (auto it = dirs.rbegin(); it != dirs.rend(); ++it) {
+    const fs::path& dir = it->second;
+    if (!fs::exists(dir / kComplete)) continue;
+    const std::string wrong = verify_state(dir);
+    if (wrong.empty()) return dir;
+    fs::path aside = dir;
+    aside += kCorrupt;
+    std::error_code ec;
+    fs::remove_all(aside, ec);
+    fs::rename(dir, aside, ec);
+    if (ec) fail("the training state ", dir.string(), " is corrupt (", wrong, ") and cannot be set aside: ", ec.message());
+    log::warn("the training state ", dir.string(), " is corrupt: ", wrong, "; kept as ", aside.filename().string(),
+              " and not resumed; looking at the older ones");
   }
   return std::nullopt;
 }
@@ -185,6 +279,65 @@ void set_generator_state(at::Generator& generator, const std::string& text, cons
     generator.set_state(state);
   } catch (const std::exception& e) {
     fail(what, ": the saved generator state does not fit this generator (", e.what(), ")");
+  }
+}
+
+namespace {
+
+bool process_alive(long pid) { return pid > 0 && (::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM); }
+
+// The pid in a temporary name ".NAME.tmp-PID-N" (atomic files) or ".step-X.tmp-PID" (state folders); 0
+// when the name is not one of those.
+long temporary_pid(const std::string& name) {
+  if (name.empty() || name[0] != '.') return 0;
+  const size_t at = name.rfind(".tmp-");
+  if (at == std::string::npos || at == 0) return 0;
+  const std::string rest = name.substr(at + 5);
+  const size_t dash = rest.find('-');
+  const std::string digits = rest.substr(0, dash);
+  if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos) return 0;
+  if (dash != std::string::npos && (dash + 1 >= rest.size() || rest.find_first_not_of("0123456789", dash + 1) != std::string::npos))
+    return 0;
+  try {
+    return std::stol(digits);
+  } catch (const std::exception&) {
+    return 0;
+  }
+}
+
+void remove_stale_in(const fs::path& folder) {
+  std::error_code ec;
+  if (!fs::is_directory(folder, ec)) return;
+  std::vector<fs::path> stale;
+  for (const auto& entry : fs::directory_iterator(folder, ec)) {
+    const long pid = temporary_pid(entry.path().filename().string());
+    if (pid != 0 && pid != ::getpid() && !process_alive(pid)) stale.push_back(entry.path());
+  }
+  for (const auto& path : stale) {
+    fs::remove_all(path, ec);
+    if (!ec) log::info("removed ", path.string(), ", left by a stopped process");
+  }
+}
+
+}  // namespace
+
+void remove_stale_temporaries(const fs::path& output_dir) {
+  std::vector<fs::path> folders = {output_dir};
+  std::error_code ec;
+  if (fs::is_directory(output_dir, ec)) {
+    for (const auto& entry : fs::directory_iterator(output_dir, ec)) {
+      if (entry.is_directory() && entry.path().filename().string().rfind("run-", 0) == 0) folders.push_back(entry.path());
+    }
+  }
+  for (const auto& folder : folders) {
+    remove_stale_in(folder);
+    remove_stale_in(folder / "state");
+    remove_stale_in(folder / "samples");
+    remove_stale_in(folder / "cache");
+    // Incomplete states (no COMPLETE: a save cut before this format's rename, or by hand) go too.
+    for (const auto& [step, dir] : state_dirs(folder)) {
+      if (!fs::exists(dir / kComplete)) fs::remove_all(dir, ec);
+    }
   }
 }
 

@@ -317,7 +317,14 @@ TEST(State, RecordsItsFormatVersionAndRefusesANewerOne) {
   EXPECT_EQ(loaded.info.at("format_version"), kStateFormatVersion);
   EXPECT_EQ(loaded.info.at("step"), 3);
 
-  auto rewrite = [&](const nlohmann::json& info) { std::ofstream(saved / "state.json") << info.dump(); };
+  EXPECT_EQ(verify_state(saved), "");
+  std::ofstream(saved / "state.json", std::ios::app) << " ";
+  EXPECT_NE(verify_state(saved).find("state.json has"), std::string::npos) << verify_state(saved);
+  // A state as an older fluxtrain wrote it: COMPLETE holds the step number only.
+  auto rewrite = [&](const nlohmann::json& info) {
+    std::ofstream(saved / "state.json") << info.dump();
+    std::ofstream(saved / "COMPLETE") << "3\n";
+  };
   nlohmann::json older = loaded.info;
   older.erase("format_version");
   older.erase("_dir");

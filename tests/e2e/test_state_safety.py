@@ -1,0 +1,113 @@
+"""A restarted pod carries on whatever happened to the newest state (issue 18): a state cut short, with a
+flipped byte or with a broken state.json is reported by name and the next older one resumes, reaching the
+straight run's LoRA; what a killed process left half-written is removed at start; a second trainer on the
+same OUTPUT_PATH is refused, naming the holder's pid."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from conftest import run
+from train_env import base_env, dataset, models  # noqa: F401 (fixtures)
+
+KEEP_ALL = {"PARAMS_KEEP_LAST_N_STATES": "10"}
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, fluxtrain_bin, models, dataset):  # noqa: F811
+    out = tmp_path_factory.mktemp("straight") / "run"
+    run([fluxtrain_bin, "train"], env=base_env(models, dataset, out, **KEEP_ALL))
+    assert sorted(p.name for p in (out / "state").iterdir()) == [f"step-{n:08d}" for n in (2, 4, 6, 8)]
+    return out
+
+
+def stopped_at_step_4(straight, out):
+    """The straight run's folder as a pod killed after the state of step 4 would have left it."""
+    shutil.copytree(straight, out, ignore=shutil.ignore_patterns("flux-lora.safetensors", "*step00000006*",
+                                                                 "*step00000008*", "step-00000006", "step-00000008"))
+    return out / "state" / "step-00000004"
+
+
+def cut(state):
+    path = state / "trainable.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[:-1])
+
+
+def flip(state):
+    path = state / "optimizer.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x10  # a data byte (the header is at the start)
+    path.write_bytes(bytes(data))
+
+
+def broken_json(state):
+    (state / "state.json").write_text("{")
+
+
+@pytest.mark.parametrize("damage", [cut, flip, broken_json], ids=["cut_by_one_byte", "flipped_data_byte", "state_json_brace"])
+def test_a_damaged_newest_state_falls_back_to_the_older_one(tmp_path, fluxtrain_bin, models, dataset, straight,  # noqa: F811
+                                                            damage):
+    out = tmp_path / "run"
+    newest = stopped_at_step_4(straight, out)
+    damage(newest)
+    # Left by a killed process: a temporary state folder and an atomic write's temporary file.
+    dead_pid = 4_000_000
+    while True:
+        try:
+            os.kill(dead_pid, 0)
+            dead_pid += 1
+        except ProcessLookupError:
+            break
+        except PermissionError:
+            dead_pid += 1
+    (out / "state" / f".step-00000005.tmp-{dead_pid}").mkdir()
+    (out / f".flux-lora-step00000006.safetensors.tmp-{dead_pid}-0").write_bytes(b"half")
+
+    result = run([fluxtrain_bin, "train"], env=base_env(models, dataset, out, **KEEP_ALL))
+    assert "step-00000004 is corrupt" in result.stderr, result.stderr
+    assert "resumed from" in result.stderr and "step-00000002" in result.stderr.split("resumed from")[1].splitlines()[0]
+    assert not list(out.glob("run-*")), "a damaged state must not start a new run"
+    assert (out / "state" / "step-00000004.corrupt").is_dir()
+    assert not (out / "state" / f".step-00000005.tmp-{dead_pid}").exists()
+    assert not (out / f".flux-lora-step00000006.safetensors.tmp-{dead_pid}-0").exists()
+    assert (out / "flux-lora.safetensors").read_bytes() == (straight / "flux-lora.safetensors").read_bytes()
+
+
+def test_an_explicit_damaged_state_is_a_named_error(tmp_path, fluxtrain_bin, models, dataset, straight):  # noqa: F811
+    out = tmp_path / "run"
+    newest = stopped_at_step_4(straight, out)
+    cut(newest)
+    result = run([fluxtrain_bin, "train"], env=base_env(models, dataset, out, PARAMS_RESUME_FROM=newest, **KEEP_ALL),
+                 check=False)
+    assert result.returncode == 1, result.stderr
+    assert "step-00000004: not a sound training state: trainable.safetensors has" in result.stderr, result.stderr
+
+
+def test_a_second_trainer_on_the_same_output_is_refused(tmp_path, fluxtrain_bin, models, dataset):  # noqa: F811
+    out = tmp_path / "run"
+    env = base_env(models, dataset, out, PARAMS_MAX_TRAIN_STEPS="400")
+    first = subprocess.Popen([fluxtrain_bin, "train"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        lock = out / ".fluxtrain.lock"
+        deadline = time.time() + 120
+        while time.time() < deadline and first.poll() is None:
+            if lock.exists() and lock.read_text().strip() == str(first.pid):
+                break
+            time.sleep(0.02)
+        assert first.poll() is None, first.stderr.read().decode()
+        second = run([fluxtrain_bin, "train"], env=env, check=False)
+        assert first.poll() is None, "the first trainer ended before the second started; the check proved nothing"
+        assert second.returncode == 1, second.stderr
+        assert f"is in use by another fluxtrain (pid {first.pid})" in second.stderr, second.stderr
+    finally:
+        first.kill()
+        first.wait()
+    # A kill -9 leaves the lock file but not the lock: the next command on the folder takes it (`cache`
+    # locks the folder as `train` does, and is quick).
+    again = run([fluxtrain_bin, "cache"], env=env, check=False)
+    assert again.returncode == 0 and "in use by another" not in again.stderr, again.stderr

@@ -184,6 +184,13 @@ std::vector<OptionSpec> train_specs() {
              "for exact resume.")
           .safe_on_resume()
           .to(&S::training, &T::save_state),
+      Opt<S>("save_state_every_minutes", kReal, "output", "10",
+             "Also save a training state (the resume point, no LoRA file) when this many minutes have passed since "
+             "the last one, whatever the LoRA cadence, so a pod killed without warning (kill -9, out of memory, a "
+             "lost host) loses at most that much training; fractions allowed; 0 = off.")
+          .min(0)
+          .safe_on_resume()
+          .to(&S::training, &T::save_state_every_minutes),
       Opt<S>("keep_last_n_states", kInt, "output", "2", "Keep only the newest N complete training states.")
           .min(1)
           .safe_on_resume()

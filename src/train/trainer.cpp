@@ -272,6 +272,8 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     }
   };
   if (config.sample_at_first && sample && step == 0) render_samples(0);
+  // The timer of save_state_every_minutes: from the start (or the resume), reset by every state.
+  auto last_state = std::chrono::steady_clock::now();
 
   while (step < result.total_steps) {
     const auto step_started = std::chrono::steady_clock::now();
@@ -322,6 +324,12 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
         save_training_state(step);
         state_saved = true;
       }
+      const double minutes = std::chrono::duration<double>(std::chrono::steady_clock::now() - last_state).count() / 60;
+      if (!state_saved && config.save_state_every_minutes > 0 && minutes >= config.save_state_every_minutes) {
+        save_training_state(step);
+        state_saved = true;
+      }
+      if (state_saved) last_state = std::chrono::steady_clock::now();
     }
     const bool sample_step = config.sample_every_n_steps > 0 && step % config.sample_every_n_steps == 0;
     const bool sample_epoch = config.sample_every_n_epochs > 0 && epoch_end && epoch % config.sample_every_n_epochs == 0;

@@ -111,3 +111,17 @@ def test_a_second_trainer_on_the_same_output_is_refused(tmp_path, fluxtrain_bin,
     # locks the folder as `train` does, and is quick).
     again = run([fluxtrain_bin, "cache"], env=env, check=False)
     assert again.returncode == 0 and "in use by another" not in again.stderr, again.stderr
+
+
+def test_states_on_a_timer_whatever_the_lora_cadence(tmp_path, fluxtrain_bin, models, dataset):  # noqa: F811
+    """save_state_every_minutes (fractions allowed): with no LoRA cadence at all, a state after every step
+    once the (tiny) interval has passed; with 0, only the final state."""
+    out = tmp_path / "timer"
+    run([fluxtrain_bin, "train"], env=base_env(models, dataset, out, PARAMS_SAVE_EVERY_N_STEPS="0",
+                                               PARAMS_SAVE_STATE_EVERY_MINUTES="0.00001", **KEEP_ALL))
+    assert sorted(p.name for p in (out / "state").iterdir()) == [f"step-{n:08d}" for n in range(1, 9)]
+    assert not list(out.glob("flux-lora-step*")), "a timer state writes no LoRA file"
+    off = tmp_path / "off"
+    run([fluxtrain_bin, "train"], env=base_env(models, dataset, off, PARAMS_SAVE_EVERY_N_STEPS="0",
+                                               PARAMS_SAVE_STATE_EVERY_MINUTES="0", **KEEP_ALL))
+    assert sorted(p.name for p in (off / "state").iterdir()) == ["step-00000008"]

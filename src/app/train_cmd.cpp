@@ -5,7 +5,7 @@
 // The run folder (OUTPUT_PATH): config.toml (the resolved options), {name}-step{N}.safetensors,
 // {name}.safetensors, state/step-N/ (exact resume), samples/, logs/ (fluxtrain.log, TensorBoard events),
 // metrics.jsonl. A restarted pod resumes from the newest complete state when the options that shape the
-// training are unchanged; changes a resume can honour (cadences, more steps or epochs, sampling) are
+// training and the dataset (its images, sizes and captions) are unchanged; changes a resume can honour (cadences, more steps or epochs, sampling) are
 // applied and reported; any other change starts a fresh run in OUTPUT_PATH/run-<hash> rather than mixing
 // two configurations.
 #include <ATen/ATen.h>
@@ -37,13 +37,28 @@ namespace fluxtrain::app {
 namespace fs = std::filesystem;
 namespace {
 
-// The options that shape the training (resume rule `breaking`) as "name=value" lines, hashed.
-std::string training_hash(const std::map<std::string, std::string>& values) {
+// The dataset as the training sees it: each image's file name, size in bytes, caption, repeats and role,
+// in plan order, hashed. The folder it sits in does not count (a dataset fetched into another cache is the
+// same dataset); a changed, added or removed image or caption does.
+std::string dataset_identity(const data::DatasetPlan& plan) {
+  Sha256 hash;
+  for (const auto& image : plan.images()) {
+    std::error_code ec;
+    const uintmax_t size = fs::file_size(image.path, ec);
+    hash.update(cat(image.dataset, "/", image.subset, "/", image.path.filename().string(), " ", ec ? 0 : size, " ",
+                    image.num_repeats, image.is_reg ? " reg " : " train ", image.caption, "\n"));
+  }
+  return hash.hex_digest().substr(0, 12);
+}
+
+// The options that shape the training (resume rule `breaking`) as "name=value" lines and the dataset's
+// identity, hashed.
+std::string training_hash(const std::map<std::string, std::string>& values, const std::string& dataset) {
   std::string text;
   for (const auto& [name, value] : values) {
     if (train_options().at(name).resume == ResumeRule::breaking) text += name + "=" + value + "\n";
   }
-  return sha256_hex(text).substr(0, 12);
+  return sha256_hex(text + "dataset=" + dataset + "\n").substr(0, 12);
 }
 
 // Two option texts for the same value: equal, or the same number written differently (states of format 1
@@ -62,7 +77,8 @@ struct RunPlan {
 };
 
 // Where this run lives and whether it resumes (see the file comment).
-RunPlan plan_run(const TrainSettings& settings, const std::map<std::string, std::string>& values) {
+RunPlan plan_run(const TrainSettings& settings, const std::map<std::string, std::string>& values,
+                 const std::string& dataset) {
   RunPlan plan;
   const fs::path output(settings.output_path);
   plan.dir = output;
@@ -71,7 +87,7 @@ RunPlan plan_run(const TrainSettings& settings, const std::map<std::string, std:
     return plan;
   }
   if (!settings.auto_resume) return plan;
-  const std::string hash = training_hash(values);
+  const std::string hash = training_hash(values, dataset);
   auto newest = train::newest_sound_state(output);
   if (!newest) {
     // A changed configuration may have started an alternate run before: resume that one.
@@ -82,10 +98,11 @@ RunPlan plan_run(const TrainSettings& settings, const std::map<std::string, std:
     }
     return plan;
   }
-  nlohmann::json saved;
+  nlohmann::json saved, run_info;
   try {
     std::ifstream in(*newest / "state.json");
-    saved = nlohmann::json::parse(in).value("run", nlohmann::json::object()).value("options", nlohmann::json::object());
+    run_info = nlohmann::json::parse(in).value("run", nlohmann::json::object());
+    saved = run_info.value("options", nlohmann::json::object());
   } catch (const std::exception&) {
     saved = nlohmann::json::object();
   }
@@ -101,6 +118,10 @@ RunPlan plan_run(const TrainSettings& settings, const std::map<std::string, std:
         cat(name, ": ", before, " -> ", value, rule == ResumeRule::memory_only ? " (memory only)" : "");
     (rule == ResumeRule::breaking ? breaking : honoured).push_back(change);
   }
+  // A state of an older fluxtrain does not record its dataset: it is taken as this one.
+  const std::string saved_dataset = run_info.value("dataset", dataset);
+  if (saved_dataset != dataset)
+    breaking.push_back(cat("the dataset (its images, sizes or captions): ", saved_dataset, " -> ", dataset));
   if (breaking.empty()) {
     plan.resume_state = newest->string();
     for (const auto& c : honoured) log::info("changed since the saved state (applied to the resumed run): ", c);
@@ -181,7 +202,8 @@ train::TrainerConfig trainer_config(const ResolvedConfig& config, const TrainSet
       {"ss_vae_name", fs::path(files.ae).filename().string()},
   });
   const std::map<std::string, std::string> values = config.value_texts();
-  t.run_info = {{"options", values}, {"training_hash", training_hash(values)}};
+  const std::string dataset = dataset_identity(plan);
+  t.run_info = {{"options", values}, {"dataset", dataset}, {"training_hash", training_hash(values, dataset)}};
   return t;
 }
 
@@ -194,8 +216,9 @@ int run_train(const ResolvedConfig& config, bool cache_only) {
   // One trainer per OUTPUT_PATH (its run-* folders included); what a killed one left half-written goes.
   const FolderLock lock(settings.output_path, "OUTPUT_PATH");
   train::remove_stale_temporaries(settings.output_path);
-  RunPlan run = cache_only ? RunPlan{fs::path(settings.output_path), ""} : plan_run(settings, config.value_texts());
   std::shared_ptr<data::DatasetPlan> plan = build_dataset(settings);
+  RunPlan run = cache_only ? RunPlan{fs::path(settings.output_path), ""}
+                           : plan_run(settings, config.value_texts(), dataset_identity(*plan));
 
   train::DatasetSourceOptions source_options;
   source_options.cache_dir = settings.cache_dir;

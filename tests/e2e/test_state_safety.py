@@ -125,3 +125,27 @@ def test_states_on_a_timer_whatever_the_lora_cadence(tmp_path, fluxtrain_bin, mo
     run([fluxtrain_bin, "train"], env=base_env(models, dataset, off, PARAMS_SAVE_EVERY_N_STEPS="0",
                                                PARAMS_SAVE_STATE_EVERY_MINUTES="0", **KEEP_ALL))
     assert sorted(p.name for p in (off / "state").iterdir()) == ["step-00000008"]
+
+
+def test_the_dataset_is_part_of_the_run_identity(tmp_path, fluxtrain_bin, models, dataset, straight):  # noqa: F811
+    """The same images and captions in another folder resume; one caption changed starts a new run in
+    run-<hash> and leaves the old run as it was."""
+    moved = tmp_path / "moved"
+    shutil.copytree(dataset, moved)
+    out = tmp_path / "same"
+    stopped_at_step_4(straight, out)
+    result = run([fluxtrain_bin, "train"], env=base_env(models, moved, out, **KEEP_ALL))
+    assert "resumed from" in result.stderr and not list(out.glob("run-*")), result.stderr
+    assert (out / "flux-lora.safetensors").read_bytes() == (straight / "flux-lora.safetensors").read_bytes()
+
+    edited = tmp_path / "edited"
+    shutil.copytree(dataset, edited)
+    (edited / "2_ohwx" / "img3.txt").write_text("ohwx, a blue circle\n")
+    out = tmp_path / "other"
+    stopped_at_step_4(straight, out)
+    result = run([fluxtrain_bin, "train"], env=base_env(models, edited, out, **KEEP_ALL))
+    assert "the dataset (its images, sizes or captions)" in result.stderr, result.stderr
+    assert "resumed from" not in result.stderr
+    runs = list(out.glob("run-*"))
+    assert len(runs) == 1 and (runs[0] / "flux-lora.safetensors").exists()
+    assert not (out / "flux-lora.safetensors").exists(), "the old run must stay as it was"

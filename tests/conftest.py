@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 from pathlib import Path
 
@@ -53,3 +54,29 @@ def run(args, check: bool = True, env=None, timeout: float = 600) -> subprocess.
         raise AssertionError(f"{' '.join(map(str, args))} exited {result.returncode}\n"
                              f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}")
     return result
+
+
+# --- seeds: tests that draw fresh random inputs on every run say which, so a failure can be replayed ---
+
+SEED_ENV = "FLUXTRAIN_TEST_SEED"
+_SEEDS = pytest.StashKey[list]()
+
+
+def draw_seed(request, label: str = "seed") -> int:
+    """A fresh seed per run (FLUXTRAIN_TEST_SEED=N replays one), printed, and named in the report of a
+    failing test (pytest shows both). `request` is the fixture request of the test or fixture that uses it."""
+    seed = int(os.environ.get(SEED_ENV) or random.SystemRandom().randrange(10**6))
+    request.node.stash.setdefault(_SEEDS, []).append((label, seed))
+    print(f"{request.node.nodeid} {label}: {seed} (replay: {SEED_ENV}={seed})")
+    return seed
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.failed:
+        seeds = [entry for node in item.listchain() for entry in node.stash.get(_SEEDS, [])]
+        if seeds:
+            report.sections.append(("random seeds", "\n".join(
+                f"{label} = {seed}: replay with {SEED_ENV}={seed} pytest '{item.nodeid}'" for label, seed in seeds)))
+    return report

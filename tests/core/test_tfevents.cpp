@@ -1,5 +1,5 @@
 // TensorBoard event files (CRC-32C, TFRecord framing, hand-encoded Event protobufs) and metrics.jsonl.
-// The files are also read back by the protobuf library in tests/parity/test_tfevents.py.
+// The files are also read back by TensorBoard's own reader in tests/parity/test_tfevents.py.
 #include <gtest/gtest.h>
 
 #include <cmath>

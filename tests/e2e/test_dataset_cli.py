@@ -1,8 +1,9 @@
 """`fluxtrain dataset` as a user runs it, on image folders and configs written here with PIL.
 
-The bucket list and each image's bucket, resized size and centre crop are compared with a Python version of
-the rules in shared/spec/training.md (kohya-ss/sd-scripts' make_bucket_resolutions and select_bucket),
-tests/reference/kohya_buckets.py.
+The bucket list and each image's bucket, resized size and centre crop are compared with
+tests/reference/kohya_buckets.py, a transcription of kohya-ss/sd-scripts' rules (library/model_util.py
+make_bucket_resolutions, library/train_util.py BucketManager.select_bucket and the centre crop): sd-scripts
+is not a package, so no reference runs its own code.
 """
 from __future__ import annotations
 

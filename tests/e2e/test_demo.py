@@ -58,9 +58,8 @@ def test_demo_teaches_the_concept(tmp_path, fluxtrain_bin):
     # The run's TensorBoard events hold the sample images (tag samples/<prompt index>).
     events_files = list((out / "lora" / "logs").glob("events.out.tfevents.*"))
     assert len(events_files) == 1
-    messages = tfr.event_messages()
     image_steps = {}
-    for event in tfr.read_events(messages, events_files[0]):
+    for event in tfr.read_events(events_files[0]):
         if event.WhichOneof("what") != "summary":
             continue
         for value in event.summary.value:

@@ -1,10 +1,11 @@
 """`fluxtrain sample` against a Python reference pipeline, pixel for pixel, on a tiny model set.
 
-The reference is written here from the sources: BFL flux/sampling.py (get_noise on a CPU generator,
-get_schedule with the dev time shift, the Euler loop of denoise, unpack), diffusers' FluxPipeline for true
-CFG (neg + scale * (pos - neg)), diffusers' FluxTransformer2DModel and AutoencoderKL and transformers'
-CLIPTextModel / T5EncoderModel holding the same tiny weights, all in fp32 on the CPU. Prompts are tokenized
-with tokenize_tool (fluxtrain's tokenizers, equal to transformers' id for id: tests/parity/test_tokenizers.py).
+The sampling steps are a transcription, written here from black-forest-labs/flux src/flux/sampling.py (BFL's
+repository is not a package on PyPI): get_noise on a CPU generator, get_schedule with get_lin_function and
+time_shift (the dev shift), the Euler loop of denoise, unpack; true CFG as diffusers' FluxPipeline does it
+(neg + scale * (pos - neg)). The networks are the packages: diffusers' FluxTransformer2DModel and
+AutoencoderKL and transformers' CLIPTextModel / T5EncoderModel holding the same tiny weights, all in fp32
+on the CPU. Prompts are tokenized with tokenize_tool (fluxtrain's tokenizers, equal to transformers' id for id: tests/parity/test_tokenizers.py).
 
 Pixels: |ours - reference| ≤ 1 level everywhere, and at most 0.5% of the values differ at all (a value
 near a rounding boundary may round the other way after fp32 differences of ~1e-6).
@@ -39,6 +40,8 @@ MAX_DIFFERENT = 0.005
 # --- the reference pipeline ---------------------------------------------------------------------------
 
 def get_schedule(steps: int, image_tokens: int, shift: bool) -> list[float]:
+    """BFL's get_schedule (src/flux/sampling.py), transcribed: linspace(1, 0, steps + 1), shifted by
+    time_shift(mu, 1, t) with mu = get_lin_function(256 -> 0.5, 4096 -> 1.15)(image_tokens)."""
     t = torch.linspace(1, 0, steps + 1)
     if shift:
         m = (1.15 - 0.5) / (4096 - 256)

@@ -1,7 +1,9 @@
 """The Flux transformer against diffusers' FluxTransformer2DModel holding the same weights.
 
 Relative error = max|ours - reference| / max|reference| over the output tensor. fp32 ≤ 1e-5; bf16 (ours in
-bf16 vs the fp32 reference) ≤ 3e-2; gradients (fp32) ≤ 1e-4. Inputs are drawn fresh on every run.
+bf16 vs the fp32 reference) ≤ 3e-2; gradients (fp32) ≤ 1e-4. Weights and inputs are drawn fresh on every
+run from one seed per test, which the test prints and a failure's report names (conftest.draw_seed);
+FLUXTRAIN_TEST_SEED=N replays it.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import run
+from conftest import draw_seed, run
 from reference import flux_reference as fr
 from reference import tiny_models as tm
 
@@ -52,7 +54,7 @@ def make_inputs(cfg, seed, batch=2, h=5, w=3, lt=7):
 
 @pytest.fixture(params=["dev", "schnell"])
 def model_files(request, tmp_path):
-    seed = int(torch.randint(0, 10**6, ()).item())
+    seed = draw_seed(request)
     cfg = replace(tm.TINY_FLUX, guidance_embed=request.param == "dev")
     sd = tiny_weights(cfg, seed)
     path = tmp_path / f"flux1-{request.param}.safetensors"
@@ -60,11 +62,11 @@ def model_files(request, tmp_path):
     inputs = make_inputs(cfg, seed + 7)
     inputs_path = tmp_path / "inputs.safetensors"
     save_file(inputs, str(inputs_path))
-    return cfg, sd, path, inputs, inputs_path
+    return cfg, sd, path, inputs, inputs_path, seed
 
 
 def test_forward_fp32_and_bf16(model_files, tmp_path, test_tool):
-    cfg, sd, path, inputs, inputs_path = model_files
+    cfg, sd, path, inputs, inputs_path, _ = model_files
     model = fr.diffusers_model(cfg, sd)
     with torch.no_grad():
         ref = fr.diffusers_forward(model, inputs)
@@ -81,8 +83,9 @@ def test_forward_fp32_and_bf16(model_files, tmp_path, test_tool):
 
 
 def test_gradients(model_files, tmp_path, test_tool):
-    cfg, sd, path, inputs, inputs_path = model_files
-    cot = torch.randn(inputs["img"].shape[0], inputs["img"].shape[1], cfg.out_channels)
+    cfg, sd, path, inputs, inputs_path, seed = model_files
+    g = torch.Generator().manual_seed(seed + 13)
+    cot = torch.randn(inputs["img"].shape[0], inputs["img"].shape[1], cfg.out_channels, generator=g)
     save_file({**inputs, "cotangent": cot}, str(inputs_path))
     model = fr.diffusers_model(cfg, sd)
     img = inputs["img"].clone().requires_grad_(True)
@@ -107,8 +110,8 @@ def test_gradients(model_files, tmp_path, test_tool):
         assert err <= 1e-4, (name, err)
 
 
-def test_diffusers_layout_and_merged_prefix_load_the_same(tmp_path, test_tool):
-    seed = int(torch.randint(0, 10**6, ()).item())
+def test_diffusers_layout_and_merged_prefix_load_the_same(tmp_path, test_tool, request):
+    seed = draw_seed(request)
     cfg = tm.TINY_FLUX
     sd = tiny_weights(cfg, seed)
     inputs = make_inputs(cfg, seed + 3, batch=1, h=2, w=4, lt=5)
@@ -167,10 +170,10 @@ def block_matrices(sd):
 
 
 @pytest.mark.parametrize("stored", ["fp8 file", "quantised on load"])
-def test_fp8_base_matches_reference_on_rounded_weights(tmp_path, test_tool, stored):
+def test_fp8_base_matches_reference_on_rounded_weights(tmp_path, test_tool, stored, request):
     """Block weights in float8_e4m3fn storage, upcast per layer, fp32 compute: equal to the reference
     run on the same fp8-rounded weights (≤ 1e-5)."""
-    seed = int(torch.randint(0, 10**6, ()).item())
+    seed = draw_seed(request)
     cfg = tm.TINY_FLUX
     sd = tiny_weights(cfg, seed)
     rounded = dict(sd)
@@ -194,41 +197,57 @@ def test_fp8_base_matches_reference_on_rounded_weights(tmp_path, test_tool, stor
     assert err <= 1e-5
 
 
-def _quantised_linear(linear: torch.nn.Linear):
-    """The fp8 matmul our tensorwise mode promises: x scaled by amax/448 to e4m3, times the e4m3 weight
-    with torch._scaled_mm, plus the bias."""
-    w8 = linear.weight.detach().to(torch.float8_e4m3fn)
+def unit_scale_fp8_weights(sd, cfg):
+    """The block matrices rounded to e4m3, with the largest entry of every `hidden_size` rows set to
+    ±448·2^-m (m = floor(log2(448 / that block's amax)), so it stays the largest). Our fp8 weights are
+    e4m3 values with scale 1, as fp8 checkpoints store them; torchao's Float8Linear keeps high-precision
+    weights and quantises them at every call with the scale 448 / amax. Every Linear that diffusers splits
+    the fused BFL matrices into (to_q / to_k / to_v, proj_mlp: `hidden_size`-row slices) then has an amax
+    of 448·2^-m, its scale is the power of two 2^m, and torchao's re-quantisation of the already-e4m3
+    weight is exact: both sides multiply the same weight values."""
+    out = dict(sd)
+    for k in block_matrices(sd):
+        w = sd[k].to(torch.float8_e4m3fn).float()
+        for rows in w.split(cfg.hidden_size, 0):
+            flat = rows.view(-1)
+            i = int(flat.abs().argmax())
+            m = math.floor(math.log2(FP8_MAX / float(flat[i].abs())))
+            flat[i] = math.copysign(FP8_MAX / 2**m, float(flat[i]))
+        assert torch.equal(w.to(torch.float8_e4m3fn).float(), w)
+        out[k] = w
+    return out
 
-    def forward(x):
-        x2 = x.reshape(-1, x.shape[-1]).float()
-        scale = (x2.abs().max() / FP8_MAX).clamp_min(1e-12)
-        q = (x2 / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-        y = torch._scaled_mm(q, w8.t(), scale, torch.ones(()), out_dtype=torch.float32)
-        y = y.reshape(*x.shape[:-1], w8.shape[0])
-        return y + linear.bias if linear.bias is not None else y
-    return forward
 
-
-def test_fp8_matmul_tensorwise_matches_scaled_mm_reference(tmp_path, test_tool):
+def test_fp8_matmul_tensorwise_matches_torchao(tmp_path, test_tool, request):
     """--fp8-matmul tensorwise (the fp8 tensor-core path; the CPU runs it too): every fp8 block Linear
-    quantises its input per tensor and multiplies with _scaled_mm. Reference: diffusers with each block
-    Linear replaced by the same recipe on torch._scaled_mm (≤ 1e-5: both sides see the same fp32
-    inputs, so they quantise identically). Also shows the path differs from plain upcasting."""
-    seed = int(torch.randint(0, 10**6, ()).item())
+    quantises its input per tensor (scale amax / 448, e4m3, saturated) and multiplies with _scaled_mm.
+    Reference: torchao's float8 training recipe "tensorwise" (torchao.float8.convert_to_float8_training,
+    Float8Linear with dynamic per-tensor scales; it runs on the CPU) on every Linear of diffusers' double
+    and single blocks, weights as in unit_scale_fp8_weights.
+
+    Tolerance 1e-2 relative, and why: torchao scales the input as x * (448 / amax), we as x / (amax / 448).
+    The two float32 results differ in the last bit for some elements, and an element that lands within that
+    bit of an e4m3 rounding boundary rounds to the neighbouring fp8 value (6-12% of it) on one side only:
+    about one element in a million, i.e. now and then in a forward pass. Measured over 38 seeds: 28 agree
+    to < 1e-6, the others differ by 1.3e-6 .. 3.8e-3 (that step, carried through attention and
+    modulation). A different recipe is much further off: the upcast path (fp8 weights, fp32 inputs)
+    differs from torchao by 3.7e-2 .. 1.1e-1 on the same seeds, and is checked here to differ from ours by
+    more than 1e-2; an input scale of amax / 447 instead of amax / 448 fails the 1e-2 bound."""
+    from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+
+    seed = draw_seed(request)
     cfg = tm.TINY_FLUX
-    sd = tiny_weights(cfg, seed)
+    sd = unit_scale_fp8_weights(tiny_weights(cfg, seed), cfg)
     path = tmp_path / "model.safetensors"
     save_file({k: (v.to(torch.float8_e4m3fn) if k in block_matrices(sd) else v) for k, v in sd.items()}, str(path))
-    rounded = {k: (v.to(torch.float8_e4m3fn).float() if k in block_matrices(sd) else v) for k, v in sd.items()}
-    model = fr.diffusers_model(cfg, rounded)
-    patched = 0
+    model = fr.diffusers_model(cfg, sd)
     for blocks in (model.transformer_blocks, model.single_transformer_blocks):
         for module in blocks.modules():
             if isinstance(module, torch.nn.Linear):
                 assert module.in_features % 16 == 0 and module.out_features % 16 == 0
-                module.forward = _quantised_linear(module)
-                patched += 1
-    assert patched > 0
+        convert_to_float8_training(blocks, config=Float8LinearConfig.from_recipe_name("tensorwise"))
+    converted = [m for m in model.modules() if type(m).__name__ == "Float8Linear"]
+    assert len(converted) == cfg.depth * 14 + cfg.depth_single_blocks * 6, len(converted)
     inputs = make_inputs(cfg, seed + 11)
     inputs_path = tmp_path / "inputs.safetensors"
     save_file(inputs, str(inputs_path))
@@ -240,9 +259,9 @@ def test_fp8_matmul_tensorwise_matches_scaled_mm_reference(tmp_path, test_tool):
     ours = load_file(str(out))["out"]
     err = rel_err(ours, ref)
     drift = rel_err(load_file(str(upcast))["out"], ours)
-    print(f"\nflux fp8 matmul tensorwise rel err {err:.2e} (vs upcast path: {drift:.2e})")
-    assert err <= 1e-5
-    assert drift > 1e-4
+    print(f"\nflux fp8 matmul tensorwise rel err vs torchao {err:.2e} (vs our upcast path: {drift:.2e})")
+    assert err <= 1e-2, f"seed {seed}: rel err {err:.3e} vs torchao's tensorwise recipe"
+    assert drift > 1e-2
 
 
 def test_loading_streams_from_the_memory_map(tmp_path, test_tool):
@@ -260,10 +279,10 @@ def test_loading_streams_from_the_memory_map(tmp_path, test_tool):
     assert ratio <= 1.15
 
 
-def test_text_mask_masks_padded_text_keys(tmp_path, test_tool):
+def test_text_mask_masks_padded_text_keys(tmp_path, test_tool, request):
     """With a T5 mask, padded text tokens are invisible to every attention (kohya's apply_t5_attn_mask):
     equal to diffusers given the same boolean key mask, and changing padded text changes nothing."""
-    seed = int(torch.randint(0, 10**6, ()).item())
+    seed = draw_seed(request)
     cfg = tm.TINY_FLUX
     sd = tiny_weights(cfg, seed)
     path = tmp_path / "model.safetensors"
@@ -286,7 +305,7 @@ def test_text_mask_masks_padded_text_keys(tmp_path, test_tool):
 
     changed = dict(inputs)
     changed["txt"] = inputs["txt"].clone()
-    changed["txt"][0, 4:] = torch.randn(3, cfg.context_in_dim)
+    changed["txt"][0, 4:] = torch.randn(3, cfg.context_in_dim, generator=torch.Generator().manual_seed(seed + 9))
     save_file(changed, str(inputs_path))
     run([test_tool, "flux-forward", path, inputs_path, out])
     assert rel_err(load_file(str(out))["out"], ours) <= 1e-6

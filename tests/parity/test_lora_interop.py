@@ -3,7 +3,8 @@ gives the same output as fluxtrain's own LoRA forward; fp32 relative error (max|
 
 diffusers' kohya converter splits single blocks' linear1 with a literal [3072, 3072, 3072, 12288], so the
 model has the real width (hidden 3072, 24 heads) but one double and one single block (~1.9 GB fp32 on
-disk) and a handful of tokens.
+disk) and a handful of tokens. Weights and inputs are drawn fresh on every run from one seed, which the
+module prints and a failure's report names (conftest.draw_seed); FLUXTRAIN_TEST_SEED=N replays it.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from safetensors.torch import save as safetensors_save
 
-from conftest import run
+from conftest import draw_seed, run
 from reference import flux_reference as fr
 from reference import tiny_models as tm
 
@@ -31,12 +32,13 @@ def rel_err(ours, ref):
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
+def model(tmp_path_factory, request):
     tmp = tmp_path_factory.mktemp("lora")
-    sd = tm.random_state_dict(tm.flux_shapes(CFG), torch.float32, int(torch.randint(0, 10**6, ()).item()))
+    seed = draw_seed(request)
+    sd = tm.random_state_dict(tm.flux_shapes(CFG), torch.float32, seed)
     path = tmp / "flux.safetensors"
     save_file(sd, str(path))
-    g = torch.Generator().manual_seed(int(torch.randint(0, 10**6, ()).item()))
+    g = torch.Generator().manual_seed(seed + 1)
     h, w, lt = 2, 2, 3
     ids = torch.zeros(h, w, 3)
     ids[..., 1] = torch.arange(h)[:, None]

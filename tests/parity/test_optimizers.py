@@ -8,7 +8,9 @@ parameter, over every step of the trajectory; the bound is 1e-6 (measured: 0 —
 trajectory is bit-identical to the reference's on this machine).
 
 References: prodigyopt.Prodigy (1.1.2), torch.optim.AdamW, transformers.optimization.Adafactor,
-torch.optim.SGD, and a Lion written here as lucidrains/lion-pytorch has it.
+torch.optim.SGD, lion_pytorch.Lion (lion-pytorch 0.2.5, lucidrains; the package kohya's "Lion" imports).
+AdamW8bit (float32, its own tolerances in its tests): torch's fp32 AdamW, and bitsandbytes 0.50.2 on the CPU
+(code books, blockwise quantisation, bitsandbytes.optim.AdamW8bit).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import json
 import pytest
 import torch
 from diffusers.optimization import get_scheduler
+from lion_pytorch import Lion
 from prodigyopt import Prodigy
 from safetensors.torch import load_file, save_file
 from transformers.optimization import Adafactor
@@ -26,29 +29,6 @@ from conftest import run
 STEPS = 50
 SHAPES = [(8, 6), (6,), (4, 8), (16,)]  # the third starts at zero
 TOL = 1e-6
-
-
-class ReferenceLion(torch.optim.Optimizer):
-    """lucidrains/lion-pytorch's update (Chen et al. 2023), kohya's "Lion"."""
-
-    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0):
-        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay))
-
-    @torch.no_grad()
-    def step(self):
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["exp_avg"] = torch.zeros_like(p)
-                exp_avg = state["exp_avg"]
-                p.mul_(1 - group["lr"] * group["weight_decay"])
-                update = exp_avg.clone().mul_(beta1).add(p.grad, alpha=1 - beta1).sign_()
-                p.add_(update, alpha=-group["lr"])
-                exp_avg.mul_(beta2).add_(p.grad, alpha=1 - beta2)
 
 
 def make_problem(seed, shapes=SHAPES, dtype=torch.float64, k=10):
@@ -205,6 +185,146 @@ small fp32-state parameter; 3.94x for large tensors alone)."""
     assert all(torch.equal(a, b) for a, b in zip(resumed, ours)), "resume is not bit-exact"
 
 
+def bitsandbytes_reference_quantize(x, code):
+    """bitsandbytes' own PyTorch kernel of quantize_blockwise (backends/default/ops.py: exact nearest code
+    via the midpoints, ties to the lower code), which its CPU build overrides with a native kernel: called
+    past that override with OpOverload.redispatch to the CompositeExplicitAutograd ("default") key."""
+    keys = torch._C.DispatchKeySet(torch._C.DispatchKey.CompositeExplicitAutograd)
+    return torch.ops.bitsandbytes.quantize_blockwise.default.redispatch(keys, x, code, 256)
+
+
+def test_adamw8bit_quantisation_matches_bitsandbytes(tmp_path, test_tool):
+    """Our blockwise 8-bit quantisation (optim/quantize.h through `optim-quantize`) against bitsandbytes
+    (requirements-test.txt), on the CPU:
+    - the code books equal bitsandbytes.functional.create_dynamic_map(signed=True / False) exactly;
+    - codes and absmax equal bitsandbytes' reference kernel (bitsandbytes_reference_quantize) exactly, and
+      the dequantised values equal bitsandbytes.functional.dequantize_blockwise of our codes exactly;
+    - against the native CPU kernel that bitsandbytes.functional.quantize_blockwise (and the CPU optimizer)
+      run: the same absmax; the code index within 1 wherever |x| >= 1e-4 * absmax, and the value within
+      2.5e-5 * absmax below that (an all-zero block: any code, as it dequantises to 0). That kernel finds
+      the code with an approximate search: on these tensors it picks the neighbour of the nearest code for
+      0-2.7% (signed) and 0.2-8.2% (unsigned) of the values above 1e-4 * absmax, mostly values close to the
+      midpoint of two codes, and maps values under ~1e-5 * absmax to its 8th-smallest code (1.6e-5 or
+      ±2.1e-5) instead of 0. Our nearest-code rule is the one of bitsandbytes' reference kernel.
+    The inputs: a partial last block, a block of zeros, moments spanning many decades (Adam's v does), and
+    the absolute values of all of them for the unsigned book."""
+    import bitsandbytes.functional as bnbf
+
+    g = torch.Generator().manual_seed(9)
+    spread = torch.exp(4 * torch.randn(96, 256, generator=g))
+    xs = {"normal_1000": torch.randn(1000, generator=g),
+          "zero_block": torch.cat([torch.zeros(256), torch.randn(300, generator=g)]),
+          "adam_v": spread, "adam_m": spread * torch.randn(96, 256, generator=g).sign()}
+    xs |= {f"abs_{name}": x.abs() for name, x in xs.items()}  # the unsigned book is for the second moment, >= 0
+    save_file({f"x.{name}": x for name, x in xs.items()}, str(tmp_path / "in.safetensors"))
+    run([test_tool, "optim-quantize", tmp_path / "in.safetensors", tmp_path / "out.safetensors"])
+    ours = load_file(str(tmp_path / "out.safetensors"))
+    for kind in ("signed", "unsigned"):
+        code = bnbf.create_dynamic_map(signed=kind == "signed")
+        assert torch.equal(ours[f"code.{kind}"], code), kind
+        for name, x in xs.items():
+            if name.startswith("abs_") != (kind == "unsigned"):
+                continue
+            codes, absmax = ours[f"{kind}.codes.{name}"], ours[f"{kind}.absmax.{name}"]
+            ref_codes, ref_absmax = bitsandbytes_reference_quantize(x, code)
+            assert torch.equal(absmax, ref_absmax), (kind, name)
+            assert torch.equal(codes, ref_codes), (kind, name, int((codes != ref_codes).sum()))
+            values = bnbf.dequantize_blockwise(codes, absmax=absmax, code=code, blocksize=256)
+            assert torch.equal(ours[f"{kind}.values.{name}"], values), (kind, name)
+
+            native, state = bnbf.quantize_blockwise(x, code=code, blocksize=256)
+            assert torch.equal(state.absmax, absmax), (kind, name)
+            scale = absmax.repeat_interleave(256)[:x.numel()].view(x.shape)
+            large = (x.abs() >= 1e-4 * scale) & (scale > 0)  # an all-zero block dequantises to 0 whatever its codes
+            index_gap = (native.long() - codes.long()).abs()
+            value_gap = (code[native.long()] - code[codes.long()]).abs() * scale
+            print(f"\n{kind} {name}: the native CPU kernel picks another code for "
+                  f"{float((index_gap[large] > 0).float().mean()):.2%} of |x| >= 1e-4 absmax, "
+                  f"{float((index_gap[~large] > 0).float().mean()) if (~large).any() else 0:.2%} below")
+            assert int(index_gap[large].max()) <= 1, (kind, name)
+            assert bool((value_gap[~large] <= 2.5e-5 * scale[~large]).all()), (kind, name)
+
+
+def bitsandbytes_step_from(state, params, grads, step, lr, wd):
+    """One bitsandbytes.optim.AdamW8bit step (its CPU path) from our state after `step` steps."""
+    import bitsandbytes as bnb
+
+    ps = [p.clone().requires_grad_(True) for p in params]
+    optimizer = bnb.optim.AdamW8bit(ps, lr=lr, weight_decay=wd)
+    for p in ps:  # one throw-away step makes bitsandbytes lay out its state; it is all overwritten below
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    for i, (p, grad) in enumerate(zip(ps, grads)):
+        with torch.no_grad():
+            p.copy_(params[i])
+        p.grad = grad.clone()
+        st = optimizer.state[p]
+        st["step"] = step
+        if f"{i}.exp_avg.codes" in state:
+            assert st["state1"].dtype == torch.uint8 and st["absmax1"].numel() == state[f"{i}.exp_avg.absmax"].numel()
+            assert torch.equal(st["qmap1"], bnb.functional.create_dynamic_map(signed=True))
+            assert torch.equal(st["qmap2"], bnb.functional.create_dynamic_map(signed=False))
+            st["state1"].copy_(state[f"{i}.exp_avg.codes"].view(p.shape))
+            st["absmax1"].copy_(state[f"{i}.exp_avg.absmax"])
+            st["state2"].copy_(state[f"{i}.exp_avg_sq.codes"].view(p.shape))
+            st["absmax2"].copy_(state[f"{i}.exp_avg_sq.absmax"])
+        else:  # under min_8bit_size (4096, the default on both sides): fp32 moments
+            assert st["state1"].dtype == torch.float32
+            st["state1"].copy_(state[f"{i}.exp_avg"])
+            st["state2"].copy_(state[f"{i}.exp_avg_sq"])
+    optimizer.step()
+    return [p.detach().clone() for p in ps]
+
+
+def test_adamw8bit_step_matches_bitsandbytes(tmp_path, test_tool):
+    """AdamW8bit against bitsandbytes.optim.AdamW8bit on the CPU (its native 8-bit kernel and its fp32
+    path for tensors under min_8bit_size), float32, lr 1e-2, weight decay 0.01.
+    - One step from the same state: after K = 1, 7, 25 and 49 of our steps, bitsandbytes is given our
+      state (8-bit codes and absmax, or the fp32 moments) and parameters and takes step K + 1 with the
+      same gradient. Its parameters must equal ours to 8 units in the last place (float32) of the larger
+      of the old and the new value (measured: at most 4, and 0.7-10% of the values differ at all; an error
+      in the formula, e.g. a bias correction or eps placement, is thousands of ulps off). The update
+      arithmetic is the same but for one rounding: we take torch.optim.AdamW's lerp_ for the first moment,
+      bitsandbytes mul_ + add_, and the last bit of m that this changes is divided by sqrt(v), which the
+      8-bit code can make small.
+    - Whole trajectories (50 steps each, from zero state): the distance between ours and bitsandbytes'
+      is <= 10% of the distance travelled (measured 2.6-2.8%). They drift apart because bitsandbytes' CPU
+      kernel re-quantises the moments with its approximate code search (see the test above), which the
+      next steps then read."""
+    import bitsandbytes as bnb
+
+    shapes = [(64, 96), (96,), (64, 96)]
+    problem = make_problem(4, shapes=shapes, dtype=torch.float32, k=32)
+    lr, wd = 1e-2, 0.01
+    ours, _, _ = ours_run(test_tool, tmp_path, problem, "AdamW8bit", "", lr, wd)
+    for k in (1, 7, 25, 49):
+        resumed, _, _ = ours_run(test_tool, tmp_path, problem, "AdamW8bit", "", lr, wd, extra=["--resume-at", k])
+        assert all(torch.equal(a, b) for a, b in zip(resumed, ours))
+        state = load_file(str(tmp_path / "state.safetensors"))
+        assert json.loads((tmp_path / "state.json").read_text())["param_steps"] == [k] * len(shapes)
+        params = [t[k - 1] for t in ours]
+        grads = []
+        for i, p in enumerate(params):
+            x, y = problem[f"x.{i}"], problem[f"y.{i}"]
+            grads.append(((p.reshape(-1, x.shape[0]) @ x - y) @ x.T).reshape(p.shape))
+        theirs = bitsandbytes_step_from(state, params, grads, k, lr, wd)
+        for i, (t, p) in enumerate(zip(theirs, params)):
+            mine = ours[i][k]
+            larger = torch.maximum(mine.abs(), p.abs())
+            ulp = torch.nextafter(larger, torch.tensor(float("inf"))) - larger
+            ulps = float(((t - mine).abs() / ulp).max())
+            print(f"\nAdamW8bit step {k + 1} param {i} {tuple(p.shape)}: |ours - bitsandbytes| <= {ulps:.0f} ulp, "
+                  f"{float((t != mine).float().mean()):.3%} of the values differ")
+            assert ulps <= 8, (k, i, ulps)
+
+    theirs, _, _ = reference_run(lambda p: bnb.optim.AdamW8bit(p, lr=lr, weight_decay=wd), problem)
+    for i, (o, t) in enumerate(zip(ours, theirs)):
+        travelled = (t - problem[f"p.{i}"]).flatten(1).norm(dim=1)
+        drift = float(((o - t).flatten(1).norm(dim=1) / travelled).max())
+        print(f"AdamW8bit trajectory param {i}: distance to bitsandbytes' / distance travelled {drift:.3f}")
+        assert drift <= 0.1
+
+
 ADAFACTOR_CASES = {
     "relative_step_defaults": ("", dict(lr=None), None),
     "warmup_init": ("warmup_init=True", dict(lr=None, warmup_init=True), None),
@@ -234,7 +354,7 @@ LION_CASES = {"defaults": ("", {}, 0.0), "betas_wd": ("betas=0.95,0.98", dict(be
 def test_lion(case, tmp_path, test_tool):
     args, kwargs, wd = LION_CASES[case]
     problem = make_problem(6)
-    ref, _, _ = reference_run(lambda p: ReferenceLion(p, lr=1e-3, weight_decay=wd, **kwargs), problem)
+    ref, _, _ = reference_run(lambda p: Lion(p, lr=1e-3, weight_decay=wd, **kwargs), problem)
     ours, _, _ = ours_run(test_tool, tmp_path, problem, "Lion", args, 1e-3, wd)
     check(f"Lion {case}", ours, ref)
 

@@ -3,10 +3,11 @@
 truncated JPEG), plus re-encodings made here (lossy WebP, JPEG with an EXIF rotation, lossless WebP).
 
 `fluxtrain dataset --json` plans them; each image's bucket, scaled size and centre crop are checked against
-kohya's BucketManager rules (tests/reference/kohya_buckets.py: predefined bucket list; an exact-size bucket
-first, else the first bucket of least aspect-ratio error; scale to cover; centre crop), and the pixels of
+kohya's BucketManager rules (tests/reference/kohya_buckets.py, a transcription of sd-scripts'
+library/model_util.py and library/train_util.py: predefined bucket list; an exact-size bucket first, else
+the first bucket of least aspect-ratio error; scale to cover; centre crop), and the pixels of
 each crop (`image_tool resize`, cut at the plan's crop) against Pillow's decode resized by a reference with
-the tolerances of tests/parity/test_images.py: <= 1 level for an area shrink (exact-area numpy reference) and
+the tolerances of tests/parity/test_images.py: <= 1 level for an area shrink (OpenCV's INTER_AREA) and
 for Lanczos growth (Pillow LANCZOS), exact when no resize is needed. The truncated JPEG is skipped and
 reported.
 
@@ -26,7 +27,7 @@ from PIL import Image, ImageOps
 
 from conftest import run
 from reference import kohya_buckets
-from test_images import area_reference, pil_reference, resize
+from test_images import opencv_area, pil_reference, resize
 
 SHIPPED = ["astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png",
            "hubble_deep_field.jpg", "retina.jpg", "camera.png", "cell.png", "page.png", "logo.png",
@@ -50,7 +51,7 @@ def reference_crop(path, resized, bucket, crop) -> tuple[np.ndarray, int]:
     if (w, h) == tuple(resized):
         scaled, tolerance = pixels, 0
     elif resized[0] <= w and resized[1] <= h:
-        scaled, tolerance = area_reference(pixels, *resized), 1
+        scaled, tolerance = opencv_area(pixels, *resized), 1
     elif resized[0] >= w and resized[1] >= h:
         scaled, tolerance = np.asarray(Image.fromarray(pixels).resize(tuple(resized), Image.LANCZOS)), 1
     else:

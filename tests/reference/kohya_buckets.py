@@ -1,7 +1,10 @@
-"""kohya-ss/sd-scripts' bucket rules, written here from shared/spec/training.md: make_bucket_resolutions
-(the square of the same area, then (w, h) and (h, w) per width step) and BucketManager.select_bucket
-without bucket_no_upscale (an exact-size bucket first, else the first bucket of least aspect-ratio error;
-scale to cover; centre crop). Used by tests/e2e/test_dataset_cli.py and tests/parity/test_photos.py."""
+"""kohya-ss/sd-scripts' bucket rules, transcribed (written from the upstream source and
+shared/spec/training.md, not copied; sd-scripts is not a package, so there is nothing to import):
+`make_bucket_resolutions` of library/model_util.py (the square of the same area, then (w, h) and (h, w) per
+width step) and `BucketManager.select_bucket` of library/train_util.py without bucket_no_upscale (an
+exact-size bucket first, else the first bucket of least aspect-ratio error; scale to cover, sizes rounded
+with int(x + 0.5)), plus the centre crop of train_util's trim_and_resize_if_required. Used by
+tests/e2e/test_dataset_cli.py and tests/parity/test_photos.py; docs/testing.md lists it as a transcription."""
 from __future__ import annotations
 
 import math

@@ -7,6 +7,11 @@
 //     traj.{i} (the parameters after every step, stacked), lr (per step) and stat.{name} (stats() per
 //     step). With --resume-at K the optimizer state is written after K steps (safetensors + JSON),
 //     a fresh optimizer is built and loaded, and the run continues from it.
+//   optim-quantize IN OUT
+//     The 8-bit state's quantisation (optim/quantize.h) for tests/parity/test_optimizers.py: OUT gets
+//     code.signed and code.unsigned (the two code books) and, for every float32 tensor x.{name} of IN,
+//     {signed,unsigned}.codes.{name}, {signed,unsigned}.absmax.{name} and the dequantised
+//     {signed,unsigned}.values.{name}.
 //   lr-schedule CONFIGS.json
 //     CONFIGS: a list of {name, steps, lr, warmup, cycles, power, rules, evaluate}; prints, per config, the
 //     lr of steps 0..evaluate-1 (default: steps) as a JSON list of lists.
@@ -20,6 +25,7 @@
 
 #include "core/safetensors.h"
 #include "optim/optimizer.h"
+#include "optim/quantize.h"
 #include "optim/schedule.h"
 #include "tool.h"
 
@@ -93,6 +99,25 @@ int optim_run(const Args& args) {
   return 0;
 }
 
+int optim_quantize(const Args& args) {
+  std::map<std::string, at::Tensor> out;
+  for (const bool is_signed : {true, false}) {
+    const std::string kind = is_signed ? "signed" : "unsigned";
+    const at::Tensor code_book = optim::dynamic_code_book(is_signed);
+    out["code." + kind] = code_book;
+    for (const auto& [name, x] : load_tensors(args.at(0))) {
+      if (name.rfind("x.", 0) != 0) continue;
+      const std::string suffix = name.substr(2);
+      optim::Quantized q = optim::quantize_blockwise(x, code_book);
+      out[kind + ".codes." + suffix] = q.codes.view(x.sizes());
+      out[kind + ".absmax." + suffix] = q.absmax;
+      out[kind + ".values." + suffix] = optim::dequantize_blockwise(q, code_book, x);
+    }
+  }
+  save_tensors(args.at(1), out);
+  return 0;
+}
+
 int lr_schedule(const Args& args) {
   std::ifstream in(args.at(0));
   nlohmann::json out = nlohmann::json::array();
@@ -115,6 +140,7 @@ int lr_schedule(const Args& args) {
 
 const ToolCommand kRun("optim-run", "TYPE ARGS PROBLEM OUT [--steps N] [--lr X] [--wd Y] [--schedule NAME ...]",
                        optim_run);
+const ToolCommand kQuantize("optim-quantize", "IN OUT", optim_quantize);
 const ToolCommand kSchedule("lr-schedule", "CONFIGS.json", lr_schedule);
 
 }  // namespace

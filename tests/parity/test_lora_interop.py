@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 from dataclasses import replace
 
 import pytest
@@ -108,9 +109,23 @@ def test_diffusers_loads_our_lora_with_the_same_effect(model, test_tool, flags, 
 
     ours = load_file(str(out))["out"]
 
-    with caplog.at_level(logging.WARNING):
-        transformer, converted = diffusers_with_lora(sd, lora)
+    # diffusers' loggers do not propagate, so pytest would never see their missing/unexpected-key warnings:
+    # turn propagation on, and also compare the adapter the loader built with the file's entries directly.
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.enable_propagation()
+    try:
+        with caplog.at_level(logging.WARNING):
+            transformer, converted = diffusers_with_lora(sd, lora)
+    finally:
+        diffusers_logging.disable_propagation()
     assert not [r for r in caplog.records if "unexpected" in r.getMessage() or "missing" in r.getMessage()], caplog.text
+    loaded = {k: v for k, v in transformer.state_dict().items() if ".lora_A." in k or ".lora_B." in k}
+    by_name = {re.sub(r"\.(lora_[AB])\.[^.]+\.weight$", r".\1.weight", k): v for k, v in loaded.items()}
+    expected = {k[len("transformer."):]: v for k, v in converted.items()}
+    assert set(by_name) == set(expected), (sorted(set(expected) - set(by_name))[:5], sorted(set(by_name) - set(expected))[:5])
+    for name, value in expected.items():
+        assert torch.equal(by_name[name].float(), value.float()), name
     with torch.no_grad():
         ref = fr.diffusers_forward(transformer, inputs)
     assert rel_err(ref, base) > 1e-3, "the LoRA had no effect in diffusers"

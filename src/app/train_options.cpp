@@ -304,6 +304,13 @@ std::vector<OptionSpec> train_specs() {
           .min(0)
           .metadata("ss_max_grad_norm")
           .to(&S::training, &T::step, &Step::max_grad_norm),
+      Opt<S>("max_nonfinite_steps", kInt, "optimizer", "10",
+             "A step whose loss or gradient norm is NaN or infinite is skipped (no optimizer step; counted in the "
+             "metrics and the progress line); this many in a row stop the run with an error, its states "
+             "(never one with non-finite weights) kept; 0 = never stop.")
+          .min(0)
+          .safe_on_resume()
+          .to(&S::training, &T::max_nonfinite_steps),
       Opt<S>("loraplus_lr_ratio", kReal, "optimizer", "",
              "LoRA+: learning-rate ratio of the up matrices to the down matrices; unset: 1.")
           .min(0, true)

@@ -90,7 +90,8 @@ StepResult train_step(models::FluxTransformerImpl& model, optim::Optimizer& opti
     result.loss += loss.item<double>() / n;
   }
   result.grad_norm = clip_grad_norm(optimizer.params(), options.max_grad_norm);
-  optimizer.step();
+  result.skipped = !std::isfinite(result.loss) || !std::isfinite(result.grad_norm);
+  if (!result.skipped) optimizer.step();
   optimizer.zero_grad();
   return result;
 }

@@ -42,6 +42,7 @@ struct StepGenerators {
 struct StepResult {
   double loss = 0;       // mean over the micro-batches
   double grad_norm = 0;  // total L2 norm before clipping
+  bool skipped = false;  // the loss or the gradient norm was not finite: no optimizer step, gradients dropped
 };
 
 // The batch as a CUDA copy wants it, made in the loader's thread: the text embeddings in the compute
@@ -54,6 +55,9 @@ LatentBatch pin_for_device(LatentBatch batch, at::ScalarType compute_dtype);
 at::Tensor batch_loss(models::FluxTransformerImpl& model, const LatentBatch& batch, const StepOptions& options,
                       StepGenerators& generators);
 
+// Forward and backward over the micro-batches, gradient clipping, the optimizer step. A NaN or infinite
+// loss or gradient norm skips the optimizer step (the weights and the optimizer state stay as they were)
+// and says so in StepResult::skipped.
 StepResult train_step(models::FluxTransformerImpl& model, optim::Optimizer& optimizer,
                       const std::vector<LatentBatch>& micro_batches, const StepOptions& options,
                       StepGenerators& generators);

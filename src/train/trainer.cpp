@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <fstream>
@@ -212,6 +213,15 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
 
   fs::create_directories(config.output_dir);
   auto save_training_state = [&](int64_t at_step) {
+    // A state is a resume point: one with NaN or infinite weights would only resume a broken run, and
+    // saving it could prune the last good one. Such a state is not written.
+    for (size_t i = 0; i < t.params.size(); ++i) {
+      if (!at::isfinite(t.params[i].detach()).all().item<bool>()) {
+        log::warn("step ", at_step, ": trained tensor '", t.names[i], "' holds NaN or infinite values; no state is ",
+                  "saved (the older ones are kept)");
+        return;
+      }
+    }
     TrainingState state;
     for (size_t i = 0; i < t.params.size(); ++i) state.trainable.emplace_back(t.names[i], t.params[i].detach());
     state.optimizer_tensors = optimizer->state_tensors();
@@ -274,6 +284,7 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
   if (config.sample_at_first && sample && step == 0) render_samples(0);
   // The timer of save_state_every_minutes: from the start (or the resume), reset by every state.
   auto last_state = std::chrono::steady_clock::now();
+  int64_t skipped_in_a_row = 0;
 
   while (step < result.total_steps) {
     const auto step_started = std::chrono::steady_clock::now();
@@ -284,11 +295,22 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     optimizer->set_lr(lr);
     StepResult r = train_step(*t.model, *optimizer, micro, step_options, generators);
     ++step;
+    if (r.skipped) {
+      ++result.skipped_steps;
+      ++skipped_in_a_row;
+      log::warn("step ", step, ": the ", std::isfinite(r.loss) ? "gradient norm" : "loss", " is not finite (loss ",
+                r.loss, ", gradient norm ", r.grad_norm, "); the optimizer step is skipped (", skipped_in_a_row,
+                " in a row, ", result.skipped_steps, " in all)");
+    } else {
+      skipped_in_a_row = 0;
+    }
     const double this_step = std::chrono::duration<double>(std::chrono::steady_clock::now() - step_started).count();
     step_seconds += this_step;
     result.last_loss = r.loss;
 
     std::vector<std::pair<std::string, double>> values = {{"loss", r.loss}, {"lr", lr}, {"grad_norm", r.grad_norm}};
+    values.emplace_back("skipped", r.skipped ? 1 : 0);
+    values.emplace_back("skipped_steps", static_cast<double>(result.skipped_steps));
     values.emplace_back("step_seconds", this_step);
     values.emplace_back("data_wait_seconds", prefetch.wait_seconds() - waited_before);
     for (const auto& [key, value] : optimizer->stats()) values.emplace_back(key, value);
@@ -299,7 +321,20 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     for (const auto& [key, value] : values) scalars.emplace_back("train/" + key, value);
     scalars.emplace_back("train/steps_per_second", progress.steps_per_second());
     events.add_scalars(scalars, step);
-    progress.update(step, r.loss, lr, memory);
+    // A skipped step's loss would turn the shown average into NaN for good: it shows the count instead.
+    progress.update(step, r.skipped ? progress.smoothed_loss() : r.loss, lr, memory,
+                    result.skipped_steps > 0 ? cat("skipped ", result.skipped_steps) : std::string());
+    if (config.max_nonfinite_steps > 0 && skipped_in_a_row >= config.max_nonfinite_steps) {
+      metrics.flush();
+      events.flush();
+      const auto kept = newest_state(config.output_dir);
+      fail("training stopped at step ", step, ": the loss or gradient norm was not finite (NaN or infinite) in ",
+           skipped_in_a_row, " steps in a row (max_nonfinite_steps ", config.max_nonfinite_steps,
+           "); the weights were not changed by those steps",
+           kept ? cat(", and the newest state, ", kept->string(), ", holds finite weights") : std::string(),
+           ". Lower the learning rate, check the dataset for a broken image or caption (or clear the cache), or "
+           "raise max_nonfinite_steps");
+    }
 
     const bool epoch_end = step % steps_per_epoch == 0;
     const int64_t epoch = step / steps_per_epoch;

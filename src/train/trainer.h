@@ -45,6 +45,7 @@ struct TrainResult {
   int64_t total_steps = 0;  // planned
   double last_loss = 0;
   bool interrupted = false;        // stopped by SIGINT/SIGTERM after saving a state
+  int64_t skipped_steps = 0;       // steps of this process whose loss or gradient norm was not finite
   std::vector<std::string> files;  // LoRA/model files written by this process
   double seconds = 0;
   double data_wait_share = 0;     // time the steps waited for the loader / time of the steps

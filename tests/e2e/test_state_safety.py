@@ -149,3 +149,54 @@ def test_the_dataset_is_part_of_the_run_identity(tmp_path, fluxtrain_bin, models
     runs = list(out.glob("run-*"))
     assert len(runs) == 1 and (runs[0] / "flux-lora.safetensors").exists()
     assert not (out / "flux-lora.safetensors").exists(), "the old run must stay as it was"
+
+
+def poison(cache, fraction):
+    """Multiplies the latents of `fraction` of the cached images by NaN (a poisoned cache entry)."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    entries = sorted((cache / "latents").glob("*.safetensors"))
+    assert entries, f"no latent cache entries under {cache}"
+    chosen = entries[: max(1, int(len(entries) * fraction))]
+    for path in chosen:
+        with safe_open(str(path), "pt") as f:
+            tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+        tensors["latents"] = tensors["latents"] * float("nan")
+        save_file(tensors, str(path), metadata=meta)
+    return len(chosen), len(entries)
+
+
+def test_non_finite_steps_are_skipped_and_counted_then_stop_the_run(tmp_path, fluxtrain_bin, models, dataset):  # noqa: F811
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    cache = tmp_path / "cache"
+    out = tmp_path / "some"
+    env = base_env(models, dataset, out, PARAMS_CACHE_DIR=cache)
+    run([fluxtrain_bin, "cache"], env=env)
+    poisoned, total = poison(cache, 0.5)
+    assert 0 < poisoned < total
+    result = run([fluxtrain_bin, "train"], env=env)
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    skipped = [line["step"] for line in lines if line["skipped"] == 1]
+    assert 0 < len(skipped) < 8, lines
+    assert lines[-1]["skipped_steps"] == len(skipped)
+    assert "the optimizer step is skipped" in result.stderr
+    for name, tensor in load_file(str(out / "flux-lora.safetensors")).items():
+        assert torch.isfinite(tensor.float()).all(), name
+
+    out = tmp_path / "all"
+    env = base_env(models, dataset, out, PARAMS_CACHE_DIR=cache, PARAMS_MAX_NONFINITE_STEPS="3")
+    poison(cache, 1.0)
+    result = run([fluxtrain_bin, "train"], env=env, check=False)
+    assert result.returncode == 1, result.stderr
+    assert "training stopped at step 3: the loss or gradient norm was not finite" in result.stderr, result.stderr
+    assert "max_nonfinite_steps 3" in result.stderr
+    assert not (out / "flux-lora.safetensors").exists()
+    for state in (out / "state").glob("step-*"):
+        for name, tensor in load_file(str(state / "trainable.safetensors")).items():
+            assert torch.isfinite(tensor.float()).all(), (state, name)

@@ -60,11 +60,14 @@ def detect_config(sd: dict) -> FluxConfig:
         sd["single_blocks.0.norm.query_norm.scale"].shape[0]
     mlp = sd["double_blocks.0.img_mlp.0.weight"].shape[0] if depth else \
         sd["single_blocks.0.linear1.weight"].shape[0] - 3 * hidden
+    if head_dim != 128:  # the RoPE axes are in no tensor; fluxtrain knows Flux.1's, for head width 128
+        raise SystemExit(f"head width {head_dim}: the benchmark's single-file model needs Flux.1's head width 128 "
+                         "(RoPE axes 16/56/56)")
     return FluxConfig(in_channels=in_channels, out_channels=sd["final_layer.linear.weight"].shape[0],
                       vec_in_dim=sd["vector_in.in_layer.weight"].shape[1],
                       context_in_dim=sd["txt_in.weight"].shape[1], hidden_size=hidden, mlp_ratio=mlp / hidden,
                       num_heads=hidden // head_dim, depth=depth, depth_single_blocks=single,
-                      axes_dim=(head_dim // 8, 7 * head_dim // 16, 7 * head_dim // 16),
+                      axes_dim=(16, 56, 56),
                       guidance_embed="guidance_in.in_layer.weight" in sd)
 
 

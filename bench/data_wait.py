@@ -85,7 +85,7 @@ def write_wide_models(folder: str) -> None:
 
     os.makedirs(folder, exist_ok=True)
     flux = replace(tm.TINY_FLUX, vec_in_dim=768, context_in_dim=4096, hidden_size=256, num_heads=2, depth=1,
-                   depth_single_blocks=2, axes_dim=(16, 56, 56))
+                   depth_single_blocks=2)
     clip = replace(tm.TINY_CLIP, hidden_size=768, num_attention_heads=12, num_hidden_layers=1, intermediate_size=256)
     t5 = replace(tm.TINY_T5, d_model=4096, d_kv=64, num_heads=4, d_ff=256, num_layers=1)
     files = {"flux1-dev.safetensors": (tm.flux_shapes(flux), torch.bfloat16),

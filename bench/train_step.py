@@ -52,7 +52,7 @@ def parse_args(argv=None):
     p.add_argument("--latent", type=int, default=64, help="latent height = width (64 = a 512x512 image)")
     p.add_argument("--txt-len", type=int, default=128, help="T5 tokens")
     p.add_argument("--hidden", type=int, default=768)
-    p.add_argument("--heads", type=int, default=6, help="attention heads (head width = hidden / heads, Flux: 128)")
+    p.add_argument("--heads", type=int, default=6, help="attention heads (hidden / heads must be Flux.1's head width 128)")
     p.add_argument("--double", type=int, default=4, help="double-stream blocks")
     p.add_argument("--single", type=int, default=8, help="single-stream blocks")
     p.add_argument("--context-dim", type=int, default=4096, help="T5 width")
@@ -76,7 +76,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=0, help="intra-op threads on both sides (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true",
-                   help="tiny settings for a quick check: hidden 128, 1+2 blocks, 16x16 latents, batches 1,2, 2 steps")
+                   help="tiny settings for a quick check: hidden 128 (1 head), 1+2 blocks, 16x16 latents, batches 1,2, 2 steps")
     p.add_argument("--bench-bin", default=os.environ.get("FLUXTRAIN_BENCH", os.path.join(ROOT, "build", "bench", "fluxtrain_bench")),
                    help="the fluxtrain_bench program (default: $FLUXTRAIN_BENCH or build/bench/fluxtrain_bench)")
     p.add_argument("--python", default=sys.executable, help="Python for the baseline (torch, diffusers, peft)")
@@ -86,7 +86,7 @@ def parse_args(argv=None):
     a = p.parse_args(argv)
     if a.smoke:
         a.batches, a.steps, a.warmup, a.latent, a.txt_len = "1,2", 2, 1, 16, 16
-        a.hidden, a.heads, a.double, a.single, a.context_dim, a.vec_dim = 128, 2, 1, 2, 64, 32
+        a.hidden, a.heads, a.double, a.single, a.context_dim, a.vec_dim = 128, 1, 1, 2, 64, 32
         # Tiny ops on a shared machine: OpenMP threads waiting on each other cost more than they gain.
         a.threads = a.threads or 1
         a.repeats = a.repeats if a.repeats is not None else 1
@@ -107,8 +107,9 @@ def parse_args(argv=None):
         a.batch_list = []
     if not a.batch_list or min(a.batch_list) < 1:
         p.error(f"--batches: '{a.batches}' must list positive batch sizes, e.g. 1,2,4,8")
-    if a.hidden % a.heads or (a.hidden // a.heads) % 32:
-        p.error(f"--hidden {a.hidden} / --heads {a.heads}: the head width must be a multiple of 32 (Flux: 128)")
+    if a.hidden != 128 * a.heads:
+        p.error(f"--hidden {a.hidden} / --heads {a.heads}: the head width must be Flux.1's 128, whose RoPE axes "
+                "(16, 56, 56) a single-file model implies (use --hidden 128 x heads)")
     return a
 
 
@@ -116,9 +117,8 @@ def write_fixtures(a, work: str) -> tuple:
     import torch
     from safetensors.torch import save_file
 
-    head = a.hidden // a.heads
     cfg = replace(tm.FLUX_DEV, hidden_size=a.hidden, num_heads=a.heads, depth=a.double, depth_single_blocks=a.single,
-                  context_in_dim=a.context_dim, vec_in_dim=a.vec_dim, axes_dim=(head // 8, 7 * head // 16, 7 * head // 16))
+                  context_in_dim=a.context_dim, vec_in_dim=a.vec_dim)
     model = os.path.join(work, "flux.safetensors")
     save_file(tm.random_state_dict(tm.flux_shapes(cfg), torch.float32, a.seed), model)
     g = torch.Generator().manual_seed(a.seed + 1)

@@ -8,7 +8,7 @@ A folder may include its own files and those of lower layers only:
 
 and the torch-free folders (core but its safetensors reader, tokenizers, fetch, data, and the option
 structs of the others: train/, lora/ and optim/options.h, models/linear_modes.h, models/tiny_preset.h, models/flux/flux_config.*,
-lora/keys.*, lora/identify.*) include no libtorch header.
+models/stated_config.*, lora/keys.*, lora/identify.*) include no libtorch header.
 
 Usage: lint_layers.py [SRC_DIR]   (exit 1 with one line per finding)
 """
@@ -24,7 +24,7 @@ TORCH_FREE_FOLDERS = {"core", "tokenizers", "fetch", "data"}
 TORCH_FREE_FILES = {"core/safetensors.cpp": False, "core/safetensors.h": False}  # the torch-facing reader/writer
 TORCH_FREE_EXTRA = re.compile(
     r"^(?:(?:train|lora|optim)/options\.(?:h|cpp)|models/linear_modes\.h|models/tiny_preset\.h|models/flux/flux_config\.(?:h|cpp)|"
-    r"models/identify\.(?:h|cpp)|models/header_query\.(?:h|cpp)|lora/keys\.(?:h|cpp)|lora/identify\.(?:h|cpp)|"
+    r"models/identify\.(?:h|cpp)|models/header_query\.(?:h|cpp)|models/stated_config\.(?:h|cpp)|lora/keys\.(?:h|cpp)|lora/identify\.(?:h|cpp)|"
     r"sample/prompts\.(?:h|cpp)|app/[a-z_]*options[a-z_]*\.(?:h|cpp))$")
 PROJECT_INCLUDE = re.compile(r'^\s*#\s*include\s+"([a-z_]+)/[^"]+"', re.M)
 TORCH_INCLUDE = re.compile(r"^\s*#\s*include\s+<(?:ATen|torch|c10)/", re.M)

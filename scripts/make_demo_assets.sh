@@ -2,7 +2,9 @@
 # Remakes assets/demo/ from nothing with fluxtrain itself (docs/demo.md): a randomly initialised model
 # set of the demo's sizes, an autoencoder trained on random shapes, then the transformer trained from
 # scratch (`fluxtrain train --network-type none`) on a captioned shapes dataset. Deterministic given the
-# seed on one machine; takes about an hour on 2 CPU cores. Run it after `make build`.
+# seed on one machine and thread count; about 17 minutes with OMP_NUM_THREADS=1 on 2 shared CPU cores
+# (with two threads on cores other jobs use, the threads wait on each other: many times slower).
+# Run it after `make build`.
 #
 #   scripts/make_demo_assets.sh [extra `fluxtrain demo --build-assets` flags, e.g. --device cuda]
 set -euo pipefail

@@ -297,7 +297,7 @@ const OptionTable& demo_options() {
         Opt<S>("work", kPath, "assets", "", "--build-assets: folder for the intermediate runs (default DIR/work).")
             .to(&S::work),
         Opt<S>("ae_steps", kInt, "assets", "4000", "--build-assets: autoencoder steps.").min(1).to(&S::ae_steps),
-        Opt<S>("base_steps", kInt, "assets", "1200", "--build-assets: transformer steps.").min(1).to(&S::base_steps),
+        Opt<S>("base_steps", kInt, "assets", "3000", "--build-assets: transformer steps.").min(1).to(&S::base_steps),
         Opt<S>("base_images", kInt, "assets", "600", "--build-assets: pictures of the base dataset.")
             .min(1)
             .to(&S::base_images),

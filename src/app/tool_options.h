@@ -95,7 +95,7 @@ struct DemoSettings {
   std::string build_assets;
   std::string work;
   int64_t ae_steps = 4000;
-  int64_t base_steps = 1200;
+  int64_t base_steps = 3000;
   int64_t base_images = 600;
 };
 const OptionTable& demo_options();

@@ -89,7 +89,8 @@ LoadedFlux load_flux(const std::string& path, const ModelOptions& options) {
   auto find = [&](const std::string& name) -> const safetensors::TensorInfo* {
     return checkpoint.contains(load.prefix + name) ? &checkpoint.info(load.prefix + name) : nullptr;
   };
-  out.config = FluxConfig::detect(find, checkpoint.path(), diffusers ? FluxLayout::diffusers : FluxLayout::bfl);
+  out.config = FluxConfig::detect(find, checkpoint.path(), diffusers ? FluxLayout::diffusers : FluxLayout::bfl,
+                                  StatedConfig::beside(checkpoint.folder()));
   if (diffusers) load.map = flux_diffusers_map(out.config);
   out.layout = diffusers ? "diffusers" : "bfl";
   out.prefix = load.prefix;
@@ -106,7 +107,8 @@ LoadedFlux load_flux(const std::string& path, const ModelOptions& options) {
 
 namespace {
 
-// The common path of the encoders: open, find the prefix by a probe key, detect, build, load strictly.
+// The common path of the encoders: open, find the prefix by a probe key, detect (from the header, and
+// the config.json beside the weights for the detectors that read one), build, load strictly.
 template <typename Model, typename Config, typename Detect>
 LoadedModel<Model, Config> load_encoder(const std::string& path, const ModelOptions& options, const std::string& what,
                                         const std::vector<std::string>& prefixes, const std::string& probe,
@@ -120,7 +122,7 @@ LoadedModel<Model, Config> load_encoder(const std::string& path, const ModelOpti
   auto find = [&](const std::string& name) -> const safetensors::TensorInfo* {
     return checkpoint.contains(load.prefix + name) ? &checkpoint.info(load.prefix + name) : nullptr;
   };
-  out.config = detect(find, checkpoint.path());
+  out.config = detect(find, checkpoint.path(), [&] { return StatedConfig::beside(checkpoint.folder()); });
   out.prefix = load.prefix;
   out.model = Model(out.config, options);
   out.report = load_strict(*out.model, checkpoint, load);
@@ -132,21 +134,26 @@ LoadedModel<Model, Config> load_encoder(const std::string& path, const ModelOpti
 }  // namespace
 
 LoadedAe load_ae(const std::string& path, const ModelOptions& options) {
-  return load_encoder<AutoEncoder, AeConfig>(path, options, "Flux autoencoder", kAePrefixes, "encoder.conv_in.weight",
-                                             {}, AeConfig::detect);
+  return load_encoder<AutoEncoder, AeConfig>(
+      path, options, "Flux autoencoder", kAePrefixes, "encoder.conv_in.weight", {},
+      [](const auto& find, const std::string& file, const auto&) { return AeConfig::detect(find, file); });
 }
 
 LoadedClip load_clip(const std::string& path, const ModelOptions& options) {
   // position_ids: a buffer older transformers saved; text_projection: CLIPTextModelWithProjection's head.
-  return load_encoder<ClipTextModel, ClipConfig>(
-      path, options, "CLIP text encoder", kClipPrefixes, "text_model.embeddings.token_embedding.weight",
-      {"text_model.embeddings.position_ids", "text_projection.weight"}, ClipConfig::detect);
+  return load_encoder<ClipTextModel, ClipConfig>(path, options, "CLIP text encoder", kClipPrefixes,
+                                                 "text_model.embeddings.token_embedding.weight",
+                                                 {"text_model.embeddings.position_ids", "text_projection.weight"},
+                                                 [](const auto& find, const std::string& file, const auto& stated) {
+                                                   return ClipConfig::detect(find, file, stated());
+                                                 });
 }
 
 LoadedT5 load_t5(const std::string& path, const ModelOptions& options) {
   // encoder.embed_tokens.weight: HF ties it to shared.weight; the real file stores both.
-  return load_encoder<T5Encoder, T5Config>(path, options, "T5 encoder", kT5Prefixes, "shared.weight",
-                                           {"encoder.embed_tokens.weight"}, T5Config::detect);
+  return load_encoder<T5Encoder, T5Config>(
+      path, options, "T5 encoder", kT5Prefixes, "shared.weight", {"encoder.embed_tokens.weight"},
+      [](const auto& find, const std::string& file, const auto&) { return T5Config::detect(find, file); });
 }
 
 }  // namespace fluxtrain::models

@@ -90,6 +90,10 @@ const Checkpoint::Entry& Checkpoint::entry(const std::string& name) const {
 
 const safetensors::TensorInfo& Checkpoint::info(const std::string& name) const { return *entry(name).info; }
 
+std::string Checkpoint::folder() const {
+  return readers_.empty() ? std::string() : fs::path(readers_[0]->path()).parent_path().string();
+}
+
 at::Tensor Checkpoint::tensor(const std::string& name) const {
   const Entry& e = entry(name);
   return readers_[e.reader]->tensor(*e.info);

@@ -49,6 +49,8 @@ class Checkpoint {
   const safetensors::Metadata& metadata() const;
   // The first file's header (single-file checkpoints: the whole header).
   const safetensors::Header& header() const;
+  // The folder holding the files, where save_pretrained() puts the model's config.json.
+  std::string folder() const;
 
  private:
   struct Entry {

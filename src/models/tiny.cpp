@@ -11,16 +11,17 @@
 
 namespace fluxtrain::models {
 
+// Flux.1's proportions: heads of width 128 with its RoPE axes (16, 56, 56) (the FluxConfig default),
+// MLP ratio 4; only the head count and the depth are small.
 FluxConfig tiny_flux_config(bool schnell) {
   FluxConfig c;
-  c.vec_in_dim = 32;      // = tiny CLIP width
+  c.vec_in_dim = 128;     // = tiny CLIP width
   c.context_in_dim = 48;  // = tiny T5 width
-  c.hidden_size = 96;
-  c.mlp_hidden = 384;
-  c.num_heads = 3;
+  c.hidden_size = 128;
+  c.mlp_hidden = 512;
+  c.num_heads = 1;
   c.depth = 2;
   c.depth_single_blocks = 3;
-  c.axes_dim = {4, 14, 14};
   c.guidance_embed = !schnell;
   return c;
 }
@@ -33,12 +34,13 @@ AeConfig tiny_ae_config() {
   return c;
 }
 
+// CLIP-L's proportions: heads of width 64, MLP ratio 4.
 ClipConfig tiny_clip_config() {
   ClipConfig c;
-  c.hidden_size = 32;
+  c.hidden_size = 128;
   c.num_heads = 2;
   c.num_layers = 2;
-  c.intermediate_size = 80;
+  c.intermediate_size = 512;
   return c;
 }
 
@@ -54,14 +56,13 @@ T5Config tiny_t5_config() {
 
 FluxConfig demo_flux_config() {
   FluxConfig c;
-  c.vec_in_dim = 32;      // = demo CLIP width
+  c.vec_in_dim = 64;      // = demo CLIP width
   c.context_in_dim = 32;  // = demo T5 width
-  c.hidden_size = 128;
+  c.hidden_size = 128;    // one head of Flux.1's width 128, RoPE axes (16, 56, 56)
   c.mlp_hidden = 512;
-  c.num_heads = 4;
+  c.num_heads = 1;
   c.depth = 2;
   c.depth_single_blocks = 4;
-  c.axes_dim = {4, 14, 14};
   return c;
 }
 
@@ -79,7 +80,9 @@ AeConfig demo_ae_config() {
 
 ClipConfig demo_clip_config() {
   ClipConfig c = tiny_clip_config();
-  c.intermediate_size = 64;
+  c.hidden_size = 64;  // one head of CLIP's width 64
+  c.num_heads = 1;
+  c.intermediate_size = 256;
   return c;
 }
 

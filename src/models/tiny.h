@@ -23,8 +23,9 @@ AeConfig tiny_ae_config();
 ClipConfig tiny_clip_config();
 T5Config tiny_t5_config();
 
-// The embedded demo's sizes (docs/demo.md): a transformer of width 128 (4 heads, 2 double and 4 single
-// blocks) and text encoders of width 32, all the files together well under 20 MB.
+// The embedded demo's sizes (docs/demo.md): a transformer of width 128 (one head of Flux.1's width 128,
+// 2 double and 4 single blocks), a CLIP of width 64 (one head of CLIP's width 64) and a T5 of width 32,
+// all the files together about 20 MB.
 FluxConfig demo_flux_config();
 AeConfig demo_ae_config();
 ClipConfig demo_clip_config();

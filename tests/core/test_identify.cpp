@@ -47,11 +47,11 @@ TEST(Identify, FluxDevAndSchnell) {
   EXPECT_EQ(dev[0].details.at("single_blocks"), "38");
   EXPECT_NE(dev[0].description.find("FLUX.1 dev transformer"), std::string::npos) << dev[0].description;
 
-  auto schnell = identify(flux("model.diffusion_model.", false, 96, 32, 2, 3).h);
+  auto schnell = identify(flux("model.diffusion_model.", false, 256, 128, 2, 3).h);
   ASSERT_EQ(schnell.size(), 1u);
   EXPECT_EQ(schnell[0].prefix, "model.diffusion_model.");
   EXPECT_EQ(schnell[0].details.at("variant"), "schnell");
-  EXPECT_EQ(schnell[0].details.at("num_heads"), "3");
+  EXPECT_EQ(schnell[0].details.at("num_heads"), "2");
   EXPECT_NE(schnell[0].description.find("Flux-architecture schnell"), std::string::npos);
 }
 
@@ -100,10 +100,10 @@ TEST(Identify, LorasAndMergedAndUnknown) {
   peft.add("transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight", {4, 3072});
   EXPECT_EQ(identify(peft.h, {lora::lora_recogniser()}).at(0).kind, "lora-peft");
 
-  HeaderBuilder merged = flux("model.diffusion_model.", true, 96, 32, 1, 1);
+  HeaderBuilder merged = flux("model.diffusion_model.", true, 128, 128, 1, 1);
   merged.add("vae.encoder.conv_in.weight", {32, 3, 3, 3}).add("vae.decoder.conv_out.weight", {3, 32, 3, 3});
   merged.add("vae.decoder.conv_in.weight", {64, 16, 3, 3});
-  merged.add("text_encoders.clip_l.transformer.text_model.embeddings.token_embedding.weight", {49408, 32});
+  merged.add("text_encoders.clip_l.transformer.text_model.embeddings.token_embedding.weight", {49408, 64});
   auto m = identify(merged.h);
   ASSERT_EQ(m.size(), 3u);
   std::set<std::string> kinds;

@@ -29,13 +29,16 @@ def test_tiny_model_sets(tmp_path, fluxtrain_bin):
         assert c["kind"] == "flux-transformer"
         assert c["details"]["variant"] == ("schnell" if schnell else "dev")
         assert c["details"]["double_blocks"] == "2" and c["details"]["single_blocks"] == "3"
-        assert c["details"]["hidden_size"] == "96" and c["details"]["num_heads"] == "3"
-        assert c["details"]["context_in_dim"] == "48" and c["details"]["vec_in_dim"] == "32"
+        f = tm.TINY_FLUX
+        assert c["details"]["hidden_size"] == str(f.hidden_size) and c["details"]["num_heads"] == str(f.num_heads)
+        assert c["details"]["context_in_dim"] == str(f.context_in_dim)
+        assert c["details"]["vec_in_dim"] == str(f.vec_in_dim)
 
     ae = inspect_json(fluxtrain_bin, out / "ae.safetensors")["components"][0]
     assert ae["kind"] == "flux-ae" and ae["details"]["z_channels"] == "16" and ae["details"]["ch"] == "32"
     clip = inspect_json(fluxtrain_bin, out / "clip_l.safetensors")["components"][0]
-    assert clip["kind"] == "clip-text" and clip["details"]["hidden_size"] == "32" and clip["details"]["layers"] == "2"
+    assert clip["kind"] == "clip-text" and clip["details"]["hidden_size"] == str(tm.TINY_CLIP.hidden_size)
+    assert clip["details"]["layers"] == "2"
     t5 = inspect_json(fluxtrain_bin, out / "t5xxl_fp16.safetensors")
     assert t5["components"][0]["kind"] == "t5-encoder"
     assert t5["components"][0]["details"]["duplicate_embedding"] == "true"
@@ -47,7 +50,7 @@ def test_tiny_model_sets(tmp_path, fluxtrain_bin):
 
 def test_kohya_lora_and_merged_checkpoint(tmp_path, fluxtrain_bin):
     lora = {}
-    for name, (n_out, n_in) in {"double_blocks_0_img_attn_qkv": (288, 96), "single_blocks_1_linear1": (672, 96)}.items():
+    for name, (n_out, n_in) in {"double_blocks_0_img_attn_qkv": (384, 128), "single_blocks_1_linear1": (896, 128)}.items():
         lora[f"lora_unet_{name}.lora_down.weight"] = torch.randn(8, n_in)
         lora[f"lora_unet_{name}.lora_up.weight"] = torch.zeros(n_out, 8)
         lora[f"lora_unet_{name}.alpha"] = torch.tensor(4.0)
@@ -72,8 +75,8 @@ def test_kohya_lora_and_merged_checkpoint(tmp_path, fluxtrain_bin):
 def test_two_gigabyte_file_answers_from_the_header(tmp_path, fluxtrain_bin, peak_rss_tool):
     """Peak RSS must stay under 100 MB (the file is never read beyond its header); time is reported."""
     path = tmp_path / "big.safetensors"
-    shapes = tm.flux_shapes(tm.replace(tm.TINY_FLUX, hidden_size=1536, num_heads=12, axes_dim=(16, 56, 56),
-                                       context_in_dim=4096, vec_in_dim=768, depth=8, depth_single_blocks=10))
+    shapes = tm.flux_shapes(tm.replace(tm.TINY_FLUX, hidden_size=1536, num_heads=12, context_in_dim=4096,
+                                       vec_in_dim=768, depth=8, depth_single_blocks=10))
     tensors = {name: torch.empty(shape, dtype=torch.bfloat16) for name, shape in shapes.items()}
     save_file(tensors, str(path))
     size = path.stat().st_size

@@ -48,8 +48,10 @@ def test_the_references_load_them(tmp_path, fluxtrain_bin):
     run([fluxtrain_bin, "make-tiny", "--out", tmp_path, "--seed", "1"])
     flux = {k: v.float() for k, v in load_file(str(tmp_path / "flux1-dev.safetensors")).items()}
     fr.diffusers_model(tm.TINY_FLUX, flux)  # strict load_state_dict
-    clip = CLIPTextModel(CLIPTextConfig(hidden_size=32, num_attention_heads=2, num_hidden_layers=2,
-                                        intermediate_size=80, hidden_act="quick_gelu"))
+    c = tm.TINY_CLIP
+    clip = CLIPTextModel(CLIPTextConfig(hidden_size=c.hidden_size, num_attention_heads=c.num_attention_heads,
+                                        num_hidden_layers=c.num_hidden_layers, intermediate_size=c.intermediate_size,
+                                        hidden_act="quick_gelu"))
     sd = {k.removeprefix("text_model."): v for k, v in load_file(str(tmp_path / "clip_l.safetensors")).items()}
     missing, unexpected = clip.load_state_dict(sd, strict=False)  # transformers 5: no text_model. prefix
     assert not unexpected and set(missing) <= {"embeddings.position_ids"}, (missing, unexpected)

@@ -8,7 +8,7 @@
 - errors: one readable line naming the file / module.
 
 relative error = max|a − b| / max|b| per module. LoRAs are random on the tiny model of `make-tiny`
-(hidden 96), written by the test tool (`lora-make`) or here in kohya format.
+(hidden 128), written by the test tool (`lora-make`) or here in kohya format.
 """
 from __future__ import annotations
 

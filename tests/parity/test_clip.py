@@ -9,6 +9,7 @@ EOS (argmax of the ids), batch 2 with different lengths.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -26,16 +27,21 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).abs().max() / b.double().abs().max())
 
 
-def reference(weights: dict, ids: torch.Tensor):
-    from transformers import CLIPTextConfig, CLIPTextModel
+def hf_config(c=TINY_CLIP):
+    from transformers import CLIPTextConfig
 
-    c = TINY_CLIP
     config = CLIPTextConfig(vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
                             num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
                             max_position_embeddings=c.max_position_embeddings, hidden_act="quick_gelu",
                             layer_norm_eps=1e-5, bos_token_id=BOS, eos_token_id=EOS)
     config._attn_implementation = "eager"
-    model = CLIPTextModel(config).eval()
+    return config
+
+
+def reference(weights: dict, ids: torch.Tensor, c=TINY_CLIP):
+    from transformers import CLIPTextModel
+
+    model = CLIPTextModel(hf_config(c)).eval()
     # transformers 5's CLIPTextModel holds the text transformer's modules itself (no `text_model.` level;
     # from_pretrained renames the file's keys on load), so the prefix is removed here.
     model.load_state_dict({k.removeprefix("text_model."): v.float() for k, v in weights.items()}, strict=True)
@@ -129,13 +135,53 @@ def test_merged_checkpoint_prefix_and_ignored_extras(test_tool, tmp_path, model,
 def test_shape_mismatch_is_named(test_tool, tmp_path, model):
     _, weights = model
     bad = dict(weights)
-    bad["text_model.encoder.layers.1.mlp.fc2.weight"] = torch.zeros(32, 81, dtype=torch.float16)
+    h, m = TINY_CLIP.hidden_size, TINY_CLIP.intermediate_size
+    bad["text_model.encoder.layers.1.mlp.fc2.weight"] = torch.zeros(h, m + 1, dtype=torch.float16)
     save_file(bad, str(tmp_path / "bad.safetensors"))
     save_file({"ids": torch.tensor([[BOS, EOS]])}, str(tmp_path / "in.safetensors"))
     r = run([test_tool, "clip-forward", tmp_path / "bad.safetensors", tmp_path / "in.safetensors", tmp_path / "o"],
             check=False)
     assert r.returncode == 1
-    assert "text_model.encoder.layers.1.mlp.fc2.weight: got [32, 81]" in r.stderr and "expected [32, 80]" in r.stderr
+    assert f"text_model.encoder.layers.1.mlp.fc2.weight: got [{h}, {m + 1}]" in r.stderr
+    assert f"expected [{h}, {m}]" in r.stderr
+
+
+def test_head_count_from_the_config_json_beside_the_weights(test_tool, tmp_path, g):
+    """No tensor holds CLIP's head count. Width 96 (not a multiple of CLIP's head width 64) in 3 heads of
+    32 loads as a diffusers repo's text_encoder/ folder holds it (transformers' config.json stating
+    num_attention_heads, written by save_pretrained, next to the clip_l-layout weights) and matches
+    transformers (fp32, rel ≤ 1e-5); the same weights alone are an error naming the file, the width, the
+    expected multiple and the fix; a config.json that disagrees with the weights is an error naming its key."""
+    c = replace(TINY_CLIP, hidden_size=96, num_attention_heads=3, intermediate_size=384)
+    weights = random_state_dict(clip_shapes(c), torch.float32, SEED + 2)
+    folder = tmp_path / "text_encoder"
+    folder.mkdir()
+    save_file(weights, str(folder / "model.safetensors"))
+    hf_config(c).save_pretrained(folder)
+    ids = draw_ids(g)
+    hidden, pooled, _ = cpp(test_tool, tmp_path, folder, ids)
+    want_hidden, want_pooled = reference(weights, ids, c)
+    assert rel(hidden, want_hidden) <= 1e-5 and rel(pooled, want_pooled) <= 1e-5
+
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "num_attention_heads": 5}))
+    r = run([test_tool, "clip-forward", folder, tmp_path / "ids.safetensors", tmp_path / "o"], check=False)
+    assert r.returncode == 1
+    assert f"{folder / 'config.json'}: \"num_attention_heads\" is 5, which does not divide the width 96" in r.stderr
+
+    (folder / "config.json").write_text(json.dumps({**config, "hidden_size": 768}))
+    r = run([test_tool, "clip-forward", folder, tmp_path / "ids.safetensors", tmp_path / "o"], check=False)
+    assert r.returncode == 1
+    assert (f"{folder / 'config.json'}: \"hidden_size\" is 768 but the weights of {folder} are 96 wide "
+            "(from 'text_model.embeddings.token_embedding.weight'): this config.json does not describe these weights"
+            ) in r.stderr, r.stderr
+
+    (folder / "config.json").unlink()
+    r = run([test_tool, "clip-forward", folder, tmp_path / "ids.safetensors", tmp_path / "o"], check=False)
+    assert r.returncode == 1
+    assert (f"{folder}: CLIP text encoder width 96 "
+            "(from 'text_model.embeddings.token_embedding.weight') is not a multiple of 64") in r.stderr, r.stderr
+    assert "put its transformers config.json (stating \"num_attention_heads\") next to the file" in r.stderr
 
 
 def test_full_size_keys_on_meta_device(test_tool):

@@ -52,12 +52,14 @@ def make_inputs(cfg, seed, batch=2, h=5, w=3, lt=7):
     return inputs
 
 
-@pytest.fixture(params=["dev", "schnell"])
+@pytest.fixture(params=["dev", "schnell", "dev-2-heads"])
 def model_files(request, tmp_path):
     seed = draw_seed(request)
-    cfg = replace(tm.TINY_FLUX, guidance_embed=request.param == "dev")
+    variant = request.param.removesuffix("-2-heads")
+    base = tm.TINY_FLUX_2_HEADS if request.param.endswith("-2-heads") else tm.TINY_FLUX
+    cfg = replace(base, guidance_embed=variant == "dev")
     sd = tiny_weights(cfg, seed)
-    path = tmp_path / f"flux1-{request.param}.safetensors"
+    path = tmp_path / f"flux1-{variant}.safetensors"
     save_file(sd, str(path))
     inputs = make_inputs(cfg, seed + 7)
     inputs_path = tmp_path / "inputs.safetensors"
@@ -73,7 +75,7 @@ def test_forward_fp32_and_bf16(model_files, tmp_path, test_tool):
     out = tmp_path / "out.safetensors"
     run([test_tool, "flux-forward", path, inputs_path, out])
     err = rel_err(load_file(str(out))["out"], ref)
-    print(f"\nflux {'dev' if cfg.guidance_embed else 'schnell'} fp32 rel err {err:.2e}")
+    print(f"\nflux {'dev' if cfg.guidance_embed else 'schnell'} {cfg.num_heads} head(s) fp32 rel err {err:.2e}")
     assert err <= 1e-5
 
     run([test_tool, "flux-forward", path, inputs_path, out, "--dtype", "bf16"])
@@ -143,6 +145,45 @@ def test_diffusers_layout_and_merged_prefix_load_the_same(tmp_path, test_tool, r
         assert info["layout"] == ("diffusers" if name == "diffusers" else "bfl")
     assert torch.equal(outs["bfl"], outs["diffusers"])
     assert torch.equal(outs["bfl"], outs["merged"])
+
+
+def test_rope_axes_of_another_head_width_come_from_the_config_json(tmp_path, test_tool):
+    """No tensor holds the RoPE axes; Flux.1's (16, 56, 56) belong to head width 128. A transformer of
+    head width 64 (2 heads, axes (16, 24, 24): no rule derives them) loads from the folder diffusers'
+    save_pretrained writes (config.json stating axes_dims_rope) and matches diffusers (fp32, rel ≤ 1e-5);
+    the same weights without the config.json, or with axes that do not fit the head width, are errors
+    naming the file and key."""
+    seed = int(torch.randint(0, 10**6, ()).item())
+    cfg = replace(tm.TINY_FLUX, hidden_size=128, num_heads=2, axes_dim=(16, 24, 24))
+    sd = tiny_weights(cfg, seed)
+    model = fr.diffusers_model(cfg, sd)
+    folder = tmp_path / "transformer"
+    model.save_pretrained(folder)
+    inputs = make_inputs(cfg, seed + 5)
+    inputs_path = tmp_path / "inputs.safetensors"
+    save_file(inputs, str(inputs_path))
+    with torch.no_grad():
+        ref = fr.diffusers_forward(model, inputs)
+    out = tmp_path / "out.safetensors"
+    info = json.loads(run([test_tool, "flux-forward", folder, inputs_path, out]).stdout)
+    assert info["layout"] == "diffusers"
+    err = rel_err(load_file(str(out))["out"], ref)
+    print(f"\nflux head width 64, axes from config.json: fp32 rel err {err:.2e}")
+    assert err <= 1e-5
+
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "axes_dims_rope": [16, 56, 56]}))
+    r = run([test_tool, "flux-forward", folder, inputs_path, out], check=False)
+    assert r.returncode == 1
+    assert (f"{folder / 'config.json'}: \"axes_dims_rope\" [16, 56, 56] must be positive even widths that sum to "
+            "the head width 64 (from 'transformer_blocks.0.attn.norm_q.weight'") in r.stderr, r.stderr
+
+    (folder / "config.json").unlink()
+    r = run([test_tool, "flux-forward", folder, inputs_path, out], check=False)
+    assert r.returncode == 1
+    assert (f"{folder}: head width 64 (from 'transformer_blocks.0.attn.norm_q.weight', hidden 128 = 2 heads x 64) "
+            "has no known RoPE axes") in r.stderr, r.stderr
+    assert "transformer/config.json states \"axes_dims_rope\"" in r.stderr
 
 
 def test_key_map_matches_diffusers_own_conversion():
@@ -267,8 +308,8 @@ def test_fp8_matmul_tensorwise_matches_torchao(tmp_path, test_tool, request):
 def test_loading_streams_from_the_memory_map(tmp_path, test_tool):
     """Loading a ~2 GB bf16 checkpoint raises peak RSS by at most 1.15 x the model's own size above
     what the process held before loading (libtorch itself accounts for a few hundred MB before that)."""
-    cfg = replace(tm.TINY_FLUX, hidden_size=1536, num_heads=12, axes_dim=(16, 56, 56), context_in_dim=4096,
-                  vec_in_dim=768, depth=8, depth_single_blocks=10)
+    cfg = replace(tm.TINY_FLUX, hidden_size=1536, num_heads=12, context_in_dim=4096, vec_in_dim=768, depth=8,
+                  depth_single_blocks=10)
     path = tmp_path / "big.safetensors"
     save_file({k: torch.zeros(s, dtype=torch.bfloat16) for k, s in tm.flux_shapes(cfg).items()}, str(path))
     report = json.loads(run([test_tool, "flux-load-rss", path]).stdout)

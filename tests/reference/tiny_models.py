@@ -72,10 +72,14 @@ AE_FULL = AEConfig()
 CLIP_L = ClipConfig()
 T5_XXL = T5Config()
 
-TINY_FLUX = FluxConfig(vec_in_dim=32, context_in_dim=48, hidden_size=96, num_heads=3, depth=2,
-                       depth_single_blocks=3, axes_dim=(4, 14, 14))
+# The tiny models keep the real proportions where the weights do not state them: Flux.1's head width 128
+# with its RoPE axes (16, 56, 56), CLIP's head width 64 (models/tiny.cpp writes the same).
+TINY_FLUX = FluxConfig(vec_in_dim=128, context_in_dim=48, hidden_size=128, num_heads=1, depth=2,
+                       depth_single_blocks=3)
+# Two heads, for the parity tests that must see the heads split and merged in the right order.
+TINY_FLUX_2_HEADS = replace(TINY_FLUX, hidden_size=256, num_heads=2)
 TINY_AE = AEConfig(ch=32, ch_mult=(1, 2, 2, 2), num_res_blocks=1)
-TINY_CLIP = ClipConfig(hidden_size=32, num_attention_heads=2, num_hidden_layers=2, intermediate_size=80)
+TINY_CLIP = ClipConfig(hidden_size=128, num_attention_heads=2, num_hidden_layers=2, intermediate_size=512)
 TINY_T5 = T5Config(d_model=48, d_kv=8, num_heads=4, d_ff=80, num_layers=2)
 
 

@@ -21,7 +21,8 @@ struct Setup {
 
 Setup make_setup() {
   Setup s;
-  s.model = models::FluxTransformer(models::tiny_flux_config(false), models::ModelOptions{});
+  const models::FluxConfig config = models::tiny_flux_config(false);
+  s.model = models::FluxTransformer(config, models::ModelOptions{});
   models::init_random(*s.model, 21);
   for (auto& p : s.model->parameters()) p.requires_grad_(false);
   at::Generator g = at::detail::createCPUGenerator(77);
@@ -32,8 +33,8 @@ Setup make_setup() {
     at::Tensor phase = at::randn({1, 16, 1, 1}, g, at::kFloat);
     LatentBatch b;
     b.latents = at::sin(3 * xx * phase + 2 * yy + i);
-    b.t5 = at::randn({1, 6, 48}, g, at::kFloat);
-    b.clip_pooled = at::randn({1, 32}, g, at::kFloat);
+    b.t5 = at::randn({1, 6, config.context_in_dim}, g, at::kFloat);
+    b.clip_pooled = at::randn({1, config.vec_in_dim}, g, at::kFloat);
     s.data.push_back(b);
   }
   return s;

@@ -2,16 +2,61 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
+
 #include "core/error.h"
 #include "models/header_query.h"
 
 namespace fluxtrain::models {
 
+namespace {
+
+// Every released CLIP text tower has heads of width 64 (L 768 / 12, H 1024 / 16, bigG 1280 / 20).
+constexpr int64_t kClipHeadDim = 64;
+constexpr const char* kTokenEmbedding = "text_model.embeddings.token_embedding.weight";
+
+// The text tower's part of a transformers config.json: CLIPTextModel's own ("clip_text_model"), or
+// CLIPModel's "text_config"; empty for a config of another model.
+StatedConfig text_tower(const StatedConfig& stated) {
+  if (stated.model_type() == "clip_text_model") return stated;
+  if (stated.model_type() == "clip") return stated.section("text_config");
+  return {};
+}
+
+// The head count, which no tensor's shape holds: as the config states it, else hidden / 64.
+int64_t head_count(int64_t hidden, const StatedConfig& stated, const std::string& file) {
+  const StatedConfig text = text_tower(stated);
+  if (const std::optional<int64_t> heads = text.integer("num_attention_heads")) {
+    const std::optional<int64_t> stated_hidden = text.integer("hidden_size");
+    if (stated_hidden && *stated_hidden != hidden) {
+      fail(text.source(), ": \"", text.key_name("hidden_size"), "\" is ", *stated_hidden, " but the weights of ", file,
+           " are ", hidden, " wide (from '", kTokenEmbedding,
+           "'): this config.json does not describe these weights; put the model's own config.json next to them");
+    }
+    if (*heads <= 0 || hidden % *heads != 0) {
+      fail(text.source(), ": \"", text.key_name("num_attention_heads"), "\" is ", *heads,
+           ", which does not divide the width ", hidden, " of ", file, " (from '", kTokenEmbedding,
+           "'): expected a head count whose heads are equally wide (CLIP-L: 12 heads of 64); fix the config.json");
+    }
+    return *heads;
+  }
+  if (hidden <= 0 || hidden % kClipHeadDim != 0) {
+    fail(file, ": CLIP text encoder width ", hidden, " (from '", kTokenEmbedding, "') is not a multiple of ",
+         kClipHeadDim, ": no tensor stores the head count, and every released CLIP text tower has heads of width ",
+         kClipHeadDim, " (CLIP-L: 768 = 12 x ", kClipHeadDim, "). Fix: use a CLIP text encoder whose width is a ",
+         "multiple of ", kClipHeadDim, ", or put its transformers config.json (stating \"num_attention_heads\") ",
+         "next to the file");
+  }
+  return hidden / kClipHeadDim;
+}
+
+}  // namespace
+
 ClipConfig ClipConfig::detect(const std::function<const safetensors::TensorInfo*(const std::string&)>& find,
-                              const std::string& file) {
+                              const std::string& file, const StatedConfig& stated) {
   HeaderQuery q(find, file, "CLIP text encoder");
   ClipConfig c;
-  const auto& tokens = q.need("text_model.embeddings.token_embedding.weight");
+  const auto& tokens = q.need(kTokenEmbedding);
   c.vocab_size = tokens.shape.at(0);
   c.hidden_size = tokens.shape.at(1);
   c.max_positions = q.need("text_model.embeddings.position_embedding.weight").shape.at(0);
@@ -21,7 +66,7 @@ ClipConfig ClipConfig::detect(const std::function<const safetensors::TensorInfo*
   }
   if (c.num_layers == 0) fail(file, ": has no text_model.encoder.layers: not a CLIP text encoder");
   c.intermediate_size = q.need("text_model.encoder.layers.0.mlp.fc1.weight").shape.at(0);
-  c.num_heads = c.hidden_size % 64 == 0 ? c.hidden_size / 64 : 2;
+  c.num_heads = head_count(c.hidden_size, stated, file);
   c.validate(file);
   return c;
 }

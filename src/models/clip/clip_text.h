@@ -14,6 +14,7 @@
 #include "models/layers.h"
 #include "models/linear.h"
 #include "models/options.h"
+#include "models/stated_config.h"
 
 namespace fluxtrain::models {
 
@@ -27,11 +28,12 @@ struct ClipConfig {
   double layer_norm_eps = 1e-5;
 
   static ClipConfig clip_l() { return ClipConfig{}; }
-  // From tensor names and shapes alone (prefix already removed). The head count is not stored in the
-  // weights: every released CLIP text tower has head width 64 (L 768/12, H 1024/16, bigG 1280/20), so
-  // heads = hidden/64; a width that is not a multiple of 64 (test models only) uses 2 heads.
+  // From tensor names and shapes (prefix already removed), and the head count, which no tensor's shape
+  // holds: "num_attention_heads" of `stated` (a transformers config.json of the text model) when it
+  // states it, else hidden / 64, since every released CLIP text tower has heads of width 64 (L 768/12,
+  // H 1024/16, bigG 1280/20); a width that is not a multiple of 64 without a stated head count is an Error.
   static ClipConfig detect(const std::function<const safetensors::TensorInfo*(const std::string&)>& find,
-                           const std::string& file);
+                           const std::string& file, const StatedConfig& stated = {});
   void validate(const std::string& file) const;
 };
 

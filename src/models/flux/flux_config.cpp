@@ -1,5 +1,7 @@
 #include "models/flux/flux_config.h"
 
+#include <optional>
+
 #include "core/error.h"
 #include "models/header_query.h"
 
@@ -85,7 +87,46 @@ class ShapeReader {
   bool strict_;
 };
 
-FluxConfig read(const FluxConfig::Find& find, const std::string& file, FluxLayout layout, bool strict) {
+std::string list_text(const std::vector<int64_t>& values) {
+  std::string out = "[";
+  for (size_t i = 0; i < values.size(); ++i) out += (i ? ", " : "") + std::to_string(values[i]);
+  return out + "]";
+}
+
+// Flux.1's head width (3072 / 24 heads) and the RoPE axes BFL's FluxParams give it: the only head width
+// whose axes are known without a config stating them.
+constexpr int64_t kFlux1HeadDim = 128;
+const std::vector<int64_t> kFlux1Axes = {16, 56, 56};
+
+// The axes a diffusers transformer/config.json states ("axes_dims_rope"), checked against the head
+// width the weights have; empty when the config states none (or describes another model).
+std::vector<int64_t> stated_axes(const StatedConfig& stated, int64_t head_dim, const std::string& head_dim_source,
+                                 const std::string& file) {
+  if (stated.empty() || stated.class_name() != "FluxTransformer2DModel") return {};
+  const std::optional<int64_t> stated_head_dim = stated.integer("attention_head_dim");
+  if (stated_head_dim && *stated_head_dim != head_dim) {
+    fail(stated.source(), ": \"attention_head_dim\" is ", *stated_head_dim, " but the weights of ", file,
+         " have head width ", head_dim, " (from '", head_dim_source,
+         "'): this config.json does not describe these weights; put the model's own config.json next to them");
+  }
+  std::vector<int64_t> axes = stated.integers("axes_dims_rope").value_or(std::vector<int64_t>{});
+  if (axes.empty()) return {};
+  bool even = true;
+  int64_t sum = 0;
+  for (int64_t a : axes) {
+    even = even && a > 0 && a % 2 == 0;
+    sum += a;
+  }
+  if (!even || sum != head_dim) {
+    fail(stated.source(), ": \"axes_dims_rope\" ", list_text(axes),
+         " must be positive even widths that sum to the head width ", head_dim, " (from '", head_dim_source, "' in ",
+         file, "); Flux.1's are ", list_text(kFlux1Axes), " for head width ", kFlux1HeadDim);
+  }
+  return axes;
+}
+
+FluxConfig read(const FluxConfig::Find& find, const std::string& file, FluxLayout layout, bool strict,
+                const StatedConfig& stated) {
   const ConfigKeys& k = keys_of(layout);
   HeaderQuery query(find, file, cat("Flux transformer in ", k.layout, " layout"));
   ShapeReader r(query, strict);
@@ -127,8 +168,21 @@ FluxConfig read(const FluxConfig::Find& find, const std::string& file, FluxLayou
     return c;
   }
   c.num_heads = c.hidden_size / head_dim;
-  c.axes_dim = {head_dim / 8, 7 * head_dim / 16, 7 * head_dim / 16};
-  if (strict) c.validate(file);
+  if (!strict) {
+    c.axes_dim = head_dim == kFlux1HeadDim ? kFlux1Axes : std::vector<int64_t>{-1, -1, -1};
+    return c;
+  }
+  c.axes_dim = stated_axes(stated, head_dim, head_dim_source, file);
+  if (c.axes_dim.empty()) {
+    if (head_dim != kFlux1HeadDim) {
+      fail(file, ": head width ", head_dim, " (from '", head_dim_source, "', hidden ", c.hidden_size, " = ",
+           c.num_heads, " heads x ", head_dim, ") has no known RoPE axes: no tensor stores them, and Flux.1's ",
+           list_text(kFlux1Axes), " are for head width ", kFlux1HeadDim, ". Fix: use a transformer of head width ",
+           kFlux1HeadDim, ", or load it as a diffusers folder whose transformer/config.json states \"axes_dims_rope\"");
+    }
+    c.axes_dim = kFlux1Axes;
+  }
+  c.validate(file);
   return c;
 }
 
@@ -144,26 +198,26 @@ FluxConfig FluxConfig::schnell() {
   return c;
 }
 
-FluxConfig FluxConfig::detect(const Find& find, const std::string& file, FluxLayout layout) {
-  return read(find, file, layout, /*strict=*/true);
+FluxConfig FluxConfig::detect(const Find& find, const std::string& file, FluxLayout layout,
+                              const StatedConfig& stated) {
+  return read(find, file, layout, /*strict=*/true, stated);
 }
 
 FluxConfig FluxConfig::detect_partial(const Find& find, FluxLayout layout) {
-  return read(find, "", layout, /*strict=*/false);
+  return read(find, "", layout, /*strict=*/false, StatedConfig{});
 }
 
 void FluxConfig::validate(const std::string& file) const {
+  if (num_heads <= 0 || hidden_size % num_heads != 0)
+    fail(file, ": hidden size ", hidden_size, " is not a multiple of ", num_heads, " heads");
   int64_t sum = 0;
   for (int64_t a : axes_dim) {
     if (a <= 0 || a % 2 != 0)
-      fail(file, ": RoPE axis widths ", a, " must be positive and even (head width ", head_dim(), ")");
+      fail(file, ": RoPE axes ", list_text(axes_dim), " must be positive and even (head width ", head_dim(), ")");
     sum += a;
   }
-  if (hidden_size % num_heads != 0)
-    fail(file, ": hidden size ", hidden_size, " is not a multiple of ", num_heads, " heads");
-  if (sum != head_dim()) fail(file, ": RoPE axes sum to ", sum, " but the head width is ", head_dim());
-  if (head_dim() % 32 != 0)
-    fail(file, ": head width ", head_dim(), " must be a multiple of 32 for Flux's RoPE axes (D/8, 7D/16, 7D/16)");
+  if (sum != head_dim())
+    fail(file, ": RoPE axes ", list_text(axes_dim), " sum to ", sum, " but the head width is ", head_dim());
 }
 
 }  // namespace fluxtrain::models

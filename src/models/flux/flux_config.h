@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/safetensors_format.h"
+#include "models/stated_config.h"
 
 namespace fluxtrain::models {
 
@@ -24,7 +25,7 @@ struct FluxConfig {
   int64_t num_heads = 24;
   int64_t depth = 19;
   int64_t depth_single_blocks = 38;
-  std::vector<int64_t> axes_dim = {16, 56, 56};
+  std::vector<int64_t> axes_dim = {16, 56, 56};  // RoPE widths of the three position-id axes
   double theta = 10000;
   bool qkv_bias = true;
   bool guidance_embed = true;  // dev: true; schnell: false
@@ -34,13 +35,15 @@ struct FluxConfig {
   int64_t head_dim() const { return hidden_size / num_heads; }
   static FluxConfig dev();
   static FluxConfig schnell();
-  // From tensor names and shapes alone (prefix already removed). axes_dim is not stored in the
-  // weights: it is [D/8, 7D/16, 7D/16] for head width D, which is [16, 56, 56] for Flux.1 (D = 128).
-  // Throws Error naming the file and the missing tensor or broken constraint.
-  static FluxConfig detect(const Find& find, const std::string& file, FluxLayout layout = FluxLayout::bfl);
+  // From tensor names and shapes (prefix already removed), and the RoPE axes, which no tensor's shape
+  // holds: from `stated` (a diffusers transformer/config.json's "axes_dims_rope") when it states them,
+  // else Flux.1's (16, 56, 56), known only for Flux.1's head width 128; any other head width without
+  // stated axes is an Error. Throws Error naming the file and the missing tensor or broken constraint.
+  static FluxConfig detect(const Find& find, const std::string& file, FluxLayout layout = FluxLayout::bfl,
+                           const StatedConfig& stated = {});
   // What detect() reads, for describing files that may be odd (identification): never throws, a value
-  // whose tensor is absent is -1 (block counts 0, num_heads and axes_dim -1 without a head width), and
-  // nothing is validated.
+  // whose tensor is absent is -1 (block counts 0, num_heads -1 without a head width, axes_dim -1 without
+  // Flux.1's head width), and nothing is validated.
   static FluxConfig detect_partial(const Find& find, FluxLayout layout = FluxLayout::bfl);
   // Throws Error naming the broken constraint.
   void validate(const std::string& file) const;

@@ -139,6 +139,10 @@ class Opt {
   Opt& resume(ResumeRule rule) { return s_.resume = rule, *this; }
   Opt& safe_on_resume() { return resume(ResumeRule::safe); }
   Opt& memory_only() { return resume(ResumeRule::memory_only); }
+  // The default is the seed's (its train-flux.sh, `where`), not kohya's (`kohya`, "" = none).
+  Opt& seed_default(std::string where, std::string kohya) {
+    return s_.seed_source = std::move(where), s_.kohya_default = std::move(kohya), *this;
+  }
   Opt& metadata(std::string key) { return s_.metadata_keys.push_back(std::move(key)), *this; }
 
   template <typename... Members>

@@ -55,7 +55,8 @@ std::string help_env(const OptionTable& table, const std::string& format) {
   // Defaults as they are written in a variable.
   auto default_of = [](const OptionSpec& spec, bool markdown) {
     if (spec.default_text.empty()) return std::string("(unset)");
-    return markdown ? "`" + spec.default_text + "`" : spec.default_text;
+    std::string text = markdown ? "`" + spec.default_text + "`" : spec.default_text;
+    return spec.seed_source.empty() ? text : text + " (the seed's)";
   };
   std::string out;
   if (format == "markdown") {
@@ -71,6 +72,21 @@ std::string help_env(const OptionTable& table, const std::string& format) {
       out += cat(out.empty() ? "" : "\n", "### ", group.title,
                  "\n\n| Variable | Flag | Default | Allowed | Description |\n", "|---|---|---|---|---|\n", rows);
     }
+    std::string seed_rows;
+    for (const auto& spec : table.specs()) {
+      if (spec.seed_source.empty()) continue;
+      seed_rows += cat("| ", variables(spec, true), " | `", spec.default_text, "` | ",
+                       spec.kohya_default.empty() ? std::string("(none)") : "`" + spec.kohya_default + "`", " | ",
+                       markdown_cell(spec.seed_source), " |\n");
+    }
+    if (!seed_rows.empty())
+      out +=
+          cat("\n### Defaults that follow the seed\n\n"
+              "Where the seed's `train-flux.sh` sets a value, that value is the default, so a pod configured as "
+              "the seed's walkthrough says (\"other options can be left at their defaults\") trains as the seed "
+              "does; every other option keeps kohya's default.\n\n"
+              "| Variable | Default | kohya's | Where the seed sets it |\n|---|---|---|---|\n",
+              seed_rows);
     return out;
   }
   if (format == "text") {
@@ -95,6 +111,7 @@ std::string help_env(const OptionTable& table, const std::string& format) {
       o["env"] = spec.env_name();
       o["env_aliases"] = spec.env_aliases;
       o["default"] = spec.default_text;
+      if (!spec.seed_source.empty()) o["default_from_seed"] = spec.seed_source;
       o["allowed"] = spec.allowed_text();
       o["resume"] = std::string(name_of(spec.resume));
       o["metadata"] = spec.metadata_keys;

@@ -93,6 +93,10 @@ struct OptionSpec {
   bool secret = false;       // the value is never printed (--print-config, messages, saved configs)
   ResumeRule resume = ResumeRule::breaking;
   std::vector<std::string> metadata_keys;  // the LoRA file's ss_* keys that record the value
+  // A default taken from the seed's train-flux.sh rather than kohya's: where the seed sets it, and kohya's
+  // default, which the option would otherwise have (the reference's "Defaults that follow the seed").
+  std::string seed_source;
+  std::string kohya_default;
 
   std::type_index settings_type = typeid(void);  // the struct `apply` writes into
   OptionApply apply;                             // where the value goes; empty only for the config-file option

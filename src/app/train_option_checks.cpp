@@ -57,7 +57,7 @@ std::vector<std::string> validate_train_config(const ResolvedConfig& config, boo
     errors.push_back(cat(d("offload_checkpoints"), " needs gradient checkpointing, but ", d("gradient_checkpointing")));
   if (!config.is_set("sample_prompts")) {
     for (const char* key : {"sample_every_n_steps", "sample_every_n_epochs"}) {
-      if (config.get_int(key) > 0)
+      if (config.changed(key) && config.get_int(key) > 0)  // the default cadence needs no prompts
         errors.push_back(cat(d(key),
                              " asks for samples, but there are no prompts: set SAMPLE_PROMPTS (--sample-prompts) "
                              "to a prompt file, or set ",

@@ -164,8 +164,9 @@ std::vector<OptionSpec> train_specs() {
           .check(check_file_name)
           .allowed("a file name without folders")
           .to(&S::training, &T::output_name),
-      Opt<S>("save_every_n_steps", kInt, "output", p0,
+      Opt<S>("save_every_n_steps", kInt, "output", "100",
              "Save the LoRA (and a state) every N steps; 0 = only at the end.")
+          .seed_default("train-flux.sh: PARAMS_SAVE_EVERY_N_STEPS=100 (--save_every_n_steps)", "0")
           .min(0)
           .safe_on_resume()
           .to(&S::training, &T::save_every_n_steps),
@@ -445,7 +446,9 @@ std::vector<OptionSpec> train_specs() {
           .path(PathCheck::file)
           .safe_on_resume()
           .to(&S::sample_prompts),
-      Opt<S>("sample_every_n_steps", kInt, "sampling", p0, "Generate the sample prompts every N steps; 0 = never.")
+      Opt<S>("sample_every_n_steps", kInt, "sampling", "200",
+             "Generate the sample prompts every N steps (when there are prompts); 0 = never.")
+          .seed_default("train-flux.sh: PARAMS_SAMPLE_EVERY_N_STEPS=200 (--sample_every_n_steps)", "0")
           .min(0)
           .safe_on_resume()
           .to(&S::training, &T::sample_every_n_steps),

@@ -77,14 +77,14 @@ struct TrainOptions {
 
   std::string output_name = "flux-lora";
   lora::SavePrecision save_precision = lora::SavePrecision::bf16;  // of the LoRA files
-  int64_t save_every_n_steps = 0;
+  int64_t save_every_n_steps = 100;                                // the seed's (train-flux.sh)
   int64_t save_every_n_epochs = 0;
-  int keep_last_n = 0;         // intermediate step/epoch files kept (0 = all)
-  bool save_state = true;      // a state with every intermediate save (the final and a signal's state always)
-  int max_nonfinite_steps = 10;  // skipped (non-finite) steps in a row that stop the run (0: never stop)
+  int keep_last_n = 0;                   // intermediate step/epoch files kept (0 = all)
+  bool save_state = true;                // a state with every intermediate save (the final and a signal's state always)
+  int max_nonfinite_steps = 10;          // skipped (non-finite) steps in a row that stop the run (0: never stop)
   double save_state_every_minutes = 10;  // a state when this long has passed since the last one (0 = off)
-  int keep_last_n_states = 2;             // complete states kept (>= 1)
-  int64_t sample_every_n_steps = 0;
+  int keep_last_n_states = 2;            // complete states kept (>= 1)
+  int64_t sample_every_n_steps = 200;    // the seed's (train-flux.sh)
   int64_t sample_every_n_epochs = 0;
   bool sample_at_first = false;
   double log_every_seconds = 10;

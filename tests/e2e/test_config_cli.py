@@ -237,3 +237,18 @@ def test_usage_errors_exit_2(fluxtrain_bin):
         result = run([fluxtrain_bin, *args], check=False, env=clean_env())
         assert result.returncode == 2, (args, result.returncode, result.stderr)
         assert needle in result.stderr + result.stdout, (args, result.stderr)
+
+
+def test_the_seed_cadences_are_the_defaults(tmp_path, fluxtrain_bin):
+    """Issue 18: with only the seed's template variables, LoRA files every 100 steps and samples every 200
+    (its train-flux.sh); without prompts the default sample cadence is no error, and the option reference
+    lists both under "Defaults that follow the seed", with kohya's value beside them."""
+    env = clean_env(MODEL_DIR=str(model_dir(tmp_path)), DATASET_NAME="a/b", OUTPUT_PATH=str(tmp_path / "out"))
+    v = parse(config(fluxtrain_bin, env, "--print-config").stdout)
+    assert v["save_every_n_steps"] == ("100", "default")
+    assert v["sample_every_n_steps"] == ("200", "default")
+    assert v["save_state_every_minutes"] == ("10.0", "default")
+    reference = config(fluxtrain_bin, env, "--help-env", "--format", "markdown").stdout
+    table = reference.split("### Defaults that follow the seed")[1]
+    assert "| `PARAMS_SAVE_EVERY_N_STEPS` | `100` | `0` | train-flux.sh: PARAMS_SAVE_EVERY_N_STEPS=100" in table
+    assert "| `PARAMS_SAMPLE_EVERY_N_STEPS` | `200` | `0` | train-flux.sh: PARAMS_SAMPLE_EVERY_N_STEPS=200" in table

@@ -5,9 +5,9 @@
 // The run folder (OUTPUT_PATH): config.toml (the resolved options), {name}-step{N}.safetensors,
 // {name}.safetensors, state/step-N/ (exact resume), samples/, logs/ (fluxtrain.log, TensorBoard events),
 // metrics.jsonl. A restarted pod resumes from the newest complete state when the options that shape the
-// training and the dataset (its images, sizes and captions) are unchanged; changes a resume can honour (cadences, more steps or epochs, sampling) are
-// applied and reported; any other change starts a fresh run in OUTPUT_PATH/run-<hash> rather than mixing
-// two configurations.
+// training and the dataset (its images, sizes and captions) are unchanged; changes a resume can honour (cadences, more
+// steps or epochs, sampling) are applied and reported; any other change starts a fresh run in OUTPUT_PATH/run-<hash>
+// rather than mixing two configurations.
 #include <ATen/ATen.h>
 #include <CLI/CLI.hpp>
 
@@ -72,8 +72,9 @@ bool same_value(const std::string& a, const std::string& b) {
 }
 
 struct RunPlan {
-  fs::path dir;              // the run folder
-  std::string resume_state;  // "" = fresh
+  fs::path dir;                  // the run folder
+  std::string resume_state;      // "" = fresh
+  bool resume_verified = false;  // resume_state was chosen by newest_sound_state, which verified it
 };
 
 // Where this run lives and whether it resumes (see the file comment).
@@ -95,6 +96,7 @@ RunPlan plan_run(const TrainSettings& settings, const std::map<std::string, std:
     if (auto alt = train::newest_sound_state(alternate)) {
       plan.dir = alternate;
       plan.resume_state = alt->string();
+      plan.resume_verified = true;
     }
     return plan;
   }
@@ -124,6 +126,7 @@ RunPlan plan_run(const TrainSettings& settings, const std::map<std::string, std:
     breaking.push_back(cat("the dataset (its images, sizes or captions): ", saved_dataset, " -> ", dataset));
   if (breaking.empty()) {
     plan.resume_state = newest->string();
+    plan.resume_verified = true;
     for (const auto& c : honoured) log::info("changed since the saved state (applied to the resumed run): ", c);
     return plan;
   }
@@ -131,7 +134,10 @@ RunPlan plan_run(const TrainSettings& settings, const std::map<std::string, std:
   plan.dir = output / ("run-" + hash);
   log::warn("these changes shape the training, so this is a new run in ", plan.dir.string(), " (the run in ",
             output.string(), " is left as it is)");
-  if (auto alt = train::newest_sound_state(plan.dir)) plan.resume_state = alt->string();
+  if (auto alt = train::newest_sound_state(plan.dir)) {
+    plan.resume_state = alt->string();
+    plan.resume_verified = true;
+  }
   return plan;
 }
 
@@ -174,6 +180,7 @@ train::TrainerConfig trainer_config(const ResolvedConfig& config, const TrainSet
   t.compute_dtype = precision;
   t.output_dir = run.dir;
   t.resume_from = run.resume_state;
+  t.resume_verified = run.resume_verified;
   t.file_info.architecture = settings.models.base_model == BaseModel::schnell ? "flux-1-schnell" : "flux-1-dev";
   t.file_info.title = t.output_name;
   t.file_info.created_at = settings.engine.source_date_epoch;

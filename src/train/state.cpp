@@ -164,7 +164,8 @@ std::string verify_state(const fs::path& dir) {
     const auto& expected = marker["files"][name];
     if (!expected.is_object() || !expected.contains("size") || !expected.contains("sha256"))
       return cat(kComplete, " lists ", name, " without its size and sha256");
-    if (expected["size"] != size) return cat(name, " has ", size, " bytes where ", expected["size"].dump(), " were written");
+    if (expected["size"] != size)
+      return cat(name, " has ", size, " bytes where ", expected["size"].dump(), " were written");
     try {
       if (sha256_file_hex(file) != expected["sha256"]) return cat(name, " differs from what was written (SHA-256)");
     } catch (const Error& e) {
@@ -181,12 +182,13 @@ std::string verify_state(const fs::path& dir) {
   return "";
 }
 
-TrainingState load_state(const fs::path& path) {
+TrainingState load_state(const fs::path& path, bool verified) {
   fs::path dir = path;
   if (!fs::exists(dir / kComplete)) {
     auto newest = newest_sound_state(path);
     if (newest) {
       dir = *newest;
+      verified = true;
     } else if (fs::is_directory(path)) {
       fail(path.string(), ": not a complete training state (no ", kComplete,
            " marker) and no complete state under its state/ folder; pass a folder such as "
@@ -195,7 +197,7 @@ TrainingState load_state(const fs::path& path) {
       fail(path.string(), ": no such training state folder");
     }
   }
-  if (const std::string wrong = verify_state(dir); !wrong.empty())
+  if (const std::string wrong = verified ? std::string() : verify_state(dir); !wrong.empty())
     fail(dir.string(), ": not a sound training state: ", wrong,
          ". Resume from an older state (its sibling folders) or the run's OUTPUT_PATH, which picks the newest "
          "sound one");
@@ -239,7 +241,8 @@ std::optional<fs::path> newest_sound_state(const fs::path& output_dir) {
     std::error_code ec;
     fs::remove_all(aside, ec);
     fs::rename(dir, aside, ec);
-    if (ec) fail("the training state ", dir.string(), " is corrupt (", wrong, ") and cannot be set aside: ", ec.message());
+    if (ec)
+      fail("the training state ", dir.string(), " is corrupt (", wrong, ") and cannot be set aside: ", ec.message());
     log::warn("the training state ", dir.string(), " is corrupt: ", wrong, "; kept as ", aside.filename().string(),
               " and not resumed; looking at the older ones");
   }
@@ -284,7 +287,9 @@ void set_generator_state(at::Generator& generator, const std::string& text, cons
 
 namespace {
 
-bool process_alive(long pid) { return pid > 0 && (::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM); }
+bool process_alive(long pid) {
+  return pid > 0 && (::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM);
+}
 
 // The pid in a temporary name ".NAME.tmp-PID-N" (atomic files) or ".step-X.tmp-PID" (state folders); 0
 // when the name is not one of those.
@@ -296,7 +301,8 @@ long temporary_pid(const std::string& name) {
   const size_t dash = rest.find('-');
   const std::string digits = rest.substr(0, dash);
   if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos) return 0;
-  if (dash != std::string::npos && (dash + 1 >= rest.size() || rest.find_first_not_of("0123456789", dash + 1) != std::string::npos))
+  if (dash != std::string::npos &&
+      (dash + 1 >= rest.size() || rest.find_first_not_of("0123456789", dash + 1) != std::string::npos))
     return 0;
   try {
     return std::stol(digits);
@@ -326,7 +332,8 @@ void remove_stale_temporaries(const fs::path& output_dir) {
   std::error_code ec;
   if (fs::is_directory(output_dir, ec)) {
     for (const auto& entry : fs::directory_iterator(output_dir, ec)) {
-      if (entry.is_directory() && entry.path().filename().string().rfind("run-", 0) == 0) folders.push_back(entry.path());
+      if (entry.is_directory() && entry.path().filename().string().rfind("run-", 0) == 0)
+        folders.push_back(entry.path());
     }
   }
   for (const auto& folder : folders) {

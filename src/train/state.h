@@ -41,9 +41,10 @@ std::string state_dir_name(int64_t step);
 // Writes `state` as dir/state/step-XXXXXXXX (replacing an older one of the same step).
 std::filesystem::path save_state(const std::filesystem::path& output_dir, int64_t step, const TrainingState& state);
 
-// Reads a state directory (verified first), or a run's output folder: its newest sound state
-// (newest_sound_state). Errors name the folder and what is missing or corrupt.
-TrainingState load_state(const std::filesystem::path& dir);
+// Reads a state directory (verified first, unless `verified`: the caller has just verified that folder,
+// and verifying a multi-GiB state means hashing it again), or a run's output folder: its newest sound
+// state (newest_sound_state). Errors name the folder and what is missing or corrupt.
+TrainingState load_state(const std::filesystem::path& dir, bool verified = false);
 
 // What is wrong with a state folder: "" when its COMPLETE lists each file with the size and SHA-256 it
 // has and state.json parses; else one line saying which file and how it differs. A COMPLETE of format 1

@@ -180,7 +180,7 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
 
   int64_t step = 0;  // optimizer steps done
   if (!config.resume_from.empty()) {
-    TrainingState state = load_state(config.resume_from);
+    TrainingState state = load_state(config.resume_from, config.resume_verified);
     const std::string dir = state.info.value("_dir", config.resume_from);
     if (state.trainable.size() != t.params.size()) {
       fail(dir, ": the state holds ", state.trainable.size(), " trained tensors but this network has ", t.params.size(),

@@ -30,7 +30,8 @@ struct TrainerConfig : TrainOptions {
   models::ModelOptions model;  // dtype = storage of the frozen base; device; fp8 (from fp8_base)
   at::ScalarType compute_dtype = at::kFloat;
   std::filesystem::path output_dir;
-  std::string resume_from;  // a state folder; "" = none (the app resolves "auto")
+  std::string resume_from;       // a state folder; "" = none (the app resolves "auto")
+  bool resume_verified = false;  // resume_from was verified against its COMPLETE already (not read twice)
   lora::LoraFileInfo file_info;
   nlohmann::json run_info;  // stored in every state (the app's resolved config and its hash)
 };

@@ -1,8 +1,9 @@
 """SIGKILL at random moments, then restart (issue 18): what a Spot pod's kill -9, an out-of-memory kill or a
 lost host does to a run with the default settings (no LoRA cadence; the states on the timer).
 
-One trial starts `fluxtrain train` on the run folder and kills it with SIGKILL, either after a random delay
-or the moment a state's temporary folder appears (a kill while a state is being written). After every kill
+One trial starts `fluxtrain train` on the run folder and kills it with SIGKILL: at a random moment of the
+start (loading, caching, first steps), at a random moment of training, or the moment one of its states'
+temporary folder appears (a kill while a state is being written). After every kill
 the folder is checked: every state under its final name verifies against its COMPLETE marker (sizes and
 SHA-256, recomputed here), every LoRA file under its final name is a whole safetensors file, and no file is
 half-written where a complete one is expected. The next start must resume from the newest state whenever
@@ -35,6 +36,7 @@ KILL_PARAMS = {
 }
 STATE = re.compile(r"^step-(\d{8})$")
 RESUMED = re.compile(r"resum\w* from \S*step-(\d{8})")
+STARTED = re.compile(r"^training \S+ in ", re.M)  # the trainer's first line: the run folder and resume point
 
 
 @dataclass
@@ -106,31 +108,36 @@ def check_folder(out: Path) -> list[str]:
     return problems
 
 
-def temporary_state(out: Path) -> bool:
+def temporaries(out: Path, pid: int) -> set[str]:
+    """The temporary state folders of process `pid` (.step-XXXXXXXX.tmp-PID: a save under way)."""
     try:
-        return any(".tmp-" in entry.name for entry in os.scandir(out / "state"))
+        return {entry.name for entry in os.scandir(out / "state") if entry.name.endswith(f".tmp-{pid}")}
     except FileNotFoundError:
-        return False
+        return set()
 
 
-def one_trial(bin_: str, env: dict, out: Path, rng: random.Random, mid_save: bool, report: Report,
-              log=print) -> bool:
-    """Starts, kills (SIGKILL) and checks. Returns False when the run finished before the kill."""
+def one_trial(bin_: str, env: dict, out: Path, rng: random.Random, kind: str, report: Report, log=print) -> bool:
+    """Starts, kills (SIGKILL) and checks. `kind`: "startup" kills 0.3-3 s after the start (model loading,
+    caching, or the first steps); "training" 0-2 s after the process began its first state; "mid-save" the
+    moment its 1st, 2nd or 3rd state's temporary folder appears. Returns False when the run finished first."""
     before = newest_state(out)
     proc = subprocess.Popen([bin_, "train"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        if mid_save:
-            # The moment a save's temporary folder exists. A state before the start's own cleanup may
-            # still be there for a few milliseconds: wait for the process to have started training.
-            deadline = time.monotonic() + 120
-            while proc.poll() is None and time.monotonic() < deadline:
-                if temporary_state(out):
-                    break
-                time.sleep(0.0002)
-        else:
+        deadline = time.monotonic() + 300
+        if kind == "startup":
             deadline = time.monotonic() + rng.uniform(0.3, 3.0)
             while proc.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.005)
+        else:
+            wanted = rng.randint(1, 3) if kind == "mid-save" else 1
+            seen: set[str] = set()
+            while proc.poll() is None and time.monotonic() < deadline and len(seen) < wanted:
+                seen |= temporaries(out, proc.pid)
+                time.sleep(0.0002)
+            if kind == "training":
+                deadline = time.monotonic() + rng.uniform(0.0, 2.0)
+                while proc.poll() is None and time.monotonic() < deadline:
+                    time.sleep(0.005)
         killed = proc.poll() is None
         if killed:
             proc.send_signal(signal.SIGKILL)
@@ -143,12 +150,13 @@ def one_trial(bin_: str, env: dict, out: Path, rng: random.Random, mid_save: boo
         report.trials += 1
     else:
         report.finished_runs += 1
-    left_temporary = temporary_state(out)
-    if killed and left_temporary:
+    mid_save = killed and bool(temporaries(out, proc.pid))
+    if mid_save:
         report.kills_mid_save += 1
     # Where it started from: the state that existed when it started, if any.
     m = RESUMED.search(output)
-    if before is not None:
+    decided = STARTED.search(output) is not None  # a kill in the first moments may come before the choice
+    if before is not None and decided:
         if not m:
             report.failures.append(f"trial {report.trials}: a state of step {before} existed but the start did not "
                                    f"resume from it:\n{output[-2000:]}")
@@ -157,24 +165,26 @@ def one_trial(bin_: str, env: dict, out: Path, rng: random.Random, mid_save: boo
             if int(m.group(1)) != before:
                 report.failures.append(f"trial {report.trials}: resumed from step {m.group(1)}, the newest state "
                                        f"was step {before}")
-    else:
+    elif before is None:
         report.fresh_starts += 1
     if not killed and proc.returncode != 0:
         report.failures.append(f"trial {report.trials}: exit {proc.returncode}:\n{output[-2000:]}")
     for problem in check_folder(out):
-        report.failures.append(f"trial {report.trials} ({'mid-save' if mid_save else 'random'} kill): {problem}")
-    log(f"trial {report.trials}: {'killed' if killed else 'finished'}"
-        f"{' during a save' if killed and left_temporary else ''}; newest state before: {before}, "
+        report.failures.append(f"trial {report.trials} ({kind} kill): {problem}")
+    log(f"trial {report.trials} ({kind}): {'killed' if killed else 'finished'}"
+        f"{' while a state was being written' if mid_save else ''}; newest state before: {before}, "
         f"after: {newest_state(out)}")
     return killed
 
 
 def run_trials(bin_: str, env: dict, out: Path, trials: int, seed: int, log=print) -> Report:
-    """`trials` kills (every third one while a state is being written), then the run to its end."""
+    """`trials` kills (in turn: during the start, while a state is being written, during training), then the
+    run to its end."""
     rng = random.Random(seed)
     report = Report()
     while report.trials < trials:
-        if not one_trial(bin_, env, out, rng, mid_save=report.trials % 3 == 1, report=report, log=log):
+        kind = ("startup", "mid-save", "training")[report.trials % 3]
+        if not one_trial(bin_, env, out, rng, kind, report=report, log=log):
             break  # the run finished: the rest of the trials would only restart a finished run
     final = subprocess.run([bin_, "train"], env=env, capture_output=True, text=True, timeout=600)
     if final.returncode != 0:

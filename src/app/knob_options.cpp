@@ -7,6 +7,7 @@
 #include "core/assets.h"
 #include "core/error.h"
 #include "core/progress.h"
+#include "core/stop.h"
 #include "core/strings.h"
 
 namespace fluxtrain::app {
@@ -218,6 +219,13 @@ const OptionTable& process_options() {
             .env("FLUXTRAIN_ENGINE")
             .no_flag()
             .to(&S::engine),
+        Opt<S>("test_pause_in", kString, "process", "",
+               "Test hook, not for production: the first poll point of this phase (download, extraction, cache "
+               "filling, model loading, sampling, training, saving) waits there until a stop signal, so that a test "
+               "can stop a phase that is too fast to hit on tiny models.")
+            .env("FLUXTRAIN_TEST_PAUSE_IN")
+            .no_flag()
+            .to(&S::test_pause_in),
     };
     return OptionTable("fluxtrain", "", {{"process", "The program"}}, std::vector<OptionSpec>(own.begin(), own.end()));
   }();
@@ -229,6 +237,7 @@ ProcessSettings apply_process_settings(const CliValues& cli, const EnvMap& env) 
   log::set_level(settings.log_level);
   set_default_line_interval_seconds(settings.progress_seconds);
   set_user_asset_root(settings.assets);
+  stop::set_test_pause(settings.test_pause_in);
   return settings;
 }
 

@@ -18,6 +18,7 @@
 #include "core/log.h"
 #include "core/safetensors.h"
 #include "core/sha256.h"
+#include "core/stop.h"
 
 namespace fluxtrain::train {
 namespace fs = std::filesystem;
@@ -115,6 +116,7 @@ fs::path save_state(const fs::path& output_dir, int64_t step, const TrainingStat
   try {
     fs::create_directories(temp);
     safetensors::write((temp / "trainable.safetensors").string(), state.trainable);
+    stop::pause_point("saving");  // test hook (core/stop.h): a stop signal in the middle of a save
     safetensors::write((temp / "optimizer.safetensors").string(), state.optimizer_tensors);
     nlohmann::json info = state.info;
     info["format_version"] = kStateFormatVersion;

@@ -5,6 +5,7 @@
 #include <cstdlib>
 
 #include "core/assets.h"
+#include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/progress.h"
 #include "core/stop.h"
@@ -226,6 +227,14 @@ const OptionTable& process_options() {
             .env("FLUXTRAIN_TEST_PAUSE_IN")
             .no_flag()
             .to(&S::test_pause_in),
+        Opt<S>("test_fail_write_after_bytes", kInt, "process", "0",
+               "Test hook, not for production: once the process has written this many bytes through its atomic "
+               "files (LoRA files, states, cache entries), every further write fails with ENOSPC, as on a full "
+               "disk; 0 = off.")
+            .env("FLUXTRAIN_TEST_FAIL_WRITE_AFTER_BYTES")
+            .min(0)
+            .no_flag()
+            .to(&S::test_fail_write_after_bytes),
     };
     return OptionTable("fluxtrain", "", {{"process", "The program"}}, std::vector<OptionSpec>(own.begin(), own.end()));
   }();
@@ -238,6 +247,7 @@ ProcessSettings apply_process_settings(const CliValues& cli, const EnvMap& env) 
   set_default_line_interval_seconds(settings.progress_seconds);
   set_user_asset_root(settings.assets);
   stop::set_test_pause(settings.test_pause_in);
+  set_test_write_limit(static_cast<uint64_t>(settings.test_fail_write_after_bytes));
   return settings;
 }
 

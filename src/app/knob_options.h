@@ -64,6 +64,7 @@ struct ProcessSettings {
   std::string assets;            // searched first for the shipped data files (core/assets.h)
   std::string engine;            // libfluxtrain_engine.so to load; "" = beside the executable
   std::string test_pause_in;     // test hook FLUXTRAIN_TEST_PAUSE_IN (core/stop.h pause_point)
+  int64_t test_fail_write_after_bytes = 0;  // test hook (core/atomic_file.h set_test_write_limit)
 };
 const OptionTable& process_options();
 

@@ -220,6 +220,18 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     last_state_step = at_step;
     state_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - save_started).count();
   };
+  // A LoRA file (or the full model): on a full disk (checked before, or ENOSPC while writing) its temporary
+  // file is gone and the error says which state a restart resumes from.
+  auto save_model = [&](const std::string& path) {
+    try {
+      write_final_model(path, config, t);
+    } catch (const Error& e) {
+      const auto kept = newest_state(config.output_dir);
+      fail(e.what(), kept ? cat("; the newest complete state, ", kept->string(),
+                                ", is kept, and a restart with space again resumes from it")
+                          : std::string());
+    }
+  };
   auto prune_files = [&](const char* what) {
     if (config.keep_last_n <= 0) return;
     std::vector<fs::path> files;
@@ -369,7 +381,7 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
       if (config.save_every_n_steps > 0 && step % config.save_every_n_steps == 0) {
         std::string path = (config.output_dir / numbered(config.output_name, "step", step, 8)).string();
         if (t.network) t.network->set_training(false);
-        write_final_model(path, config, t);
+        save_model(path);
         if (t.network) t.network->set_training(true);
         result.files.push_back(path);
         prune_files("step");
@@ -377,7 +389,7 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
       }
       if (config.save_every_n_epochs > 0 && epoch_end && epoch % config.save_every_n_epochs == 0) {
         std::string path = (config.output_dir / numbered(config.output_name, "", epoch, 6)).string();
-        write_final_model(path, config, t);
+        save_model(path);
         result.files.push_back(path);
         saved = true;
       }
@@ -421,7 +433,7 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
   result.steps = step;
   if (!result.interrupted) {
     std::string path = (config.output_dir / (config.output_name + ".safetensors")).string();
-    write_final_model(path, config, t);
+    save_model(path);
     result.files.push_back(path);
     save_training_state(step);
   }

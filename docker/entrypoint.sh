@@ -11,9 +11,51 @@
 #      in OUTPUT_PATH when the pod was restarted (a finished run stays finished);
 #   6. KEEP_ALIVE=true keeps the container up afterwards (SSH, downloading the results).
 #
-# SIGTERM/SIGINT (a stopped pod) are passed to fluxtrain, which saves a state before it exits.
+# SIGTERM/SIGINT (a stopped pod) are handled from the first line on: passed to the fluxtrain command that
+# runs (config, fetch-models, train), which stops at its next poll point and exits 0 (train after writing
+# a state: docs/training.md "Stopping"); a signal between two commands ends the entrypoint before the
+# next one. A restart carries on from what is there.
 # Exit status: fluxtrain's.
 set -euo pipefail
+
+# First of all the signal traps, so that a stop at any moment is passed on or ends the start cleanly.
+say() { printf '[entrypoint %s] %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*"; }
+child=""
+stop_signal=""
+# shellcheck disable=SC2329  # called by the TERM/INT traps
+forward() {
+  stop_signal=$1
+  # On stderr: a step's stdout may be redirected (settings.txt) while this runs.
+  say "received SIG$1: passing it to fluxtrain, which stops cleanly (a training run saves a state first)" >&2
+  if [ -n "$child" ]; then kill -s "$1" "$child" 2>/dev/null || true; fi
+}
+trap 'forward TERM' TERM
+trap 'forward INT' INT
+
+# Runs one fluxtrain command in the background and waits for it: bash runs a trap only between
+# commands, and a trapped signal interrupts `wait`, so the traps above reach the command at once.
+# Returns the command's exit status.
+run_step() {
+  "$@" &
+  child=$!
+  while kill -0 "$child" 2>/dev/null; do
+    wait "$child" || true
+  done
+  local status=0
+  wait "$child" || status=$?
+  child=""
+  return "$status"
+}
+
+# After a step before the training (or between steps): a requested stop ends the start here, with status
+# 0 when the command stopped cleanly (0) or was ended by the signal itself, else the command's status.
+stop_if_asked() {
+  [ -n "$stop_signal" ] || return 0
+  local status=${1:-0}
+  case "$status" in 130 | 143) status=0 ;; esac
+  say "stopped on SIG$stop_signal before the training; a restart carries on"
+  exit "$status"
+}
 
 FLUXTRAIN="${FLUXTRAIN:-fluxtrain}"
 export OUTPUT_PATH="${OUTPUT_PATH:-/workspace/output}"
@@ -28,7 +70,11 @@ fi
 export MODEL_DIR
 
 mkdir -p "$OUTPUT_PATH/logs"
-exec > >(tee -a "$OUTPUT_PATH/logs/pod.log") 2>&1
+# tee ignores the stop signals (a terminal's Ctrl-C reaches the whole group): the last lines still arrive.
+exec > >(
+  trap '' INT TERM
+  exec tee -a "$OUTPUT_PATH/logs/pod.log"
+) 2>&1
 tee_pid=$!
 # On exit, let tee write out the last lines before the container ends.
 # shellcheck disable=SC2329  # called by the EXIT trap
@@ -39,8 +85,6 @@ finish() {
   exit "$status"
 }
 trap finish EXIT
-
-say() { printf '[entrypoint %s] %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*"; }
 
 is_true() {
   case "${1,,}" in
@@ -76,31 +120,22 @@ is_true "${KEEP_ALIVE:-false}" KEEP_ALIVE && keep_alive=true
 
 # The folder the models are downloaded into (MODEL_DIR must name an existing folder for the check).
 if [ "$download_models" = true ]; then mkdir -p "$MODEL_DIR"; fi
+stop_if_asked
 say "checking the settings"
-"$FLUXTRAIN" config --without-model-files >"$OUTPUT_PATH/logs/settings.txt"
+status=0
+run_step "$FLUXTRAIN" config --without-model-files >"$OUTPUT_PATH/logs/settings.txt" || status=$?
+stop_if_asked "$status"
+[ "$status" = 0 ] || exit "$status"
 
 if [ "$download_models" = true ]; then
   say "model files: fetching what is missing in $MODEL_DIR"
-  "$FLUXTRAIN" fetch-models >/dev/null
+  run_step "$FLUXTRAIN" fetch-models >/dev/null || status=$?
+  stop_if_asked "$status"
+  [ "$status" = 0 ] || exit "$status"
 fi
 
 say "training"
-child=""
-# shellcheck disable=SC2329  # called by the TERM/INT traps
-forward() {
-  say "received SIG$1: asking fluxtrain to save a state and stop"
-  if [ -n "$child" ]; then kill -s "$1" "$child" 2>/dev/null || true; fi
-}
-trap 'forward TERM' TERM
-trap 'forward INT' INT
-"$FLUXTRAIN" train "$@" &
-child=$!
-status=0
-# `wait` returns early when a trapped signal arrives; wait again until fluxtrain itself has exited.
-while true; do
-  wait "$child" && status=0 || status=$?
-  kill -0 "$child" 2>/dev/null || break
-done
+run_step "$FLUXTRAIN" train "$@" || status=$?
 trap - TERM INT
 say "fluxtrain train exited with status $status"
 

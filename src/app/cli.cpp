@@ -9,6 +9,7 @@
 #include "app/knob_options.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "core/stop.h"
 #include "core/strings.h"
 #include "core/version.h"
 
@@ -73,6 +74,12 @@ int run(int argc, char** argv, const std::vector<CommandFactory>& engine_command
     }
     log::error("no command given (see fluxtrain --help)");
     return 2;
+  } catch (const stop::Stopped& stopped) {
+    // A requested stop before training began (core/stop.h): nothing half-written is left where a complete
+    // file is expected, so a restart carries on from what is there. Not an error: exit 0.
+    log::info("stopped during ", stopped.phase(), " on ", stop::signal_name(), " (",
+              static_cast<int>(stop::seconds_since_request() * 1000), " ms after it); a restart carries on");
+    return 0;
   } catch (const Error& e) {
     log::error(e.what());
   } catch (const std::bad_alloc&) {

@@ -8,6 +8,7 @@
 
 #include "app/commands.h"
 #include "app/tool_options.h"
+#include "core/stop.h"
 #include "fetch/dataset.h"
 
 namespace fluxtrain::app {
@@ -15,6 +16,7 @@ namespace fluxtrain::app {
 Command add_fetch_command(CLI::App& app) {
   return add_table_command(app, command_info("fetch"), [](const ResolvedConfig& config) {
     const auto o = config.bind<FetchCommandSettings>();
+    stop::install(stop::grace_seconds());  // a stop signal ends the download, its part file kept: exit 0
     fetch::FetchOptions options = o.downloads.fetch;
     options.revision = o.revision;
     options.refresh = o.refresh;

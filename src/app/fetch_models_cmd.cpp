@@ -21,6 +21,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/sha256.h"
+#include "core/stop.h"
 #include "fetch/http.h"
 #include "fetch/hub.h"
 
@@ -220,7 +221,9 @@ int run_fetch_models(const FetchModelsSettings& settings) {
 
 Command add_fetch_models_command(CLI::App& app) {
   return add_table_command(app, command_info("fetch-models"), [](const ResolvedConfig& config) {
-    return run_fetch_models(config.bind<FetchModelsSettings>());
+    const FetchModelsSettings settings = config.bind<FetchModelsSettings>();
+    stop::install(stop::grace_seconds());  // a stop signal ends the downloads, their part files kept: exit 0
+    return run_fetch_models(settings);
   });
 }
 

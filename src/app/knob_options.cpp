@@ -5,8 +5,10 @@
 #include <cstdlib>
 
 #include "core/assets.h"
+#include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/progress.h"
+#include "core/stop.h"
 #include "core/strings.h"
 
 namespace fluxtrain::app {
@@ -218,6 +220,21 @@ const OptionTable& process_options() {
             .env("FLUXTRAIN_ENGINE")
             .no_flag()
             .to(&S::engine),
+        Opt<S>("test_pause_in", kString, "process", "",
+               "Test hook, not for production: the first poll point of this phase (download, extraction, cache "
+               "filling, model loading, sampling, training, saving) waits there until a stop signal, so that a test "
+               "can stop a phase that is too fast to hit on tiny models.")
+            .env("FLUXTRAIN_TEST_PAUSE_IN")
+            .no_flag()
+            .to(&S::test_pause_in),
+        Opt<S>("test_fail_write_after_bytes", kInt, "process", "0",
+               "Test hook, not for production: once the process has written this many bytes through its atomic "
+               "files (LoRA files, states, cache entries), every further write fails with ENOSPC, as on a full "
+               "disk; 0 = off.")
+            .env("FLUXTRAIN_TEST_FAIL_WRITE_AFTER_BYTES")
+            .min(0)
+            .no_flag()
+            .to(&S::test_fail_write_after_bytes),
     };
     return OptionTable("fluxtrain", "", {{"process", "The program"}}, std::vector<OptionSpec>(own.begin(), own.end()));
   }();
@@ -229,6 +246,8 @@ ProcessSettings apply_process_settings(const CliValues& cli, const EnvMap& env) 
   log::set_level(settings.log_level);
   set_default_line_interval_seconds(settings.progress_seconds);
   set_user_asset_root(settings.assets);
+  stop::set_test_pause(settings.test_pause_in);
+  set_test_write_limit(static_cast<uint64_t>(settings.test_fail_write_after_bytes));
   return settings;
 }
 

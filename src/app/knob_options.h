@@ -8,8 +8,9 @@
 //               FLUXTRAIN_ARCHIVE_MAX_BYTES / _ENTRIES / _RATIO, FLUXTRAIN_DATASET_CACHE, FLUXTRAIN_CACHE:
 //               in the tables of the commands that download (train, cache, config, fetch, fetch-models)
 //   engine      FLUXTRAIN_CPU_CACHE_MB, SOURCE_DATE_EPOCH: in the tables of the commands they affect
-//   process     FLUXTRAIN_LOG_LEVEL, FLUXTRAIN_PROGRESS_SECONDS, FLUXTRAIN_ASSETS, FLUXTRAIN_ENGINE: the
-//               program's own table (`fluxtrain --help-env`), resolved before any command runs
+//   process     FLUXTRAIN_LOG_LEVEL, FLUXTRAIN_PROGRESS_SECONDS, FLUXTRAIN_ASSETS, FLUXTRAIN_ENGINE and the
+//               test hooks FLUXTRAIN_TEST_*: the program's own table (`fluxtrain --help-env`), resolved
+//               before any command runs
 //
 // Secrets (HF_TOKEN, KAGGLE_KEY) come from the environment only and are never printed.
 #pragma once
@@ -62,6 +63,8 @@ struct ProcessSettings {
   double progress_seconds = 10;  // between plain progress lines when stderr is not a terminal
   std::string assets;            // searched first for the shipped data files (core/assets.h)
   std::string engine;            // libfluxtrain_engine.so to load; "" = beside the executable
+  std::string test_pause_in;     // test hook FLUXTRAIN_TEST_PAUSE_IN (core/stop.h pause_point)
+  int64_t test_fail_write_after_bytes = 0;  // test hook (core/atomic_file.h set_test_write_limit)
 };
 const OptionTable& process_options();
 

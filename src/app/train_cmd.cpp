@@ -25,6 +25,7 @@
 #include "core/folder_lock.h"
 #include "core/log.h"
 #include "core/sha256.h"
+#include "core/stop.h"
 #include "data/dataset.h"
 #include "fetch/dataset.h"
 #include "sample/prompts.h"
@@ -216,6 +217,8 @@ train::TrainerConfig trainer_config(const ResolvedConfig& config, const TrainSet
 
 int run_train(const ResolvedConfig& config, bool cache_only) {
   const TrainSettings settings = config.bind<TrainSettings>();
+  // From here on SIGTERM/SIGINT stop the run at the next poll point of whatever phase it is in, exit 0.
+  stop::install(settings.training.stop_grace_seconds);
   const ModelFiles files = find_model_files(settings.models);
   const at::Device device = resolve_device(settings.compute, settings.engine);
   const at::ScalarType precision = resolve_precision(settings.compute.precision, device);
@@ -224,6 +227,7 @@ int run_train(const ResolvedConfig& config, bool cache_only) {
   const FolderLock lock(settings.output_path, "OUTPUT_PATH");
   train::remove_stale_temporaries(settings.output_path);
   std::shared_ptr<data::DatasetPlan> plan = build_dataset(settings);
+  stop::check("the dataset scan");
   RunPlan run = cache_only ? RunPlan{fs::path(settings.output_path), ""}
                            : plan_run(settings, config.value_texts(), dataset_identity(*plan));
 

@@ -192,6 +192,14 @@ std::vector<OptionSpec> train_specs() {
           .min(0)
           .safe_on_resume()
           .to(&S::training, &T::save_state_every_minutes),
+      Opt<S>("stop_grace_seconds", kReal, "output", "5",
+             "The seconds between SIGTERM and SIGKILL the program plans for (RunPod gives a Spot pod 5): a stop "
+             "signal ends any phase at its next poll point and exits 0; in training the step in progress and a "
+             "save in progress finish and a state is written. A warning says when a step plus a state takes "
+             "longer (then the timer states bound what a SIGKILL loses).")
+          .min(0)
+          .safe_on_resume()
+          .to(&S::training, &T::stop_grace_seconds),
       Opt<S>("keep_last_n_states", kInt, "output", "2", "Keep only the newest N complete training states.")
           .min(1)
           .safe_on_resume()

@@ -2,8 +2,10 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -26,6 +28,29 @@ std::string errno_text(int err) {
 }
 
 std::atomic<int> g_counter{0};
+std::atomic<uint64_t> g_write_limit{0};  // the test hook (0 = off)
+std::atomic<uint64_t> g_written{0};      // bytes written through atomic files by this process
+
+// ::write, but for the test hook: past its limit the disk is "full" (a short write, then ENOSPC).
+ssize_t write_some(int fd, const char* data, size_t size) {
+  const uint64_t limit = g_write_limit.load();
+  if (limit != 0) {
+    const uint64_t done = g_written.load();
+    if (done >= limit) {
+      errno = ENOSPC;
+      return -1;
+    }
+    size = static_cast<size_t>(std::min<uint64_t>(size, limit - done));
+  }
+  const ssize_t n = ::write(fd, data, size);
+  if (n > 0) g_written += static_cast<uint64_t>(n);
+  return n;
+}
+
+std::string folder_of(const std::string& path) {
+  const std::string dir = std::filesystem::path(path).parent_path().string();
+  return dir.empty() ? "." : dir;
+}
 
 }  // namespace
 
@@ -47,14 +72,31 @@ AtomicFile::~AtomicFile() {
   if (!committed_) ::unlink(temp_path_.c_str());
 }
 
+[[noreturn]] void AtomicFile::fail_write(int err) {
+  if (err == ENOSPC || err == EDQUOT) {
+    const std::string dir = folder_of(path_);
+    uint64_t free = 0;
+    try {
+      free = free_bytes(dir);
+    } catch (const Error&) {
+    }
+    const uint64_t needed = std::max(expected_, written_);
+    fail("cannot write ", path_, ": ", err == ENOSPC ? "no space left on the device" : "disk quota exceeded",
+         " in ", dir, " (the file needs ", format_count(static_cast<long long>(needed)), " bytes, ",
+         format_bytes(double(needed)), "; ", format_count(static_cast<long long>(free)), " bytes are free): free "
+         "some space or choose a folder on a larger disk");
+  }
+  fail("cannot write ", path_, ": ", errno_text(err));
+}
+
 void AtomicFile::flush_buffer() {
   const char* p = buffer_.data();
   size_t left = buffer_.size();
   while (left > 0) {
-    ssize_t n = ::write(fd_, p, left);
+    ssize_t n = write_some(fd_, p, left);
     if (n < 0) {
       if (errno == EINTR) continue;
-      fail("cannot write ", path_, ": ", errno_text(errno));
+      fail_write(errno);
     }
     p += n;
     left -= static_cast<size_t>(n);
@@ -77,10 +119,10 @@ void AtomicFile::write(const void* data, size_t size) {
   }
   // Large blocks go straight to the file: no second copy of a big tensor.
   while (size > 0) {
-    ssize_t n = ::write(fd_, p, size);
+    ssize_t n = write_some(fd_, p, size);
     if (n < 0) {
       if (errno == EINTR) continue;
-      fail("cannot write ", path_, ": ", errno_text(errno));
+      fail_write(errno);
     }
     p += n;
     size -= static_cast<size_t>(n);
@@ -89,7 +131,7 @@ void AtomicFile::write(const void* data, size_t size) {
 
 void AtomicFile::commit() {
   flush_buffer();
-  if (::fsync(fd_) != 0) fail("cannot write ", path_, " (fsync): ", errno_text(errno));
+  if (::fsync(fd_) != 0) fail_write(errno);  // ENOSPC may show only here (network file systems)
   if (::close(fd_) != 0) {
     fd_ = -1;
     fail("cannot write ", path_, " (close): ", errno_text(errno));
@@ -102,6 +144,24 @@ void AtomicFile::commit() {
   std::filesystem::path dir = std::filesystem::path(path_).parent_path();
   fsync_directory(dir.empty() ? "." : dir.string());
 }
+
+uint64_t free_bytes(const std::string& folder) {
+  struct statvfs info {};
+  if (::statvfs(folder.c_str(), &info) != 0) fail("cannot ask for the free space in ", folder, ": ", errno_text(errno));
+  // The test hook fails writes only: this check sees the real disk.
+  return static_cast<uint64_t>(info.f_bavail) * static_cast<uint64_t>(info.f_frsize);
+}
+
+void ensure_free_space(const std::string& folder, uint64_t needed, const std::string& what, const std::string& then) {
+  const uint64_t free = free_bytes(folder);
+  if (free >= needed) return;
+  fail("not enough free space in ", folder, " to save ", what, ": it needs ", format_count(static_cast<long long>(needed)),
+       " bytes (", format_bytes(double(needed)), ") and ", format_count(static_cast<long long>(free)), " bytes (",
+       format_bytes(double(free)), ") are free", then.empty() ? "" : "; " + then,
+       then.empty() ? "; free some space or choose a folder on a larger disk" : "");
+}
+
+void set_test_write_limit(uint64_t bytes) { g_write_limit.store(bytes); }
 
 void write_file_atomic(const std::string& path, std::string_view content) {
   AtomicFile file(path);

@@ -8,6 +8,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 
 #include "core/atomic_file.h"
 #include "core/error.h"
@@ -139,8 +140,15 @@ void write(const std::string& path, std::vector<TensorSource> tensors, const Met
   std::unordered_map<std::string, TensorSource*> by_name;
   for (TensorSource& s : tensors) by_name.emplace(s.name, &s);
 
+  const std::string header = serialize_header(layout, metadata);
+  uint64_t total = header.size();
+  for (const TensorInfo& info : layout) total += info.nbytes();
+  // A full disk is found before the first byte, not half way through a 24 GB file.
+  const std::string folder = std::filesystem::path(path).parent_path().string();
+  ensure_free_space(folder.empty() ? "." : folder, total, "the file " + path);
   AtomicFile file(path);
-  file.write(serialize_header(layout, metadata));
+  file.expect_size(total);
+  file.write(header);
   for (const TensorInfo& info : layout) {
     TensorSource& source = *by_name.at(info.name);
     at::Tensor t = source.produce ? source.produce() : at::Tensor();

@@ -12,6 +12,7 @@
 #endif
 
 #include "core/error.h"
+#include "core/stop.h"
 
 namespace fluxtrain {
 
@@ -191,6 +192,7 @@ std::string sha256_file_hex(const std::filesystem::path& path) {
   Sha256 hash;
   std::vector<char> chunk(1 << 20);
   while (in) {
+    stop::check("hashing");  // a model file of 24 GB takes a minute; a stop signal need not wait for it
     in.read(chunk.data(), std::streamsize(chunk.size()));
     hash.update(chunk.data(), size_t(in.gcount()));
   }

@@ -17,6 +17,7 @@
 #include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "core/stop.h"
 #include "core/strings.h"
 
 namespace fluxtrain::fetch {
@@ -96,6 +97,9 @@ class Extractor {
     uint64_t entries = 0;
     while (true) {
       struct archive_entry* entry = nullptr;
+      // A stop signal ends the extraction between entries and blocks; extract_archive removes its
+      // temporary folder, the archive stays, and a restart extracts it again.
+      stop::check("extraction");
       int rc = archive_read_next_header(reader_.handle, &entry);
       if (rc == ARCHIVE_EOF) break;
       if (rc != ARCHIVE_OK && rc != ARCHIVE_WARN) {
@@ -220,6 +224,7 @@ class Extractor {
       const void* block = nullptr;
       size_t size = 0;
       la_int64_t offset = 0;
+      stop::check("extraction");
       int rc = archive_read_data_block(reader_.handle, &block, &size, &offset);
       if (rc == ARCHIVE_EOF) break;
       if (rc != ARCHIVE_OK && rc != ARCHIVE_WARN) {

@@ -26,6 +26,7 @@
 #include "core/log.h"
 #include "core/progress.h"
 #include "core/sha256.h"
+#include "core/stop.h"
 #include "core/strings.h"
 #include "core/version.h"
 
@@ -129,6 +130,10 @@ bool is_redirect(long status) {
   return status == 301 || status == 302 || status == 303 || status == 307 || status == 308;
 }
 
+// curl calls it about once a second and after each block, also while the server sends nothing: a stop
+// signal aborts the transfer (CURLE_ABORTED_BY_CALLBACK), a download's part file stays for the restart.
+int on_transfer_progress(void*, curl_off_t, curl_off_t, curl_off_t, curl_off_t) { return stop::requested() ? 1 : 0; }
+
 size_t on_header(char* buffer, size_t size, size_t count, void* user) {
   auto& hop = *static_cast<Hop*>(user);
   std::string_view line(buffer, size * count);
@@ -208,6 +213,8 @@ Hop perform_hop(const std::string& url, const HttpAuth* auth, const RequestSetup
   curl_easy_setopt(curl, CURLOPT_HEADERDATA, &hop);
   curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_body);
   curl_easy_setopt(curl, CURLOPT_WRITEDATA, &hop);
+  curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, on_transfer_progress);
+  curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
   if (setup.compressed) curl_easy_setopt(curl, CURLOPT_ACCEPT_ENCODING, "");
   if (header_list) curl_easy_setopt(curl, CURLOPT_HTTPHEADER, header_list.get());
   if (auth != nullptr && !auth->basic_user.empty()) {
@@ -222,6 +229,7 @@ Hop perform_hop(const std::string& url, const HttpAuth* auth, const RequestSetup
   long status = 0;
   if (curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status) == CURLE_OK && status != 0) hop.status = status;
   if (hop.sink_error) std::rethrow_exception(hop.sink_error);
+  if (hop.code == CURLE_ABORTED_BY_CALLBACK) stop::check("download");
   hop.curl_error = error_buffer[0] != '\0' ? std::string(error_buffer) : std::string(curl_easy_strerror(hop.code));
   if (hop.code == CURLE_OK && is_success(hop.status) && !hop.begun) {
     hop.begun = true;
@@ -392,7 +400,12 @@ Hop run_request(const HttpRequest& request, const HttpOptions& options,
     log::warn(scrub(cat(request.what, ": ", problem, " from ", redact_url(url), "; retry ", attempt, " of ", tries - 1,
                         wait > 0 ? cat(" in ", wait, " s") : std::string()),
                     request.auth));
-    if (wait > 0) std::this_thread::sleep_for(std::chrono::duration<double>(wait));
+    // The wait before a retry, in slices, so that a stop signal ends it.
+    const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(wait);
+    while (std::chrono::steady_clock::now() < until) {
+      stop::check("download");
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
   }
 }
 

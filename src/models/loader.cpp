@@ -12,6 +12,7 @@
 #include "core/log.h"
 #include "core/progress.h"
 #include "core/safetensors.h"
+#include "core/stop.h"
 
 namespace fluxtrain::models {
 namespace fs = std::filesystem;
@@ -179,6 +180,7 @@ LoadReport load_strict(torch::nn::Module& module, const Checkpoint& checkpoint, 
     progress = std::make_unique<Progress>("loading " + options.what, total_bytes, po);
   }
   for (Target& t : targets) {
+    stop::check("model loading");  // between tensors: a stop signal need not wait for a 24 GB read
     const auto& keys = t.source.keys;
     switch (t.source.op) {
       case KeySource::Op::copy:

@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "core/log.h"
+#include "core/stop.h"
 #include "models/flux/flux.h"
 
 namespace fluxtrain::sample {
@@ -85,6 +86,10 @@ at::Tensor sample_latents(models::FluxTransformerImpl& model, const Conditioning
   at::Tensor t_tensor = schedule(settings.steps, h * w, shift);
   std::vector<float> t(t_tensor.data_ptr<float>(), t_tensor.data_ptr<float>() + t_tensor.numel());
   for (int i = 0; i < settings.steps; ++i) {
+    // Between denoising steps: a stop signal abandons the image (nothing is written). It throws even in
+    // training, where the trainer catches it and goes on to its state (train/trainer.cpp).
+    stop::pause_point("sampling");
+    if (stop::requested()) throw stop::Stopped("sampling");
     at::Tensor v = forward(model, x, positive, t[i], settings.guidance, dtype, img_ids);
     if (cfg) {
       at::Tensor v_negative = forward(model, x, *negative, t[i], settings.guidance, dtype, img_ids);

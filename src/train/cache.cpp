@@ -12,6 +12,7 @@
 #include "core/log.h"
 #include "core/safetensors.h"
 #include "core/sha256.h"
+#include "core/stop.h"
 #include "data/image.h"
 #include "models/convert.h"
 
@@ -170,6 +171,9 @@ CacheStats LatentCache::ensure(const std::vector<PreparedImage>& images, const s
   const int64_t batch = std::max(1, batch_size);
   for (const auto& [bucket, list] : missing) {
     for (size_t start = 0; start < list.size(); start += static_cast<size_t>(batch)) {
+      // Each entry is written whole (atomic file) before the next batch: a stop leaves a valid, partly
+      // filled cache that a restart completes.
+      stop::check("cache filling");
       size_t end = std::min(list.size(), start + static_cast<size_t>(batch));
       std::vector<at::Tensor> pixels, alphas;
       for (size_t i = start; i < end; ++i) {
@@ -235,6 +239,7 @@ CacheStats TextCache::ensure(const std::vector<std::string>& captions,
   sample::TextEncoders& encoders = make_encoders();
   const size_t batch = static_cast<size_t>(std::max(1, batch_size));
   for (size_t start = 0; start < missing.size(); start += batch) {
+    stop::check("cache filling");
     std::vector<std::string> chunk(
         missing.begin() + static_cast<std::ptrdiff_t>(start),
         missing.begin() + static_cast<std::ptrdiff_t>(std::min(missing.size(), start + batch)));

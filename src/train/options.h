@@ -82,6 +82,7 @@ struct TrainOptions {
   int keep_last_n = 0;                   // intermediate step/epoch files kept (0 = all)
   bool save_state = true;                // a state with every intermediate save (the final and a signal's state always)
   int max_nonfinite_steps = 10;          // skipped (non-finite) steps in a row that stop the run (0: never stop)
+  double stop_grace_seconds = 5;         // the time between SIGTERM and SIGKILL planned for (core/stop.h)
   double save_state_every_minutes = 10;  // a state when this long has passed since the last one (0 = off)
   int keep_last_n_states = 2;            // complete states kept (>= 1)
   int64_t sample_every_n_steps = 200;    // the seed's (train-flux.sh)

@@ -18,6 +18,7 @@
 #include "core/log.h"
 #include "core/safetensors.h"
 #include "core/sha256.h"
+#include "core/stop.h"
 
 namespace fluxtrain::train {
 namespace fs = std::filesystem;
@@ -112,9 +113,21 @@ fs::path save_state(const fs::path& output_dir, int64_t step, const TrainingStat
   fs::create_directories(root, ec);
   if (ec) fail("cannot create the state folder ", root.string(), ": ", ec.message());
   fs::remove_all(temp, ec);
+  // What is kept when this save fails, for its message: older states are pruned only after it is complete.
+  const std::optional<fs::path> kept = newest_state(output_dir);
+  const std::string then = cat(kept ? cat("the newest complete state, ", kept->string(), ", is kept") : "no state is kept",
+                               "; free some space (or choose a larger disk) and restart: the run ",
+                               kept ? "resumes from it" : "starts again");
+  // The bytes it needs: every tensor, plus the headers, state.json and COMPLETE (well under 1 MiB).
+  uint64_t needed = uint64_t{1} << 20;
+  for (const auto* tensors : {&state.trainable, &state.optimizer_tensors}) {
+    for (const auto& [name, tensor] : *tensors) needed += static_cast<uint64_t>(tensor.nbytes());
+  }
+  ensure_free_space(root.string(), needed, cat("the training state of step ", step), then);
   try {
     fs::create_directories(temp);
     safetensors::write((temp / "trainable.safetensors").string(), state.trainable);
+    stop::pause_point("saving");  // test hook (core/stop.h): a stop signal in the middle of a save
     safetensors::write((temp / "optimizer.safetensors").string(), state.optimizer_tensors);
     nlohmann::json info = state.info;
     info["format_version"] = kStateFormatVersion;
@@ -133,7 +146,13 @@ fs::path save_state(const fs::path& output_dir, int64_t step, const TrainingStat
     fsync_directory(root.string());
   } catch (const fs::filesystem_error& e) {
     fs::remove_all(temp, ec);
-    fail("cannot save the training state ", dir.string(), ": ", e.code().message(), " (", e.path1().string(), ")");
+    fail("cannot save the training state ", dir.string(), ": ", e.code().message(), " (", e.path1().string(), "); ",
+         then);
+  } catch (const Error& e) {
+    // A full disk (ENOSPC) or any other write error: the temporary folder goes, the older states stay.
+    fs::remove_all(temp, ec);
+    fail("cannot save the training state ", dir.string(), " (it needs about ", format_count(static_cast<long long>(needed)),
+         " bytes in ", root.string(), "): ", e.what(), "; ", then);
   } catch (...) {
     fs::remove_all(temp, ec);  // nothing half-written stays where a state is expected
     throw;

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <limits>
 #include <cstdio>
 #include <fstream>
 #include <iterator>
@@ -22,6 +23,7 @@
 #include "core/train_progress.h"
 #include "data/image.h"
 #include "core/safetensors.h"
+#include "core/stop.h"
 #include "models/convert.h"
 #include "optim/optimizer.h"
 #include "train/prefetch.h"
@@ -30,31 +32,6 @@
 namespace fluxtrain::train {
 namespace fs = std::filesystem;
 namespace {
-
-std::atomic<int> g_stop{0};
-
-extern "C" void on_stop_signal(int signal) { g_stop.store(signal); }
-
-// Installs SIGINT/SIGTERM handlers for the lifetime of a training run and restores the old ones.
-class StopSignals {
- public:
-  StopSignals() {
-    g_stop.store(0);
-    struct sigaction action {};
-    action.sa_handler = on_stop_signal;
-    sigemptyset(&action.sa_mask);
-    sigaction(SIGINT, &action, &old_int_);
-    sigaction(SIGTERM, &action, &old_term_);
-  }
-  ~StopSignals() {
-    sigaction(SIGINT, &old_int_, nullptr);
-    sigaction(SIGTERM, &old_term_, nullptr);
-  }
-
- private:
-  struct sigaction old_int_ {};
-  struct sigaction old_term_ {};
-};
 
 std::string file_bytes(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
@@ -134,7 +111,7 @@ double peak_memory_bytes(const at::Device& device) {
 
 }  // namespace
 
-void request_stop() { g_stop.store(SIGTERM); }
+void request_stop() { stop::request(SIGTERM); }
 
 int64_t planned_steps(const TrainerConfig& config, int64_t batches_per_epoch) {
   if (!config.max_epochs) return config.max_steps;
@@ -212,6 +189,9 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
   }
 
   fs::create_directories(config.output_dir);
+  const int64_t first_step = step;  // where this process started
+  int64_t last_state_step = config.resume_from.empty() ? -1 : step;
+  double state_seconds = 0;  // how long the last state took to write
   auto save_training_state = [&](int64_t at_step) {
     // A state is a resume point: one with NaN or infinite weights would only resume a broken run, and
     // saving it could prune the last good one. Such a state is not written.
@@ -222,6 +202,7 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
         return;
       }
     }
+    const auto save_started = std::chrono::steady_clock::now();
     TrainingState state;
     for (size_t i = 0; i < t.params.size(); ++i) state.trainable.emplace_back(t.names[i], t.params[i].detach());
     state.optimizer_tensors = optimizer->state_tensors();
@@ -236,6 +217,20 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     state.info["run"] = config.run_info;
     save_state(config.output_dir, at_step, state);
     prune_states(config.output_dir, std::max(1, config.keep_last_n_states));
+    last_state_step = at_step;
+    state_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - save_started).count();
+  };
+  // A LoRA file (or the full model): on a full disk (checked before, or ENOSPC while writing) its temporary
+  // file is gone and the error says which state a restart resumes from.
+  auto save_model = [&](const std::string& path) {
+    try {
+      write_final_model(path, config, t);
+    } catch (const Error& e) {
+      const auto kept = newest_state(config.output_dir);
+      fail(e.what(), kept ? cat("; the newest complete state, ", kept->string(),
+                                ", is kept, and a restart with space again resumes from it")
+                          : std::string());
+    }
   };
   auto prune_files = [&](const char* what) {
     if (config.keep_last_n <= 0) return;
@@ -258,7 +253,6 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
   progress_options.total_steps = result.total_steps;
   if (config.log_every_seconds > 0) progress_options.line_interval_seconds = config.log_every_seconds;
   TrainProgress progress(progress_options);
-  StopSignals signals;
   BatchStaging staging;  // on CUDA: pinned host memory, so the step's copies to the device are asynchronous
   if (config.model.device.is_cuda()) {
     staging = [dtype = config.compute_dtype](LatentBatch b) { return pin_for_device(std::move(b), dtype); };
@@ -269,7 +263,15 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
   // Samples with the LoRA in inference mode (no dropout), each PNG also a TensorBoard image.
   auto render_samples = [&](int64_t at) {
     if (t.network) t.network->set_training(false);
-    const std::vector<std::filesystem::path> files = sample(at, *t.model);
+    std::vector<std::filesystem::path> files;
+    try {
+      files = sample(at, *t.model);
+    } catch (const stop::Stopped&) {
+      // Stopped between denoising steps: before the first step that is the run's end (nothing trained,
+      // exit 0); later the loop below writes the state.
+      if (at == first_step) throw;
+      log::info("sampling at step ", at, " stopped on ", stop::signal_name());
+    }
     if (t.network) t.network->set_training(true);
     for (size_t i = 0; i < files.size(); ++i) {
       try {
@@ -282,15 +284,51 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     }
   };
   if (config.sample_at_first && sample && step == 0) render_samples(0);
+  // From here on a stop signal is this loop's to handle (poll points below do not throw): the step in
+  // progress and a save in progress finish, a state is written and train() returns.
+  const stop::Deferral deferral;
+  bool grace_checked = false;
+  // Ends the loop on a requested stop: a state of `step` unless one exists (or nothing was trained).
+  auto stop_here = [&] {
+    const std::string signal = stop::signal_name();
+    if (step != first_step && last_state_step != step) save_training_state(step);
+    if (last_state_step == step) {
+      log::info("stopping on signal ", signal, " during training after step ", step, ": the state is saved in ",
+                (config.output_dir / "state" / state_dir_name(step)).string(), "; a restart resumes from it");
+    } else if (step == first_step) {
+      log::info("stopping on signal ", signal, " before the first step of this run: nothing to save; a restart ",
+                step > 0 ? "resumes from the same state" : "starts the training");
+    } else {
+      log::info("stopping on signal ", signal, " during training after step ", step,
+                ": no state of this step (see above); a restart resumes from the newest state");
+    }
+    const double took = stop::seconds_since_request();
+    if (took > stop::grace_seconds()) {
+      log::warn("the stop took ", took, " s after the signal, more than stop_grace_seconds (", stop::grace_seconds(),
+                " s): a SIGKILL at that time would have cut it (the state before it is kept)");
+    }
+    result.interrupted = true;
+  };
   // The timer of save_state_every_minutes: from the start (or the resume), reset by every state.
   auto last_state = std::chrono::steady_clock::now();
   int64_t skipped_in_a_row = 0;
 
   while (step < result.total_steps) {
+    if (step != first_step) stop::pause_point("training");  // test hook (core/stop.h)
+    if (stop::requested()) {
+      stop_here();
+      break;
+    }
     const auto step_started = std::chrono::steady_clock::now();
     const double waited_before = prefetch.wait_seconds();
     std::vector<LatentBatch> micro;
-    for (int64_t b = first_batch(step); b < end_batch(step); ++b) micro.push_back(prefetch.batch(b / per_epoch, b % per_epoch));
+    try {
+      for (int64_t b = first_batch(step); b < end_batch(step); ++b)
+        micro.push_back(prefetch.batch(b / per_epoch, b % per_epoch));
+    } catch (const stop::Stopped&) {
+      stop_here();  // a batch prepared before the loop (text encoders loading) was stopped
+      break;
+    }
     const double lr = schedule.lr(step);
     optimizer->set_lr(lr);
     StepResult r = train_step(*t.model, *optimizer, micro, step_options, generators);
@@ -343,7 +381,7 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
       if (config.save_every_n_steps > 0 && step % config.save_every_n_steps == 0) {
         std::string path = (config.output_dir / numbered(config.output_name, "step", step, 8)).string();
         if (t.network) t.network->set_training(false);
-        write_final_model(path, config, t);
+        save_model(path);
         if (t.network) t.network->set_training(true);
         result.files.push_back(path);
         prune_files("step");
@@ -351,7 +389,7 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
       }
       if (config.save_every_n_epochs > 0 && epoch_end && epoch % config.save_every_n_epochs == 0) {
         std::string path = (config.output_dir / numbered(config.output_name, "", epoch, 6)).string();
-        write_final_model(path, config, t);
+        save_model(path);
         result.files.push_back(path);
         saved = true;
       }
@@ -366,14 +404,24 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
       }
       if (state_saved) last_state = std::chrono::steady_clock::now();
     }
+    // Once a step (and a state, when one was written) has been timed: the stop_grace_seconds budget.
+    if (!grace_checked && !r.skipped && step - first_step >= 2) {
+      grace_checked = true;
+      const double per_step = step_seconds / static_cast<double>(step - first_step);
+      if (per_step + state_seconds > config.stop_grace_seconds) {
+        log::warn("a step takes ", per_step, " s", state_seconds > 0 ? cat(" and a state ", state_seconds, " s") : "",
+                  ", more than stop_grace_seconds (", config.stop_grace_seconds,
+                  " s): a stop signal waits for the step in progress, so a SIGKILL after the grace period may come "
+                  "before the state is written; then the restart resumes from the newest state (every ",
+                  config.save_state_every_minutes, " minutes by save_state_every_minutes)");
+      }
+    }
     const bool sample_step = config.sample_every_n_steps > 0 && step % config.sample_every_n_steps == 0;
     const bool sample_epoch = config.sample_every_n_epochs > 0 && epoch_end && epoch % config.sample_every_n_epochs == 0;
-    if (sample && (sample_step || sample_epoch)) render_samples(step);
-    if (g_stop.load() != 0 && step < result.total_steps) {
-      if (!state_saved) save_training_state(step);
-      log::info("stopping on signal ", g_stop.load(), " after step ", step, "; the state is saved in ",
-                (config.output_dir / "state" / state_dir_name(step)).string(), " and the run resumes from it");
-      result.interrupted = true;
+    // Samples are not rendered once a stop was requested: the grace period is for the state.
+    if (sample && (sample_step || sample_epoch) && !stop::requested()) render_samples(step);
+    if (stop::requested() && step < result.total_steps) {
+      stop_here();
       break;
     }
   }
@@ -385,7 +433,7 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
   result.steps = step;
   if (!result.interrupted) {
     std::string path = (config.output_dir / (config.output_name + ".safetensors")).string();
-    write_final_model(path, config, t);
+    save_model(path);
     result.files.push_back(path);
     save_training_state(step);
   }

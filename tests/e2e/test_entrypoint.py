@@ -29,6 +29,20 @@ BFL = "black-forest-labs/FLUX.1-dev"
 ENCODERS = "comfyanonymous/flux_text_encoders"
 
 
+def trickle(handler, data: bytes):
+    """200 with the data in 512-byte pieces, one every 0.1 s (a download slow enough to interrupt)."""
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    try:
+        for start in range(0, len(data), 512):
+            handler.wfile.write(data[start:start + 512])
+            handler.wfile.flush()
+            time.sleep(0.1)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+
+
 class Hub:
     """Model repositories as the Hub serves them: the tree API (one folder, not recursive, with LFS sha256)
     and resolve URLs with Range support. BFL's repository is gated: no token 401, another token 403."""
@@ -37,6 +51,7 @@ class Hub:
         self.repos = repos
         self.gated = gated
         self.wrong_hash: set[tuple[str, str]] = set()
+        self.slow: set[tuple[str, str]] = set()  # (repo, path) sent at about 5 KB/s unless resumed
         self.files: dict[str, bytes] = {}  # /files/<name>: plain downloads (the dataset archive)
         self.server = Server(self.app)
 
@@ -76,6 +91,8 @@ class Hub:
             return reply(handler, 200, json.dumps(entries).encode(), {"Content-Type": "application/json"})
         if rest not in files:
             return error(handler, 404, "Entry not found")
+        if (repo, rest) in self.slow and not handler.headers.get("Range"):
+            return trickle(handler, files[rest])
         return send_file(handler, files[rest])
 
     def resolved(self) -> list[str]:
@@ -247,6 +264,81 @@ def test_sigterm_to_the_pod_saves_a_state_and_a_restart_resumes(tmp_path, fluxtr
     again = start(env)
     assert again.returncode == 0, again.stdout
     assert "resumed from" in again.stdout
+
+
+FAKE_FLUXTRAIN = """#!/usr/bin/env bash
+# A stand-in for fluxtrain: the command named by FAKE_BLOCK_IN waits (noting its start) until SIGTERM or
+# SIGINT, notes the signal and exits with FAKE_STATUS; every other command succeeds at once.
+case "$1" in --version) echo 0.0-fake; exit 0 ;; esac
+echo "$1" >>"$FAKE_LOG"
+if [ "$1" = "$FAKE_BLOCK_IN" ]; then
+  command=$1
+  got() { echo "$command got $1" >>"$FAKE_LOG"; exit "$FAKE_STATUS"; }
+  trap 'got TERM' TERM
+  trap 'got INT' INT
+  echo "$1 waiting" >>"$FAKE_LOG"
+  while true; do sleep 0.05; done
+fi
+exit 0
+"""
+
+
+@pytest.mark.parametrize("phase,status", [("config", 0), ("fetch-models", 0), ("train", 0), ("train", 3)])
+def test_a_sigterm_to_the_entrypoint_reaches_the_running_command(tmp_path, hub, phase, status):
+    """From its first line on, the entrypoint passes SIGTERM to the fluxtrain command that runs (the settings
+    check, the model download, the training) and exits with that command's status; a stop before the
+    training ends the start there (exit 0 for a clean stop)."""
+    fake = tmp_path / "fluxtrain"
+    fake.write_text(FAKE_FLUXTRAIN)
+    fake.chmod(0o755)
+    log = tmp_path / "fake.log"
+    env = pod_env(tmp_path, hub, str(fake), FAKE_LOG=log, FAKE_BLOCK_IN=phase, FAKE_STATUS=status)
+    proc = subprocess.Popen(["bash", ENTRYPOINT], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 60
+    while not (log.exists() and f"{phase} waiting" in log.read_text()):
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() is not None else ""
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)
+    assert f"{phase} got TERM" in log.read_text(), output
+    assert proc.returncode == status, output
+    assert "received SIGTERM" in output
+    ran = [line for line in log.read_text().splitlines() if " " not in line]
+    order = ["config", "fetch-models", "train"]
+    assert ran == order[:order.index(phase) + 1], "no command may start after the stop"
+    if phase == "train":
+        assert f"fluxtrain train exited with status {status}" in output
+    else:
+        assert "stopped on SIGTERM before the training; a restart carries on" in output
+
+
+def test_a_stopped_model_download_keeps_its_part_file_and_the_next_start_completes_it(tmp_path, fluxtrain_bin,
+                                                                                        hub, tiny):
+    """The real fetch-models, stopped through the entrypoint while the transformer trickles in: exit 0 within
+    the grace period, the part file stays, and the next start asks for the rest only."""
+    hub.slow.add((BFL, "flux1-dev.safetensors"))
+    env = pod_env(tmp_path, hub, fluxtrain_bin)
+    part = Path(env["MODEL_DIR"]) / "flux1-dev.safetensors.part"
+    proc = subprocess.Popen(["bash", ENTRYPOINT], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not (part.exists() and part.stat().st_size >= 2048):
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() is not None else ""
+        time.sleep(0.05)
+    sent = time.time()
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output
+    assert time.time() - sent < 15, "the stop took longer than stop_grace_seconds (5) + 10 s"
+    assert "stopped during download on SIGTERM" in output and "a restart carries on" in output
+    kept = part.stat().st_size
+    assert 0 < kept < len(tiny["flux1-dev.safetensors"])
+    assert not (Path(env["MODEL_DIR"]) / "flux1-dev.safetensors").exists()
+    hub.slow.clear()
+    before = len(hub.server.requests)
+    fetch_models(env)
+    ranges = [r["headers"].get("Range") for r in hub.server.requests[before:] if r["path"].endswith("/flux1-dev.safetensors")]
+    assert ranges == [f"bytes={kept}-"], ranges
+    assert (Path(env["MODEL_DIR"]) / "flux1-dev.safetensors").read_bytes() == tiny["flux1-dev.safetensors"]
 
 
 def fetch_models(env, *args, check=True):

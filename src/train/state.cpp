@@ -99,6 +99,22 @@ std::vector<std::pair<int64_t, fs::path>> state_dirs(const fs::path& output_dir)
 
 }  // namespace
 
+namespace {
+
+// Removes a state folder without ever leaving a half-removed one under a state's name: it is first renamed
+// (atomically) to a temporary name of this process, ".step-XXXXXXXX.tmp-PID-1", then removed. A kill part
+// way leaves that temporary folder, which the next start removes (remove_stale_temporaries).
+void remove_state_folder(const fs::path& dir) {
+  std::error_code ec;
+  const fs::path doomed =
+      dir.parent_path() / ("." + dir.filename().string() + ".tmp-" + std::to_string(::getpid()) + "-1");
+  fs::remove_all(doomed, ec);
+  fs::rename(dir, doomed, ec);
+  fs::remove_all(ec ? dir : doomed, ec);
+}
+
+}  // namespace
+
 std::string state_dir_name(int64_t step) {
   char name[32];
   std::snprintf(name, sizeof(name), "%s%08lld", kPrefix, static_cast<long long>(step));
@@ -115,9 +131,9 @@ fs::path save_state(const fs::path& output_dir, int64_t step, const TrainingStat
   fs::remove_all(temp, ec);
   // What is kept when this save fails, for its message: older states are pruned only after it is complete.
   const std::optional<fs::path> kept = newest_state(output_dir);
-  const std::string then = cat(kept ? cat("the newest complete state, ", kept->string(), ", is kept") : "no state is kept",
-                               "; free some space (or choose a larger disk) and restart: the run ",
-                               kept ? "resumes from it" : "starts again");
+  const std::string then = cat(
+      kept ? cat("the newest complete state, ", kept->string(), ", is kept") : "no state is kept",
+      "; free some space (or choose a larger disk) and restart: the run ", kept ? "resumes from it" : "starts again");
   // The bytes it needs: every tensor, plus the headers, state.json and COMPLETE (well under 1 MiB).
   uint64_t needed = uint64_t{1} << 20;
   for (const auto* tensors : {&state.trainable, &state.optimizer_tensors}) {
@@ -138,10 +154,7 @@ fs::path save_state(const fs::path& output_dir, int64_t step, const TrainingStat
     }
     write_file_atomic((temp / kComplete).string(), marker.dump(1) + "\n");
     // An older save of this step (a re-run of the same step) goes first; the new one takes its name.
-    if (fs::exists(dir)) {
-      fs::remove(dir / kComplete);
-      fs::remove_all(dir);
-    }
+    if (fs::exists(dir)) remove_state_folder(dir);
     fs::rename(temp, dir);
     fsync_directory(root.string());
   } catch (const fs::filesystem_error& e) {
@@ -151,8 +164,8 @@ fs::path save_state(const fs::path& output_dir, int64_t step, const TrainingStat
   } catch (const Error& e) {
     // A full disk (ENOSPC) or any other write error: the temporary folder goes, the older states stay.
     fs::remove_all(temp, ec);
-    fail("cannot save the training state ", dir.string(), " (it needs about ", format_count(static_cast<long long>(needed)),
-         " bytes in ", root.string(), "): ", e.what(), "; ", then);
+    fail("cannot save the training state ", dir.string(), " (it needs about ",
+         format_count(static_cast<long long>(needed)), " bytes in ", root.string(), "): ", e.what(), "; ", then);
   } catch (...) {
     fs::remove_all(temp, ec);  // nothing half-written stays where a state is expected
     throw;
@@ -276,15 +289,12 @@ void prune_states(const fs::path& output_dir, int keep) {
     if (fs::exists(dir / kComplete)) {
       complete.push_back(dir);
     } else if (!newest || step < step_of(*newest)) {
-      std::error_code ec;
-      fs::remove_all(dir, ec);  // an interrupted save, superseded by a complete newer one
+      remove_state_folder(dir);  // an interrupted save, superseded by a complete newer one
     }
   }
   if (keep <= 0) return;
   for (size_t i = 0; i + static_cast<size_t>(keep) < complete.size(); ++i) {
-    std::error_code ec;
-    fs::remove(complete[i] / kComplete, ec);  // first, so a half-removed folder never looks complete
-    fs::remove_all(complete[i], ec);
+    remove_state_folder(complete[i]);
   }
 }
 
@@ -362,7 +372,7 @@ void remove_stale_temporaries(const fs::path& output_dir) {
     remove_stale_in(folder / "cache");
     // Incomplete states (no COMPLETE: a save cut before this format's rename, or by hand) go too.
     for (const auto& [step, dir] : state_dirs(folder)) {
-      if (!fs::exists(dir / kComplete)) fs::remove_all(dir, ec);
+      if (!fs::exists(dir / kComplete)) remove_state_folder(dir);
     }
   }
 }

@@ -214,8 +214,12 @@ class Extractor {
       int fd;
       ~Closer() { ::close(fd); }
     } closer{fd};
+    // The entry counts with its declared size (a sparse file's is its size with the holes, which the
+    // data blocks alone would not show) or the extent written, whichever is larger.
+    const uint64_t entry_start = stats_.bytes;
+    const uint64_t declared_bytes = declared > 0 ? static_cast<uint64_t>(declared) : 0;
     const int64_t compressed_start = archive_filter_bytes(reader_.handle, -1);
-    uint64_t extent = 0;
+    uint64_t extent = 0, data = 0;
     while (true) {
       const void* block = nullptr;
       size_t size = 0;
@@ -226,7 +230,10 @@ class Extractor {
         fail("archive '", label_, "': cannot read entry '", name_, "': ", reader_.error(),
              " (corrupt, truncated or encrypted?)");
       }
-      stats_.bytes += size;
+      if (offset < 0) fail("archive '", label_, "': entry '", name_, "' has data at a negative offset: corrupt archive");
+      data += size;
+      extent = std::max<uint64_t>(extent, static_cast<uint64_t>(offset) + size);
+      stats_.bytes = entry_start + std::max(extent, declared_bytes);
       if (stats_.bytes > limits_.max_total_bytes) {
         fail("archive '", label_, "' expands to more than ", format_bytes(double(limits_.max_total_bytes)),
              " (the limit on the uncompressed total), reached at entry '", name_,
@@ -243,7 +250,6 @@ class Extractor {
         }
         done += static_cast<size_t>(n);
       }
-      extent = std::max<uint64_t>(extent, static_cast<uint64_t>(offset) + size);
       const double compressed = double(archive_filter_bytes(reader_.handle, -1) - compressed_start) + kReadBlock;
       if (extent > limits_.ratio_allowance_bytes && double(extent) > limits_.max_ratio * compressed) {
         fail(
@@ -253,7 +259,20 @@ class Extractor {
             "the archive is trusted");
       }
     }
-    if (declared > 0 && extent < static_cast<uint64_t>(declared) && ::ftruncate(fd, declared) != 0) {
+    // The whole entry, holes included, against the same ratio: a sparse entry declaring a terabyte
+    // with a few stored bytes (a sparse tar bomb) is refused before its size is given to the file.
+    const uint64_t entry_bytes = std::max(extent, declared_bytes);
+    stats_.bytes = entry_start + entry_bytes;
+    const double compressed = double(archive_filter_bytes(reader_.handle, -1) - compressed_start) + kReadBlock;
+    if (entry_bytes > limits_.ratio_allowance_bytes && double(entry_bytes) > limits_.max_ratio * compressed) {
+      fail("archive '", label_, "': entry '", name_, "' declares ", format_bytes(double(entry_bytes)), " but holds ",
+           format_bytes(double(data)), " of data",
+           archive_entry_sparse_count(entry) > 0 ? " (a sparse file: the rest are holes)" : "",
+           ", more than ", limits_.max_ratio,
+           ":1: a sparse-file bomb? Refusing the archive; FLUXTRAIN_ARCHIVE_MAX_RATIO raises the limit if the archive "
+           "is trusted");
+    }
+    if (declared > 0 && extent < declared_bytes && ::ftruncate(fd, declared) != 0) {
       fail("archive '", label_, "': cannot write '", name_, "': ", std::strerror(errno));
     }
     files_.insert(path);

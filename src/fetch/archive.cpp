@@ -85,13 +85,16 @@ bool link_escapes(const std::string& link, std::string_view target) {
 
 class Extractor {
  public:
-  Extractor(const fs::path& archive, const fs::path& root, const ArchiveLimits& limits, std::string label)
-      : archive_(archive), root_(root), limits_(limits), label_(std::move(label)) {}
+  // Reads the archive from `archive`, or from `bytes` when it is not null.
+  Extractor(const fs::path& archive, const std::string_view* bytes, const fs::path& root, const ArchiveLimits& limits,
+            std::string label)
+      : archive_(archive), bytes_(bytes), root_(root), limits_(limits), label_(std::move(label)) {}
 
   ExtractStats run() {
-    if (archive_read_open_filename(reader_.handle, archive_.c_str(), kReadBlock) != ARCHIVE_OK) {
-      fail("cannot read archive '", label_, "': ", reader_.error());
-    }
+    const int opened = bytes_ != nullptr
+                           ? archive_read_open_memory(reader_.handle, bytes_->data(), bytes_->size())
+                           : archive_read_open_filename(reader_.handle, archive_.c_str(), kReadBlock);
+    if (opened != ARCHIVE_OK) fail("cannot read archive '", label_, "': ", reader_.error());
     std::string first_skipped_link;
     uint64_t entries = 0;
     while (true) {
@@ -280,6 +283,7 @@ class Extractor {
   }
 
   const fs::path& archive_;
+  const std::string_view* bytes_;
   const fs::path& root_;
   const ArchiveLimits& limits_;
   const std::string label_;
@@ -291,9 +295,10 @@ class Extractor {
 
 }  // namespace
 
-ExtractStats extract_archive(const fs::path& archive, const fs::path& target, const ArchiveLimits& limits,
-                             const std::string& name) {
-  const std::string label = name.empty() ? archive.string() : name;
+namespace {
+
+ExtractStats extract(const fs::path& archive, const std::string_view* bytes, const fs::path& target,
+                     const ArchiveLimits& limits, const std::string& label) {
   std::error_code ec;
   if (fs::exists(fs::symlink_status(target, ec))) {
     fail("cannot extract archive '", label, "' into ", target, ": it already exists (remove it first)");
@@ -306,7 +311,7 @@ ExtractStats extract_archive(const fs::path& archive, const fs::path& target, co
   fs::remove_all(temp, ec);
   if (!fs::create_directory(temp, ec)) fail("cannot create the folder ", temp, ": ", ec.message());
   try {
-    ExtractStats stats = Extractor(archive, temp, limits, label).run();
+    ExtractStats stats = Extractor(archive, bytes, temp, limits, label).run();
     // One syncfs for all the files, instead of an fsync each, before the rename publishes them.
     int fd = ::open(temp.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd >= 0) {
@@ -322,6 +327,18 @@ ExtractStats extract_archive(const fs::path& archive, const fs::path& target, co
     fs::remove_all(temp, ec);
     throw;
   }
+}
+
+}  // namespace
+
+ExtractStats extract_archive(const fs::path& archive, const fs::path& target, const ArchiveLimits& limits,
+                             const std::string& name) {
+  return extract(archive, nullptr, target, limits, name.empty() ? archive.string() : name);
+}
+
+ExtractStats extract_archive_bytes(std::string_view bytes, const fs::path& target, const ArchiveLimits& limits,
+                                   const std::string& name) {
+  return extract({}, &bytes, target, limits, name);
 }
 
 bool is_archive(const fs::path& file) {

@@ -52,6 +52,10 @@ struct ExtractStats {
 ExtractStats extract_archive(const std::filesystem::path& archive, const std::filesystem::path& target,
                              const ArchiveLimits& limits = {}, const std::string& name = "");
 
+// The same for an archive held in memory (the fuzzer's input); `name` names it in messages.
+ExtractStats extract_archive_bytes(std::string_view bytes, const std::filesystem::path& target,
+                                   const ArchiveLimits& limits, const std::string& name);
+
 // Whether the file's content is an archive extract_archive() reads (zip, or tar plain or compressed).
 bool is_archive(const std::filesystem::path& file);
 

@@ -233,7 +233,9 @@ OptionValue OptionSpec::shown(const OptionValue& value) const {
   return url_secrets && text != nullptr ? OptionValue(redact_url(*text)) : value;
 }
 
-std::string OptionSpec::shown(const std::string& raw) const { return url_secrets ? redact_url(raw) : raw; }
+std::string OptionSpec::shown(const std::string& raw) const {
+  return url_secrets ? redact_url(raw) : raw;
+}
 
 std::string OptionSpec::allowed_text() const {
   if (!allowed.empty()) return allowed;
@@ -530,8 +532,8 @@ std::string ResolvedConfig::print() const {
   std::string out;
   for (const auto& spec : table_->specs()) {
     if (spec.secret) continue;  // never printed (--help-env lists it)
-    out += cat(spec.name, " = ", format_toml_value(spec.shown(option(spec.name).value)), "  (source: ", where(spec.name),
-               ")\n");
+    out += cat(spec.name, " = ", format_toml_value(spec.shown(option(spec.name).value)),
+               "  (source: ", where(spec.name), ")\n");
   }
   return out;
 }

@@ -12,10 +12,10 @@
 #include <CLI/CLI.hpp>
 
 #include <fstream>
-#include <sstream>
 #include <iostream>
 #include <map>
 #include <set>
+#include <sstream>
 
 #include "app/commands.h"
 #include "app/device.h"
@@ -23,8 +23,8 @@
 #include "core/atomic_file.h"
 #include "core/enum_names.h"
 #include "core/error.h"
-#include "core/json_guard.h"
 #include "core/folder_lock.h"
+#include "core/json_guard.h"
 #include "core/log.h"
 #include "core/sha256.h"
 #include "core/strings.h"

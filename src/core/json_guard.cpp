@@ -68,7 +68,9 @@ size_t scan_depth(std::string_view text, size_t limit, size_t* at) {
 
 }  // namespace
 
-size_t json_depth(std::string_view text, size_t limit) { return scan_depth(text, limit, nullptr); }
+size_t json_depth(std::string_view text, size_t limit) {
+  return scan_depth(text, limit, nullptr);
+}
 
 void check_json_depth(std::string_view text, const std::string& what) {
   size_t at = 0;

@@ -167,13 +167,15 @@ Header parse_header(std::string_view text, uint64_t file_size, const std::string
       if (!entry.is_object()) fail(file, ": '__metadata__' must be an object of strings, got ", entry.type_name());
       for (auto& [key, value] : entry.items()) {
         if (!value.is_string()) {
-          fail(file, ": metadata '", key, "' must be a string, got ", json_excerpt(value), " (safetensors metadata is str -> str)");
+          fail(file, ": metadata '", key, "' must be a string, got ", json_excerpt(value),
+               " (safetensors metadata is str -> str)");
         }
         header.metadata[key] = value.get<std::string>();
       }
       continue;
     }
-    if (!entry.is_object()) fail(file, ": tensor '", name, "': header entry must be an object, got ", json_excerpt(entry));
+    if (!entry.is_object())
+      fail(file, ": tensor '", name, "': header entry must be an object, got ", json_excerpt(entry));
     TensorInfo info;
     info.name = name;
     auto dtype_it = entry.find("dtype");
@@ -194,8 +196,8 @@ Header parse_header(std::string_view text, uint64_t file_size, const std::string
       overflow = overflow || __builtin_mul_overflow(bytes, d, &bytes);
     }
     auto offsets = unsigned_array(entry, "data_offsets", file, name);
-    if (offsets.size() != 2) fail(file, ": tensor '", name, "': data_offsets must be [begin, end], got ",
-                                  json_excerpt(entry["data_offsets"]));
+    if (offsets.size() != 2)
+      fail(file, ": tensor '", name, "': data_offsets must be [begin, end], got ", json_excerpt(entry["data_offsets"]));
     info.begin = offsets[0];
     info.end = offsets[1];
     if (info.end < info.begin) {

@@ -220,7 +220,8 @@ class Resolver {
 void Resolver::check_value(const KeySpec& key, const json& v, const std::string& where) const {
   if (v.is_null()) return;
   auto bad_type = [&] {
-    error(where, ": '", key.name, "' = ", json_excerpt(v), " is ", type_name(v), "; expected ", expected_name(key.type));
+    error(where, ": '", key.name, "' = ", json_excerpt(v), " is ", type_name(v), "; expected ",
+          expected_name(key.type));
   };
   auto out_of_range = [&](const std::string& expected) {
     error(where, ": '", key.name, "' = ", json_excerpt(v), " is out of range; expected ", expected);
@@ -301,8 +302,8 @@ void Resolver::check_table(const json& table, Level level, const std::string& wh
         continue;
       }
       if (u->noop != nullptr && value == json::parse(u->noop)) continue;
-      error(where, ": '", name, "' = ", json_excerpt(value), " is a kohya option that fluxtrain does not implement (", u->why,
-            "); remove it", u->noop != nullptr ? cat(" or set it to ", u->noop) : std::string());
+      error(where, ": '", name, "' = ", json_excerpt(value), " is a kohya option that fluxtrain does not implement (",
+            u->why, "); remove it", u->noop != nullptr ? cat(" or set it to ", u->noop) : std::string());
     }
     const std::string hint = closest_match(name, valid);
     error("unknown key '", name, "' in ", where, hint.empty() ? std::string() : cat(" (did you mean '", hint, "'?)"),

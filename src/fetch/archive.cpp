@@ -91,9 +91,8 @@ class Extractor {
       : archive_(archive), bytes_(bytes), root_(root), limits_(limits), label_(std::move(label)) {}
 
   ExtractStats run() {
-    const int opened = bytes_ != nullptr
-                           ? archive_read_open_memory(reader_.handle, bytes_->data(), bytes_->size())
-                           : archive_read_open_filename(reader_.handle, archive_.c_str(), kReadBlock);
+    const int opened = bytes_ != nullptr ? archive_read_open_memory(reader_.handle, bytes_->data(), bytes_->size())
+                                         : archive_read_open_filename(reader_.handle, archive_.c_str(), kReadBlock);
     if (opened != ARCHIVE_OK) fail("cannot read archive '", label_, "': ", reader_.error());
     std::string first_skipped_link;
     uint64_t entries = 0;
@@ -233,7 +232,8 @@ class Extractor {
         fail("archive '", label_, "': cannot read entry '", name_, "': ", reader_.error(),
              " (corrupt, truncated or encrypted?)");
       }
-      if (offset < 0) fail("archive '", label_, "': entry '", name_, "' has data at a negative offset: corrupt archive");
+      if (offset < 0)
+        fail("archive '", label_, "': entry '", name_, "' has data at a negative offset: corrupt archive");
       data += size;
       extent = std::max<uint64_t>(extent, static_cast<uint64_t>(offset) + size);
       stats_.bytes = entry_start + std::max(extent, declared_bytes);
@@ -270,8 +270,8 @@ class Extractor {
     if (entry_bytes > limits_.ratio_allowance_bytes && double(entry_bytes) > limits_.max_ratio * compressed) {
       fail("archive '", label_, "': entry '", name_, "' declares ", format_bytes(double(entry_bytes)), " but holds ",
            format_bytes(double(data)), " of data",
-           archive_entry_sparse_count(entry) > 0 ? " (a sparse file: the rest are holes)" : "",
-           ", more than ", limits_.max_ratio,
+           archive_entry_sparse_count(entry) > 0 ? " (a sparse file: the rest are holes)" : "", ", more than ",
+           limits_.max_ratio,
            ":1: a sparse-file bomb? Refusing the archive; FLUXTRAIN_ARCHIVE_MAX_RATIO raises the limit if the archive "
            "is trusted");
     }

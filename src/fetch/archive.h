@@ -33,8 +33,8 @@ struct ArchiveLimits {
   // Entries (files, folders, links) in the archive.
   uint64_t max_entries = 1'000'000;
   // Per entry: bytes written, and at its end its declared size, may not exceed max_ratio x the
-  // compressed bytes read for it (plus one read block), once past ratio_allowance_bytes. Real image datasets compress little;
-  // a bomb (1 GB of zeros is ~1 MB gzip'd, ~1000:1) trips this after ~16 MB.
+  // compressed bytes read for it (plus one read block), once past ratio_allowance_bytes. Real image datasets compress
+  // little; a bomb (1 GB of zeros is ~1 MB gzip'd, ~1000:1) trips this after ~16 MB.
   double max_ratio = 200;
   uint64_t ratio_allowance_bytes = uint64_t{16} << 20;
 };

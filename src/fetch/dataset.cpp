@@ -77,14 +77,19 @@ const char* kind_name(DatasetSourceKind kind) {
 }
 
 // The URL up to its query or fragment.
-std::string url_without_query(const std::string& url) { return url.substr(0, url.find_first_of("?#")); }
+std::string url_without_query(const std::string& url) {
+  return url.substr(0, url.find_first_of("?#"));
+}
 
 // The query parameters of presigned URLs (S3 and compatibles, Google Cloud Storage, Azure SAS,
 // CloudFront) that change each time the URL is signed again.
 bool is_signing_parameter(std::string_view name) {
+  // clang-format off
   static const std::set<std::string, std::less<>> kNames = {
-      "signature", "expires", "googleaccessid", "awsaccesskeyid", "policy", "key-pair-id", "sig", "se", "st",
-      "sp", "sv", "sr", "spr", "ss", "srt", "skoid", "sktid", "skt", "ske", "sks", "skv", "ses"};
+      "signature", "expires", "googleaccessid", "awsaccesskeyid", "policy", "key-pair-id",  // S3 v2, GCS, CloudFront
+      "sig", "se", "st", "sp", "sv", "sr", "spr", "ss", "srt", "ses",                      // Azure SAS
+      "skoid", "sktid", "skt", "ske", "sks", "skv"};                                        // Azure user delegation
+  // clang-format on
   const std::string lowered = lower(name);
   return lowered.starts_with("x-amz-") || lowered.starts_with("x-goog-") || kNames.contains(lowered);
 }

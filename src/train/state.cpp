@@ -148,7 +148,8 @@ std::string verify_state(const fs::path& dir) {
   std::stringstream text;
   text << in.rdbuf();
   nlohmann::json marker;
-  if (json_depth(text.str()) > kMaxJsonDepth) return cat(kComplete, " nests JSON deeper than ", kMaxJsonDepth, " levels");
+  if (json_depth(text.str()) > kMaxJsonDepth)
+    return cat(kComplete, " nests JSON deeper than ", kMaxJsonDepth, " levels");
   try {
     marker = nlohmann::json::parse(text.str());
   } catch (const nlohmann::json::exception&) {
@@ -166,7 +167,8 @@ std::string verify_state(const fs::path& dir) {
     const auto& expected = marker["files"][name];
     if (!expected.is_object() || !expected.contains("size") || !expected.contains("sha256"))
       return cat(kComplete, " lists ", name, " without its size and sha256");
-    if (expected["size"] != size) return cat(name, " has ", size, " bytes where ", json_excerpt(expected["size"]), " were written");
+    if (expected["size"] != size)
+      return cat(name, " has ", size, " bytes where ", json_excerpt(expected["size"]), " were written");
     try {
       if (sha256_file_hex(file) != expected["sha256"]) return cat(name, " differs from what was written (SHA-256)");
     } catch (const Error& e) {

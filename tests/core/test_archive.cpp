@@ -415,7 +415,8 @@ TEST_F(ArchiveTest, RefusesSparseTarBombs) {
   expect_refused(work_, archive, {"'tera.bin'", "declares 1.1 TB", "limit on the uncompressed total"});
   // Under the total limit but all holes: refused by the ratio, the file never grows to 4 GiB.
   write_tar_blocks(archive, gnu_sparse_entry("bomb.bin", uint64_t{4} << 30, data));
-  expect_refused(work_, archive, {"'bomb.bin'", "declares 4.3 GB but holds 512 B of data (a sparse file", "sparse-file bomb"});
+  expect_refused(work_, archive,
+                 {"'bomb.bin'", "declares 4.3 GB but holds 512 B of data (a sparse file", "sparse-file bomb"});
   try {
     extract_archive(archive, work_ / "out" / "short", {}, "test-archive");
   } catch (const Error& e) {

@@ -615,8 +615,8 @@ TEST(Image, OversizedImageFileIsRefused) {
   const fs::path big = root / "huge.png";
   { std::ofstream(big, std::ios::binary) << "\x89PNG\r\n\x1a\n"; }
   fs::resize_file(big, kMaxImageFileBytes + 1);
-  for (const auto& call : {std::function<void()>([&] { probe_image(big); }),
-                           std::function<void()>([&] { load_image(big); })}) {
+  for (const auto& call :
+       {std::function<void()>([&] { probe_image(big); }), std::function<void()>([&] { load_image(big); })}) {
     fluxtrain::testing::expect_error(call, {big.string(), "over the 512 MiB limit for an image file"});
   }
   fs::remove(big);

@@ -100,11 +100,10 @@ TEST(SafetensorsHeader, MalformedJson) {
 // overflow the stack) is a short error naming the file; so is one that nests deep inside a tensor entry.
 TEST(SafetensorsHeader, DeepNestingIsAShortError) {
   const size_t depth = 100000;
-  for (const std::string& json :
-       {R"({"a":)" + std::string(depth, '[') + std::string(depth, ']') + "}",
-        R"({"w":{"dtype":"F32","shape":)" + std::string(depth, '[') + std::string(depth, ']') +
-            R"(,"data_offsets":[0,0]}})",
-        std::string(depth, '{')}) {
+  for (const std::string& json : {R"({"a":)" + std::string(depth, '[') + std::string(depth, ']') + "}",
+                                  R"({"w":{"dtype":"F32","shape":)" + std::string(depth, '[') +
+                                      std::string(depth, ']') + R"(,"data_offsets":[0,0]}})",
+                                  std::string(depth, '{')}) {
     const std::string message = error_of(make_file(json, 0));
     EXPECT_NE(message.find("model.safetensors"), std::string::npos) << message;
     EXPECT_NE(message.find("nested deeper than 64 levels"), std::string::npos) << message;

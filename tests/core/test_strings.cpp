@@ -44,7 +44,8 @@ TEST(Strings, RedactUrlHidesUserInfoAndQueryValues) {
             "https://huggingface.co/datasets/a/b/resolve/main/x.png");
   EXPECT_EQ(redact_url("https://cdn.example/blob?X-Amz-Signature=secret&a=b&flag&empty="),
             "https://cdn.example/blob?X-Amz-Signature=***&a=***&***&empty=");
-  EXPECT_EQ(redact_url("https://user:pa55word@host.example:8443/set.zip#frag"), "https://***@host.example:8443/set.zip#***");
+  EXPECT_EQ(redact_url("https://user:pa55word@host.example:8443/set.zip#frag"),
+            "https://***@host.example:8443/set.zip#***");
   EXPECT_EQ(redact_url("https://user:p@ss@host/x"), "https://***@host/x");
   EXPECT_EQ(redact_url("https://host/a@b/c"), "https://host/a@b/c");  // '@' in the path is not user info
   EXPECT_EQ(redact_url("http://token@host"), "http://***@host");

@@ -367,7 +367,7 @@ Hop run_request(const HttpRequest& original, const HttpOptions& options,
       // when they belong to an https origin.
       const bool send_auth = !request.auth.empty() && url_origin(url) == auth_origin;
       if (!request.auth.empty() && !send_auth) {
-        log::debug(redact_url(url), " is not ", redact_url(auth_origin), ": credentials are not sent to it");
+        log::debug("no credentials for ", redact_url(url), " (they belong to ", auth_origin, ")");
       }
       log::debug("GET ", redact_url(url), send_auth ? " (with credentials)" : "");
       hop = perform_hop(url, send_auth ? &request.auth : nullptr, setup, options, sink);

@@ -10,7 +10,7 @@ CMAKE_BUILD_TYPE ?= RelWithDebInfo
 CMAKE_ARGS ?=
 TARGETS ?=
 
-.PHONY: all setup configure build demo test test-sanitize test-main format clean
+.PHONY: all setup configure build demo test test-sanitize sanitize-build fuzz test-main format clean
 all: build
 
 setup:
@@ -28,13 +28,24 @@ build: configure
 demo: build
 	@BUILD=$(BUILD) bash scripts/demo.sh
 
-# The torch-free parser and core under AddressSanitizer + UBSan (clang, with a bounded libFuzzer run).
-test-sanitize: setup
+# The torch-free parser and core under AddressSanitizer + UBSan (clang, with the libFuzzer targets).
+sanitize-build: setup
 	@cmake -S . -B $(SANITIZE_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_COMPILER=clang++ \
 	  -DFLUXTRAIN_WITH_TORCH=OFF -DFLUXTRAIN_SANITIZE=address,undefined -DFLUXTRAIN_FUZZ=ON > $(BUILD)/sanitize-configure.log \
 	  || { cat $(BUILD)/sanitize-configure.log; exit 1; }
 	@cmake --build $(SANITIZE_BUILD) -j $(JOBS)
+
+# Its tests, with a bounded run of each fuzz target (20-30 s).
+test-sanitize: sanitize-build
 	@ctest --test-dir $(SANITIZE_BUILD) --output-on-failure -j $(JOBS)
+
+# Every fuzz target (tests/fuzz) for FUZZ_SECONDS seconds each, side by side: `make fuzz FUZZ_SECONDS=3600`.
+# What they find stays in $(SANITIZE_BUILD)/tests/fuzz_*_corpus; a crash leaves crash-* in the ctest
+# working folder $(SANITIZE_BUILD)/tests and fails the target.
+FUZZ_SECONDS ?= 600
+fuzz: sanitize-build
+	@FLUXTRAIN_FUZZ_SECONDS=$(FUZZ_SECONDS) ctest --test-dir $(SANITIZE_BUILD) -L '^fuzz$$' --output-on-failure \
+	  -j $(JOBS) --timeout $$(( $(FUZZ_SECONDS) + 600 ))
 
 test-main: build
 	@ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)

@@ -136,6 +136,8 @@ class Opt {
   Opt& required() { return s_.required = true, *this; }
   // Environment only, never printed: a token or a key.
   Opt& secret() { return s_.secret = true, s_.has_flag = false, s_.from_file = false, *this; }
+  // A URL that may carry credentials or a signature: shown and recorded redacted (OptionSpec::url_secrets).
+  Opt& url_secrets() { return s_.url_secrets = true, *this; }
   Opt& resume(ResumeRule rule) { return s_.resume = rule, *this; }
   Opt& safe_on_resume() { return resume(ResumeRule::safe); }
   Opt& memory_only() { return resume(ResumeRule::memory_only); }

@@ -133,7 +133,7 @@ ResolvedConfig resolve(const OptionTable& table, const ResolveInputs& inputs) {
     if (error.empty()) error = check_value(spec, value, true);
     if (!error.empty()) {
       const std::string shown =
-          spec.secret ? cat(origin, " (hidden)") : given_text(source, origin, raw, spec.name, file);
+          spec.secret ? cat(origin, " (hidden)") : given_text(source, origin, spec.shown(raw), spec.name, file);
       errors.push_back(cat(shown, ": ", error, "; allowed: ", spec.allowed_text()));
       return;
     }

@@ -228,6 +228,15 @@ std::string OptionSpec::env_name() const {
   return has_env ? env : "";
 }
 
+OptionValue OptionSpec::shown(const OptionValue& value) const {
+  const auto* text = std::get_if<std::string>(&value);
+  return url_secrets && text != nullptr ? OptionValue(redact_url(*text)) : value;
+}
+
+std::string OptionSpec::shown(const std::string& raw) const {
+  return url_secrets ? redact_url(raw) : raw;
+}
+
 std::string OptionSpec::allowed_text() const {
   if (!allowed.empty()) return allowed;
   std::string bounds = bounds_text(*this);
@@ -481,8 +490,9 @@ std::string ResolvedConfig::where(const std::string& name) const {
 std::string ResolvedConfig::describe(const std::string& name) const {
   const ResolvedOption& o = option(name);
   if (table_->at(name).secret) return o.source == Source::default_value ? name : cat(o.origin, " (hidden)");
-  if (o.source == Source::default_value) return cat(name, " (default ", format_toml_value(o.value), ")");
-  return given_text(o.source, o.origin, o.raw, name, file_);
+  const OptionSpec& spec = table_->at(name);
+  if (o.source == Source::default_value) return cat(name, " (default ", format_toml_value(spec.shown(o.value)), ")");
+  return given_text(o.source, o.origin, spec.shown(o.raw), name, file_);
 }
 
 void ResolvedConfig::bind_into(void* settings, std::type_index type) const {
@@ -499,8 +509,9 @@ std::map<std::string, std::string> ResolvedConfig::value_texts() const {
   std::map<std::string, std::string> out;
   for (const auto& spec : table_->specs()) {
     const OptionValue& value = option(spec.name).value;
-    out[spec.name] =
-        spec.secret && !std::holds_alternative<std::monostate>(value) ? "(hidden)" : format_plain_value(value);
+    out[spec.name] = spec.secret && !std::holds_alternative<std::monostate>(value)
+                         ? "(hidden)"
+                         : format_plain_value(spec.shown(value));
   }
   return out;
 }
@@ -511,7 +522,8 @@ std::map<std::string, std::string> ResolvedConfig::metadata() const {
     const OptionValue& value = option(spec.name).value;
     if (spec.secret || std::holds_alternative<std::monostate>(value)) continue;
     const bool* flag = std::get_if<bool>(&value);
-    for (const auto& key : spec.metadata_keys) out[key] = flag ? (*flag ? "True" : "False") : format_plain_value(value);
+    for (const auto& key : spec.metadata_keys)
+      out[key] = flag ? (*flag ? "True" : "False") : format_plain_value(spec.shown(value));
   }
   return out;
 }
@@ -520,7 +532,8 @@ std::string ResolvedConfig::print() const {
   std::string out;
   for (const auto& spec : table_->specs()) {
     if (spec.secret) continue;  // never printed (--help-env lists it)
-    out += cat(spec.name, " = ", format_toml_value(option(spec.name).value), "  (source: ", where(spec.name), ")\n");
+    out += cat(spec.name, " = ", format_toml_value(spec.shown(option(spec.name).value)),
+               "  (source: ", where(spec.name), ")\n");
   }
   return out;
 }
@@ -538,7 +551,7 @@ std::string ResolvedConfig::to_toml() const {
         body += cat("# ", spec.name, " =  (unset)\n");
         continue;
       }
-      body += cat(spec.name, " = ", format_toml_value(o.value));
+      body += cat(spec.name, " = ", format_toml_value(spec.shown(o.value)));
       if (o.source != Source::default_value) body += "  # " + where(spec.name);
       body += "\n";
     }

@@ -91,6 +91,10 @@ struct OptionSpec {
   bool repeatable = false;   // list: every occurrence of the flag adds an item (--lora A --lora B)
   bool required = false;     // resolution fails when no source sets it
   bool secret = false;       // the value is never printed (--print-config, messages, saved configs)
+  // The value may be a URL with a user:password or a signed query (DATASET_NAME): everything that
+  // prints or records it (messages, --print-config, config.toml, training states, LoRA metadata) shows
+  // it through redact_url (core/strings.h); only the setting itself gets the real text.
+  bool url_secrets = false;
   ResumeRule resume = ResumeRule::breaking;
   std::vector<std::string> metadata_keys;  // the LoRA file's ss_* keys that record the value
   // A default taken from the seed's train-flux.sh rather than kohya's: where the seed sets it, and kohya's
@@ -105,6 +109,9 @@ struct OptionSpec {
   std::string flag_name() const;  // "" without a flag; the argument's name for a positional one
   std::string env_name() const;   // "" without a variable
   std::string allowed_text() const;
+  // A value or raw text as it may be shown and recorded (redacted when url_secrets).
+  OptionValue shown(const OptionValue& value) const;
+  std::string shown(const std::string& raw) const;
 };
 
 enum class Source { default_value, file, env, cli };

@@ -119,6 +119,7 @@ const OptionTable& fetch_command_options() {
                   .positional()
                   .required()
                   .env("DATASET_NAME")
+                  .url_secrets()
                   .to(&S::dataset),
               Opt<S>("cache_dir", kPath, "fetch", "",
                      "Folder of the dataset cache (default: $FLUXTRAIN_CACHE/datasets or ~/.cache/fluxtrain/datasets).")

@@ -15,6 +15,7 @@
 #include <iostream>
 #include <map>
 #include <set>
+#include <sstream>
 
 #include "app/commands.h"
 #include "app/device.h"
@@ -23,9 +24,11 @@
 #include "core/enum_names.h"
 #include "core/error.h"
 #include "core/folder_lock.h"
+#include "core/json_guard.h"
 #include "core/log.h"
 #include "core/sha256.h"
 #include "core/stop.h"
+#include "core/strings.h"
 #include "data/dataset.h"
 #include "fetch/dataset.h"
 #include "sample/prompts.h"
@@ -104,7 +107,10 @@ RunPlan plan_run(const TrainSettings& settings, const std::map<std::string, std:
   nlohmann::json saved, run_info;
   try {
     std::ifstream in(*newest / "state.json");
-    run_info = nlohmann::json::parse(in).value("run", nlohmann::json::object());
+    std::stringstream text;
+    text << in.rdbuf();
+    check_json_depth(text.str(), (*newest / "state.json").string());
+    run_info = nlohmann::json::parse(text.str()).value("run", nlohmann::json::object());
     saved = run_info.value("options", nlohmann::json::object());
   } catch (const std::exception&) {
     saved = nlohmann::json::object();
@@ -149,7 +155,7 @@ std::shared_ptr<data::DatasetPlan> build_dataset(const TrainSettings& settings) 
   if (!settings.dataset_name.empty()) {
     fetched =
         fetch::fetch_dataset(settings.dataset_name, dataset_cache_dir(settings.downloads), settings.downloads.fetch);
-    log::info("dataset ", settings.dataset_name, ": ", fetched.string());
+    log::info("dataset ", redact_url(settings.dataset_name), ": ", fetched.string());
     options.default_image_dir = fetched;
   }
   data::DatasetGroupConfig group = settings.dataset_config.empty()

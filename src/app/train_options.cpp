@@ -119,6 +119,7 @@ std::vector<OptionSpec> train_specs() {
              "Where the images come from: a Hugging Face dataset id, a Kaggle dataset, a URL of an archive, or a local "
              "folder.")
           .env("DATASET_NAME")
+          .url_secrets()
           .safe_on_resume()
           .to(&S::dataset_name),
       Opt<S>("dataset_config", kPath, "dataset", "",

@@ -15,6 +15,7 @@
 
 #include "core/atomic_file.h"
 #include "core/error.h"
+#include "core/json_guard.h"
 #include "core/log.h"
 
 namespace fluxtrain {
@@ -111,7 +112,8 @@ size_t MetricsLog::truncate_after(int64_t step) {
     std::string_view line(text.data() + start, end - start);
     start = end + 1;
     if (line.empty()) continue;
-    nlohmann::json parsed = nlohmann::json::parse(line, nullptr, false);
+    nlohmann::json parsed =
+        json_depth(line) <= kMaxJsonDepth ? nlohmann::json::parse(line, nullptr, false) : nlohmann::json();
     if (parsed.is_discarded() || !parsed.is_object() || !parsed.contains("step") ||
         !parsed["step"].is_number_integer()) {
       ++bad;

@@ -12,6 +12,8 @@
 #include <set>
 
 #include "core/error.h"
+#include "core/json_guard.h"
+#include "core/strings.h"
 
 namespace fluxtrain::safetensors {
 namespace {
@@ -50,12 +52,12 @@ std::vector<uint64_t> unsigned_array(const json& entry, const char* field, const
                                      const std::string& tensor) {
   auto it = entry.find(field);
   if (it == entry.end()) fail(file, ": tensor '", tensor, "' has no '", field, "' in the header: corrupt header");
-  if (!it->is_array()) fail(file, ": tensor '", tensor, "': '", field, "' must be an array, got ", it->dump());
+  if (!it->is_array()) fail(file, ": tensor '", tensor, "': '", field, "' must be an array, got ", json_excerpt(*it));
   std::vector<uint64_t> out;
   out.reserve(it->size());
   for (const json& v : *it) {
     if (!v.is_number_unsigned()) {
-      fail(file, ": tensor '", tensor, "': '", field, "' must hold non-negative integers, got ", it->dump());
+      fail(file, ": tensor '", tensor, "': '", field, "' must hold non-negative integers, got ", json_excerpt(*it));
     }
     out.push_back(v.get<uint64_t>());
   }
@@ -150,11 +152,12 @@ Header parse_header(std::string_view text, uint64_t file_size, const std::string
     }
     return true;
   };
+  check_json_depth(text, file + ": the header");
   json root;
   try {
     root = json::parse(text.begin(), text.end(), on_event);
   } catch (const json::exception& e) {
-    fail(file, ": the header is not valid JSON (", e.what(), "): corrupt or not a safetensors file");
+    fail(file, ": the header is not valid JSON (", shorten(e.what(), 200), "): corrupt or not a safetensors file");
   }
   if (!root.is_object()) fail(file, ": the header must be a JSON object, got ", root.type_name(), ": corrupt file");
 
@@ -164,13 +167,15 @@ Header parse_header(std::string_view text, uint64_t file_size, const std::string
       if (!entry.is_object()) fail(file, ": '__metadata__' must be an object of strings, got ", entry.type_name());
       for (auto& [key, value] : entry.items()) {
         if (!value.is_string()) {
-          fail(file, ": metadata '", key, "' must be a string, got ", value.dump(), " (safetensors metadata is str -> str)");
+          fail(file, ": metadata '", key, "' must be a string, got ", json_excerpt(value),
+               " (safetensors metadata is str -> str)");
         }
         header.metadata[key] = value.get<std::string>();
       }
       continue;
     }
-    if (!entry.is_object()) fail(file, ": tensor '", name, "': header entry must be an object, got ", entry.dump());
+    if (!entry.is_object())
+      fail(file, ": tensor '", name, "': header entry must be an object, got ", json_excerpt(entry));
     TensorInfo info;
     info.name = name;
     auto dtype_it = entry.find("dtype");
@@ -191,7 +196,8 @@ Header parse_header(std::string_view text, uint64_t file_size, const std::string
       overflow = overflow || __builtin_mul_overflow(bytes, d, &bytes);
     }
     auto offsets = unsigned_array(entry, "data_offsets", file, name);
-    if (offsets.size() != 2) fail(file, ": tensor '", name, "': data_offsets must be [begin, end], got ", entry["data_offsets"].dump());
+    if (offsets.size() != 2)
+      fail(file, ": tensor '", name, "': data_offsets must be [begin, end], got ", json_excerpt(entry["data_offsets"]));
     info.begin = offsets[0];
     info.end = offsets[1];
     if (info.end < info.begin) {

@@ -1,5 +1,6 @@
 #include "core/strings.h"
 
+#include <algorithm>
 #include <cctype>
 
 namespace fluxtrain {
@@ -34,6 +35,48 @@ std::string join(const std::vector<std::string>& items, std::string_view separat
 std::string join_alternatives(const std::vector<std::string>& items) {
   std::string out;
   for (size_t i = 0; i < items.size(); ++i) out += (i == 0 ? "" : i + 1 == items.size() ? " or " : ", ") + items[i];
+  return out;
+}
+
+std::string shorten(std::string_view text, size_t max_chars) {
+  if (text.size() <= max_chars) return std::string(text);
+  return std::string(text.substr(0, max_chars)) + "...";
+}
+
+std::string redact_url(std::string_view text) {
+  const size_t scheme = text.find("://");
+  if (scheme == std::string_view::npos) return std::string(text);
+  const size_t authority = scheme + 3;
+  const size_t authority_end = std::min(text.find_first_of("/?#", authority), text.size());
+  std::string out(text.substr(0, authority));
+  const size_t at = text.substr(0, authority_end).rfind('@');
+  if (at != std::string_view::npos && at >= authority) {
+    out += "***@";
+    out += text.substr(at + 1, authority_end - at - 1);
+  } else {
+    out += text.substr(authority, authority_end - authority);
+  }
+  const size_t query = std::min(text.find_first_of("?#", authority_end), text.size());
+  out += text.substr(authority_end, query - authority_end);  // the path
+  const size_t fragment = std::min(text.find('#', query), text.size());
+  if (query < fragment) {
+    out += '?';
+    std::string_view params = text.substr(query + 1, fragment - query - 1);
+    for (size_t start = 0; start <= params.size();) {
+      size_t end = std::min(params.find('&', start), params.size());
+      std::string_view param = params.substr(start, end - start);
+      if (start > 0) out += '&';
+      const size_t equals = param.find('=');
+      if (equals != std::string_view::npos) {
+        out += param.substr(0, equals + 1);
+        if (equals + 1 < param.size()) out += "***";
+      } else if (!param.empty()) {
+        out += "***";  // a bare value (a token alone)
+      }
+      start = end + 1;
+    }
+  }
+  if (fragment < text.size()) out += fragment + 1 < text.size() ? "#***" : "#";
   return out;
 }
 

@@ -28,4 +28,16 @@ std::string join(const std::vector<std::string>& items, std::string_view separat
 // Alternatives as a sentence says them: {"a", "b", "c"} -> "a, b or c"; {"a"} -> "a".
 std::string join_alternatives(const std::vector<std::string>& items);
 
+// `text` cut to its first `max_chars` characters plus "..." when longer (for quoting untrusted or
+// unbounded text, such as a parser's message, in an error).
+std::string shorten(std::string_view text, size_t max_chars);
+
+// A URL as it may be shown or recorded (logs, config.toml, training states, metrics, LoRA metadata):
+// user info and every query value and fragment replaced by "***", parameter names kept:
+//   https://u:pw@host:8443/set.tar?X-Amz-Signature=abc&v=2#f ->
+//   https://***@host:8443/set.tar?X-Amz-Signature=***&v=***#***
+// (presigned URLs carry their signatures in the query; DATASET_NAME may carry a user and password).
+// Text without "://" (a local path, "owner/name", "kaggle:owner/name") is returned unchanged.
+std::string redact_url(std::string_view text);
+
 }  // namespace fluxtrain

@@ -132,6 +132,11 @@ CaptionFile read_caption_file(const std::filesystem::path& image, const std::str
     out.path = path;
     return out;
   }
+  const uintmax_t size = std::filesystem::file_size(path, ec);
+  if (!ec && size > kMaxCaptionFileBytes) {
+    fail("caption file ", path.string(), " is ", format_bytes(double(size)), ", over the ", kMaxCaptionFileBytes >> 20,
+         " MiB limit for a caption file: a caption is one line of text; remove or rename the file");
+  }
   std::ifstream in(path, std::ios::binary);
   std::ostringstream content;
   content << in.rdbuf();

@@ -40,7 +40,11 @@ struct CaptionFile {
 // \n, \r\n or \r; the first line is the caption, stripped of leading and trailing whitespace (Python's
 // str.strip() set, which includes U+3000). Throws Error naming the file when it is not valid UTF-8 or
 // cannot be read.
+// A caption file over kMaxCaptionFileBytes is refused (Error naming it and the limit) before it is read.
 CaptionFile read_caption_file(const std::filesystem::path& image, const std::string& extension);
+
+// 1 MiB: a caption is a line of text; a larger "caption" is another file under a caption's name.
+inline constexpr std::uint64_t kMaxCaptionFileBytes = std::uint64_t{1} << 20;
 
 // The first line of `bytes` (a caption file's content), validated and cleaned as read_caption_file does;
 // `name` names the source in errors.

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/json_guard.h"
 #include "core/log.h"
 #include "core/strings.h"
 
@@ -219,10 +220,11 @@ class Resolver {
 void Resolver::check_value(const KeySpec& key, const json& v, const std::string& where) const {
   if (v.is_null()) return;
   auto bad_type = [&] {
-    error(where, ": '", key.name, "' = ", v.dump(), " is ", type_name(v), "; expected ", expected_name(key.type));
+    error(where, ": '", key.name, "' = ", json_excerpt(v), " is ", type_name(v), "; expected ",
+          expected_name(key.type));
   };
   auto out_of_range = [&](const std::string& expected) {
-    error(where, ": '", key.name, "' = ", v.dump(), " is out of range; expected ", expected);
+    error(where, ": '", key.name, "' = ", json_excerpt(v), " is out of range; expected ", expected);
   };
   const std::string name = key.name;
   switch (key.type) {
@@ -300,8 +302,8 @@ void Resolver::check_table(const json& table, Level level, const std::string& wh
         continue;
       }
       if (u->noop != nullptr && value == json::parse(u->noop)) continue;
-      error(where, ": '", name, "' = ", value.dump(), " is a kohya option that fluxtrain does not implement (", u->why,
-            "); remove it", u->noop != nullptr ? cat(" or set it to ", u->noop) : std::string());
+      error(where, ": '", name, "' = ", json_excerpt(value), " is a kohya option that fluxtrain does not implement (",
+            u->why, "); remove it", u->noop != nullptr ? cat(" or set it to ", u->noop) : std::string());
     }
     const std::string hint = closest_match(name, valid);
     error("unknown key '", name, "' in ", where, hint.empty() ? std::string() : cat(" (did you mean '", hint, "'?)"),
@@ -646,6 +648,7 @@ DatasetGroupConfig parse_dataset_config(std::string_view text, ConfigFormat form
            e.source().begin.column, ": ", e.description());
     }
   } else {
+    check_json_depth(text, "dataset config " + source);
     try {
       doc = json::parse(text);
     } catch (const json::parse_error& e) {

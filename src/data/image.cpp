@@ -247,6 +247,9 @@ ByteSource::ByteSource(const std::filesystem::path& path, const std::string& nam
   if (std::filesystem::is_directory(path, ec)) fail(name, ": is a folder, not an image file");
   size_ = std::filesystem::file_size(path, ec);
   if (ec) fail(name, ": cannot read the image file: ", ec.message());
+  if (size_ > kMaxImageFileBytes)
+    fail(name, ": the image file is ", format_bytes(double(size_)), ", over the ", kMaxImageFileBytes >> 20,
+         " MiB limit for an image file (is it an image?); convert it to a compressed format or downscale it");
   file_.open(path, std::ios::binary);
   if (!file_) fail(name, ": cannot open the image file: ", std::strerror(errno));
 }

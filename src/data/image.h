@@ -18,6 +18,11 @@ namespace fluxtrain::data {
 // make the trainer allocate gigabytes.
 inline constexpr std::uint64_t kMaxImagePixels = std::uint64_t{1} << 28;
 
+// Image files over this many bytes (512 MiB) are refused before a byte is read, by the probe of the
+// dataset scan (which skips and counts them) and by every load: no dataset image is near it (a 16384 x
+// 16384 PNG of photographic content is ~500 MB; an uncompressed BMP that large should be converted).
+inline constexpr std::uint64_t kMaxImageFileBytes = std::uint64_t{512} << 20;
+
 // What a file holds, read from its header only (no pixel decode). width/height are after EXIF
 // orientation (a portrait photo stored landscape with orientation 6 reports its portrait size).
 struct ImageInfo {

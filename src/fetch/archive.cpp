@@ -86,13 +86,15 @@ bool link_escapes(const std::string& link, std::string_view target) {
 
 class Extractor {
  public:
-  Extractor(const fs::path& archive, const fs::path& root, const ArchiveLimits& limits, std::string label)
-      : archive_(archive), root_(root), limits_(limits), label_(std::move(label)) {}
+  // Reads the archive from `archive`, or from `bytes` when it is not null.
+  Extractor(const fs::path& archive, const std::string_view* bytes, const fs::path& root, const ArchiveLimits& limits,
+            std::string label)
+      : archive_(archive), bytes_(bytes), root_(root), limits_(limits), label_(std::move(label)) {}
 
   ExtractStats run() {
-    if (archive_read_open_filename(reader_.handle, archive_.c_str(), kReadBlock) != ARCHIVE_OK) {
-      fail("cannot read archive '", label_, "': ", reader_.error());
-    }
+    const int opened = bytes_ != nullptr ? archive_read_open_memory(reader_.handle, bytes_->data(), bytes_->size())
+                                         : archive_read_open_filename(reader_.handle, archive_.c_str(), kReadBlock);
+    if (opened != ARCHIVE_OK) fail("cannot read archive '", label_, "': ", reader_.error());
     std::string first_skipped_link;
     uint64_t entries = 0;
     while (true) {
@@ -218,8 +220,12 @@ class Extractor {
       int fd;
       ~Closer() { ::close(fd); }
     } closer{fd};
+    // The entry counts with its declared size (a sparse file's is its size with the holes, which the
+    // data blocks alone would not show) or the extent written, whichever is larger.
+    const uint64_t entry_start = stats_.bytes;
+    const uint64_t declared_bytes = declared > 0 ? static_cast<uint64_t>(declared) : 0;
     const int64_t compressed_start = archive_filter_bytes(reader_.handle, -1);
-    uint64_t extent = 0;
+    uint64_t extent = 0, data = 0;
     while (true) {
       const void* block = nullptr;
       size_t size = 0;
@@ -231,7 +237,11 @@ class Extractor {
         fail("archive '", label_, "': cannot read entry '", name_, "': ", reader_.error(),
              " (corrupt, truncated or encrypted?)");
       }
-      stats_.bytes += size;
+      if (offset < 0)
+        fail("archive '", label_, "': entry '", name_, "' has data at a negative offset: corrupt archive");
+      data += size;
+      extent = std::max<uint64_t>(extent, static_cast<uint64_t>(offset) + size);
+      stats_.bytes = entry_start + std::max(extent, declared_bytes);
       if (stats_.bytes > limits_.max_total_bytes) {
         fail("archive '", label_, "' expands to more than ", format_bytes(double(limits_.max_total_bytes)),
              " (the limit on the uncompressed total), reached at entry '", name_,
@@ -248,7 +258,6 @@ class Extractor {
         }
         done += static_cast<size_t>(n);
       }
-      extent = std::max<uint64_t>(extent, static_cast<uint64_t>(offset) + size);
       const double compressed = double(archive_filter_bytes(reader_.handle, -1) - compressed_start) + kReadBlock;
       if (extent > limits_.ratio_allowance_bytes && double(extent) > limits_.max_ratio * compressed) {
         fail(
@@ -258,7 +267,20 @@ class Extractor {
             "the archive is trusted");
       }
     }
-    if (declared > 0 && extent < static_cast<uint64_t>(declared) && ::ftruncate(fd, declared) != 0) {
+    // The whole entry, holes included, against the same ratio: a sparse entry declaring a terabyte
+    // with a few stored bytes (a sparse tar bomb) is refused before its size is given to the file.
+    const uint64_t entry_bytes = std::max(extent, declared_bytes);
+    stats_.bytes = entry_start + entry_bytes;
+    const double compressed = double(archive_filter_bytes(reader_.handle, -1) - compressed_start) + kReadBlock;
+    if (entry_bytes > limits_.ratio_allowance_bytes && double(entry_bytes) > limits_.max_ratio * compressed) {
+      fail("archive '", label_, "': entry '", name_, "' declares ", format_bytes(double(entry_bytes)), " but holds ",
+           format_bytes(double(data)), " of data",
+           archive_entry_sparse_count(entry) > 0 ? " (a sparse file: the rest are holes)" : "", ", more than ",
+           limits_.max_ratio,
+           ":1: a sparse-file bomb? Refusing the archive; FLUXTRAIN_ARCHIVE_MAX_RATIO raises the limit if the archive "
+           "is trusted");
+    }
+    if (declared > 0 && extent < declared_bytes && ::ftruncate(fd, declared) != 0) {
       fail("archive '", label_, "': cannot write '", name_, "': ", std::strerror(errno));
     }
     files_.insert(path);
@@ -266,6 +288,7 @@ class Extractor {
   }
 
   const fs::path& archive_;
+  const std::string_view* bytes_;
   const fs::path& root_;
   const ArchiveLimits& limits_;
   const std::string label_;
@@ -277,9 +300,10 @@ class Extractor {
 
 }  // namespace
 
-ExtractStats extract_archive(const fs::path& archive, const fs::path& target, const ArchiveLimits& limits,
-                             const std::string& name) {
-  const std::string label = name.empty() ? archive.string() : name;
+namespace {
+
+ExtractStats extract(const fs::path& archive, const std::string_view* bytes, const fs::path& target,
+                     const ArchiveLimits& limits, const std::string& label) {
   std::error_code ec;
   if (fs::exists(fs::symlink_status(target, ec))) {
     fail("cannot extract archive '", label, "' into ", target, ": it already exists (remove it first)");
@@ -292,7 +316,7 @@ ExtractStats extract_archive(const fs::path& archive, const fs::path& target, co
   fs::remove_all(temp, ec);
   if (!fs::create_directory(temp, ec)) fail("cannot create the folder ", temp, ": ", ec.message());
   try {
-    ExtractStats stats = Extractor(archive, temp, limits, label).run();
+    ExtractStats stats = Extractor(archive, bytes, temp, limits, label).run();
     // One syncfs for all the files, instead of an fsync each, before the rename publishes them.
     int fd = ::open(temp.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd >= 0) {
@@ -308,6 +332,18 @@ ExtractStats extract_archive(const fs::path& archive, const fs::path& target, co
     fs::remove_all(temp, ec);
     throw;
   }
+}
+
+}  // namespace
+
+ExtractStats extract_archive(const fs::path& archive, const fs::path& target, const ArchiveLimits& limits,
+                             const std::string& name) {
+  return extract(archive, nullptr, target, limits, name.empty() ? archive.string() : name);
+}
+
+ExtractStats extract_archive_bytes(std::string_view bytes, const fs::path& target, const ArchiveLimits& limits,
+                                   const std::string& name) {
+  return extract({}, &bytes, target, limits, name);
 }
 
 bool is_archive(const fs::path& file) {

@@ -9,7 +9,9 @@
 //  - hard links whose target is not a regular file extracted earlier from the same archive (those
 //    that are become hard links inside the folder);
 //  - device files, FIFOs and sockets;
-//  - decompression bombs, by the limits in ArchiveLimits.
+//  - decompression bombs, by the limits in ArchiveLimits: each entry counts with its declared size
+//    (a sparse entry's full size, holes included) or the bytes it wrote, whichever is larger, so a
+//    sparse tar entry declaring a terabyte over a few stored bytes is refused like any other bomb.
 // Entries under "__MACOSX/" (resource forks that macOS adds to zips) are skipped. Files are created
 // 0644 and folders 0755; owners, setuid bits and times in the archive are ignored.
 //
@@ -25,13 +27,14 @@
 namespace fluxtrain::fetch {
 
 struct ArchiveLimits {
-  // Total bytes written (all entries). A declared entry size over what is left fails before writing.
+  // Total bytes extracted (all entries, each counted with the larger of its declared size and the
+  // bytes written). A declared entry size over what is left fails before writing.
   uint64_t max_total_bytes = uint64_t{64} << 30;
   // Entries (files, folders, links) in the archive.
   uint64_t max_entries = 1'000'000;
-  // Per entry: bytes written may not exceed max_ratio x the compressed bytes read for it (plus one
-  // read block), once the entry is past ratio_allowance_bytes. Real image datasets compress little;
-  // a bomb (1 GB of zeros is ~1 MB gzip'd, ~1000:1) trips this after ~16 MB.
+  // Per entry: bytes written, and at its end its declared size, may not exceed max_ratio x the
+  // compressed bytes read for it (plus one read block), once past ratio_allowance_bytes. Real image datasets compress
+  // little; a bomb (1 GB of zeros is ~1 MB gzip'd, ~1000:1) trips this after ~16 MB.
   double max_ratio = 200;
   uint64_t ratio_allowance_bytes = uint64_t{16} << 20;
 };
@@ -48,6 +51,10 @@ struct ExtractStats {
 // on a corrupt, truncated, encrypted or unsupported archive, and on write errors.
 ExtractStats extract_archive(const std::filesystem::path& archive, const std::filesystem::path& target,
                              const ArchiveLimits& limits = {}, const std::string& name = "");
+
+// The same for an archive held in memory (the fuzzer's input); `name` names it in messages.
+ExtractStats extract_archive_bytes(std::string_view bytes, const std::filesystem::path& target,
+                                   const ArchiveLimits& limits, const std::string& name);
 
 // Whether the file's content is an archive extract_archive() reads (zip, or tar plain or compressed).
 bool is_archive(const std::filesystem::path& file);

@@ -19,11 +19,13 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
+#include <sstream>
 #include <thread>
 #include <vector>
 
 #include "core/atomic_file.h"
 #include "core/error.h"
+#include "core/json_guard.h"
 #include "core/log.h"
 #include "core/progress.h"
 #include "core/sha256.h"
@@ -74,6 +76,47 @@ const char* kind_name(DatasetSourceKind kind) {
   return "?";
 }
 
+// The URL up to its query or fragment.
+std::string url_without_query(const std::string& url) {
+  return url.substr(0, url.find_first_of("?#"));
+}
+
+// The query parameters of presigned URLs (S3 and compatibles, Google Cloud Storage, Azure SAS,
+// CloudFront) that change each time the URL is signed again.
+bool is_signing_parameter(std::string_view name) {
+  // clang-format off
+  static const std::set<std::string, std::less<>> kNames = {
+      "signature", "expires", "googleaccessid", "awsaccesskeyid", "policy", "key-pair-id",  // S3 v2, GCS, CloudFront
+      "sig", "se", "st", "sp", "sv", "sr", "spr", "ss", "srt", "ses",                      // Azure SAS
+      "skoid", "sktid", "skt", "ske", "sks", "skv"};                                        // Azure user delegation
+  // clang-format on
+  const std::string lowered = lower(name);
+  return lowered.starts_with("x-amz-") || lowered.starts_with("x-goog-") || kNames.contains(lowered);
+}
+
+// A URL's identity for the cache: without user info and signing parameters, so that the same object
+// signed again (a presigned URL renewed after a pod restart) is the same cache entry, while other
+// query parameters (?version=2) still tell datasets apart. Only hashed, never shown.
+std::string url_identity(const std::string& url) {
+  const size_t query = url.find('?');
+  std::string out = url_without_query(url);
+  if (size_t scheme = out.find("://"); scheme != std::string::npos) {
+    const size_t authority = scheme + 3;
+    const size_t at = out.rfind('@', out.find('/', authority));
+    if (at != std::string::npos && at >= authority) out.erase(authority, at + 1 - authority);
+  }
+  if (query == std::string::npos) return out;
+  const std::string params = url.substr(query + 1, url.find('#', query) - query - 1);
+  std::string kept;
+  for (size_t start = 0; start <= params.size();) {
+    const size_t end = std::min(params.find('&', start), params.size());
+    const std::string param = params.substr(start, end - start);
+    if (!param.empty() && !is_signing_parameter(param.substr(0, param.find('=')))) kept += "&" + param;
+    start = end + 1;
+  }
+  return kept.empty() ? out : out + "?" + kept.substr(1);
+}
+
 // The cache folder of one source at one revision.
 struct Entry {
   fs::path dir;
@@ -85,7 +128,9 @@ struct Entry {
 std::optional<fs::path> complete_root(const fs::path& dir) {
   std::ifstream in(dir / kMarker);
   if (!in) return std::nullopt;
-  json marker = json::parse(in, nullptr, false);
+  std::stringstream text;
+  text << in.rdbuf();
+  json marker = json_depth(text.str()) <= kMaxJsonDepth ? json::parse(text.str(), nullptr, false) : json();
   if (marker.is_discarded() || !marker.is_object() || !marker.contains("root") || !marker["root"].is_string()) {
     log::warn("ignoring the unreadable completion marker ", dir / kMarker, "; fetching again");
     return std::nullopt;
@@ -315,7 +360,8 @@ fs::path fetch_file(const DatasetSource& source, const Entry& entry, const Fetch
       request.url = source.url;
       request.what = cat("the dataset at ", entry.source);
       request.not_found_hint = "check the URL";
-      std::string path = entry.source.substr(entry.source.find("://") + 3);
+      const std::string shown = url_without_query(entry.source);
+      std::string path = shown.substr(shown.find("://") + 3);
       size_t slash = path.find('/');
       path = slash == std::string::npos ? "" : path.substr(path.rfind('/') + 1);
       name = slug(path);
@@ -435,7 +481,7 @@ fs::path fetch_dataset(const std::string& spec, const fs::path& cache_dir, const
              redact_url(source.url));
       }
       entry.source = redact_url(source.url);
-      identity = cat("url\n", source.url);
+      identity = cat("url\n", url_identity(source.url));
       break;
     case DatasetSourceKind::hub:
       entry.source = cat(options.hf_endpoint, "/datasets/", source.repo);
@@ -451,7 +497,7 @@ fs::path fetch_dataset(const std::string& spec, const fs::path& cache_dir, const
   }
   std::string readable = source.kind == DatasetSourceKind::hub || source.kind == DatasetSourceKind::kaggle
                              ? source.repo + (entry.revision.empty() ? "" : "@" + entry.revision)
-                             : fs::path(entry.source).filename().string();
+                             : fs::path(url_without_query(entry.source)).filename().string();
   entry.dir = cache_dir / kind_name(source.kind) / cat(slug(readable), "-", sha256_hex(identity).substr(0, 12));
 
   if (!options.refresh) {

@@ -23,6 +23,7 @@
 
 #include "core/atomic_file.h"
 #include "core/error.h"
+#include "core/json_guard.h"
 #include "core/log.h"
 #include "core/progress.h"
 #include "core/sha256.h"
@@ -56,20 +57,15 @@ CURL* thread_handle() {
 constexpr std::string_view kHttpBlanks = " \t\r\n";
 
 // Blanks the secrets out of a message (a server might echo them; curl's messages never should).
-std::string scrub(std::string text, const HttpAuth& auth) {
-  for (const std::string* secret : {&auth.bearer_token, &auth.basic_password}) {
-    if (secret->size() < 4) continue;
-    for (size_t at = text.find(*secret); at != std::string::npos; at = text.find(*secret, at)) {
-      text.replace(at, secret->size(), "<redacted>");
+std::string scrub(std::string text, const std::vector<std::string>& secrets) {
+  for (const std::string& secret : secrets) {
+    if (secret.size() < 4) continue;
+    for (size_t at = text.find(secret); at != std::string::npos; at = text.find(secret, at)) {
+      text.replace(at, secret.size(), "<redacted>");
     }
   }
   return text;
 }
-
-struct Origin {
-  std::string scheme, host, port;
-  bool operator==(const Origin&) const = default;
-};
 
 std::string url_part(CURLU* url, CURLUPart part, unsigned flags = 0) {
   char* value = nullptr;
@@ -84,11 +80,48 @@ struct UrlHandle {
   ~UrlHandle() { curl_url_cleanup(url); }
 };
 
-Origin origin_of(const std::string& text) {
+// What a message must never show of a request: its credentials, and the password and (long) query
+// values of its URL (signed URLs carry their signatures in the query).
+std::vector<std::string> secrets_of(const HttpRequest& request) {
+  std::vector<std::string> secrets = {request.auth.bearer_token, request.auth.basic_password};
   UrlHandle u;
-  if (curl_url_set(u.url, CURLUPART_URL, text.c_str(), 0) != CURLUE_OK) return {};
-  return {lower(url_part(u.url, CURLUPART_SCHEME)), lower(url_part(u.url, CURLUPART_HOST)),
-          url_part(u.url, CURLUPART_PORT, CURLU_DEFAULT_PORT)};
+  if (curl_url_set(u.url, CURLUPART_URL, request.url.c_str(), 0) == CURLUE_OK) {
+    for (unsigned flags : {0u, static_cast<unsigned>(CURLU_URLDECODE)}) {
+      secrets.push_back(url_part(u.url, CURLUPART_PASSWORD, flags));
+    }
+    std::string query = url_part(u.url, CURLUPART_QUERY);
+    for (size_t start = 0; start < query.size();) {
+      size_t end = std::min(query.find('&', start), query.size());
+      std::string param = query.substr(start, end - start);
+      size_t equals = param.find('=');
+      std::string value = equals == std::string::npos ? param : param.substr(equals + 1);
+      // Signatures and tokens are long; short values ("true", "2") would blank ordinary words.
+      if (value.size() >= 8) secrets.push_back(std::move(value));
+      start = end + 1;
+    }
+  }
+  return secrets;
+}
+
+// The request with a user:password of its URL moved into its credentials (bound to the URL's origin),
+// so that they follow the same rule as any other credentials; the URL keeps no user info.
+HttpRequest with_url_credentials(const HttpRequest& request) {
+  UrlHandle u;
+  if (curl_url_set(u.url, CURLUPART_URL, request.url.c_str(), 0) != CURLUE_OK) return request;
+  const std::string user = url_part(u.url, CURLUPART_USER, CURLU_URLDECODE);
+  const std::string password = url_part(u.url, CURLUPART_PASSWORD, CURLU_URLDECODE);
+  if (user.empty() && password.empty()) return request;
+  HttpRequest out = request;
+  if (out.auth.empty()) {
+    out.auth.basic_user = user;
+    out.auth.basic_password = password;
+    out.auth.variables = "the user info of the URL";
+    out.auth.origin = request.url;
+  }
+  curl_url_set(u.url, CURLUPART_USER, nullptr, 0);
+  curl_url_set(u.url, CURLUPART_PASSWORD, nullptr, 0);
+  out.url = url_part(u.url, CURLUPART_URL);
+  return out;
 }
 
 // `location` (absolute or relative, as a Location header gives it) resolved against `base`.
@@ -263,7 +296,8 @@ std::string server_message(const Hop& hop) {
   if (auto it = hop.headers.find("x-error-message"); it != hop.headers.end()) {
     message = it->second;
   } else if (!hop.error_body.empty() && hop.error_body.front() == '{') {
-    auto json = nlohmann::json::parse(hop.error_body, nullptr, false);
+    auto json = json_depth(hop.error_body) <= kMaxJsonDepth ? nlohmann::json::parse(hop.error_body, nullptr, false)
+                                                            : nlohmann::json();
     if (json.is_object()) {
       for (const char* key : {"error", "message"}) {
         if (json.contains(key) && json[key].is_string()) {
@@ -325,18 +359,24 @@ std::string status_error(const HttpRequest& request, const Hop& hop, const std::
 
 // Runs one request with redirects and retries. `setup_for_try` is called before every try (a resumed
 // download asks for a new Range each time). Returns the final hop: 2xx, or `extra_ok` when given.
-Hop run_request(const HttpRequest& request, const HttpOptions& options,
+Hop run_request(const HttpRequest& original, const HttpOptions& options,
                 const std::function<RequestSetup()>& setup_for_try, BodySink& sink, long extra_ok = 0,
                 std::string* final_url = nullptr) {
   const int tries = std::max(1, options.max_attempts);
-  const Origin first_origin = origin_of(request.url);
+  const std::vector<std::string> secrets = secrets_of(original);
+  const HttpRequest request = with_url_credentials(original);
+  const std::string auth_origin = url_origin(request.auth.origin.empty() ? request.url : request.auth.origin);
   for (int attempt = 1;; ++attempt) {
     const RequestSetup setup = setup_for_try();
     std::string url = request.url;
-    // Credentials go to the origin first asked for only.
-    bool send_auth = !request.auth.empty();
     Hop hop;
     for (int redirects = 0;; ++redirects) {
+      // Credentials go to their own origin only: never to another host or port, nor over plain http
+      // when they belong to an https origin.
+      const bool send_auth = !request.auth.empty() && url_origin(url) == auth_origin;
+      if (!request.auth.empty() && !send_auth) {
+        log::debug("no credentials for ", redact_url(url), " (they belong to ", auth_origin, ")");
+      }
       log::debug("GET ", redact_url(url), send_auth ? " (with credentials)" : "");
       hop = perform_hop(url, send_auth ? &request.auth : nullptr, setup, options, sink);
       if (hop.code != CURLE_OK || !is_redirect(hop.status)) break;
@@ -345,18 +385,19 @@ Hop run_request(const HttpRequest& request, const HttpOptions& options,
       if (redirects >= options.max_redirects) {
         fail(scrub(cat(request.what, ": more than ", options.max_redirects, " redirects, the last to ",
                        redact_url(location->second), " (a redirect loop on the server?)"),
-                   request.auth));
+                   secrets));
       }
       std::string next = resolve_url(url, location->second);
-      Origin next_origin = origin_of(next);
-      if (next.empty() || (next_origin.scheme != "http" && next_origin.scheme != "https")) {
+      const std::string next_origin = url_origin(next);
+      if (next.empty() || !(next_origin.starts_with("http://") || next_origin.starts_with("https://"))) {
         fail(scrub(cat(request.what, ": ", redact_url(url), " redirects to '", redact_url(location->second),
                        "', which is not an http(s) URL"),
-                   request.auth));
+                   secrets));
       }
-      if (send_auth && !(next_origin == first_origin)) {
-        send_auth = false;
-        log::debug("redirected to ", next_origin.host, ": credentials are not forwarded to another host");
+      if (url.starts_with("https://") && next_origin.starts_with("http://")) {
+        log::warn(scrub(cat(request.what, ": ", redact_url(url), " redirects to plain http (", redact_url(next),
+                            "); following it without credentials"),
+                        secrets));
       }
       url = std::move(next);
     }
@@ -370,7 +411,7 @@ Hop run_request(const HttpRequest& request, const HttpOptions& options,
       problem = hop.curl_error;
       retryable = transport_error_is_retryable(hop.code);
       if (!retryable) {
-        fail(scrub(cat(request.what, ": cannot download ", redact_url(url), ": ", problem), request.auth));
+        fail(scrub(cat(request.what, ": cannot download ", redact_url(url), ": ", problem), secrets));
       }
     } else if (is_success(hop.status) || (extra_ok != 0 && hop.status == extra_ok)) {
       return hop;
@@ -378,16 +419,16 @@ Hop run_request(const HttpRequest& request, const HttpOptions& options,
       problem = cat("HTTP ", hop.status, server_message(hop));
       retryable = true;
     } else {
-      fail(scrub(status_error(request, hop, url), request.auth));
+      fail(scrub(status_error(request, hop, url), secrets));
     }
     if (attempt >= tries) {
-      if (hop.retry_now) fail(scrub(cat(request.what, ": ", problem, " (", redact_url(url), ")"), request.auth));
+      if (hop.retry_now) fail(scrub(cat(request.what, ": ", problem, " (", redact_url(url), ")"), secrets));
       if (hop.code != CURLE_OK) {
         fail(scrub(cat(request.what, ": cannot download ", redact_url(url), ": ", problem, " (", tries,
                        " tries); check the network connection, the URL and any proxy (https_proxy, no_proxy)"),
-                   request.auth));
+                   secrets));
       }
-      fail(scrub(status_error(request, hop, url), request.auth));
+      fail(scrub(status_error(request, hop, url), secrets));
     }
     double wait =
         std::min(options.max_backoff_seconds, options.backoff_seconds * double(1LL << std::min(attempt - 1, 20)));
@@ -399,7 +440,7 @@ Hop run_request(const HttpRequest& request, const HttpOptions& options,
     if (hop.retry_now) wait = 0;
     log::warn(scrub(cat(request.what, ": ", problem, " from ", redact_url(url), "; retry ", attempt, " of ", tries - 1,
                         wait > 0 ? cat(" in ", wait, " s") : std::string()),
-                    request.auth));
+                    secrets));
     // The wait before a retry, in slices, so that a stop signal ends it.
     const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(wait);
     while (std::chrono::steady_clock::now() < until) {
@@ -568,6 +609,7 @@ HttpResponse http_get(const HttpRequest& request, const HttpOptions& options, si
 }
 
 uint64_t http_download(const HttpRequest& request, const DownloadTarget& target, const HttpOptions& options) {
+  const std::vector<std::string> secrets = secrets_of(request);
   fs::path part = target.path;
   part += ".part";
   std::error_code ec;
@@ -616,13 +658,13 @@ uint64_t http_download(const HttpRequest& request, const DownloadTarget& target,
       sink.discard(size);
       if (resumed && pass == 0) {
         log::warn(scrub(cat(request.what, ": ", problem, " after resuming a partial download; downloading it again"),
-                        request.auth));
+                        secrets));
         continue;
       }
       fail(scrub(cat(request.what, ": ", problem, " (", redact_url(request.url),
                      "); the file changed on the server while downloading, or the transfer was corrupted: run again, "
                      "and if it persists, check the source"),
-                 request.auth));
+                 secrets));
     }
     sink.end_progress();
     if (::rename(part.c_str(), target.path.c_str()) != 0) {
@@ -633,14 +675,11 @@ uint64_t http_download(const HttpRequest& request, const DownloadTarget& target,
   }
 }
 
-std::string redact_url(const std::string& url) {
-  std::string text = url.substr(0, url.find_first_of("?#"));
-  size_t scheme = text.find("://");
-  size_t authority = scheme == std::string::npos ? 0 : scheme + 3;
-  size_t path = text.find('/', authority);
-  size_t at = text.rfind('@', path == std::string::npos ? std::string::npos : path);
-  if (at != std::string::npos && at >= authority) text.erase(authority, at + 1 - authority);
-  return text;
+std::string url_origin(const std::string& url) {
+  UrlHandle u;
+  if (curl_url_set(u.url, CURLUPART_URL, url.c_str(), 0) != CURLUE_OK) return "";
+  return cat(lower(url_part(u.url, CURLUPART_SCHEME)), "://", lower(url_part(u.url, CURLUPART_HOST)), ":",
+             url_part(u.url, CURLUPART_PORT, CURLU_DEFAULT_PORT));
 }
 
 std::string link_next(std::string_view header) {

@@ -2,11 +2,15 @@
 // or into a file with retries, resume, redirects, progress, size and sha256 checks and an atomic final
 // rename.
 //
-// Credentials (HttpAuth) go only to the scheme/host/port of the URL first asked for: redirects are
-// followed here, not by libcurl, and a redirect to another origin (the Hub's resolve URLs redirect to
-// a CDN, Kaggle's downloads to cloud storage) drops them. They never reach a log line or an error
-// message: URLs are shown without user info or query (signed CDN URLs carry signatures there), curl's
-// verbose mode is never on, and every message is scrubbed of the secrets before it is thrown.
+// Credentials (HttpAuth, and a user:password in the URL itself, which is moved into HttpAuth before the
+// first request) go only to the origin they belong to: scheme, host and port (HttpAuth::origin, by
+// default the URL first asked for). Redirects are followed here, not by libcurl, and each hop is checked:
+// a redirect to another origin (the Hub's resolve URLs redirect to a CDN, Kaggle's downloads to cloud
+// storage) or from https to plain http (another scheme, so another origin) drops them, and so does a
+// Hub listing page on another origin. They never reach a log line or an error message: URLs are shown
+// through core/strings.h's redact_url (user info and query values as "***": signed CDN URLs carry
+// signatures there), curl's verbose mode is never on, and every message is scrubbed of the secrets
+// before it is thrown.
 #pragma once
 
 #include <cstddef>
@@ -15,6 +19,8 @@
 #include <map>
 #include <string>
 #include <string_view>
+
+#include "core/strings.h"
 
 namespace fluxtrain {
 class Progress;
@@ -29,6 +35,9 @@ struct HttpAuth {
   // The environment variables that carry these credentials, for 401/403 messages ("HF_TOKEN").
   // Empty: the source takes no credentials (a plain URL).
   std::string variables;
+  // The URL whose scheme://host:port the credentials belong to; "" = the request's own URL. Requests
+  // (pages, redirects) to any other origin go without them.
+  std::string origin;
   bool empty() const { return bearer_token.empty() && basic_user.empty(); }
 };
 
@@ -85,8 +94,9 @@ struct DownloadTarget {
 // fails is an error (and the part file is removed). Returns the bytes received by this call.
 uint64_t http_download(const HttpRequest& request, const DownloadTarget& target, const HttpOptions& options = {});
 
-// "scheme://host[:port]/path" without user info, query or fragment: safe to show.
-std::string redact_url(const std::string& url);
+// "scheme://host:port" of a URL (scheme and host in lower case, the scheme's default port filled in),
+// the unit that credentials are bound to; "" when `url` is not a URL.
+std::string url_origin(const std::string& url);
 
 // The URL of rel="next" in an RFC 8288 Link header ("<url>; rel=\"next\", <url2>; rel=\"last\""), or "".
 std::string link_next(std::string_view link_header);

@@ -6,6 +6,8 @@
 #include <set>
 
 #include "core/error.h"
+#include "core/json_guard.h"
+#include "core/strings.h"
 #include "fetch/archive.h"
 
 namespace fluxtrain::fetch {
@@ -32,6 +34,8 @@ HttpAuth hub_auth(const FetchOptions& options) {
   HttpAuth auth;
   auth.bearer_token = options.hf_token;
   auth.variables = "HF_TOKEN";
+  // The Hub's origin only: a listing page, redirect or download elsewhere (a CDN) goes without it.
+  auth.origin = options.hf_endpoint;
   return auth;
 }
 
@@ -63,6 +67,7 @@ std::vector<HubFile> list_hub_files(const HubListing& listing, const FetchOption
       fail(what, ": the listing's next page is one seen before (", redact_url(url), ")");
     request.url = url;
     HttpResponse response = http_get(request, options.http);
+    check_json_depth(response.body, cat(what, ": the answer from ", redact_url(url)));
     json page = json::parse(response.body, nullptr, false);
     if (page.is_discarded() || !page.is_array()) {
       fail(what, ": the answer from ", redact_url(url), " is not a JSON list; is HF_ENDPOINT (", options.hf_endpoint,
@@ -72,7 +77,7 @@ std::vector<HubFile> list_hub_files(const HubListing& listing, const FetchOption
       if (!item.is_object() || item.value("type", "") != "file") continue;
       if (!item.contains("path") || !item["path"].is_string() || !item.contains("size") ||
           !item["size"].is_number_unsigned()) {
-        fail(what, ": an entry without a path or size: ", item.dump().substr(0, 200));
+        fail(what, ": an entry without a path or size: ", json_excerpt(item, 200));
       }
       HubFile file;
       std::string why;

@@ -32,7 +32,8 @@ struct HubListing {
 };
 
 // GET {hf_endpoint}/api/{datasets|models}/{repo}/tree/{revision}[/{folder}]?recursive=..., following
-// rel="next" Link headers. Files only (no folders, no .gitattributes), sorted by path; unsafe paths are
+// rel="next" Link headers (HF_TOKEN goes only to pages on the hf_endpoint's origin: a next page
+// elsewhere is asked for without it). Files only (no folders, no .gitattributes), sorted by path; unsafe paths are
 // refused. Throws Error (401/403 naming HF_TOKEN, 404 with the hint).
 std::vector<HubFile> list_hub_files(const HubListing& listing, const FetchOptions& options);
 

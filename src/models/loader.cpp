@@ -7,8 +7,10 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <sstream>
 
 #include "core/error.h"
+#include "core/json_guard.h"
 #include "core/log.h"
 #include "core/progress.h"
 #include "core/safetensors.h"
@@ -50,9 +52,12 @@ Checkpoint Checkpoint::open(const std::string& path, const std::string& subfolde
     }
     if (indexes.size() == 1) {
       std::ifstream in(indexes[0]);
+      std::stringstream text;
+      text << in.rdbuf();
+      check_json_depth(text.str(), indexes[0].string());
       nlohmann::json index;
       try {
-        index = nlohmann::json::parse(in);
+        index = nlohmann::json::parse(text.str());
       } catch (const nlohmann::json::exception& e) {
         fail(indexes[0].string(), ": not valid JSON (", e.what(), ")");
       }

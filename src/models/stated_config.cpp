@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/json_guard.h"
 
 namespace fluxtrain::models {
 
@@ -24,6 +25,7 @@ StatedConfig StatedConfig::beside(const std::string& folder) {
 
 StatedConfig StatedConfig::parse(const std::string& source, const std::string& text) {
   auto json = std::make_shared<nlohmann::json>();
+  check_json_depth(text, source);
   try {
     *json = nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {

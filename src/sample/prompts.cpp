@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/json_guard.h"
 #include "core/log.h"
 #include "core/strings.h"
 
@@ -223,16 +224,16 @@ SamplePrompt prompt_from_object(const nlohmann::json& object, const std::string&
   bool has_prompt = false;
   bool negative_given = false;
   auto integer = [&](const std::string& key, const nlohmann::json& value) -> int64_t {
-    if (!value.is_number_integer()) fail(where, ": '", key, "' expects a whole number, got ", value.dump());
+    if (!value.is_number_integer()) fail(where, ": '", key, "' expects a whole number, got ", json_excerpt(value));
     if (value.is_number_unsigned() && value.get<uint64_t>() > (uint64_t{1} << 40)) return int64_t{1} << 40;
     return value.get<int64_t>();
   };
   auto number = [&](const std::string& key, const nlohmann::json& value) -> double {
-    if (!value.is_number()) fail(where, ": '", key, "' expects a number, got ", value.dump());
+    if (!value.is_number()) fail(where, ": '", key, "' expects a number, got ", json_excerpt(value));
     return value.get<double>();
   };
   auto text = [&](const std::string& key, const nlohmann::json& value) -> std::string {
-    if (!value.is_string()) fail(where, ": '", key, "' expects a string, got ", value.dump());
+    if (!value.is_string()) fail(where, ": '", key, "' expects a string, got ", json_excerpt(value));
     return value.get<std::string>();
   };
   for (const auto& item : object.items()) {
@@ -254,7 +255,7 @@ SamplePrompt prompt_from_object(const nlohmann::json& object, const std::string&
       p.steps = static_cast<int>(steps);
     } else if (key == "seed") {
       if (!value.is_number_integer() || (!value.is_number_unsigned() && value.get<int64_t>() < 0)) {
-        fail(where, ": 'seed' expects a whole number from 0 to 18446744073709551615, got ", value.dump());
+        fail(where, ": 'seed' expects a whole number from 0 to 18446744073709551615, got ", json_excerpt(value));
       }
       p.seed = value.get<uint64_t>();
     } else if (key == "guidance_scale") {
@@ -413,6 +414,7 @@ std::vector<SamplePrompt> parse_prompts_toml(const std::string& text, const std:
 std::vector<SamplePrompt> parse_prompts_json(const std::string& text, const std::string& source_name,
                                              const PromptDefaults& defaults, std::vector<std::string>* warnings) {
   Warner warn{warnings};
+  check_json_depth(text, source_name);
   nlohmann::json root;
   try {
     root = nlohmann::json::parse(text);
@@ -442,7 +444,7 @@ std::vector<SamplePrompt> parse_prompts_json(const std::string& text, const std:
     } else if (item.is_object()) {
       prompts.push_back(prompt_from_object(item, where, defaults, warn));
     } else {
-      fail(where, ": expected a prompt string or an object with a 'prompt' key, got ", item.dump());
+      fail(where, ": expected a prompt string or an object with a 'prompt' key, got ", json_excerpt(item));
     }
   }
   return prompts;

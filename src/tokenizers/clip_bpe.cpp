@@ -9,6 +9,7 @@
 
 #include "core/assets.h"
 #include "core/error.h"
+#include "core/json_guard.h"
 #include "tokenizers/unicode.h"
 
 namespace fluxtrain {
@@ -92,6 +93,7 @@ ClipTokenizer::ClipTokenizer(const fs::path& folder) {
   fs::path vocab_path = folder / "vocab.json";
   fs::path merges_path = folder / "merges.txt";
   std::string vocab_text = read_file(vocab_path, "CLIP vocabulary");
+  check_json_depth(vocab_text, "CLIP vocabulary " + vocab_path.string());
   nlohmann::json vocab = nlohmann::json::parse(vocab_text, nullptr, false);
   if (vocab.is_discarded() || !vocab.is_object()) {
     fail("CLIP vocabulary ", vocab_path.string(), " is not a JSON object of token -> id (corrupt or truncated?); ",
@@ -100,8 +102,8 @@ ClipTokenizer::ClipTokenizer(const fs::path& folder) {
   for (const auto& item : vocab.items()) {
     if (!item.value().is_number_integer() || item.value().get<int64_t>() < 0 ||
         item.value().get<int64_t>() > std::numeric_limits<int32_t>::max()) {
-      fail("CLIP vocabulary ", vocab_path.string(), ": token ", nlohmann::json(item.key()).dump(), " has id ",
-           item.value().dump(), ", expected a non-negative integer");
+      fail("CLIP vocabulary ", vocab_path.string(), ": token ", json_excerpt(nlohmann::json(item.key())), " has id ",
+           json_excerpt(item.value()), ", expected a non-negative integer");
     }
     vocab_[item.key()] = item.value().get<int32_t>();
   }

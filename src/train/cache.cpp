@@ -6,9 +6,11 @@
 #include <fstream>
 #include <mutex>
 #include <set>
+#include <sstream>
 
 #include "core/atomic_file.h"
 #include "core/error.h"
+#include "core/json_guard.h"
 #include "core/log.h"
 #include "core/safetensors.h"
 #include "core/sha256.h"
@@ -96,7 +98,10 @@ std::string model_identity(const fs::path& model, const fs::path& cache_dir) {
   nlohmann::json memo = nlohmann::json::object();
   if (std::ifstream in(memo_path); in) {
     try {
-      memo = nlohmann::json::parse(in);
+      std::stringstream text;
+      text << in.rdbuf();
+      check_json_depth(text.str(), memo_path.string());
+      memo = nlohmann::json::parse(text.str());
     } catch (const std::exception&) {
       memo = nlohmann::json::object();
     }

@@ -15,6 +15,7 @@
 
 #include "core/atomic_file.h"
 #include "core/error.h"
+#include "core/json_guard.h"
 #include "core/log.h"
 #include "core/safetensors.h"
 #include "core/sha256.h"
@@ -179,6 +180,8 @@ std::string verify_state(const fs::path& dir) {
   std::stringstream text;
   text << in.rdbuf();
   nlohmann::json marker;
+  if (json_depth(text.str()) > kMaxJsonDepth)
+    return cat(kComplete, " nests JSON deeper than ", kMaxJsonDepth, " levels");
   try {
     marker = nlohmann::json::parse(text.str());
   } catch (const nlohmann::json::exception&) {
@@ -197,7 +200,7 @@ std::string verify_state(const fs::path& dir) {
     if (!expected.is_object() || !expected.contains("size") || !expected.contains("sha256"))
       return cat(kComplete, " lists ", name, " without its size and sha256");
     if (expected["size"] != size)
-      return cat(name, " has ", size, " bytes where ", expected["size"].dump(), " were written");
+      return cat(name, " has ", size, " bytes where ", json_excerpt(expected["size"]), " were written");
     try {
       if (sha256_file_hex(file) != expected["sha256"]) return cat(name, " differs from what was written (SHA-256)");
     } catch (const Error& e) {
@@ -206,7 +209,11 @@ std::string verify_state(const fs::path& dir) {
   }
   try {
     std::ifstream json(dir / "state.json");
-    const nlohmann::json parsed = nlohmann::json::parse(json);
+    std::stringstream text;
+    text << json.rdbuf();
+    if (json_depth(text.str()) > kMaxJsonDepth)
+      return cat("state.json nests JSON deeper than ", kMaxJsonDepth, " levels (corrupt)");
+    const nlohmann::json parsed = nlohmann::json::parse(text.str());
     if (!parsed.is_object()) return "state.json does not hold a JSON object";
   } catch (const nlohmann::json::exception& e) {
     return cat("state.json is not valid JSON (", e.what(), ")");
@@ -239,7 +246,10 @@ TrainingState load_state(const fs::path& path, bool verified) {
     state.optimizer_tensors = read_tensors(dir / "optimizer.safetensors");
     std::ifstream in(dir / "state.json");
     if (!in) fail(dir.string(), "/state.json is missing");
-    state.info = nlohmann::json::parse(in);
+    std::stringstream text;
+    text << in.rdbuf();
+    check_json_depth(text.str(), dir.string() + "/state.json");
+    state.info = nlohmann::json::parse(text.str());
   } catch (const nlohmann::json::exception& e) {
     fail(dir.string(), "/state.json is not valid JSON (", e.what(), "); resume from an older state");
   }

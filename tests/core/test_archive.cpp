@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <random>
@@ -136,6 +137,46 @@ void write_archive(const fs::path& path, const std::string& format, const std::s
   }
   ASSERT_EQ(archive_write_close(a), ARCHIVE_OK);
   archive_write_free(a);
+}
+
+// An old-GNU sparse tar entry (typeflag 'S', what `tar --sparse` writes): `real_size` bytes of which
+// only `data` at offset 0 is stored; the rest is a hole. libarchive writes no such entries, so the
+// header is built here byte by byte.
+std::string gnu_sparse_entry(const std::string& name, uint64_t real_size, const std::string& data) {
+  std::string h(512, '\0');
+  auto number = [&](size_t at, size_t width, uint64_t value) {
+    if (value < (uint64_t{1} << (3 * (width - 1)))) {
+      std::string digits(width - 1, '0');
+      for (size_t i = width - 1; i-- > 0; value >>= 3) digits[i] = static_cast<char>('0' + (value & 7));
+      h.replace(at, width - 1, digits);
+    } else {  // base-256, for sizes past the octal field (GNU)
+      h[at] = static_cast<char>(0x80);
+      for (size_t i = width - 1; i > 0; --i, value >>= 8) h[at + i] = static_cast<char>(value & 0xff);
+    }
+  };
+  h.replace(0, name.size(), name);
+  number(100, 8, 0644);
+  number(108, 8, 0);
+  number(116, 8, 0);
+  number(124, 12, data.size());  // the stored bytes
+  number(136, 12, 1700000000);
+  h[156] = 'S';
+  h.replace(257, 8, std::string("ustar  \0", 8));
+  number(386, 12, 0);            // sparse map: one region at offset 0 ...
+  number(398, 12, data.size());  // ... of the stored bytes
+  number(483, 12, real_size);    // the file's size, holes included
+  h.replace(148, 8, "        ");
+  unsigned sum = 0;
+  for (unsigned char c : h) sum += c;
+  char checksum[8];
+  std::snprintf(checksum, sizeof checksum, "%06o", sum);
+  h.replace(148, 7, std::string(checksum, 6) + '\0');
+  std::string padded = data + std::string((512 - data.size() % 512) % 512, '\0');
+  return h + padded;
+}
+
+void write_tar_blocks(const fs::path& path, const std::string& entries) {
+  std::ofstream(path, std::ios::binary) << entries << std::string(1024, '\0');
 }
 
 std::string read(const fs::path& path) {
@@ -361,6 +402,37 @@ TEST_F(ArchiveTest, RefusesMoreThanTheTotalLimit) {
   huge.declared = 600000;
   write_archive(archive, "tar", "gzip", {huge});
   expect_refused(work_, archive, {"'huge.bin'", "declares", "limit on the uncompressed total"}, limits);
+}
+
+// A sparse entry counts with its declared size, holes included: a tiny tar declaring terabytes (a
+// "sparse tar bomb") is refused with a short error naming the entry, before any size is given to a file.
+TEST_F(ArchiveTest, RefusesSparseTarBombs) {
+  const std::string data(512, 'x');
+  fs::path archive = work_ / "sparse.tar";
+  // Declared far past the total limit: refused at its header.
+  write_tar_blocks(archive, gnu_sparse_entry("tera.bin", uint64_t{1} << 40, data));
+  ASSERT_LT(fs::file_size(archive), 4096u);
+  expect_refused(work_, archive, {"'tera.bin'", "declares 1.1 TB", "limit on the uncompressed total"});
+  // Under the total limit but all holes: refused by the ratio, the file never grows to 4 GiB.
+  write_tar_blocks(archive, gnu_sparse_entry("bomb.bin", uint64_t{4} << 30, data));
+  expect_refused(work_, archive,
+                 {"'bomb.bin'", "declares 4.3 GB but holds 512 B of data (a sparse file", "sparse-file bomb"});
+  try {
+    extract_archive(archive, work_ / "out" / "short", {}, "test-archive");
+  } catch (const Error& e) {
+    EXPECT_LT(std::string(e.what()).size(), 500u) << e.what();
+  }
+  // With the ratio check off, each entry's declared size still counts against the total.
+  ArchiveLimits limits;
+  limits.max_ratio = 1e15;
+  limits.max_total_bytes = uint64_t{1} << 30;
+  write_tar_blocks(archive, gnu_sparse_entry("a.bin", 600u << 20, data) + gnu_sparse_entry("b.bin", 600u << 20, data));
+  expect_refused(work_, archive, {"'b.bin'", "declares", "limit on the uncompressed total"}, limits);
+  // A modest sparse file is extracted at its full size.
+  write_tar_blocks(archive, gnu_sparse_entry("ok.bin", 4096, data));
+  ExtractStats stats = extract_archive(archive, work_ / "ok" / "dataset");
+  EXPECT_EQ(stats.bytes, 4096u);
+  EXPECT_EQ(read(work_ / "ok" / "dataset" / "ok.bin"), data + std::string(4096 - 512, '\0'));
 }
 
 TEST_F(ArchiveTest, RefusesTooManyEntries) {

@@ -44,6 +44,16 @@ TEST(Captions, FileCleaning) {
   EXPECT_FALSE(read_caption_file(root / "b.png", ".txt").found);
 }
 
+// A caption file is read with a byte cap: one over 1 MiB is an error naming it and the cap.
+TEST(Captions, OversizedCaptionFileIsRefused) {
+  const fs::path root = fluxtrain::testing::fresh_dir("captions_cap");
+  write_file(root / "ok.txt", std::string(kMaxCaptionFileBytes, 'a'));
+  EXPECT_EQ(read_caption_file(root / "ok.png", ".txt").text.size(), kMaxCaptionFileBytes);
+  write_file(root / "big.txt", std::string(kMaxCaptionFileBytes + 1, 'a'));
+  expect_error([&] { read_caption_file(root / "big.png", ".txt"); },
+               {(root / "big.txt").string(), "over the 1 MiB limit for a caption file"});
+}
+
 TEST(Captions, PythonSplitAndStrip) {
   EXPECT_EQ(split_on("a,,b", ","), (std::vector<std::string>{"a", "", "b"}));
   EXPECT_EQ(split_on("", ","), (std::vector<std::string>{""}));

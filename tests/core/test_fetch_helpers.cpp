@@ -1,4 +1,4 @@
-// The pure parts of dataset fetching (src/fetch/http.h, dataset.h): URL redaction, Link headers, URL
+// The pure parts of dataset fetching (src/fetch/http.h, dataset.h): URL origins, Link headers, URL
 // encoding, DATASET_NAME parsing. The network paths are tested end to end in tests/e2e/test_fetch.py.
 #include <gtest/gtest.h>
 
@@ -12,14 +12,14 @@
 using namespace fluxtrain::fetch;
 using fluxtrain::Error;
 
-TEST(FetchHelpers, RedactUrl) {
-  EXPECT_EQ(redact_url("https://huggingface.co/datasets/a/b/resolve/main/x.png"),
-            "https://huggingface.co/datasets/a/b/resolve/main/x.png");
-  EXPECT_EQ(redact_url("https://cdn.example/blob?X-Amz-Signature=secret&a=b"), "https://cdn.example/blob");
-  EXPECT_EQ(redact_url("https://user:pa55word@host.example:8443/set.zip#frag"), "https://host.example:8443/set.zip");
-  EXPECT_EQ(redact_url("https://user:p@ss@host/x"), "https://host/x");
-  EXPECT_EQ(redact_url("https://host/a@b/c"), "https://host/a@b/c");  // '@' in the path is not user info
-  EXPECT_EQ(redact_url("http://token@host"), "http://host");
+// Credentials are bound to scheme, host and port: a downgrade to http or another port is another origin.
+TEST(FetchHelpers, UrlOrigin) {
+  EXPECT_EQ(url_origin("https://HuggingFace.co/api/x?y=1"), "https://huggingface.co:443");
+  EXPECT_EQ(url_origin("http://huggingface.co/api"), "http://huggingface.co:80");
+  EXPECT_EQ(url_origin("http://u:pw@127.0.0.1:8080/set.tar"), "http://127.0.0.1:8080");
+  EXPECT_NE(url_origin("https://host/a"), url_origin("http://host/a"));
+  EXPECT_NE(url_origin("http://127.0.0.1:1/a"), url_origin("http://127.0.0.1:2/a"));
+  EXPECT_EQ(url_origin("not a url"), "");
 }
 
 TEST(FetchHelpers, LinkNext) {

@@ -9,6 +9,7 @@
 
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -605,4 +606,18 @@ TEST_F(ImageTest, CropAndFlip) {
   EXPECT_EQ(Bytes(flipped.pixels.begin(), flipped.pixels.begin() + 3),
             Bytes(&image.pixels[4 * 3], &image.pixels[5 * 3]));
   EXPECT_EQ(flip_horizontal(flipped).pixels, image.pixels);
+}
+
+// An image file over kMaxImageFileBytes is refused before it is read (probe and load), naming the file
+// and the cap. The file is sparse: it takes no disk space.
+TEST(Image, OversizedImageFileIsRefused) {
+  const fs::path root = fluxtrain::testing::fresh_dir("image_cap");
+  const fs::path big = root / "huge.png";
+  { std::ofstream(big, std::ios::binary) << "\x89PNG\r\n\x1a\n"; }
+  fs::resize_file(big, kMaxImageFileBytes + 1);
+  for (const auto& call :
+       {std::function<void()>([&] { probe_image(big); }), std::function<void()>([&] { load_image(big); })}) {
+    fluxtrain::testing::expect_error(call, {big.string(), "over the 512 MiB limit for an image file"});
+  }
+  fs::remove(big);
 }

@@ -96,6 +96,41 @@ TEST(SafetensorsHeader, MalformedJson) {
   EXPECT_ERROR(make_file("[1,2,3]", 0), "must be a JSON object");
 }
 
+// A header nested 100,000 levels deep (nlohmann's parser and dump() recurse per level: this used to
+// overflow the stack) is a short error naming the file; so is one that nests deep inside a tensor entry.
+TEST(SafetensorsHeader, DeepNestingIsAShortError) {
+  const size_t depth = 100000;
+  for (const std::string& json : {R"({"a":)" + std::string(depth, '[') + std::string(depth, ']') + "}",
+                                  R"({"w":{"dtype":"F32","shape":)" + std::string(depth, '[') +
+                                      std::string(depth, ']') + R"(,"data_offsets":[0,0]}})",
+                                  std::string(depth, '{')}) {
+    const std::string message = error_of(make_file(json, 0));
+    EXPECT_NE(message.find("model.safetensors"), std::string::npos) << message;
+    EXPECT_NE(message.find("nested deeper than 64 levels"), std::string::npos) << message;
+    EXPECT_LT(message.size(), 300u) << message;
+  }
+  // 64 levels is still read (and then refused for what it is, not for its depth).
+  const std::string ok = R"({"a":)" + std::string(63, '[') + std::string(63, ']') + "}";
+  const std::string message = error_of(make_file(ok, 0));
+  EXPECT_EQ(message.find("nested deeper"), std::string::npos) << message;
+  EXPECT_NE(message.find("'a'"), std::string::npos) << message;
+  // Brackets inside strings do not count.
+  EXPECT_EQ(error_of(make_file(R"({"__metadata__":{"k":")" + std::string(1000, '[') + R"("}})", 0)), "");
+}
+
+// Errors quote a header's values through a bounded excerpt, never the whole value.
+TEST(SafetensorsHeader, QuotedValuesAreBounded) {
+  std::string big = "[";
+  for (int i = 0; i < 50000; ++i) big += "1,";
+  big += "1]";
+  const std::string message = error_of(make_file(R"({"w":{"dtype":"F32","shape":[2],"data_offsets":)" + big + "}}", 8));
+  EXPECT_NE(message.find("[begin, end]"), std::string::npos) << message;
+  EXPECT_LT(message.size(), 400u) << message;
+  const std::string meta = error_of(make_file(R"({"__metadata__":{"k":)" + big + "}}", 0));
+  EXPECT_NE(meta.find("'k'"), std::string::npos) << meta;
+  EXPECT_LT(meta.size(), 400u) << meta;
+}
+
 TEST(SafetensorsHeader, UnknownDtype) {
   EXPECT_ERROR(make_file(R"({"w":{"dtype":"Q4_K","shape":[2],"data_offsets":[0,2]}})", 2), "'w'", "Q4_K", "BF16");
 }

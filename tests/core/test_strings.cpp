@@ -36,5 +36,31 @@ TEST(Strings, AlternativesReadAsASentence) {
   EXPECT_EQ(join_alternatives({"a", "b", "c"}), "a, b or c");
 }
 
+// User info and query values are secrets (a password, a presigned URL's signature); the rest stays.
+TEST(Strings, RedactUrlHidesUserInfoAndQueryValues) {
+  EXPECT_EQ(redact_url("http://u:pw@127.0.0.1:8080/set.tar?X-Amz-Signature=s3cr3t"),
+            "http://***@127.0.0.1:8080/set.tar?X-Amz-Signature=***");
+  EXPECT_EQ(redact_url("https://huggingface.co/datasets/a/b/resolve/main/x.png"),
+            "https://huggingface.co/datasets/a/b/resolve/main/x.png");
+  EXPECT_EQ(redact_url("https://cdn.example/blob?X-Amz-Signature=secret&a=b&flag&empty="),
+            "https://cdn.example/blob?X-Amz-Signature=***&a=***&***&empty=");
+  EXPECT_EQ(redact_url("https://user:pa55word@host.example:8443/set.zip#frag"),
+            "https://***@host.example:8443/set.zip#***");
+  EXPECT_EQ(redact_url("https://user:p@ss@host/x"), "https://***@host/x");
+  EXPECT_EQ(redact_url("https://host/a@b/c"), "https://host/a@b/c");  // '@' in the path is not user info
+  EXPECT_EQ(redact_url("http://token@host"), "http://***@host");
+  EXPECT_EQ(redact_url("http://host?sig=abc"), "http://host?sig=***");
+  EXPECT_EQ(redact_url("http://u:pw@host?x=1@2"), "http://***@host?x=***");
+  // Not URLs: unchanged.
+  EXPECT_EQ(redact_url("/data/my-set"), "/data/my-set");
+  EXPECT_EQ(redact_url("owner/name"), "owner/name");
+  EXPECT_EQ(redact_url("kaggle:owner/name"), "kaggle:owner/name");
+}
+
+TEST(Strings, ShortenCutsLongText) {
+  EXPECT_EQ(shorten("abc", 3), "abc");
+  EXPECT_EQ(shorten("abcd", 3), "abc...");
+}
+
 }  // namespace
 }  // namespace fluxtrain

@@ -89,3 +89,26 @@ def test_two_gigabyte_file_answers_from_the_header(tmp_path, fluxtrain_bin, peak
     peak_mb = int(result.stderr.strip().splitlines()[-1].split()[-1]) / 1024
     print(f"\ninspect of a {size / 1e9:.2f} GB file: {elapsed * 1000:.0f} ms, peak RSS {peak_mb:.1f} MB")
     assert peak_mb < 100, peak_mb
+
+
+def test_hostile_header_nested_100000_deep_is_a_short_named_error(tmp_path, fluxtrain_bin):
+    """A header of 100,000 nested arrays (it overflowed the stack before the depth check) and one whose tensor
+    entry quotes a huge value: each is one short line naming the file, exit 1, never a crash."""
+    import struct
+    depth = 100_000
+    headers = {
+        "deep.safetensors": b'{"a":' + b"[" * depth + b"]" * depth + b"}",
+        "deep-shape.safetensors": b'{"w":{"dtype":"F32","shape":' + b"[" * depth + b"]" * depth
+                                  + b',"data_offsets":[0,0]}}',
+        "huge-value.safetensors": b'{"w":{"dtype":"F32","shape":[1],"data_offsets":[' + b"1," * 200_000 + b"1]}}",
+    }
+    for name, header in headers.items():
+        path = tmp_path / name
+        path.write_bytes(struct.pack("<Q", len(header)) + header)
+        for args in (["inspect", path], ["inspect", "--json", path]):
+            result = run([fluxtrain_bin, *args], check=False)
+            assert result.returncode == 1, (name, result.returncode, result.stderr[-500:])
+            message = result.stderr.strip()
+            assert str(path) in message and len(message) < 500, message
+            expected = "[begin, end]" if name.startswith("huge") else "nested deeper than 64 levels"
+            assert expected in message, message

@@ -70,7 +70,8 @@ std::vector<Opt<ModelFileSettings>> model_file_options(const std::string& group)
           .to(&S::base_model),
       Opt<S>("model_dir", kPath, group, "",
              "Folder holding the model files under their usual names (flux1-dev.safetensors, flux_dev.safetensors or "
-             "flux1-dev-fp8.safetensors; the same with flux1-schnell; ae.safetensors, clip_l.safetensors, "
+             "flux1-dev-fp8.safetensors; the same with flux1-schnell; ae.safetensors or the seed's flux_ae.safetensors, "
+             "clip_l.safetensors, "
              "t5xxl_fp16.safetensors or t5xxl_fp8_e4m3fn.safetensors); --model, --ae, --clip-l and --t5xxl override "
              "single files; `fluxtrain fetch-models` downloads them.")
           .env("MODEL_DIR")
@@ -111,7 +112,7 @@ std::vector<std::string> usual_model_names(ModelFileKind kind, BaseModel base_mo
       if (base_model == BaseModel::schnell)
         return {"flux1-schnell.safetensors", "flux_schnell.safetensors", "flux1-schnell-fp8.safetensors"};
       return {"flux1-dev.safetensors", "flux_dev.safetensors", "flux1-dev-fp8.safetensors"};
-    case ModelFileKind::ae: return {"ae.safetensors"};
+    case ModelFileKind::ae: return {"ae.safetensors", "flux_ae.safetensors"};  // the seed's name
     case ModelFileKind::clip_l: return {"clip_l.safetensors"};
     case ModelFileKind::t5xxl: return {"t5xxl_fp16.safetensors", "t5xxl_fp8_e4m3fn.safetensors"};
   }

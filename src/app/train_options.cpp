@@ -162,6 +162,7 @@ std::vector<OptionSpec> train_specs() {
           .to(&S::output_path),
       Opt<S>("output_name", kString, "output", "flux-lora",
              "Base name of the LoRA files: NAME.safetensors, NAME-step00000500.safetensors, NAME-000002.safetensors.")
+          .alias("OUTPUT_NAME")  // the seed's train-flux.sh reads OUTPUT_NAME
           .check(check_file_name)
           .allowed("a file name without folders")
           .to(&S::training, &T::output_name),

@@ -547,7 +547,7 @@ TEST(TrainOptions, ModelDirDiscovery) {
     FAIL();
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("the autoencoder: not given (set --ae / PARAMS_AE, or MODEL_DIR to a folder "
-                                         "holding ae.safetensors)"),
+                                         "holding ae.safetensors or flux_ae.safetensors)"),
               std::string::npos)
         << e.what();
   }

@@ -252,3 +252,14 @@ def test_the_seed_cadences_are_the_defaults(tmp_path, fluxtrain_bin):
     table = reference.split("### Defaults that follow the seed")[1]
     assert "| `PARAMS_SAVE_EVERY_N_STEPS` | `100` | `0` | train-flux.sh: PARAMS_SAVE_EVERY_N_STEPS=100" in table
     assert "| `PARAMS_SAMPLE_EVERY_N_STEPS` | `200` | `0` | train-flux.sh: PARAMS_SAMPLE_EVERY_N_STEPS=200" in table
+
+
+def test_the_seed_names_output_name_and_flux_ae(tmp_path, fluxtrain_bin):
+    """Issue 19, item 0 (part): the seed's train-flux.sh reads OUTPUT_NAME and keeps the autoencoder as
+    flux_ae.safetensors; both are understood."""
+    folder = model_dir(tmp_path, names=("flux_dev.safetensors", "flux_ae.safetensors", "clip_l.safetensors",
+                                        "t5xxl_fp16.safetensors"))
+    result = config(fluxtrain_bin, clean_env(MODEL_DIR=str(folder), DATASET_NAME="a/b", OUTPUT_NAME="my-lora"),
+                    "--print-config")
+    assert parse(result.stdout)["output_name"] == ('"my-lora"', "env OUTPUT_NAME")
+    assert f"{folder / 'flux_ae.safetensors'}" in result.stderr

@@ -233,8 +233,13 @@ std::vector<OptionSpec> train_specs() {
              "weights; the result is a base checkpoint).")
           .choices({"lora", "none"})
           .set([](S& s, const std::string& v) { s.training.full_finetune = v == "none"; }),
-      Opt<S>("network_dim", kInt, "network", "16", "LoRA rank.").min(1).max(4096).to(&S::training, &T::lora, &L::rank),
-      Opt<S>("network_alpha", kReal, "network", "16", "LoRA alpha: the update is scaled by alpha / rank.")
+      Opt<S>("network_dim", kInt, "network", "32", "LoRA rank.")
+          .seed_default("train-flux.sh: PARAMS_NETWORK_DIM=32 (--network_dim)", "4")
+          .min(1)
+          .max(4096)
+          .to(&S::training, &T::lora, &L::rank),
+      Opt<S>("network_alpha", kReal, "network", "4", "LoRA alpha: the update is scaled by alpha / rank.")
+          .seed_default("train-flux.sh: PARAMS_NETWORK_ALPHA=4 (--network_alpha)", "1")
           .min(0, true)
           .to(&S::training, &T::lora, &L::alpha),
       Opt<S>("train_blocks", kChoice, "network", "all", "Which transformer blocks get adapters.")
@@ -386,8 +391,9 @@ std::vector<OptionSpec> train_specs() {
           .min(0, true)
           .metadata("ss_sigmoid_scale")
           .to(&S::training, &T::step, &Step::objective, &Obj::sigmoid_scale),
-      Opt<S>("discrete_flow_shift", kReal, "objective", "3.0",
+      Opt<S>("discrete_flow_shift", kReal, "objective", "3.1582",
              "The shift s of timestep_sampling shift (3.1582 is Flux's at 1024x1024).")
+          .seed_default("train-flux.sh: --discrete_flow_shift 3.1582", "3.0")
           .min(0, true)
           .metadata("ss_discrete_flow_shift")
           .to(&S::training, &T::step, &Step::objective, &Obj::discrete_flow_shift),

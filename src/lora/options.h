@@ -32,8 +32,8 @@ struct DropoutOptions {
 
 // The member initialisers are the train option table's defaults (a unit test holds them equal).
 struct LoraOptions {
-  int64_t rank = 16;    // kohya network_dim
-  double alpha = 16.0;  // kohya network_alpha (0 -> rank)
+  int64_t rank = 32;   // kohya network_dim (the seed's default)
+  double alpha = 4.0;  // kohya network_alpha (0 -> rank; the seed's default)
   TrainBlocks train_blocks = TrainBlocks::all;
   std::string train_double_block_indices = "all";  // "all", "none", or "0,2,5-9"
   std::string train_single_block_indices = "all";

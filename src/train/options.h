@@ -37,7 +37,7 @@ constexpr std::array<EnumName<LossType>, 4> enum_names(LossType) {
 struct ObjectiveOptions {
   TimestepSampling sampling = TimestepSampling::sigmoid;
   double sigmoid_scale = 1.0;        // kohya sigmoid_scale
-  double discrete_flow_shift = 3.0;  // kohya discrete_flow_shift (for `shift`)
+  double discrete_flow_shift = 3.1582;  // kohya discrete_flow_shift (for `shift`; the seed's default)
   LossType loss = LossType::l2;
   double huber_c = 0.1;         // kohya huber_c (constant schedule)
   double noise_offset = 0.0;    // really applied (kohya's Flux path ignores it, issue #1861)

@@ -248,6 +248,10 @@ def test_the_seed_cadences_are_the_defaults(tmp_path, fluxtrain_bin):
     assert v["save_every_n_steps"] == ("100", "default")
     assert v["sample_every_n_steps"] == ("200", "default")
     assert v["save_state_every_minutes"] == ("10.0", "default")
+    # Issue 19, item 0 (part): the seed's LoRA size and flow shift.
+    assert v["network_dim"] == ("32", "default")
+    assert v["network_alpha"] == ("4.0", "default")
+    assert v["discrete_flow_shift"] == ("3.1582", "default")
     reference = config(fluxtrain_bin, env, "--help-env", "--format", "markdown").stdout
     table = reference.split("### Defaults that follow the seed")[1]
     assert "| `PARAMS_SAVE_EVERY_N_STEPS` | `100` | `0` | train-flux.sh: PARAMS_SAVE_EVERY_N_STEPS=100" in table

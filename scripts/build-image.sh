@@ -7,7 +7,7 @@
 #   --cuda / --rocm   which Dockerfile (one is required)
 #   --tag             the image name (default fluxtrain:<version>-cuda or -rocm); repeat for more tags
 #   --push            push every tag after the build (docker login first)
-#   --models          put the model files into the image (/opt/fluxtrain/models) at build time; FLUX.1-dev
+#   --models          put the model files into the image (/models) at build time; FLUX.1-dev
 #                     is gated, so HF_TOKEN must be set in this shell (handed over as a build secret,
 #                     never stored in a layer). Without it, a pod downloads them into MODEL_DIR at start.
 #   --base-variant / --t5xxl-variant   the fp8 variants of the transformer / T5-XXL (with --models)

@@ -386,3 +386,25 @@ def test_fetch_models_variants_overrides_and_resume(tmp_path, fluxtrain_bin, hub
     # No folder: named.
     result = fetch_models({k: v for k, v in env.items() if k != "MODEL_DIR"}, check=False)
     assert result.returncode == 1 and "MODEL_DIR" in result.stderr
+
+
+def test_the_image_model_folder_is_the_seeds_models(tmp_path, hub):
+    """Issue 19, item 0 (part): the images keep their model files in /models, as the seed's container does, so a
+    volume mounted there with the seed's file names is used; an empty one falls back to /workspace/models."""
+    for dockerfile in ("Dockerfile.cuda", "Dockerfile.rocm"):
+        assert "FLUXTRAIN_IMAGE_MODELS=/models" in (ROOT / "docker" / dockerfile).read_text(), dockerfile
+    fake = tmp_path / "fluxtrain"
+    fake.write_text('#!/usr/bin/env bash\ncase "$1" in --version) echo 0.0-fake; exit 0 ;; esac\n'
+                    'echo "$1 MODEL_DIR=$MODEL_DIR" >>"$FAKE_LOG"\n')
+    fake.chmod(0o755)
+    mounted = tmp_path / "models"
+    mounted.mkdir()
+    (mounted / "flux_dev.safetensors").write_bytes(b"")
+    for folder, expected in ((mounted, mounted), (tmp_path / "empty", "/workspace/models")):
+        folder.mkdir(exist_ok=True)
+        log = tmp_path / f"{folder.name}.log"
+        env = pod_env(tmp_path, hub, str(fake), FAKE_LOG=log, FLUXTRAIN_IMAGE_MODELS=folder)
+        del env["MODEL_DIR"]
+        result = start(env)
+        assert result.returncode == 0, result.stdout
+        assert f"train MODEL_DIR={expected}" in log.read_text().splitlines(), log.read_text()

@@ -22,31 +22,16 @@ import time
 from pathlib import Path
 
 from kill_trials import KILL_PARAMS, run_trials
-from PIL import Image
+from train_env import base_env, write_dataset
 
 fluxtrain, trials, work = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
-models, data = work / "models", work / "data" / "2_ohwx"
+models = work / "models"
 subprocess.run([fluxtrain, "make-tiny", "--out", models, "--seed", "3"], check=True, capture_output=True)
-data.mkdir(parents=True)
-for i in range(6):  # the images of tests/e2e/train_env.py
-    w, h = (64, 64) if i % 2 == 0 else (96, 64)
-    image = Image.new("RGB", (w, h), (40 * i, 200 - 30 * i, 90))
-    for x in range(w // 4, w // 2):
-        for y in range(h // 4, h // 2):
-            image.putpixel((x, y), (250, 20 * i, 10))
-    image.save(data / f"img{i}.png")
-    (data / f"img{i}.txt").write_text(f"ohwx, a red square number {i}\n")
+data = write_dataset(work / "data")  # the images of tests/e2e/train_env.py
 
 
 def env(out):
-    import os
-    e = {k: v for k, v in os.environ.items() if not k.startswith("PARAMS_")}
-    e.update({"BASE_MODEL": "flux", "MODEL_DIR": str(models), "DATASET_NAME": str(data.parent),
-              "OUTPUT_PATH": str(out), "SOURCE_DATE_EPOCH": "1700000000", "PARAMS_DEVICE": "cpu",
-              "PARAMS_RESOLUTION": "64", "PARAMS_NETWORK_DIM": "4", "PARAMS_NETWORK_ALPHA": "4",
-              "PARAMS_OPTIMIZER_TYPE": "AdamW", "PARAMS_LEARNING_RATE": "0.001", "PARAMS_LEARNING_SCHEDULER": "cosine",
-              "PARAMS_SEED": "7", "PARAMS_CACHE_DIR": str(work / "cache"), **KILL_PARAMS})
-    return e
+    return base_env(models, data, out, **KILL_PARAMS)  # the settings of tests/e2e/test_kill.py
 
 
 straight = work / "straight"

@@ -24,9 +24,13 @@ def models(tmp_path_factory, fluxtrain_bin):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """Six small images in kohya's `N_name` folder with captions: two shapes, two aspect ratios."""
-    root = tmp_path_factory.mktemp("data")
+    return write_dataset(tmp_path_factory.mktemp("data"))
+
+
+def write_dataset(root: Path) -> Path:
+    """The `dataset` fixture's images and captions under `root` (also scripts/soak_kill.sh); returns root."""
     folder = root / "2_ohwx"
-    folder.mkdir()
+    folder.mkdir(parents=True)
     for i in range(6):
         w, h = (64, 64) if i % 2 == 0 else (96, 64)
         image = Image.new("RGB", (w, h), (40 * i, 200 - 30 * i, 90))

@@ -17,11 +17,19 @@ def test_sigkill_at_random_moments_then_restart(tmp_path, fluxtrain_bin, models,
 
     seed = random.randrange(10**6)
     print(f"kill schedule seed: {seed}")
-    killed = tmp_path / "killed"
-    report = run_trials(fluxtrain_bin, base_env(models, dataset, killed, **KILL_PARAMS), killed, trials=8, seed=seed)
-    assert not report.failures, f"seed {seed}:\n" + "\n".join(report.failures)
-    assert report.trials >= 8, f"seed {seed}: the run finished after {report.trials} kills"
-    assert report.kills_mid_save >= 1, f"seed {seed}: no kill landed while a state was being written"
-    assert report.resumes >= 1, f"seed {seed}: no restart found a state to resume from"
-    assert (killed / "flux-lora.safetensors").read_bytes() == (straight / "flux-lora.safetensors").read_bytes(), \
-        f"seed {seed}: the killed-and-restarted run's LoRA differs from the straight run's"
+    expected = (straight / "flux-lora.safetensors").read_bytes()
+    kills = mid_save = resumes = 0
+    # On a fast machine a run can finish before 8 kills: the next run starts in a fresh folder (as the soak does).
+    for attempt in range(6):
+        killed = tmp_path / f"killed-{attempt}"
+        report = run_trials(fluxtrain_bin, base_env(models, dataset, killed, **KILL_PARAMS), killed,
+                            trials=8 - kills, seed=seed + attempt)
+        assert not report.failures, f"seed {seed}, run {attempt}:\n" + "\n".join(report.failures)
+        assert (killed / "flux-lora.safetensors").read_bytes() == expected, \
+            f"seed {seed}, run {attempt}: the killed-and-restarted run's LoRA differs from the straight run's"
+        kills, mid_save, resumes = kills + report.trials, mid_save + report.kills_mid_save, resumes + report.resumes
+        if kills >= 8:
+            break
+    assert kills >= 8, f"seed {seed}: only {kills} kills in 6 runs"
+    assert mid_save >= 1, f"seed {seed}: no kill landed while a state was being written"
+    assert resumes >= 1, f"seed {seed}: no restart found a state to resume from"

@@ -52,13 +52,17 @@ namespace {
 
 constexpr double kE4M3Max = 448.0;
 
-// x2d [M, K] -> (e4m3 values, fp32 scale [] or [M, 1]) with x ≈ values * scale.
+// x2d [M, K] -> (e4m3 values, fp32 inverse scale [] or [M, 1]) with x ≈ values * inverse scale.
+// The arithmetic is the float8 training recipe's (torchao): scale = 448 / amax computed in float64 and
+// rounded to float32, values = saturate(x * scale), inverse = 1 / scale. Dividing by amax / 448 instead
+// differs in the last bit for some elements, and an element on an e4m3 rounding boundary then lands on
+// the neighbouring fp8 value: a different number now and then in a forward pass.
 std::pair<at::Tensor, at::Tensor> quantize_rows(const at::Tensor& x2d, Fp8Matmul mode) {
   at::Tensor x32 = x2d.to(at::kFloat);
   at::Tensor amax = mode == Fp8Matmul::rowwise ? x32.abs().amax({1}, /*keepdim=*/true) : x32.abs().max();
-  at::Tensor scale = (amax / kE4M3Max).clamp_min(1e-12);
-  at::Tensor values = (x32 / scale).clamp(-kE4M3Max, kE4M3Max).to(at::kFloat8_e4m3fn);
-  return {values, scale};
+  at::Tensor scale = (kE4M3Max / amax.to(at::kDouble).clamp_min(1e-12)).to(at::kFloat);
+  at::Tensor values = (x32 * scale).clamp(-kE4M3Max, kE4M3Max).to(at::kFloat8_e4m3fn);
+  return {values, scale.reciprocal()};
 }
 
 at::Tensor scaled_mm(const at::Tensor& x, const at::Tensor& weight, Fp8Matmul mode, at::ScalarType out_dtype) {

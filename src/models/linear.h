@@ -88,7 +88,7 @@ int64_t set_fp8_matmul(torch::nn::Module& module, Fp8Matmul mode);
 // does tensorwise only).
 bool fp8_matmul_supported(at::Device device, Fp8Matmul mode, at::ScalarType out_dtype);
 
-// y = x W^T + b with x quantised to e4m3 (scale = amax / 448 per tensor or per row) and W used as
+// y = x W^T + b with x quantised to e4m3 (x * 448 / amax per tensor or per row, inverse scale to the kernel) and W used as
 // stored (e4m3, scale 1); the result in x's dtype. Differentiable in x (grad = g W, W upcast).
 at::Tensor fp8_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, Fp8Matmul mode);
 

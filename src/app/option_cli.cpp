@@ -54,8 +54,10 @@ std::string help_env(const OptionTable& table, const std::string& format) {
   };
   // Defaults as they are written in a variable.
   auto default_of = [](const OptionSpec& spec, bool markdown) {
-    if (spec.default_text.empty()) return std::string("(unset)");
-    std::string text = markdown ? "`" + spec.default_text + "`" : spec.default_text;
+    std::string text = spec.default_text.empty() ? std::string("(unset)")
+                       : markdown                ? "`" + spec.default_text + "`"
+                                                 : spec.default_text;
+    if (!spec.default_rule_text.empty()) text += "; " + spec.default_rule_text;
     return spec.seed_source.empty() ? text : text + " (the seed's)";
   };
   std::string out;
@@ -75,8 +77,14 @@ std::string help_env(const OptionTable& table, const std::string& format) {
     std::string seed_rows;
     for (const auto& spec : table.specs()) {
       if (spec.seed_source.empty()) continue;
-      seed_rows += cat("| ", variables(spec, true), " | `", spec.default_text, "` | ",
-                       spec.kohya_default.empty() ? std::string("(none)") : "`" + spec.kohya_default + "`", " | ",
+      seed_rows += cat("| ", variables(spec, true), " | ",
+                       markdown_cell(spec.default_text.empty() ? std::string("(unset)") : "`" + spec.default_text + "`"),
+                       spec.default_rule_text.empty() ? std::string() : "; " + markdown_cell(spec.default_rule_text),
+                       " | ",
+                       spec.kohya_default.empty()         ? std::string("(none)")
+                       : spec.kohya_default.front() == '(' ? spec.kohya_default
+                                                           : "`" + spec.kohya_default + "`",
+                       " | ",
                        markdown_cell(spec.seed_source), " |\n");
     }
     if (!seed_rows.empty())
@@ -111,6 +119,7 @@ std::string help_env(const OptionTable& table, const std::string& format) {
       o["env"] = spec.env_name();
       o["env_aliases"] = spec.env_aliases;
       o["default"] = spec.default_text;
+      if (!spec.default_rule_text.empty()) o["default_rule"] = spec.default_rule_text;
       if (!spec.seed_source.empty()) o["default_from_seed"] = spec.seed_source;
       o["allowed"] = spec.allowed_text();
       o["resume"] = std::string(name_of(spec.resume));

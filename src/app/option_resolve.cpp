@@ -267,17 +267,43 @@ ResolvedConfig resolve(const OptionTable& table, const ResolveInputs& inputs) {
 
   std::map<std::string, ResolvedOption> values;
   for (const auto& spec : table.specs()) {
-    auto it = given.find(spec.name);
-    if (it != given.end()) {
-      values[spec.name] = it->second.rbegin()->second;  // Source order: default < file < env < cli
-      continue;
-    }
-    ResolvedOption o;
+    OptionValue fallback;
     if (!spec.default_text.empty()) {
       std::string error;
-      o.value = normalise(spec, parse_text(spec, spec.default_text, error));
+      fallback = normalise(spec, parse_text(spec, spec.default_text, error));
     }
+    auto it = given.find(spec.name);
+    ResolvedOption o;
+    if (it != given.end()) o = it->second.rbegin()->second;  // Source order: default < file < env < cli
+    else o.value = fallback;
+    o.fallback = std::move(fallback);
     values[spec.name] = std::move(o);
+  }
+  // Defaults that depend on other options, until none moves (a rule may read another rule's result).
+  for (size_t pass = 0;; ++pass) {
+    bool moved = false;
+    for (const auto& spec : table.specs()) {
+      if (!spec.default_rule) continue;
+      OptionValue fallback;
+      std::string why;
+      if (auto rule = spec.default_rule(values)) {
+        fallback = normalise(spec, std::move(rule->first));
+        why = std::move(rule->second);
+      } else if (!spec.default_text.empty()) {
+        std::string error;
+        fallback = normalise(spec, parse_text(spec, spec.default_text, error));
+      }
+      ResolvedOption& o = values[spec.name];
+      if (!(o.fallback == fallback)) moved = true;
+      o.fallback = fallback;
+      if (o.source == Source::default_value && (!(o.value == fallback) || o.origin != why)) {
+        o.value = std::move(fallback);
+        o.origin = std::move(why);
+        moved = true;
+      }
+    }
+    if (!moved) break;
+    if (pass > table.specs().size()) fail("internal: the default rules of the ", table.command(), " options do not settle");
   }
   return ResolvedConfig(&table, std::move(values), file, std::move(warnings));
 }

@@ -428,13 +428,8 @@ const ResolvedOption& ResolvedConfig::option(const std::string& name) const {
 }
 
 bool ResolvedConfig::changed(const std::string& name) const {
-  const OptionSpec& spec = table_->at(name);
-  OptionValue fallback;
-  if (!spec.default_text.empty()) {
-    std::string error;
-    fallback = normalise(spec, parse_text(spec, spec.default_text, error));
-  }
-  return !(option(name).value == fallback);
+  const ResolvedOption& o = option(name);
+  return !(o.value == o.fallback);
 }
 
 bool ResolvedConfig::is_set(const std::string& name) const {
@@ -479,7 +474,12 @@ std::optional<std::string> ResolvedConfig::find_string(const std::string& name) 
 std::string ResolvedConfig::where(const std::string& name) const {
   const ResolvedOption& o = option(name);
   switch (o.source) {
-    case Source::default_value: return "default";
+    case Source::default_value: {
+      const OptionSpec& spec = table_->at(name);
+      if (!spec.seed_source.empty() && !std::holds_alternative<std::monostate>(o.value))
+        return "the seed's default, " + spec.seed_source;
+      return o.origin.empty() ? "default" : "default, " + o.origin;
+    }
     case Source::file: return "file " + file_;
     case Source::env: return "env " + o.origin;
     case Source::cli: return "cli " + o.origin;

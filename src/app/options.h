@@ -101,6 +101,14 @@ struct OptionSpec {
   // default, which the option would otherwise have (the reference's "Defaults that follow the seed").
   std::string seed_source;
   std::string kohya_default;
+  // A default that depends on the resolved values of other options (the seed's Prodigy arguments apply
+  // to Prodigy only; its epoch count yields to a given max_train_steps): returns the default to use
+  // (monostate = unset) and why, or nullopt for default_text. Applied to options no source sets, after
+  // every other value is known (rules may read each other's results). `default_rule_text` says it in
+  // words, for the reference.
+  std::function<std::optional<std::pair<OptionValue, std::string>>(const std::map<std::string, ResolvedOption>&)>
+      default_rule;
+  std::string default_rule_text;
 
   std::type_index settings_type = typeid(void);  // the struct `apply` writes into
   OptionApply apply;                             // where the value goes; empty only for the config-file option
@@ -157,6 +165,8 @@ struct ResolvedOption {
   Source source = Source::default_value;
   std::string origin;  // flag, variable name or "<file>" as the value came from; "" for defaults
   std::string raw;     // the text as given ("" for defaults)
+  // The default of this option in this resolution: default_text, or what its default_rule gave.
+  OptionValue fallback;
 };
 
 // The values given on the command line: option name -> text as typed ("" for a bare boolean flag).
@@ -178,7 +188,7 @@ class ResolvedConfig {
   // True when the value came from the user (CLI, environment or file) rather than the default.
   bool given(const std::string& name) const { return source(name) != Source::default_value; }
   // True when the value differs from the option's default (a saved config repeats every default, so
-  // "has no effect" checks ask this rather than given()).
+  // "has no effect" checks ask this rather than given()); a rule's default counts as the default.
   bool changed(const std::string& name) const;
 
   // Typed accessors; an unset option or a type mismatch is a programming error (Error naming it).

@@ -35,13 +35,13 @@ std::vector<std::string> validate_train_config(const ResolvedConfig& config, boo
     errors.push_back(e.what());
   }
 
-  if (config.is_set("max_train_epochs") && config.changed("max_train_steps"))
+  if (config.is_set("max_train_steps") && config.changed("max_train_epochs") && config.given("max_train_epochs"))
     errors.push_back(cat(d("max_train_epochs"), " and ", d("max_train_steps"),
                          " are both set: the run length is one or the other; remove one"));
   if (config.is_set("d_coef") && optimizer != "Prodigy")
     errors.push_back(cat(d("d_coef"), " applies to the Prodigy optimizer only, but ", d("optimizer_type")));
   for (const char* key : {"d_coef", "weight_decay"}) {
-    if (config.is_set(key) && has_arg(config, key))
+    if (config.given(key) && has_arg(config, key))
       errors.push_back(cat(d(key), " and ", key, "= in ", d("optimizer_args"), " set the same thing; keep one"));
   }
   if (config.is_set("loraplus_lr_ratio")) {
@@ -91,7 +91,7 @@ std::vector<std::string> validate_train_config(const ResolvedConfig& config, boo
   if (scheduler == "polynomial" && !(config.get_real("learning_rate") > 1e-7))
     errors.push_back(cat(d("learning_rate"), " must exceed the polynomial schedule's end value 1e-7"));
   const double warmup = config.get_real("lr_warmup_steps");
-  if (warmup >= 1 && !config.is_set("max_train_epochs") &&
+  if (warmup >= 1 && !config.is_set("max_train_epochs") && config.is_set("max_train_steps") &&
       warmup >= static_cast<double>(config.get_int("max_train_steps")))
     errors.push_back(cat(d("lr_warmup_steps"), " is not shorter than the run, ", d("max_train_steps")));
   if (warmup > 0 && scheduler == "constant")

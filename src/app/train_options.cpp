@@ -48,6 +48,24 @@ std::string check_block_selection(const OptionValue& v) {
   }
 }
 
+// ---- defaults that depend on other options (OptionSpec::default_rule)
+using Values = std::map<std::string, ResolvedOption>;
+using RuleResult = std::optional<std::pair<OptionValue, std::string>>;
+
+const std::string& optimizer_of(const Values& v) { return std::get<std::string>(v.at("optimizer_type").value); }
+
+// The seed's optimizer settings are Prodigy's: another optimizer keeps its own defaults, and a key also
+// given in optimizer_args is left to it.
+RuleResult prodigy_only(const Values& v, const std::string& key) {
+  if (optimizer_of(v) != "Prodigy") return std::pair{OptionValue{}, "the seed's value is Prodigy's, not " + optimizer_of(v) + "'s"};
+  const OptionValue& args = v.at("optimizer_args").value;
+  if (!key.empty() && std::holds_alternative<std::string>(args)) {
+    for (const auto& [k, value] : optim::split_optimizer_args(std::get<std::string>(args)))
+      if (k == key) return std::pair{OptionValue{}, key + "= is in optimizer_args"};
+  }
+  return std::nullopt;
+}
+
 std::string check_resolution(const OptionValue& v) {
   const auto& items = std::get<std::vector<std::string>>(v);
   if (items.size() > 2) return "more than two sizes";
@@ -207,6 +225,7 @@ std::vector<OptionSpec> train_specs() {
           .safe_on_resume()
           .to(&S::training, &T::keep_last_n_states),
       Opt<S>("save_precision", kChoice, "output", "bf16", "Data type of the saved LoRA weights.")
+          .seed_default("train-flux.sh: --save_precision bf16", "(none: fp32)")
           .choices_of<lora::SavePrecision>()
           .choice_alias("float", "fp32")
           .choice_alias("float32", "fp32")
@@ -289,15 +308,21 @@ std::vector<OptionSpec> train_specs() {
 
       // --- optimizer
       Opt<S>("optimizer_type", kChoice, "optimizer", "Prodigy", "The optimizer, by kohya's name.")
+          .seed_default("train-flux.sh: --optimizer_type prodigy", "AdamW")
           .env("PARAMS_OPTIMIZER_TYPE")
           .choices(optim::optimizer_types())
           .choice_alias("prodigyopt.Prodigy", "Prodigy")
           .choice_alias("bitsandbytes.optim.AdamW8bit", "AdamW8bit")
           .choice_alias("adamw_8bit", "AdamW8bit")
           .to(&S::training, &T::optimizer, &O::type),
-      Opt<S>("optimizer_args", kString, "optimizer", "",
+      Opt<S>("optimizer_args", kString, "optimizer",
+             "decouple=True betas=0.9,0.999 use_bias_correction=False safeguard_warmup=False",
              "kohya's optimizer arguments, \"key=value key=value\" (e.g. \"decouple=True use_bias_correction=True "
-             "safeguard_warmup=True\"); a TOML file may give a list of strings.")
+             "safeguard_warmup=True\"); a TOML file may give a list of strings. Given, they replace the default "
+             "as a whole.")
+          .seed_default("train-flux.sh: Prodigy's --optimizer_args", "(none)")
+          .default_rule("unset for another optimizer_type",
+                        [](const Values& v) { return prodigy_only(v, ""); })
           .check(check_optimizer_args)
           .join_arrays(" ")
           .allowed("key=value pairs separated by spaces")
@@ -308,12 +333,19 @@ std::vector<OptionSpec> train_specs() {
           .metadata("ss_learning_rate")
           .metadata("ss_unet_lr")
           .to(&S::training, &T::optimizer, &O::learning_rate),
-      Opt<S>("d_coef", kReal, "optimizer", "",
+      Opt<S>("d_coef", kReal, "optimizer", "2",
              "Prodigy's d_coef (scales its step size estimate); unset: Prodigy's 1.0. Prodigy only.")
+          .seed_default("train-flux.sh: PARAMS_D_COEF=2 (d_coef= in --optimizer_args)", "(none: Prodigy's 1.0)")
+          .default_rule("unset for another optimizer_type or when optimizer_args has d_coef=",
+                        [](const Values& v) { return prodigy_only(v, "d_coef"); })
           .min(0, true)
           .to(&S::training, &T::optimizer, &O::d_coef),
-      Opt<S>("weight_decay", kReal, "optimizer", "",
+      Opt<S>("weight_decay", kReal, "optimizer", "0.1",
              "Weight decay; unset: the optimizer's own default (AdamW 0.01, others 0).")
+          .seed_default("train-flux.sh: PARAMS_WEIGHT_DECAY=0.1 (weight_decay= in --optimizer_args)",
+                        "(none: the optimizer's own)")
+          .default_rule("unset for another optimizer_type or when optimizer_args has weight_decay=",
+                        [](const Values& v) { return prodigy_only(v, "weight_decay"); })
           .min(0)
           .to(&S::training, &T::optimizer, &O::weight_decay),
       Opt<S>("max_grad_norm", kReal, "optimizer", "1.0", "Clip the gradient norm to this; 0 = no clipping.")
@@ -348,6 +380,14 @@ std::vector<OptionSpec> train_specs() {
           .to(&S::training, &T::schedule, &Sched::warmup),
       Opt<S>("lr_scheduler_num_cycles", kInt, "scheduler", p1, "Hard restarts of cosine_with_restarts.")
           .env("PARAMS_NUM_CYCLES")
+          .seed_default("train-flux.sh: PARAMS_NUM_CYCLES = PARAMS_MAX_EPOCHS / 3", "1")
+          .default_rule("max_train_epochs / 3 (rounded down, at least 1) when max_train_epochs is set",
+                        [](const Values& v) -> RuleResult {
+                          const OptionValue& epochs = v.at("max_train_epochs").value;
+                          if (!std::holds_alternative<int64_t>(epochs)) return std::nullopt;
+                          return std::pair{OptionValue{std::max<int64_t>(1, std::get<int64_t>(epochs) / 3)},
+                                           std::string("max_train_epochs / 3")};
+                        })
           .alias("PARAMS_LR_SCHEDULER_NUM_CYCLES")
           .min(1)
           .to(&S::training, &T::schedule, &Sched::num_cycles),
@@ -359,14 +399,21 @@ std::vector<OptionSpec> train_specs() {
           .to(&S::training, &T::schedule, &Sched::step_rules),
 
       // --- training length and batches
-      Opt<S>("max_train_epochs", kInt, "training", "", "Train this many epochs (wins over max_train_steps, as kohya).")
+      Opt<S>("max_train_epochs", kInt, "training", "5",
+             "Train this many epochs; unset when max_train_steps is given (both given: an error).")
+          .seed_default("train-flux.sh: PARAMS_MAX_EPOCHS=5 (--max_train_epochs)", "(none)")
+          .default_rule("unset when max_train_steps is given",
+                        [](const Values& v) -> RuleResult {
+                          if (std::holds_alternative<std::monostate>(v.at("max_train_steps").value)) return std::nullopt;
+                          return std::pair{OptionValue{}, std::string("max_train_steps is given")};
+                        })
           .env("PARAMS_MAX_EPOCHS")
           .alias("PARAMS_MAX_TRAIN_EPOCHS")
           .min(1)
           .safe_on_resume()
           .to(&S::training, &T::max_epochs),
-      Opt<S>("max_train_steps", kInt, "training", "1600",
-             "Train this many optimizer steps, unless max_train_epochs is set.")
+      Opt<S>("max_train_steps", kInt, "training", "",
+             "Train this many optimizer steps instead of max_train_epochs (kohya's default: 1600).")
           .min(1)
           .safe_on_resume()
           .to(&S::training, &T::max_steps),
@@ -377,12 +424,14 @@ std::vector<OptionSpec> train_specs() {
           .to(&S::training, &T::gradient_accumulation),
       Opt<S>("seed", kInt, "training", "42",
              "Seed of every random draw (data order, noise, timesteps, dropout, LoRA init).")
+          .seed_default("train-flux.sh: --seed 42", "(none: random)")
           .min(0)
           .metadata("ss_seed")
           .to(&S::training, &T::seed),
 
       // --- objective
       Opt<S>("timestep_sampling", kChoice, "objective", "sigmoid", "How sigma is drawn per sample.")
+          .seed_default("train-flux.sh: --timestep_sampling sigmoid", "sigma")
           .choices_of<train::TimestepSampling>()
           .metadata("ss_timestep_sampling")
           .to(&S::training, &T::step, &Step::objective, &Obj::sampling),
@@ -398,18 +447,22 @@ std::vector<OptionSpec> train_specs() {
           .metadata("ss_discrete_flow_shift")
           .to(&S::training, &T::step, &Step::objective, &Obj::discrete_flow_shift),
       Opt<S>("guidance_scale", kReal, "objective", "1.0", "The guidance value the dev model gets while training.")
+          .seed_default("train-flux.sh: --guidance_scale 1.0", "3.5")
           .min(0)
           .metadata("ss_guidance_scale")
           .to(&S::training, &T::step, &Step::objective, &Obj::guidance_scale),
       Opt<S>("loss_type", kChoice, "objective", "l2", "The loss.")
+          .seed_default("train-flux.sh: --loss_type l2", "l2")
           .choices_of<train::LossType>()
           .metadata("ss_loss_type")
           .to(&S::training, &T::step, &Step::objective, &Obj::loss),
       Opt<S>("huber_c", kReal, "objective", "0.1", "The huber / smooth_l1 threshold.")
           .min(0, true)
           .to(&S::training, &T::step, &Step::objective, &Obj::huber_c),
-      Opt<S>("noise_offset", kReal, "objective", p0,
-             "Offset noise: adds offset * N(0,1) per sample and channel (really applied).")
+      Opt<S>("noise_offset", kReal, "objective", "0.1",
+             "Offset noise: adds offset * N(0,1) per sample and channel (really applied; kohya's Flux trainer "
+             "ignores it, so the seed's runs had none).")
+          .seed_default("train-flux.sh: PARAMS_NOISE_OFFSET=0.1 (--noise_offset)", "0")
           .min(0)
           .max(1)
           .metadata("ss_noise_offset")
@@ -446,8 +499,14 @@ std::vector<OptionSpec> train_specs() {
              "Keep the checkpointed block inputs in pinned host memory (needs gradient_checkpointing).")
           .memory_only()
           .to(&S::training, &T::step, &Step::checkpointing, &Ckpt::offload_inputs),
-      Opt<S>("fp8_base", kBool, "memory", "false",
+      Opt<S>("fp8_base", kBool, "memory", "true",
              "Store the frozen transformer's block weights in fp8 (e4m3fn), about half the memory of bf16.")
+          .seed_default("train-flux.sh: --fp8_base", "false")
+          .default_rule("false with network_type none (full fine-tuning trains the weights in fp32)",
+                        [](const Values& v) -> RuleResult {
+                          if (std::get<std::string>(v.at("network_type").value) != "none") return std::nullopt;
+                          return std::pair{OptionValue{false}, std::string("network_type is none")};
+                        })
           .metadata("ss_fp8_base")
           .to(&S::training, &T::fp8_base),
       Opt<S>("cache_dir", kPath, "memory", "",

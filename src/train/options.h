@@ -40,7 +40,7 @@ struct ObjectiveOptions {
   double discrete_flow_shift = 3.1582;  // kohya discrete_flow_shift (for `shift`; the seed's default)
   LossType loss = LossType::l2;
   double huber_c = 0.1;         // kohya huber_c (constant schedule)
-  double noise_offset = 0.0;    // really applied (kohya's Flux path ignores it, issue #1861)
+  double noise_offset = 0.1;    // the seed's; really applied (kohya's Flux path ignores it, issue #1861)
   double guidance_scale = 1.0;  // the dev guidance vector during training
 };
 
@@ -65,7 +65,7 @@ struct TrainOptions {
   bool full_finetune = false;  // network_type none: every transformer weight trains (fp32 master weights)
   lora::LoraOptions lora;
   std::string network_weights;  // start from this LoRA file
-  bool fp8_base = false;        // frozen block weights stored as float8_e4m3fn
+  bool fp8_base = true;         // the seed's; frozen block weights stored as float8_e4m3fn
   optim::OptimizerSettings optimizer;
   optim::ScheduleOptions schedule;  // num_training_steps is filled in by the trainer
   StepSettings step;

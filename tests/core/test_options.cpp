@@ -336,6 +336,49 @@ TEST(TrainOptions, SeedDefaults) {
   EXPECT_EQ(c.get_string("device"), "auto");
 }
 
+// The seed's train-flux.sh defaults, and the ones that depend on other options (OptionSpec::default_rule).
+TEST(TrainOptions, SeedDefaultsFollowTheOtherOptions) {
+  ResolvedConfig c = resolve(train_options(), {});
+  EXPECT_EQ(c.get_int("max_train_epochs"), 5);
+  EXPECT_FALSE(c.is_set("max_train_steps"));
+  EXPECT_EQ(c.get_int("lr_scheduler_num_cycles"), 1);  // 5 / 3
+  EXPECT_EQ(c.get_string("optimizer_args"), "decouple=True betas=0.9,0.999 use_bias_correction=False safeguard_warmup=False");
+  EXPECT_EQ(c.get_real("d_coef"), 2.0);
+  EXPECT_EQ(c.get_real("weight_decay"), 0.1);
+  EXPECT_EQ(c.get_real("noise_offset"), 0.1);
+  EXPECT_TRUE(c.get_bool("fp8_base"));
+  EXPECT_EQ(c.get_int("network_dim"), 32);
+  EXPECT_EQ(c.where("max_train_epochs"), "the seed's default, train-flux.sh: PARAMS_MAX_EPOCHS=5 (--max_train_epochs)");
+  EXPECT_EQ(c.where("learning_rate"), "default");
+  // Epochs: num_cycles follows them, and is not "changed" (no has-no-effect warning with cosine).
+  c = resolve(train_options(), {{}, {{"PARAMS_MAX_EPOCHS", "10"}}});
+  EXPECT_EQ(c.get_int("lr_scheduler_num_cycles"), 3);
+  EXPECT_FALSE(c.changed("lr_scheduler_num_cycles"));
+  EXPECT_EQ(resolve(train_options(), {{}, {{"PARAMS_MAX_EPOCHS", "2"}}}).get_int("lr_scheduler_num_cycles"), 1);
+  // A given max_train_steps is the run's length: the epochs default steps aside.
+  c = resolve(train_options(), {{}, {{"PARAMS_MAX_TRAIN_STEPS", "300"}}});
+  EXPECT_FALSE(c.is_set("max_train_epochs"));
+  EXPECT_EQ(c.where("max_train_epochs"), "default, max_train_steps is given");
+  EXPECT_EQ(c.get_int("lr_scheduler_num_cycles"), 1);
+  TrainSettings s = c.bind<TrainSettings>();
+  EXPECT_FALSE(s.training.max_epochs.has_value());
+  EXPECT_EQ(s.training.max_steps, 300);
+  // The seed's optimizer settings are Prodigy's: another optimizer keeps its own.
+  c = resolve(train_options(), {{}, {{"PARAMS_OPTIMIZER_TYPE", "AdamW"}, {"DATASET_NAME", "/tmp"}}});
+  for (const char* key : {"optimizer_args", "d_coef", "weight_decay"}) {
+    EXPECT_FALSE(c.is_set(key)) << key;
+    EXPECT_EQ(c.where(key), "default, the seed's value is Prodigy's, not AdamW's") << key;
+  }
+  EXPECT_EQ(validate_train_config(c, false), std::vector<std::string>{});
+  // A key given in optimizer_args is left to it (no "set twice" error).
+  c = resolve(train_options(), {{}, {{"PARAMS_OPTIMIZER_ARGS", "decouple=True d_coef=3"}}});
+  EXPECT_FALSE(c.is_set("d_coef"));
+  EXPECT_EQ(c.get_real("weight_decay"), 0.1);
+  c = resolve(train_options(), {{}, {{"PARAMS_OPTIMIZER_ARGS", "decouple=True d_coef=3"}, {"DATASET_NAME", "/tmp"}}});
+  EXPECT_EQ(validate_train_config(c, false), std::vector<std::string>{});
+  EXPECT_EQ(optim::describe(c.bind<TrainSettings>().training.optimizer), "Prodigy(decouple=True d_coef=3 weight_decay=0.1)");
+}
+
 TEST(TrainOptions, SeedValuesFromTheEnvironment) {
   fs::path models = model_dir("train_env_models", {"flux_dev.safetensors", "ae.safetensors", "clip_l.safetensors",
                                                    "t5xxl_fp8_e4m3fn.safetensors"});
@@ -462,8 +505,8 @@ TEST(TrainOptions, BadCombinations) {
       with({{"PARAMS_MAX_EPOCHS", "3"}, {"PARAMS_MAX_TRAIN_STEPS", "100"}}),
       "PARAMS_MAX_EPOCHS=\"3\" and PARAMS_MAX_TRAIN_STEPS=\"100\" are both set: the run length is one or the other; "
       "remove one");
-  EXPECT_EQ(with({{"PARAMS_LR_WARMUP_STEPS", "2000"}}),
-            "PARAMS_LR_WARMUP_STEPS=\"2000\" is not shorter than the run, max_train_steps (default 1600)");
+  EXPECT_EQ(with({{"PARAMS_LR_WARMUP_STEPS", "2000"}, {"PARAMS_MAX_TRAIN_STEPS", "1600"}}),
+            "PARAMS_LR_WARMUP_STEPS=\"2000\" is not shorter than the run, PARAMS_MAX_TRAIN_STEPS=\"1600\"");
   EXPECT_NE(with({{"PARAMS_LEARNING_SCHEDULER", "piecewise_constant"}}).find("needs lr_step_rules"), std::string::npos);
   EXPECT_NE(with({{"PARAMS_LEARNING_SCHEDULER", "piecewise_constant"}, {"PARAMS_LR_STEP_RULES", "1:x,0.1"}})
                 .find("PARAMS_LR_STEP_RULES=\"1:x,0.1\": "),
@@ -598,9 +641,11 @@ TEST(TrainOptions, TomlRoundTripResolvesToTheSameValues) {
   }
   // A saved config repeats every default: no "both set" error and no "has no effect" warning from that.
   EXPECT_TRUE(validate_train_config(second).empty());
-  EXPECT_TRUE(second.given("max_train_steps"));
-  EXPECT_FALSE(second.changed("max_train_steps"));
+  EXPECT_TRUE(second.given("max_train_epochs"));
+  EXPECT_FALSE(second.given("max_train_steps"));
   EXPECT_TRUE(second.changed("max_train_epochs"));
+  EXPECT_TRUE(second.given("d_coef"));  // the seed's Prodigy default, repeated
+  EXPECT_FALSE(second.changed("d_coef"));
   // The file is grouped and says where each value came from.
   std::string text = first.to_toml();
   EXPECT_NE(text.find("[optimizer]  # Optimizer\n"), std::string::npos) << text;

@@ -2,6 +2,7 @@
 with a TOML file and flags on top; bad values are named errors with exit code 1."""
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -96,7 +97,7 @@ def test_seed_variables_only(tmp_path, fluxtrain_bin):
         "sample_every_n_steps": ("100", "env PARAMS_SAMPLE_EVERY_N_STEPS"),
         "split_qkv": ("true", "env PARAMS_SPLIT_QKV"),
         "weight_decay": ("0.01", "env PARAMS_WEIGHT_DECAY"),
-        "seed": ("42", "default"),
+        "seed": ("42", "the seed's default, train-flux.sh: --seed 42"),
         "cache_dir": ("(unset)", "default"),
         "device": ('"auto"', "default"),
     }
@@ -245,17 +246,54 @@ def test_the_seed_cadences_are_the_defaults(tmp_path, fluxtrain_bin):
     lists both under "Defaults that follow the seed", with kohya's value beside them."""
     env = clean_env(MODEL_DIR=str(model_dir(tmp_path)), DATASET_NAME="a/b", OUTPUT_PATH=str(tmp_path / "out"))
     v = parse(config(fluxtrain_bin, env, "--print-config").stdout)
-    assert v["save_every_n_steps"] == ("100", "default")
-    assert v["sample_every_n_steps"] == ("200", "default")
+    assert v["save_every_n_steps"] == ("100", "the seed's default, train-flux.sh: PARAMS_SAVE_EVERY_N_STEPS=100 (--save_every_n_steps)")
+    assert v["sample_every_n_steps"][0] == "200"
     assert v["save_state_every_minutes"] == ("10.0", "default")
-    # Issue 19, item 0 (part): the seed's LoRA size and flow shift.
-    assert v["network_dim"] == ("32", "default")
-    assert v["network_alpha"] == ("4.0", "default")
-    assert v["discrete_flow_shift"] == ("3.1582", "default")
     reference = config(fluxtrain_bin, env, "--help-env", "--format", "markdown").stdout
     table = reference.split("### Defaults that follow the seed")[1]
     assert "| `PARAMS_SAVE_EVERY_N_STEPS` | `100` | `0` | train-flux.sh: PARAMS_SAVE_EVERY_N_STEPS=100" in table
     assert "| `PARAMS_SAMPLE_EVERY_N_STEPS` | `200` | `0` | train-flux.sh: PARAMS_SAMPLE_EVERY_N_STEPS=200" in table
+
+
+SEED_DEFAULTS = {  # issue 19: the seed's train-flux.sh defaults, as `config --print-config` shows them
+    "save_every_n_steps": "100", "sample_every_n_steps": "200", "max_train_epochs": "5", "network_dim": "32",
+    "network_alpha": "4.0", "noise_offset": "0.1", "weight_decay": "0.1", "d_coef": "2.0",
+    "lr_scheduler_num_cycles": "1", "fp8_base": "true", "seed": "42", "optimizer_type": '"Prodigy"',
+    "optimizer_args": '"decouple=True betas=0.9,0.999 use_bias_correction=False safeguard_warmup=False"',
+    "timestep_sampling": '"sigmoid"', "discrete_flow_shift": "3.1582", "guidance_scale": "1.0", "loss_type": '"l2"',
+    "save_precision": '"bf16"',
+}
+
+
+def test_the_seed_template_resolves_the_seeds_defaults(tmp_path, fluxtrain_bin):
+    """Issue 19, item 0: with only the seed's four template variables, every option the seed's train-flux.sh
+    sets takes its value there, each printed with that source; max_train_steps is unset (the run is 5
+    epochs), and the option reference's seed table lists each with kohya's default beside it."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red car --w 512 --h 512\n")
+    env = clean_env(MODEL_DIR=str(model_dir(tmp_path)), BASE_MODEL="flux-dev", DATASET_NAME="owner/name",
+                    SAMPLE_PROMPTS=str(prompts), OUTPUT_PATH=str(tmp_path / "out"))
+    v = parse(config(fluxtrain_bin, env, "--print-config").stdout)
+    for name, value in SEED_DEFAULTS.items():
+        assert v[name][0] == value, (name, v[name])
+        assert v[name][1].startswith("the seed's default, train-flux.sh"), (name, v[name])
+    assert v["max_train_steps"] == ("(unset)", "default")
+    assert v["learning_rate"] == ("1.0", "default")  # not one the seed sets
+    reference = config(fluxtrain_bin, env, "--help-env", "--format", "markdown").stdout
+    table = reference.split("### Defaults that follow the seed")[1]
+    rows = [line for line in table.splitlines() if line.startswith("| `PARAMS_")]
+    listed = {row.split("`")[1] for row in rows}
+    spec = {o["name"]: o for o in json.loads(config(fluxtrain_bin, env, "--help-env", "--format", "json").stdout)}
+    assert listed == {spec[name]["env"] for name in SEED_DEFAULTS}, listed
+    assert "| `PARAMS_MAX_EPOCHS` or `PARAMS_MAX_TRAIN_EPOCHS` | `5`; unset when max_train_steps is given | (none) |" in table
+    # Given a step count, the run is that many steps and the epoch default steps aside; another optimizer
+    # keeps its own settings.
+    v = parse(config(fluxtrain_bin, {**env, "PARAMS_MAX_TRAIN_STEPS": "300", "PARAMS_OPTIMIZER_TYPE": "AdamW"},
+                     "--print-config").stdout)
+    assert v["max_train_steps"] == ("300", "env PARAMS_MAX_TRAIN_STEPS")
+    assert v["max_train_epochs"] == ("(unset)", "default, max_train_steps is given")
+    for name in ("optimizer_args", "d_coef", "weight_decay"):
+        assert v[name] == ("(unset)", "default, the seed's value is Prodigy's, not AdamW's"), (name, v[name])
 
 
 def test_the_seed_names_output_name_and_flux_ae(tmp_path, fluxtrain_bin):

@@ -25,6 +25,10 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// An image scaled up by this much or more is reported: a few percent (1000 px for a 1024 bucket) is common
+// and harmless, a fifth and more shows as softness.
+constexpr double kUpscaleWarning = 1.2;
+
 struct KindLabel {
   const char* kind;
   const char* one;
@@ -302,10 +306,11 @@ LintReport lint_dataset(const DatasetPlan& plan, const LintOptions& options) {
     for (const DatasetImage& image : images) {
       if (image.dataset != static_cast<int>(d)) continue;
       const BucketFit& fit = image.fit;
-      if (fit.resized.width > image.size.width || fit.resized.height > image.size.height) {
+      const double scale = std::max(static_cast<double>(fit.resized.width) / image.size.width,
+                                    static_cast<double>(fit.resized.height) / image.size.height);
+      if (scale >= kUpscaleWarning) {
         add(image.path, "upscaled",
-            cat(to_string(image.size), " is scaled up ",
-                fixed(static_cast<double>(fit.resized.width) / image.size.width, 2), "x to ", to_string(fit.resized),
+            cat(to_string(image.size), " is scaled up ", fixed(scale, 2), "x to ", to_string(fit.resized),
                 " for its ", to_string(fit.bucket),
                 " bucket (it will look soft); use a larger original or a lower resolution"));
       }

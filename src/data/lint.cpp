@@ -278,7 +278,8 @@ std::string LintReport::summary() const {
   for (const auto& f : findings) ++counts[kind_index(f.kind)];
   std::vector<std::string> parts;
   for (size_t i = 0; i < counts.size(); ++i) {
-    if (counts[i] > 0) parts.push_back(cat(counts[i], " ", counts[i] == 1 ? kind_labels()[i].one : kind_labels()[i].many));
+    if (counts[i] > 0)
+      parts.push_back(cat(counts[i], " ", counts[i] == 1 ? kind_labels()[i].one : kind_labels()[i].many));
   }
   return out + cat(findings.size(), " finding", findings.size() == 1 ? "" : "s", ": ", join(parts));
 }
@@ -310,13 +311,12 @@ LintReport lint_dataset(const DatasetPlan& plan, const LintOptions& options) {
                                     static_cast<double>(fit.resized.height) / image.size.height);
       if (scale >= kUpscaleWarning) {
         add(image.path, "upscaled",
-            cat(to_string(image.size), " is scaled up ", fixed(scale, 2), "x to ", to_string(fit.resized),
-                " for its ", to_string(fit.bucket),
-                " bucket (it will look soft); use a larger original or a lower resolution"));
+            cat(to_string(image.size), " is scaled up ", fixed(scale, 2), "x to ", to_string(fit.resized), " for its ",
+                to_string(fit.bucket), " bucket (it will look soft); use a larger original or a lower resolution"));
       }
       const double aspect = static_cast<double>(image.size.width) / image.size.height;
-      const double kept =
-          static_cast<double>(fit.bucket.width) * fit.bucket.height / (static_cast<double>(fit.resized.width) * fit.resized.height);
+      const double kept = static_cast<double>(fit.bucket.width) * fit.bucket.height /
+                          (static_cast<double>(fit.resized.width) * fit.resized.height);
       if ((aspect < lo * (1 - 1e-9) || aspect > hi * (1 + 1e-9)) && kept < 0.9) {
         add(image.path, "aspect",
             cat("aspect ratio ", fixed(aspect, 2), " (", to_string(image.size), ") is outside the buckets' range ",
@@ -404,8 +404,9 @@ LintReport lint_dataset(const DatasetPlan& plan, const LintOptions& options) {
             const std::string prefix = images[index].path.string() + ": ";
             if (reason.rfind(prefix, 0) == 0) reason = reason.substr(prefix.size());
             add(images[index].path, "unreadable",
-                cat(reason, ": its header reads but its pixels do not, so caching its latents would stop the run; "
-                            "re-export or remove it"));
+                cat(reason,
+                    ": its header reads but its pixels do not, so caching its latents would stop the run; "
+                    "re-export or remove it"));
             continue;
           }
           decoded_ok[index] = true;
@@ -428,7 +429,8 @@ LintReport lint_dataset(const DatasetPlan& plan, const LintOptions& options) {
                                      to_string(key.second), "-", page + 1, ".png");
         for (size_t t = 0; t < tiles.size(); ++t) {
           Decoded& d = *tiles[t];
-          const int x = kPad + static_cast<int>(t % columns) * cell_w, y = kPad + static_cast<int>(t / columns) * cell_h;
+          const int x = kPad + static_cast<int>(t % columns) * cell_w,
+                    y = kPad + static_cast<int>(t / columns) * cell_h;
           paste(sheet, d.thumb, x, y);
           d.preview.sheet = name;
           d.preview.tile[0] = x;
@@ -457,7 +459,8 @@ LintReport lint_dataset(const DatasetPlan& plan, const LintOptions& options) {
       for (size_t j : distinct) {
         const int distance = hamming_distance(hashes[i].dhash, hashes[j].dhash);
         bool colour = true;
-        for (int c = 0; c < 3; ++c) colour = colour && std::abs(hashes[i].mean[c] - hashes[j].mean[c]) <= options.near_duplicate_colour;
+        for (int c = 0; c < 3; ++c)
+          colour = colour && std::abs(hashes[i].mean[c] - hashes[j].mean[c]) <= options.near_duplicate_colour;
         if (distance <= options.near_duplicate_bits && colour) {
           add(images[i].path, "near_duplicate",
               cat("near duplicate of ", lint_name(plan, images[j].path), " (dHash distance ", distance,
@@ -478,7 +481,8 @@ LintReport lint_dataset(const DatasetPlan& plan, const LintOptions& options) {
     j["sheets"] = report.sheets;
     nlohmann::ordered_json list = nlohmann::ordered_json::array();
     std::vector<CropPreview> previews = report.previews;
-    std::sort(previews.begin(), previews.end(), [](const CropPreview& a, const CropPreview& b) { return a.image < b.image; });
+    std::sort(previews.begin(), previews.end(),
+              [](const CropPreview& a, const CropPreview& b) { return a.image < b.image; });
     for (const CropPreview& p : previews) {
       const DatasetImage& image = images[static_cast<size_t>(p.image)];
       const SubsetConfig& subset = plan.config().datasets[image.dataset].subsets[image.subset];

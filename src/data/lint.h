@@ -3,8 +3,8 @@
 //
 // Per image: files the scan skipped; files whose header reads but whose pixels do not (a truncated JPEG:
 // the latent cache would stop on it); exact duplicates (SHA-256 of the file); near duplicates (64-bit
-// difference hash, see difference_hash); images smaller than their bucket (scaled up by 1.2x or more); aspect ratios beyond
-// the bucket list's range (a large part cropped away); empty captions and captions that look like labels
+// difference hash, see difference_hash); images smaller than their bucket (scaled up by 1.2x or more); aspect ratios
+// beyond the bucket list's range (a large part cropped away); empty captions and captions that look like labels
 // (label_like_caption); captions longer than the text encoders read (CLIP-L: 77 ids with start and end;
 // T5: t5_max_length ids with </s>), counted with the shipped tokenizers. And a crop preview: per bucket,
 // contact sheets of every image at its scaled size with the trainer's crop marked (data/bucket_image.h),

@@ -16,7 +16,7 @@ TEST(Lint, LabelLikeCaptions) {
   EXPECT_EQ(label_like_caption("  3 0.1 0.2 0.3 0.4 0.5 0.6  "), yolo);  // a polygon: class + 3 points
   EXPECT_EQ(label_like_caption("12 7"), numbers);
   EXPECT_EQ(label_like_caption("1.5, 2, -3"), numbers);
-  EXPECT_EQ(label_like_caption("0 0.5 0.5 1.2 0.3"), numbers);  // 1.2 is no YOLO coordinate
+  EXPECT_EQ(label_like_caption("0 0.5 0.5 1.2 0.3"), numbers);    // 1.2 is no YOLO coordinate
   EXPECT_EQ(label_like_caption("0.5 0.5 0.5 0.2 0.3"), numbers);  // no integer class
   EXPECT_EQ(label_like_caption("0 0.5 0.5 0.2"), numbers);        // four numbers
   EXPECT_EQ(label_like_caption("a photo of 2 cats"), "");
@@ -32,9 +32,8 @@ Image gradient(int w, int h, bool mirrored, uint8_t tint) {
     for (int x = 0; x < w; ++x) {
       const int v = ((mirrored ? w - 1 - x : x) * 255 / (w - 1) + y * 40 / h) % 256;
       uint8_t* p = &image.pixels[(static_cast<size_t>(y) * w + x) * 3];
-      p[0] = static_cast<uint8_t>(v);
-      p[1] = static_cast<uint8_t>(255 - v);
-      p[2] = tint;
+      p[0] = p[1] = static_cast<uint8_t>(v);
+      p[2] = static_cast<uint8_t>(v / 2 + tint);
     }
   }
   return image;
@@ -42,15 +41,14 @@ Image gradient(int w, int h, bool mirrored, uint8_t tint) {
 }  // namespace
 
 TEST(Lint, DifferenceHash) {
-  // Brightness falls left to right in every row except where it wraps: all bits of a rising ramp are 0,
-  // of a falling one 1.
+  // A grey ramp that brightens left to right (but where it wraps) sets no bit; mirrored, nearly all.
   const uint64_t rising = difference_hash(gradient(90, 80, false, 0));
   const uint64_t falling = difference_hash(gradient(90, 80, true, 0));
-  EXPECT_LE(std::popcount(rising), 8);
-  EXPECT_GE(std::popcount(falling), 56);
+  EXPECT_LE(std::popcount(rising), 12);  // the wrap: one falling edge per row
+  EXPECT_GE(std::popcount(falling), 52);
   // Resizing keeps the hash; mirroring changes nearly every bit.
   EXPECT_LE(hamming_distance(rising, difference_hash(resize_image(gradient(90, 80, false, 0), 61, 47))), 2);
-  EXPECT_GE(hamming_distance(rising, falling), 48);
+  EXPECT_GE(hamming_distance(rising, falling), 40);
   EXPECT_EQ(hamming_distance(0, ~uint64_t{0}), 64);
   // Flat pictures share the hash 0 but not the mean colour.
   const HashedImage a = perceptual_hash(Image{16, 16, 3, std::vector<uint8_t>(16 * 16 * 3, 200)});

@@ -17,7 +17,9 @@ const std::vector<CommandInfo>& command_infos() {
   static const std::vector<CommandInfo> infos = {
       {"inspect", "Show what a .safetensors file holds and what model it is (reads the header only)", inspect_options,
        nullptr, false},
-      {"dataset", "Show the resolved dataset plan: config values, buckets, images per bucket, steps per epoch",
+      {"dataset",
+       "Show the resolved dataset plan: config values, buckets, images per bucket, steps per epoch; --lint checks "
+       "the images and captions and draws the crops",
        dataset_command_options, check_dataset_command, false},
       {"fetch", "Download a dataset (Hugging Face Hub, Kaggle, archive URL) into the cache and print its local folder",
        fetch_command_options, nullptr, false},

@@ -7,11 +7,16 @@
 #include <cstdio>
 #include <iostream>
 #include <memory>
+#include <optional>
 
 #include "app/commands.h"
 #include "app/tool_options.h"
 #include "core/error.h"
+#include "core/log.h"
 #include "data/dataset.h"
+#include "data/lint.h"
+#include "tokenizers/clip_bpe.h"
+#include "tokenizers/t5_unigram.h"
 
 namespace fluxtrain::app {
 namespace {
@@ -209,6 +214,35 @@ void print_text(const data::DatasetPlan& plan, const DatasetCommandSettings& opt
   }
 }
 
+nlohmann::ordered_json lint_json(const data::DatasetPlan& plan, const data::LintReport& lint) {
+  nlohmann::ordered_json j;
+  j["summary"] = lint.summary();
+  nlohmann::ordered_json findings = nlohmann::ordered_json::array();
+  for (const data::LintFinding& f : lint.findings) {
+    findings.push_back(
+        {{"path", f.path.string()}, {"name", data::lint_name(plan, f.path)}, {"kind", f.kind}, {"message", f.message}});
+  }
+  j["findings"] = findings;
+  j["preview_dir"] = lint.preview_dir.string();
+  j["sheets"] = lint.sheets;
+  j["crops"] = lint.crops_json;
+  return j;
+}
+
+// "lint: <kind>: <file>: <message>" per finding, then the summary and where the previews are.
+void print_lint(const data::DatasetPlan& plan, const data::LintReport& lint) {
+  std::cout << "\n";
+  for (const data::LintFinding& f : lint.findings)
+    std::cout << "lint: " << f.kind << ": " << data::lint_name(plan, f.path) << ": " << f.message << "\n";
+  std::cout << lint.summary() << "\n";
+  if (!lint.sheets.empty()) {
+    std::cout << "crop previews: " << lint.sheets.size() << " sheet" << (lint.sheets.size() == 1 ? "" : "s")
+              << " in " << lint.preview_dir.string() << " (each image scaled for its bucket, outside the crop "
+              << "dimmed, the crop outlined: red = centre crop, yellow = random_crop's centre); crops.json lists "
+              << "every crop box\n";
+  }
+}
+
 int run_dataset(const DatasetCommandSettings& options) {
   data::ConfigOptions config_options;
   config_options.fallbacks = options.fallbacks;
@@ -218,10 +252,30 @@ int run_dataset(const DatasetCommandSettings& options) {
   data::ScanOptions scan;
   scan.probe = data::default_image_probe();
   const data::DatasetPlan plan = data::DatasetPlan::build(std::move(config), scan);
+  std::optional<data::LintReport> lint;
+  if (options.lint) {
+    const ClipTokenizer clip = ClipTokenizer::from_assets();
+    const T5Tokenizer t5 = T5Tokenizer::from_assets();
+    data::LintOptions lint_options;
+    lint_options.clip = &clip;
+    lint_options.t5 = &t5;
+    lint_options.t5_max_length = options.lint_t5_max_length;
+    lint_options.near_duplicate_bits = options.lint_near_duplicate_bits;
+    lint_options.tile = options.lint_tile;
+    lint_options.preview_dir = options.lint_out;
+    lint = data::lint_dataset(plan, lint_options);
+  }
   if (options.json) {
-    std::cout << plan_json(plan, options).dump(2) << "\n";
+    nlohmann::ordered_json out = plan_json(plan, options);
+    if (lint) out["lint"] = lint_json(plan, *lint);
+    std::cout << out.dump(2) << "\n";
   } else {
     print_text(plan, options);
+    if (lint) print_lint(plan, *lint);
+  }
+  if (lint && options.lint_strict && !lint->findings.empty()) {
+    log::error("--lint-strict: ", lint->summary().substr(6), "; fix them, or drop --lint-strict to go on anyway");
+    return 1;
   }
   return 0;
 }

@@ -87,6 +87,31 @@ const OptionTable& dataset_command_options() {
               .min(0)
               .to(&S::show_epoch),
           Opt<S>("json", kBool, "dataset", "false", "Print JSON instead of text.").to(&S::json),
+          Opt<S>("lint", kBool, "dataset", "false",
+                 "Also check the images and captions (unreadable, duplicates, upscaled, cropped, label-like or "
+                 "too long captions) and write crop preview sheets per bucket (docs/datasets.md).")
+              .to(&S::lint),
+          Opt<S>("lint_out", kPath, "dataset", "fluxtrain-lint",
+                 "--lint: folder of the crop preview sheets and crops.json (made if needed; earlier sheets in it "
+                 "are replaced).")
+              .to(&S::lint_out),
+          Opt<S>("lint_strict", kBool, "dataset", "false", "--lint: exit 1 when anything is found (default: exit 0).")
+              .to(&S::lint_strict),
+          Opt<S>("lint_tile", kInt, "dataset", "384",
+                 "--lint: longest side of a preview tile; larger scaled images are shrunk to it.")
+              .min(32)
+              .max(4096)
+              .to(&S::lint_tile),
+          Opt<S>("lint_near_duplicate_bits", kInt, "dataset", "6",
+                 "--lint: near duplicates differ in at most this many of the 64 dHash bits (0: exact only).")
+              .min(0)
+              .max(32)
+              .to(&S::lint_near_duplicate_bits),
+          Opt<S>("lint_t5_max_length", kInt, "dataset", "512",
+                 "--lint: T5 tokens read per caption (512 for Flux.1-dev, 256 for schnell).")
+              .min(1)
+              .max(4096)
+              .to(&S::lint_t5_max_length),
       }));
   return table;
 }

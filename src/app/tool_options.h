@@ -31,6 +31,12 @@ struct DatasetCommandSettings {
   data::ConfigFallbacks fallbacks;
   int64_t show_epoch = 0;  // 1-based; 0 = none
   bool json = false;
+  bool lint = false;                   // also the lint report and the crop previews (data/lint.h)
+  std::string lint_out = "fluxtrain-lint";
+  bool lint_strict = false;            // exit 1 when the lint finds anything
+  int lint_tile = 384;
+  int lint_near_duplicate_bits = 6;
+  int lint_t5_max_length = 512;
 };
 const OptionTable& dataset_command_options();
 std::vector<std::string> check_dataset_command(const ResolvedConfig& config);

@@ -30,11 +30,14 @@
 #include "core/stop.h"
 #include "core/strings.h"
 #include "data/dataset.h"
+#include "data/lint.h"
 #include "fetch/dataset.h"
 #include "sample/prompts.h"
 #include "sample/sampler_setup.h"
 #include "train/dataset_source.h"
 #include "train/state.h"
+#include "tokenizers/clip_bpe.h"
+#include "tokenizers/t5_unigram.h"
 #include "train/trainer.h"
 
 namespace fluxtrain::app {
@@ -175,6 +178,26 @@ std::shared_ptr<data::DatasetPlan> build_dataset(const TrainSettings& settings) 
   return std::make_shared<data::DatasetPlan>(data::DatasetPlan::build(std::move(group), scan));
 }
 
+// The cheap part of `fluxtrain dataset --lint`, from the plan alone (no image is decoded: a large dataset
+// would wait minutes): skipped files, upscaled images, extreme aspect ratios, empty, label-like and too long
+// captions; one line, a warning when anything is found.
+void log_dataset_lint(const data::DatasetPlan& plan, int t5_max_length) {
+  const ClipTokenizer clip = ClipTokenizer::from_assets();
+  const T5Tokenizer t5 = T5Tokenizer::from_assets();
+  data::LintOptions options;
+  options.decode = false;
+  options.clip = &clip;
+  options.t5 = &t5;
+  options.t5_max_length = t5_max_length;
+  const data::LintReport report = data::lint_dataset(plan, options);
+  if (report.findings.empty()) {
+    log::info("dataset ", report.summary());
+  } else {
+    log::warn("dataset ", report.summary(),
+              " (`fluxtrain dataset --lint` names them, decodes every image, finds duplicates and draws the crops)");
+  }
+}
+
 train::TrainerConfig trainer_config(const ResolvedConfig& config, const TrainSettings& settings,
                                     const ModelFiles& files, const RunPlan& run, const data::DatasetPlan& plan,
                                     at::Device device, at::ScalarType precision) {
@@ -233,6 +256,10 @@ int run_train(const ResolvedConfig& config, bool cache_only) {
   const FolderLock lock(settings.output_path, "OUTPUT_PATH");
   train::remove_stale_temporaries(settings.output_path);
   std::shared_ptr<data::DatasetPlan> plan = build_dataset(settings);
+  const int t5_max_length = settings.t5_max_length > 0
+                                ? static_cast<int>(settings.t5_max_length)
+                                : (settings.models.base_model == BaseModel::schnell ? 256 : 512);
+  log_dataset_lint(*plan, t5_max_length);
   stop::check("the dataset scan");
   RunPlan run = cache_only ? RunPlan{fs::path(settings.output_path), ""}
                            : plan_run(settings, config.value_texts(), dataset_identity(*plan));
@@ -242,9 +269,7 @@ int run_train(const ResolvedConfig& config, bool cache_only) {
   if (source_options.cache_dir.empty()) source_options.cache_dir = fs::path(settings.output_path) / "cache";
   source_options.encoders.device = device;
   source_options.encoders.dtype = precision;
-  source_options.text.t5_max_length = settings.t5_max_length > 0
-                                          ? settings.t5_max_length
-                                          : (settings.models.base_model == BaseModel::schnell ? 256 : 512);
+  source_options.text.t5_max_length = t5_max_length;
   source_options.text.t5_attn_mask = settings.t5_attn_mask;
   source_options.seed = settings.training.seed;
   train::DatasetSource source(plan, {files.ae, files.clip_l, files.t5xxl}, source_options);

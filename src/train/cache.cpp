@@ -15,6 +15,7 @@
 #include "core/safetensors.h"
 #include "core/sha256.h"
 #include "core/stop.h"
+#include "data/bucket_image.h"
 #include "data/image.h"
 #include "models/convert.h"
 
@@ -122,14 +123,10 @@ std::string model_identity(const fs::path& model, const fs::path& cache_dir) {
 }
 
 PreparedPixels prepare_pixels(const PreparedImage& p) {
-  data::Image image = data::load_image(p.path, p.alpha_mask);
-  if (image.width != p.resize_width || image.height != p.resize_height) {
-    image = data::resize_image(image, p.resize_width, p.resize_height);
-  }
-  if (image.width != p.bucket_width || image.height != p.bucket_height) {
-    image = data::crop_image(image, p.crop_left, p.crop_top, p.bucket_width, p.bucket_height);
-  }
-  if (p.flip) image = data::flip_horizontal(image);
+  // The same functions draw the crop previews of `fluxtrain dataset --lint` (data/bucket_image.h).
+  const data::BucketCrop crop{{p.bucket_width, p.bucket_height}, {p.resize_width, p.resize_height}, p.crop_left,
+                              p.crop_top};
+  data::Image image = data::bucket_pixels(p.path, crop, p.flip, p.alpha_mask);
   at::Tensor hwc = at::from_blob(image.pixels.data(), {image.height, image.width, image.channels}, at::kByte);
   at::Tensor chw = hwc.permute({2, 0, 1}).to(at::kFloat);
   PreparedPixels out;

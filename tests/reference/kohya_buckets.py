@@ -4,7 +4,7 @@ shared/spec/training.md, not copied; sd-scripts is not a package, so there is no
 width step) and `BucketManager.select_bucket` of library/train_util.py without bucket_no_upscale (an
 exact-size bucket first, else the first bucket of least aspect-ratio error; scale to cover, sizes rounded
 with int(x + 0.5)), plus the centre crop of train_util's trim_and_resize_if_required. Used by
-tests/e2e/test_dataset_cli.py and tests/parity/test_photos.py; docs/testing.md lists it as a transcription."""
+tests/e2e/test_dataset_cli.py, tests/e2e/test_dataset_lint.py and tests/parity/test_photos.py; docs/testing.md lists it as a transcription."""
 from __future__ import annotations
 
 import math

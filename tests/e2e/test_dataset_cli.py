@@ -115,7 +115,7 @@ def test_bare_folder_formats_captions_and_skips(tmp_path, fluxtrain_bin):
     assert ds["resolution"] == [1024, 1024] and ds["enable_bucket"] and ds["max_bucket_reso"] == 2048
     assert ds["batch_size"] == 2 and ds["origin"]["batch_size"] == "--batch-size"
     assert ds["subsets"][0]["caption_extension"] == ".txt"
-    assert plan["summary"].startswith("loaded 5 images, skipped 2: ")
+    assert plan["summary"].startswith("loaded 5 images, 3 without a caption, skipped 2: ")
     assert "broken.png" in plan["summary"] and "empty.jpg" in plan["summary"]
     # The text form says the same.
     text = run([fluxtrain_bin, "dataset", "--dir", folder]).stdout

@@ -17,7 +17,8 @@ YOLO_LINE = re.compile(r"^\s*\d+(\s+[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?){4,}\s
 
 def write_detection_tree(root: Path) -> Path:
     """images/{train,val}/*.jpg (64x64 and 96x64), labels/{train,val}/*.txt (YOLO boxes and a polygon),
-    classes.txt, boxes.csv, annotations/instances_train.json; images/train/img1.txt is a true caption.
+    classes.txt, boxes.csv, annotations/instances_train.json; images/train/img1.txt is a true caption,
+    images/val/val1.txt a copy of val1's YOLO labels.
     Returns root."""
     splits = {"train": 4, "val": 2}
     coco = {"images": [], "annotations": [], "categories": [{"id": 0, "name": "dog"}, {"id": 1, "name": "mat"}]}
@@ -43,6 +44,8 @@ def write_detection_tree(root: Path) -> Path:
             coco["annotations"].append({"id": n, "image_id": n, "category_id": 0, "bbox": [w // 4, h // 4, w // 4, h // 4]})
             n += 1
     (root / "images" / "train" / "img1.txt").write_text(REAL_CAPTION + "\n")
+    # Some exports also leave a YOLO file beside its image, where a caption would be.
+    (root / "images" / "val" / "val1.txt").write_text((root / "labels" / "val" / "val1.txt").read_text())
     (root / "classes.txt").write_text("dog\nmat\n")
     (root / "boxes.csv").write_text("\n".join(rows) + "\n")
     (root / "annotations").mkdir(exist_ok=True)
@@ -51,7 +54,7 @@ def write_detection_tree(root: Path) -> Path:
 
 
 # What the scan must report on this tree: 6 images (4 train + 2 val), 5 of them captionless; the ignored
-# label files are the 6 YOLO files, classes.txt and the COCO JSON.
+# label files are the 6 YOLO files of labels/, the one beside val1.jpg, classes.txt and the COCO JSON.
 IMAGES = 6
 CAPTIONLESS = 5
-LABEL_FILES = 8
+LABEL_FILES = 9

@@ -222,11 +222,12 @@ def test_bare_detection_folder_is_read_recursively_and_labels_are_not_captions(t
     assert plan["captionless_images"] == detection_tree.CAPTIONLESS
     assert plan["label_files_ignored"] == detection_tree.LABEL_FILES
     assert subset["label_files"] == detection_tree.LABEL_FILES and subset["missing_captions"] == 5
-    assert "5 without a caption, 8 label files ignored (not captions)" in plan["summary"]
+    assert "5 without a caption, 9 label files ignored (not captions)" in plan["summary"]
     # The text form says the same; a default caption fills the captionless images.
     result = run([fluxtrain_bin, "dataset", "--dir", root, "--resolution", "64", "--default-caption", "a photo of a dog"])
-    assert "5 without caption, 8 label files ignored" in result.stdout
-    assert "8 label files in" in result.stderr and "labels/train/img0.txt (a file under labels/)" in result.stderr
+    assert "5 without caption, 9 label files ignored" in result.stdout
+    assert "9 label files in" in result.stderr and "labels/train/img0.txt (a file under labels/)" in result.stderr
+    assert "images/val/val1.jpg (its caption file holds labels)" in result.stderr
     plan = dataset_json(fluxtrain_bin, "--dir", root, "--resolution", "64", "--default-caption", "a photo of a dog")
     captions = {Path(p["path"]).name: p["caption"] for p in plan["images"]}
     assert captions.pop("img1.jpg") == detection_tree.REAL_CAPTION

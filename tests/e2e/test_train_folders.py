@@ -41,7 +41,8 @@ def test_detection_tree_with_class_tokens_trains_without_yolo_captions(tmp_path,
     log = result.stderr
     assert "5 of 6 images in" in log and "they use the class tokens \"ohwx dog\"" in log, log
     assert f"{detection_tree.LABEL_FILES} label files in" in log and "are not captions" in log, log
-    assert "loaded 6 images, 5 without a caption, 8 label files ignored (not captions)" in log, log
+    assert "images/val/val1.jpg (its caption file holds labels)" in log, log
+    assert "loaded 6 images, 5 without a caption, 9 label files ignored (not captions)" in log, log
     assert "latent cache: 0 reused, 6 encoded" in log, log
     captions = encoded_captions(cache)
     assert sorted(captions) == sorted(["ohwx dog", detection_tree.REAL_CAPTION]), captions

@@ -37,6 +37,9 @@ def test_detection_tree_with_class_tokens_trains_without_yolo_captions(tmp_path,
     result = run([fluxtrain_bin, "train"], env=env)
     assert (out / "flux-lora.safetensors").exists(), result.stderr
     assert [m["step"] for m in metrics_of(out)] == [1, 2, 3, 4]
+    captions = encoded_captions(cache)
+    assert sorted(captions) == sorted(["ohwx dog", detection_tree.REAL_CAPTION]), captions
+    assert not [c for c in captions if detection_tree.YOLO_LINE.match(c)]
     # The start log warns with the counts.
     log = result.stderr
     assert "5 of 6 images in" in log and "they use the class tokens \"ohwx dog\"" in log, log
@@ -44,8 +47,5 @@ def test_detection_tree_with_class_tokens_trains_without_yolo_captions(tmp_path,
     assert "images/val/val1.jpg (its caption file holds labels)" in log, log
     assert "loaded 6 images, 5 without a caption, 9 label files ignored (not captions)" in log, log
     assert "latent cache: 0 reused, 6 encoded" in log, log
-    captions = encoded_captions(cache)
-    assert sorted(captions) == sorted(["ohwx dog", detection_tree.REAL_CAPTION]), captions
-    assert not [c for c in captions if detection_tree.YOLO_LINE.match(c)]
     with safe_open(str(out / "flux-lora.safetensors"), "pt") as f:
         assert f.metadata()["modelspec.trigger_phrase"] == "ohwx dog"

@@ -30,10 +30,11 @@ ALLOWED = {
     ("src/lora/lora_file.cpp", "rank_dropout"), ("src/lora/lora_file.cpp", "module_dropout"),
 }
 # Keys of kohya's own file schemas that are also option names: the dataset config (read in src/data, shown
-# by `fluxtrain dataset`) and the sample-prompt files (prompts.cpp reads kohya's TOML/JSON keys).
+# by `fluxtrain dataset`; default_caption is ai-toolkit's dataset key, also an option) and the sample-prompt
+# files (prompts.cpp reads kohya's TOML/JSON keys).
 SCHEMA_KEYS = {
-    "dataset_config.cpp": {"batch_size", "caption_extension", "num_repeats", "resolution"},
-    "dataset_cmd.cpp": {"batch_size", "caption_extension", "num_repeats"},
+    "dataset_config.cpp": {"batch_size", "caption_extension", "num_repeats", "resolution", "default_caption"},
+    "dataset_cmd.cpp": {"batch_size", "caption_extension", "num_repeats", "default_caption"},
     "train_cmd.cpp": {"caption_extension", "num_repeats"},
     "prompts.cpp": {"guidance_scale", "discrete_flow_shift"},
 }

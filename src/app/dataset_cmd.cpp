@@ -37,6 +37,8 @@ nlohmann::ordered_json subset_json(const data::SubsetConfig& s, const data::Subs
   j["num_repeats"] = s.num_repeats;
   j["caption_extension"] = s.caption_extension;
   j["class_tokens"] = s.class_tokens;
+  j["default_caption"] = s.default_caption;
+  j["recursive"] = s.recursive;
   j["shuffle_caption"] = s.captions.shuffle_caption;
   j["caption_separator"] = s.captions.caption_separator;
   j["keep_tokens"] = s.captions.keep_tokens;
@@ -54,6 +56,8 @@ nlohmann::ordered_json subset_json(const data::SubsetConfig& s, const data::Subs
   j["image_count"] = stats.images;
   j["missing_captions"] = stats.missing_captions;
   j["skipped"] = stats.skipped;
+  j["label_files"] = stats.label_files;
+  j["annotation_images"] = stats.annotation_images;
   j["origin"] = origin_json(s.origin);
   return j;
 }
@@ -120,6 +124,8 @@ nlohmann::ordered_json plan_json(const data::DatasetPlan& plan, const DatasetCom
   out["train_samples"] = plan.train_samples();
   out["reg_samples"] = plan.reg_samples();
   out["steps_per_epoch"] = plan.steps_per_epoch();
+  out["captionless_images"] = plan.captionless_images();
+  out["label_files_ignored"] = plan.label_files_ignored();
   out["summary"] = plan.summary();
   if (options.show_epoch > 0) {
     nlohmann::ordered_json batches = nlohmann::ordered_json::array();
@@ -180,10 +186,11 @@ void print_text(const data::DatasetPlan& plan, const DatasetCommandSettings& opt
       const data::SubsetStats& st = plan.subset_stats()[d][s];
       nlohmann::ordered_json j = subset_json(sub, st);
       std::cout << "  subset " << s + 1 << ": " << sub.image_dir.string() << "  (" << st.images << " images, "
-                << st.skipped << " skipped, " << st.missing_captions << " without caption)\n";
+                << st.skipped << " skipped, " << st.missing_captions << " without caption, " << st.label_files
+                << " label files ignored)\n";
       for (const auto& [key, value] : j.items()) {
         if (key == "image_dir" || key == "origin" || key == "image_count" || key == "missing_captions" ||
-            key == "skipped") {
+            key == "skipped" || key == "label_files" || key == "annotation_images") {
           continue;
         }
         auto it = sub.origin.find(key);

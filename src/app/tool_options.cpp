@@ -83,6 +83,13 @@ const OptionTable& dataset_command_options() {
                 s.fallbacks.resolution = parse_resolution(v);
                 s.fallbacks.resolution_origin = given.origin;
               }),
+          Opt<S>("default_caption", kString, "dataset", "",
+                 "Caption of captionless images in subsets without class_tokens, where the config sets no "
+                 "default_caption (train's default_caption).")
+              .set([](S& s, const std::string& v, const ResolvedOption& given) {
+                s.fallbacks.default_caption = v;
+                s.fallbacks.default_caption_origin = given.origin;
+              }),
           Opt<S>("epoch", kInt, "dataset", "", "Also print the batches of this epoch (1-based).")
               .min(0)
               .to(&S::show_epoch),

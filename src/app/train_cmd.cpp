@@ -44,16 +44,18 @@ namespace fluxtrain::app {
 namespace fs = std::filesystem;
 namespace {
 
-// The dataset as the training sees it: each image's file name, size in bytes, caption, repeats and role,
-// in plan order, hashed. The folder it sits in does not count (a dataset fetched into another cache is the
-// same dataset); a changed, added or removed image or caption does.
+// The dataset as the training sees it: each image's path below its subset's folder (its file name unless the
+// subset is recursive), size in bytes, caption, repeats and role, in plan order, hashed. The folder it sits
+// in does not count (a dataset fetched into another cache is the same dataset); a changed, added or removed
+// image or caption does.
 std::string dataset_identity(const data::DatasetPlan& plan) {
   Sha256 hash;
   for (const auto& image : plan.images()) {
     std::error_code ec;
     const uintmax_t size = fs::file_size(image.path, ec);
-    hash.update(cat(image.dataset, "/", image.subset, "/", image.path.filename().string(), " ", ec ? 0 : size, " ",
-                    image.num_repeats, image.is_reg ? " reg " : " train ", image.caption, "\n"));
+    const fs::path& dir = plan.config().datasets.at(image.dataset).subsets.at(image.subset).image_dir;
+    hash.update(cat(image.dataset, "/", image.subset, "/", image.path.lexically_relative(dir).generic_string(), " ",
+                    ec ? 0 : size, " ", image.num_repeats, image.is_reg ? " reg " : " train ", image.caption, "\n"));
   }
   return hash.hex_digest().substr(0, 12);
 }

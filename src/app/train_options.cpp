@@ -167,6 +167,14 @@ std::vector<OptionSpec> train_specs() {
           .check(check_extension)
           .allowed("an extension starting with '.' (\".txt\", \".caption\")")
           .to(&S::caption_extension),
+      Opt<S>("default_caption", kString, "dataset", "",
+             "Caption of the images that have none (no caption file, an empty one, or a label file such as YOLO "
+             "numbers) in subsets without class_tokens; a dataset config's default_caption wins; unset: the empty "
+             "caption (ai-toolkit's default_caption).")
+          .set([](S& s, const std::string& v, const std::string& described) {
+            s.dataset_fallbacks.default_caption = v;
+            s.dataset_fallbacks.default_caption_origin = described;
+          }),
       Opt<S>("num_repeats", kInt, "dataset", "",
              "Repeats of each image per epoch for a dataset without a config; unset: 1.")
           .min(1)

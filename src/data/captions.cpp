@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/strings.h"
 #include "data/rng.h"
 
 namespace fluxtrain::data {
@@ -141,7 +142,15 @@ CaptionFile read_caption_file(const std::filesystem::path& image, const std::str
   std::ostringstream content;
   content << in.rdbuf();
   if (!in && !in.eof()) fail("cannot read caption file ", path.string(), ": check its permissions");
-  CaptionFile out = parse_caption_text(content.str(), path.string());
+  const std::string bytes = content.str();
+  const bool json = lower(path.extension().string()) == ".json";
+  if (json ? looks_like_coco_json(bytes) : is_yolo_text(bytes)) {
+    CaptionFile out;
+    out.path = path;
+    out.label = json ? LabelKind::coco_json : LabelKind::yolo;
+    return out;
+  }
+  CaptionFile out = parse_caption_text(bytes, path.string());
   out.path = path;
   return out;
 }

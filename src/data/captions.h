@@ -10,6 +10,8 @@
 #include <string_view>
 #include <vector>
 
+#include "data/label_files.h"
+
 namespace fluxtrain::data {
 
 class DataRng;
@@ -29,17 +31,19 @@ struct CaptionSettings {
 };
 
 struct CaptionFile {
-  std::filesystem::path path;  // the caption file looked for
-  bool found = false;          // the file exists and holds a non-blank first line
-  bool empty = false;          // the file exists but its first line is blank
-  bool multiline = false;      // more non-blank lines follow the first (they are not used)
-  std::string text;            // the first line, stripped
+  std::filesystem::path path;         // the caption file looked for
+  bool found = false;                 // the file exists and holds a non-blank first line
+  bool empty = false;                 // the file exists but its first line is blank
+  bool multiline = false;             // more non-blank lines follow the first (they are not used)
+  std::string text;                   // the first line, stripped
+  LabelKind label = LabelKind::none;  // the file is a label file, not a caption (found is false)
 };
 
 // Reads `<image without extension><extension>`. The text must be UTF-8 (a BOM is dropped); lines end in
 // \n, \r\n or \r; the first line is the caption, stripped of leading and trailing whitespace (Python's
 // str.strip() set, which includes U+3000). Throws Error naming the file when it is not valid UTF-8 or
-// cannot be read.
+// cannot be read. A file of YOLO labels (data/label_files.h; COCO JSON for a ".json" extension) is not a
+// caption: it comes back with found = false and `label` saying what it is.
 // A caption file over kMaxCaptionFileBytes is refused (Error naming it and the limit) before it is read.
 CaptionFile read_caption_file(const std::filesystem::path& image, const std::string& extension);
 

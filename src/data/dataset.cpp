@@ -2,11 +2,15 @@
 #include "data/image.h"
 
 #include <algorithm>
+#include <fstream>
 #include <map>
+#include <set>
 
 #include "core/error.h"
 #include "core/log.h"
+#include "core/strings.h"
 #include "data/captions.h"
+#include "data/label_files.h"
 #include "data/rng.h"
 
 namespace fluxtrain::data {
@@ -18,24 +22,89 @@ constexpr uint64_t kTagBucketShuffle = 0x6275636b;  // "buck"
 constexpr uint64_t kTagBatchOrder = 0x6f726472;     // "ordr"
 constexpr uint64_t kTagSample = 0x736d706c;         // "smpl"
 
-std::vector<std::filesystem::path> list_images(const std::filesystem::path& dir) {
-  std::vector<std::filesystem::path> files;
-  std::error_code ec;
-  std::filesystem::directory_iterator it(dir, ec);
-  if (ec) fail("cannot list image folder ", dir.string(), ": ", ec.message());
-  for (const auto& entry : it) {
+// What a subset's folder holds: its images, and the label files (data/label_files.h) that are no image's
+// caption file (those are classified when the caption is read).
+struct FolderListing {
+  std::vector<std::filesystem::path> images;
+  std::vector<std::pair<std::filesystem::path, LabelKind>> labels;
+  std::vector<std::filesystem::path> annotation_images;  // in labels/, masks/, annotations/: not used
+};
+
+bool in_annotation_folder(const std::filesystem::path& relative) {
+  for (auto it = relative.begin(); it != relative.end() && std::next(it) != relative.end(); ++it) {
+    if (is_annotation_folder(*it)) return true;
+  }
+  return false;
+}
+
+// The first megabyte of a file ("" when it cannot be read: it is then not recognised as a label file).
+std::string file_head(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::string out(static_cast<size_t>(kMaxCaptionFileBytes), '\0');
+  in.read(out.data(), static_cast<std::streamsize>(out.size()));
+  out.resize(static_cast<size_t>(in.gcount()));
+  return out;
+}
+
+FolderListing list_folder(const std::filesystem::path& dir, bool recursive, const std::string& caption_extension) {
+  FolderListing out;
+  std::vector<std::filesystem::path> others;
+  auto visit = [&](const std::filesystem::directory_entry& entry) {
     const std::string name = entry.path().filename().string();
     std::error_code file_ec;
     // Hidden files (".DS_Store", macOS "._x.jpg" forks) are left out, as kohya's glob does.
-    if (name.empty() || name[0] == '.' || !entry.is_regular_file(file_ec) || !has_image_extension(entry.path())) {
-      continue;
+    if (name.empty() || name[0] == '.' || !entry.is_regular_file(file_ec)) return;
+    if (!has_image_extension(entry.path())) {
+      others.push_back(entry.path());
+    } else if (recursive && in_annotation_folder(entry.path().lexically_relative(dir))) {
+      out.annotation_images.push_back(entry.path());
+    } else {
+      out.images.push_back(entry.path());
     }
-    files.push_back(entry.path());
+  };
+  std::error_code ec;
+  if (recursive) {
+    std::filesystem::recursive_directory_iterator it(dir, ec), end;
+    if (ec) fail("cannot list image folder ", dir.string(), ": ", ec.message());
+    for (; it != end; it.increment(ec)) {
+      if (ec) fail("cannot list a sub-folder of ", dir.string(), ": ", ec.message());
+      std::error_code dir_ec;
+      const std::string name = it->path().filename().string();
+      if (it->is_directory(dir_ec)) {
+        if (name.empty() || name[0] == '.') it.disable_recursion_pending();
+        continue;
+      }
+      visit(*it);
+    }
+  } else {
+    std::filesystem::directory_iterator it(dir, ec);
+    if (ec) fail("cannot list image folder ", dir.string(), ": ", ec.message());
+    for (const auto& entry : it) visit(entry);
   }
-  // Byte order of the UTF-8 names (= code point order, as kohya's sorted() of str paths).
-  std::sort(files.begin(), files.end(),
-            [](const auto& a, const auto& b) { return a.filename().string() < b.filename().string(); });
-  return files;
+  // Byte order of the UTF-8 paths below `dir` (= code point order, as kohya's sorted() of str paths).
+  auto by_relative = [&](const auto& a, const auto& b) {
+    return a.lexically_relative(dir).generic_string() < b.lexically_relative(dir).generic_string();
+  };
+  std::sort(out.images.begin(), out.images.end(), by_relative);
+  std::sort(out.annotation_images.begin(), out.annotation_images.end(), by_relative);
+  std::sort(others.begin(), others.end(), by_relative);
+  std::set<std::filesystem::path> captions;
+  for (const auto& image : out.images) {
+    std::filesystem::path caption = image;
+    caption.replace_extension();
+    caption += caption_extension;
+    captions.insert(caption);
+  }
+  for (const auto& path : others) {
+    if (captions.count(path) != 0) continue;  // an image's caption file: read (and classified) with its image
+    const std::filesystem::path relative = path.lexically_relative(dir);
+    LabelKind kind = label_kind_by_name(relative);
+    const std::string ext = lower(path.extension().string());
+    if (kind == LabelKind::none && (ext == ".txt" || ext == ".json"))
+      kind = classify_label_file(relative, file_head(path));
+    if (kind != LabelKind::none) out.labels.emplace_back(path, kind);
+  }
+  return out;
 }
 
 std::string list_some(const std::vector<std::string>& items, size_t shown) {
@@ -61,8 +130,18 @@ DatasetPlan DatasetPlan::build(DatasetGroupConfig config, const ScanOptions& opt
       const SubsetConfig& subset = dataset.subsets[s];
       SubsetStats& stats = plan.stats_[d][s];
       folders.push_back(subset.image_dir.string());
-      std::vector<std::string> missing, multiline, other_extension;
-      const std::vector<std::filesystem::path> files = list_images(subset.image_dir);
+      std::vector<std::string> missing, multiline, other_extension, labels;
+      const FolderListing listing = list_folder(subset.image_dir, subset.recursive, subset.caption_extension);
+      const std::vector<std::filesystem::path>& files = listing.images;
+      std::set<std::filesystem::path> label_paths;
+      auto shown = [&](const std::filesystem::path& p) {
+        return p.lexically_relative(subset.image_dir).generic_string();
+      };
+      for (const auto& [path, kind] : listing.labels) {
+        labels.push_back(cat(shown(path), " (", describe(kind), ")"));
+        label_paths.insert(path);
+      }
+      const std::string& fallback_caption = subset.class_tokens.empty() ? subset.default_caption : subset.class_tokens;
       for (const auto& path : files) {
         DatasetImage image;
         image.path = path;
@@ -92,26 +171,53 @@ DatasetPlan DatasetPlan::build(DatasetGroupConfig config, const ScanOptions& opt
           image.caption_from_file = true;
           if (caption.multiline) multiline.push_back(caption.path.filename().string());
         } else {
-          image.caption = subset.class_tokens;
-          missing.push_back(path.filename().string() + (caption.empty ? " (empty caption file)" : ""));
+          image.caption = fallback_caption;
+          if (caption.label != LabelKind::none) {
+            labels.push_back(cat(shown(caption.path), " (", describe(caption.label), ")"));
+            ++stats.label_captions;
+          }
+          missing.push_back(shown(path) + (caption.empty                      ? " (empty caption file)"
+                                           : caption.label != LabelKind::none ? " (its caption file holds labels)"
+                                                                              : ""));
           if (subset.caption_extension != ".txt") {
             std::filesystem::path txt = path;
             txt.replace_extension(".txt");
             std::error_code ec;
-            if (std::filesystem::is_regular_file(txt, ec)) other_extension.push_back(txt.filename().string());
+            if (std::filesystem::is_regular_file(txt, ec) && label_paths.count(txt) == 0) {
+              other_extension.push_back(txt.filename().string());
+            }
           }
         }
         plan.images_.push_back(std::move(image));
         ++stats.images;
       }
       stats.missing_captions = static_cast<int>(missing.size());
+      stats.label_files = static_cast<int>(labels.size());
+      stats.annotation_images = static_cast<int>(listing.annotation_images.size());
       const std::string dir = subset.image_dir.string();
-      if (files.empty()) log::warn("no image files (.jpg .jpeg .png .webp .bmp) in ", dir);
+      if (files.empty()) {
+        log::warn("no image files (.jpg .jpeg .png .webp .bmp) in ", dir,
+                  subset.recursive ? " or its sub-folders" : " (sub-folders are not read: set recursive = true)");
+      }
+      if (!listing.annotation_images.empty()) {
+        std::vector<std::string> names;
+        for (const auto& p : listing.annotation_images) names.push_back(shown(p));
+        log::warn(names.size(), " images in labels/, masks/ or annotations/ folders of ", dir,
+                  " are annotations, not training images, and are left out: ", list_some(names, 3));
+      }
+      if (!labels.empty()) {
+        log::warn(
+            labels.size(), " label files in ", dir,
+            " are not captions (YOLO numbers, class lists, COCO annotations) and are ignored: ", list_some(labels, 5));
+      }
       if (!missing.empty()) {
         log::warn(missing.size(), " of ", stats.images, " images in ", dir, " have no caption (",
                   subset.caption_extension, "); ",
-                  subset.class_tokens.empty() ? std::string("they train with an empty caption")
-                                              : cat("they use the class tokens \"", subset.class_tokens, "\""),
+                  fallback_caption.empty()
+                      ? std::string("they train with an empty caption: set class_tokens or default_caption "
+                                    "(PARAMS_DEFAULT_CAPTION) to give them one")
+                      : cat("they use the ", subset.class_tokens.empty() ? "default caption" : "class tokens", " \"",
+                            fallback_caption, "\""),
                   ": ", list_some(missing, 5));
       }
       if (!other_extension.empty()) {
@@ -264,6 +370,9 @@ std::string DatasetPlan::summary() const {
   for (const DatasetImage& image : images_) reg += image.is_reg ? 1 : 0;
   std::string out = cat("loaded ", images_.size(), " images");
   if (reg > 0) out += cat(" (", reg, " regularisation)");
+  const int captionless = captionless_images(), labels = label_files_ignored();
+  if (captionless > 0) out += cat(", ", captionless, " without a caption");
+  if (labels > 0) out += cat(", ", labels, " label files ignored (not captions)");
   if (skipped_.empty()) {
     out += ", skipped none";
   } else {
@@ -272,6 +381,22 @@ std::string DatasetPlan::summary() const {
     out += cat(", skipped ", skipped_.size(), ": ", list_some(items, 5));
   }
   return out;
+}
+
+int DatasetPlan::captionless_images() const {
+  int n = 0;
+  for (const auto& dataset : stats_) {
+    for (const SubsetStats& s : dataset) n += s.missing_captions;
+  }
+  return n;
+}
+
+int DatasetPlan::label_files_ignored() const {
+  int n = 0;
+  for (const auto& dataset : stats_) {
+    for (const SubsetStats& s : dataset) n += s.label_files;
+  }
+  return n;
 }
 
 ImageProbe default_image_probe() {

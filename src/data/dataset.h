@@ -35,9 +35,11 @@ struct DatasetImage {
   std::filesystem::path path;
   int dataset = 0;
   int subset = 0;
-  Resolution size;      // as probed
-  BucketFit fit;        // bucket, resized size, centre crop
-  std::string caption;  // the caption file's first line, or the class tokens (before per-step edits)
+  Resolution size;  // as probed
+  BucketFit fit;    // bucket, resized size, centre crop
+  // The caption file's first line, or (without one) the class tokens, else the default caption (before per-step
+  // edits). A caption file of labels (data/label_files.h) is not a caption.
+  std::string caption;
   bool caption_from_file = false;
   int num_repeats = 1;  // per epoch, after kohya's balancing of regularisation images (0: unused)
   bool is_reg = false;
@@ -72,14 +74,19 @@ struct PlannedBatch {
 
 struct SubsetStats {
   int images = 0;
-  int missing_captions = 0;  // no caption file (or an empty one): class tokens or "" used
+  int missing_captions = 0;  // no caption (no file, an empty one or a label file): class tokens, default caption or ""
   int skipped = 0;
+  int label_captions = 0;     // images whose caption file holds labels (YOLO numbers): counted in missing_captions
+  int label_files = 0;        // label files ignored as not captions, those beside images included
+  int annotation_images = 0;  // images in labels/, masks/, annotations/ folders of a recursive scan: not used
 };
 
 class DatasetPlan {
  public:
-  // Scans every subset's folder (not recursive; .jpg .jpeg .png .webp .bmp in any letter case, hidden
-  // files excluded, sorted by name), reads captions, probes sizes, skips unreadable images with a warning,
+  // Scans every subset's folder (with its sub-folders when the subset is recursive, except hidden ones and
+  // the images of labels/, masks/, annotations/ folders; .jpg .jpeg .png .webp .bmp in any letter case,
+  // hidden files excluded, sorted by path), reads captions (a label file is not one; other label files in
+  // the folder are counted), probes sizes, skips unreadable images with a warning,
   // assigns buckets and balances regularisation images. Throws Error when no image can be used.
   static DatasetPlan build(DatasetGroupConfig config, const ScanOptions& options);
 
@@ -93,6 +100,8 @@ class DatasetPlan {
   int64_t steps_per_epoch() const { return steps_per_epoch_; }
   int64_t train_samples() const { return train_samples_; }  // training images x repeats, per epoch
   int64_t reg_samples() const { return reg_samples_; }      // regularisation images x repeats, as used
+  int captionless_images() const;   // images without a caption (SubsetStats::missing_captions, summed)
+  int label_files_ignored() const;  // label files not taken as captions (SubsetStats::label_files, summed)
 
   // Epoch `epoch` (0-based): steps_per_epoch() batches. Each bucket's samples are shuffled and cut into
   // batches of the dataset's batch_size (the last one may be smaller); then all batches are shuffled.
@@ -102,7 +111,8 @@ class DatasetPlan {
   // One batch of the epoch plan, 0 <= step < steps_per_epoch() (for a resume in mid-epoch).
   PlannedBatch batch(uint64_t seed, int64_t epoch, int64_t step) const;
 
-  // "loaded 398 images (12 regularisation), skipped 2: a.jpg (truncated JPEG), b.png (...)".
+  // "loaded 398 images (12 regularisation), 3 without a caption, 400 label files ignored (not captions),
+  // skipped 2: a.jpg (truncated JPEG), b.png (...)".
   std::string summary() const;
 
  private:

@@ -14,6 +14,7 @@
 #include "core/json_guard.h"
 #include "core/log.h"
 #include "core/strings.h"
+#include "data/label_files.h"
 
 namespace fluxtrain::data {
 
@@ -45,6 +46,8 @@ constexpr KeySpec kKeys[] = {
     {"num_repeats", Type::integer, kSubsetKey},
     {"caption_extension", Type::string, kSubsetKey},
     {"class_tokens", Type::string, kSubsetKey},
+    {"default_caption", Type::string, kSubsetKey},  // fluxtrain's (ai-toolkit's name), not kohya's
+    {"recursive", Type::boolean, kSubsetKey},       // fluxtrain's, not kohya's
     {"shuffle_caption", Type::boolean, kSubsetKey},
     {"caption_separator", Type::string, kSubsetKey},
     {"keep_tokens", Type::integer, kSubsetKey},
@@ -185,6 +188,7 @@ class Resolver {
     if (options.fallbacks.resolution) {
       fallbacks_["resolution"] = {options.fallbacks.resolution->width, options.fallbacks.resolution->height};
     }
+    if (options.fallbacks.default_caption) fallbacks_["default_caption"] = *options.fallbacks.default_caption;
   }
 
   DatasetGroupConfig resolve(const json& doc);
@@ -334,8 +338,10 @@ void Resolver::take(const std::vector<Layer>& layers, const char* key, T& out,
   std::string from;
   const json* v = lookup(layers, key, from);
   const bool is_batch = std::string(key) == "batch_size";
-  const std::string& fallback_name =
-      is_batch ? options_.fallbacks.batch_size_origin : options_.fallbacks.resolution_origin;
+  const bool is_resolution = std::string(key) == "resolution";
+  const std::string& fallback_name = is_batch        ? options_.fallbacks.batch_size_origin
+                                     : is_resolution ? options_.fallbacks.resolution_origin
+                                                     : options_.fallbacks.default_caption_origin;
   origin[key] = from == "fallback" ? fallback_name : from;
   if (v == nullptr) return;
   if constexpr (std::is_same_v<T, Resolution>) {
@@ -346,7 +352,7 @@ void Resolver::take(const std::vector<Layer>& layers, const char* key, T& out,
   // kohya's rule: the config wins over the command line; say so when a command-line value goes unused.
   auto fb = fallbacks_.find(key);
   if (fb == fallbacks_.end() || from == "fallback" || from == "folder default") return;
-  const bool differs = is_batch ? *fb != *v : as_resolution(*fb) != as_resolution(*v);
+  const bool differs = is_resolution ? as_resolution(*fb) != as_resolution(*v) : *fb != *v;
   if (differs) {
     log::warn("dataset config ", source_, ": ", where, ": ", fallback_name, " (", fb->dump(),
               ") is not used: the config sets ", key, " = ", v->dump(), " at its ", from, " level",
@@ -364,6 +370,22 @@ bool holds_images(const std::filesystem::path& dir) {
   std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
     if (is_image_file(entry)) return true;
+  }
+  return false;
+}
+
+// An image at any depth below `dir`, outside hidden and annotation folders (the recursive scan's rule).
+bool holds_images_below(const std::filesystem::path& dir) {
+  std::error_code ec;
+  std::filesystem::recursive_directory_iterator it(dir, ec), end;
+  for (; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    std::error_code dir_ec;
+    if (it->is_directory(dir_ec)) {
+      if (name.empty() || name[0] == '.' || is_annotation_folder(name)) it.disable_recursion_pending();
+      continue;
+    }
+    if (is_image_file(*it)) return true;
   }
   return false;
 }
@@ -442,6 +464,8 @@ void Resolver::add_subsets(DatasetConfig& out, const std::vector<Layer>& layers,
   take(layers, "num_repeats", s.num_repeats, o, where);
   take(layers, "caption_extension", s.caption_extension, o, where);
   take(layers, "class_tokens", s.class_tokens, o, where);
+  take(layers, "default_caption", s.default_caption, o, where);
+  take(layers, "recursive", s.recursive, o, where);
   take(layers, "shuffle_caption", s.captions.shuffle_caption, o, where);
   take(layers, "caption_separator", s.captions.caption_separator, o, where);
   take(layers, "keep_tokens", s.captions.keep_tokens, o, where);
@@ -505,6 +529,15 @@ void Resolver::add_subsets(DatasetConfig& out, const std::vector<Layer>& layers,
       }
       return;
     }
+  }
+  // kohya reads image_dir alone and would find nothing here; a folder as people ship it (a Kaggle or
+  // Roboflow export: images/train/*.jpg) is read with its sub-folders unless the config says otherwise.
+  if (o["recursive"] == "default" && !holds_images(dir) && holds_images_below(dir)) {
+    s.recursive = true;
+    o["recursive"] = "no images at the top of image_dir";
+    log::info("dataset config ", source_, ": ", where, ": ", dir.string(),
+              " holds no images of its own, so its sub-folders are read (recursive = true; kohya would find no "
+              "images here)");
   }
   for (const SubsetConfig& existing : out.subsets) {
     if (existing.image_dir == s.image_dir) {
@@ -687,7 +720,8 @@ DatasetGroupConfig folder_dataset_config(const std::filesystem::path& dir, const
         std::min(min_bucket, std::min(options.fallbacks.resolution->width, options.fallbacks.resolution->height));
   }
   const json defaults = {{"resolution", 1024},      {"enable_bucket", true},   {"min_bucket_reso", min_bucket},
-                         {"max_bucket_reso", 2048}, {"bucket_reso_steps", 64}, {"caption_extension", ".txt"}};
+                         {"max_bucket_reso", 2048}, {"bucket_reso_steps", 64}, {"caption_extension", ".txt"},
+                         {"recursive", true}};
   json subsets = json::array();
   auto add_folder = [&](const std::filesystem::path& root, bool is_reg) {
     std::vector<std::string> ignored;

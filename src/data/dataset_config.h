@@ -9,6 +9,7 @@
 //        caption_separator keep_tokens keep_tokens_separator secondary_separator caption_prefix
 //        caption_suffix caption_dropout_rate caption_dropout_every_n_epochs caption_tag_dropout_rate
 //        flip_aug random_crop
+//        default_caption recursive (fluxtrain's, not kohya's: see docs/data.md)
 //   subset only: image_dir (required) is_reg alpha_mask
 // Every other key is an error naming the key, the file, the level and the closest valid key; kohya keys
 // that fluxtrain does not implement (color_aug, enable_wildcard, token_warmup_*, ...) are accepted only at
@@ -32,6 +33,12 @@ struct SubsetConfig {
   int num_repeats = 1;
   std::string caption_extension = ".caption";  // kohya's default; a bare folder uses ".txt"
   std::string class_tokens;                    // "" = none
+  // The caption of images without one where class_tokens is empty (ai-toolkit's default_caption).
+  std::string default_caption;
+  // Images in sub-folders too (at any depth; not in labels/, masks/, annotations/ folders), each with its
+  // caption beside it. kohya reads image_dir alone; a bare folder and a config subset whose image_dir holds
+  // no images of its own (and no N_name subfolders) are recursive unless recursive = false.
+  bool recursive = false;
   CaptionSettings captions;
   bool flip_aug = false;
   bool random_crop = false;
@@ -61,6 +68,8 @@ struct ConfigFallbacks {
   std::string batch_size_origin = "--batch-size";
   std::optional<Resolution> resolution;
   std::string resolution_origin = "--resolution";
+  std::optional<std::string> default_caption;
+  std::string default_caption_origin = "--default-caption";
 };
 
 struct ConfigOptions {

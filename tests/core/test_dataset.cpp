@@ -596,7 +596,8 @@ TEST(DatasetPlanTest, ScanSkipsUnreadableAndPairsCaptions) {
   EXPECT_EQ(plan.images()[3].caption, "thing");
   EXPECT_EQ(plan.subset_stats()[0][0].missing_captions, 4);
   EXPECT_EQ(plan.subset_stats()[0][0].skipped, 1);
-  EXPECT_NE(plan.summary().find("loaded 5 images, skipped 1: bad_one.jpg ("), std::string::npos) << plan.summary();
+  EXPECT_NE(plan.summary().find("loaded 5 images, 4 without a caption, skipped 1: bad_one.jpg ("), std::string::npos)
+      << plan.summary();
 
   // An invalid caption stops the scan with the file's name.
   write_file(root / "img" / "img_0000.txt", "caf\xE9");

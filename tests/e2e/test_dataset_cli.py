@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 from PIL import Image
 
+import detection_tree
 from conftest import run
 from reference import kohya_buckets
 
@@ -115,7 +117,7 @@ def test_bare_folder_formats_captions_and_skips(tmp_path, fluxtrain_bin):
     assert ds["resolution"] == [1024, 1024] and ds["enable_bucket"] and ds["max_bucket_reso"] == 2048
     assert ds["batch_size"] == 2 and ds["origin"]["batch_size"] == "--batch-size"
     assert ds["subsets"][0]["caption_extension"] == ".txt"
-    assert plan["summary"].startswith("loaded 5 images, skipped 2: ")
+    assert plan["summary"].startswith("loaded 5 images, 3 without a caption, skipped 2: ")
     assert "broken.png" in plan["summary"] and "empty.jpg" in plan["summary"]
     # The text form says the same.
     text = run([fluxtrain_bin, "dataset", "--dir", folder]).stdout
@@ -197,3 +199,75 @@ def test_config_errors_name_the_key(tmp_path, fluxtrain_bin):
     assert result.returncode == 1 and "no usable training image" in result.stderr and str(tmp_path / "img") in result.stderr
     result = run([fluxtrain_bin, "dataset"], check=False)
     assert result.returncode == 1 and "--config" in result.stderr and "--dir" in result.stderr
+
+
+# --- folders as people ship them (docs/data.md) ---------------------------------------------------------------
+
+def test_bare_detection_folder_is_read_recursively_and_labels_are_not_captions(tmp_path, fluxtrain_bin):
+    """A Kaggle detection tree given as a bare folder: the images in images/{train,val} are found, the true
+    caption beside one is used, the YOLO files of labels/, classes.txt and the COCO JSON are counted as
+    ignored label files, and no YOLO line is a caption of any image or of any sample of an epoch."""
+    root = detection_tree.write_detection_tree(tmp_path / "kaggle")
+    plan = dataset_json(fluxtrain_bin, "--dir", root, "--epoch", "1", "--resolution", "64")
+    rel = sorted(str(Path(p["path"]).relative_to(root)) for p in plan["images"])
+    assert rel == ["images/train/img0.jpg", "images/train/img1.jpg", "images/train/img2.jpg", "images/train/img3.jpg",
+                   "images/val/val0.jpg", "images/val/val1.jpg"]
+    (subset,) = plan["datasets"][0]["subsets"]
+    assert subset["recursive"] is True and subset["origin"]["recursive"] == "folder default"
+    captions = {Path(p["path"]).name: p["caption"] for p in plan["images"]}
+    assert captions.pop("img1.jpg") == detection_tree.REAL_CAPTION
+    assert set(captions.values()) == {""}
+    used = [s["caption"] for batch in plan["epoch_plan"] for s in batch["samples"]] + list(captions.values())
+    assert not [c for c in used if detection_tree.YOLO_LINE.match(c)]
+    assert plan["captionless_images"] == detection_tree.CAPTIONLESS
+    assert plan["label_files_ignored"] == detection_tree.LABEL_FILES
+    assert subset["label_files"] == detection_tree.LABEL_FILES and subset["missing_captions"] == 5
+    assert "5 without a caption, 9 label files ignored (not captions)" in plan["summary"]
+    # The text form says the same; a default caption fills the captionless images.
+    result = run([fluxtrain_bin, "dataset", "--dir", root, "--resolution", "64", "--default-caption", "a photo of a dog"])
+    assert "5 without caption, 9 label files ignored" in result.stdout
+    assert "9 label files in" in result.stderr and "labels/train/img0.txt (a file under labels/)" in result.stderr
+    assert "images/val/val1.jpg (its caption file holds labels)" in result.stderr
+    plan = dataset_json(fluxtrain_bin, "--dir", root, "--resolution", "64", "--default-caption", "a photo of a dog")
+    captions = {Path(p["path"]).name: p["caption"] for p in plan["images"]}
+    assert captions.pop("img1.jpg") == detection_tree.REAL_CAPTION
+    assert set(captions.values()) == {"a photo of a dog"}
+    assert plan["datasets"][0]["subsets"][0]["origin"]["default_caption"] == "--default-caption"
+
+
+def test_seed_json_config_with_class_tokens_on_a_nested_tree(tmp_path, fluxtrain_bin):
+    """The seed's kind of dataset.json (kohya's schema, class_tokens, no recursive key) pointing at the root
+    of a nested tree: image_dir holds no images itself, so its sub-folders are read; captionless images take
+    the class tokens. recursive = false keeps kohya's behaviour: no image, an error naming the folder. YOLO
+    files beside the images (a flat export) are not captions either."""
+    root = detection_tree.write_detection_tree(tmp_path / "kaggle")
+    config = tmp_path / "dataset.json"
+    subset = {"image_dir": str(root), "class_tokens": "ohwx dog", "num_repeats": 2}
+    config.write_text(json.dumps({"general": {"resolution": 64, "caption_extension": ".txt", "enable_bucket": True,
+                                              "min_bucket_reso": 64, "bucket_reso_steps": 32},
+                                  "datasets": [{"batch_size": 1, "subsets": [subset]}]}))
+    plan = dataset_json(fluxtrain_bin, "--config", config)
+    (s,) = plan["datasets"][0]["subsets"]
+    assert s["recursive"] is True and s["origin"]["recursive"] == "no images at the top of image_dir"
+    captions = {Path(p["path"]).name: p["caption"] for p in plan["images"]}
+    assert len(captions) == detection_tree.IMAGES
+    assert captions.pop("img1.jpg") == detection_tree.REAL_CAPTION
+    assert set(captions.values()) == {"ohwx dog"}
+    assert plan["train_samples"] == 12 and plan["label_files_ignored"] == detection_tree.LABEL_FILES
+
+    config.write_text(json.dumps({"datasets": [{"subsets": [{**subset, "recursive": False}]}]}))
+    result = run([fluxtrain_bin, "dataset", "--config", config], check=False)
+    assert result.returncode == 1 and "no usable training image" in result.stderr and str(root) in result.stderr
+    assert "sub-folders are not read: set recursive = true" in result.stderr
+
+    flat = tmp_path / "flat"
+    for i in range(3):
+        save(flat / f"{i}.png", 64, 64)
+    (flat / "0.txt").write_text("0 0.5 0.5 0.25 0.25\n1 0.2 0.2 0.1 0.1\n")
+    (flat / "1.txt").write_text("ohwx, sitting\n")
+    (flat / "classes.txt").write_text("dog\n")
+    config.write_text(json.dumps({"general": {"resolution": 64, "caption_extension": ".txt"},
+                                  "datasets": [{"subsets": [{"image_dir": str(flat), "class_tokens": "ohwx dog"}]}]}))
+    plan = dataset_json(fluxtrain_bin, "--config", config)
+    assert [p["caption"] for p in plan["images"]] == ["ohwx dog", "ohwx, sitting", "ohwx dog"]
+    assert plan["label_files_ignored"] == 2 and plan["captionless_images"] == 2

@@ -10,7 +10,7 @@ CMAKE_BUILD_TYPE ?= RelWithDebInfo
 CMAKE_ARGS ?=
 TARGETS ?=
 
-.PHONY: all setup configure build demo test test-sanitize sanitize-build fuzz test-main format clean
+.PHONY: all setup configure build demo test test-sanitize sanitize-build fuzz test-main test-oldest-libtorch format clean
 all: build
 
 setup:
@@ -50,12 +50,21 @@ fuzz: sanitize-build
 test-main: build
 	@ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
 
+# The engine compiled (not linked) against the headers of the oldest libtorch of docker/Dockerfile.*
+# (torch 2.8.0, the ROCm image's): an API newer than an image's libtorch fails here, not in the image
+# build. The first run downloads that torch wheel once (~900 MB); docs/testing.md gives its times.
+OLDEST_BUILD ?= build-oldest-libtorch
+test-oldest-libtorch: setup
+	@source $(BUILD)/setup.env && FLUXTRAIN_PYTHON_FOR_PIP="$${VENV:+$$VENV/bin/python}" \
+	  FLUXTRAIN_OLDEST_BUILD=$(OLDEST_BUILD) JOBS=$(JOBS) bash scripts/check_oldest_libtorch.sh
+
 # The main suite runs last so that its summary line ends the output.
 test: test-sanitize
+	@$(MAKE) --no-print-directory test-oldest-libtorch
 	@$(MAKE) --no-print-directory test-main
 
 format:
 	@clang-format -i $$(git ls-files '*.cpp' '*.h')
 
 clean:
-	rm -rf $(BUILD) $(SANITIZE_BUILD)
+	rm -rf $(BUILD) $(SANITIZE_BUILD) $(OLDEST_BUILD)

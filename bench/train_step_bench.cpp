@@ -33,6 +33,7 @@
 #include "models/linear.h"
 #include "optim/optimizer.h"
 #include "train/cpu_allocator.h"
+#include "train/device_memory.h"
 #include "train/step.h"
 
 namespace fluxtrain::bench {
@@ -165,7 +166,7 @@ int run(const Options& o) {
   bool hwm_reset = false;
   if (device.is_cuda()) {
     at::accelerator::synchronizeDevice(device.index() < 0 ? 0 : device.index());
-    at::accelerator::resetPeakStats(device.index() < 0 ? 0 : device.index());
+    fluxtrain::train::reset_device_peak_memory(device);
   } else {
     hwm_reset = reset_peak_rss();
   }
@@ -206,8 +207,7 @@ int run(const Options& o) {
   out["runtime_rss"] = runtime_rss;
   out["setup_rss"] = setup_rss;
   if (device.is_cuda()) {
-    auto stats = at::accelerator::getDeviceStats(device.index() < 0 ? 0 : device.index());
-    out["peak_bytes"] = stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak;
+    out["peak_bytes"] = fluxtrain::train::device_peak_allocated_bytes(device);
   } else {
     const int64_t hwm = proc_status_bytes("VmHWM");
     out["peak_rss"] = hwm;

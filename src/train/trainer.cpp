@@ -2,7 +2,6 @@
 
 #include <ATen/ATen.h>
 
-#include <ATen/DeviceAccelerator.h>
 #include <sys/resource.h>
 
 #include <atomic>
@@ -26,6 +25,7 @@
 #include "core/stop.h"
 #include "models/convert.h"
 #include "optim/optimizer.h"
+#include "train/device_memory.h"
 #include "train/prefetch.h"
 #include "train/state.h"
 
@@ -97,9 +97,7 @@ void write_final_model(const std::string& path, const TrainerConfig& config, Tra
 double peak_memory_bytes(const at::Device& device) {
   if (device.is_cuda()) {
     try {
-      return static_cast<double>(at::accelerator::getDeviceStats(device.index() < 0 ? 0 : device.index())
-                                     .allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)]
-                                     .peak);
+      return static_cast<double>(device_peak_allocated_bytes(device));
     } catch (const std::exception&) {
       return -1;
     }

@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT
 
 SCRIPTS = ["docker/entrypoint.sh", "scripts/build-image.sh", "scripts/setup.sh", "scripts/runtime_packages.sh",
-           "scripts/update_runpod_doc.sh"]
+           "scripts/update_runpod_doc.sh", "scripts/check_oldest_libtorch.sh"]
 
 
 def tool(name: str) -> str:

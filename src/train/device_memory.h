@@ -1,0 +1,15 @@
+#pragma once
+
+#include <c10/core/Device.h>
+
+#include <cstdint>
+
+namespace fluxtrain::train {
+
+// The peak of the bytes held by tensors on a CUDA device (on a ROCm build of libtorch, a HIP device:
+// it answers as "cuda") since the process began or since the last reset_device_peak_memory, from
+// libtorch's caching allocator. Throws for a device that is not "cuda".
+int64_t device_peak_allocated_bytes(const c10::Device& device);
+void reset_device_peak_memory(const c10::Device& device);
+
+}  // namespace fluxtrain::train

@@ -166,18 +166,19 @@ std::vector<Opt<DownloadSettings>> download_options(unsigned which, const std::s
   }
   if (which & kDatasetCacheKnob) {
     out.push_back(Opt<S>("dataset_cache", kPath, group, "",
-                         "Folder of the dataset cache; unset: FLUXTRAIN_CACHE/datasets, else "
-                         "$XDG_CACHE_HOME/fluxtrain/datasets, else ~/.cache/fluxtrain/datasets.")
+                         "Folder of the dataset cache; unset: DATASET_PATH, else FLUXTRAIN_CACHE/datasets, else "
+                         "/workspace/dataset where /workspace exists, else $XDG_CACHE_HOME/fluxtrain/datasets, else "
+                         "~/.cache/fluxtrain/datasets.")
                       .env("FLUXTRAIN_DATASET_CACHE")
                       .safe_on_resume()
                       .to(&S::dataset_cache));
   }
   if (which & kDatasetPathKnob) {
     out.push_back(Opt<S>("dataset_path", kPath, group, "",
-                         "The seed's dataset folder: fetched datasets land in it, each in <source>/<name>-<hash>/"
-                         "dataset with its completion marker. Unset: /workspace/dataset (the seed's) where /workspace "
-                         "exists, else FLUXTRAIN_CACHE/datasets, $XDG_CACHE_HOME/fluxtrain/datasets, "
-                         "~/.cache/fluxtrain/datasets; FLUXTRAIN_DATASET_CACHE (or --cache-dir) wins over it.")
+                         "The seed's dataset folder: fetched datasets land in it, each in SOURCE/NAME-HASH/dataset "
+                         "beside its completion marker. Unset: FLUXTRAIN_CACHE/datasets, else /workspace/dataset (the "
+                         "seed's default) where /workspace exists, else $XDG_CACHE_HOME/fluxtrain/datasets, else "
+                         "~/.cache/fluxtrain/datasets. FLUXTRAIN_DATASET_CACHE (or --cache-dir) wins over it.")
                       .env("DATASET_PATH")
                       .safe_on_resume()
                       .to(&S::dataset_path));

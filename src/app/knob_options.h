@@ -33,7 +33,8 @@ struct DownloadSettings {
   std::string dataset_cache;  // FLUXTRAIN_DATASET_CACHE
   std::string dataset_path;   // DATASET_PATH, the seed's name for the folder the dataset lands in
   std::string cache_root;     // FLUXTRAIN_CACHE
-  bool dataset_host_given = false;  // DATASET_HOST was given: KAGGLE_API_ENDPOINT leaves fetch.kaggle_download
+  // DATASET_HOST was given: KAGGLE_API_ENDPOINT leaves fetch.kaggle_download as it is.
+  bool dataset_host_given = false;
 };
 
 // Which download knobs a command has.

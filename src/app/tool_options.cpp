@@ -123,7 +123,8 @@ const OptionTable& fetch_command_options() {
                   .to(&S::dataset),
               Opt<S>("cache_dir", kPath, "fetch", "",
                      "Folder of the dataset cache (default: DATASET_PATH, else $FLUXTRAIN_CACHE/datasets, else "
-                     "/workspace/dataset where /workspace exists, else ~/.cache/fluxtrain/datasets).")
+                     "/workspace/dataset where /workspace exists, else $XDG_CACHE_HOME/fluxtrain/datasets, else "
+                     "~/.cache/fluxtrain/datasets).")
                   .env("FLUXTRAIN_DATASET_CACHE")
                   .to(&S::cache_dir),
               Opt<S>("revision", kString, "fetch", "",

@@ -7,8 +7,8 @@
 namespace fluxtrain::fetch {
 
 bool is_kaggle_version(const std::string& version) {
-  return version.empty() || (version.size() <= 9 && std::all_of(version.begin(), version.end(),
-                                                                [](char c) { return c >= '0' && c <= '9'; }));
+  return version.empty() || (version.size() <= 9 &&
+                             std::all_of(version.begin(), version.end(), [](char c) { return c >= '0' && c <= '9'; }));
 }
 
 void check_kaggle_source(const std::string& repo, const std::string& version, const FetchOptions& options) {

@@ -205,7 +205,8 @@ def world(servers):
 
 def fetch_env(hub: Server, tmp_path: Path, **extra) -> dict:
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("HF_", "HUGGING", "KAGGLE_", "FLUXTRAIN_")) and not k.lower().endswith("_proxy")}
+           if not k.startswith(("HF_", "HUGGING", "KAGGLE_", "DATASET_", "FLUXTRAIN_"))
+           and not k.lower().endswith("_proxy")}
     env.update(HOME=str(tmp_path / "home"), HF_ENDPOINT=hub.url, KAGGLE_API_ENDPOINT=hub.url,
                NO_PROXY="127.0.0.1,localhost", FLUXTRAIN_HTTP_RETRIES="2", FLUXTRAIN_HTTP_BACKOFF_SECONDS="0.01",
                FLUXTRAIN_DOWNLOAD_WORKERS="3")

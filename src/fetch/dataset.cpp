@@ -361,8 +361,8 @@ fs::path fetch_file(const DatasetSource& source, const Entry& entry, const Fetch
       must_extract = true;
       log::info("fetching Kaggle dataset ", source.repo,
                 entry.revision.empty() ? "" : " (version " + entry.revision + ")", " from ", redact_url(request.url),
-                " (DATASET_HOST, ", options.kaggle_username.empty() ? "no credentials" : "with KAGGLE_USERNAME and KAGGLE_KEY",
-                ")");
+                " (DATASET_HOST, ",
+                options.kaggle_username.empty() ? "no credentials" : "with KAGGLE_USERNAME and KAGGLE_KEY", ")");
     } else {
       request.url = source.url;
       request.what = cat("the dataset at ", entry.source);

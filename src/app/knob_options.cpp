@@ -10,6 +10,7 @@
 #include "core/progress.h"
 #include "core/stop.h"
 #include "core/strings.h"
+#include "fetch/kaggle.h"
 
 namespace fluxtrain::app {
 namespace {
@@ -77,15 +78,34 @@ std::vector<Opt<DownloadSettings>> download_options(unsigned which, const std::s
                       .to(&S::fetch, &F::hf_token));
   }
   if (which & kKaggleKnobs) {
+    // DATASET_HOST, given, wins over KAGGLE_API_ENDPOINT whichever is applied first.
+    out.push_back(Opt<S>("dataset_host", kString, group, "https://www.kaggle.com/api/v1/datasets/download",
+                         "The seed's download address: a bare or kaggle: owner/name is the zip at DATASET_HOST/owner/"
+                         "name (Kaggle's download API; a bare name not there comes from the Hugging Face Hub). "
+                         "Unset: KAGGLE_API_ENDPOINT's /api/v1/datasets/download.")
+                      .env("DATASET_HOST")
+                      .check(check_http_url)
+                      .allowed("an http(s) URL")
+                      .safe_on_resume()
+                      .set([](S& s, const std::string& v, const ResolvedOption& option) {
+                        if (option.source == Source::default_value) return;
+                        s.fetch.kaggle_download = without_trailing_slashes(v);
+                        s.dataset_host_given = true;
+                      }));
     out.push_back(Opt<S>("kaggle_api_endpoint", kString, group, "https://www.kaggle.com",
-                         "Kaggle's address, as the kaggle client reads it (\"/api/v1\" is added unless it ends so).")
+                         "Kaggle's address, as the kaggle client reads it (\"/api/v1\" is added unless it ends so); "
+                         "the downloads go to its /api/v1/datasets/download unless DATASET_HOST is given.")
                       .env("KAGGLE_API_ENDPOINT")
                       .check(check_http_url)
                       .allowed("an http(s) URL")
                       .safe_on_resume()
-                      .set([](S& s, const std::string& v) { s.fetch.kaggle_endpoint = without_trailing_slashes(v); }));
+                      .set([](S& s, const std::string& v) {
+                        if (!s.dataset_host_given)
+                          s.fetch.kaggle_download = fetch::kaggle_download_host(without_trailing_slashes(v));
+                      }));
     out.push_back(Opt<S>("kaggle_username", kString, group, "",
-                         "Kaggle API user name (kaggle.com -> Settings -> API); needed for kaggle:owner/name datasets.")
+                         "Kaggle API user name (kaggle.com -> Settings -> API), with KAGGLE_KEY: sent (basic auth) to "
+                         "DATASET_HOST only, for private datasets; public ones need none.")
                       .env("KAGGLE_USERNAME")
                       .safe_on_resume()
                       .to(&S::fetch, &F::kaggle_username));
@@ -146,11 +166,22 @@ std::vector<Opt<DownloadSettings>> download_options(unsigned which, const std::s
   }
   if (which & kDatasetCacheKnob) {
     out.push_back(Opt<S>("dataset_cache", kPath, group, "",
-                         "Folder of the dataset cache; unset: FLUXTRAIN_CACHE/datasets, else "
-                         "$XDG_CACHE_HOME/fluxtrain/datasets, else ~/.cache/fluxtrain/datasets.")
+                         "Folder of the dataset cache; unset: DATASET_PATH, else FLUXTRAIN_CACHE/datasets, else "
+                         "/workspace/dataset where /workspace exists, else $XDG_CACHE_HOME/fluxtrain/datasets, else "
+                         "~/.cache/fluxtrain/datasets.")
                       .env("FLUXTRAIN_DATASET_CACHE")
                       .safe_on_resume()
                       .to(&S::dataset_cache));
+  }
+  if (which & kDatasetPathKnob) {
+    out.push_back(Opt<S>("dataset_path", kPath, group, "",
+                         "The seed's dataset folder: fetched datasets land in it, each in SOURCE/NAME-HASH/dataset "
+                         "beside its completion marker. Unset: FLUXTRAIN_CACHE/datasets, else /workspace/dataset (the "
+                         "seed's default) where /workspace exists, else $XDG_CACHE_HOME/fluxtrain/datasets, else "
+                         "~/.cache/fluxtrain/datasets. FLUXTRAIN_DATASET_CACHE (or --cache-dir) wins over it.")
+                      .env("DATASET_PATH")
+                      .safe_on_resume()
+                      .to(&S::dataset_path));
   }
   if (which & kCacheRootKnob) {
     out.push_back(
@@ -162,13 +193,17 @@ std::vector<Opt<DownloadSettings>> download_options(unsigned which, const std::s
   return out;
 }
 
-fs::path dataset_cache_dir(const DownloadSettings& settings) {
+fs::path dataset_cache_dir(const DownloadSettings& settings, const fs::path& workspace) {
   if (!settings.dataset_cache.empty()) return settings.dataset_cache;
+  if (!settings.dataset_path.empty()) return settings.dataset_path;
   if (!settings.cache_root.empty()) return fs::path(settings.cache_root) / "datasets";
+  // The seed's DATASET_PATH default, where the seed runs (its image, a pod's volume).
+  std::error_code ec;
+  if (!workspace.empty() && fs::is_directory(workspace, ec)) return workspace / "dataset";
   // The XDG base-directory convention, as every cache on the machine follows it.
   if (std::string dir = env_text("XDG_CACHE_HOME"); !dir.empty()) return fs::path(dir) / "fluxtrain" / "datasets";
   if (std::string home = env_text("HOME"); !home.empty()) return fs::path(home) / ".cache" / "fluxtrain" / "datasets";
-  fail("no folder for the dataset cache: HOME is not set; set FLUXTRAIN_DATASET_CACHE (or --cache-dir)");
+  fail("no folder for the dataset cache: HOME is not set; set DATASET_PATH (or FLUXTRAIN_DATASET_CACHE, --cache-dir)");
 }
 
 std::vector<Opt<EngineSettings>> engine_options(unsigned which, const std::string& group) {

@@ -146,15 +146,17 @@ const OptionTable& fetch_command_options() {
       specs_of(
           {
               Opt<S>("dataset", kString, "fetch", "",
-                     "A local folder, an http(s) URL of an archive or file, owner/name on the Hugging Face Hub, or "
-                     "kaggle:owner/name.")
+                     "A local folder, an http(s) URL of an archive or file, owner/name (the zip at DATASET_HOST/owner/"
+                     "name, as the seed's container, else the Hugging Face Hub), kaggle:owner/name or hf:owner/name.")
                   .positional()
                   .required()
                   .env("DATASET_NAME")
                   .url_secrets()
                   .to(&S::dataset),
               Opt<S>("cache_dir", kPath, "fetch", "",
-                     "Folder of the dataset cache (default: $FLUXTRAIN_CACHE/datasets or ~/.cache/fluxtrain/datasets).")
+                     "Folder of the dataset cache (default: DATASET_PATH, else $FLUXTRAIN_CACHE/datasets, else "
+                     "/workspace/dataset where /workspace exists, else $XDG_CACHE_HOME/fluxtrain/datasets, else "
+                     "~/.cache/fluxtrain/datasets).")
                   .env("FLUXTRAIN_DATASET_CACHE")
                   .to(&S::cache_dir),
               Opt<S>("revision", kString, "fetch", "",

@@ -134,8 +134,9 @@ std::vector<OptionSpec> train_specs() {
   std::vector<Opt<S>> rest = {
       // --- dataset
       Opt<S>("dataset_name", kString, "dataset", "",
-             "Where the images come from: a Hugging Face dataset id, a Kaggle dataset, a URL of an archive, or a local "
-             "folder.")
+             "Where the images come from: owner/name (the zip at DATASET_HOST/owner/name, Kaggle's download API, as "
+             "the seed's container; else the Hugging Face Hub), kaggle:owner/name, hf:owner/name, a URL of an archive, "
+             "or a local folder.")
           .env("DATASET_NAME")
           .url_secrets()
           .safe_on_resume()

@@ -72,6 +72,7 @@ const char* kind_name(DatasetSourceKind kind) {
     case DatasetSourceKind::kaggle: return "kaggle";
     case DatasetSourceKind::url: return "url";
     case DatasetSourceKind::local: return "local";
+    case DatasetSourceKind::any: return "any";
   }
   return "?";
 }
@@ -122,6 +123,9 @@ struct Entry {
   fs::path dir;
   std::string source;    // shown to the user and stored in the marker (credentials stripped)
   std::string revision;  // as stored in the marker ("" when none applies)
+  // The fixes of a 404 in the source's own message; off when the caller lists every try and the fixes
+  // itself (a bare owner/name).
+  bool hints = true;
 };
 
 // The dataset root recorded in a complete entry, if the entry is complete.
@@ -215,10 +219,11 @@ class CacheLock {
 
 // --- Hugging Face Hub ---
 
-std::string hub_not_found_hint(const std::string& repo, const FetchOptions& options, const std::string& revision) {
-  return cat("check the dataset name and the revision '", revision, "' at ", options.hf_endpoint, "/datasets/", repo,
-             " (a model repository is not a dataset); and if a local folder was meant, ./", repo,
-             " does not exist here");
+std::string hub_not_found_hint(const std::string& repo, const FetchOptions& options, const Entry& entry) {
+  if (!entry.hints) return "";
+  return cat("check the dataset name and the revision '", entry.revision, "' at ", options.hf_endpoint, "/datasets/",
+             repo, " (a model repository is not a dataset); for a Kaggle dataset write kaggle:", repo, " (or ", repo,
+             " to try Kaggle, then the Hub); and if a local folder was meant, ./", repo, " does not exist here");
 }
 
 bool have_file(const fs::path& path, const HubFile& file) {
@@ -264,7 +269,7 @@ fs::path fetch_hub(const std::string& repo, const Entry& entry, const FetchOptio
   HubListing listing;
   listing.repo = repo;
   listing.revision = revision;
-  listing.not_found_hint = hub_not_found_hint(repo, options, revision);
+  listing.not_found_hint = hub_not_found_hint(repo, options, entry);
   const std::vector<HubFile> files = list_hub_files(listing, options);
   if (files.empty()) fail("Hugging Face dataset ", repo, " at revision '", revision, "' holds no files");
 
@@ -301,7 +306,7 @@ fs::path fetch_hub(const std::string& repo, const Entry& entry, const FetchOptio
           request.url = hub_file_url(HubRepoType::dataset, repo, revision, file.path, options);
           request.auth = hub_auth(options);
           request.what = cat("file '", file.path, "' of Hugging Face dataset ", repo);
-          request.not_found_hint = hub_not_found_hint(repo, options, revision);
+          request.not_found_hint = hub_not_found_hint(repo, options, entry);
           http_download(request, {partial / file.path, file.size, file.sha256, progress.get()}, http);
         } catch (...) {
           std::lock_guard<std::mutex> lock(error_mutex);
@@ -351,11 +356,13 @@ fs::path fetch_file(const DatasetSource& source, const Entry& entry, const Fetch
     HttpRequest request;
     std::string name;
     if (source.kind == DatasetSourceKind::kaggle) {
-      request = kaggle_download_request(source.repo, entry.revision, options);
+      request = kaggle_download_request(source.repo, entry.revision, options, entry.hints);
       name = slug(source.repo.substr(source.repo.find('/') + 1)) + ".zip";
       must_extract = true;
       log::info("fetching Kaggle dataset ", source.repo,
-                entry.revision.empty() ? "" : " (version " + entry.revision + ")", " from ", kaggle_api(options));
+                entry.revision.empty() ? "" : " (version " + entry.revision + ")", " from ", redact_url(request.url),
+                " (DATASET_HOST, ",
+                options.kaggle_username.empty() ? "no credentials" : "with KAGGLE_USERNAME and KAGGLE_KEY", ")");
     } else {
       request.url = source.url;
       request.what = cat("the dataset at ", entry.source);
@@ -406,12 +413,145 @@ fs::path fetch_file(const DatasetSource& source, const Entry& entry, const Fetch
   return root;
 }
 
+// The cache entry of a source: a local archive, a URL, a Hub or a Kaggle dataset (a bare owner/name has
+// the entries of both of its sources).
+Entry plan_entry(const DatasetSource& source, const fs::path& cache_dir, const FetchOptions& options) {
+  Entry entry;
+  std::string identity;
+  switch (source.kind) {
+    case DatasetSourceKind::local: {
+      const fs::path absolute = fs::absolute(source.path).lexically_normal();
+      entry.source = absolute.string();
+      auto mtime = fs::last_write_time(source.path).time_since_epoch().count();
+      identity = cat("local\n", entry.source, "\n", fs::file_size(source.path), "\n", mtime);
+      break;
+    }
+    case DatasetSourceKind::url:
+      entry.source = redact_url(source.url);
+      identity = cat("url\n", url_identity(source.url));
+      break;
+    case DatasetSourceKind::hub:
+      entry.source = cat(options.hf_endpoint, "/datasets/", source.repo);
+      entry.revision = options.revision.empty() ? "main" : options.revision;
+      identity = cat("hub\n", options.hf_endpoint, "\n", source.repo, "\n", entry.revision);
+      break;
+    case DatasetSourceKind::kaggle:
+      entry.source = cat("kaggle:", source.repo);
+      entry.revision = options.revision;
+      identity = cat("kaggle\n", options.kaggle_download, "\n", source.repo, "\n", options.revision);
+      break;
+    case DatasetSourceKind::any: fail("internal: a bare owner/name has no cache entry of its own");
+  }
+  std::string readable = source.kind == DatasetSourceKind::hub || source.kind == DatasetSourceKind::kaggle
+                             ? source.repo + (entry.revision.empty() ? "" : "@" + entry.revision)
+                             : fs::path(url_without_query(entry.source)).filename().string();
+  entry.dir = cache_dir / kind_name(source.kind) / cat(slug(readable), "-", sha256_hex(identity).substr(0, 12));
+  return entry;
+}
+
+void create_cache_dir(const fs::path& cache_dir) {
+  std::error_code ec;
+  fs::create_directories(cache_dir, ec);
+  if (ec) {
+    fail("cannot create the dataset cache folder ", cache_dir, ": ", ec.message(),
+         "; point DATASET_PATH (or FLUXTRAIN_DATASET_CACHE, --cache-dir) at a writable folder");
+  }
+}
+
+// Fetches one source into its entry (or returns its complete copy).
+fs::path fetch_entry(const DatasetSource& source, const Entry& entry, const fs::path& cache_dir,
+                     const FetchOptions& options) {
+  if (!options.refresh) {
+    if (auto root = complete_root(entry.dir)) {
+      log::info("using the cached copy of ", entry.source, " (", root->string(), ")");
+      return *root;
+    }
+  }
+  create_cache_dir(cache_dir);
+  CacheLock lock(cache_dir);
+  if (!options.refresh) {
+    if (auto root = complete_root(entry.dir)) return *root;  // another process finished it meanwhile
+  }
+  std::error_code ec;
+  try {
+    fs::create_directories(entry.dir);
+    // From here on the entry is incomplete until the marker is written again.
+    fs::remove(entry.dir / kMarker, ec);
+    if (source.kind == DatasetSourceKind::hub) return fetch_hub(source.repo, entry, options);
+    return fetch_file(source, entry, options);
+  } catch (const fs::filesystem_error& e) {
+    remove_if_no_files(entry.dir);
+    fail("fetching ", entry.source, " into ", entry.dir, ": ", e.what());
+  } catch (...) {
+    remove_if_no_files(entry.dir);
+    throw;
+  }
+}
+
+// A bare owner/name, as the seed's container reads DATASET_NAME: the zip at DATASET_HOST/owner/name
+// (Kaggle's download API), and when that source does not have it, the Hugging Face Hub's dataset
+// repository. A copy of either in the cache is used without any request (Kaggle's first); --refresh
+// checks the source that copy came from again.
+fs::path fetch_any(const std::string& repo, const fs::path& cache_dir, const FetchOptions& options) {
+  DatasetSource kaggle{DatasetSourceKind::kaggle, repo, "", {}};
+  DatasetSource hub{DatasetSourceKind::hub, repo, "", {}};
+  const bool kaggle_applies = is_kaggle_version(options.revision);
+  check_kaggle_source(repo, "", options);  // both credentials or neither, even when only the Hub is asked
+  Entry kaggle_entry, hub_entry = plan_entry(hub, cache_dir, options);
+  if (kaggle_applies) kaggle_entry = plan_entry(kaggle, cache_dir, options);
+  kaggle_entry.hints = hub_entry.hints = false;
+  // A complete copy: from the cache, or, with --refresh, checked again at its own source.
+  for (auto [source, entry] : {std::pair{&kaggle, &kaggle_entry}, std::pair{&hub, &hub_entry}}) {
+    if (entry->dir.empty() || !complete_root(entry->dir)) continue;
+    if (options.refresh) log::info(repo, ": refreshing the copy from ", entry->source);
+    return fetch_entry(*source, *entry, cache_dir, options);
+  }
+  std::vector<std::string> tried;
+  if (!kaggle_applies) {
+    tried.push_back(cat("Kaggle (DATASET_HOST ", options.kaggle_download, "): not asked, the revision '",
+                        options.revision, "' is not a Kaggle version number"));
+    log::info(repo, ": not asking Kaggle (DATASET_HOST): the revision '", options.revision,
+              "' is not a Kaggle version number; trying the Hugging Face Hub");
+  } else {
+    try {
+      fs::path root = fetch_entry(kaggle, kaggle_entry, cache_dir, options);
+      log::info("dataset ", repo, " was served by Kaggle (DATASET_HOST ", options.kaggle_download, ")");
+      return root;
+    } catch (const HttpStatusError& e) {
+      // Not there (404), or not for these credentials (401/403: Kaggle answers so for a private set, and a
+      // Hub dataset is not on Kaggle at all): the next source. Other failures (5xx after the retries, a
+      // broken download) end the fetch: a dataset that Kaggle has is never swapped for the Hub's.
+      if (!e.not_found && e.status != 401 && e.status != 403) throw;
+      tried.push_back(cat("Kaggle (DATASET_HOST): ", e.what()));
+      log::info(repo, ": Kaggle does not have it (HTTP ", e.status, "); trying the Hugging Face Hub (HF_ENDPOINT ",
+                options.hf_endpoint, ")");
+    }
+  }
+  try {
+    fs::path root = fetch_entry(hub, hub_entry, cache_dir, options);
+    log::info("dataset ", repo, " was served by the Hugging Face Hub (HF_ENDPOINT ", options.hf_endpoint, ")");
+    return root;
+  } catch (const HttpStatusError& e) {
+    if (!e.not_found && e.status != 401 && e.status != 403) throw;
+    tried.push_back(cat("the Hugging Face Hub (HF_ENDPOINT): ", e.what()));
+  }
+  std::string list;
+  for (size_t i = 0; i < tried.size(); ++i) list += cat(i ? "; " : "", i + 1, ") ", tried[i]);
+  fail("dataset '", repo, "' was found neither on Kaggle nor on the Hugging Face Hub; tried ", list,
+       ". Fix: check the name (https://www.kaggle.com/datasets/", repo, ", ", options.hf_endpoint, "/datasets/", repo,
+       options.revision.empty() ? "" : cat(", revision '", options.revision, "'"),
+       "); a private dataset needs credentials (KAGGLE_USERNAME and KAGGLE_KEY for Kaggle, HF_TOKEN for the Hub); "
+       "write kaggle:",
+       repo, " or hf:", repo, " to ask one source only; and if a local folder was meant, ./", repo,
+       " does not exist here");
+}
+
 }  // namespace
 
 DatasetSource parse_dataset_source(const std::string& spec) {
   const std::string forms =
-      "a local folder, an http(s) URL, a Hugging Face dataset 'owner/name' (or 'hf:owner/name') or "
-      "'kaggle:owner/name'";
+      "a local folder, an http(s) URL, a dataset 'owner/name' (Kaggle, then the Hugging Face Hub), "
+      "'kaggle:owner/name' or 'hf:owner/name'";
   if (spec.empty()) fail("the dataset name (DATASET_NAME) is empty: give ", forms);
   DatasetSource source;
   std::string lowered = lower(spec);
@@ -436,7 +576,7 @@ DatasetSource parse_dataset_source(const std::string& spec) {
   }
   std::error_code ec;
   if (!fs::exists(spec, ec) && is_repo_id(spec)) {
-    source.kind = DatasetSourceKind::hub;
+    source.kind = DatasetSourceKind::any;
     source.repo = spec;
     return source;
   }
@@ -448,8 +588,6 @@ DatasetSource parse_dataset_source(const std::string& spec) {
 fs::path fetch_dataset(const std::string& spec, const fs::path& cache_dir, const FetchOptions& options) {
   const DatasetSource source = parse_dataset_source(spec);
   std::error_code ec;
-  Entry entry;
-  std::string identity;
   switch (source.kind) {
     case DatasetSourceKind::local: {
       if (!options.revision.empty()) {
@@ -463,16 +601,14 @@ fs::path fetch_dataset(const std::string& spec, const fs::path& cache_dir, const
       if (fs::is_directory(status)) return absolute;
       if (!fs::is_regular_file(status)) {
         fail("dataset '", spec, "': no such folder (", absolute.string(), "); give ",
-             "a local folder, an http(s) URL, a Hugging Face dataset 'owner/name' or 'kaggle:owner/name'");
+             "a local folder, an http(s) URL, a dataset 'owner/name' (Kaggle, then the Hugging Face Hub), "
+             "'kaggle:owner/name' or 'hf:owner/name'");
       }
       if (!is_archive(source.path)) {
         fail("dataset '", spec,
              "' is a file, but neither a folder nor a zip or tar archive: give the folder that holds "
              "the images and captions");
       }
-      entry.source = absolute.string();
-      auto mtime = fs::last_write_time(source.path).time_since_epoch().count();
-      identity = cat("local\n", entry.source, "\n", fs::file_size(source.path), "\n", mtime);
       break;
     }
     case DatasetSourceKind::url:
@@ -480,54 +616,12 @@ fs::path fetch_dataset(const std::string& spec, const fs::path& cache_dir, const
         fail("a revision ('", options.revision, "') applies only to Hugging Face and Kaggle datasets, not to the URL ",
              redact_url(source.url));
       }
-      entry.source = redact_url(source.url);
-      identity = cat("url\n", url_identity(source.url));
       break;
-    case DatasetSourceKind::hub:
-      entry.source = cat(options.hf_endpoint, "/datasets/", source.repo);
-      entry.revision = options.revision.empty() ? "main" : options.revision;
-      identity = cat("hub\n", options.hf_endpoint, "\n", source.repo, "\n", entry.revision);
-      break;
-    case DatasetSourceKind::kaggle:
-      check_kaggle_source(source.repo, options.revision, options);
-      entry.source = cat("kaggle:", source.repo);
-      entry.revision = options.revision;
-      identity = cat("kaggle\n", options.kaggle_endpoint, "\n", source.repo, "\n", options.revision);
-      break;
+    case DatasetSourceKind::kaggle: check_kaggle_source(source.repo, options.revision, options); break;
+    case DatasetSourceKind::hub: break;
+    case DatasetSourceKind::any: return fetch_any(source.repo, cache_dir, options);
   }
-  std::string readable = source.kind == DatasetSourceKind::hub || source.kind == DatasetSourceKind::kaggle
-                             ? source.repo + (entry.revision.empty() ? "" : "@" + entry.revision)
-                             : fs::path(url_without_query(entry.source)).filename().string();
-  entry.dir = cache_dir / kind_name(source.kind) / cat(slug(readable), "-", sha256_hex(identity).substr(0, 12));
-
-  if (!options.refresh) {
-    if (auto root = complete_root(entry.dir)) {
-      log::info("using the cached copy of ", entry.source, " (", root->string(), ")");
-      return *root;
-    }
-  }
-  fs::create_directories(cache_dir, ec);
-  if (ec) {
-    fail("cannot create the dataset cache folder ", cache_dir, ": ", ec.message(),
-         "; point FLUXTRAIN_DATASET_CACHE (or --cache-dir) at a writable folder");
-  }
-  CacheLock lock(cache_dir);
-  if (!options.refresh) {
-    if (auto root = complete_root(entry.dir)) return *root;  // another process finished it meanwhile
-  }
-  try {
-    fs::create_directories(entry.dir);
-    // From here on the entry is incomplete until the marker is written again.
-    fs::remove(entry.dir / kMarker, ec);
-    if (source.kind == DatasetSourceKind::hub) return fetch_hub(source.repo, entry, options);
-    return fetch_file(source, entry, options);
-  } catch (const fs::filesystem_error& e) {
-    remove_if_no_files(entry.dir);
-    fail("fetching ", entry.source, " into ", entry.dir, ": ", e.what());
-  } catch (...) {
-    remove_if_no_files(entry.dir);
-    throw;
-  }
+  return fetch_entry(source, plan_entry(source, cache_dir, options), cache_dir, options);
 }
 
 }  // namespace fluxtrain::fetch

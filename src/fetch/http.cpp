@@ -314,6 +314,11 @@ std::string server_message(const Hop& hop) {
   return message.empty() ? "" : " (server: \"" + message + "\")";
 }
 
+bool hop_not_found(const Hop& hop) {
+  auto code = hop.headers.find("x-error-code");
+  return hop.status == 404 || (hop.status == 401 && code != hop.headers.end() && code->second.ends_with("NotFound"));
+}
+
 std::string status_error(const HttpRequest& request, const Hop& hop, const std::string& url) {
   const std::string where = " from " + redact_url(url);
   const std::string said = server_message(hop);
@@ -419,7 +424,7 @@ Hop run_request(const HttpRequest& original, const HttpOptions& options,
       problem = cat("HTTP ", hop.status, server_message(hop));
       retryable = true;
     } else {
-      fail(scrub(status_error(request, hop, url), secrets));
+      throw HttpStatusError(scrub(status_error(request, hop, url), secrets), hop.status, hop_not_found(hop));
     }
     if (attempt >= tries) {
       if (hop.retry_now) fail(scrub(cat(request.what, ": ", problem, " (", redact_url(url), ")"), secrets));
@@ -428,7 +433,7 @@ Hop run_request(const HttpRequest& original, const HttpOptions& options,
                        " tries); check the network connection, the URL and any proxy (https_proxy, no_proxy)"),
                    secrets));
       }
-      fail(scrub(status_error(request, hop, url), secrets));
+      throw HttpStatusError(scrub(status_error(request, hop, url), secrets), hop.status, hop_not_found(hop));
     }
     double wait =
         std::min(options.max_backoff_seconds, options.backoff_seconds * double(1LL << std::min(attempt - 1, 20)));

@@ -20,6 +20,7 @@
 #include <string>
 #include <string_view>
 
+#include "core/error.h"
 #include "core/strings.h"
 
 namespace fluxtrain {
@@ -75,7 +76,20 @@ struct HttpResponse {
   std::string url;                             // the final URL, after redirects
 };
 
-// GET into memory (JSON APIs), at most max_bytes of body. Throws Error unless the final status is 2xx.
+// The error of a request the server answered with a final error status (after any retries): the message
+// as every other Error, and the status, so that a caller can tell "the source does not have it" from
+// other failures (a bare DATASET_NAME tries the next source then: fetch/dataset.h).
+class HttpStatusError : public Error {
+ public:
+  HttpStatusError(const std::string& message, long status, bool not_found)
+      : Error(message), status(status), not_found(not_found) {}
+  long status;
+  // 404, or the Hub's 401 with an X-Error-Code ending in "NotFound" (a missing or private repository).
+  bool not_found;
+};
+
+// GET into memory (JSON APIs), at most max_bytes of body. Throws Error unless the final status is 2xx
+// (HttpStatusError for an error status).
 HttpResponse http_get(const HttpRequest& request, const HttpOptions& options = {}, size_t max_bytes = 64u << 20);
 
 struct DownloadTarget {

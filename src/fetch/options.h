@@ -20,9 +20,10 @@ struct FetchOptions {
   bool refresh = false;
   std::string hf_endpoint = "https://huggingface.co";
   std::string hf_token;
-  // The Kaggle API: "<endpoint>/api/v1/datasets/download/<owner>/<name>" ("/api/v1" is added unless
-  // the endpoint ends with it).
-  std::string kaggle_endpoint = "https://www.kaggle.com";
+  // DATASET_HOST, the seed's variable: a bare or kaggle: "owner/name" is downloaded as the zip
+  // "<kaggle_download>/<owner>/<name>" (Kaggle's download API; fetch/kaggle.h). KAGGLE_API_ENDPOINT sets it
+  // to "<endpoint>/api/v1/datasets/download" unless DATASET_HOST is given.
+  std::string kaggle_download = "https://www.kaggle.com/api/v1/datasets/download";
   std::string kaggle_username;
   std::string kaggle_key;
   int parallel_downloads = 8;  // Hub files fetched at once

@@ -43,9 +43,10 @@ TEST(FetchHelpers, UrlEncode) {
 }
 
 TEST(FetchHelpers, ParseDatasetSource) {
-  auto hub = parse_dataset_source("black-forest-labs/some.set_1");
-  EXPECT_EQ(hub.kind, DatasetSourceKind::hub);
-  EXPECT_EQ(hub.repo, "black-forest-labs/some.set_1");
+  // A bare owner/name: Kaggle (DATASET_HOST), then the Hub.
+  auto bare = parse_dataset_source("black-forest-labs/some.set_1");
+  EXPECT_EQ(bare.kind, DatasetSourceKind::any);
+  EXPECT_EQ(bare.repo, "black-forest-labs/some.set_1");
   EXPECT_EQ(parse_dataset_source("hf:a/b").kind, DatasetSourceKind::hub);
   auto kaggle = parse_dataset_source("kaggle:owner/name");
   EXPECT_EQ(kaggle.kind, DatasetSourceKind::kaggle);

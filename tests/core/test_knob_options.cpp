@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <string>
 
 #include "app/knob_options.h"
@@ -66,7 +67,8 @@ TEST(KnobOptions, DefaultsAreTheStructs) {
   const FetchOptions options = downloads({}).fetch;
   const FetchOptions defaults;
   EXPECT_EQ(options.hf_endpoint, "https://huggingface.co");
-  EXPECT_EQ(options.kaggle_endpoint, "https://www.kaggle.com");
+  EXPECT_EQ(options.kaggle_download, "https://www.kaggle.com/api/v1/datasets/download");
+  EXPECT_EQ(options.kaggle_download, defaults.kaggle_download);
   EXPECT_EQ(options.hf_token, "");
   EXPECT_EQ(options.parallel_downloads, 8);
   EXPECT_EQ(options.http.max_attempts, defaults.http.max_attempts);
@@ -80,8 +82,17 @@ TEST(KnobOptions, DefaultsAreTheStructs) {
 TEST(KnobOptions, DownloadSettingsAndTheirMessages) {
   EXPECT_EQ(message_of({{"KAGGLE_API_ENDPOINT", "ftp://kaggle.example"}}),
             "KAGGLE_API_ENDPOINT=\"ftp://kaggle.example\": not an http(s) URL; allowed: an http(s) URL");
-  EXPECT_EQ(downloads({{"KAGGLE_API_ENDPOINT", "HTTP://kaggle.example//"}}).fetch.kaggle_endpoint,
-            "HTTP://kaggle.example");
+  EXPECT_EQ(downloads({{"KAGGLE_API_ENDPOINT", "HTTP://kaggle.example//"}}).fetch.kaggle_download,
+            "HTTP://kaggle.example/api/v1/datasets/download");
+  EXPECT_EQ(downloads({{"KAGGLE_API_ENDPOINT", "https://k.example/api/v1"}}).fetch.kaggle_download,
+            "https://k.example/api/v1/datasets/download");
+  // DATASET_HOST, the seed's, is the download address as it is, and wins over KAGGLE_API_ENDPOINT.
+  EXPECT_EQ(downloads({{"DATASET_HOST", "http://127.0.0.1:9/dl/"}}).fetch.kaggle_download, "http://127.0.0.1:9/dl");
+  EXPECT_EQ(downloads({{"DATASET_HOST", "http://h.example/dl"}, {"KAGGLE_API_ENDPOINT", "https://k.example"}})
+                .fetch.kaggle_download,
+            "http://h.example/dl");
+  EXPECT_EQ(message_of({{"DATASET_HOST", "www.kaggle.com/api/v1/datasets/download"}}),
+            "DATASET_HOST=\"www.kaggle.com/api/v1/datasets/download\": not an http(s) URL; allowed: an http(s) URL");
   EXPECT_EQ(message_of({{"FLUXTRAIN_DOWNLOAD_WORKERS", "65"}}),
             "FLUXTRAIN_DOWNLOAD_WORKERS=\"65\": out of range; allowed: an integer in [1, 64]");
   EXPECT_EQ(downloads({{"FLUXTRAIN_DOWNLOAD_WORKERS", "3"}}).fetch.parallel_downloads, 3);
@@ -103,18 +114,25 @@ TEST(KnobOptions, DownloadSettingsAndTheirMessages) {
 TEST(KnobOptions, DatasetCacheFolder) {
   ::setenv("XDG_CACHE_HOME", "/x", 1);
   ::setenv("HOME", "/h", 1);
+  const std::filesystem::path no_workspace = "/no-such-workspace-folder";
   EXPECT_EQ(dataset_cache_dir(downloads({{"FLUXTRAIN_DATASET_CACHE", "/d"}, {"FLUXTRAIN_CACHE", "/c"}})), "/d");
   EXPECT_EQ(dataset_cache_dir(downloads({{"FLUXTRAIN_CACHE", "/c"}})), "/c/datasets");
-  EXPECT_EQ(dataset_cache_dir(downloads({})), "/x/fluxtrain/datasets");
+  // DATASET_PATH, the seed's: after fluxtrain's own FLUXTRAIN_DATASET_CACHE, before the rest.
+  EXPECT_EQ(dataset_cache_dir(downloads({{"DATASET_PATH", "/p"}, {"FLUXTRAIN_CACHE", "/c"}})), "/p");
+  EXPECT_EQ(dataset_cache_dir(downloads({{"DATASET_PATH", "/p"}, {"FLUXTRAIN_DATASET_CACHE", "/d"}})), "/d");
+  // Its default, /workspace/dataset, where /workspace is a folder (here "/", which always is).
+  EXPECT_EQ(dataset_cache_dir(downloads({}), "/"), "/dataset");
+  EXPECT_EQ(dataset_cache_dir(downloads({{"FLUXTRAIN_CACHE", "/c"}}), "/"), "/c/datasets");
+  EXPECT_EQ(dataset_cache_dir(downloads({}), no_workspace), "/x/fluxtrain/datasets");
   ::unsetenv("XDG_CACHE_HOME");
-  EXPECT_EQ(dataset_cache_dir(downloads({})), "/h/.cache/fluxtrain/datasets");
+  EXPECT_EQ(dataset_cache_dir(downloads({}), no_workspace), "/h/.cache/fluxtrain/datasets");
   const std::string home = "/h";
   ::unsetenv("HOME");
   try {
-    dataset_cache_dir(downloads({}));
+    dataset_cache_dir(downloads({}), no_workspace);
     ADD_FAILURE();
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("set FLUXTRAIN_DATASET_CACHE"), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("set DATASET_PATH (or FLUXTRAIN_DATASET_CACHE"), std::string::npos);
   }
   ::setenv("HOME", home.c_str(), 1);
 }

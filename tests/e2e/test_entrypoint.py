@@ -152,7 +152,7 @@ def pod_env(tmp_path: Path, hub: Hub, fluxtrain_bin: str, **extra) -> dict[str, 
         "MODEL_DIR": str(tmp_path / "volume" / "models"),
         "OUTPUT_PATH": str(tmp_path / "volume" / "output"),
         "DATASET_NAME": f"{hub.server.url}/files/set.tar.gz",
-        "FLUXTRAIN_DATASET_CACHE": str(tmp_path / "volume" / "datasets"),
+        "DATASET_PATH": str(tmp_path / "volume" / "dataset"),  # the seed's name for it
         "FLUXTRAIN_HTTP_RETRIES": "0",
         "BASE_MODEL": "flux-dev",
         "SOURCE_DATE_EPOCH": "1700000000",

@@ -1,9 +1,10 @@
 """`fluxtrain fetch` against HTTP servers on 127.0.0.1 (port 0) written here, which play the Hugging Face
 Hub (tree API with Link pagination, resolve URLs redirecting LFS files to a CDN on another port), Kaggle's
-download API (basic auth, redirect to storage) and plain archive hosts. No real network is ever used.
-Every server counts the requests it gets, with their headers."""
+download API (public sets without credentials, private ones with basic auth, redirect to storage) and plain
+archive hosts. No real network is ever used. Every server counts the requests it gets, with their headers."""
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
 import io
@@ -55,6 +56,7 @@ class World:
         self.wrong_hash = {("owner/badhash", "bad.png")}
         self.files: dict[str, bytes] = {}  # /files/<name> for plain URLs
         self.kaggle: dict[str, bytes] = {}
+        self.kaggle_private: set[str] = set()
         self.cdn_blobs: dict[str, bytes] = {}
         self.drop_first: set[str] = set()  # request paths (no query) cut half-way the first time
         self.dropped: set[str] = set()
@@ -150,11 +152,17 @@ def hub_app(world: World, base: str):
     return app
 
 
+KAGGLE_BASIC = "Basic " + base64.b64encode(f"{KAGGLE_USER}:{KAGGLE_KEY}".encode()).decode()
+
+
 def kaggle(world: World, handler, repo: str):
-    import base64
-    expected = "Basic " + base64.b64encode(f"{KAGGLE_USER}:{KAGGLE_KEY}".encode()).decode()
-    if handler.headers.get("Authorization") != expected:
+    """Kaggle's download API: a public set without credentials, a private one with them; wrong credentials
+    are refused whatever the set."""
+    auth = handler.headers.get("Authorization")
+    if auth is not None and auth != KAGGLE_BASIC:
         return error(handler, 401, "Unauthenticated")
+    if repo in world.kaggle_private and auth is None:
+        return error(handler, 403, "Permission 'datasets.get' was denied")
     if repo not in world.kaggle:
         return error(handler, 404, "Not found")
     sha = hashlib.sha256(world.kaggle[repo]).hexdigest()
@@ -197,7 +205,8 @@ def world(servers):
 
 def fetch_env(hub: Server, tmp_path: Path, **extra) -> dict:
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("HF_", "HUGGING", "KAGGLE_", "FLUXTRAIN_")) and not k.lower().endswith("_proxy")}
+           if not k.startswith(("HF_", "HUGGING", "KAGGLE_", "DATASET_", "FLUXTRAIN_"))
+           and not k.lower().endswith("_proxy")}
     env.update(HOME=str(tmp_path / "home"), HF_ENDPOINT=hub.url, KAGGLE_API_ENDPOINT=hub.url,
                NO_PROXY="127.0.0.1,localhost", FLUXTRAIN_HTTP_RETRIES="2", FLUXTRAIN_HTTP_BACKOFF_SECONDS="0.01",
                FLUXTRAIN_DOWNLOAD_WORKERS="3")
@@ -267,7 +276,11 @@ def test_hub_token_goes_to_the_hub_only_and_is_never_printed(fluxtrain_bin, tmp_
     w, hub, cdn = world
     result, _ = fetch(fluxtrain_bin, tmp_path, hub, "owner/private-set", HF_TOKEN=HF_TOKEN)
     assert tree_of(last_line(result)) == w.hub["owner/private-set"]
-    assert hub.requests and all(r["headers"].get("Authorization") == f"Bearer {HF_TOKEN}" for r in hub.requests)
+    # Kaggle's download API (DATASET_HOST, the same server here) was asked first, without the Hub's token.
+    kaggle_requests = [r for r in hub.requests if r["path"].startswith("/api/v1/datasets/download/")]
+    hub_requests = [r for r in hub.requests if r not in kaggle_requests]
+    assert len(kaggle_requests) == 1 and "Authorization" not in kaggle_requests[0]["headers"]
+    assert hub_requests and all(r["headers"].get("Authorization") == f"Bearer {HF_TOKEN}" for r in hub_requests)
     # The CDN (another port: another origin) never sees it.
     assert cdn.requests and all("Authorization" not in r["headers"] for r in cdn.requests)
     assert HF_TOKEN not in result.stdout + result.stderr
@@ -304,10 +317,11 @@ def make_zip(files: dict[str, bytes]) -> bytes:
     return out.getvalue()
 
 
-def test_kaggle_zip_with_basic_auth(fluxtrain_bin, tmp_path, world):
+def test_kaggle_private_zip_with_basic_auth(fluxtrain_bin, tmp_path, world):
     w, hub, cdn = world
     files = {"train/1.jpg": rand(6000, 7), "train/1.txt": b"one", "labels.csv": b"a,b\n"}
     w.kaggle["kowner/kset"] = make_zip(files)
+    w.kaggle_private.add("kowner/kset")
     result, _ = fetch(fluxtrain_bin, tmp_path, hub, "kaggle:kowner/kset",
                       KAGGLE_USERNAME=KAGGLE_USER, KAGGLE_KEY=KAGGLE_KEY)
     assert tree_of(last_line(result)) == files
@@ -324,7 +338,158 @@ def test_kaggle_zip_with_basic_auth(fluxtrain_bin, tmp_path, world):
     assert_nothing_in(cache)
 
     missing, cache = fetch(fluxtrain_bin, tmp_path / "missing", hub, "kaggle:kowner/kset", check=False)
-    assert missing.returncode == 1 and "set KAGGLE_USERNAME and KAGGLE_KEY" in missing.stderr
+    assert missing.returncode == 1 and "access denied (HTTP 403" in missing.stderr
+    assert "no credentials were sent: set KAGGLE_USERNAME and KAGGLE_KEY" in missing.stderr
+
+
+# --- the seed's DATASET_NAME=owner/name: the zip at DATASET_HOST/owner/name (Kaggle), then the Hub ---
+
+@pytest.fixture(scope="module")
+def kaggle_server(servers):
+    """Kaggle's download API on its own server (another origin than the Hub and the CDN)."""
+    world, _, _ = servers
+
+    def app(handler):
+        path = urlsplit(handler.path).path
+        if not path.startswith("/api/v1/datasets/download/"):
+            return error(handler, 404, "unknown route")
+        return kaggle(world, handler, unquote(path.removeprefix("/api/v1/datasets/download/")))
+
+    server = Server(app)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def seed(world, kaggle_server):
+    kaggle_server.requests.clear()
+    return (*world, kaggle_server)
+
+
+def seed_fetch(fluxtrain_bin, tmp_path, hub, kaggle_server, dataset, check=True, **env):
+    """`fluxtrain fetch` as the seed's container is configured: DATASET_NAME, DATASET_HOST and DATASET_PATH
+    only (no argument, no --cache-dir; KAGGLE_API_ENDPOINT of fetch_env is overridden by DATASET_HOST)."""
+    env = fetch_env(hub, tmp_path, DATASET_NAME=dataset, DATASET_HOST=f"{kaggle_server.url}/api/v1/datasets/download",
+                    DATASET_PATH=str(tmp_path / "workspace-dataset"), **env)
+    result = run([fluxtrain_bin, "--log-level", "debug", "fetch"], check=check, env=env, timeout=300)
+    return result, tmp_path / "workspace-dataset"
+
+
+def kaggle_path(repo: str) -> str:
+    return f"/api/v1/datasets/download/{repo}"
+
+
+def test_seed_name_comes_from_dataset_host_without_credentials(fluxtrain_bin, tmp_path, seed):
+    w, hub, cdn, kag = seed
+    files = {"img/1.png": rand(4000, 40), "img/1.txt": b"seed one", "img/2.png": rand(3000, 41)}
+    w.kaggle["seedowner/public-set"] = make_zip(files)
+    result, dataset_path = seed_fetch(fluxtrain_bin, tmp_path, hub, kag, "seedowner/public-set")
+    root = last_line(result)
+    assert tree_of(root) == {k.removeprefix("img/"): v for k, v in files.items()}
+    # It landed in DATASET_PATH, in the cache's layout: kaggle/<name>-<hash>/dataset, with its marker.
+    assert root.is_relative_to(dataset_path / "kaggle") and root.name == "img" and root.parent.name == "dataset"
+    assert json.loads((root.parent.parent / "complete.json").read_text())["source"] == "kaggle:seedowner/public-set"
+    assert paths(kag) == [kaggle_path("seedowner/public-set")]
+    assert "Authorization" not in kag.requests[0]["headers"]
+    assert not hub.requests  # found on Kaggle: the Hub is not asked
+    assert "was served by Kaggle (DATASET_HOST " + kag.url + "/api/v1/datasets/download)" in result.stderr
+    # Again: from DATASET_PATH, without any request.
+    again, _ = seed_fetch(fluxtrain_bin, tmp_path, hub, kag, "seedowner/public-set")
+    assert last_line(again) == root and "using the cached copy of kaggle:seedowner/public-set" in again.stderr
+    assert len(kag.requests) == 1 and not hub.requests
+
+
+def test_seed_name_not_on_kaggle_comes_from_the_hub(fluxtrain_bin, tmp_path, seed):
+    w, hub, cdn, kag = seed
+    result, dataset_path = seed_fetch(fluxtrain_bin, tmp_path, hub, kag, "owner/one-folder")
+    root = last_line(result)
+    assert tree_of(root) == {"a.png": w.hub["owner/one-folder"]["set/a.png"], "a.txt": b"caption"}
+    assert root.is_relative_to(dataset_path / "hub")
+    assert paths(kag) == [kaggle_path("owner/one-folder")]  # asked first, answered 404
+    assert any("/tree/main" in p for p in paths(hub))
+    assert "owner/one-folder: Kaggle does not have it (HTTP 404); trying the Hugging Face Hub" in result.stderr
+    assert f"was served by the Hugging Face Hub (HF_ENDPOINT {hub.url})" in result.stderr
+    # Again: the Hub's copy in DATASET_PATH, without asking Kaggle again.
+    again, _ = seed_fetch(fluxtrain_bin, tmp_path, hub, kag, "owner/one-folder")
+    assert last_line(again) == root and len(kag.requests) == 1
+    # A revision that is no Kaggle version number asks the Hub only.
+    kag.requests.clear()
+    branch, _ = seed_fetch(fluxtrain_bin, tmp_path / "rev", hub, kag, "owner/one-folder", DATASET_REVISION="refs/pr/1")
+    assert tree_of(last_line(branch)) == tree_of(root) and not kag.requests
+    assert "not asking Kaggle (DATASET_HOST): the revision 'refs/pr/1' is not a Kaggle version number" in branch.stderr
+
+
+def test_seed_name_on_neither_source_is_one_error_listing_both(fluxtrain_bin, tmp_path, seed):
+    _, hub, _, kag = seed
+    result, dataset_path = seed_fetch(fluxtrain_bin, tmp_path, hub, kag, "owner/nowhere", check=False)
+    assert result.returncode == 1 and result.stdout == ""
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert len(error_lines) == 1, result.stderr
+    message = error_lines[0]
+    for words in ["dataset 'owner/nowhere' was found neither on Kaggle nor on the Hugging Face Hub",
+                  f"1) Kaggle (DATASET_HOST): Kaggle dataset owner/nowhere was not found (HTTP 404 from "
+                  f"{kag.url}/api/v1/datasets/download/owner/nowhere)",
+                  "2) the Hugging Face Hub (HF_ENDPOINT): the file list of Hugging Face dataset owner/nowhere",
+                  f"(HTTP 401 RepoNotFound from {hub.url}/api/datasets/owner/nowhere/tree/main",
+                  "Fix: check the name (https://www.kaggle.com/datasets/owner/nowhere, "
+                  f"{hub.url}/datasets/owner/nowhere)",
+                  "KAGGLE_USERNAME and KAGGLE_KEY for Kaggle, HF_TOKEN for the Hub",
+                  "write kaggle:owner/nowhere or hf:owner/nowhere to ask one source only"]:
+        assert words in message, message
+    assert paths(kag) == [kaggle_path("owner/nowhere")] and len(hub.requests) == 1
+    assert_nothing_in(dataset_path)
+
+
+def test_kaggle_credentials_go_to_dataset_host_only(fluxtrain_bin, tmp_path, seed):
+    w, hub, cdn, kag = seed
+    files = {"p.png": rand(2500, 42), "p.txt": b"private caption"}
+    w.kaggle["seedowner/private-set"] = make_zip(files)
+    w.kaggle_private.add("seedowner/private-set")
+    creds = {"KAGGLE_USERNAME": KAGGLE_USER, "KAGGLE_KEY": KAGGLE_KEY}
+    result, _ = seed_fetch(fluxtrain_bin, tmp_path, hub, kag, "seedowner/private-set", **creds)
+    assert tree_of(last_line(result)) == files
+    assert [r["headers"].get("Authorization") for r in kag.requests] == [KAGGLE_BASIC]
+    assert cdn.requests and all("Authorization" not in r["headers"] for r in cdn.requests)  # the redirect
+    # A name Kaggle does not have goes on to the Hub, which never sees the Kaggle credentials.
+    hub_result, _ = seed_fetch(fluxtrain_bin, tmp_path / "hub", hub, kag, "owner/one-folder", **creds)
+    assert "served by the Hugging Face Hub" in hub_result.stderr
+    assert kag.requests[-1]["headers"].get("Authorization") == KAGGLE_BASIC
+    assert hub.requests and all("Authorization" not in r["headers"] for r in hub.requests)
+    for out in (result, hub_result):
+        assert KAGGLE_KEY not in out.stdout + out.stderr
+    # Without them, the private set is refused (403) and, on neither source, the error names the variables.
+    anonymous, _ = seed_fetch(fluxtrain_bin, tmp_path / "anon", hub, kag, "seedowner/private-set", check=False)
+    assert anonymous.returncode == 1
+    assert "access denied (HTTP 403" in anonymous.stderr and "KAGGLE_USERNAME and KAGGLE_KEY" in anonymous.stderr
+    # Half of them is a named error before any request.
+    kag.requests.clear()
+    half, _ = seed_fetch(fluxtrain_bin, tmp_path / "half", hub, kag, "seedowner/private-set", check=False,
+                         KAGGLE_USERNAME=KAGGLE_USER)
+    assert half.returncode == 1 and "KAGGLE_USERNAME is set but KAGGLE_KEY is not" in half.stderr
+    assert not kag.requests
+
+
+def test_kaggle_and_hf_prefixes_ask_one_source_only(fluxtrain_bin, tmp_path, seed):
+    w, hub, _, kag = seed
+    w.kaggle["seedowner/only-kaggle"] = make_zip({"k.png": rand(1000, 43)})
+    # kaggle: a Hub-only dataset is an error; the Hub is not asked.
+    result, _ = seed_fetch(fluxtrain_bin, tmp_path / "k", hub, kag, "kaggle:owner/one-folder", check=False)
+    assert result.returncode == 1 and not hub.requests and paths(kag) == [kaggle_path("owner/one-folder")]
+    assert "Kaggle dataset owner/one-folder was not found (HTTP 404 from " + kag.url in result.stderr
+    assert "for a Hugging Face dataset write hf:owner/one-folder" in result.stderr
+    # hf: a Kaggle-only dataset is an error; Kaggle is not asked.
+    kag.requests.clear()
+    result, _ = seed_fetch(fluxtrain_bin, tmp_path / "h", hub, kag, "hf:seedowner/only-kaggle", check=False)
+    assert result.returncode == 1 and not kag.requests and hub.requests
+    assert "Hugging Face dataset seedowner/only-kaggle" in result.stderr
+    assert "for a Kaggle dataset write kaggle:seedowner/only-kaggle" in result.stderr
+    # Each works on its own source.
+    hub.requests.clear()
+    ok, _ = seed_fetch(fluxtrain_bin, tmp_path / "ok", hub, kag, "kaggle:seedowner/only-kaggle")
+    assert tree_of(last_line(ok)) == {"k.png": rand(1000, 43)} and not hub.requests
+    kag.requests.clear()
+    ok, _ = seed_fetch(fluxtrain_bin, tmp_path / "ok", hub, kag, "hf:owner/one-folder")
+    assert "a.txt" in tree_of(last_line(ok)) and not kag.requests
 
 
 # --- URLs ---
@@ -424,10 +589,13 @@ def test_http_errors(fluxtrain_bin, tmp_path, world, case):
     assert len(error_lines) == 1, result.stderr
     for word in words:
         assert word in error_lines[0], error_lines[0]
+    # A bare owner/name asks Kaggle's download API (DATASET_HOST, here the same server) first: one 404.
+    kaggle_tries = 0 if "://" in spec else 1
+    assert len([p for p in paths(hub) if p.startswith("/api/v1/datasets/download/")]) == kaggle_tries
     if case.startswith("500"):
-        assert len(hub.requests) == 3  # FLUXTRAIN_HTTP_RETRIES=2
+        assert len(hub.requests) == kaggle_tries + 3  # FLUXTRAIN_HTTP_RETRIES=2
     else:
-        assert len(hub.requests) == 1  # 4xx is not retried
+        assert len(hub.requests) == kaggle_tries + 1  # 4xx is not retried
     assert "hf_wrongWRONGwrong123" not in result.stdout + result.stderr
     assert result.stdout == ""
     assert_nothing_in(cache)

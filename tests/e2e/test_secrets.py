@@ -26,7 +26,7 @@ SIGNATURE = "s3cr3t-Zr58bQ1n"
 
 def clean_env(tmp_path: Path, **extra) -> dict:
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("HF_", "HUGGING", "KAGGLE_", "FLUXTRAIN_", "PARAMS_"))
+           if not k.startswith(("HF_", "HUGGING", "KAGGLE_", "DATASET_", "FLUXTRAIN_", "PARAMS_"))
            and not k.lower().endswith("_proxy")}
     env.update(HOME=str(tmp_path / "home"), NO_PROXY="127.0.0.1,localhost", FLUXTRAIN_HTTP_RETRIES="2",
                FLUXTRAIN_HTTP_BACKOFF_SECONDS="0.01")
@@ -69,7 +69,8 @@ def test_hub_listing_next_page_on_another_origin_gets_no_token(fluxtrain_bin, tm
 
     hub = Server(hub_app)
     try:
-        result = run([fluxtrain_bin, "--log-level", "debug", "fetch", "owner/set", "--cache-dir", tmp_path / "cache"],
+        # hf: the Hub only (a bare owner/name asks Kaggle's download API, DATASET_HOST, first).
+        result = run([fluxtrain_bin, "--log-level", "debug", "fetch", "hf:owner/set", "--cache-dir", tmp_path / "cache"],
                      env=clean_env(tmp_path, HF_ENDPOINT=hub.url, HF_TOKEN=HF_TOKEN), timeout=120)
         root = Path(result.stdout.strip().splitlines()[-1])
         assert (root / "a.txt").read_bytes() == files["a.txt"] and (root / "b.txt").read_bytes() == files["b.txt"]

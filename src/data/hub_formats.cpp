@@ -398,7 +398,8 @@ Written convert(const fs::path& folder, const Selection& s, const HubFormatOptio
     }
     int64_t row = 0;
     for (int g = 0; g < table.groups(); ++g) {
-      arrow::TableBatchReader batches(*table.group(g));
+      const std::shared_ptr<arrow::Table> rows = table.group(g);  // the reader keeps only a reference
+      arrow::TableBatchReader batches(*rows);
       std::shared_ptr<arrow::RecordBatch> batch;
       while (true) {
         if (!batches.ReadNext(&batch).ok() || !batch) break;
@@ -417,7 +418,9 @@ Written convert(const fs::path& folder, const Selection& s, const HubFormatOptio
           const std::string where = cat(f.path.string(), ", row ", row);
           std::string data;
           std::optional<std::string_view> b = image->IsNull(i) ? std::nullopt : text_at(*bytes, i);
-          if (b) {
+          if (!f.parquet && b) {
+            data = read_file_bytes(row_path(folder, f, *b, where));  // an imagefolder's file_name
+          } else if (b) {
             data.assign(b->data(), b->size());
           } else if (auto p = (path && !image->IsNull(i)) ? text_at(*path, i) : std::nullopt; p && !p->empty()) {
             data = read_file_bytes(row_path(folder, f, *p, where));

@@ -122,7 +122,7 @@ def test_hub_parquet_shards_train_with_their_captions(fluxtrain_bin, models, sha
     assert (shared / "hub" / "out" / "flux-lora.safetensors").exists()
     marker, images = converted(shared, "hub")
     assert images == expected(range(4))
-    assert (marker["layout"], marker["split"], marker["image_column"], marker["caption_column"]) == (
+    assert (marker["layout"], marker["split"], marker["images_from"], marker["captions_from"]) == (
         "parquet", "train", "image", "text")
     assert marker["files"] == ["data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet"]
     # Once: a second run reuses the converted folder.
@@ -157,7 +157,7 @@ def test_imagefolder_with_metadata_jsonl_trains(fluxtrain_bin, models, shared, t
     assert (shared / "jsonl" / "out" / "flux-lora.safetensors").exists()
     marker, images = converted(shared, "jsonl")
     assert images == expected(range(4))
-    assert (marker["layout"], marker["caption_column"]) == ("imagefolder", "caption")
+    assert (marker["layout"], marker["captions_from"]) == ("imagefolder", "caption")
 
 
 def test_imagefolder_with_metadata_csv(fluxtrain_bin, models, shared, tmp_path):
@@ -173,7 +173,7 @@ def test_imagefolder_with_metadata_csv(fluxtrain_bin, models, shared, tmp_path):
     result = run([fluxtrain_bin, "cache"], env=env_for(models, folder, shared, "csv"))
     assert "text cache: 4 reused, 0 encoded" in result.stderr, result.stderr[-3000:]
     marker, images = converted(shared, "csv")
-    assert images == expected(range(4)) and marker["caption_column"] == "prompt"
+    assert images == expected(range(4)) and marker["captions_from"] == "prompt"
 
 
 def test_image_feature_structs_with_bytes_or_path(fluxtrain_bin, models, shared, tmp_path):
@@ -196,7 +196,7 @@ def test_image_feature_structs_with_bytes_or_path(fluxtrain_bin, models, shared,
     assert "text cache: 4 reused, 0 encoded" in result.stderr, result.stderr[-3000:]
     marker, images = converted(shared, "structs")
     assert images == expected(range(4))
-    assert (marker["image_column"], marker["caption_column"]) == ("picture", "description_of_image")
+    assert (marker["images_from"], marker["captions_from"]) == ("picture", "description_of_image")
 
 
 def write_parquet(folder: Path, table: pa.Table) -> Path:

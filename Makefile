@@ -19,7 +19,8 @@ setup:
 
 configure: setup
 	@source $(BUILD)/setup.env && cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=$(CMAKE_BUILD_TYPE) \
-	  -DCMAKE_PREFIX_PATH="$$TORCH_PREFIX" $${VENV:+-DFLUXTRAIN_PYTHON="$$VENV/bin/python"} $(CMAKE_ARGS) > $(BUILD)/configure.log \
+	  -DCMAKE_PREFIX_PATH="$$TORCH_PREFIX" $${VENV:+-DFLUXTRAIN_PYTHON="$$VENV/bin/python"} \
+	  $${ARROW_DIR:+-DFLUXTRAIN_ARROW_DIR="$$ARROW_DIR"} $(CMAKE_ARGS) > $(BUILD)/configure.log \
 	  || { cat $(BUILD)/configure.log; exit 1; }
 
 build: configure

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # fluxtrain set-up: Debian packages + a cached Python venv (torch for libtorch, test references).
 #
-# Prints shell assignments for the Makefile on stdout (`VENV=...`, `TORCH_PREFIX=...`); logs on stderr.
+# Prints shell assignments for the Makefile on stdout (`VENV=...`, `TORCH_PREFIX=...`, `ARROW_DIR=...`); logs
+# on stderr.
 #
 # Environment:
 #   FLUXTRAIN_VENV_CACHE  folder that holds the venvs (default ~/.cache/fluxtrain); one venv per
@@ -13,6 +14,9 @@
 #   FLUXTRAIN_TORCH_PYTHON  a Python whose installed torch is the libtorch to build against (a PyTorch
 #                         container image's own; `python3` is looked up on PATH): as Torch_DIR, with
 #                         the prefix taken from torch.utils.cmake_prefix_path. Torch is never installed.
+#   FLUXTRAIN_ARROW_DIR   a pyarrow package folder to build against (its include/, libarrow.so.N and
+#                         libparquet.so.N); default: requirements-build.txt installed into the venv, or
+#                         without one into $FLUXTRAIN_VENV_CACHE/build-deps-<hash> by the torch Python's pip.
 #   FLUXTRAIN_PACKAGES    all (default): everything, tests and the sanitizer build included; build:
 #                         only what building the program needs (the container images, docker/).
 #   FLUXTRAIN_SKIP_APT=1  do not touch Debian packages.
@@ -123,6 +127,13 @@ else
     "$venv/bin/pip" install -q -r "$req" >&2
     touch "$venv/.complete"
   fi
+  build_req="$here/requirements-build.txt"
+  build_marker="$venv/.build-$(sha256sum "$build_req" | cut -c1-16)"
+  if [ ! -f "$build_marker" ]; then
+    log "installing the build requirements into $venv (requirements-build.txt)"
+    "$venv/bin/pip" install -q -r "$build_req" >&2
+    touch "$build_marker"
+  fi
   lint_req="$here/requirements-lint.txt"
   lint_marker="$venv/.lint-$(sha256sum "$lint_req" | cut -c1-16)"
   if [ ! -f "$lint_marker" ]; then
@@ -145,4 +156,27 @@ elif [ -n "${FLUXTRAIN_TORCH_PYTHON:-}" ]; then
 else
   torch_prefix="$("$venv/bin/python" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')"
 fi
-printf 'VENV=%q\nTORCH_PREFIX=%q\n' "$venv" "$torch_prefix"
+# Arrow/Parquet C++ (requirements-build.txt: the pyarrow wheel) for the Hub's dataset formats.
+arrow_dir="${FLUXTRAIN_ARROW_DIR:-}"
+if [ -z "$arrow_dir" ] && [ -n "$venv" ]; then
+  arrow_dir="$("$venv/bin/python" -c 'import os, pyarrow; print(os.path.dirname(pyarrow.__file__))' 2>/dev/null)" ||
+    arrow_dir=""
+fi
+if [ -z "$arrow_dir" ]; then
+  cache="${FLUXTRAIN_VENV_CACHE:-$HOME/.cache/fluxtrain}"
+  build_req="$here/requirements-build.txt"
+  deps="$cache/build-deps-$(sha256sum "$build_req" | cut -c1-16)"
+  if [ ! -f "$deps/.complete" ]; then
+    python="${FLUXTRAIN_TORCH_PYTHON:-${venv:+$venv/bin/python}}"
+    python="$(command -v "${python:-python3}")" || { log "no python3 to install requirements-build.txt"; exit 1; }
+    log "installing requirements-build.txt into $deps with $python"
+    rm -rf "$deps"
+    mkdir -p "$cache"
+    # --target writes only into that folder, so a system Python's "externally managed" mark does not apply.
+    PIP_BREAK_SYSTEM_PACKAGES=1 "$python" -m pip install -q --no-deps --target "$deps" -r "$build_req" >&2 ||
+      { log "could not install requirements-build.txt with $python -m pip: install pip, or set FLUXTRAIN_ARROW_DIR to a pyarrow folder"; exit 1; }
+    touch "$deps/.complete"
+  fi
+  arrow_dir="$deps/pyarrow"
+fi
+printf 'VENV=%q\nTORCH_PREFIX=%q\nARROW_DIR=%q\n' "$venv" "$torch_prefix" "$arrow_dir"

@@ -96,7 +96,7 @@ const OptionTable& dataset_command_options() {
           Opt<S>("json", kBool, "dataset", "false", "Print JSON instead of text.").to(&S::json),
           Opt<S>("lint", kBool, "dataset", "false",
                  "Also check the images and captions (unreadable, duplicates, upscaled, cropped, label-like or "
-                 "too long captions) and write crop preview sheets per bucket (docs/datasets.md).")
+                 "too long captions) and write crop preview sheets per bucket (docs/data.md).")
               .to(&S::lint),
           Opt<S>("lint_out", kPath, "dataset", "fluxtrain-lint",
                  "--lint: folder of the crop preview sheets and crops.json (made if needed; earlier sheets in it "

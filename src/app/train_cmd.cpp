@@ -30,6 +30,7 @@
 #include "core/stop.h"
 #include "core/strings.h"
 #include "data/dataset.h"
+#include "data/hub_formats.h"
 #include "data/lint.h"
 #include "fetch/dataset.h"
 #include "sample/prompts.h"
@@ -161,6 +162,10 @@ std::shared_ptr<data::DatasetPlan> build_dataset(const TrainSettings& settings) 
     fetched =
         fetch::fetch_dataset(settings.dataset_name, dataset_cache_dir(settings.downloads), settings.downloads.fetch);
     log::info("dataset ", redact_url(settings.dataset_name), ": ", fetched.string());
+    // Parquet files or an imagefolder's metadata become images + captions once, in the dataset cache.
+    data::HubFormatOptions hub = settings.hub_formats;
+    hub.cache_dir = dataset_cache_dir(settings.downloads);
+    fetched = data::prepare_hub_dataset(fetched, hub);
     options.default_image_dir = fetched;
   }
   data::DatasetGroupConfig group = settings.dataset_config.empty()

@@ -141,6 +141,21 @@ std::vector<OptionSpec> train_specs() {
           .url_secrets()
           .safe_on_resume()
           .to(&S::dataset_name),
+      Opt<S>("dataset_split", kString, "dataset", "train",
+             "The split of a Hub-format dataset (Parquet files, or an imagefolder with metadata.jsonl/.csv) to train "
+             "on: train, validation, test or a split's own name (docs/data.md).")
+          .safe_on_resume()
+          .to(&S::hub_formats, &data::HubFormatOptions::split),
+      Opt<S>("dataset_config_name", kString, "dataset", "",
+             "The config (subset) of a Hub-format dataset with several, e.g. the folder of "
+             "<config>/train-00000-of-00001.parquet; unset: its only one.")
+          .safe_on_resume()
+          .to(&S::hub_formats, &data::HubFormatOptions::config_name),
+      Opt<S>("caption_column", kString, "dataset", "",
+             "The column of a Hub-format dataset that holds the captions; unset: the first text column named text, "
+             "caption, prompt, description, alt_text or title, else its only text column.")
+          .safe_on_resume()
+          .to(&S::hub_formats, &data::HubFormatOptions::caption_column),
       Opt<S>("dataset_config", kPath, "dataset", "",
              "kohya's dataset config (.toml or .json: [general], [[datasets]], [[datasets.subsets]]).")
           .env("DATASET_CONFIG")

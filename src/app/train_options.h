@@ -13,6 +13,7 @@
 #include "app/options.h"
 #include "app/shared_options.h"
 #include "data/dataset_config.h"
+#include "data/hub_formats.h"
 #include "train/options.h"
 
 namespace CLI {
@@ -30,6 +31,7 @@ struct TrainSettings {
 
   std::string dataset_name;                      // DATASET_NAME: a Hub or Kaggle dataset, a URL or a local folder
   std::string dataset_config;                    // DATASET_CONFIG: kohya's TOML/JSON
+  data::HubFormatOptions hub_formats;            // split, config and caption column of a Parquet/imagefolder set
   data::ConfigFallbacks dataset_fallbacks;       // resolution and batch size where the config leaves them unset
   std::optional<std::string> caption_extension;  // overrides every subset's unless its config sets one
   std::optional<int> num_repeats;

@@ -49,3 +49,61 @@ def test_detection_tree_with_class_tokens_trains_without_yolo_captions(tmp_path,
     assert "latent cache: 0 reused, 6 encoded" in log, log
     with safe_open(str(out / "flux-lora.safetensors"), "pt") as f:
         assert f.metadata()["modelspec.trigger_phrase"] == "ohwx dog"
+
+
+def test_the_seeds_walkthrough_kaggle_detection_zip_trains(tmp_path, fluxtrain_bin, models):
+    """Issue 19: the seed's walkthrough as written. DATASET_NAME=owner/name is fetched as the seed's
+    container does — DATASET_HOST/owner/name, Kaggle's public download API, no credentials — from a fake
+    Kaggle on 127.0.0.1 serving a zip shaped like a detection dataset (images/train/*.jpg,
+    labels/train/*.txt of YOLO numbers, classes.txt, a CSV); a seed-style dataset.json with class_tokens and
+    no image_dir reads the fetched set. It trains, the log names the source, and no YOLO line ever reaches
+    the text encoders."""
+    import io
+    import zipfile
+
+    from fake_http import Server, error, send_file
+
+    tree = detection_tree.write_detection_tree(tmp_path / "tree")
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        for path in sorted(tree.rglob("*")):
+            if path.is_file():
+                z.write(path, path.relative_to(tree).as_posix())
+    data = archive.getvalue()
+
+    def app(handler):
+        if handler.path != "/api/v1/datasets/download/amitkumargurjar/car-detection-and-tracking-dataset":
+            return error(handler, 404, "not found")
+        if "Authorization" in handler.headers:
+            return error(handler, 400, "a public set needs no credentials")
+        send_file(handler, data)
+
+    kaggle = Server(app)
+    try:
+        config = tmp_path / "dataset.json"
+        config.write_text(json.dumps({
+            "general": {"resolution": 64, "caption_extension": ".txt", "enable_bucket": True,
+                        "min_bucket_reso": 64, "bucket_reso_steps": 32},
+            "datasets": [{"batch_size": 1, "subsets": [{"class_tokens": "ohwx car", "num_repeats": 1}]}]}))
+        out, cache = tmp_path / "run", tmp_path / "cache"
+        env = base_env(models, "amitkumargurjar/car-detection-and-tracking-dataset", out, DATASET_CONFIG=config,
+                       PARAMS_CACHE_DIR=cache, PARAMS_MAX_TRAIN_STEPS=3,
+                       DATASET_HOST=f"{kaggle.url}/api/v1/datasets/download",
+                       DATASET_PATH=tmp_path / "workspace-dataset", HF_ENDPOINT="http://127.0.0.1:9",
+                       NO_PROXY="127.0.0.1,localhost")
+        for key in [k for k in env if k.startswith(("KAGGLE_", "HF_TOKEN", "FLUXTRAIN_DATASET")) or
+                    k.lower().endswith("_proxy") and k != "NO_PROXY"]:
+            del env[key]
+        result = run([fluxtrain_bin, "train"], env=env)
+    finally:
+        kaggle.close()
+    log = result.stderr
+    assert [r["path"] for r in kaggle.requests] == [
+        "/api/v1/datasets/download/amitkumargurjar/car-detection-and-tracking-dataset"]
+    assert "was served by Kaggle (DATASET_HOST " in log, log
+    assert (out / "flux-lora.safetensors").exists(), log
+    assert [m["step"] for m in metrics_of(out)] == [1, 2, 3]
+    captions = encoded_captions(cache)
+    assert sorted(set(captions)) == sorted({"ohwx car", detection_tree.REAL_CAPTION}), captions
+    assert not [c for c in captions if detection_tree.YOLO_LINE.match(c)]
+    assert (tmp_path / "workspace-dataset" / "kaggle").is_dir()

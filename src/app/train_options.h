@@ -30,9 +30,8 @@ struct TrainSettings {
 
   std::string dataset_name;                      // DATASET_NAME: a Hub or Kaggle dataset, a URL or a local folder
   std::string dataset_config;                    // DATASET_CONFIG: kohya's TOML/JSON
-  data::ConfigFallbacks dataset_fallbacks;       // resolution and batch size where the config leaves them unset
-  std::optional<std::string> caption_extension;  // overrides every subset's unless its config sets one
-  std::optional<int> num_repeats;
+  // Resolution, batch size, default caption, caption extension and repeats where the config leaves them unset.
+  data::ConfigFallbacks dataset_fallbacks;
 
   std::string output_path = "output";
   std::string resume_from;  // a state folder

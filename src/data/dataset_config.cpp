@@ -181,8 +181,7 @@ json toml_to_json(const toml::node& node) {
 
 // A kohya `N_name` folder's repeat count wins over the num_repeats fallback (PARAMS_NUM_REPEATS): say so
 // when they differ.
-void warn_repeats_fallback_unused(const ConfigFallbacks& fallbacks, const std::filesystem::path& folder,
-                                  int repeats) {
+void warn_repeats_fallback_unused(const ConfigFallbacks& fallbacks, const std::filesystem::path& folder, int repeats) {
   if (!fallbacks.num_repeats || *fallbacks.num_repeats == repeats) return;
   const std::string name = folder.filename().string();
   const size_t underscore = name.find('_');

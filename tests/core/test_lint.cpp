@@ -17,8 +17,8 @@ TEST(Lint, LabelLikeCaptions) {
   EXPECT_EQ(label_like_caption("  3 0.1 0.2 0.3 0.4 0.5 0.6  "), yolo);  // a polygon: class + 3 points
   EXPECT_EQ(label_like_caption("12 7"), numbers);
   EXPECT_EQ(label_like_caption("1.5, 2, -3"), numbers);
-  EXPECT_EQ(label_like_caption("0.5 0.5 0.5 0.2 0.3"), numbers);  // no integer class
-  EXPECT_EQ(label_like_caption("0 0.5 0.5 0.2"), numbers);        // four numbers
+  EXPECT_EQ(label_like_caption("0.5 0.5 0.5 0.2 0.3"), numbers);    // no integer class
+  EXPECT_EQ(label_like_caption("0 0.5 0.5 0.2"), numbers);          // four numbers
   EXPECT_EQ(label_like_caption("0, 0.5, 0.5, 0.2, 0.3"), numbers);  // commas: no YOLO line, but only numbers
   EXPECT_EQ(label_like_caption("12 7 a"), "");
   EXPECT_EQ(label_like_caption("a photo of 2 cats"), "");

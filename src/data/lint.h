@@ -6,8 +6,9 @@
 // difference hash, see difference_hash); images smaller than their bucket (scaled up by 1.2x or more); aspect ratios
 // beyond the bucket list's range (a large part cropped away); empty captions (no caption and no class_tokens or
 // default_caption: the image trains without text); caption files that hold labels (YOLO numbers, COCO JSON:
-// the scan leaves the image captionless) and captions that look like labels (label_like_caption); captions longer than the text encoders read (CLIP-L: 77 ids with start and end;
-// T5: t5_max_length ids with </s>), counted with the shipped tokenizers. And a crop preview: per bucket,
+// the scan leaves the image captionless) and captions that look like labels (label_like_caption); captions
+// longer than the text encoders read (CLIP-L: 77 ids with start and end; T5: t5_max_length ids with </s>),
+// counted with the shipped tokenizers. And a crop preview: per bucket,
 // contact sheets of every image at its scaled size with the trainer's crop marked (data/bucket_image.h),
 // with crops.json listing each image's bucket, scaled size, crop box and where it is on which sheet.
 #pragma once

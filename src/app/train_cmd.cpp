@@ -171,15 +171,6 @@ std::shared_ptr<data::DatasetPlan> build_dataset(const TrainSettings& settings) 
   data::DatasetGroupConfig group = settings.dataset_config.empty()
                                        ? data::folder_dataset_config(fetched, options)
                                        : data::load_dataset_config(settings.dataset_config, options);
-  for (auto& dataset : group.datasets) {
-    for (auto& subset : dataset.subsets) {
-      if (settings.caption_extension && !subset.origin.count("caption_extension")) {
-        const std::string& ext = *settings.caption_extension;
-        subset.caption_extension = ext[0] == '.' ? ext : "." + ext;
-      }
-      if (settings.num_repeats && subset.origin.count("num_repeats") == 0) subset.num_repeats = *settings.num_repeats;
-    }
-  }
   data::ScanOptions scan;
   scan.probe = data::default_image_probe();
   return std::make_shared<data::DatasetPlan>(data::DatasetPlan::build(std::move(group), scan));

@@ -179,10 +179,14 @@ std::vector<OptionSpec> train_specs() {
             s.dataset_fallbacks.batch_size_origin = described;
           }),
       Opt<S>("caption_extension", kString, "dataset", "",
-             "Extension of the caption files for a dataset without a config (and overriding it); unset: .txt.")
+             "Extension of the caption files, for every subset whose dataset config file sets none; unset: .txt "
+             "for a folder without a config, kohya's .caption for a config.")
           .check(check_extension)
           .allowed("an extension starting with '.' (\".txt\", \".caption\")")
-          .to(&S::caption_extension),
+          .set([](S& s, const std::string& v, const std::string& described) {
+            s.dataset_fallbacks.caption_extension = v;
+            s.dataset_fallbacks.caption_extension_origin = described;
+          }),
       Opt<S>("default_caption", kString, "dataset", "",
              "Caption of the images that have none (no caption file, an empty one, or a label file such as YOLO "
              "numbers) in subsets without class_tokens; a dataset config's default_caption wins; unset: the empty "
@@ -192,9 +196,13 @@ std::vector<OptionSpec> train_specs() {
             s.dataset_fallbacks.default_caption_origin = described;
           }),
       Opt<S>("num_repeats", kInt, "dataset", "",
-             "Repeats of each image per epoch for a dataset without a config; unset: 1.")
+             "Repeats of each image per epoch, for every subset whose dataset config file sets none (a kohya "
+             "N_name folder's count wins); unset: 1.")
           .min(1)
-          .to(&S::num_repeats),
+          .set([](S& s, const int64_t& v, const std::string& described) {
+            s.dataset_fallbacks.num_repeats = static_cast<int>(v);
+            s.dataset_fallbacks.num_repeats_origin = described;
+          }),
 
       // --- output, saving, resume
       Opt<S>("output_path", kPath, "output", "output",

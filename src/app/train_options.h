@@ -32,9 +32,8 @@ struct TrainSettings {
   std::string dataset_name;                      // DATASET_NAME: a Hub or Kaggle dataset, a URL or a local folder
   std::string dataset_config;                    // DATASET_CONFIG: kohya's TOML/JSON
   data::HubFormatOptions hub_formats;            // split, config and caption column of a Parquet/imagefolder set
-  data::ConfigFallbacks dataset_fallbacks;       // resolution and batch size where the config leaves them unset
-  std::optional<std::string> caption_extension;  // overrides every subset's unless its config sets one
-  std::optional<int> num_repeats;
+  // Resolution, batch size, default caption, caption extension and repeats where the config leaves them unset.
+  data::ConfigFallbacks dataset_fallbacks;
 
   std::string output_path = "output";
   std::string resume_from;  // a state folder

@@ -173,6 +173,8 @@ DatasetPlan DatasetPlan::build(DatasetGroupConfig config, const ScanOptions& opt
         } else {
           image.caption = fallback_caption;
           if (caption.label != LabelKind::none) {
+            image.caption_label = caption.label;
+            image.label_file = caption.path;
             labels.push_back(cat(shown(caption.path), " (", describe(caption.label), ")"));
             ++stats.label_captions;
           }

@@ -17,6 +17,7 @@
 
 #include "data/buckets.h"
 #include "data/dataset_config.h"
+#include "data/label_files.h"
 
 namespace fluxtrain::data {
 
@@ -41,6 +42,10 @@ struct DatasetImage {
   // edits). A caption file of labels (data/label_files.h) is not a caption.
   std::string caption;
   bool caption_from_file = false;
+  // The caption file held labels (YOLO numbers, COCO JSON), not a caption: what kind and which file. The image
+  // is then captionless (its caption is the class tokens, else the default caption, else "").
+  LabelKind caption_label = LabelKind::none;
+  std::filesystem::path label_file;
   int num_repeats = 1;  // per epoch, after kohya's balancing of regularisation images (0: unused)
   bool is_reg = false;
 };

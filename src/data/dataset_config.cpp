@@ -179,6 +179,18 @@ json toml_to_json(const toml::node& node) {
   return text.str();
 }
 
+// A kohya `N_name` folder's repeat count wins over the num_repeats fallback (PARAMS_NUM_REPEATS): say so
+// when they differ.
+void warn_repeats_fallback_unused(const ConfigFallbacks& fallbacks, const std::filesystem::path& folder, int repeats) {
+  if (!fallbacks.num_repeats || *fallbacks.num_repeats == repeats) return;
+  const std::string name = folder.filename().string();
+  const size_t underscore = name.find('_');
+  log::warn(fallbacks.num_repeats_origin, " (", *fallbacks.num_repeats, ") is not used for ", folder.string(),
+            ": its folder name sets num_repeats = ", repeats, " (kohya's N_name convention); rename the folder to \"",
+            *fallbacks.num_repeats, underscore == std::string::npos ? std::string() : name.substr(underscore),
+            "\" to change it");
+}
+
 // The config being resolved: the source name for messages and the options.
 class Resolver {
  public:
@@ -189,6 +201,8 @@ class Resolver {
       fallbacks_["resolution"] = {options.fallbacks.resolution->width, options.fallbacks.resolution->height};
     }
     if (options.fallbacks.default_caption) fallbacks_["default_caption"] = *options.fallbacks.default_caption;
+    if (options.fallbacks.caption_extension) fallbacks_["caption_extension"] = *options.fallbacks.caption_extension;
+    if (options.fallbacks.num_repeats) fallbacks_["num_repeats"] = *options.fallbacks.num_repeats;
   }
 
   DatasetGroupConfig resolve(const json& doc);
@@ -337,11 +351,14 @@ void Resolver::take(const std::vector<Layer>& layers, const char* key, T& out,
                     std::map<std::string, std::string>& origin, const std::string& where) const {
   std::string from;
   const json* v = lookup(layers, key, from);
-  const bool is_batch = std::string(key) == "batch_size";
-  const bool is_resolution = std::string(key) == "resolution";
-  const std::string& fallback_name = is_batch        ? options_.fallbacks.batch_size_origin
-                                     : is_resolution ? options_.fallbacks.resolution_origin
-                                                     : options_.fallbacks.default_caption_origin;
+  const std::string name(key);
+  const bool is_resolution = name == "resolution";
+  const ConfigFallbacks& f = options_.fallbacks;
+  const std::string& fallback_name = name == "batch_size"          ? f.batch_size_origin
+                                     : is_resolution               ? f.resolution_origin
+                                     : name == "caption_extension" ? f.caption_extension_origin
+                                     : name == "num_repeats"       ? f.num_repeats_origin
+                                                                   : f.default_caption_origin;
   origin[key] = from == "fallback" ? fallback_name : from;
   if (v == nullptr) return;
   if constexpr (std::is_same_v<T, Resolution>) {
@@ -351,7 +368,10 @@ void Resolver::take(const std::vector<Layer>& layers, const char* key, T& out,
   }
   // kohya's rule: the config wins over the command line; say so when a command-line value goes unused.
   auto fb = fallbacks_.find(key);
-  if (fb == fallbacks_.end() || from == "fallback" || from == "folder default") return;
+  // A bare folder's subset values are its N_name folders' (folder_dataset_config says so itself).
+  if (fb == fallbacks_.end() || from == "fallback" || from == "folder default" ||
+      (folder_defaults_ != nullptr && from == "subset"))
+    return;
   const bool differs = is_resolution ? as_resolution(*fb) != as_resolution(*v) : *fb != *v;
   if (differs) {
     log::warn("dataset config ", source_, ": ", where, ": ", fallback_name, " (", fb->dump(),
@@ -518,6 +538,8 @@ void Resolver::add_subsets(DatasetConfig& out, const std::vector<Layer>& layers,
         SubsetConfig sub = s;
         sub.image_dir = f.path;
         if (o["num_repeats"] != "subset") {
+          if (options_.fallbacks.num_repeats && o["num_repeats"] == options_.fallbacks.num_repeats_origin)
+            warn_repeats_fallback_unused(options_.fallbacks, f.path, f.repeats);
           sub.num_repeats = f.repeats;
           sub.origin["num_repeats"] = "folder name";
         }
@@ -752,6 +774,8 @@ DatasetGroupConfig folder_dataset_config(const std::filesystem::path& dir, const
   // The subset values written above come from the folder names, not from a file.
   for (DatasetConfig& d : out.datasets) {
     for (SubsetConfig& s : d.subsets) {
+      if (options.fallbacks.num_repeats && s.origin["num_repeats"] == "subset")
+        warn_repeats_fallback_unused(options.fallbacks, s.image_dir, s.num_repeats);
       for (auto& [key, origin] : s.origin) {
         if (origin == "subset") origin = (key == "num_repeats" || key == "class_tokens") ? "folder name" : "folder";
       }

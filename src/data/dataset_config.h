@@ -70,6 +70,13 @@ struct ConfigFallbacks {
   std::string resolution_origin = "--resolution";
   std::optional<std::string> default_caption;
   std::string default_caption_origin = "--default-caption";
+  // The train options PARAMS_CAPTION_EXTENSION and PARAMS_NUM_REPEATS: like the others, used where the config
+  // file leaves the key unset, so they replace a bare folder's ".txt" and kohya's defaults. A kohya `N_name`
+  // folder's repeat count is written in its name and wins over num_repeats.
+  std::optional<std::string> caption_extension;
+  std::string caption_extension_origin = "--caption-extension";
+  std::optional<int> num_repeats;
+  std::string num_repeats_origin = "--num-repeats";
 };
 
 struct ConfigOptions {

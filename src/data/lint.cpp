@@ -17,6 +17,7 @@
 #include "core/sha256.h"
 #include "core/strings.h"
 #include "data/bucket_image.h"
+#include "data/label_files.h"
 #include "tokenizers/clip_bpe.h"
 #include "tokenizers/t5_unigram.h"
 
@@ -195,31 +196,29 @@ const std::vector<LintKind>& lint_kinds() {
 }
 
 std::string label_like_caption(std::string_view caption) {
-  std::vector<std::string> words;
+  // The YOLO judgement is the scan's (data/label_files.h), so that lint and the scan never disagree on what
+  // a YOLO line is.
+  if (is_yolo_line(caption)) {
+    return "looks like a YOLO label line (class x_center y_center width height), not a description";
+  }
+  bool any = false;
   std::string word;
+  auto number = [&] {
+    double v = 0;
+    bool integer = false;
+    const bool ok = word.empty() || number_word(word, v, integer);
+    any = any || !word.empty();
+    word.clear();
+    return ok;
+  };
   for (const char c : caption) {
     if (c == ',' || std::isspace(static_cast<unsigned char>(c))) {
-      if (!word.empty()) words.push_back(std::move(word));
-      word.clear();
+      if (!number()) return "";
     } else {
       word += c;
     }
   }
-  if (!word.empty()) words.push_back(std::move(word));
-  if (words.empty()) return "";
-  std::vector<double> values;
-  bool first_integer = false;
-  for (size_t i = 0; i < words.size(); ++i) {
-    double v = 0;
-    bool integer = false;
-    if (!number_word(words[i], v, integer)) return "";
-    if (i == 0) first_integer = integer && v >= 0;
-    values.push_back(v);
-  }
-  const bool unit = std::all_of(values.begin() + 1, values.end(), [](double v) { return v >= 0 && v <= 1; });
-  if (values.size() >= 5 && values.size() % 2 == 1 && first_integer && unit) {
-    return "looks like a YOLO label line (class x_center y_center width height), not a description";
-  }
+  if (!number() || !any) return "";
   return "is only numbers, not a description";
 }
 
@@ -330,10 +329,24 @@ LintReport lint_dataset(const DatasetPlan& plan, const LintOptions& options) {
   std::unordered_map<std::string, std::pair<size_t, size_t>> token_counts;  // caption -> (CLIP, T5) ids
   for (const DatasetImage& image : images) {
     const SubsetConfig& subset = plan.config().datasets[image.dataset].subsets[image.subset];
+    if (image.caption_label != LabelKind::none) {
+      // The scan did not take the file as the caption, so the caption checks below do not see it.
+      const std::string name = image.path.filename().string();
+      add(image.label_file, "label_caption",
+          cat("holds ", describe(image.caption_label), ", not a caption: ", name, " is captionless and ",
+              !subset.class_tokens.empty()      ? cat("takes its class tokens \"", subset.class_tokens, "\"")
+              : !subset.default_caption.empty() ? cat("takes the default caption \"", subset.default_caption, "\"")
+                                                : std::string("trains on an empty caption (no class_tokens or "
+                                                              "default_caption)")));
+    }
     if (trim(image.caption).empty()) {
+      const std::string why =
+          image.caption_label != LabelKind::none
+              ? cat("its caption file ", image.label_file.filename().string(), " holds ", describe(image.caption_label))
+              : cat("no ", subset.caption_extension, " caption file, or an empty one");
       add(image.path, "empty_caption",
-          cat("empty caption: it trains without text; write a caption file (", subset.caption_extension,
-              ") or set class_tokens"));
+          cat("empty caption (", why, "; no class_tokens or default_caption): it trains without text; write a ",
+              subset.caption_extension, " caption or set class_tokens or default_caption (PARAMS_DEFAULT_CAPTION)"));
       continue;
     }
     if (const std::string why = label_like_caption(image.caption); !why.empty()) {

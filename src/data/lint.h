@@ -4,9 +4,11 @@
 // Per image: files the scan skipped; files whose header reads but whose pixels do not (a truncated JPEG:
 // the latent cache would stop on it); exact duplicates (SHA-256 of the file); near duplicates (64-bit
 // difference hash, see difference_hash); images smaller than their bucket (scaled up by 1.2x or more); aspect ratios
-// beyond the bucket list's range (a large part cropped away); empty captions and captions that look like labels
-// (label_like_caption); captions longer than the text encoders read (CLIP-L: 77 ids with start and end;
-// T5: t5_max_length ids with </s>), counted with the shipped tokenizers. And a crop preview: per bucket,
+// beyond the bucket list's range (a large part cropped away); empty captions (no caption and no class_tokens or
+// default_caption: the image trains without text); caption files that hold labels (YOLO numbers, COCO JSON:
+// the scan leaves the image captionless) and captions that look like labels (label_like_caption); captions
+// longer than the text encoders read (CLIP-L: 77 ids with start and end; T5: t5_max_length ids with </s>),
+// counted with the shipped tokenizers. And a crop preview: per bucket,
 // contact sheets of every image at its scaled size with the trainer's crop marked (data/bucket_image.h),
 // with crops.json listing each image's bucket, scaled size, crop box and where it is on which sheet.
 #pragma once
@@ -27,10 +29,11 @@ class T5Tokenizer;
 
 namespace fluxtrain::data {
 
-// Why a caption reads as a label rather than a description, or "" when it does not: every word of it is a
-// number (commas and whitespace separate words). Five or more numbers, the first an integer class id and
-// the others in [0, 1], in an odd count, are a YOLO label line (class x_center y_center width height, or a
-// polygon); any other all-number caption is "only numbers".
+// Why a caption reads as a label rather than a description, or "" when it does not: a YOLO label line
+// (data/label_files.h is_yolo_line, the scan's own rule: class x_center y_center width height, or a
+// polygon), or else every word of it is a number (commas and whitespace separate words): "only numbers".
+// A caption file whose every line is YOLO numbers never gets here: the scan does not take it as a caption
+// (DatasetImage::caption_label), and lint_dataset reports that file instead.
 std::string label_like_caption(std::string_view caption);
 
 // dHash: the image scaled to 9x8 (area filter), each pixel's luma (0.299 R + 0.587 G + 0.114 B); bit

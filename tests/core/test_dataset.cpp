@@ -349,6 +349,47 @@ TEST(DatasetConfigTest, KohyaDefaultsAndFallbacks) {
   EXPECT_EQ(config.datasets[0].batch_size, 2);
 }
 
+// PARAMS_CAPTION_EXTENSION and PARAMS_NUM_REPEATS (the train options --caption-extension, --num-repeats):
+// used wherever the config file leaves the key unset, a bare folder's ".txt" default included; a key the
+// file sets at any level, or a kohya N_name folder's repeat count, wins.
+TEST(DatasetConfigTest, CaptionExtensionAndRepeatsFallbacks) {
+  const fs::path root = fluxtrain::testing::fresh_dir("dataset_ext_fallbacks");
+  fs::create_directories(root / "x");
+  fs::create_directories(root / "folders" / "2_ohwx");
+  ConfigOptions options;
+  options.base_dir = root;
+  options.fallbacks.caption_extension = ".caption";
+  options.fallbacks.caption_extension_origin = "PARAMS_CAPTION_EXTENSION";
+  options.fallbacks.num_repeats = 3;
+  options.fallbacks.num_repeats_origin = "PARAMS_NUM_REPEATS";
+  const std::string subset = "[[datasets.subsets]]\nimage_dir = \"x\"\n";
+  auto config = parse_dataset_config("[[datasets]]\n" + subset, ConfigFormat::toml, "t.toml", options);
+  const SubsetConfig* s = &config.datasets[0].subsets[0];
+  EXPECT_EQ(s->caption_extension, ".caption");
+  EXPECT_EQ(s->origin.at("caption_extension"), "PARAMS_CAPTION_EXTENSION");
+  EXPECT_EQ(s->num_repeats, 3);
+  EXPECT_EQ(s->origin.at("num_repeats"), "PARAMS_NUM_REPEATS");
+
+  config = parse_dataset_config("[general]\ncaption_extension = \"txt\"\n[[datasets]]\nnum_repeats = 1\n" + subset,
+                                ConfigFormat::toml, "t.toml", options);
+  s = &config.datasets[0].subsets[0];
+  EXPECT_EQ(s->caption_extension, ".txt");
+  EXPECT_EQ(s->origin.at("caption_extension"), "general");
+  EXPECT_EQ(s->num_repeats, 1);
+  EXPECT_EQ(s->origin.at("num_repeats"), "dataset");
+
+  config = folder_dataset_config(root / "x", options);
+  s = &config.datasets[0].subsets[0];
+  EXPECT_EQ(s->caption_extension, ".caption");  // not the bare folder's .txt
+  EXPECT_EQ(s->num_repeats, 3);
+
+  config = folder_dataset_config(root / "folders", options);
+  s = &config.datasets[0].subsets[0];
+  EXPECT_EQ(s->num_repeats, 2);
+  EXPECT_EQ(s->origin.at("num_repeats"), "folder name");
+  EXPECT_EQ(s->caption_extension, ".caption");
+}
+
 TEST(DatasetConfigTest, UnknownKeysNameKeyFileLevelAndClosest) {
   const fs::path root = fluxtrain::testing::fresh_dir("dataset_unknown");
   fs::create_directories(root / "x");

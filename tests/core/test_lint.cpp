@@ -5,6 +5,7 @@
 #include <bit>
 
 #include "data/image.h"
+#include "data/label_files.h"
 #include "data/lint.h"
 
 using namespace fluxtrain::data;
@@ -16,13 +17,27 @@ TEST(Lint, LabelLikeCaptions) {
   EXPECT_EQ(label_like_caption("  3 0.1 0.2 0.3 0.4 0.5 0.6  "), yolo);  // a polygon: class + 3 points
   EXPECT_EQ(label_like_caption("12 7"), numbers);
   EXPECT_EQ(label_like_caption("1.5, 2, -3"), numbers);
-  EXPECT_EQ(label_like_caption("0 0.5 0.5 1.2 0.3"), numbers);    // 1.2 is no YOLO coordinate
-  EXPECT_EQ(label_like_caption("0.5 0.5 0.5 0.2 0.3"), numbers);  // no integer class
-  EXPECT_EQ(label_like_caption("0 0.5 0.5 0.2"), numbers);        // four numbers
+  EXPECT_EQ(label_like_caption("0.5 0.5 0.5 0.2 0.3"), numbers);    // no integer class
+  EXPECT_EQ(label_like_caption("0 0.5 0.5 0.2"), numbers);          // four numbers
+  EXPECT_EQ(label_like_caption("0, 0.5, 0.5, 0.2, 0.3"), numbers);  // commas: no YOLO line, but only numbers
+  EXPECT_EQ(label_like_caption("12 7 a"), "");
   EXPECT_EQ(label_like_caption("a photo of 2 cats"), "");
   EXPECT_EQ(label_like_caption("1990s car, 35mm"), "");
   EXPECT_EQ(label_like_caption("nan inf"), "");
   EXPECT_EQ(label_like_caption(""), "");
+  EXPECT_EQ(label_like_caption(" , "), "");
+}
+
+// Lint's YOLO judgement is the scan's (data/label_files.h): a line is called a YOLO line by both or by
+// neither, so a caption file the scan took as a caption is never called YOLO by lint for a different rule.
+TEST(Lint, YoloJudgementIsTheScans) {
+  const std::string yolo = "looks like a YOLO label line (class x_center y_center width height), not a description";
+  for (const char* line : {"0 0.5 0.5 0.2 0.3", "0 0.5 0.5 1.2 0.3", "7 0.1 0.2 0.3 0.4 0.5 0.6 0.7 0.8",
+                           "0 0.5 0.5 0.2 0.3 0.9 0.1 2", "0.5 0.5 0.5 0.2 0.3", "0 0.5 0.5 0.2", "-1 0.5 0.5 0.2 0.3",
+                           "0 0.5 0.5 0.2 nan", "0 0.5 0.5 0.2 1e-3", "12 7"}) {
+    SCOPED_TRACE(line);
+    EXPECT_EQ(label_like_caption(line) == yolo, is_yolo_line(line));
+  }
 }
 
 namespace {

@@ -137,7 +137,8 @@ TEST(OptionBinding, ValuesReachTheirFieldsTyped) {
   EXPECT_EQ(s.dataset_fallbacks.resolution_origin, "PARAMS_RESOLUTION=\"1280,768\"");
   // An unset option leaves its field as the struct has it.
   EXPECT_EQ(s.t5_max_length, 0);
-  EXPECT_FALSE(s.caption_extension.has_value());
+  EXPECT_FALSE(s.dataset_fallbacks.caption_extension.has_value());
+  EXPECT_FALSE(s.dataset_fallbacks.num_repeats.has_value());
 }
 
 TEST(OptionBinding, RepeatableFlagsKeepEveryItem) {

@@ -90,18 +90,24 @@ EXPECTED = [
     "use a larger original or a lower resolution",
     "lint: aspect: wide.png: aspect ratio 10.00 (640x64) is outside the buckets' range 0.25 to 4.00: the crop to "
     "256x64 keeps 40% of it",
-    "lint: empty_caption: empty.png: empty caption: it trains without text; write a caption file (.txt) or set "
-    "class_tokens",
+    "lint: empty_caption: empty.png: empty caption (no .txt caption file, or an empty one; no class_tokens or "
+    "default_caption): it trains without text; write a .txt caption or set class_tokens or default_caption "
+    "(PARAMS_DEFAULT_CAPTION)",
+    # The scan does not take yolo.txt as a caption (data/label_files.h): yolo.png is captionless, and lint
+    # names both the label file and the empty caption it leaves.
+    "lint: empty_caption: yolo.png: empty caption (its caption file yolo.txt holds YOLO labels; no class_tokens or "
+    "default_caption): it trains without text; write a .txt caption or set class_tokens or default_caption "
+    "(PARAMS_DEFAULT_CAPTION)",
     "lint: label_caption: numbers.png: caption \"12 7\" is only numbers, not a description; is the .txt file a "
     "label file?",
-    "lint: label_caption: yolo.png: caption \"0 0.5 0.5 0.2 0.3\" looks like a YOLO label line (class x_center "
-    "y_center width height), not a description; is the .txt file a label file?",
+    "lint: label_caption: yolo.txt: holds YOLO labels, not a caption: yolo.png is captionless and trains on an empty "
+    "caption (no class_tokens or default_caption)",
     "lint: clip_length: long.png: caption is 100 CLIP tokens; CLIP-L reads 75 (77 ids with start and end), the "
     "last 25 are cut",
     "lint: t5_length: long.png: caption is 141 T5 tokens with </s>; T5 reads 64, the last 77 are cut",
 ]
-SUMMARY = ("lint: 11 images, 10 findings: 1 unreadable image, 1 exact duplicate, 1 near duplicate, 1 upscaled "
-           "image, 1 extreme aspect ratio, 1 empty caption, 2 label-like captions, 1 caption over CLIP's 77 tokens, "
+SUMMARY = ("lint: 11 images, 11 findings: 1 unreadable image, 1 exact duplicate, 1 near duplicate, 1 upscaled "
+           "image, 1 extreme aspect ratio, 2 empty captions, 2 label-like captions, 1 caption over CLIP's 77 tokens, "
            "1 caption over T5's limit")
 
 
@@ -188,7 +194,7 @@ def test_lint_names_each_problem_and_draws_the_trainers_crops(tmp_path, fluxtrai
                   "--lint-strict", "--json"], check=False)
     assert strict.returncode == 1, strict.stderr
     # T5's default 512 ids: the long caption fits.
-    summary = SUMMARY.replace("10 findings", "9 findings").replace(", 1 caption over T5's limit", "")
+    summary = SUMMARY.replace("11 findings", "10 findings").replace(", 1 caption over T5's limit", "")
     assert f"error: --lint-strict: {summary[len('lint: '):]}; fix them, or drop --lint-strict" in strict.stderr
     lint = json.loads(strict.stdout)["lint"]
     assert lint["summary"] == summary
@@ -209,6 +215,31 @@ def test_lint_on_a_clean_folder_finds_nothing(tmp_path, fluxtrain_bin):
     assert len(json.loads((tmp_path / "lint" / "crops.json").read_text())["images"]) == 3
 
 
+def test_lint_says_what_an_image_with_a_label_file_trains_on(tmp_path, fluxtrain_bin):
+    """A YOLO caption file in a kohya N_name folder: the image takes the class tokens, lint names the file and
+    says so; with a default caption instead, that; neither is an empty caption."""
+    root = tmp_path / "images"
+    (root / "3_ohwx").mkdir(parents=True)
+    for i in range(2):
+        picture(128, 128, 40 + i).save(root / "3_ohwx" / f"{i}.png")
+    (root / "3_ohwx" / "0.txt").write_text("a dog on a mat\n", encoding="utf-8")
+    (root / "3_ohwx" / "1.txt").write_text("0 0.5 0.5 0.2 0.3\n2 0.1 0.2 0.05 0.05\n", encoding="utf-8")
+    result = run([fluxtrain_bin, "dataset", "--dir", root, "--resolution", "128", "--lint", "--lint-out",
+                  tmp_path / "lint"])
+    assert lint_lines(result.stdout) == [
+        "lint: label_caption: 1.txt: holds YOLO labels, not a caption: 1.png is captionless and takes its class "
+        "tokens \"ohwx\"",
+        "lint: 2 images, 1 finding: 1 label-like caption"], result.stdout
+    flat = tmp_path / "flat"
+    (root / "3_ohwx").rename(flat)
+    result = run([fluxtrain_bin, "dataset", "--dir", flat, "--resolution", "128", "--default-caption", "a photo",
+                  "--lint", "--lint-out", tmp_path / "lint"])
+    assert lint_lines(result.stdout) == [
+        "lint: label_caption: 1.txt: holds YOLO labels, not a caption: 1.png is captionless and takes the default "
+        "caption \"a photo\"",
+        "lint: 2 images, 1 finding: 1 label-like caption"], result.stdout
+
+
 def test_train_prints_the_one_line_lint_summary(tmp_path, fluxtrain_bin, models, dataset):
     # The fixture's six images, plus a 32-px one with a YOLO label as its caption.
     folder = tmp_path / "data"
@@ -220,7 +251,8 @@ def test_train_prints_the_one_line_lint_summary(tmp_path, fluxtrain_bin, models,
     result = run([fluxtrain_bin, "train"], env=base_env(models, folder, tmp_path / "out", PARAMS_MAX_TRAIN_STEPS=1,
                                                         PARAMS_SAVE_EVERY_N_STEPS=0))
     lines = [l for l in result.stderr.splitlines() if "dataset lint:" in l]
-    # The 96x64 images lose a third to the 64x64 crop of the fixed resolution.
+    # The 96x64 images lose a third to the 64x64 crop of the fixed resolution. small.txt is no caption (the scan
+    # leaves small.png captionless, with the class tokens "ohwx"): lint counts it as a label-like caption.
     assert lines == ["warning: dataset lint: 7 images, 5 findings: 1 upscaled image, 3 extreme aspect ratios, "
                      "1 label-like caption (`fluxtrain dataset --lint` names them, decodes every image, finds "
                      "duplicates and draws the crops)"], result.stderr

@@ -107,3 +107,25 @@ def test_the_seeds_walkthrough_kaggle_detection_zip_trains(tmp_path, fluxtrain_b
     assert sorted(set(captions)) == sorted({"ohwx car", detection_tree.REAL_CAPTION}), captions
     assert not [c for c in captions if detection_tree.YOLO_LINE.match(c)]
     assert (tmp_path / "workspace-dataset" / "kaggle").is_dir()
+
+
+def test_caption_extension_and_num_repeats_reach_a_bare_folder(tmp_path, fluxtrain_bin, models):
+    """PARAMS_CAPTION_EXTENSION and PARAMS_NUM_REPEATS on a folder without a dataset config: the .caption
+    files are the captions (not the .txt files beside them, a bare folder's default), and each image is seen
+    3 times an epoch (kohya's ss_num_batches_per_epoch: 2 images x 3 repeats at batch size 1)."""
+    from PIL import Image
+
+    folder = tmp_path / "flat"
+    folder.mkdir()
+    for i in range(2):
+        Image.new("RGB", (64, 64), (90 * i, 120, 200)).save(folder / f"card{i}.png")
+        (folder / f"card{i}.caption").write_text(f"a blue card number {i}\n", encoding="utf-8")
+        (folder / f"card{i}.txt").write_text(f"the wrong caption {i}\n", encoding="utf-8")
+    out = tmp_path / "run"
+    cache = tmp_path / "cache"
+    env = base_env(models, folder, out, PARAMS_CACHE_DIR=cache, PARAMS_MAX_TRAIN_STEPS=1, PARAMS_SAVE_EVERY_N_STEPS=0,
+                   PARAMS_CAPTION_EXTENSION=".caption", PARAMS_NUM_REPEATS=3)
+    result = run([fluxtrain_bin, "train"], env=env)
+    assert sorted(encoded_captions(cache)) == ["a blue card number 0", "a blue card number 1"], result.stderr
+    with safe_open(str(out / "flux-lora.safetensors"), "pt") as f:
+        assert f.metadata()["ss_num_batches_per_epoch"] == "6", f.metadata()

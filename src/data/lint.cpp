@@ -387,7 +387,10 @@ LintReport lint_dataset(const DatasetPlan& plan, const LintOptions& options) {
     std::vector<HashedImage> hashes(images.size());
     std::vector<bool> decoded_ok(images.size(), false);
     constexpr size_t kPerSheet = 64;
-    for (const auto& [key, members] : by_bucket) {
+    for (const auto& entry : by_bucket) {
+      const auto& key = entry.first;
+      const std::vector<int>& members = entry.second;  // a plain reference: lambdas below capture it (C++20
+                                                       // structured bindings are not capturable in clang 14)
       for (size_t page = 0; page * kPerSheet < members.size(); ++page) {
         const size_t begin = page * kPerSheet, end = std::min(members.size(), begin + kPerSheet);
         std::vector<Decoded> work(end - begin);

@@ -56,7 +56,7 @@ test-main: build
 # build. The first run downloads that torch wheel once (~900 MB); docs/testing.md gives its times.
 OLDEST_BUILD ?= build-oldest-libtorch
 test-oldest-libtorch: setup
-	@source $(BUILD)/setup.env && FLUXTRAIN_PYTHON_FOR_PIP="$${VENV:+$$VENV/bin/python}" \
+	@source $(BUILD)/setup.env && export ARROW_DIR && FLUXTRAIN_PYTHON_FOR_PIP="$${VENV:+$$VENV/bin/python}" \
 	  FLUXTRAIN_OLDEST_BUILD=$(OLDEST_BUILD) JOBS=$(JOBS) bash scripts/check_oldest_libtorch.sh
 
 # The main suite runs last so that its summary line ends the output.

@@ -91,8 +91,10 @@ build="${FLUXTRAIN_OLDEST_BUILD:-$here/build-oldest-libtorch}"
 if [ ! -f "$build/build.ninja" ] || ! grep -q "^CMAKE_PREFIX_PATH:.*=$prefix/torch/share/cmake$" "$build/CMakeCache.txt"; then
   rm -rf "$build"
   # CMAKE_BUILD_TYPE=None: no -O, no -g; only what the compiler accepts is checked.
+  # ARROW_DIR: the pyarrow folder of the setup (scripts/setup.sh prints it; the engine links Arrow/Parquet).
   cmake -S "$here" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=None -DFLUXTRAIN_TESTS=OFF \
-    -DCMAKE_PREFIX_PATH="$prefix/torch/share/cmake" >"$build.configure.log" 2>&1 ||
+    -DCMAKE_PREFIX_PATH="$prefix/torch/share/cmake" ${ARROW_DIR:+-DFLUXTRAIN_ARROW_DIR="$ARROW_DIR"} \
+    >"$build.configure.log" 2>&1 ||
     { cat "$build.configure.log" >&2; log "configuring against libtorch $oldest failed (log above)"; exit 1; }
   mv "$build.configure.log" "$build/configure.log"
 fi

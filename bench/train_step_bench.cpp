@@ -158,6 +158,7 @@ int run(const Options& o) {
   step_options.checkpointing.keep_products = parse_enum<models::KeepProducts>(o.keep_products, "--keep-products");
   step_options.compute_dtype = dtype;
   step_options.max_grad_norm = 1.0;
+  step_options.objective.noise_offset = 0.0;  // the eager reference step draws plain noise
   train::StepGenerators generators{at::detail::createCPUGenerator(o.seed + 100),
                                    at::detail::createCPUGenerator(o.seed + 101)};
   std::vector<train::LatentBatch> micro_batches{read_batch(o.inputs, o.batch)};

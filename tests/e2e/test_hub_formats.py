@@ -113,9 +113,9 @@ def expected(indices) -> dict[bytes, str]:
 
 
 def test_hub_parquet_shards_train_with_their_captions(fluxtrain_bin, models, shared, hub):
-    """DATASET_NAME=owner/pics: two train shards of Parquet (image bytes, `text`) and a test shard on the fake
+    """DATASET_NAME=hf:owner/pics: two train shards of Parquet (image bytes, `text`) and a test shard on the fake
     Hub; the train split's four rows are converted once, trained on, and their captions reach the text cache."""
-    env = env_for(models, "owner/pics", shared, "hub", hub)
+    env = env_for(models, "hf:owner/pics", shared, "hub", hub)
     result = run([fluxtrain_bin, "train"], env=env)
     assert "text cache: 4 reused, 0 encoded" in result.stderr, result.stderr[-3000:]
     assert "latent cache: 4 reused, 0 encoded" in result.stderr, result.stderr[-3000:]
@@ -131,13 +131,13 @@ def test_hub_parquet_shards_train_with_their_captions(fluxtrain_bin, models, sha
 
 
 def test_dataset_split_selects_another_split(fluxtrain_bin, models, shared, hub):
-    env = env_for(models, "owner/pics", shared, "split", hub, PARAMS_DATASET_SPLIT="test")
+    env = env_for(models, "hf:owner/pics", shared, "split", hub, PARAMS_DATASET_SPLIT="test")
     result = run([fluxtrain_bin, "cache"], env=env)
     assert "text cache: 2 reused, 0 encoded" in result.stderr, result.stderr[-3000:]
     marker, images = converted(shared, "split")
     assert images == expected([4, 5]) and marker["split"] == "test"
     missing = run([fluxtrain_bin, "cache"], check=False,
-                  env=env_for(models, "owner/pics", shared, "split2", hub, PARAMS_DATASET_SPLIT="validation"))
+                  env=env_for(models, "hf:owner/pics", shared, "split2", hub, PARAMS_DATASET_SPLIT="validation"))
     assert missing.returncode == 1
     assert "dataset_split 'validation' is not a split of" in missing.stderr
     assert "its splits are test, train" in missing.stderr and "PARAMS_DATASET_SPLIT" in missing.stderr

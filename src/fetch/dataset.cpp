@@ -41,6 +41,11 @@ using json = nlohmann::json;
 
 const char* const kMarker = "complete.json";
 
+// A bare owner/name's source does not have the dataset: not there (404), or not for these credentials
+// (401/403: Kaggle answers so for a private set, the Hub for a repository it does not show): the next
+// source is asked.
+bool source_lacks_it(const HttpStatusError& e) { return e.not_found || e.status == 401 || e.status == 403; }
+
 bool valid_repo_part(std::string_view part) {
   if (part.empty() || part == "." || part == "..") return false;
   return std::all_of(part.begin(), part.end(), [](char c) {
@@ -518,10 +523,9 @@ fs::path fetch_any(const std::string& repo, const fs::path& cache_dir, const Fet
       log::info("dataset ", repo, " was served by Kaggle (DATASET_HOST ", options.kaggle_download, ")");
       return root;
     } catch (const HttpStatusError& e) {
-      // Not there (404), or not for these credentials (401/403: Kaggle answers so for a private set, and a
-      // Hub dataset is not on Kaggle at all): the next source. Other failures (5xx after the retries, a
-      // broken download) end the fetch: a dataset that Kaggle has is never swapped for the Hub's.
-      if (!e.not_found && e.status != 401 && e.status != 403) throw;
+      // Other failures (5xx after the retries, a broken download) end the fetch: a dataset that Kaggle has
+      // is never swapped for the Hub's.
+      if (!source_lacks_it(e)) throw;
       tried.push_back(cat("Kaggle (DATASET_HOST): ", e.what()));
       log::info(repo, ": Kaggle does not have it (HTTP ", e.status, "); trying the Hugging Face Hub (HF_ENDPOINT ",
                 options.hf_endpoint, ")");
@@ -532,7 +536,7 @@ fs::path fetch_any(const std::string& repo, const fs::path& cache_dir, const Fet
     log::info("dataset ", repo, " was served by the Hugging Face Hub (HF_ENDPOINT ", options.hf_endpoint, ")");
     return root;
   } catch (const HttpStatusError& e) {
-    if (!e.not_found && e.status != 401 && e.status != 403) throw;
+    if (!source_lacks_it(e)) throw;
     tried.push_back(cat("the Hugging Face Hub (HF_ENDPOINT): ", e.what()));
   }
   std::string list;

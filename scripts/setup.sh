@@ -127,20 +127,18 @@ else
     "$venv/bin/pip" install -q -r "$req" >&2
     touch "$venv/.complete"
   fi
-  build_req="$here/requirements-build.txt"
-  build_marker="$venv/.build-$(sha256sum "$build_req" | cut -c1-16)"
-  if [ ! -f "$build_marker" ]; then
-    log "installing the build requirements into $venv (requirements-build.txt)"
-    "$venv/bin/pip" install -q -r "$build_req" >&2
-    touch "$build_marker"
-  fi
-  lint_req="$here/requirements-lint.txt"
-  lint_marker="$venv/.lint-$(sha256sum "$lint_req" | cut -c1-16)"
-  if [ ! -f "$lint_marker" ]; then
-    log "installing the container linters into $venv (requirements-lint.txt)"
-    "$venv/bin/pip" install -q -r "$lint_req" >&2
-    touch "$lint_marker"
-  fi
+  # Requirements beside the venv's key, each under its own marker (a change to one reinstalls only it).
+  install_extra() {  # name, file, what
+    local req="$here/$2" marker
+    marker="$venv/.$1-$(sha256sum "$here/$2" | cut -c1-16)"
+    if [ ! -f "$marker" ]; then
+      log "installing $3 into $venv ($2)"
+      "$venv/bin/pip" install -q -r "$req" >&2
+      touch "$marker"
+    fi
+  }
+  install_extra build requirements-build.txt "the build requirements"
+  install_extra lint requirements-lint.txt "the container linters"
   flock -u 9
 fi
 

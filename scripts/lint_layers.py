@@ -24,7 +24,7 @@ TORCH_FREE_FOLDERS = {"core", "tokenizers", "fetch", "data"}
 TORCH_FREE_FILES = {"core/safetensors.cpp": False, "core/safetensors.h": False}  # the torch-facing reader/writer
 TORCH_FREE_EXTRA = re.compile(
     r"^(?:(?:train|lora|optim)/options\.(?:h|cpp)|models/linear_modes\.h|models/tiny_preset\.h|models/flux/flux_config\.(?:h|cpp)|"
-    r"models/identify\.(?:h|cpp)|models/header_query\.(?:h|cpp)|models/stated_config\.(?:h|cpp)|lora/keys\.(?:h|cpp)|lora/identify\.(?:h|cpp)|"
+    r"models/identify\.(?:h|cpp)|models/header_query\.(?:h|cpp)|models/stated_config\.(?:h|cpp)|lora/keys\.(?:h|cpp)|lora/selection\.(?:h|cpp)|train/memory_plan\.(?:h|cpp)|lora/identify\.(?:h|cpp)|"
     r"sample/prompts\.(?:h|cpp)|app/[a-z_]*options[a-z_]*\.(?:h|cpp))$")
 PROJECT_INCLUDE = re.compile(r'^\s*#\s*include\s+"([a-z_]+)/[^"]+"', re.M)
 TORCH_INCLUDE = re.compile(r"^\s*#\s*include\s+<(?:ATen|torch|c10)/", re.M)

@@ -46,6 +46,7 @@ bool answer_reference(const TableCli& cli) {
     fail("--format \"", cli.format, "\" is not a config format; allowed: text, toml (markdown with --help-env)");
   ResolvedConfig config = resolve_command(cli, environment());
   std::cout << (cli.format == "toml" ? config.to_toml() : config.print());
+  if (cli.format == "text" && cli.info->annotate != nullptr) std::cout << cli.info->annotate(config);
   return true;
 }
 

@@ -1,6 +1,7 @@
 // Every command of the CLI with its option table and checks (commands.h), torch-free.
 #include "app/commands.h"
 #include "app/fetch_models_options.h"
+#include "app/memory_planning.h"
 #include "app/tool_options.h"
 #include "app/train_options.h"
 
@@ -9,6 +10,11 @@ namespace {
 
 std::vector<std::string> check_train(const ResolvedConfig& config) {
   return validate_train_config(config, true);
+}
+
+// A plan is made before the model files are downloaded (Flux.1's shapes stand in for them).
+std::vector<std::string> check_plan(const ResolvedConfig& config) {
+  return validate_train_config(config, false);
 }
 
 }  // namespace
@@ -30,9 +36,13 @@ const std::vector<CommandInfo>& command_infos() {
       {"config",
        "Resolve and check the train options (flags > PARAMS_* / seed variables > --config TOML > defaults) and print "
        "them with their sources; --help-env prints the variable reference",
-       train_options, nullptr, false},
-      {"train", kTrainCommandHelp, train_options, check_train, true},
-      {"cache", kCacheCommandHelp, train_options, check_train, true},
+       train_options, nullptr, false, annotate_memory_plan},
+      {"train", kTrainCommandHelp, train_options, check_train, true, annotate_memory_plan},
+      {"cache", kCacheCommandHelp, train_options, check_train, true, annotate_memory_plan},
+      {"plan",
+       "Predict the peak device memory per batch size before training (the memory planner; no weights read), the "
+       "largest batch that fits, steps per epoch, ETA and cost; --calibrate measures real steps",
+       plan_options, check_plan, true, annotate_memory_plan},
       {"sample", "Generate images with a Flux model plus any number of LoRAs (kohya, diffusers/PEFT or ComfyUI layout)",
        sample_options, check_sample, true},
       {"merge", "Merge LoRAs into one (exact, or SVD to a rank), or bake LoRAs into a base checkpoint", merge_options,

@@ -34,6 +34,9 @@ struct CommandInfo {
   // Checks across options or against files: throws one Error for every problem, returns warnings.
   std::vector<std::string> (*check)(const ResolvedConfig&) = nullptr;
   bool needs_engine = true;  // the command itself runs in libfluxtrain_engine.so
+  // Lines --print-config (text) adds after the options: what the options resolve to beyond themselves
+  // (the memory planner's automatic choices). Torch-free.
+  std::string (*annotate)(const ResolvedConfig&) = nullptr;
 };
 
 // Every command, in the order `fluxtrain --help` lists them.
@@ -75,6 +78,7 @@ Command add_fetch_models_command(CLI::App& app);
 Command add_make_tiny_command(CLI::App& app);
 Command add_train_command(CLI::App& app);
 Command add_cache_command(CLI::App& app);
+Command add_plan_command(CLI::App& app);
 Command add_sample_command(CLI::App& app);
 Command add_merge_command(CLI::App& app);
 Command add_demo_command(CLI::App& app);

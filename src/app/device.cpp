@@ -27,7 +27,10 @@ at::Device resolve_device(const std::string& text, const std::string& option) {
 
 at::Device resolve_device(const ComputeSettings& compute, const EngineSettings& engine) {
   at::Device device = pick(compute.device, compute.device_origin);
-  if (device.is_cpu()) train::use_caching_cpu_allocator(engine.cpu_cache_mb << 20);
+  if (device.is_cpu()) {
+    train::use_caching_cpu_allocator(engine.cpu_cache_mb << 20);
+    train::set_cpu_memory_limit(engine.cpu_memory_limit_mb << 20);
+  }
   return device;
 }
 

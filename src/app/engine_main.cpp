@@ -6,7 +6,7 @@ namespace {
 
 // Commands that run models, read or write tensors. (Torch-free commands are added by run() itself.)
 const std::vector<CommandFactory>& engine_commands() {
-  static const std::vector<CommandFactory> commands = {add_train_command, add_cache_command,     add_sample_command,
+  static const std::vector<CommandFactory> commands = {add_train_command, add_cache_command, add_plan_command, add_sample_command,
                                                        add_merge_command, add_make_tiny_command, add_demo_command};
   return commands;
 }

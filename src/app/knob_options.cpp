@@ -218,6 +218,15 @@ std::vector<Opt<EngineSettings>> engine_options(unsigned which, const std::strin
                       .max(1 << 24)
                       .memory_only()
                       .to(&S::cpu_cache_mb));
+    out.push_back(Opt<S>("cpu_memory_limit_mb", kInt, group, "0",
+                         "Computing on the CPU: the most MiB tensors may hold at once, like a GPU's memory (an "
+                         "allocation beyond it is an out-of-memory error; the memory planner plans for it); 0: no "
+                         "limit (the planner then plans for the available memory).")
+                      .env("FLUXTRAIN_CPU_MEMORY_LIMIT_MB")
+                      .min(0)
+                      .max(int64_t{1} << 30)
+                      .memory_only()
+                      .to(&S::cpu_memory_limit_mb));
   }
   if (which & kSourceDateKnob) {
     out.push_back(Opt<S>("source_date_epoch", kInt, group, "",

@@ -59,6 +59,7 @@ std::filesystem::path dataset_cache_dir(const DownloadSettings& settings,
 
 struct EngineSettings {
   int64_t cpu_cache_mb = 2048;  // FLUXTRAIN_CPU_CACHE_MB (train/cpu_allocator.h; its kDefaultCpuCacheBytes)
+  int64_t cpu_memory_limit_mb = 0;  // FLUXTRAIN_CPU_MEMORY_LIMIT_MB (train/cpu_allocator.h set_cpu_memory_limit)
   std::optional<int64_t> source_date_epoch;  // SOURCE_DATE_EPOCH: the LoRA files' modelspec.date
 };
 enum EngineKnobs : unsigned { kCpuCacheKnob = 1, kSourceDateKnob = 2 };

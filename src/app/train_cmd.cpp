@@ -12,6 +12,7 @@
 #include <CLI/CLI.hpp>
 
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <map>
 #include <set>
@@ -19,6 +20,7 @@
 
 #include "app/commands.h"
 #include "app/device.h"
+#include "app/memory_planning.h"
 #include "app/train_options.h"
 #include "core/atomic_file.h"
 #include "core/enum_names.h"
@@ -36,6 +38,7 @@
 #include "sample/prompts.h"
 #include "sample/sampler_setup.h"
 #include "train/dataset_source.h"
+#include "train/device_memory.h"
 #include "train/state.h"
 #include "tokenizers/clip_bpe.h"
 #include "tokenizers/t5_unigram.h"
@@ -154,7 +157,9 @@ RunPlan plan_run(const TrainSettings& settings, const std::map<std::string, std:
   return plan;
 }
 
-std::shared_ptr<data::DatasetPlan> build_dataset(const TrainSettings& settings) {
+// `adjust` sees the dataset configs before the plan is built (the memory planner fills in batch_size = auto).
+std::shared_ptr<data::DatasetPlan> build_dataset(const TrainSettings& settings,
+                                                 const std::function<void(data::DatasetGroupConfig&)>& adjust) {
   data::ConfigOptions options;
   options.fallbacks = settings.dataset_fallbacks;
   fs::path fetched;
@@ -171,6 +176,7 @@ std::shared_ptr<data::DatasetPlan> build_dataset(const TrainSettings& settings) 
   data::DatasetGroupConfig group = settings.dataset_config.empty()
                                        ? data::folder_dataset_config(fetched, options)
                                        : data::load_dataset_config(settings.dataset_config, options);
+  if (adjust) adjust(group);
   data::ScanOptions scan;
   scan.probe = data::default_image_probe();
   return std::make_shared<data::DatasetPlan>(data::DatasetPlan::build(std::move(group), scan));
@@ -253,7 +259,41 @@ int run_train(const ResolvedConfig& config, bool cache_only) {
   // One trainer per OUTPUT_PATH (its run-* folders included); what a killed one left half-written goes.
   const FolderLock lock(settings.output_path, "OUTPUT_PATH");
   train::remove_stale_temporaries(settings.output_path);
-  std::shared_ptr<data::DatasetPlan> plan = build_dataset(settings);
+  // The memory plan (train/memory_plan.h) before the dataset is planned: it resolves batch_size = auto and
+  // the other automatic choices, and is printed; without automatic choices it only informs.
+  PlannedRun memory;
+  bool planned = false;
+  auto plan_memory = [&](data::DatasetGroupConfig& group) {
+    int batch = 1;
+    for (const auto& d : group.datasets) batch = std::max(batch, d.batch_size);
+    for (const auto& d : group.datasets)
+      if (d.batch_size == data::kAutoBatchSize) batch = data::kAutoBatchSize;
+    const bool any_auto = batch == data::kAutoBatchSize || settings.keep_products_auto || settings.blocks_to_swap_auto;
+    try {
+      std::string note;
+      const models::FluxConfig model = planned_model_config(settings, note);
+      std::optional<int64_t> free;
+      if (device.is_cuda()) {
+        try {
+          free = train::device_free_bytes(device);
+        } catch (const Error&) {
+          if (settings.vram_gb <= 0 && any_auto) throw;
+        }
+      }
+      memory = plan_run_memory(settings, model, device.is_cuda(), at::elementSize(precision),
+                               planned_resolution(settings, &group), batch, free, device.str());
+      memory.model_note = note;
+      planned = true;
+    } catch (const Error& e) {
+      if (any_auto) throw;
+      log::warn("no memory plan: ", e.what());
+      return;
+    }
+    for (auto& d : group.datasets)
+      if (d.batch_size == data::kAutoBatchSize) d.batch_size = static_cast<int>(memory.batch);
+    log::info(describe_plan(memory, {memory.batch}));
+  };
+  std::shared_ptr<data::DatasetPlan> plan = build_dataset(settings, plan_memory);
   const int t5_max_length = settings.t5_max_length > 0
                                 ? static_cast<int>(settings.t5_max_length)
                                 : (settings.models.base_model == BaseModel::schnell ? 256 : 512);
@@ -275,6 +315,12 @@ int run_train(const ResolvedConfig& config, bool cache_only) {
   if (cache_only) return 0;
 
   train::TrainerConfig trainer = trainer_config(config, settings, files, run, *plan, device, precision);
+  if (planned) {
+    trainer.step.checkpointing.keep_per_block = memory.inputs.checkpointing.keep_per_block;
+    if (memory.keep_auto) trainer.step.checkpointing.keep_products = memory.inputs.checkpointing.keep_products;
+    trainer.planned_peak_bytes = memory.plan.peak(memory.batch);
+    trainer.planned_budget_bytes = memory.budget;
+  }
   fs::create_directories(run.dir / "logs");
   write_file_atomic((run.dir / "config.toml").string(), config.to_toml());
   log::add_file_sink((run.dir / "logs" / "fluxtrain.log").string());

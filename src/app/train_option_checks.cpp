@@ -25,7 +25,8 @@ std::vector<std::string> validate_train_config(const ResolvedConfig& config, boo
   const std::string optimizer = config.get_string("optimizer_type");
   const std::string scheduler = config.get_string("lr_scheduler");
 
-  if (!config.is_set("dataset_name") && !config.is_set("dataset_config"))
+  // `fluxtrain plan` (its own table) plans without a dataset: the resolution stands in for the buckets.
+  if (!config.is_set("dataset_name") && !config.is_set("dataset_config") && config.table().command() != "plan")
     errors.push_back(
         "no dataset: set DATASET_NAME (--dataset-name: a Hugging Face dataset, Kaggle dataset, URL or "
         "local folder) or DATASET_CONFIG (--dataset-config: kohya's dataset TOML/JSON)");

@@ -78,6 +78,16 @@ std::string check_resolution(const OptionValue& v) {
   return "";
 }
 
+std::string check_batch_size(const OptionValue& v) {
+  const std::string& s = std::get<std::string>(v);
+  if (s == "auto") return "";
+  int64_t n = 0;
+  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), n);
+  if (ec != std::errc() || end != s.data() + s.size()) return "neither a whole number nor auto";
+  if (n < 1 || n > 100000) return "out of range";
+  return "";
+}
+
 std::string check_file_name(const OptionValue& v) {
   const std::string& s = std::get<std::string>(v);
   if (s.find_first_of("/\\") != std::string::npos || s == "." || s == "..") return "not a plain file name";
@@ -171,11 +181,14 @@ std::vector<OptionSpec> train_specs() {
             s.dataset_fallbacks.resolution = data::Resolution{w, h};
             s.dataset_fallbacks.resolution_origin = described;
           }),
-      Opt<S>("train_batch_size", kInt, "dataset", "",
-             "Images per batch; overrides the dataset config; unset: its batch_size, else 1.")
-          .min(1)
-          .set([](S& s, const int64_t& v, const std::string& described) {
-            s.dataset_fallbacks.batch_size = static_cast<int>(v);
+      Opt<S>("train_batch_size", kString, "dataset", "",
+             "Images per batch, for every dataset whose config sets none; `auto`: the largest batch the device's "
+             "memory holds (the memory planner, `fluxtrain plan`); unset: 1.")
+          .alias("PARAMS_BATCH_SIZE")
+          .check(check_batch_size)
+          .allowed("an integer >= 1, or auto")
+          .set([](S& s, const std::string& v, const std::string& described) {
+            s.dataset_fallbacks.batch_size = v == "auto" ? data::kAutoBatchSize : std::stoi(v);
             s.dataset_fallbacks.batch_size_origin = described;
           }),
       Opt<S>("caption_extension", kString, "dataset", "",
@@ -523,10 +536,14 @@ std::vector<OptionSpec> train_specs() {
              "recomputation need not multiply again. outputs: attention projection, MLP out and linear2 (1 to 2 "
              "hidden-size activations per token and block, 5 of every 12 recomputed multiplications saved); all: "
              "also qkv, MLP in and linear1 (7 more, the recomputation then multiplies only LoRA weights); none: "
-             "recompute them all (least memory).")
-          .choices_of<models::KeepProducts>()
+             "recompute them all (least memory); auto: per block, `all` while the memory planner's budget allows, "
+             "then outputs, then none (printed at start).")
+          .choices({"none", "outputs", "all", "auto"})
           .memory_only()
-          .to(&S::training, &T::step, &Step::checkpointing, &Ckpt::keep_products),
+          .set([](S& s, const std::string& v) {
+            s.keep_products_auto = v == "auto";
+            if (!s.keep_products_auto) s.training.step.checkpointing.keep_products = parse_enum<models::KeepProducts>(v, "checkpoint_keep_products");
+          }),
       Opt<S>("offload_checkpoints", kBool, "memory", "false",
              "Keep the checkpointed block inputs in pinned host memory (needs gradient_checkpointing).")
           .memory_only()
@@ -541,6 +558,20 @@ std::vector<OptionSpec> train_specs() {
                         })
           .metadata("ss_fp8_base")
           .to(&S::training, &T::fp8_base),
+      Opt<S>("vram", kReal, "memory", "",
+             "GB of device memory the memory planner plans for (batch_size auto, checkpoint_keep_products auto, "
+             "blocks_to_swap auto, `fluxtrain plan`); unset: the device's free memory at start (on the CPU: "
+             "FLUXTRAIN_CPU_MEMORY_LIMIT_MB, else the available memory).")
+          .min(0, true)
+          .memory_only()
+          .to(&S::vram_gb),
+      Opt<S>("memory_margin", kReal, "memory", "0.05",
+             "Share of the planned device memory left free by the automatic choices (the allocator's "
+             "fragmentation, kernels' workspaces).")
+          .min(0)
+          .max(0.9)
+          .memory_only()
+          .to(&S::memory_margin),
       Opt<S>("cache_dir", kPath, "memory", "",
              "Folder of the latent and text-embedding caches (shareable across runs); unset: OUTPUT_PATH/cache.")
           .safe_on_resume()
@@ -594,26 +625,74 @@ std::vector<OptionSpec> train_specs() {
   return specs;
 }
 
+std::vector<OptionTable::Group> train_groups() {
+  return {
+      {"models", "Model files"},
+      {"dataset", "Dataset"},
+      {"output", "Output, saving and resume"},
+      {"network", "LoRA network"},
+      {"optimizer", "Optimizer"},
+      {"scheduler", "Learning-rate schedule"},
+      {"training", "Training length and batches"},
+      {"objective", "Objective (rectified flow)"},
+      {"memory", "Memory"},
+      {"sampling", "Samples during training"},
+      {"runtime", "Device, precision and logging"},
+      {"engine", "Memory of the CPU and reproducible files"},
+      {"downloads", "Downloads"},
+  };
+}
+
 }  // namespace
 
 const OptionTable& train_options() {
-  static const OptionTable table("train", "PARAMS_",
-                                 {
-                                     {"models", "Model files"},
-                                     {"dataset", "Dataset"},
-                                     {"output", "Output, saving and resume"},
-                                     {"network", "LoRA network"},
-                                     {"optimizer", "Optimizer"},
-                                     {"scheduler", "Learning-rate schedule"},
-                                     {"training", "Training length and batches"},
-                                     {"objective", "Objective (rectified flow)"},
-                                     {"memory", "Memory"},
-                                     {"sampling", "Samples during training"},
-                                     {"runtime", "Device, precision and logging"},
-                                     {"engine", "Memory of the CPU and reproducible files"},
-                                     {"downloads", "Downloads"},
-                                 },
-                                 train_specs());
+  static const OptionTable table("train", "PARAMS_", train_groups(), train_specs());
+  return table;
+}
+
+const OptionTable& plan_options() {
+  using P = TrainSettings::PlanRequest;
+  static const OptionTable table = [] {
+    std::vector<OptionSpec> specs = train_specs();
+    std::vector<Opt<S>> own = {
+        Opt<S>("batches", kList, "plan", "1,2,4,8,12,16,24,32,40,48,56,60,64",
+               "The batch sizes of the table's rows.")
+            .set([](S& s, const std::vector<std::string>& items) {
+              s.plan.batches.clear();
+              for (const auto& item : items) s.plan.batches.push_back(std::stoll(item));
+            })
+            .check([](const OptionValue& v) -> std::string {
+              for (const auto& item : std::get<std::vector<std::string>>(v)) {
+                int64_t n = 0;
+                auto [end, ec] = std::from_chars(item.data(), item.data() + item.size(), n);
+                if (ec != std::errc() || end != item.data() + item.size() || n < 1) return cat("'", item, "' is not a batch size");
+              }
+              return "";
+            })
+            .allowed("batch sizes >= 1, comma-separated"),
+        Opt<S>("step_seconds", kReal, "plan", "",
+               "Seconds per optimizer step at the planned batch (from an earlier run's log), for the ETA and cost; "
+               "--calibrate measures it.")
+            .min(0, true)
+            .to(&S::plan, &P::step_seconds),
+        Opt<S>("price_per_hour", kReal, "plan", "", "The pod's price per hour, for the run's cost.")
+            .min(0)
+            .to(&S::plan, &P::price_per_hour),
+        Opt<S>("json", kPath, "plan", "", "Also write the plan as JSON to this file.").to(&S::plan, &P::json),
+        Opt<S>("calibrate", kBool, "plan", "false",
+               "Load the model and run real training steps on random inputs of the largest bucket at the planned "
+               "batch: the measured step time (ETA, cost) and peak memory beside the prediction.")
+            .to(&S::plan, &P::calibrate),
+        Opt<S>("calibrate_steps", kInt, "plan", "2", "Steps of --calibrate (the first warms up; the others are timed).")
+            .min(1)
+            .max(100)
+            .to(&S::plan, &P::calibrate_steps),
+    };
+    for (const auto& o : own) specs.push_back(o);
+    std::vector<OptionTable::Group> groups = train_groups();
+    groups.push_back({"plan", "The plan"});
+    return OptionTable("plan", "PARAMS_", std::move(groups), specs);
+  }();
   return table;
 }
 

@@ -43,12 +43,31 @@ struct TrainSettings {
 
   ComputeSettings compute;
   train::TrainOptions training;
+  // The memory planner (train/memory_plan.h): the device memory planned for in GB (0: the device's free
+  // memory at start), the share of it left free, checkpoint_keep_products = auto.
+  double vram_gb = 0;
+  double memory_margin = 0.05;
+  bool keep_products_auto = false;
+  bool blocks_to_swap_auto = false;
   DownloadSettings downloads;  // DATASET_NAME's download (knob_options.h)
   EngineSettings engine;
+
+  // `fluxtrain plan` only (plan_options()).
+  struct PlanRequest {
+    std::vector<int64_t> batches;  // the table's rows
+    double step_seconds = 0;       // 0: unknown (or measured by calibrate)
+    double price_per_hour = 0;
+    std::string json;              // also write the plan here
+    bool calibrate = false;        // load the model and time (and measure) real steps
+    int64_t calibrate_steps = 2;
+  } plan;
 };
 
 // The table of the train options.
 const OptionTable& train_options();
+// train's options and those of `fluxtrain plan` (--batches, --step-seconds, --price-per-hour, --json,
+// --calibrate).
+const OptionTable& plan_options();
 
 // Checks of a resolved train config that span several options or need the files on disk: one of
 // dataset_name / dataset_config, the model files (see find_model_files), options that only make

@@ -297,7 +297,8 @@ DatasetPlan DatasetPlan::build(DatasetGroupConfig config, const ScanOptions& opt
     bucket.resolution = key.second;
     bucket.images = std::move(indices);
     for (int i : bucket.images) bucket.samples += plan.images_[i].num_repeats;
-    const int64_t batch_size = plan.config_.datasets[bucket.dataset].batch_size;
+    // batch_size = auto unresolved (`fluxtrain dataset`, which plans no memory): batches of one image.
+    const int64_t batch_size = std::max(1, plan.config_.datasets[bucket.dataset].batch_size);
     bucket.batches = (bucket.samples + batch_size - 1) / batch_size;
     plan.steps_per_epoch_ += bucket.batches;
     plan.buckets_.push_back(std::move(bucket));
@@ -323,7 +324,7 @@ std::vector<PlannedBatch> DatasetPlan::epoch_order(uint64_t seed, int64_t epoch)
       }
     }
     DataRng::derive({seed, kTagBucketShuffle, static_cast<uint64_t>(epoch), b}).shuffle(samples);
-    const size_t batch_size = static_cast<size_t>(config_.datasets[bucket.dataset].batch_size);
+    const size_t batch_size = static_cast<size_t>(std::max(1, config_.datasets[bucket.dataset].batch_size));
     for (size_t start = 0; start < samples.size(); start += batch_size) {
       PlannedBatch batch;
       batch.bucket = static_cast<int>(b);

@@ -196,7 +196,11 @@ class Resolver {
  public:
   Resolver(std::string source, const ConfigOptions& options, const json* folder_defaults)
       : source_(std::move(source)), options_(options), folder_defaults_(folder_defaults) {
-    if (options.fallbacks.batch_size) fallbacks_["batch_size"] = *options.fallbacks.batch_size;
+    if (options.fallbacks.batch_size) {
+      fallbacks_["batch_size"] = *options.fallbacks.batch_size == kAutoBatchSize
+                                     ? json("auto")
+                                     : json(*options.fallbacks.batch_size);
+    }
     if (options.fallbacks.resolution) {
       fallbacks_["resolution"] = {options.fallbacks.resolution->width, options.fallbacks.resolution->height};
     }
@@ -245,6 +249,7 @@ void Resolver::check_value(const KeySpec& key, const json& v, const std::string&
     error(where, ": '", key.name, "' = ", json_excerpt(v), " is out of range; expected ", expected);
   };
   const std::string name = key.name;
+  if (name == "batch_size" && v.is_string() && lower(v.get<std::string>()) == "auto") return;
   switch (key.type) {
     case Type::integer:
       if (!v.is_number_integer()) bad_type();
@@ -363,6 +368,8 @@ void Resolver::take(const std::vector<Layer>& layers, const char* key, T& out,
   if (v == nullptr) return;
   if constexpr (std::is_same_v<T, Resolution>) {
     out = as_resolution(*v);
+  } else if constexpr (std::is_same_v<T, int>) {
+    out = v->is_string() ? kAutoBatchSize : v->get<int>();  // only batch_size may say "auto"
   } else {
     out = v->get<T>();
   }

@@ -49,8 +49,12 @@ struct SubsetConfig {
   std::map<std::string, std::string> origin;
 };
 
+// batch_size = "auto" (in a config file or the fallback): the largest batch the device's memory holds,
+// which the app's memory planner (train/memory_plan.h) puts in before the dataset plan is built.
+inline constexpr int kAutoBatchSize = 0;
+
 struct DatasetConfig {
-  int batch_size = 1;
+  int batch_size = 1;  // kAutoBatchSize: "auto"
   BucketSettings buckets;
   std::vector<SubsetConfig> subsets;
   std::map<std::string, std::string> origin;
@@ -64,7 +68,7 @@ struct DatasetGroupConfig {
 // kohya's argparse layer: values used only where the config leaves a key unset (kohya's
 // --train_batch_size and --resolution behave the same way). `origin` names them in messages.
 struct ConfigFallbacks {
-  std::optional<int> batch_size;
+  std::optional<int> batch_size;  // kAutoBatchSize: "auto"
   std::string batch_size_origin = "--batch-size";
   std::optional<Resolution> resolution;
   std::string resolution_origin = "--resolution";

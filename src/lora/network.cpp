@@ -9,97 +9,26 @@
 #include "core/log.h"
 #include "core/safetensors.h"
 #include "lora/keys.h"
+#include "lora/selection.h"
 #include "models/flux/flux.h"
 
 namespace fluxtrain::lora {
-namespace {
-
-// The per-layer-type key of a block Linear ("double_blocks.3.img_attn.qkv" -> "img_attn").
-std::string layer_type(const std::string& path) {
-  if (path.rfind("single_blocks.", 0) == 0) {
-    return path.find(".modulation.") != std::string::npos ? "single_mod" : "single";
-  }
-  size_t first = path.find('.', std::string("double_blocks.").size());
-  std::string rest = path.substr(first + 1);  // img_attn.qkv
-  return rest.substr(0, rest.find('.'));
-}
-
-const std::vector<std::string> kTypeNames = {"img_attn", "img_mlp", "img_mod", "txt_attn",
-                                             "txt_mlp",  "txt_mod", "single",  "single_mod"};
-
-}  // namespace
-
-std::vector<bool> parse_block_selection(const std::string& text, int64_t count, const std::string& option) {
-  std::vector<bool> selected(static_cast<size_t>(count), false);
-  if (text == "all") return std::vector<bool>(static_cast<size_t>(count), true);
-  if (text.empty() || text == "none") return selected;
-  size_t start = 0;
-  while (start <= text.size()) {
-    size_t end = text.find(',', start);
-    std::string item = text.substr(start, end == std::string::npos ? std::string::npos : end - start);
-    while (!item.empty() && item.front() == ' ') item.erase(item.begin());
-    while (!item.empty() && item.back() == ' ') item.pop_back();
-    int64_t lo = -1, hi = -1;
-    try {
-      size_t dash = item.find('-');
-      size_t used = 0;
-      lo = std::stoll(item.substr(0, dash), &used);
-      hi = dash == std::string::npos ? lo : std::stoll(item.substr(dash + 1));
-    } catch (const std::exception&) {
-      fail(option, ": '", item, "' is not a block index or range; expected e.g. \"all\", \"none\", \"0,2,5-9\"");
-    }
-    if (lo < 0 || hi < lo || hi >= count) {
-      fail(option, ": '", item, "' is outside the model's blocks 0-", count - 1);
-    }
-    for (int64_t i = lo; i <= hi; ++i) selected[static_cast<size_t>(i)] = true;
-    if (end == std::string::npos) break;
-    start = end + 1;
-  }
-  return selected;
-}
-
 LoraNetwork::LoraNetwork(models::FluxTransformerImpl& model, const LoraOptions& options, uint64_t seed)
     : options_(options) {
-  if (options.rank <= 0) fail("network_dim must be a positive rank, got ", options.rank);
-  for (const auto& [key, value] : options.type_dims) {
-    if (std::find(kTypeNames.begin(), kTypeNames.end(), key) == kTypeNames.end()) {
-      std::string hint = closest_match(key, kTypeNames);
-      fail("network_args: unknown layer type '", key, "_dim'",
-           hint.empty() ? "" : "; did you mean '" + hint + "_dim'?");
-    }
-    if (value < 0) fail("network_args: ", key, "_dim must be >= 0, got ", value);
-  }
-  const auto& c = model.config;
-  const bool doubles = options.train_blocks != TrainBlocks::single;
-  const bool singles = options.train_blocks != TrainBlocks::double_;
-  auto double_sel = parse_block_selection(options.train_double_block_indices, c.depth, options.double_blocks_origin);
-  auto single_sel =
-      parse_block_selection(options.train_single_block_indices, c.depth_single_blocks, options.single_blocks_origin);
-
+  std::map<std::string, AdapterTarget> targets;
+  for (auto& target : adapter_targets(model.config, options)) targets.emplace(target.path, std::move(target));
   at::Generator generator = at::detail::createCPUGenerator(seed);
   dropout_generator_ = at::detail::createCPUGenerator(seed + 1);
   for (const auto& item : model.named_modules("", /*include_self=*/false)) {
     auto linear = std::dynamic_pointer_cast<models::LinearImpl>(item.value());
     if (!linear) continue;
     const std::string& path = item.key();
-    bool is_double = path.rfind("double_blocks.", 0) == 0, is_single = path.rfind("single_blocks.", 0) == 0;
-    if (!(is_double && doubles) && !(is_single && singles)) continue;
-    size_t index_start = path.find('.') + 1;
-    size_t index = std::stoul(path.substr(index_start, path.find('.', index_start) - index_start));
-    if ((is_double && !double_sel[index]) || (is_single && !single_sel[index])) continue;
-    int64_t rank = options.rank;
-    auto dim = options.type_dims.find(layer_type(path));
-    if (dim != options.type_dims.end()) rank = dim->second;
-    if (rank == 0) continue;
-
-    std::vector<int64_t> split = {linear->out_features};
-    if (const auto parts = keys::split_parts(path); options.split_qkv && !parts.empty()) {
-      split.clear();
-      for (const auto& part : parts) split.push_back(part.mlp_input ? c.mlp_hidden : c.hidden_size);
-    }
+    auto target = targets.find(path);
+    if (target == targets.end()) continue;
+    const int64_t rank = target->second.rank;
     double alpha = options.alpha == 0 ? static_cast<double>(rank) : options.alpha;
     auto module = std::make_shared<LoraModule>(keys::module_name(keys::kTransformerPrefix, path), linear->in_features,
-                                               split, rank, alpha, linear->weight.device(), generator);
+                                               target->second.outs, rank, alpha, linear->weight.device(), generator);
     module->set_dropout(options.dropout, dropout_generator_);
     linear->adapter = module;
     modules_.push_back(module);

@@ -21,16 +21,13 @@
 #include <vector>
 
 #include "lora/lora_module.h"
+#include "lora/selection.h"
 
 namespace fluxtrain::models {
 class FluxTransformerImpl;
 }
 
 namespace fluxtrain::lora {
-
-// "all" / "none" / "" / comma-separated indices and ranges ("0,2,5-9") -> one flag per block. Errors
-// name `option` and the bad item.
-std::vector<bool> parse_block_selection(const std::string& text, int64_t count, const std::string& option);
 
 class LoraNetwork {
  public:

@@ -34,6 +34,11 @@ at::Tensor LinearImpl::forward_base(const at::Tensor& x) {
       fp8_matmul_supported(x.device(), fp8_matmul, x.scalar_type())) {
     return fp8_linear(x, weight, b, fp8_matmul);
   }
+  const bool upcast = weight.scalar_type() != x.scalar_type();
+  if (upcast && at::GradMode::is_enabled() && !weight.requires_grad() && !(b.defined() && b.requires_grad()) &&
+      x.requires_grad()) {
+    return upcast_linear(x, weight, b);
+  }
   return at::linear(x, weight_as(x.scalar_type()), b);
 }
 
@@ -92,6 +97,24 @@ class Fp8LinearFunction : public torch::autograd::Function<Fp8LinearFunction> {
   }
 };
 
+// A frozen Linear whose weight is stored in another dtype (fp8 base): at::linear would keep the upcast
+// copy of the weight for the input gradient, one per layer of every block whose graph is kept; this keeps
+// the stored weight and upcasts it again in backward. The same products as at::linear's, so the same bits.
+class UpcastLinearFunction : public torch::autograd::Function<UpcastLinearFunction> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
+                            const at::Tensor& bias) {
+    ctx->save_for_backward({weight});
+    return at::linear(x, weight.to(x.scalar_type()), bias);
+  }
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
+                                               torch::autograd::tensor_list grads) {
+    at::Tensor weight = ctx->get_saved_variables()[0];
+    const at::Tensor& g = grads[0];
+    return {g.defined() ? at::matmul(g, weight.to(g.scalar_type())) : at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
 std::atomic<int64_t> product_replays{0};
 
 struct KeptProduct : torch::CustomClassHolder {
@@ -143,6 +166,10 @@ at::Tensor ProductStash::base(LinearImpl& linear, const at::Tensor& x, bool wide
 
 int64_t kept_product_replays() {
   return product_replays.load(std::memory_order_relaxed);
+}
+
+at::Tensor upcast_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  return UpcastLinearFunction::apply(x, weight, bias);
 }
 
 at::Tensor fp8_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, Fp8Matmul mode) {

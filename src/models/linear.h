@@ -92,6 +92,10 @@ bool fp8_matmul_supported(at::Device device, Fp8Matmul mode, at::ScalarType out_
 // stored (e4m3, scale 1); the result in x's dtype. Differentiable in x (grad = g W, W upcast).
 at::Tensor fp8_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, Fp8Matmul mode);
 
+// at::linear(x, weight upcast to x's dtype, bias) for a frozen weight stored in another dtype, keeping
+// only the stored weight for backward (which upcasts it again): the graph holds no upcast copies.
+at::Tensor upcast_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
+
 // A parameter-free helper: registers an uninitialised parameter of `shape` on `module`.
 at::Tensor register_empty(torch::nn::Module& module, const std::string& name, at::IntArrayRef shape,
                           const at::TensorOptions& options);

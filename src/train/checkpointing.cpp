@@ -124,7 +124,12 @@ at::Tensor flux_forward(models::FluxTransformerImpl& model, const models::FluxIn
   size_t index = 0;
   auto run = [&](const BlockFn& fn, const std::vector<at::Tensor>& in) {
     const size_t i = index++;
-    return i == last || i % interval != 0 ? fn(in, nullptr, nullptr) : checkpoint(fn, in, options);
+    if (i == last || i % interval != 0) return fn(in, nullptr, nullptr);
+    if (i >= options.keep_per_block.size() || options.keep_per_block[i] == options.keep_products)
+      return checkpoint(fn, in, options);
+    CheckpointOptions block = options;
+    block.keep_products = options.keep_per_block[i];
+    return checkpoint(fn, in, block);
   };
   // The block functions run again in backward, after this function has returned: they hold their own
   // copy of the context (tensor handles, no data copies).

@@ -4,6 +4,7 @@
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/alloc_cpu.h>
 #include <c10/util/Exception.h>
+#include <malloc.h>
 #include <sys/mman.h>
 
 #include <cstdint>
@@ -40,10 +41,19 @@ class CachingCpuAllocator final : public c10::Allocator {
     const c10::Device cpu(c10::DeviceType::CPU);
     if (n < kMinBytes) {
       void* p = c10::alloc_cpu(n);
+      std::lock_guard<std::mutex> lock(mutex_);
+      small_bytes_ += p ? malloc_usable_size(p) : 0;
+      note_peak();
       return {p, p, &release_any, cpu};
     }
     size_t size = block_size(n);
     std::lock_guard<std::mutex> lock(mutex_);
+    if (memory_limit_ > 0 && live_bytes_ + small_bytes_ + size > memory_limit_) {
+      C10_THROW_ERROR(OutOfMemoryError, "CPU out of memory: allocating " + std::to_string(size >> 20) +
+                                            " MiB would exceed the memory limit of " +
+                                            std::to_string(memory_limit_ >> 20) + " MiB (" +
+                                            std::to_string((live_bytes_ + small_bytes_) >> 20) + " MiB in use)");
+    }
     void* p = take(size);
     if (p == nullptr) {
       ++misses_;
@@ -51,9 +61,11 @@ class CachingCpuAllocator final : public c10::Allocator {
     } else {
       ++hits_;
     }
-    live_.emplace(p, size);
+    live_.emplace(p, Live{size, n});
     live_bytes_ += size;
+    requested_bytes_ += n;
     peak_live_ = std::max(peak_live_, live_bytes_);
+    note_peak();
     return {p, p, &release_any, cpu};
   }
 
@@ -74,7 +86,19 @@ class CachingCpuAllocator final : public c10::Allocator {
             static_cast<int64_t>(cached_),
             static_cast<int64_t>(limit_),
             static_cast<int64_t>(live_bytes_),
-            static_cast<int64_t>(peak_live_)};
+            static_cast<int64_t>(peak_live_),
+            static_cast<int64_t>(requested_bytes_ + small_bytes_),
+            static_cast<int64_t>(peak_tensors_)};
+  }
+
+  void reset_peak() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    peak_tensors_ = requested_bytes_ + small_bytes_;
+  }
+
+  void set_memory_limit(int64_t bytes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    memory_limit_ = static_cast<size_t>(std::max<int64_t>(bytes, 0));
   }
 
  private:
@@ -91,10 +115,12 @@ class CachingCpuAllocator final : public c10::Allocator {
     std::lock_guard<std::mutex> lock(mutex_);
     auto it = live_.find(p);
     if (it == live_.end()) {  // a small block
+      small_bytes_ -= std::min(small_bytes_, malloc_usable_size(p));
       c10::free_cpu(p);
       return;
     }
-    const size_t size = it->second;
+    const size_t size = it->second.size;
+    requested_bytes_ -= it->second.requested;
     live_.erase(it);
     live_bytes_ -= size;
     if (size > limit_) {
@@ -189,8 +215,19 @@ class CachingCpuAllocator final : public c10::Allocator {
 
   CachingCpuAllocator() : limit_(static_cast<size_t>(kDefaultCpuCacheBytes)) {}
 
+  // Caller holds the lock.
+  void note_peak() { peak_tensors_ = std::max(peak_tensors_, requested_bytes_ + small_bytes_); }
+
   std::mutex mutex_;
-  std::unordered_map<void*, size_t> live_;               // large blocks in use -> size
+  size_t small_bytes_ = 0;      // small blocks in use (their usable sizes)
+  size_t requested_bytes_ = 0;  // large blocks in use, as requested (before rounding to blocks)
+  size_t peak_tensors_ = 0;  // the most bytes of all tensors at once since start or reset_peak
+  size_t memory_limit_ = 0;  // 0: none
+  struct Live {
+    size_t size;       // the block's
+    size_t requested;  // the tensor's
+  };
+  std::unordered_map<void*, Live> live_;                 // large blocks in use
   Order order_;                                          // free blocks by age
   std::map<size_t, std::vector<Order::iterator>> free_;  // size -> free blocks (newest last)
   size_t cached_ = 0;
@@ -211,5 +248,9 @@ void use_caching_cpu_allocator(int64_t limit_bytes) {
 CpuCacheStats cpu_cache_stats() {
   return CachingCpuAllocator::instance().stats();
 }
+
+void reset_cpu_peak() { CachingCpuAllocator::instance().reset_peak(); }
+
+void set_cpu_memory_limit(int64_t bytes) { CachingCpuAllocator::instance().set_memory_limit(bytes); }
 
 }  // namespace fluxtrain::train

@@ -28,6 +28,8 @@ struct CpuCacheStats {
   int64_t limit_bytes = 0;
   int64_t live_bytes = 0;       // large blocks in use now
   int64_t peak_live_bytes = 0;  // the most large blocks in use at once so far
+  int64_t tensor_bytes = 0;       // every tensor's memory now, as requested (small ones: their usable sizes)
+  int64_t peak_tensor_bytes = 0;  // the most of that at once since start or reset_cpu_peak()
 };
 
 // The cache's limit unless the caller gives another (the app takes FLUXTRAIN_CPU_CACHE_MB).
@@ -38,5 +40,12 @@ inline constexpr int64_t kDefaultCpuCacheBytes = int64_t{2048} << 20;
 void use_caching_cpu_allocator(int64_t limit_bytes = kDefaultCpuCacheBytes);
 
 CpuCacheStats cpu_cache_stats();
+
+// Starts a new peak_tensor_bytes from the bytes in use now (the memory planner's measurements).
+void reset_cpu_peak();
+
+// The most bytes tensors may hold at once, like a GPU's memory (0: no limit, the default): an allocation
+// beyond it throws c10::OutOfMemoryError as CUDA's allocator does. The app takes FLUXTRAIN_CPU_MEMORY_LIMIT_MB.
+void set_cpu_memory_limit(int64_t bytes);
 
 }  // namespace fluxtrain::train

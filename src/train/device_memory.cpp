@@ -49,4 +49,20 @@ void reset_device_peak_memory(const c10::Device& device) {
 #endif
 }
 
+int64_t device_free_bytes(const c10::Device& device) {
+  const c10::DeviceIndex index = cuda_index(device);
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 9)
+  return static_cast<int64_t>(at::accelerator::getMemoryInfo(index).first);
+#elif defined(FLUXTRAIN_ALLOCATOR_STATS) && __has_include(<cuda_runtime_api.h>)
+  size_t free = 0, total = 0;
+  (void)index;  // the current device: libtorch 2.8 is the ROCm image's, one device per process there
+  if (cudaMemGetInfo(&free, &total) != cudaSuccess) fail("cannot read the free memory of ", device.str());
+  return static_cast<int64_t>(free);
+#else
+  (void)index;
+  fail("device memory: this libtorch (", TORCH_VERSION, ") cannot tell the free memory of ", device.str(),
+       "; give vram (GB)");
+#endif
+}
+
 }  // namespace fluxtrain::train

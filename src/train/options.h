@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "core/enum_names.h"
 #include "lora/options.h"
@@ -50,6 +51,9 @@ struct CheckpointSettings {
   bool offload_inputs = false;  // keep saved block inputs in (pinned) host memory
   bool keep_attention = true;   // keep each block's attention output for the recomputation
   models::KeepProducts keep_products = models::KeepProducts::outputs;  // ... and these products' outputs
+  // checkpoint_keep_products = auto: the products per block (as flux_forward counts them), chosen by the
+  // memory planner (train/memory_plan.h); empty: keep_products for every block.
+  std::vector<models::KeepProducts> keep_per_block;
   int64_t interval = 1;  // checkpoint blocks 0, N, 2N, ... (never the last)
 };
 

@@ -1,6 +1,7 @@
 #include "train/trainer.h"
 
 #include <ATen/ATen.h>
+#include <c10/util/Exception.h>
 
 #include <sys/resource.h>
 
@@ -307,6 +308,33 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     }
     result.interrupted = true;
   };
+  // Out of memory in a step: the weights are as the last completed step left them (the optimizer step
+  // comes last), so that step's state is kept (written now unless it exists) and the error says what ran
+  // out, what the planner predicted and what to change.
+  auto out_of_memory = [&](int64_t failed, const std::vector<LatentBatch>& micro, const std::string& what) {
+    optimizer->zero_grad();
+    if (step != first_step && last_state_step != step) save_training_state(step);
+    const auto kept = newest_state(config.output_dir);
+    const LatentBatch& b = micro.front();
+    const int64_t images = b.latents.size(0);
+    std::string plan;
+    if (config.planned_peak_bytes > 0) {
+      plan = cat("; the memory planner predicted ", format_bytes(static_cast<double>(config.planned_peak_bytes)),
+                 " for a step at the largest bucket",
+                 config.planned_budget_bytes > 0
+                     ? cat(" with ", format_bytes(static_cast<double>(config.planned_budget_bytes)), " to plan with")
+                     : std::string());
+    }
+    fail("out of memory on ", config.model.device.str(), " in step ", failed, " (", images, " image",
+         images == 1 ? "" : "s", " of ", b.latents.size(3) * 8, "x", b.latents.size(2) * 8, " per batch, ",
+         micro.size(), " batch", micro.size() == 1 ? "" : "es", ")", plan, ". ",
+         kept ? cat("The newest state, ", kept->string(), ", is kept; a restart resumes from it. ")
+              : std::string("No state was written yet. "),
+         "To fit: a smaller batch (PARAMS_TRAIN_BATCH_SIZE, or auto for the largest that fits), "
+         "checkpoint_keep_products=none (or auto), fp8_base=true, blocks_to_swap=N (or auto), "
+         "gradient_checkpointing=true; `fluxtrain plan` shows the memory each choice takes. (",
+         what.substr(0, what.find('\n')), ")");
+  };
   // The timer of save_state_every_minutes: from the start (or the resume), reset by every state.
   auto last_state = std::chrono::steady_clock::now();
   int64_t skipped_in_a_row = 0;
@@ -329,7 +357,12 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     }
     const double lr = schedule.lr(step);
     optimizer->set_lr(lr);
-    StepResult r = train_step(*t.model, *optimizer, micro, step_options, generators);
+    StepResult r;
+    try {
+      r = train_step(*t.model, *optimizer, micro, step_options, generators);
+    } catch (const c10::OutOfMemoryError& e) {
+      out_of_memory(step + 1, micro, e.what());
+    }
     ++step;
     if (r.skipped) {
       ++result.skipped_steps;

@@ -34,6 +34,10 @@ struct TrainerConfig : TrainOptions {
   bool resume_verified = false;  // resume_from was verified against its COMPLETE already (not read twice)
   lora::LoraFileInfo file_info;
   nlohmann::json run_info;  // stored in every state (the app's resolved config and its hash)
+  // The memory planner's figures for this run (train/memory_plan.h), for the out-of-memory error: the
+  // predicted peak of a step at the largest bucket and the memory it was planned against (0: none).
+  int64_t planned_peak_bytes = 0;
+  int64_t planned_budget_bytes = 0;
 };
 
 // Called to write samples at a step with the model in its current (trained) state.

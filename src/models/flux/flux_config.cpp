@@ -220,4 +220,53 @@ void FluxConfig::validate(const std::string& file) const {
     fail(file, ": RoPE axes ", list_text(axes_dim), " sum to ", sum, " but the head width is ", head_dim());
 }
 
+std::vector<FluxTensorShape> flux_parameter_shapes(const FluxConfig& c) {
+  std::vector<FluxTensorShape> out;
+  const int64_t h = c.hidden_size, m = c.mlp_hidden, d = c.head_dim();
+  int64_t block = -1;
+  std::string prefix;
+  auto linear = [&](const std::string& name, int64_t in, int64_t outs, bool bias, bool in_block) {
+    out.push_back({prefix + name + ".weight", {outs, in}, in_block, block});
+    if (bias) out.push_back({prefix + name + ".bias", {outs}, false, block});
+  };
+  auto vector = [&](const std::string& name, int64_t n) { out.push_back({prefix + name, {n}, false, block}); };
+  linear("img_in", c.in_channels, h, true, false);
+  linear("time_in.in_layer", 256, h, true, false);
+  linear("time_in.out_layer", h, h, true, false);
+  linear("vector_in.in_layer", c.vec_in_dim, h, true, false);
+  linear("vector_in.out_layer", h, h, true, false);
+  if (c.guidance_embed) {
+    linear("guidance_in.in_layer", 256, h, true, false);
+    linear("guidance_in.out_layer", h, h, true, false);
+  }
+  linear("txt_in", c.context_in_dim, h, true, false);
+  for (int64_t i = 0; i < c.depth; ++i) {
+    block = i;
+    prefix = "double_blocks." + std::to_string(i) + ".";
+    for (const std::string stream : {"img", "txt"}) {
+      linear(stream + "_mod.lin", h, 6 * h, true, true);
+      linear(stream + "_attn.qkv", h, 3 * h, c.qkv_bias, true);
+      vector(stream + "_attn.norm.query_norm.scale", d);
+      vector(stream + "_attn.norm.key_norm.scale", d);
+      linear(stream + "_attn.proj", h, h, true, true);
+      linear(stream + "_mlp.0", h, m, true, true);
+      linear(stream + "_mlp.2", m, h, true, true);
+    }
+  }
+  for (int64_t i = 0; i < c.depth_single_blocks; ++i) {
+    block = c.depth + i;
+    prefix = "single_blocks." + std::to_string(i) + ".";
+    linear("linear1", h, 3 * h + m, true, true);
+    linear("linear2", h + m, h, true, true);
+    vector("norm.query_norm.scale", d);
+    vector("norm.key_norm.scale", d);
+    linear("modulation.lin", h, 3 * h, true, true);
+  }
+  block = -1;
+  prefix = "final_layer.";
+  linear("linear", h, c.out_channels, true, false);
+  linear("adaLN_modulation.1", h, 2 * h, true, false);
+  return out;
+}
+
 }  // namespace fluxtrain::models

@@ -49,4 +49,15 @@ struct FluxConfig {
   void validate(const std::string& file) const;
 };
 
+// One tensor of the transformer as FluxTransformer allocates it (BFL names).
+struct FluxTensorShape {
+  std::string path;             // "double_blocks.0.img_attn.qkv.weight"
+  std::vector<int64_t> shape;   // [out, in] for a Linear weight
+  bool block_linear = false;    // a 2-D Linear weight inside a double or single block (the fp8 base's)
+  int64_t block = -1;           // the block (double blocks 0..depth-1, then the single blocks) or -1
+};
+// Every parameter of the transformer, in module order: the one inventory of its shapes, for memory plans
+// and LoRA targets (torch-free; models/flux/flux.h allocates exactly these).
+std::vector<FluxTensorShape> flux_parameter_shapes(const FluxConfig& config);
+
 }  // namespace fluxtrain::models

@@ -1,0 +1,258 @@
+#include "train/memory_plan.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <map>
+
+#include "core/error.h"
+#include "lora/selection.h"
+#include "optim/args.h"
+
+namespace fluxtrain::train {
+namespace {
+
+constexpr int64_t kF32 = 4;
+
+// Activation widths per token, in hidden widths (H) and MLP widths (M), of the compute dtype: what a
+// block's autograd graph keeps (docs/performance.md "Memory planner" lists the tensors), fitted to the live
+// peaks the code's own steps measure (tests/e2e/test_memory_plan.py, fp32 on the CPU; two shapes, with and
+// without checkpointing):
+//   double block  15.5 H + 2 M   (two streams' LayerNorms, modulation, qkv, q/k norms, joined q/k/v, RoPE,
+//                                 attention and its halves, projection, residual, MLP, output)
+//   single block  11.4 H + 2 M   (LayerNorm, modulation, linear1, q/k norms, RoPE, attention, the joined
+//                                 attention and GELU output, linear2, output)
+//   backward      2.5 H + M      the gradients in flight while one block is differentiated
+struct Widths {
+  double h = 0, m = 0;
+};
+constexpr Widths kDoubleGraph{15.5, 2}, kSingleGraph{11.4, 2};
+constexpr Widths kBackwardExtra{2.5, 1};
+
+int64_t per_token(const Widths& w, const models::FluxConfig& c, int64_t bytes) {
+  return static_cast<int64_t>((w.h * static_cast<double>(c.hidden_size) + w.m * static_cast<double>(c.mlp_hidden)) *
+                              static_cast<double>(bytes));
+}
+
+bool is_checkpointed(const MemoryPlanInputs& in, int64_t block, int64_t blocks) {
+  const CheckpointSettings& ck = in.checkpointing;
+  const int64_t interval = std::max<int64_t>(ck.interval, 1);
+  return ck.enabled && block != blocks - 1 && block % interval == 0;
+}
+
+// An optimizer's state bytes for the trained tensors (what its first step allocates).
+int64_t optimizer_state_bytes(const optim::OptimizerSettings& settings,
+                              const std::vector<std::pair<std::vector<int64_t>, bool>>& tensors) {
+  std::map<std::string, std::string> args;
+  for (const auto& [key, value] : optim::split_optimizer_args(settings.args)) args[key] = value;
+  auto arg = [&](const std::string& key, const std::string& fallback) {
+    auto it = args.find(key);
+    return it == args.end() ? fallback : it->second;
+  };
+  const std::string& type = settings.type;
+  int64_t total = 0;
+  for (const auto& [shape, zero_initialised] : tensors) {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    if (type == "Prodigy") {
+      const int64_t slice = std::max<int64_t>(1, std::stoll(arg("slice_p", "1")));
+      const std::string betas = arg("betas", "0.9,0.999");
+      const bool first_moment = std::stod(betas.substr(0, betas.find(','))) > 0;
+      const int64_t sliced = (n + slice - 1) / slice;
+      total += kF32 * (n * (first_moment ? 2 : 1) + sliced + (zero_initialised ? 1 : sliced));
+    } else if (type == "AdamW") {
+      const std::string ams = arg("amsgrad", "False");
+      total += kF32 * n * (ams == "True" || ams == "true" ? 3 : 2);
+    } else if (type == "AdamW8bit") {
+      const int64_t min_size = std::stoll(arg("min_8bit_size", "4096"));
+      total += n >= min_size ? 2 * (n + kF32 * ((n + 255) / 256)) : 2 * kF32 * n;
+    } else if (type == "Adafactor") {
+      const bool first_moment = args.count("beta1") && arg("beta1", "None") != "None";
+      const int64_t second = shape.size() >= 2 ? shape[shape.size() - 1] + shape[shape.size() - 2] : n;
+      total += kF32 * ((first_moment ? n : 0) + second);
+    } else if (type == "Lion") {
+      total += kF32 * n;
+    } else if (type == "SGD") {
+      total += std::stod(arg("momentum", "0")) > 0 ? kF32 * n : 0;
+    } else {
+      fail("the memory planner does not know the optimizer '", type, "'");
+    }
+  }
+  return total;
+}
+
+std::string with_unit(int64_t bytes) { return gigabytes(bytes); }
+
+}  // namespace
+
+std::string gigabytes(int64_t bytes) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.1f GB", static_cast<double>(bytes) / 1e9);
+  return text;
+}
+
+int64_t max_swappable_blocks(const models::FluxConfig& config) {
+  return std::max<int64_t>(0, config.depth + config.depth_single_blocks - 2);
+}
+
+int64_t held_bytes(const MemoryPlanInputs& in, int64_t block, models::KeepProducts keep) {
+  const models::FluxConfig& c = in.model;
+  const int64_t li = (in.image_width / 16) * (in.image_height / 16), l = li + in.text_tokens;
+  const int64_t h = c.hidden_size, m = c.mlp_hidden, b = in.compute_bytes;
+  const bool is_double = block < c.depth;
+  int64_t bytes = in.checkpointing.offload_inputs ? 0 : l * h * b;  // the block's input
+  if (in.checkpointing.keep_attention) bytes += l * h * b + l * c.num_heads * kF32;  // output and log-sum-exp
+  if (keep == models::KeepProducts::outputs) bytes += l * h * b * (is_double ? 2 : 1);
+  if (keep == models::KeepProducts::all) bytes += l * (is_double ? 5 * h + m : 4 * h + m) * b;
+  return bytes;
+}
+
+MemoryPlan plan_memory(const MemoryPlanInputs& in) {
+  const models::FluxConfig& c = in.model;
+  MemoryPlan plan;
+  const int64_t blocks = c.depth + c.depth_single_blocks;
+  const int64_t b = in.compute_bytes;
+  const int64_t li = (in.image_width / 16) * (in.image_height / 16), lt = in.text_tokens, l = li + lt;
+  plan.image_tokens = li;
+  plan.text_tokens = lt;
+  if (in.blocks_to_swap < 0 || in.blocks_to_swap > max_swappable_blocks(c))
+    fail("blocks_to_swap ", in.blocks_to_swap, " is outside 0..", max_swappable_blocks(c), " for this model");
+  const int64_t first_swapped = blocks - in.blocks_to_swap;
+
+  // Weights as stored, and the largest block Linear (upcast once per call when stored in fp8).
+  int64_t swapped_block_bytes = 0, largest_upcast = 0;
+  std::vector<int64_t> block_bytes(static_cast<size_t>(blocks), 0);
+  for (const auto& t : models::flux_parameter_shapes(c)) {
+    int64_t n = 1;
+    for (int64_t d : t.shape) n *= d;
+    const bool fp8 = t.block_linear && in.fp8_base && !in.full_finetune;
+    const int64_t bytes = n * (in.full_finetune ? kF32 : fp8 ? 1 : b);
+    if (fp8) largest_upcast = std::max(largest_upcast, n * b);
+    if (t.block >= first_swapped && t.block_linear) {
+      plan.swapped += bytes;
+      swapped_block_bytes = std::max(swapped_block_bytes, block_bytes[static_cast<size_t>(t.block)] += bytes);
+    } else {
+      plan.weights += bytes;
+    }
+  }
+  // Two swapped blocks are on the device at a time: the one running and the one arriving.
+  const int64_t in_flight = in.blocks_to_swap > 0 ? std::min<int64_t>(2, in.blocks_to_swap) * swapped_block_bytes : 0;
+  plan.weights += in_flight;
+  plan.terms.push_back({"frozen transformer weights" + std::string(in.fp8_base ? " (fp8 blocks)" : ""),
+                        plan.weights - in_flight, false});
+  if (in.blocks_to_swap > 0) {
+    plan.terms.push_back({"block swap: " + std::to_string(in.blocks_to_swap) + " blocks in host memory (" +
+                              with_unit(plan.swapped) + "), two on the device at a time",
+                          in_flight, false});
+  }
+
+  // Trained tensors: fp32 parameters, fp32 gradients, the optimizer's state.
+  std::vector<std::pair<std::vector<int64_t>, bool>> trained;
+  if (in.full_finetune) {
+    for (const auto& t : models::flux_parameter_shapes(c)) trained.emplace_back(t.shape, false);
+  } else {
+    for (const auto& target : lora::adapter_targets(c, in.lora)) {
+      for (int64_t out : target.outs) {
+        trained.emplace_back(std::vector<int64_t>{target.rank, target.in_features}, false);  // down: random
+        trained.emplace_back(std::vector<int64_t>{out, target.rank}, true);                 // up: zeros
+      }
+    }
+  }
+  for (const auto& [shape, zero] : trained) {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    plan.trainable_params += n;
+  }
+  const int64_t state = optimizer_state_bytes(in.optimizer, trained);
+  plan.trainable = kF32 * plan.trainable_params + state;
+  plan.terms.push_back({in.full_finetune ? "trained weights (fp32)" : "LoRA parameters (fp32)",
+                        kF32 * plan.trainable_params, false});
+  plan.terms.push_back({in.optimizer.type + " state", state, false});
+  plan.fixed_workspace = kF32 * plan.trainable_params + largest_upcast;
+  plan.terms.push_back({"gradients and an upcast weight (when the activations are gone)", plan.fixed_workspace, false});
+
+  // Per image: what checkpointed blocks hold until their backward.
+  int64_t checkpointed = 0, graph = 0;
+  const auto keep_of = [&](int64_t block) {
+    if (block < static_cast<int64_t>(in.checkpointing.keep_per_block.size()))
+      return in.checkpointing.keep_per_block[static_cast<size_t>(block)];
+    return in.checkpointing.keep_products;
+  };
+  for (int64_t i = 0; i < blocks; ++i) {
+    if (is_checkpointed(in, i, blocks)) {
+      ++checkpointed;
+      plan.held_per_image += held_bytes(in, i, keep_of(i));
+    } else {
+      graph += l * per_token(i < c.depth ? kDoubleGraph : kSingleGraph, c, b) + l * c.num_heads * kF32;
+    }
+  }
+  plan.terms.push_back({std::to_string(checkpointed) + " checkpointed blocks: inputs" +
+                            (in.checkpointing.keep_attention ? ", attention" : "") + ", kept products",
+                        plan.held_per_image, true});
+  plan.terms.push_back({std::to_string(blocks - checkpointed) + " blocks with their whole graph", graph, true});
+  // With checkpointing the graphs of the blocks that are not checkpointed are gone by the time the first
+  // recomputation runs (the last block's backward comes first): the peak holds the larger of that graph
+  // and one recomputed block's (the second-to-last, whose kind is the planner's).
+  int64_t recompute = 0;
+  if (checkpointed > 0) {
+    int64_t last_checkpointed = blocks - 2;
+    while (last_checkpointed > 0 && !is_checkpointed(in, last_checkpointed, blocks)) --last_checkpointed;
+    const int64_t one = l * per_token(last_checkpointed < c.depth ? kDoubleGraph : kSingleGraph, c, b);
+    if (blocks - checkpointed == 1) {  // only the last block keeps its graph
+      recompute = std::max<int64_t>(0, one - graph);
+    } else {
+      recompute = one;
+    }
+  }
+  const int64_t backward = l * per_token(kBackwardExtra, c, b);
+  plan.terms.push_back({"recomputation and backward of one block", recompute + backward, true});
+  // The model's inputs and tables: packed latents, T5 states, RoPE rotations (fp32), the embedded
+  // streams, the prediction and loss in fp32.
+  const int64_t inputs = li * c.in_channels * (b + 3 * kF32) + lt * c.context_in_dim * b + l * c.head_dim() * 2 * kF32 +
+                         l * c.hidden_size * b;
+  int64_t host = 0;
+  if (in.host_is_device) {
+    // fp32 latents, noise and target, the T5 states and CLIP pooled as read, per waiting batch too.
+    const int64_t batch_bytes = kF32 * (li * c.in_channels / 4 * 3 + lt * c.context_in_dim + c.vec_in_dim);
+    host = batch_bytes * (1 + std::max<int64_t>(0, in.prefetch_batches));
+  }
+  plan.step_per_image = graph + recompute + backward + inputs + host;
+  plan.terms.push_back({"inputs, RoPE tables, prediction and loss", inputs, true});
+  if (host > 0) plan.terms.push_back({"batches in host memory (CPU training)", host, true});
+  return plan;
+}
+
+int64_t MemoryPlan::largest_batch(int64_t budget) const {
+  if (per_image() <= 0 || peak(1) > budget) return 0;
+  return std::max<int64_t>(1, (budget - fixed()) / per_image());
+}
+
+std::vector<models::KeepProducts> choose_kept_products(const MemoryPlanInputs& inputs, int64_t batch, int64_t budget) {
+  const int64_t blocks = inputs.model.depth + inputs.model.depth_single_blocks;
+  MemoryPlanInputs probe = inputs;
+  probe.checkpointing.keep_per_block.assign(static_cast<size_t>(blocks), models::KeepProducts::none);
+  std::vector<models::KeepProducts> keep = probe.checkpointing.keep_per_block;
+  int64_t used = plan_memory(probe).peak(batch);
+  // First `outputs` everywhere it fits (the cheaper step), then `all` block by block.
+  for (models::KeepProducts level : {models::KeepProducts::outputs, models::KeepProducts::all}) {
+    for (int64_t i = 0; i < blocks; ++i) {
+      if (!is_checkpointed(inputs, i, blocks)) continue;
+      const auto idx = static_cast<size_t>(i);
+      const int64_t extra = batch * (held_bytes(inputs, i, level) - held_bytes(inputs, i, keep[idx]));
+      if (used + extra > budget) continue;
+      used += extra;
+      keep[idx] = level;
+    }
+  }
+  return keep;
+}
+
+int64_t choose_blocks_to_swap(const MemoryPlanInputs& inputs, int64_t batch, int64_t budget) {
+  MemoryPlanInputs probe = inputs;
+  for (int64_t n = 0; n <= max_swappable_blocks(inputs.model); ++n) {
+    probe.blocks_to_swap = n;
+    if (plan_memory(probe).peak(batch) <= budget) return n;
+  }
+  return -1;
+}
+
+}  // namespace fluxtrain::train

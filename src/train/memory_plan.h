@@ -1,0 +1,94 @@
+// The memory planner: the peak device memory of a training step predicted from the run's options and the
+// model's shape alone (no weights read), per batch size, and the choices that follow from it (the largest
+// batch that fits, the kept products per block, the blocks to swap). Torch-free: `fluxtrain plan`,
+// `--print-config` of batch_size = auto and the trainer's start use the same numbers.
+//
+// The model (docs/performance.md "Memory planner" derives each term):
+//   peak(B) = weights + trainable + B * (sum over checkpointed blocks of held(block) + step(one image))
+//   weights    the frozen transformer as stored (fp8 block weights with fp8_base), minus swapped blocks
+//   trainable  LoRA parameters (fp32), their gradients and the optimizer's state
+//   held       what a checkpointed block keeps from its forward to its backward: its input, the attention
+//              output (keep_attention), the kept products (keep_products)
+//   step       the rest of one image's step at its worst moment: the blocks that are not checkpointed
+//              (their whole autograd graph), the recomputation and backward of one block, the model's
+//              inputs and RoPE tables, and (on the CPU) the batch as read from the caches
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "lora/options.h"
+#include "models/flux/flux_config.h"
+#include "models/linear_modes.h"
+#include "optim/options.h"
+#include "train/options.h"
+
+namespace fluxtrain::train {
+
+struct MemoryPlanInputs {
+  models::FluxConfig model;
+  bool full_finetune = false;
+  lora::LoraOptions lora;
+  optim::OptimizerSettings optimizer;
+  bool fp8_base = true;
+  int64_t compute_bytes = 2;  // bf16 / fp16: 2, fp32: 4 (weights not in fp8 are stored in it too)
+  CheckpointSettings checkpointing;
+  int64_t blocks_to_swap = 0;
+  int64_t image_width = 1024, image_height = 1024;  // the largest bucket, pixels
+  int64_t text_tokens = 512;
+  bool host_is_device = false;  // CPU training: the batches read from the caches count as well
+  int64_t prefetch_batches = 0;  // batches waiting in host memory (counted when host_is_device)
+};
+
+// One line of the plan's explanation: a term and its bytes.
+struct MemoryTerm {
+  std::string name;
+  int64_t bytes = 0;
+  bool per_image = false;  // multiplied by the batch size
+};
+
+struct MemoryPlan {
+  int64_t weights = 0;          // frozen base on the device
+  int64_t swapped = 0;          // base weights kept in host memory by block swap
+  int64_t trainable = 0;        // parameters + optimizer state
+  int64_t trainable_params = 0; // how many trained numbers
+  int64_t held_per_image = 0;   // sum over checkpointed blocks
+  int64_t step_per_image = 0;
+  int64_t fixed_workspace = 0;  // gradients and an upcast weight (live when the activations are not)
+  std::vector<MemoryTerm> terms;
+  int64_t image_tokens = 0, text_tokens = 0;
+
+  // The gradients and an upcast weight are live at the end of backward and in the optimizer step, when the
+  // activations are gone: the peak is the larger of the two moments.
+  int64_t fixed() const { return weights + trainable; }
+  int64_t per_image() const { return held_per_image + step_per_image; }
+  int64_t peak(int64_t batch) const { return fixed() + std::max(batch * per_image(), fixed_workspace); }
+  // The largest batch whose peak is at most `budget` bytes (0: not even one image).
+  int64_t largest_batch(int64_t budget) const;
+};
+
+// Throws Error for settings the planner cannot describe (an unknown optimizer, a LoRA selecting nothing).
+MemoryPlan plan_memory(const MemoryPlanInputs& inputs);
+
+// checkpoint_keep_products = auto: the products each block keeps (index as flux_forward counts blocks;
+// the last and the blocks not checkpointed keep nothing) so that a batch of `batch` images stays within
+// `budget` bytes: `all` for as many blocks as fit, from the first, the others `outputs`, or `none` where
+// even `outputs` does not fit.
+std::vector<models::KeepProducts> choose_kept_products(const MemoryPlanInputs& inputs, int64_t batch, int64_t budget);
+
+// Bytes one block keeps for its recomputation per image at `keep` (attention included when kept).
+int64_t held_bytes(const MemoryPlanInputs& inputs, int64_t block, models::KeepProducts keep);
+
+// The fewest blocks to swap so that a batch of `batch` fits `budget`; -1 when swapping every block that can
+// be swapped is not enough.
+int64_t choose_blocks_to_swap(const MemoryPlanInputs& inputs, int64_t batch, int64_t budget);
+
+// The most blocks block swap may take (all but the two it streams through).
+int64_t max_swappable_blocks(const models::FluxConfig& config);
+
+// "27.3 GB" (decimal gigabytes, as GPUs are sold and the seed's table is written).
+std::string gigabytes(int64_t bytes);
+
+}  // namespace fluxtrain::train

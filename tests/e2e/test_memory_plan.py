@@ -1,0 +1,69 @@
+"""The memory planner (issue 20): `fluxtrain plan` predicts a training step's peak memory from the options
+and the model's header; `--calibrate` runs real steps and measures the live peak of the tensors (the
+caching CPU allocator's count, `max_memory_allocated` on CUDA). The prediction must be within 10 % of the
+measurement on two model shapes, at four batch sizes and two checkpoint settings."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import replace
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conftest import run
+from reference import tiny_models as tm
+
+# Two shapes of the Flux.1 architecture (head width 128, as Flux.1): a wide one and a deep one.
+SHAPES = {
+    "wide": dict(hidden_size=256, num_heads=2, depth=2, depth_single_blocks=3, context_in_dim=256, vec_in_dim=64),
+    "deep": dict(hidden_size=128, num_heads=1, depth=2, depth_single_blocks=8, context_in_dim=128, vec_in_dim=32),
+}
+TOLERANCE = 0.10
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory, fluxtrain_bin):
+    tiny = tmp_path_factory.mktemp("tiny")
+    run([fluxtrain_bin, "make-tiny", "--out", tiny, "--seed", "1"])
+    dirs = {}
+    for name, shape in SHAPES.items():
+        folder = tmp_path_factory.mktemp(name)
+        for f in tiny.iterdir():
+            if f.name != "flux1-dev.safetensors":
+                shutil.copy(f, folder / f.name)
+        cfg = replace(tm.FLUX_DEV, **shape)
+        save_file(tm.random_state_dict(tm.flux_shapes(cfg), torch.float32, 5), folder / "flux1-dev.safetensors")
+        dirs[name] = folder
+    return dirs
+
+
+def plan(fluxtrain_bin, model_dir, tmp_path, *extra, calibrate=True):
+    out = tmp_path / f"plan-{len(list(tmp_path.iterdir()))}.json"
+    args = [fluxtrain_bin, "plan", "--model-dir", model_dir, "--device", "cpu", "--precision", "fp32",
+            "--resolution", "512,384", "--t5xxl-max-token-length", "64", "--network-dim", "8",
+            "--optimizer-type", "AdamW", "--json", out, *extra]
+    if calibrate:
+        args.append("--calibrate")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PARAMS_")}
+    env.update({"FLUXTRAIN_LOG_LEVEL": "warn", "OMP_NUM_THREADS": "1"})
+    result = run(args, env=env)
+    return json.loads(out.read_text()), result.stdout
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+@pytest.mark.parametrize("checkpointing", ["blocks", "off"])
+def test_predicted_peak_is_within_ten_percent_of_the_measured(shape, checkpointing, model_dirs, fluxtrain_bin, tmp_path):
+    extra = ["--gradient-checkpointing", "false"] if checkpointing == "off" else []
+    errors = []
+    for batch in (1, 2, 3, 4):
+        result, _ = plan(fluxtrain_bin, model_dirs[shape], tmp_path, "--train-batch-size", str(batch), *extra)
+        c = result["calibration"]
+        assert c["batch"] == batch
+        errors.append((batch, c["measured_peak_bytes"], c["predicted_peak_bytes"], c["error"]))
+    print(f"{shape} checkpointing {checkpointing}: " +
+          ", ".join(f"batch {b}: measured {m} predicted {p} error {e:+.3f}" for b, m, p, e in errors))
+    for b, m, p, e in errors:
+        assert abs(e) <= TOLERANCE, f"batch {b}: measured {m} bytes, predicted {p} ({e:+.1%})"

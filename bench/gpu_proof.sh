@@ -111,11 +111,17 @@ echo "gpu_proof: $mode, $gpu_name, commit $commit; report $report"
 log="$work/unit.log"
 timeout "$budget_a" "$unit_tests" --gtest_filter="$tests_filter" --gtest_output="json:$out/unit.json" > "$log" 2>&1
 rc=$?
-summary="$(grep -E '^\[  (PASSED|SKIPPED|FAILED)  \] [0-9]+ test' "$log" | sed 's/\[ *//; s/ *\]//' | paste -sd';')"
+passed=$(sed -nE 's/^\[  PASSED  \] ([0-9]+) tests?\..*/\1/p' "$log" | tail -1)
+skipped=$(sed -nE 's/^\[  SKIPPED \] ([0-9]+) tests?,.*/\1/p' "$log" | tail -1)
+summary="${passed:-0} passed, ${skipped:-0} skipped"
 if [ $rc -ne 0 ]; then
   status="FAILED (exit status $rc$([ $rc -eq 124 ] && echo ", over $budget_a s"))"
-elif grep -q '^\[  SKIPPED \]' "$log" && [ "$device" = cpu ]; then
+elif [ $(( ${passed:-0} + ${skipped:-0} )) -eq 0 ]; then
+  status="FAILED (no test matched the filter)"
+elif [ "${skipped:-0}" -gt 0 ] && [ "$device" = cpu ]; then
   status="PASSED ($summary; skipped: no CUDA)"
+elif [ "${skipped:-0}" -gt 0 ]; then
+  status="FAILED ($summary: a CUDA test skipped on the GPU machine)"
 else
   status="PASSED ($summary)"
 fi

@@ -16,6 +16,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${BUILD:-$here/build}"
+# shellcheck source=/dev/null
 [ -z "${VENV:-}" ] && [ -f "$build/setup.env" ] && source "$build/setup.env"
 python="${PYTHON:-${VENV:+$VENV/bin/python}}"
 python="${python:-python3}"

@@ -17,7 +17,7 @@
 #   bash bench/gpu_proof.sh --cpu-smoke   # here, on the CPU, tiny sizes, the build dir's programs (CTest)
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$root"
+cd "$root" || exit 1
 mode=gpu
 case "${1:-}" in
   --cpu-smoke) mode=cpu ;;
@@ -87,6 +87,7 @@ if [ "$mode" = gpu ]; then
   export PYTHONPATH="$work/site${PYTHONPATH:+:$PYTHONPATH}"
   python=python3
   site="$(python3 -c 'import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))')"
+  # shellcheck disable=SC2012
   LD_LIBRARY_PATH="$site/torch/lib:$(ls -d "$site"/nvidia/*/lib "$site"/nvidia/*/*/lib 2>/dev/null | paste -sd:):$work/bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   export LD_LIBRARY_PATH
   bin="$work/bundle/bin"
@@ -95,6 +96,7 @@ if [ "$mode" = gpu ]; then
 else
   gpu_name="none: CPU smoke (tiny sizes; the CUDA tests skip)"
   build="${BUILD:-$root/build}"
+  # shellcheck source=/dev/null
   [ -z "${VENV:-}" ] && [ -f "$build/setup.env" ] && source "$build/setup.env"
   python="${PYTHON:-${VENV:+$VENV/bin/python}}"
   python="${python:-python3}"
@@ -154,10 +156,10 @@ section "(b) cache -> train -> kill -> resume -> sample ($device)" \
 log="$work/table.log"
 if [ "$device" = cuda ]; then
   shape=(--hidden 3072 --heads 24 --double 19 --single 38 --context-dim 4096 --vec-dim 768 --txt-len 512
-         --resolution 1280,768 --batches 1,2,4,8,planner --warmup 1 --steps 3 --fixture-device cuda
+         --resolution "1280,768" --batches "1,2,4,8,planner" --warmup 1 --steps 3 --fixture-device cuda
          --fp8-base on --precision bf16)
 else
-  shape=(--smoke --resolution 128,64 --batches 1,2 --fp8-base on)
+  shape=(--smoke --resolution "128,64" --batches "1,2" --fp8-base on)
 fi
 timeout "$budget_c" "$python" bench/train_step.py --device "$device" --one-process "${shape[@]}" \
   --bench-bin "$bench_bin" --fluxtrain-bin "$fluxtrain" --python "$python" --workdir "$work/bench" \

@@ -14,6 +14,7 @@ export PYTHONPATH="$work/site" PYTHONUNBUFFERED=1
 # The bundle's programs were linked against the build machine's venv: point them at this machine's
 # libtorch and the NVIDIA libraries next to it, then at the bundled libraries.
 site="$(python3 -c 'import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))')"
+# shellcheck disable=SC2012
 LD_LIBRARY_PATH="$site/torch/lib:$(ls -d "$site"/nvidia/*/lib "$site"/nvidia/*/*/lib 2>/dev/null | paste -sd:):$work/bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export LD_LIBRARY_PATH
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true

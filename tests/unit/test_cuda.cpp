@@ -61,14 +61,14 @@ TEST(Cuda, Fp8ScaledMatmulMatchesItsReference) {
     at::Tensor y = models::fp8_linear(xc, w.to(kCuda), at::Tensor(), mode);
     EXPECT_EQ(y.scalar_type(), at::kBFloat16);
     at::Tensor ref = fp8_reference(xc.detach(), w, mode);
-    const double err = (y.detach().to(at::kCPU, at::kDouble) - ref).abs().max().item<double>() /
-                       ref.abs().max().item<double>();
+    const double err =
+        (y.detach().to(at::kCPU, at::kDouble) - ref).abs().max().item<double>() / ref.abs().max().item<double>();
     EXPECT_LE(err, 1e-2) << "relative to the largest output";  // the bf16 output's rounding
     // The input gradient is g W with W upcast (the weight is frozen).
     y.backward(grad_out.to(kCuda, at::kBFloat16));
     at::Tensor dx_ref = at::matmul(grad_out.to(at::kBFloat16).to(at::kDouble), w.to(at::kDouble));
-    const double dx_err = (xc.grad().to(at::kCPU, at::kDouble) - dx_ref).abs().max().item<double>() /
-                          dx_ref.abs().max().item<double>();
+    const double dx_err =
+        (xc.grad().to(at::kCPU, at::kDouble) - dx_ref).abs().max().item<double>() / dx_ref.abs().max().item<double>();
     EXPECT_LE(dx_err, 1e-2);
   }
   if (ran == 0) GTEST_SKIP() << "this GPU has no fp8 matmul (needs compute capability 8.9 or newer)";
@@ -122,8 +122,8 @@ TinyRun tiny_run(at::Device device, bool checkpointed, bool offload) {
 }
 
 void expect_close(const TinyRun& a, const TinyRun& b, double rtol, const std::string& what) {
-  EXPECT_TRUE(at::allclose(a.loss, b.loss, rtol, 1e-7)) << what << ": loss " << a.loss.item<double>() << " vs "
-                                                         << b.loss.item<double>();
+  EXPECT_TRUE(at::allclose(a.loss, b.loss, rtol, 1e-7))
+      << what << ": loss " << a.loss.item<double>() << " vs " << b.loss.item<double>();
   ASSERT_EQ(a.lora.size(), b.lora.size());
   int nonzero = 0;
   for (size_t i = 0; i < a.lora.size(); ++i) {

@@ -10,7 +10,7 @@ CMAKE_BUILD_TYPE ?= RelWithDebInfo
 CMAKE_ARGS ?=
 TARGETS ?=
 
-.PHONY: all setup configure build demo test test-sanitize sanitize-build fuzz test-main test-oldest-libtorch format clean
+.PHONY: all setup configure build demo gpu-bundle test test-sanitize sanitize-build fuzz test-main test-oldest-libtorch format clean
 all: build
 
 setup:
@@ -28,6 +28,12 @@ build: configure
 
 demo: build
 	@BUILD=$(BUILD) bash scripts/demo.sh
+
+# One archive for the GPU proof on a lent GPU machine (bench/gpu_proof.sh, docs/performance.md):
+# .gpu-proof/bundle.tar.xz, under 60 MiB; the device tool carries it with carry=[".gpu-proof"].
+gpu-bundle: configure
+	@cmake --build $(BUILD) -j $(JOBS) --target fluxtrain fluxtrain_engine fluxtrain_unit_tests fluxtrain_bench
+	@BUILD=$(BUILD) bash bench/gpu_bundle.sh
 
 # The torch-free parser and core under AddressSanitizer + UBSan (clang, with the libFuzzer targets).
 sanitize-build: setup

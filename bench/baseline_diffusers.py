@@ -9,8 +9,11 @@ diffusers' enable_gradient_checkpointing() alone does); torch.optim.AdamW (weigh
 clip_grad_norm_(1.0), as fluxtrain's train_step. Timesteps and noise come from CPU generators seeded as
 fluxtrain's, in the same order, so both sides train on the same numbers and their losses agree.
 
-One batch size per process; prints one JSON object with the same fields as fluxtrain_bench. Memory is
-defined as there:
+One batch size per process, or several one after the other (--batches; each starts from the same LoRA,
+optimizer state and generators); prints one JSON object per batch with the same fields as fluxtrain_bench.
+On CUDA a batch that runs out of memory prints {"oom": true, ...} and the larger ones are not tried. The
+model is built on the meta device and takes the file's tensors by assignment (no host copy of a 12B model
+in fp32). Memory is defined as there:
   CPU   peak_bytes = VmHWM over the warm-up + timed steps (reset through /proc/self/clear_refs after
         set-up) - VmRSS once the libraries are imported (torch, diffusers, PEFT), before the model.
   CUDA  peak_bytes = torch.cuda.max_memory_allocated() over the same steps (reset after set-up).
@@ -24,6 +27,7 @@ import os
 import statistics
 import sys
 import time
+import types
 
 import torch
 import torch.utils.checkpoint
@@ -135,12 +139,35 @@ def img_ids(h: int, w: int) -> torch.Tensor:
     return ids.reshape(h * w, 3)
 
 
+def build_model(cfg: FluxConfig, path: str, device: torch.device, dtype: torch.dtype):
+    """diffusers' FluxTransformer2DModel holding the BFL-layout file's weights, built on the meta device and
+    filled by assignment straight from the file on `device` (no random initialisation, no fp32 copy of a
+    12B model in host memory), then cast to `dtype`."""
+    from diffusers import FluxTransformer2DModel
+    from safetensors.torch import load_file
+
+    heads = cfg.num_heads
+    with torch.device("meta"):
+        model = FluxTransformer2DModel(
+            patch_size=1, in_channels=cfg.in_channels, out_channels=cfg.out_channels, num_layers=cfg.depth,
+            num_single_layers=cfg.depth_single_blocks, attention_head_dim=cfg.hidden_size // heads,
+            num_attention_heads=heads, joint_attention_dim=cfg.context_in_dim, pooled_projection_dim=cfg.vec_in_dim,
+            guidance_embeds=cfg.guidance_embed, axes_dims_rope=tuple(cfg.axes_dim))
+    sd = load_file(path, device=str(device))
+    model.load_state_dict(fr.bfl_to_diffusers(sd, cfg), strict=True, assign=True)
+    del sd
+    return model.to(device=device, dtype=dtype)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True)
     p.add_argument("--inputs", required=True)
     p.add_argument("--lora", required=True, help="initial LoRA (kohya format, split q/k/v) from fluxtrain_bench --write-lora")
     p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--batches", default="",
+                   help="comma-separated batch sizes measured one after the other in this process (each from the "
+                        "same initial LoRA, optimizer state and generators; one JSON line each); overrides --batch")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--checkpointing", type=int, default=1)
@@ -154,9 +181,16 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
     a = p.parse_args()
+    try:
+        batches = [int(b) for b in a.batches.split(",") if b.strip()] if a.batches else [a.batch]
+    except ValueError:
+        batches = []
+    if not batches or min(batches) < 1:
+        raise SystemExit(f"baseline: --batches '{a.batches}': expected positive batch sizes, e.g. 1,2,4")
 
     from diffusers.utils import logging as diffusers_logging
     from peft import LoraConfig
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     diffusers_logging.set_verbosity_error()
@@ -167,15 +201,14 @@ def main() -> None:
     device = torch.device(a.device)
     dtype = torch.bfloat16 if a.precision == "bf16" else torch.float32
 
-    sd = load_file(a.model)
-    cfg = detect_config(sd)
-    model = fr.diffusers_model(cfg, sd, torch.float32)
-    del sd
+    with safe_open(a.model, "pt") as f:
+        cfg = detect_config({k: types.SimpleNamespace(shape=tuple(f.get_slice(k).get_shape())) for k in f.keys()})
+    model = build_model(cfg, a.model, device, dtype)
     model.requires_grad_(False)
     targets = lora_targets(cfg)
     model.add_adapter(LoraConfig(r=a.rank, lora_alpha=a.alpha, init_lora_weights=True,
                                  target_modules=[m for parts in targets.values() for m in parts]))
-    load_kohya_into_peft(model, load_file(a.lora), targets, a.rank, a.alpha)
+    initial_lora = load_file(a.lora)
     # Frozen base in the compute dtype, LoRA masters in fp32 (diffusers' cast_training_params), as fluxtrain.
     model.to(device=device, dtype=dtype)
     params = [q for q in model.parameters() if q.requires_grad]
@@ -197,17 +230,42 @@ def main() -> None:
 
         model.enable_gradient_checkpointing(checkpointed)
     model.train()
-    optimizer = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01)
 
     inputs = load_file(a.inputs)
     for name in ("latents", "t5", "clip_pooled"):
-        if inputs[name].shape[0] < a.batch:
-            raise SystemExit(f"baseline: {a.inputs}: tensor '{name}' holds {inputs[name].shape[0]} samples but --batch "
-                             f"is {a.batch}; write the inputs for the largest batch (bench/train_step.py does)")
-    latents = inputs["latents"][: a.batch].float().clone()
-    t5 = inputs["t5"][: a.batch].float().clone()
-    clip_pooled = inputs["clip_pooled"][: a.batch].float().clone()
-    del inputs
+        if inputs[name].shape[0] < max(batches):
+            raise SystemExit(f"baseline: {a.inputs}: tensor '{name}' holds {inputs[name].shape[0]} samples but the "
+                             f"batch is {max(batches)}; write the inputs for the largest batch (bench/train_step.py does)")
+    out_of_memory = False
+    for batch in batches:
+        if out_of_memory:  # a larger batch than one that did not fit
+            print(json.dumps({"side": "eager", "batch": batch, "oom": True, "error": "a smaller batch ran out of memory"}),
+                  flush=True)
+            continue
+        try:
+            result = run_batch(a, model, params, calls, cfg, inputs, initial_lora, targets, batch, device, dtype)
+        except torch.cuda.OutOfMemoryError as e:
+            out_of_memory = True
+            result = {"side": "eager", "batch": batch, "oom": True, "error": str(e).splitlines()[0][:300]}
+            for q in params:
+                q.grad = None
+            gc.collect()
+            torch.cuda.empty_cache()
+        result.update(runtime_rss=runtime_rss)
+        if not result.get("oom") and device.type == "cpu":
+            result["peak_bytes"] = result["peak_rss"] - runtime_rss
+        print(json.dumps(result), flush=True)
+
+
+def run_batch(a, model, params, calls, cfg, inputs, initial_lora, targets, batch, device, dtype) -> dict:
+    """`a.warmup` + `a.steps` steps of `batch` samples from the initial LoRA, a new optimizer and the seeded
+    generators: what a process of its own for this batch would measure."""
+    load_kohya_into_peft(model, initial_lora, targets, a.rank, a.alpha)
+    optimizer = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01)
+    calls["checkpointed"] = calls["plain"] = 0
+    latents = inputs["latents"][:batch].float().clone()
+    t5 = inputs["t5"][:batch].float().clone()
+    clip_pooled = inputs["clip_pooled"][:batch].float().clone()
     g_time = torch.Generator().manual_seed(a.seed + 100)
     g_noise = torch.Generator().manual_seed(a.seed + 101)
     b, _, h, w = latents.shape
@@ -254,20 +312,20 @@ def main() -> None:
         losses.append(loss)
         grad_norms.append(grad_norm)
 
-    out = {"side": "eager", "batch": a.batch, "device": str(device), "precision": a.precision,
+    out = {"side": "eager", "batch": batch, "device": str(device), "precision": a.precision,
            "checkpointing": bool(a.checkpointing), "checkpoint_last": bool(a.checkpoint_last),
            "checkpointed_blocks_per_step": calls["checkpointed"] / (a.warmup + a.steps),
            "thp": os.environ.get("THP_MEM_ALLOC_ENABLE", ""), "threads": torch.get_num_threads(),
            "lora_parameters": sum(q.numel() for q in params), "step_ms": step_ms,
            "median_ms": statistics.median(step_ms), "step_cpu_ms": step_cpu_ms,
            "median_cpu_ms": statistics.median(step_cpu_ms), "losses": losses, "grad_norms": grad_norms,
-           "runtime_rss": runtime_rss, "setup_rss": setup_rss}
+           "setup_rss": setup_rss}
+    del optimizer
     if device.type == "cuda":
         out["peak_bytes"] = torch.cuda.max_memory_allocated()
     else:
-        hwm = proc_status_bytes("VmHWM")
-        out.update(peak_rss=hwm, hwm_reset=hwm_reset, peak_bytes=hwm - runtime_rss)
-    print(json.dumps(out))
+        out.update(peak_rss=proc_status_bytes("VmHWM"), hwm_reset=hwm_reset)
+    return out
 
 
 if __name__ == "__main__":

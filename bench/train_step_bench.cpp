@@ -1,7 +1,10 @@
 // fluxtrain_bench: times fluxtrain's LoRA training step (train::train_step: noise, forward, backward,
 // gradient clipping, AdamW step, zero grad) on a Flux checkpoint, and measures its peak memory. One
-// batch size per process; bench/train_step.py runs it against the same step in PyTorch eager Python
-// (bench/baseline_diffusers.py) and prints the comparison. Prints one JSON object on stdout.
+// batch size per process, or several one after the other (--batches; each from the same LoRA, a new
+// optimizer and freshly seeded generators); bench/train_step.py runs it against the same step in
+// PyTorch eager Python (bench/baseline_diffusers.py) and prints the comparison. Prints one JSON object
+// per batch on stdout (on CUDA a batch that runs out of memory prints {"oom": true, ...} and the larger
+// ones are not tried), then one with the attention stash's self-check.
 //
 // Memory, defined identically in baseline_diffusers.py:
 //   CPU   peak_bytes = VmHWM over the warm-up + timed steps (the high-water mark is reset with
@@ -42,6 +45,9 @@ namespace {
 struct Options {
   std::string model, inputs, lora_in, write_lora;
   int64_t batch = 1;
+  std::string batches;  // "1,2,4": measured one after the other in this process (overrides batch)
+  bool fp8_base = false;
+  std::string fp8_matmul = "off";
   int steps = 5, warmup = 1;
   bool checkpointing = true;
   bool keep_attention = true;
@@ -111,6 +117,10 @@ double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+void measure_batch(const Options& o, int64_t batch, at::Device device, models::FluxTransformerImpl& model,
+                   lora::LoraNetwork& network, const train::StepOptions& step_options, nlohmann::json& out);
+void print_checks(at::Device device, at::ScalarType dtype);
+
 int run(const Options& o) {
   if (o.threads > 0) at::set_num_threads(o.threads);
   const int64_t runtime_rss = proc_status_bytes("VmRSS");
@@ -130,6 +140,8 @@ int run(const Options& o) {
   models::ModelOptions model_options;
   model_options.dtype = dtype;
   model_options.device = device;
+  model_options.fp8_base = o.fp8_base;
+  model_options.fp8_matmul = parse_enum<models::Fp8Matmul>(o.fp8_matmul, "--fp8-matmul");
   auto loaded = models::load_flux(o.model, model_options);
   models::FluxTransformerImpl& model = *loaded.model;
   for (auto& p : model.parameters()) p.requires_grad_(false);
@@ -150,7 +162,10 @@ int run(const Options& o) {
   }
   if (!o.lora_in.empty()) network.load_kohya(lora::read_lora_file(o.lora_in), o.lora_in);
   network.set_training(true);
-  auto optimizer = optim::make_optimizer("AdamW", "", network.parameters(), o.lr, 0.01);
+  // Every batch starts from these LoRA values, a new optimizer and freshly seeded generators: what a
+  // process of its own for that batch would measure.
+  std::vector<at::Tensor> initial;
+  for (const auto& p : network.parameters()) initial.push_back(p.detach().clone());
 
   train::StepOptions step_options;
   step_options.checkpointing.enabled = o.checkpointing;
@@ -159,9 +174,61 @@ int run(const Options& o) {
   step_options.compute_dtype = dtype;
   step_options.max_grad_norm = 1.0;
   step_options.objective.noise_offset = 0.0;  // the eager reference step draws plain noise
+
+  std::vector<int64_t> batches{o.batch};
+  if (!o.batches.empty()) {
+    batches.clear();
+    std::stringstream list(o.batches);
+    std::string item;
+    while (std::getline(list, item, ',')) {
+      if (item.empty()) continue;
+      try {
+        batches.push_back(std::stoll(item));
+      } catch (const std::exception&) {
+        batches.push_back(0);
+      }
+      if (batches.back() < 1) fail("--batches '", o.batches, "': expected positive batch sizes, e.g. 1,2,4");
+    }
+  }
+
+  bool out_of_memory = false;
+  for (const int64_t batch : batches) {
+    nlohmann::json out;
+    out["side"] = "fluxtrain";
+    out["batch"] = batch;
+    if (out_of_memory) {  // a larger batch than one that did not fit
+      out["oom"] = true;
+      out["error"] = "a smaller batch ran out of memory";
+      std::cout << out.dump() << "\n" << std::flush;
+      continue;
+    }
+    try {
+      {
+        at::NoGradGuard no_grad;
+        auto params = network.parameters();
+        for (size_t i = 0; i < params.size(); ++i) params[i].detach().copy_(initial[i]);
+      }
+      measure_batch(o, batch, device, model, network, step_options, out);
+      out["runtime_rss"] = runtime_rss;
+      if (!device.is_cuda()) out["peak_bytes"] = out["peak_rss"].get<int64_t>() - runtime_rss;
+    } catch (const c10::OutOfMemoryError& e) {
+      out_of_memory = true;
+      out["oom"] = true;
+      out["error"] = std::string(e.what()).substr(0, 300);
+      for (auto& p : network.parameters()) p.mutable_grad() = at::Tensor();
+    }
+    std::cout << out.dump() << "\n" << std::flush;
+  }
+  print_checks(device, dtype);
+  return 0;
+}
+
+void measure_batch(const Options& o, int64_t batch, at::Device device, models::FluxTransformerImpl& model,
+                   lora::LoraNetwork& network, const train::StepOptions& step_options, nlohmann::json& out) {
+  auto optimizer = optim::make_optimizer("AdamW", "", network.parameters(), o.lr, 0.01);
   train::StepGenerators generators{at::detail::createCPUGenerator(o.seed + 100),
                                    at::detail::createCPUGenerator(o.seed + 101)};
-  std::vector<train::LatentBatch> micro_batches{read_batch(o.inputs, o.batch)};
+  std::vector<train::LatentBatch> micro_batches{read_batch(o.inputs, batch)};
 
   const int64_t setup_rss = proc_status_bytes("VmRSS");
   bool hwm_reset = false;
@@ -187,11 +254,10 @@ int run(const Options& o) {
     grad_norms.push_back(r.grad_norm);
   }
 
-  nlohmann::json out;
-  out["side"] = "fluxtrain";
-  out["batch"] = o.batch;
   out["device"] = device.str();
   out["precision"] = o.precision;
+  out["fp8_base"] = o.fp8_base;
+  out["fp8_matmul"] = o.fp8_matmul;
   out["checkpointing"] = o.checkpointing;
   out["keep_attention"] = o.keep_attention;
   out["keep_products"] = o.keep_products;
@@ -205,21 +271,24 @@ int run(const Options& o) {
   out["median_cpu_ms"] = median(step_cpu_ms);
   out["losses"] = losses;
   out["grad_norms"] = grad_norms;
-  out["runtime_rss"] = runtime_rss;
   out["setup_rss"] = setup_rss;
   if (device.is_cuda()) {
     out["peak_bytes"] = fluxtrain::train::device_peak_allocated_bytes(device);
   } else {
-    const int64_t hwm = proc_status_bytes("VmHWM");
-    out["peak_rss"] = hwm;
+    out["peak_rss"] = proc_status_bytes("VmHWM");
     out["hwm_reset"] = hwm_reset;
-    out["peak_bytes"] = hwm - runtime_rss;
     const auto cache = fluxtrain::train::cpu_cache_stats();
     out["cpu_cache"] = {{"hits", cache.hits},
                         {"misses", cache.misses},
                         {"cached_bytes", cache.cached_bytes},
                         {"peak_live_bytes", cache.peak_live_bytes}};
   }
+}
+
+// The last line: checks that run after every measurement (so they touch none of the peaks above).
+void print_checks(at::Device device, at::ScalarType dtype) {
+  nlohmann::json out;
+  out["side"] = "fluxtrain";
   // The attention kept for the recomputation (models/attention.h): its gradients against autograd's on
   // this device and dtype (after the measurement, so it does not touch the peaks above).
   try {
@@ -228,7 +297,6 @@ int run(const Options& o) {
     out["attention_stash_check"] = std::string(e.what()).substr(0, 300);
   }
   std::cout << out.dump() << "\n";
-  return 0;
 }
 
 }  // namespace
@@ -243,6 +311,12 @@ int main(int argc, char** argv) {
   app.add_option("--model", o.model, "Flux transformer checkpoint (BFL layout)")->required();
   app.add_option("--inputs", o.inputs, "safetensors with latents [N,16,H,W], t5 [N,L,C], clip_pooled [N,V]");
   app.add_option("--batch", o.batch, "samples per step (the first B of the inputs)")->check(CLI::PositiveNumber);
+  app.add_option("--batches", o.batches,
+                 "comma-separated batch sizes measured one after the other (each from the same LoRA, a new optimizer "
+                 "and freshly seeded generators; one JSON line each); overrides --batch");
+  app.add_option("--fp8-base", o.fp8_base, "store the blocks' Linear weights in fp8 e4m3fn (kohya --fp8_base) (0/1)");
+  app.add_option("--fp8-matmul", o.fp8_matmul, "with --fp8-base: off (upcast), tensorwise or rowwise")
+      ->check(CLI::IsMember({"off", "tensorwise", "rowwise"}));
   app.add_option("--steps", o.steps, "timed steps")->check(CLI::PositiveNumber);
   app.add_option("--warmup", o.warmup, "untimed steps first")->check(CLI::NonNegativeNumber);
   app.add_option("--checkpointing", o.checkpointing, "gradient checkpointing per block (0/1)");

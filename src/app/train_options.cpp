@@ -541,6 +541,16 @@ std::vector<OptionSpec> train_specs() {
                         })
           .metadata("ss_fp8_base")
           .to(&S::training, &T::fp8_base),
+      Opt<S>("fp8_compute", kChoice, "memory", "auto",
+             "With fp8_base: how the fp8 weights multiply. off: upcast to the compute dtype on every call (works "
+             "everywhere); tensorwise / rowwise: quantise the input to fp8 too (one scale per tensor / per token) "
+             "and multiply on the GPU's fp8 tensor cores (an NVIDIA GPU of compute capability 8.9+: L4, L40, RTX "
+             "4090, H100, H200; rowwise needs bf16). auto: rowwise where the device can, else tensorwise, else off "
+             "(the CPU: off). An explicit mode the device cannot run is an error; the effect on the losses is in "
+             "docs/performance.md.")
+          .choices_of<Fp8Compute>()
+          .safe_on_resume()
+          .to(&S::fp8_compute),
       Opt<S>("cache_dir", kPath, "memory", "",
              "Folder of the latent and text-embedding caches (shareable across runs); unset: OUTPUT_PATH/cache.")
           .safe_on_resume()

@@ -42,6 +42,8 @@ struct TrainSettings {
   std::string sample_prompts;
 
   ComputeSettings compute;
+  // With fp8_base: how its fp8 weights multiply; resolved against the device at start (app/device.h).
+  Fp8Compute fp8_compute = Fp8Compute::automatic;
   train::TrainOptions training;
   DownloadSettings downloads;  // DATASET_NAME's download (knob_options.h)
   EngineSettings engine;

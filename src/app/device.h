@@ -48,11 +48,11 @@ struct Fp8ComputeDecision {
 // run (the CPU counts as such: it has no fp8 units and its `_scaled_mm` is a slow reference) is an Error
 // naming `described` (how the user gave fp8_compute), the device, what is needed and the fix.
 Fp8ComputeDecision decide_fp8_compute(Fp8Compute wanted, bool fp8_base, at::ScalarType dtype,
-                                      const Fp8DeviceInfo& device, const std::string& described = "fp8_compute",
-                                      const std::string& base_described = "fp8_base");
+                                      const Fp8DeviceInfo& device, const std::string& described = "--fp8-compute",
+                                      const std::string& base_described = "--fp8-base");
 // decide_fp8_compute on fp8_device_info(device, dtype).
 Fp8ComputeDecision resolve_fp8_compute(Fp8Compute wanted, bool fp8_base, at::Device device, at::ScalarType dtype,
-                                       const std::string& described = "fp8_compute",
-                                       const std::string& base_described = "fp8_base");
+                                       const std::string& described = "--fp8-compute",
+                                       const std::string& base_described = "--fp8-base");
 
 }  // namespace fluxtrain::app

@@ -254,7 +254,7 @@ int run_train(const ResolvedConfig& config, bool cache_only) {
   Fp8ComputeDecision fp8;
   if (!cache_only)
     fp8 = resolve_fp8_compute(settings.fp8_compute, settings.training.fp8_base, device, precision,
-                              config.describe("fp8_compute"), config.describe("fp8_base"));
+                              settings.fp8_compute_origin);
 
   // One trainer per OUTPUT_PATH (its run-* folders included); what a killed one left half-written goes.
   const FolderLock lock(settings.output_path, "OUTPUT_PATH");

@@ -550,7 +550,10 @@ std::vector<OptionSpec> train_specs() {
              "docs/performance.md.")
           .choices_of<Fp8Compute>()
           .safe_on_resume()
-          .to(&S::fp8_compute),
+          .set([](S& s, const std::string& v, const std::string& described) {
+            s.fp8_compute = parse_enum<Fp8Compute>(v, described);
+            s.fp8_compute_origin = described;
+          }),
       Opt<S>("cache_dir", kPath, "memory", "",
              "Folder of the latent and text-embedding caches (shareable across runs); unset: OUTPUT_PATH/cache.")
           .safe_on_resume()

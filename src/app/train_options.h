@@ -44,6 +44,7 @@ struct TrainSettings {
   ComputeSettings compute;
   // With fp8_base: how its fp8 weights multiply; resolved against the device at start (app/device.h).
   Fp8Compute fp8_compute = Fp8Compute::automatic;
+  std::string fp8_compute_origin = "--fp8-compute";  // how it was given (ResolvedConfig::describe)
   train::TrainOptions training;
   DownloadSettings downloads;  // DATASET_NAME's download (knob_options.h)
   EngineSettings engine;

@@ -43,11 +43,11 @@ namespace fluxtrain::bench {
 namespace {
 
 struct Options {
-  std::string model, inputs, lora_in, write_lora;
-  int64_t batch = 1;
-  std::string batches;  // "1,2,4": measured one after the other in this process (overrides batch)
+  std::string model, inputs, lora_in, write_lora, save_lora;
   bool fp8_base = false;
   std::string fp8_matmul = "off";
+  int64_t batch = 1;
+  std::string batches;  // "1,2,4": measured one after the other in this process (overrides batch)
   int steps = 5, warmup = 1;
   bool checkpointing = true;
   bool keep_attention = true;
@@ -140,8 +140,16 @@ int run(const Options& o) {
   models::ModelOptions model_options;
   model_options.dtype = dtype;
   model_options.device = device;
+  // The model layer's fp8 settings as they are, without the train option's device rules (fluxtrain train
+  // refuses fp8 compute on the CPU; bench/fp8_compute_curve.py measures its numbers there, tensorwise).
   model_options.fp8_base = o.fp8_base;
   model_options.fp8_matmul = parse_enum<models::Fp8Matmul>(o.fp8_matmul, "--fp8-matmul");
+  if (model_options.fp8_matmul != models::Fp8Matmul::off) {
+    if (!o.fp8_base) fail("--fp8-matmul ", o.fp8_matmul, " needs --fp8-base 1");
+    if (!models::fp8_matmul_supported(device, model_options.fp8_matmul, dtype))
+      fail("--fp8-matmul ", o.fp8_matmul, ": _scaled_mm does not run on ", device.str(), " in ", o.precision, ": ",
+           models::fp8_matmul_failure(device, model_options.fp8_matmul, dtype));
+  }
   auto loaded = models::load_flux(o.model, model_options);
   models::FluxTransformerImpl& model = *loaded.model;
   for (auto& p : model.parameters()) p.requires_grad_(false);
@@ -269,6 +277,8 @@ void measure_batch(const Options& o, int64_t batch, at::Device device, models::F
   out["median_ms"] = median(step_ms);
   out["step_cpu_ms"] = step_cpu_ms;
   out["median_cpu_ms"] = median(step_cpu_ms);
+  out["fp8_base"] = o.fp8_base;
+  out["fp8_matmul"] = o.fp8_matmul;
   out["losses"] = losses;
   out["grad_norms"] = grad_norms;
   out["setup_rss"] = setup_rss;
@@ -282,6 +292,12 @@ void measure_batch(const Options& o, int64_t batch, at::Device device, models::F
                         {"misses", cache.misses},
                         {"cached_bytes", cache.cached_bytes},
                         {"peak_live_bytes", cache.peak_live_bytes}};
+  }
+  if (!o.save_lora.empty()) {
+    std::vector<std::pair<std::string, at::Tensor>> state;
+    for (const auto& [name, tensor] : network.kohya_state()) state.emplace_back(name, tensor.to(at::kFloat));
+    safetensors::write(o.save_lora, state, {{"ss_network_module", "networks.lora_flux"}});
+    out["saved_lora"] = o.save_lora;
   }
 }
 
@@ -333,6 +349,8 @@ int main(int argc, char** argv) {
   app.add_option("--threads", o.threads, "intra-op threads (0: libtorch's default)");
   app.add_option("--lora", o.lora_in, "start from this kohya-format LoRA instead of the seeded initialisation");
   app.add_option("--write-lora", o.write_lora, "only write the seeded initial LoRA (kohya format) here and exit");
+  app.add_option("--save-lora", o.save_lora, "after the steps, write the trained LoRA (kohya format, fp32) here");
+      ->check(CLI::IsMember({"off", "tensorwise", "rowwise"}));
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -22,6 +22,16 @@ constexpr std::array<EnumName<Precision>, 4> enum_names(Precision) {
            {"fp16", Precision::fp16}}};
 }
 
+// fp8_compute: how the fp8 weights of an fp8 base multiply (app/device.h resolve_fp8_compute decides
+// `auto` and checks the others against the device; models/linear_modes.h Fp8Matmul is the result).
+enum class Fp8Compute { off, tensorwise, rowwise, automatic };
+constexpr std::array<EnumName<Fp8Compute>, 4> enum_names(Fp8Compute) {
+  return {{{"off", Fp8Compute::off},
+           {"tensorwise", Fp8Compute::tensorwise},
+           {"rowwise", Fp8Compute::rowwise},
+           {"auto", Fp8Compute::automatic}}};
+}
+
 // BASE_MODEL: which Flux.1 model.
 enum class BaseModel { dev, schnell };
 constexpr std::array<EnumName<BaseModel>, 2> enum_names(BaseModel) {

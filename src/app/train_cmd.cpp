@@ -255,6 +255,12 @@ int run_train(const ResolvedConfig& config, bool cache_only) {
   const ModelFiles files = find_model_files(settings.models);
   const at::Device device = resolve_device(settings.compute, settings.engine);
   const at::ScalarType precision = resolve_precision(settings.compute.precision, device);
+  // fp8 compute is decided now, before the dataset and the weights: a mode the device cannot run stops
+  // the run here. A cache run loads no transformer.
+  Fp8ComputeDecision fp8;
+  if (!cache_only)
+    fp8 = resolve_fp8_compute(settings.fp8_compute, settings.training.fp8_base, device, precision,
+                              settings.fp8_compute_origin);
 
   // One trainer per OUTPUT_PATH (its run-* folders included); what a killed one left half-written goes.
   const FolderLock lock(settings.output_path, "OUTPUT_PATH");
@@ -321,12 +327,14 @@ int run_train(const ResolvedConfig& config, bool cache_only) {
     trainer.planned_peak_bytes = memory.plan.peak(memory.batch);
     trainer.planned_budget_bytes = memory.budget;
   }
+  trainer.model.fp8_matmul = fp8.mode;
   fs::create_directories(run.dir / "logs");
   write_file_atomic((run.dir / "config.toml").string(), config.to_toml());
   log::add_file_sink((run.dir / "logs" / "fluxtrain.log").string());
   log::info("training ", trainer.output_name, " in ", run.dir.string(), " on ", trainer.model.device.str(), " (",
             c10::toString(trainer.compute_dtype), ")",
             run.resume_state.empty() ? "" : ", resuming from " + run.resume_state);
+  log::info(fp8.line);
   // Samples: the prompts are encoded once now (the text encoders are freed again); the AE stays.
   std::unique_ptr<sample::Sampler> sampler;
   train::SampleHook hook;

@@ -56,6 +56,10 @@ std::vector<std::string> validate_train_config(const ResolvedConfig& config, boo
   }
   if (config.get_bool("offload_checkpoints") && !config.get_bool("gradient_checkpointing"))
     errors.push_back(cat(d("offload_checkpoints"), " needs gradient checkpointing, but ", d("gradient_checkpointing")));
+  const std::string fp8_compute = config.get_string("fp8_compute");
+  if (!config.get_bool("fp8_base") && fp8_compute != "off" && fp8_compute != "auto")
+    errors.push_back(cat(d("fp8_compute"), " multiplies the fp8 weights of an fp8 base, but ", d("fp8_base"),
+                         ": there are none; set fp8_base=true (PARAMS_FP8_BASE=true) or fp8_compute=auto or off"));
   if (!config.is_set("sample_prompts")) {
     for (const char* key : {"sample_every_n_steps", "sample_every_n_epochs"}) {
       if (config.changed(key) && config.get_int(key) > 0)  // the default cadence needs no prompts

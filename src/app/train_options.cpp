@@ -558,6 +558,19 @@ std::vector<OptionSpec> train_specs() {
                         })
           .metadata("ss_fp8_base")
           .to(&S::training, &T::fp8_base),
+      Opt<S>("fp8_compute", kChoice, "memory", "auto",
+             "With fp8_base: how the fp8 weights multiply. off: upcast to the compute dtype on every call (works "
+             "everywhere); tensorwise / rowwise: quantise the input to fp8 too (one scale per tensor / per token) "
+             "and multiply on the GPU's fp8 tensor cores (an NVIDIA GPU of compute capability 8.9+: L4, L40, RTX "
+             "4090, H100, H200; rowwise needs bf16). auto: rowwise where the device can, else tensorwise, else off "
+             "(the CPU: off). An explicit mode the device cannot run is an error; the effect on the losses is in "
+             "docs/performance.md.")
+          .choices_of<Fp8Compute>()
+          .safe_on_resume()
+          .set([](S& s, const std::string& v, const std::string& described) {
+            s.fp8_compute = parse_enum<Fp8Compute>(v, described);
+            s.fp8_compute_origin = described;
+          }),
       Opt<S>("vram", kReal, "memory", "",
              "GB of device memory the memory planner plans for (batch_size auto, checkpoint_keep_products auto, "
              "blocks_to_swap auto, `fluxtrain plan`); unset: the device's free memory at start (on the CPU: "

@@ -42,6 +42,9 @@ struct TrainSettings {
   std::string sample_prompts;
 
   ComputeSettings compute;
+  // With fp8_base: how its fp8 weights multiply; resolved against the device at start (app/device.h).
+  Fp8Compute fp8_compute = Fp8Compute::automatic;
+  std::string fp8_compute_origin = "--fp8-compute";  // how it was given (ResolvedConfig::describe)
   train::TrainOptions training;
   // The memory planner (train/memory_plan.h): the device memory planned for in GB (0: the device's free
   // memory at start), the share of it left free, checkpoint_keep_products = auto.

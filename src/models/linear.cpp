@@ -177,30 +177,58 @@ at::Tensor fp8_linear(const at::Tensor& x, const at::Tensor& weight, const at::T
   return bias.defined() ? out + bias : out;
 }
 
-bool fp8_matmul_supported(at::Device device, Fp8Matmul mode, at::ScalarType out_dtype) {
-  if (mode == Fp8Matmul::off) return false;
+namespace {
+
+struct Fp8Probe {
+  std::string failure;  // "" = supported
+  bool warned = false;
+};
+
+// The probe of fp8_matmul_failure / fp8_matmul_supported, once per device, mode and output dtype.
+Fp8Probe& probe_fp8_matmul(at::Device device, Fp8Matmul mode, at::ScalarType out_dtype,
+                           std::unique_lock<std::mutex>& lock) {
   static std::mutex mutex;
-  static std::map<std::tuple<int, int, int, int>, bool> known;
-  std::lock_guard<std::mutex> lock(mutex);
+  static std::map<std::tuple<int, int, int, int>, Fp8Probe> known;
+  lock = std::unique_lock<std::mutex>(mutex);
   auto key = std::make_tuple(static_cast<int>(device.type()), static_cast<int>(device.index()), static_cast<int>(mode),
                              static_cast<int>(out_dtype));
   auto it = known.find(key);
   if (it != known.end()) return it->second;
-  bool ok = true;
+  Fp8Probe probe;
   try {
     at::NoGradGuard no_grad;
     auto options = at::TensorOptions().device(device);
     at::Tensor x = at::ones({16, 32}, options.dtype(out_dtype));
     at::Tensor w = at::ones({16, 32}, options.dtype(at::kFloat)).to(at::kFloat8_e4m3fn);
     at::Tensor y = scaled_mm(x, w, mode, out_dtype);
-    ok = y.to(at::kFloat).sub(32.0).abs().max().item<double>() < 1e-3;
+    if (!(y.to(at::kFloat).sub(32.0).abs().max().item<double>() < 1e-3))
+      probe.failure = "the probe product came out wrong";
   } catch (const std::exception& e) {
-    ok = false;
-    log::warn("fp8 matmul (", name_of(mode), ", ", c10::toString(out_dtype), ") is not available on ", device.str(),
-              "; fp8 weights are upcast instead (", std::string(e.what()).substr(0, 160), ")");
+    std::string what = e.what();
+    probe.failure = what.substr(0, what.find('\n')).substr(0, 200);
+    if (probe.failure.empty()) probe.failure = "_scaled_mm failed";
   }
-  known[key] = ok;
-  return ok;
+  return known.emplace(key, std::move(probe)).first->second;
+}
+
+}  // namespace
+
+std::string fp8_matmul_failure(at::Device device, Fp8Matmul mode, at::ScalarType out_dtype) {
+  if (mode == Fp8Matmul::off) return "fp8 matmul is off";
+  std::unique_lock<std::mutex> lock;
+  return probe_fp8_matmul(device, mode, out_dtype, lock).failure;
+}
+
+bool fp8_matmul_supported(at::Device device, Fp8Matmul mode, at::ScalarType out_dtype) {
+  if (mode == Fp8Matmul::off) return false;
+  std::unique_lock<std::mutex> lock;
+  Fp8Probe& probe = probe_fp8_matmul(device, mode, out_dtype, lock);
+  if (!probe.failure.empty() && !probe.warned) {
+    probe.warned = true;
+    log::warn("fp8 matmul (", name_of(mode), ", ", c10::toString(out_dtype), ") is not available on ", device.str(),
+              "; fp8 weights are upcast instead (", probe.failure, ")");
+  }
+  return probe.failure.empty();
 }
 
 int64_t set_fp8_matmul(torch::nn::Module& module, Fp8Matmul mode) {

@@ -85,8 +85,11 @@ int64_t set_fp8_matmul(torch::nn::Module& module, Fp8Matmul mode);
 
 // Whether `_scaled_mm` runs on this device with this scaling and output dtype: probed once with a
 // small product and remembered (CUDA needs fp8 tensor cores, compute capability 8.9 or newer; the CPU
-// does tensorwise only).
+// does tensorwise only, as a slow reference). Where it does not, the first call warns: a safety net
+// behind the start-up decision (app/device.h resolve_fp8_compute), which refuses such a mode by name.
 bool fp8_matmul_supported(at::Device device, Fp8Matmul mode, at::ScalarType out_dtype);
+// The same probe, quiet: "" where `_scaled_mm` runs, else why not (the error's first line).
+std::string fp8_matmul_failure(at::Device device, Fp8Matmul mode, at::ScalarType out_dtype);
 
 // y = x W^T + b with x quantised to e4m3 (x * 448 / amax per tensor or per row, inverse scale to the kernel) and W used as
 // stored (e4m3, scale 1); the result in x's dtype. Differentiable in x (grad = g W, W upcast).

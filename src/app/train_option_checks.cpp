@@ -55,6 +55,9 @@ std::vector<std::string> validate_train_config(const ResolvedConfig& config, boo
   }
   if (config.get_bool("offload_checkpoints") && !config.get_bool("gradient_checkpointing"))
     errors.push_back(cat(d("offload_checkpoints"), " needs gradient checkpointing, but ", d("gradient_checkpointing")));
+  if (config.get_int("blocks_to_swap") > 0 && config.get_string("network_type") == "none")
+    errors.push_back(cat(d("blocks_to_swap"), " swaps frozen weights only (LoRA training), but ", d("network_type"),
+                         "; set blocks_to_swap to 0 or train a LoRA"));
   if (!config.is_set("sample_prompts")) {
     for (const char* key : {"sample_every_n_steps", "sample_every_n_epochs"}) {
       if (config.changed(key) && config.get_int(key) > 0)  // the default cadence needs no prompts

@@ -531,6 +531,15 @@ std::vector<OptionSpec> train_specs() {
              "Keep the checkpointed block inputs in pinned host memory (needs gradient_checkpointing).")
           .memory_only()
           .to(&S::training, &T::step, &Step::checkpointing, &Ckpt::offload_inputs),
+      Opt<S>("blocks_to_swap", kInt, "memory", "0",
+             "Keep the weights of the last N transformer blocks (19 double + 38 single counted together, as kohya "
+             "counts them) in pinned host memory and copy each to the GPU only while it runs, the next one ahead "
+             "on a side stream (like kohya's blocks_to_swap): saves those blocks' weight memory but two, costs a "
+             "host-to-GPU copy of them in the forward and again in the backward pass of every step. At most all "
+             "blocks but the first; the trained LoRA is the same bit for bit. LoRA training only.")
+          .min(0)
+          .memory_only()
+          .to(&S::training, &T::blocks_to_swap),
       Opt<S>("fp8_base", kBool, "memory", "true",
              "Store the frozen transformer's block weights in fp8 (e4m3fn), about half the memory of bf16.")
           .seed_default("train-flux.sh: --fp8_base", "false")

@@ -76,6 +76,8 @@ LoraNetwork::LoraNetwork(models::FluxTransformerImpl& model, const LoraOptions& 
   auto single_sel =
       parse_block_selection(options.train_single_block_indices, c.depth_single_blocks, options.single_blocks_origin);
 
+  // The model's device (a block's weights may wait in host memory: block swapping, train/block_swap.h).
+  const at::Device device = model.img_in->weight.device();
   at::Generator generator = at::detail::createCPUGenerator(seed);
   dropout_generator_ = at::detail::createCPUGenerator(seed + 1);
   for (const auto& item : model.named_modules("", /*include_self=*/false)) {
@@ -99,7 +101,7 @@ LoraNetwork::LoraNetwork(models::FluxTransformerImpl& model, const LoraOptions& 
     }
     double alpha = options.alpha == 0 ? static_cast<double>(rank) : options.alpha;
     auto module = std::make_shared<LoraModule>(keys::module_name(keys::kTransformerPrefix, path), linear->in_features,
-                                               split, rank, alpha, linear->weight.device(), generator);
+                                               split, rank, alpha, device, generator);
     module->set_dropout(options.dropout, dropout_generator_);
     linear->adapter = module;
     modules_.push_back(module);

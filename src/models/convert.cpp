@@ -73,7 +73,8 @@ KeyMap flux_diffusers_map(const FluxConfig& c) {
   return m;
 }
 
-LoadedFlux load_flux(const std::string& path, const ModelOptions& options) {
+LoadedFlux load_flux(const std::string& path, const ModelOptions& options,
+                     const std::function<void(const FluxConfig&)>& before_build) {
   Checkpoint checkpoint = Checkpoint::open(path, "transformer");
   LoadedFlux out;
   LoadOptions load;
@@ -94,6 +95,7 @@ LoadedFlux load_flux(const std::string& path, const ModelOptions& options) {
   if (diffusers) load.map = flux_diffusers_map(out.config);
   out.layout = diffusers ? "diffusers" : "bfl";
   out.prefix = load.prefix;
+  if (before_build) before_build(out.config);
   out.model = FluxTransformer(out.config, options);
   out.report = load_strict(*out.model, checkpoint, load);
   out.model->eval();

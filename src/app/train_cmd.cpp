@@ -34,7 +34,9 @@
 #include "data/lint.h"
 #include "fetch/dataset.h"
 #include "sample/prompts.h"
+#include "models/convert.h"
 #include "sample/sampler_setup.h"
+#include "train/block_swap.h"
 #include "train/dataset_source.h"
 #include "train/state.h"
 #include "tokenizers/clip_bpe.h"
@@ -247,6 +249,9 @@ int run_train(const ResolvedConfig& config, bool cache_only) {
   // From here on SIGTERM/SIGINT stop the run at the next poll point of whatever phase it is in, exit 0.
   stop::install(settings.training.stop_grace_seconds);
   const ModelFiles files = find_model_files(settings.models);
+  // The model's block count bounds blocks_to_swap: checked from the header before anything is written.
+  if (settings.training.blocks_to_swap > 0 && !cache_only)
+    train::check_blocks_to_swap(settings.training.blocks_to_swap, models::read_flux_config(files.model));
   const at::Device device = resolve_device(settings.compute, settings.engine);
   const at::ScalarType precision = resolve_precision(settings.compute.precision, device);
 

@@ -40,6 +40,9 @@ struct LoadedFlux {
 // (fp8 base: block weights stored as float8_e4m3fn, quantised on load unless the file is fp8 already).
 // `before_build` sees the detected config before anything is allocated (a caller's checks that need the
 // block counts, e.g. ModelOptions::host_blocks).
+// The config load_flux would detect, from the header alone (nothing is built or read beyond it).
+FluxConfig read_flux_config(const std::string& path);
+
 LoadedFlux load_flux(const std::string& path, const ModelOptions& options,
                      const std::function<void(const FluxConfig&)>& before_build = {});
 

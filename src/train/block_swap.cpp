@@ -151,6 +151,8 @@ void BlockSwap::after_block(int64_t index) {
   if (swapped(index) && resident_ == index) put_back(index);
 }
 
-bool BlockSwap::needs_recompute(int64_t index) const { return swapped(index) && index != total_ - 1; }
+bool BlockSwap::needs_recompute(int64_t index) const {
+  return swapped(index) && index != total_ - 1;
+}
 
 }  // namespace fluxtrain::train

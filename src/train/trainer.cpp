@@ -69,9 +69,8 @@ Trainable build(const TrainerConfig& config) {
     // The swapped blocks' weights go to host memory as the model is built (the device never holds them all).
     model_options.host_blocks = config.blocks_to_swap;
   }
-  t.model = models::load_flux(config.model_path, model_options,
-                              [&](const models::FluxConfig& c) { check_blocks_to_swap(config.blocks_to_swap, c); })
-                .model;
+  auto check_swap = [&](const models::FluxConfig& c) { check_blocks_to_swap(config.blocks_to_swap, c); };
+  t.model = models::load_flux(config.model_path, model_options, check_swap).model;
   if (config.full_finetune) {
     for (const auto& p : t.model->named_parameters()) {
       p.value().requires_grad_(true);

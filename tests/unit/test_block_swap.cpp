@@ -121,7 +121,8 @@ void expect_same(const Result& plain, const Result& swapped, const std::string& 
   EXPECT_TRUE(at::equal(plain.img_grad, swapped.img_grad)) << what;
   EXPECT_TRUE(at::equal(plain.sampled, swapped.sampled)) << what;
   ASSERT_EQ(plain.lora.size(), swapped.lora.size()) << what;
-  for (size_t i = 0; i < plain.lora.size(); ++i) EXPECT_TRUE(at::equal(plain.lora[i], swapped.lora[i])) << what << ", " << i;
+  for (size_t i = 0; i < plain.lora.size(); ++i)
+    EXPECT_TRUE(at::equal(plain.lora[i], swapped.lora[i])) << what << ", " << i;
 }
 
 void gradients_match(at::Device device) {
@@ -166,7 +167,9 @@ void gradients_match(at::Device device) {
   }
 }
 
-TEST(block_swap, GradientsAreIdenticalWithAndWithoutOnTheCpu) { gradients_match(at::kCPU); }
+TEST(block_swap, GradientsAreIdenticalWithAndWithoutOnTheCpu) {
+  gradients_match(at::kCPU);
+}
 
 TEST(block_swap, GradientsAreIdenticalWithAndWithoutOnCuda) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";

@@ -270,8 +270,8 @@ void move_linear_weights_to_host(torch::nn::Module& block) {
   for (const auto& child : block.modules(/*include_self=*/true)) {
     auto* linear = dynamic_cast<LinearImpl*>(child.get());
     if (!linear || linear->weight.device().is_cpu()) continue;
-    at::Tensor host = at::empty(linear->weight.sizes(), linear->weight.options().device(at::kCPU).pinned_memory(
-                                                            linear->weight.device().is_cuda()));
+    const bool pin = linear->weight.device().is_cuda();
+    at::Tensor host = at::empty(linear->weight.sizes(), linear->weight.options().device(at::kCPU).pinned_memory(pin));
     host.copy_(linear->weight);
     // The registered parameter and the member are one tensor: both now hold the host copy.
     linear->weight.set_data(host);

@@ -82,6 +82,7 @@ train::MemoryPlanInputs memory_plan_inputs(const TrainSettings& settings, const 
   in.fp8_base = t.fp8_base;
   in.compute_bytes = compute_bytes;
   in.checkpointing = t.step.checkpointing;
+  in.blocks_to_swap = t.blocks_to_swap;
   in.image_width = width;
   in.image_height = height;
   in.text_tokens = settings.t5_max_length > 0 ? settings.t5_max_length
@@ -171,7 +172,7 @@ PlannedRun plan_run_memory(const TrainSettings& settings, const models::FluxConf
     if (run.keep_auto) in.checkpointing.keep_products = models::KeepProducts::none;
     if (train::plan_memory(in).peak(run.batch) > run.budget) {
       const int64_t swap = train::choose_blocks_to_swap(in, run.batch, run.budget);
-      in.blocks_to_swap = swap > 0 ? swap : train::max_swappable_blocks(in.model);
+      in.blocks_to_swap = swap > 0 ? swap : train::max_blocks_to_swap(in.model);
       run.notes.push_back(cat("blocks_to_swap auto: ", in.blocks_to_swap, " blocks swapped",
                               swap < 0 ? " (all it can; still more than planned)" : ""));
     } else {

@@ -35,8 +35,10 @@
 #include "data/hub_formats.h"
 #include "data/lint.h"
 #include "fetch/dataset.h"
+#include "models/convert.h"
 #include "sample/prompts.h"
 #include "sample/sampler_setup.h"
+#include "train/block_swap.h"
 #include "train/dataset_source.h"
 #include "train/device_memory.h"
 #include "train/state.h"
@@ -253,6 +255,9 @@ int run_train(const ResolvedConfig& config, bool cache_only) {
   // From here on SIGTERM/SIGINT stop the run at the next poll point of whatever phase it is in, exit 0.
   stop::install(settings.training.stop_grace_seconds);
   const ModelFiles files = find_model_files(settings.models);
+  // The model's block count bounds blocks_to_swap: checked from the header before anything is written.
+  if (settings.training.blocks_to_swap > 0 && !cache_only)
+    train::check_blocks_to_swap(settings.training.blocks_to_swap, models::read_flux_config(files.model));
   const at::Device device = resolve_device(settings.compute, settings.engine);
   const at::ScalarType precision = resolve_precision(settings.compute.precision, device);
   // fp8 compute is decided now, before the dataset and the weights: a mode the device cannot run stops
@@ -324,6 +329,10 @@ int run_train(const ResolvedConfig& config, bool cache_only) {
   if (planned) {
     trainer.step.checkpointing.keep_per_block = memory.inputs.checkpointing.keep_per_block;
     if (memory.keep_auto) trainer.step.checkpointing.keep_products = memory.inputs.checkpointing.keep_products;
+    if (memory.swap_auto) {
+      trainer.blocks_to_swap = memory.inputs.blocks_to_swap;
+      if (trainer.blocks_to_swap > 0) train::check_blocks_to_swap(trainer.blocks_to_swap, memory.inputs.model);
+    }
     trainer.planned_peak_bytes = memory.plan.peak(memory.batch);
     trainer.planned_budget_bytes = memory.budget;
   }

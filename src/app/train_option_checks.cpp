@@ -60,6 +60,9 @@ std::vector<std::string> validate_train_config(const ResolvedConfig& config, boo
   if (!config.get_bool("fp8_base") && fp8_compute != "off" && fp8_compute != "auto")
     errors.push_back(cat(d("fp8_compute"), " multiplies the fp8 weights of an fp8 base, but ", d("fp8_base"),
                          ": there are none; set fp8_base=true (PARAMS_FP8_BASE=true) or fp8_compute=auto or off"));
+  if (config.get_string("blocks_to_swap") != "0" && config.get_string("network_type") == "none")
+    errors.push_back(cat(d("blocks_to_swap"), " swaps frozen weights only (LoRA training), but ", d("network_type"),
+                         "; set blocks_to_swap to 0 or train a LoRA"));
   if (!config.is_set("sample_prompts")) {
     for (const char* key : {"sample_every_n_steps", "sample_every_n_epochs"}) {
       if (config.changed(key) && config.get_int(key) > 0)  // the default cadence needs no prompts

@@ -548,6 +548,27 @@ std::vector<OptionSpec> train_specs() {
              "Keep the checkpointed block inputs in pinned host memory (needs gradient_checkpointing).")
           .memory_only()
           .to(&S::training, &T::step, &Step::checkpointing, &Ckpt::offload_inputs),
+      Opt<S>("blocks_to_swap", kString, "memory", "0",
+             "Keep the weights of the last N transformer blocks (19 double + 38 single counted together, as kohya "
+             "counts them) in pinned host memory and copy each to the GPU only while it runs, the next one ahead "
+             "on a side stream (like kohya's blocks_to_swap): saves those blocks' weight memory but two, costs a "
+             "host-to-GPU copy of them in the forward and again in the backward pass of every step. At most all "
+             "blocks but the first; the trained LoRA is the same bit for bit. LoRA training only. auto: the "
+             "fewest blocks the memory planner needs when nothing else fits (0 otherwise; printed at start).")
+          .check([](const OptionValue& v) -> std::string {
+            const std::string& s = std::get<std::string>(v);
+            if (s == "auto") return "";
+            int64_t n = 0;
+            auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), n);
+            if (ec != std::errc() || end != s.data() + s.size() || n < 0) return "neither a block count >= 0 nor auto";
+            return "";
+          })
+          .allowed("a block count >= 0, or auto")
+          .memory_only()
+          .set([](S& s, const std::string& v) {
+            s.blocks_to_swap_auto = v == "auto";
+            s.training.blocks_to_swap = s.blocks_to_swap_auto ? 0 : std::stoll(v);
+          }),
       Opt<S>("fp8_base", kBool, "memory", "true",
              "Store the frozen transformer's block weights in fp8 (e4m3fn), about half the memory of bf16.")
           .seed_default("train-flux.sh: --fp8_base", "false")

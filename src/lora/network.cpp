@@ -17,6 +17,8 @@ LoraNetwork::LoraNetwork(models::FluxTransformerImpl& model, const LoraOptions& 
     : options_(options) {
   std::map<std::string, AdapterTarget> targets;
   for (auto& target : adapter_targets(model.config, options)) targets.emplace(target.path, std::move(target));
+  // The model's device (a block's weights may wait in host memory: block swapping, train/block_swap.h).
+  const at::Device device = model.img_in->weight.device();
   at::Generator generator = at::detail::createCPUGenerator(seed);
   dropout_generator_ = at::detail::createCPUGenerator(seed + 1);
   for (const auto& item : model.named_modules("", /*include_self=*/false)) {
@@ -28,7 +30,7 @@ LoraNetwork::LoraNetwork(models::FluxTransformerImpl& model, const LoraOptions& 
     const int64_t rank = target->second.rank;
     double alpha = options.alpha == 0 ? static_cast<double>(rank) : options.alpha;
     auto module = std::make_shared<LoraModule>(keys::module_name(keys::kTransformerPrefix, path), linear->in_features,
-                                               target->second.outs, rank, alpha, linear->weight.device(), generator);
+                                               target->second.outs, rank, alpha, device, generator);
     module->set_dropout(options.dropout, dropout_generator_);
     linear->adapter = module;
     modules_.push_back(module);

@@ -73,27 +73,50 @@ KeyMap flux_diffusers_map(const FluxConfig& c) {
   return m;
 }
 
-LoadedFlux load_flux(const std::string& path, const ModelOptions& options) {
-  Checkpoint checkpoint = Checkpoint::open(path, "transformer");
-  LoadedFlux out;
+namespace {
+
+// What load_flux reads before it builds anything: the layout, the prefix and the config (header only).
+struct FluxHeader {
   LoadOptions load;
-  load.what = "Flux transformer";
+  FluxConfig config;
   bool diffusers = false;
+};
+
+FluxHeader read_flux_header(const Checkpoint& checkpoint) {
+  FluxHeader h;
+  h.load.what = "Flux transformer";
   for (const std::string& p : {std::string(), std::string("transformer.")}) {
     if (checkpoint.contains(p + "x_embedder.weight")) {
-      diffusers = true;
-      load.prefix = p;
+      h.diffusers = true;
+      h.load.prefix = p;
     }
   }
-  if (!diffusers) load.prefix = find_prefix(checkpoint, kFluxPrefixes, "img_in.weight", "Flux transformer");
+  if (!h.diffusers) h.load.prefix = find_prefix(checkpoint, kFluxPrefixes, "img_in.weight", "Flux transformer");
   auto find = [&](const std::string& name) -> const safetensors::TensorInfo* {
-    return checkpoint.contains(load.prefix + name) ? &checkpoint.info(load.prefix + name) : nullptr;
+    return checkpoint.contains(h.load.prefix + name) ? &checkpoint.info(h.load.prefix + name) : nullptr;
   };
-  out.config = FluxConfig::detect(find, checkpoint.path(), diffusers ? FluxLayout::diffusers : FluxLayout::bfl,
-                                  StatedConfig::beside(checkpoint.folder()));
-  if (diffusers) load.map = flux_diffusers_map(out.config);
-  out.layout = diffusers ? "diffusers" : "bfl";
+  h.config = FluxConfig::detect(find, checkpoint.path(), h.diffusers ? FluxLayout::diffusers : FluxLayout::bfl,
+                                StatedConfig::beside(checkpoint.folder()));
+  if (h.diffusers) h.load.map = flux_diffusers_map(h.config);
+  return h;
+}
+
+}  // namespace
+
+FluxConfig read_flux_config(const std::string& path) {
+  return read_flux_header(Checkpoint::open(path, "transformer")).config;
+}
+
+LoadedFlux load_flux(const std::string& path, const ModelOptions& options,
+                     const std::function<void(const FluxConfig&)>& before_build) {
+  Checkpoint checkpoint = Checkpoint::open(path, "transformer");
+  LoadedFlux out;
+  FluxHeader header = read_flux_header(checkpoint);
+  LoadOptions& load = header.load;
+  out.config = header.config;
+  out.layout = header.diffusers ? "diffusers" : "bfl";
   out.prefix = load.prefix;
+  if (before_build) before_build(out.config);
   out.model = FluxTransformer(out.config, options);
   out.report = load_strict(*out.model, checkpoint, load);
   out.model->eval();

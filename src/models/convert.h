@@ -2,6 +2,7 @@
 // that the modules use. Maps are generated from the detected config, never from hard-coded counts.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -37,7 +38,13 @@ struct LoadedFlux {
 // A Flux transformer from a BFL single file (also with the merged-checkpoint prefix, also fp8), or a
 // diffusers folder / repo (transformer/ subfolder, sharded). Parameters are allocated per `options`
 // (fp8 base: block weights stored as float8_e4m3fn, quantised on load unless the file is fp8 already).
-LoadedFlux load_flux(const std::string& path, const ModelOptions& options);
+// `before_build` sees the detected config before anything is allocated (a caller's checks that need the
+// block counts, e.g. ModelOptions::host_blocks).
+// The config load_flux would detect, from the header alone (nothing is built or read beyond it).
+FluxConfig read_flux_config(const std::string& path);
+
+LoadedFlux load_flux(const std::string& path, const ModelOptions& options,
+                     const std::function<void(const FluxConfig&)>& before_build = {});
 
 // The encoders, from their single files (ae.safetensors, clip_l.safetensors, t5xxl_fp16.safetensors) or
 // from a merged checkpoint (prefixes above). The config is detected from the header, so tiny models in

@@ -15,6 +15,10 @@ struct ModelOptions {
   at::Device device = at::kCPU;
   bool fp8_base = false;  // 2-D Linear weights inside the repeated blocks kept as float8_e4m3fn
   Fp8Matmul fp8_matmul = Fp8Matmul::off;  // with fp8_base: how those layers multiply
+  // Flux: the last N transformer blocks (double and single counted together) get their Linear weights in
+  // host memory (pinned with a CUDA device) from the start, so the device never holds them all; block
+  // swapping (train/block_swap.h) brings them to the device while they run. 0: none.
+  int64_t host_blocks = 0;
 
   at::TensorOptions tensor() const { return at::TensorOptions().dtype(dtype).device(device); }
   // Storage dtype of a 2-D Linear weight inside a block.

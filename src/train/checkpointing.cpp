@@ -121,15 +121,37 @@ at::Tensor flux_forward(models::FluxTransformerImpl& model, const models::FluxIn
   const size_t n_double = model.double_blocks->size(), n_single = model.single_blocks->size();
   const size_t last = n_double + n_single - 1;  // never checkpointed (see checkpointing.h)
   const size_t interval = static_cast<size_t>(std::max<int64_t>(options.interval, 1));
+  models::BlockHooks* hooks = model.block_hooks;
+  // A block whose weights must leave the device between its forward and its backward (block swapping)
+  // is checkpointed whatever the settings (`forced` below).
+  // Set when this function returns: a block function that runs after that is a recomputation.
+  auto returned = std::make_shared<bool>(false);
   size_t index = 0;
-  auto run = [&](const BlockFn& fn, const std::vector<at::Tensor>& in) {
+  auto run = [&](const BlockFn& block_fn, const std::vector<at::Tensor>& in) {
     const size_t i = index++;
-    if (i == last || i % interval != 0) return fn(in, nullptr, nullptr);
-    if (i >= options.keep_per_block.size() || options.keep_per_block[i] == options.keep_products)
-      return checkpoint(fn, in, options);
-    CheckpointOptions block = options;
-    block.keep_products = options.keep_per_block[i];
-    return checkpoint(fn, in, block);
+    BlockFn fn = block_fn;
+    // checkpoint_keep_products = auto: this block's own kept products.
+    CheckpointOptions own = options;
+    if (i < options.keep_per_block.size()) own.keep_products = options.keep_per_block[i];
+    if (hooks) {
+      fn = [block_fn, hooks, returned, i](const std::vector<at::Tensor>& x, models::AttentionStash* stash,
+                                          models::ProductStash* products) {
+        const auto b = static_cast<int64_t>(i);
+        hooks->before_block(b, *returned ? models::BlockPass::recompute : models::BlockPass::forward);
+        struct After {
+          models::BlockHooks* hooks;
+          int64_t i;
+          ~After() { hooks->after_block(i); }
+        } after{hooks, b};
+        return block_fn(x, stash, products);
+      };
+      if (i != last && hooks->needs_recompute(static_cast<int64_t>(i))) {
+        CheckpointOptions forced = own;
+        forced.enabled = true;
+        return checkpoint(fn, in, forced);
+      }
+    }
+    return i == last || i % interval != 0 ? fn(in, nullptr, nullptr) : checkpoint(fn, in, own);
   };
   // The block functions run again in backward, after this function has returned: they hold their own
   // copy of the context (tensor handles, no data copies).
@@ -161,6 +183,7 @@ at::Tensor flux_forward(models::FluxTransformerImpl& model, const models::FluxIn
         },
         {x, ctx.vec})[0];
   }
+  *returned = true;
   return model.finish(x.narrow(1, txt.size(1), img.size(1)), ctx);
 }
 

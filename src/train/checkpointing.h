@@ -34,7 +34,10 @@ std::vector<at::Tensor> checkpoint(const BlockFn& fn, const std::vector<at::Tens
                                    const CheckpointOptions& options);
 
 // FluxTransformer forward with the double and single blocks (counted together, from 0) whose index is a
-// multiple of options.interval, except the last block, wrapped in checkpoint().
+// multiple of options.interval, except the last block, wrapped in checkpoint(). With the model's
+// block_hooks set (block swapping, train/block_swap.h) each block function calls them around the block,
+// in the first run and in the recomputation, and a block the hooks say needs_recompute is checkpointed
+// whatever `options` say (but the last).
 at::Tensor flux_forward(models::FluxTransformerImpl& model, const models::FluxInputs& inputs,
                         const CheckpointOptions& options);
 

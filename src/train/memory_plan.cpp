@@ -90,8 +90,8 @@ std::string gigabytes(int64_t bytes) {
   return text;
 }
 
-int64_t max_swappable_blocks(const models::FluxConfig& config) {
-  return std::max<int64_t>(0, config.depth + config.depth_single_blocks - 2);
+int64_t max_blocks_to_swap(const models::FluxConfig& config) {
+  return std::max<int64_t>(0, config.depth + config.depth_single_blocks - 1);
 }
 
 int64_t held_bytes(const MemoryPlanInputs& in, int64_t block, models::KeepProducts keep) {
@@ -114,8 +114,8 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
   const int64_t li = (in.image_width / 16) * (in.image_height / 16), lt = in.text_tokens, l = li + lt;
   plan.image_tokens = li;
   plan.text_tokens = lt;
-  if (in.blocks_to_swap < 0 || in.blocks_to_swap > max_swappable_blocks(c))
-    fail("blocks_to_swap ", in.blocks_to_swap, " is outside 0..", max_swappable_blocks(c), " for this model");
+  if (in.blocks_to_swap < 0 || in.blocks_to_swap > max_blocks_to_swap(c))
+    fail("blocks_to_swap ", in.blocks_to_swap, " is outside 0..", max_blocks_to_swap(c), " for this model");
   const int64_t first_swapped = blocks - in.blocks_to_swap;
 
   // Weights as stored, and the largest block Linear (upcast once per call when stored in fp8).
@@ -248,7 +248,7 @@ std::vector<models::KeepProducts> choose_kept_products(const MemoryPlanInputs& i
 
 int64_t choose_blocks_to_swap(const MemoryPlanInputs& inputs, int64_t batch, int64_t budget) {
   MemoryPlanInputs probe = inputs;
-  for (int64_t n = 0; n <= max_swappable_blocks(inputs.model); ++n) {
+  for (int64_t n = 0; n <= max_blocks_to_swap(inputs.model); ++n) {
     probe.blocks_to_swap = n;
     if (plan_memory(probe).peak(batch) <= budget) return n;
   }

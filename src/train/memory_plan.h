@@ -85,8 +85,9 @@ int64_t held_bytes(const MemoryPlanInputs& inputs, int64_t block, models::KeepPr
 // be swapped is not enough.
 int64_t choose_blocks_to_swap(const MemoryPlanInputs& inputs, int64_t batch, int64_t budget);
 
-// The most blocks block swap may take (all but the two it streams through).
-int64_t max_swappable_blocks(const models::FluxConfig& config);
+// The most blocks block swap may take: all but the first, which computes while the first swapped block
+// arrives (train/block_swap.h).
+int64_t max_blocks_to_swap(const models::FluxConfig& config);
 
 // "27.3 GB" (decimal gigabytes, as GPUs are sold and the seed's table is written).
 std::string gigabytes(int64_t bytes);

@@ -70,6 +70,7 @@ struct TrainOptions {
   lora::LoraOptions lora;
   std::string network_weights;  // start from this LoRA file
   bool fp8_base = true;         // the seed's; frozen block weights stored as float8_e4m3fn
+  int64_t blocks_to_swap = 0;   // the last N transformer blocks' weights wait in host memory (train/block_swap.h)
   optim::OptimizerSettings optimizer;
   optim::ScheduleOptions schedule;  // num_training_steps is filled in by the trainer
   StepSettings step;

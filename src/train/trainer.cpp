@@ -26,6 +26,7 @@
 #include "core/stop.h"
 #include "models/convert.h"
 #include "optim/optimizer.h"
+#include "train/block_swap.h"
 #include "train/device_memory.h"
 #include "train/prefetch.h"
 #include "train/state.h"
@@ -49,6 +50,7 @@ std::string numbered(const std::string& name, const char* what, int64_t n, int w
 // The trained tensors: a LoRA's parameters by module, or every transformer weight.
 struct Trainable {
   models::FluxTransformer model{nullptr};
+  std::unique_ptr<BlockSwap> swap;  // blocks_to_swap > 0: registered as the model's block hooks
   std::unique_ptr<lora::LoraNetwork> network;
   std::vector<at::Tensor> params;
   std::vector<std::string> names;
@@ -61,7 +63,15 @@ Trainable build(const TrainerConfig& config) {
     if (model_options.fp8_base) fail("fp8_base cannot be combined with full fine-tuning (--network none): the trained weights must be fp32; turn fp8_base off");
     model_options.dtype = at::kFloat;
   }
-  t.model = models::load_flux(config.model_path, model_options).model;
+  if (config.blocks_to_swap > 0) {
+    if (config.full_finetune)
+      fail("blocks_to_swap = ", config.blocks_to_swap, " swaps frozen weights only (LoRA training), but this run ",
+           "fine-tunes the whole model (network_type none); set blocks_to_swap to 0");
+    // The swapped blocks' weights go to host memory as the model is built (the device never holds them all).
+    model_options.host_blocks = config.blocks_to_swap;
+  }
+  auto check_swap = [&](const models::FluxConfig& c) { check_blocks_to_swap(config.blocks_to_swap, c); };
+  t.model = models::load_flux(config.model_path, model_options, check_swap).model;
   if (config.full_finetune) {
     for (const auto& p : t.model->named_parameters()) {
       p.value().requires_grad_(true);
@@ -70,6 +80,12 @@ Trainable build(const TrainerConfig& config) {
     }
   } else {
     for (auto& p : t.model->parameters()) p.requires_grad_(false);
+    if (config.blocks_to_swap > 0) {
+      t.swap = std::make_unique<BlockSwap>(*t.model, config.blocks_to_swap);
+      log::info("block swap: the last ", config.blocks_to_swap, " of ", t.swap->total_blocks(),
+                " transformer blocks wait in host memory (", t.swap->swapped_bytes() / (1 << 20),
+                " MiB of weights) and are copied to ", model_options.device.str(), " while they run");
+    }
     t.network = std::make_unique<lora::LoraNetwork>(*t.model, config.lora, config.seed);
     if (!config.network_weights.empty()) {
       t.network->load_kohya(lora::read_lora_file(config.network_weights), config.network_weights);

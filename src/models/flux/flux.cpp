@@ -219,10 +219,25 @@ FluxTransformerImpl::FluxTransformerImpl(const FluxConfig& c, const ModelOptions
   vector_in = register_module("vector_in", MlpEmbedder(c.vec_in_dim, c.hidden_size, opts));
   if (c.guidance_embed) guidance_in = register_module("guidance_in", MlpEmbedder(256, c.hidden_size, opts));
   txt_in = register_module("txt_in", Linear(c.context_in_dim, c.hidden_size, true, opts));
+  // Blocks from `first_host` on keep their Linear weights in host memory (ModelOptions::host_blocks): each
+  // is moved there right after it is built, so the device holds at most one of them at a time.
+  const int64_t total = c.depth + c.depth_single_blocks;
+  if (options.host_blocks < 0 || options.host_blocks > total)
+    fail("host_blocks = ", options.host_blocks, ": this Flux model has ", total, " blocks");
+  const int64_t first_host = total - options.host_blocks;
+  const bool to_host = !options.device.is_cpu() && !options.device.is_meta();
   double_blocks = register_module("double_blocks", torch::nn::ModuleList());
-  for (int64_t i = 0; i < c.depth; ++i) double_blocks->push_back(DoubleBlock(c, options));
+  for (int64_t i = 0; i < c.depth; ++i) {
+    DoubleBlock block(c, options);
+    if (to_host && i >= first_host) move_linear_weights_to_host(*block);
+    double_blocks->push_back(block);
+  }
   single_blocks = register_module("single_blocks", torch::nn::ModuleList());
-  for (int64_t i = 0; i < c.depth_single_blocks; ++i) single_blocks->push_back(SingleBlock(c, options));
+  for (int64_t i = 0; i < c.depth_single_blocks; ++i) {
+    SingleBlock block(c, options);
+    if (to_host && c.depth + i >= first_host) move_linear_weights_to_host(*block);
+    single_blocks->push_back(block);
+  }
   final_layer = register_module("final_layer", LastLayer(c.hidden_size, c.out_channels, opts));
 }
 
@@ -250,14 +265,44 @@ at::Tensor FluxTransformerImpl::finish(const at::Tensor& img, const BlockContext
   return final_layer(img, ctx.vec);
 }
 
+void move_linear_weights_to_host(torch::nn::Module& block) {
+  at::NoGradGuard no_grad;
+  for (const auto& child : block.modules(/*include_self=*/true)) {
+    auto* linear = dynamic_cast<LinearImpl*>(child.get());
+    if (!linear || linear->weight.device().is_cpu()) continue;
+    const bool pin = linear->weight.device().is_cuda();
+    at::Tensor host = at::empty(linear->weight.sizes(), linear->weight.options().device(at::kCPU).pinned_memory(pin));
+    host.copy_(linear->weight);
+    // The registered parameter and the member are one tensor: both now hold the host copy.
+    linear->weight.set_data(host);
+  }
+}
+
 at::Tensor FluxTransformerImpl::forward(const FluxInputs& in) {
   at::Tensor img, txt;
   BlockContext ctx = prepare(in, img, txt);
+  int64_t index = 0;
+  // Around each block: the hooks (block swapping); after_block also when the block throws.
+  auto hooked = [&](auto&& run) {
+    if (!block_hooks) return run();
+    const int64_t i = index;
+    block_hooks->before_block(i, BlockPass::forward);
+    struct After {
+      BlockHooks* hooks;
+      int64_t i;
+      ~After() { hooks->after_block(i); }
+    } after{block_hooks, i};
+    return run();
+  };
   for (const auto& block : *double_blocks) {
-    std::tie(img, txt) = block->as<DoubleBlock>()->forward(img, txt, ctx);
+    std::tie(img, txt) = hooked([&] { return block->as<DoubleBlock>()->forward(img, txt, ctx); });
+    ++index;
   }
   at::Tensor x = at::cat({txt, img}, 1);
-  for (const auto& block : *single_blocks) x = block->as<SingleBlock>()->forward(x, ctx);
+  for (const auto& block : *single_blocks) {
+    x = hooked([&] { return block->as<SingleBlock>()->forward(x, ctx); });
+    ++index;
+  }
   return finish(x.narrow(1, txt.size(1), img.size(1)), ctx);
 }
 

@@ -114,6 +114,23 @@ class LastLayerImpl : public torch::nn::Module {
 };
 TORCH_MODULE(LastLayer);
 
+// Which run of a transformer block: its first (forward), or gradient checkpointing's recomputation in
+// backward (train/checkpointing.h).
+enum class BlockPass { forward, recompute };
+
+// Called around every transformer block (double and single counted together from 0, in the order the
+// model runs them) by FluxTransformerImpl::forward and train::flux_forward: block swapping
+// (train/block_swap.h) brings a block's weights to the device before it runs and takes them back after.
+class BlockHooks {
+ public:
+  virtual ~BlockHooks() = default;
+  virtual void before_block(int64_t index, BlockPass pass) = 0;
+  virtual void after_block(int64_t index) = 0;
+  // Whether the block's weights must leave the device between its forward and its backward: then
+  // train::flux_forward checkpoints it (recomputes it in backward) whatever the checkpoint settings.
+  virtual bool needs_recompute(int64_t index) const = 0;
+};
+
 struct FluxInputs {
   at::Tensor img;        // [B, Li, in_channels] packed latents
   at::Tensor img_ids;    // [B, Li, 3]
@@ -139,8 +156,14 @@ class FluxTransformerImpl : public torch::nn::Module {
   MlpEmbedder time_in{nullptr}, vector_in{nullptr}, guidance_in{nullptr};
   torch::nn::ModuleList double_blocks{nullptr}, single_blocks{nullptr};
   LastLayer final_layer{nullptr};
+  BlockHooks* block_hooks = nullptr;  // not owned; null: none
 };
 TORCH_MODULE(FluxTransformer);
+
+// Moves every Linear weight below `block` into host memory (pinned when it is on a CUDA device) as a
+// fresh tensor with the same values; the autograd history of the old one is not touched (call it before
+// training). Weights already on the CPU stay.
+void move_linear_weights_to_host(torch::nn::Module& block);
 
 // Flux building blocks, exposed for tests and the sampler.
 at::Tensor timestep_embedding(const at::Tensor& t, int64_t dim = 256, double time_factor = 1000.0);

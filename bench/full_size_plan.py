@@ -62,12 +62,15 @@ def main() -> int:
     a = p.parse_args()
     os.makedirs(a.work, exist_ok=True)
     model = os.path.join(a.work, "flux1-dev.safetensors")
+    if not os.path.exists(os.path.join(a.work, "ae.safetensors")):
+        tiny = os.path.join(a.work, "tiny")
+        subprocess.run([a.fluxtrain, "make-tiny", "--out", tiny], check=True, capture_output=True)
+        for f in os.listdir(tiny):
+            if f != "flux1-dev.safetensors":
+                shutil.copy(os.path.join(tiny, f), os.path.join(a.work, f))
+        shutil.rmtree(tiny)
     if not os.path.exists(model):
         started = time.time()
-        for f in os.listdir(a.work):
-            os.remove(os.path.join(a.work, f))
-        subprocess.run([a.fluxtrain, "make-tiny", "--out", a.work], check=True, capture_output=True)
-        os.remove(model)
         write_model(model + ".part", 7)
         os.rename(model + ".part", model)
         print(f"wrote {model} ({os.path.getsize(model) / 1e9:.1f} GB) in {time.time() - started:.0f} s", flush=True)

@@ -252,7 +252,7 @@ def planner_prediction(a, model: str, batches: list, vram_gb) -> dict | None:
         return None
     out = os.path.join(tempfile.mkdtemp(prefix="fluxtrain-plan-"), "plan.json")
     cmd = [a.fluxtrain_bin, "plan", "--model", model, "--resolution", f"{a.latent_w * 8},{a.latent_h * 8}",
-           "--network-dim", a.rank, "--network-alpha", a.alpha, "--optimizer-type", "AdamW",
+           "--network-dim", a.rank, "--network-alpha", a.alpha, "--optimizer-type", "AdamW", "--split-qkv", "true",
            "--gradient-checkpointing", "true" if a.checkpointing == "on" else "false",
            "--checkpoint-keep-products", a.keep_products, "--fp8-base", "true" if a.fp8_base == "on" else "false",
            "--precision", a.precision, "--device", a.device, "--t5xxl-max-token-length", a.txt_len,

@@ -350,7 +350,6 @@ int main(int argc, char** argv) {
   app.add_option("--lora", o.lora_in, "start from this kohya-format LoRA instead of the seeded initialisation");
   app.add_option("--write-lora", o.write_lora, "only write the seeded initial LoRA (kohya format) here and exit");
   app.add_option("--save-lora", o.save_lora, "after the steps, write the trained LoRA (kohya format, fp32) here");
-      ->check(CLI::IsMember({"off", "tensorwise", "rowwise"}));
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

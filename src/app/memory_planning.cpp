@@ -19,11 +19,15 @@ models::FluxConfig planned_model_config(const TrainSettings& settings, std::stri
       settings.models.base_model == BaseModel::schnell ? models::FluxConfig::schnell() : models::FluxConfig::dev();
   const std::string preset_name = settings.models.base_model == BaseModel::schnell ? "Flux.1 schnell" : "Flux.1 dev";
   ModelFiles files;
-  try {
-    files = find_model_files(settings.models);
-  } catch (const Error&) {
-    note = preset_name + "'s shape (the model file is not there yet)";
-    return preset;
+  if (!settings.models.given.model.empty()) {
+    files.model = settings.models.given.model;  // the transformer alone is read: the encoders may be missing
+  } else {
+    try {
+      files = find_model_files(settings.models);
+    } catch (const Error&) {
+      note = preset_name + "'s shape (the model file is not there yet)";
+      return preset;
+    }
   }
   std::error_code ec;
   if (files.model.empty() || !fs::is_regular_file(files.model, ec)) {

@@ -93,7 +93,7 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|")
     print(f"| Flux.1 dev (12B, fp8 blocks, random) | {plan['resolution'][0]}x{plan['resolution'][1]} | "
           f"{plan['text_tokens']} | 1 | {c['predicted_peak_bytes'] / 1e9:.2f} GB | {c['measured_peak_bytes'] / 1e9:.2f} GB | "
-          f"{c['error'] * 100:+.1f} % | {c['step_seconds']:.0f} |")
+          f"{c['error'] * 100:+.1f} % | {c['measured_seconds_per_step']:.0f} |")
     if not a.keep:
         shutil.rmtree(a.work)
     return 0

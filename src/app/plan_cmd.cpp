@@ -102,7 +102,11 @@ std::string duration_text(double seconds) {
 
 int run_plan(const ResolvedConfig& config) {
   const TrainSettings settings = config.bind<TrainSettings>();
-  const at::Device device = resolve_device(settings.compute, settings.engine);
+  // A plan for a GPU may be made on a machine without one (before renting it): with --vram, no calibration.
+  const bool absent_gpu = settings.compute.device.rfind("cuda", 0) == 0 && !at::hasCUDA() && !settings.plan.calibrate &&
+                          settings.vram_gb > 0;
+  const at::Device device = absent_gpu ? at::Device(settings.compute.device)
+                                       : resolve_device(settings.compute, settings.engine);
   const at::ScalarType precision = resolve_precision(settings.compute.precision, device);
   std::string model_note;
   const models::FluxConfig model = planned_model_config(settings, model_note);
@@ -119,8 +123,10 @@ int run_plan(const ResolvedConfig& config) {
   }
   int batch = settings.dataset_fallbacks.batch_size.value_or(1);
   if (group && !group->datasets.empty()) batch = group->datasets.front().batch_size;
-  const std::optional<int64_t> free =
-      device.is_cuda() ? std::optional<int64_t>(train::device_free_bytes(device)) : std::nullopt;
+  const std::optional<int64_t> free = device.is_cuda() && !absent_gpu
+                                          ? std::optional<int64_t>(train::device_free_bytes(device))
+                                          : std::nullopt;
+  if (absent_gpu) std::cout << "planning for " << device.str() << " (not on this machine) with the given vram\n";
   PlannedRun run = plan_run_memory(settings, model, device.is_cuda(), at::elementSize(precision),
                                    planned_resolution(settings, group ? &*group : nullptr), batch, free, device.str());
   run.model_note = model_note;
@@ -141,7 +147,7 @@ int run_plan(const ResolvedConfig& config) {
   json["fixed_bytes"] = run.plan.fixed();
   json["per_image_bytes"] = run.plan.per_image();
   json["batch"] = run.batch;
-  json["blocks_to_swap"] = run.inputs.blocks_to_swap;
+  json["swapped_blocks"] = run.inputs.blocks_to_swap;
   json["largest_batch"] = run.budget > 0 ? run.plan.largest_batch(run.budget) : 0;
   for (int64_t b : batches) json["rows"].push_back({{"batch", b}, {"peak_bytes", run.plan.peak(b)}});
   for (const auto& term : run.plan.terms)
@@ -177,7 +183,7 @@ int run_plan(const ResolvedConfig& config) {
               << train::gigabytes(c.predicted_bytes) << " (" << c.predicted_bytes << " bytes), error "
               << error * 100.0 << " %\n";
     json["calibration"] = {{"batch", run.batch},
-                           {"step_seconds", c.step_seconds},
+                           {"measured_seconds_per_step", c.step_seconds},
                            {"measured_peak_bytes", c.peak_bytes},
                            {"predicted_peak_bytes", c.predicted_bytes},
                            {"error", error}};

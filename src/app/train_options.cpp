@@ -704,9 +704,10 @@ const OptionTable& plan_options() {
               return "";
             })
             .allowed("batch sizes >= 1, comma-separated"),
-        Opt<S>("step_seconds", kReal, "plan", "",
+        Opt<S>("seconds_per_step", kReal, "plan", "",
                "Seconds per optimizer step at the planned batch (from an earlier run's log), for the ETA and cost; "
                "--calibrate measures it.")
+            .flag("--step-seconds")
             .min(0, true)
             .to(&S::plan, &P::step_seconds),
         Opt<S>("price_per_hour", kReal, "plan", "", "The pod's price per hour, for the run's cost.")

@@ -34,7 +34,7 @@ def test_swapped_run_writes_the_same_lora_bytes(tmp_path, fluxtrain_bin, models,
         result = train(fluxtrain_bin, models, dataset, out, PARAMS_BLOCKS_TO_SWAP=blocks, **settings)
         assert f"block swap: the last {blocks} of 5 transformer blocks wait in host memory" in result.stderr, \
             result.stderr
-        assert f"blocks_to_swap = {blocks}" in (out / "config.toml").read_text()
+        assert f'blocks_to_swap = "{blocks}"' in (out / "config.toml").read_text()
         assert (out / "flux-lora.safetensors").read_bytes() == expected, (blocks, settings)
 
 

@@ -24,7 +24,6 @@ import math
 import os
 import platform
 import sys
-import tempfile
 import types
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -82,16 +81,7 @@ def lora_distance(path_a: str, path_b: str, path_init: str) -> tuple[float, floa
 
 def main(argv=None) -> int:
     a = parse_args(argv)
-    if not os.path.exists(a.bench_bin):
-        raise SystemExit(f"benchmark: no fluxtrain_bench at {a.bench_bin}; build it (cmake --build build --target "
-                         "fluxtrain_bench) or pass --bench-bin / set FLUXTRAIN_BENCH")
-    tmp = None
-    if a.workdir:
-        os.makedirs(a.workdir, exist_ok=True)
-        work = a.workdir
-    else:
-        tmp = tempfile.TemporaryDirectory(prefix="fluxtrain-fp8-")
-        work = tmp.name
+    work, tmp = ts.work_folder(a, "fluxtrain-fp8-")
     fixture_args = types.SimpleNamespace(hidden=a.hidden, heads=a.heads, double=a.double, single=a.single,
                                          context_dim=a.context_dim, vec_dim=a.vec_dim, seed=a.seed, batch_list=[1],
                                          latent=a.latent, txt_len=a.txt_len, bench_bin=a.bench_bin, rank=a.rank,

@@ -346,19 +346,23 @@ def fmt(value, spec: str, oom: bool = False) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def main(argv=None) -> int:
-    a = parse_args(argv)
-    check_step_flops()
+def work_folder(a, prefix: str):
+    """Checks that the benchmark program exists; returns (the work folder, its TemporaryDirectory or None):
+    --workdir when given, else a fresh temporary folder."""
     if not os.path.exists(a.bench_bin):
         raise SystemExit(f"benchmark: no fluxtrain_bench at {a.bench_bin}; build it (cmake --build build --target "
                          "fluxtrain_bench) or pass --bench-bin / set FLUXTRAIN_BENCH")
-    tmp = None
     if a.workdir:
         os.makedirs(a.workdir, exist_ok=True)
-        work = a.workdir
-    else:
-        tmp = tempfile.TemporaryDirectory(prefix="fluxtrain-bench-")
-        work = tmp.name
+        return a.workdir, None
+    tmp = tempfile.TemporaryDirectory(prefix=prefix)
+    return tmp.name, tmp
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    check_step_flops()
+    work, tmp = work_folder(a, "fluxtrain-bench-")
     facts = device_facts(a)
     vram_gb = a.vram if a.vram is not None else facts["memory_gb"]
     cfg, model, lora = write_fixtures(a, work)

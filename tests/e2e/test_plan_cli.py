@@ -123,3 +123,16 @@ def test_out_of_memory_is_a_named_error_and_keeps_the_last_state(tmp_path, fluxt
     done = train(fluxtrain_bin, models, dataset, out, PARAMS_MAX_TRAIN_STEPS="4", PARAMS_SAVE_EVERY_N_STEPS="2",
                  PARAMS_TRAIN_BATCH_SIZE="2")
     assert "resumed from" in done.stderr
+
+
+def test_steps_per_epoch_eta_and_cost(tmp_path, fluxtrain_bin, models, dataset):
+    out = tmp_path / "plan.json"
+    env = base_env(models, dataset, tmp_path / "unused", PARAMS_TRAIN_BATCH_SIZE="2", PARAMS_MAX_EPOCHS="5")
+    env.pop("PARAMS_MAX_TRAIN_STEPS", None)
+    result = run([fluxtrain_bin, "plan", "--step-seconds", "1.5", "--price-per-hour", "2.4", "--json", out], env=env)
+    plan = json.loads(out.read_text())
+    # Six images with two repeats (the 2_ohwx folder) in two buckets of 64x64 and 96x64: 3 + 3 batches of 2.
+    assert plan["steps_per_epoch"] == 6, result.stdout
+    assert plan["total_steps"] == 30
+    assert plan["eta_seconds"] == 45.0 and abs(plan["cost"] - 0.03) < 1e-9
+    assert "ETA: 0 h 0 min for 30 steps at 1.5 s per step, cost 0.03" in result.stdout, result.stdout

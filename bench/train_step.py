@@ -256,7 +256,7 @@ def planner_prediction(a, model: str, batches: list, vram_gb) -> dict | None:
            "--gradient-checkpointing", "true" if a.checkpointing == "on" else "false",
            "--checkpoint-keep-products", a.keep_products, "--fp8-base", "true" if a.fp8_base == "on" else "false",
            "--precision", a.precision, "--device", a.device, "--t5xxl-max-token-length", a.txt_len,
-           "--batches", ",".join(str(b) for b in batches), "--json", out]
+           "--prefetch-batches", "0", "--batches", ",".join(str(b) for b in batches), "--json", out]
     if vram_gb:
         cmd += ["--vram", f"{vram_gb:.1f}"]
     try:
@@ -461,6 +461,8 @@ def main(argv=None) -> int:
             row[f"{side}_ms"] = statistics.median(t for res in runs for t in res["step_ms"])
             row[f"{side}_cpu_ms"] = statistics.median(t for res in runs for t in res["step_cpu_ms"])
             row[f"{side}_peak"] = statistics.median(res["peak_bytes"] for res in runs)
+            if all("peak_tensor_bytes" in res for res in runs):  # the planner's measure on the CPU
+                row[f"{side}_tensor_peak"] = statistics.median(res["peak_tensor_bytes"] for res in runs)
             medians = [res["median_cpu_ms"] if a.device == "cpu" else res["median_ms"] for res in runs]
             spread[side] = max(spread[side], max(medians) / min(medians) - 1)
         rows.append(row)
@@ -516,7 +518,10 @@ def main(argv=None) -> int:
             tflops = None if oom else flops / seconds / 1e12
             measured = None if oom else r[f"{side}_peak"]
             pred = predicted.get(batch) if side == "fluxtrain" else None
-            error = measured / pred - 1 if (pred and measured) else None
+            # The planner predicts the tensors' live peak: on CUDA the measured peak; on the CPU the caching
+            # allocator's count of the tensors (the RSS also holds libraries and the allocator's slack).
+            tensors = None if oom else r.get(f"{side}_tensor_peak", measured)
+            error = tensors / pred - 1 if (pred and tensors) else None
             raw_rows.append({"batch": batch, "side": side, "oom": oom, "step_s": seconds,
                              "images_per_s": None if oom else batch / seconds, "tflop_per_step": flops / 1e12,
                              "tflops": tflops, "mfu": tflops / peak if (tflops and peak) else None,
@@ -529,7 +534,8 @@ def main(argv=None) -> int:
                 fmt(None if not pred else pred / GIB, ".2f"),
                 fmt(None if error is None else 100 * error, "+.1f") + ("" if error is None else " %")]) + " |")
     throughput_table = "\n".join(throughput)
-    largest_note = (f"planner's largest batch for {vram_gb:.0f} GB: {plan['largest_batch']}" if plan and plan.get("largest_batch")
+    memory_text = f"{vram_gb:.0f} GB" if vram_gb else "the device's memory"
+    largest_note = (f"planner's largest batch for {memory_text}: {plan['largest_batch']}" if plan and plan.get("largest_batch")
                     else "planner: n/a" + (f" (largest batch fell back to {FALLBACK_LARGEST})" if a.want_planner_batch else ""))
     throughput_note = (f"FLOPs per image: {flops_per_image / 1e12:.4g} TFLOP (spec/performance.md: 2 x 12 d^2 per token "
                        f"and block + 4 L^2 d attention per block, x {3.3 if a.checkpointing == 'on' else 2.3} for the "

@@ -245,6 +245,7 @@ void measure_batch(const Options& o, int64_t batch, at::Device device, models::F
     fluxtrain::train::reset_device_peak_memory(device);
   } else {
     hwm_reset = reset_peak_rss();
+    fluxtrain::train::reset_cpu_peak();
   }
 
   std::vector<double> step_ms, step_cpu_ms, losses, grad_norms;
@@ -292,6 +293,7 @@ void measure_batch(const Options& o, int64_t batch, at::Device device, models::F
                         {"misses", cache.misses},
                         {"cached_bytes", cache.cached_bytes},
                         {"peak_live_bytes", cache.peak_live_bytes}};
+    out["peak_tensor_bytes"] = cache.peak_tensor_bytes;  // what the memory planner predicts
   }
   if (!o.save_lora.empty()) {
     std::vector<std::pair<std::string, at::Tensor>> state;

@@ -228,8 +228,13 @@ std::string annotate_memory_plan(const ResolvedConfig& config) {
   if (!settings.dataset_config.empty()) {
     data::ConfigOptions options;
     options.fallbacks = settings.dataset_fallbacks;
-    group = data::load_dataset_config(settings.dataset_config, options);
-    if (!group->datasets.empty()) batch = group->datasets.front().batch_size;
+    try {
+      group = data::load_dataset_config(settings.dataset_config, options);
+    } catch (const Error&) {
+      return "";  // the config's own errors are the train checks' to report
+    }
+    for (const auto& d : group->datasets)
+      if (d.batch_size == data::kAutoBatchSize) batch = data::kAutoBatchSize;
   }
   const bool any_auto = batch == data::kAutoBatchSize || settings.keep_products_auto || settings.blocks_to_swap_auto;
   if (!any_auto) return "";

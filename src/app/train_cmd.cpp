@@ -255,9 +255,11 @@ int run_train(const ResolvedConfig& config, bool cache_only) {
   // From here on SIGTERM/SIGINT stop the run at the next poll point of whatever phase it is in, exit 0.
   stop::install(settings.training.stop_grace_seconds);
   const ModelFiles files = find_model_files(settings.models);
-  // The model's block count bounds blocks_to_swap: checked from the header before anything is written.
+  // The transformer's shape, from its header (any layout): the memory plan's, and the bound of
+  // blocks_to_swap, checked before anything is written.
+  const models::FluxConfig model_config = models::read_flux_config(files.model);
   if (settings.training.blocks_to_swap > 0 && !cache_only)
-    train::check_blocks_to_swap(settings.training.blocks_to_swap, models::read_flux_config(files.model));
+    train::check_blocks_to_swap(settings.training.blocks_to_swap, model_config);
   const at::Device device = resolve_device(settings.compute, settings.engine);
   const at::ScalarType precision = resolve_precision(settings.compute.precision, device);
   // fp8 compute is decided now, before the dataset and the weights: a mode the device cannot run stops
@@ -281,8 +283,6 @@ int run_train(const ResolvedConfig& config, bool cache_only) {
       if (d.batch_size == data::kAutoBatchSize) batch = data::kAutoBatchSize;
     const bool any_auto = batch == data::kAutoBatchSize || settings.keep_products_auto || settings.blocks_to_swap_auto;
     try {
-      std::string note;
-      const models::FluxConfig model = planned_model_config(settings, note);
       std::optional<int64_t> free;
       if (device.is_cuda()) {
         try {
@@ -291,9 +291,9 @@ int run_train(const ResolvedConfig& config, bool cache_only) {
           if (settings.vram_gb <= 0 && any_auto) throw;
         }
       }
-      memory = plan_run_memory(settings, model, device.is_cuda(), at::elementSize(precision),
+      memory = plan_run_memory(settings, model_config, device.is_cuda(), at::elementSize(precision),
                                planned_resolution(settings, &group), batch, free, device.str());
-      memory.model_note = note;
+      memory.model_note = "the header of " + files.model;
       planned = true;
     } catch (const Error& e) {
       if (any_auto) throw;

@@ -80,8 +80,6 @@ int64_t optimizer_state_bytes(const optim::OptimizerSettings& settings,
   return total;
 }
 
-std::string with_unit(int64_t bytes) { return gigabytes(bytes); }
-
 }  // namespace
 
 std::string gigabytes(int64_t bytes) {
@@ -141,7 +139,7 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
                         plan.weights - in_flight, false});
   if (in.blocks_to_swap > 0) {
     plan.terms.push_back({"block swap: " + std::to_string(in.blocks_to_swap) + " blocks in host memory (" +
-                              with_unit(plan.swapped) + "), two on the device at a time",
+                              gigabytes(plan.swapped) + "), two on the device at a time",
                           in_flight, false});
   }
 

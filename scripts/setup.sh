@@ -34,6 +34,7 @@ apt_packages=(
   libtomlplusplus-dev  # dataset and run configs in TOML
   libcurl4-openssl-dev # dataset and model downloads (HTTP with retries and resume)
   libarchive-dev libzstd-dev  # dataset archives (zip, tar, tar.gz, tar.zst)
+  libgloo-dev          # the headers of c10d's Gloo backend (data parallelism on the CPU; the library is libtorch's)
 )
 case "${FLUXTRAIN_PACKAGES:-all}" in
   all)

@@ -10,11 +10,13 @@
 // rather than mixing two configurations.
 #include <ATen/ATen.h>
 #include <CLI/CLI.hpp>
+#include <torch/cuda.h>
 
 #include <fstream>
 #include <functional>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -28,12 +30,15 @@
 #include "core/folder_lock.h"
 #include "core/json_guard.h"
 #include "core/log.h"
+#include "core/log_prefix.h"
 #include "core/sha256.h"
 #include "core/stop.h"
 #include "core/strings.h"
 #include "data/dataset.h"
 #include "data/hub_formats.h"
 #include "data/lint.h"
+#include "dist/launch.h"
+#include "dist/process_group.h"
 #include "fetch/dataset.h"
 #include "models/convert.h"
 #include "sample/prompts.h"
@@ -131,6 +136,7 @@ RunPlan plan_run(const TrainSettings& settings, const std::map<std::string, std:
   const std::map<std::string, std::string> defaults = resolve(train_options(), {}).value_texts();
   std::vector<std::string> honoured, breaking;
   for (const auto& [name, value] : values) {
+    if (!train_options().at(name).from_file) continue;  // a process's own variables (RANK, MASTER_PORT, ...)
     const std::string before = saved.contains(name) ? saved[name].get<std::string>() : defaults.at(name);
     if (same_value(before, value)) continue;
     const ResumeRule rule = train_options().at(name).resume;
@@ -160,10 +166,9 @@ RunPlan plan_run(const TrainSettings& settings, const std::map<std::string, std:
 }
 
 // `adjust` sees the dataset configs before the plan is built (the memory planner fills in batch_size = auto).
-std::shared_ptr<data::DatasetPlan> build_dataset(const TrainSettings& settings,
-                                                 const std::function<void(data::DatasetGroupConfig&)>& adjust) {
-  data::ConfigOptions options;
-  options.fallbacks = settings.dataset_fallbacks;
+// DATASET_NAME fetched (and a Hub format turned into images and captions) into the dataset cache; "" when
+// there is none.
+fs::path fetch_dataset_folder(const TrainSettings& settings) {
   fs::path fetched;
   if (!settings.dataset_name.empty()) {
     fetched =
@@ -173,8 +178,15 @@ std::shared_ptr<data::DatasetPlan> build_dataset(const TrainSettings& settings,
     data::HubFormatOptions hub = settings.hub_formats;
     hub.cache_dir = dataset_cache_dir(settings.downloads);
     fetched = data::prepare_hub_dataset(fetched, hub);
-    options.default_image_dir = fetched;
   }
+  return fetched;
+}
+
+std::shared_ptr<data::DatasetPlan> build_dataset(const TrainSettings& settings, const fs::path& fetched,
+                                                 const std::function<void(data::DatasetGroupConfig&)>& adjust) {
+  data::ConfigOptions options;
+  options.fallbacks = settings.dataset_fallbacks;
+  if (!fetched.empty()) options.default_image_dir = fetched;
   data::DatasetGroupConfig group = settings.dataset_config.empty()
                                        ? data::folder_dataset_config(fetched, options)
                                        : data::load_dataset_config(settings.dataset_config, options);
@@ -250,18 +262,117 @@ train::TrainerConfig trainer_config(const ResolvedConfig& config, const TrainSet
   return t;
 }
 
+// `--nproc N` (or auto): the number of ranks this command starts itself; 1 = train in this process.
+int local_processes(const TrainSettings& settings) {
+  const std::string& n = settings.distributed.num_processes;
+  if (n != "auto") return std::stoi(n);
+  const at::Device device = resolve_device(settings.compute, settings.engine);
+  return device.is_cuda() ? std::max<int>(1, static_cast<int>(torch::cuda::device_count())) : 1;
+}
+
+// What must be the same on every rank: the options (not the rank's own variables) and the model files
+// (size and the hash of their first MiB). Differences are an Error naming each, on every rank.
+void check_same_setup(train::Parallel& group, const ResolvedConfig& config, const ModelFiles& files) {
+  nlohmann::json mine;
+  for (const auto& [name, value] : config.value_texts()) {
+    if (train_options().at(name).group != "distributed") mine["option " + name] = value;
+  }
+  for (const std::string& file : {files.model, files.ae, files.clip_l, files.t5xxl}) {
+    if (file.empty()) continue;
+    std::ifstream in(file, std::ios::binary);
+    std::string head(1 << 20, '\0');
+    in.read(head.data(), static_cast<std::streamsize>(head.size()));
+    head.resize(static_cast<size_t>(in.gcount()));
+    std::error_code ec;
+    mine["model file " + fs::path(file).filename().string()] =
+        cat(fs::file_size(file, ec), " bytes, sha256 of the first MiB ", sha256_hex(head).substr(0, 12));
+  }
+  const std::vector<std::string> all = group.gather_text(mine.dump(), "the start (the ranks' options and models)");
+  const nlohmann::json first = nlohmann::json::parse(all.at(0));
+  std::vector<std::string> differences;
+  for (size_t r = 1; r < all.size(); ++r) {
+    const nlohmann::json other = nlohmann::json::parse(all[r]);
+    std::set<std::string> keys;
+    for (const auto& [k, v] : first.items()) keys.insert(k);
+    for (const auto& [k, v] : other.items()) keys.insert(k);
+    for (const auto& key : keys) {
+      const std::string a = first.value(key, std::string("(none)")), b = other.value(key, std::string("(none)"));
+      if (a != b) differences.push_back(cat(key, ": ", b, " on rank ", r, ", ", a, " on rank 0"));
+    }
+  }
+  if (differences.empty()) return;
+  std::string text;
+  for (size_t i = 0; i < differences.size() && i < 8; ++i) text += (i ? "; " : "") + differences[i];
+  fail("the ranks do not run the same training: ", text, differences.size() > 8 ? " (and more)" : "",
+       ". Every rank must get the same flags, variables, config file and model files (torchrun passes one "
+       "command line to all; on several machines, give each the same files and settings)");
+}
+
 int run_train(const ResolvedConfig& config, bool cache_only) {
   const TrainSettings settings = config.bind<TrainSettings>();
+  const TrainSettings::Distributed& dist_settings = settings.distributed;
+  // `--nproc N` without torchrun's variables: this process starts and supervises N ranks (src/dist/launch.h).
+  if (!cache_only && !dist_settings.world_size) {
+    const int n = local_processes(settings);
+    if (n > 1) {
+      dist::LaunchOptions launch;
+      launch.processes = n;
+      launch.master_addr = dist_settings.master_addr;
+      launch.master_port = static_cast<int>(dist_settings.master_port.value_or(0));
+      launch.collective_timeout = dist_settings.collective_timeout_seconds;
+      return dist::launch_local_ranks(launch);
+    }
+  }
   // From here on SIGTERM/SIGINT stop the run at the next poll point of whatever phase it is in, exit 0.
   stop::install(settings.training.stop_grace_seconds);
+  const int world = cache_only ? 1 : static_cast<int>(dist_settings.world_size.value_or(1));
+  dist::RankInfo rank_info;
+  if (world > 1) {
+    if (!dist_settings.rank || !dist_settings.master_port)
+      fail("WORLD_SIZE is ", world, " but ", !dist_settings.rank ? "RANK" : "MASTER_PORT", " is not set: start the ",
+           "ranks with torchrun (which sets RANK, LOCAL_RANK, MASTER_ADDR and MASTER_PORT) or with --nproc N");
+    rank_info.rank = static_cast<int>(*dist_settings.rank);
+    rank_info.world_size = world;
+    rank_info.local_rank = static_cast<int>(dist_settings.local_rank.value_or(*dist_settings.rank));
+    rank_info.local_world_size = static_cast<int>(dist_settings.local_world_size.value_or(world));
+    rank_info.master_addr = dist_settings.master_addr;
+    rank_info.master_port = static_cast<int>(*dist_settings.master_port);
+    rank_info.use_agent_store = dist_settings.use_agent_store;
+    rank_info.restart_count = static_cast<int>(dist_settings.restart_count);
+    if (rank_info.rank >= world) fail("RANK ", rank_info.rank, " is not below WORLD_SIZE ", world);
+    if (rank_info.rank != 0) {
+      // Rank 0 tells the run; the others speak up only for warnings and errors.
+      log::set_prefix(cat("[rank ", rank_info.rank, "] "));
+      if (log::level() == log::Level::info) log::set_level(log::Level::warn);
+    }
+  }
+  const bool root = rank_info.rank == 0;
   const ModelFiles files = find_model_files(settings.models);
   // The transformer's shape, from its header (any layout): the memory plan's, and the bound of
   // blocks_to_swap, checked before anything is written.
   const models::FluxConfig model_config = models::read_flux_config(files.model);
   if (settings.training.blocks_to_swap > 0 && !cache_only)
     train::check_blocks_to_swap(settings.training.blocks_to_swap, model_config);
-  const at::Device device = resolve_device(settings.compute, settings.engine);
+  at::Device device = resolve_device(settings.compute, settings.engine);
+  if (world > 1 && device.is_cuda()) {
+    // One GPU per rank: its LOCAL_RANK-th.
+    const int64_t gpus = torch::cuda::device_count();
+    if (rank_info.local_rank >= gpus)
+      fail("LOCAL_RANK ", rank_info.local_rank, " has no GPU of its own: this machine shows ", gpus, " (one rank per "
+           "GPU: --nproc ", gpus, " or torchrun --nproc-per-node ", gpus, ")");
+    device = at::Device(device.type(), static_cast<c10::DeviceIndex>(rank_info.local_rank));
+  }
   const at::ScalarType precision = resolve_precision(settings.compute.precision, device);
+  std::unique_ptr<train::Parallel> parallel;
+  if (world > 1) {
+    dist::GroupOptions group_options;
+    group_options.timeout_seconds = dist_settings.collective_timeout_seconds;
+    group_options.device = device;
+    parallel = dist::join_group(rank_info, group_options);
+    check_same_setup(*parallel, config, files);
+    log::info("rank 0 of ", world, " (", dist::backend_name(device), " on ", device.str(), "): the global batch is ",
+              world, " x the dataset's batch_size x gradient_accumulation_steps");
+  }
   // fp8 compute is decided now, before the dataset and the weights: a mode the device cannot run stops
   // the run here. A cache run loads no transformer.
   Fp8ComputeDecision fp8;
@@ -270,8 +381,13 @@ int run_train(const ResolvedConfig& config, bool cache_only) {
                               settings.fp8_compute_origin);
 
   // One trainer per OUTPUT_PATH (its run-* folders included); what a killed one left half-written goes.
-  const FolderLock lock(settings.output_path, "OUTPUT_PATH");
-  train::remove_stale_temporaries(settings.output_path);
+  // Rank 0 alone writes in it.
+  std::optional<FolderLock> lock;
+  if (root) {
+    lock.emplace(settings.output_path, "OUTPUT_PATH");
+    train::remove_stale_temporaries(settings.output_path);
+  }
+  int64_t device_batch = 1;  // the dataset's batch_size per rank (its largest)
   // The memory plan (train/memory_plan.h) before the dataset is planned: it resolves batch_size = auto and
   // the other automatic choices, and is printed; without automatic choices it only informs.
   PlannedRun memory;
@@ -300,18 +416,49 @@ int run_train(const ResolvedConfig& config, bool cache_only) {
       log::warn("no memory plan: ", e.what());
       return;
     }
+    if (parallel && batch == data::kAutoBatchSize) {
+      // One batch for all ranks: the smallest that every rank's plan fits.
+      for (const auto& b : parallel->gather_text(std::to_string(memory.batch), "batch_size = auto (every rank's plan)"))
+        memory.batch = std::min<int64_t>(memory.batch, std::stoll(b));
+    }
     for (auto& d : group.datasets)
       if (d.batch_size == data::kAutoBatchSize) d.batch_size = static_cast<int>(memory.batch);
     log::info(describe_plan(memory, {memory.batch}));
   };
-  std::shared_ptr<data::DatasetPlan> plan = build_dataset(settings, plan_memory);
+  // The dataset's batch_size is per rank: the plan's batches are the global batches, which the ranks share.
+  auto plan_batches = [&](data::DatasetGroupConfig& config_group) {
+    plan_memory(config_group);
+    for (auto& d : config_group.datasets) {
+      device_batch = std::max<int64_t>(device_batch, d.batch_size);
+      d.batch_size *= world;
+    }
+  };
+  // Each machine's first rank fetches the dataset; the others find it in the cache.
+  fs::path fetched;
+  if (rank_info.local_rank == 0) fetched = fetch_dataset_folder(settings);
+  if (parallel) parallel->barrier("the dataset download (each machine's first rank fetches it)");
+  if (rank_info.local_rank != 0) fetched = fetch_dataset_folder(settings);
+  std::shared_ptr<data::DatasetPlan> plan = build_dataset(settings, fetched, plan_batches);
   const int t5_max_length = settings.t5_max_length > 0
                                 ? static_cast<int>(settings.t5_max_length)
                                 : (settings.models.base_model == BaseModel::schnell ? 256 : 512);
-  log_dataset_lint(*plan, t5_max_length);
+  if (root) log_dataset_lint(*plan, t5_max_length);
   stop::check("the dataset scan");
-  RunPlan run = cache_only ? RunPlan{fs::path(settings.output_path), ""}
-                           : plan_run(settings, config.value_texts(), dataset_identity(*plan));
+  RunPlan run;
+  if (cache_only) {
+    run = RunPlan{fs::path(settings.output_path), ""};
+  } else if (root) {
+    run = plan_run(settings, config.value_texts(), dataset_identity(*plan));
+  }
+  if (parallel) {
+    // Rank 0's decision (its folder, its state) for all.
+    const nlohmann::json shared = nlohmann::json::parse(parallel->broadcast_text(
+        nlohmann::json{{"dir", run.dir.string()}, {"resume", run.resume_state}, {"verified", run.resume_verified}}.dump(),
+        "the run plan (rank 0's folder and state)"));
+    run.dir = shared.at("dir").get<std::string>();
+    run.resume_state = shared.at("resume").get<std::string>();
+    run.resume_verified = shared.at("verified").get<bool>();
+  }
 
   train::DatasetSourceOptions source_options;
   source_options.cache_dir = settings.cache_dir;
@@ -321,8 +468,12 @@ int run_train(const ResolvedConfig& config, bool cache_only) {
   source_options.text.t5_max_length = t5_max_length;
   source_options.text.t5_attn_mask = settings.t5_attn_mask;
   source_options.seed = settings.training.seed;
+  source_options.rank = rank_info.rank;
+  source_options.world_size = world;
   train::DatasetSource source(plan, {files.ae, files.clip_l, files.t5xxl}, source_options);
-  log::info(source.prepare());
+  // The ranks of a machine fill its caches together, then all wait until every shard is there.
+  log::info(source.prepare(rank_info.local_rank, rank_info.local_world_size));
+  if (parallel) parallel->barrier("the cache filling (each rank fills its share)");
   if (cache_only) return 0;
 
   train::TrainerConfig trainer = trainer_config(config, settings, files, run, *plan, device, precision);
@@ -337,9 +488,13 @@ int run_train(const ResolvedConfig& config, bool cache_only) {
     trainer.planned_budget_bytes = memory.budget;
   }
   trainer.model.fp8_matmul = fp8.mode;
-  fs::create_directories(run.dir / "logs");
-  write_file_atomic((run.dir / "config.toml").string(), config.to_toml());
-  log::add_file_sink((run.dir / "logs" / "fluxtrain.log").string());
+  trainer.parallel = parallel.get();
+  trainer.device_batch = device_batch;
+  if (root) {
+    fs::create_directories(run.dir / "logs");
+    write_file_atomic((run.dir / "config.toml").string(), config.to_toml());
+    log::add_file_sink((run.dir / "logs" / "fluxtrain.log").string());
+  }
   log::info("training ", trainer.output_name, " in ", run.dir.string(), " on ", trainer.model.device.str(), " (",
             c10::toString(trainer.compute_dtype), ")",
             run.resume_state.empty() ? "" : ", resuming from " + run.resume_state);
@@ -349,7 +504,7 @@ int run_train(const ResolvedConfig& config, bool cache_only) {
   train::SampleHook hook;
   const bool sampling =
       trainer.sample_every_n_steps > 0 || trainer.sample_every_n_epochs > 0 || trainer.sample_at_first;
-  if (!settings.sample_prompts.empty() && sampling) {
+  if (!settings.sample_prompts.empty() && sampling && root) {  // rank 0 renders the samples
     sample::SamplerSetup setup;
     setup.ae_path = files.ae;
     setup.clip_path = files.clip_l;
@@ -372,6 +527,7 @@ int run_train(const ResolvedConfig& config, bool cache_only) {
             "; the steps waited for data ", 100.0 * result.data_wait_share, " % of their time; ", result.files.size(),
             " file", result.files.size() == 1 ? "" : "s", " written:");
   for (const auto& file : result.files) std::cout << file << "\n";
+  if (parallel) parallel->barrier("the end (every rank done)");
   return 0;
 }
 

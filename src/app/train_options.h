@@ -55,6 +55,18 @@ struct TrainSettings {
   DownloadSettings downloads;  // DATASET_NAME's download (knob_options.h)
   EngineSettings engine;
 
+  // Data parallelism (docs/distributed.md): `--nproc N` / PARAMS_NUM_PROCESSES starts N ranks on this
+  // machine; torchrun's variables (RANK, WORLD_SIZE, ...) make this process one rank of a group.
+  struct Distributed {
+    std::string num_processes = "auto";  // "auto" (every visible GPU; 1 on the CPU) or a count
+    double collective_timeout_seconds = 600;
+    std::optional<int64_t> rank, world_size, local_rank, local_world_size;
+    std::string master_addr = "127.0.0.1";
+    std::optional<int64_t> master_port;
+    bool use_agent_store = false;  // TORCHELASTIC_USE_AGENT_STORE
+    int64_t restart_count = 0;     // TORCHELASTIC_RESTART_COUNT
+  } distributed;
+
   // `fluxtrain plan` only (plan_options()).
   struct PlanRequest {
     std::vector<int64_t> batches;  // the table's rows

@@ -1,4 +1,5 @@
 #include "core/log.h"
+#include "core/log_prefix.h"
 
 #include <unistd.h>
 
@@ -18,6 +19,7 @@ std::atomic<Level> g_level{Level::info};
 std::mutex g_mutex;
 std::vector<std::unique_ptr<std::ofstream>> g_files;
 detail::StatusLine* g_status = nullptr;
+std::string g_prefix;  // set once, before any other thread logs
 bool g_status_visible = false;
 
 const char* level_name(Level level) {
@@ -58,12 +60,17 @@ void add_file_sink(const std::string& path) {
   g_files.push_back(std::move(file));
 }
 
+void set_prefix(const std::string& prefix) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  g_prefix = prefix;
+}
+
 void write(Level level, const std::string& message) {
-  std::string line = level == Level::info ? message : std::string(level_name(level)) + ": " + message;
+  std::string line = g_prefix + (level == Level::info ? message : std::string(level_name(level)) + ": " + message);
   detail::write_terminal(line + "\n", false);
   std::lock_guard<std::mutex> lock(g_mutex);
   if (!g_files.empty()) {
-    std::string stamped = timestamp() + " " + level_name(level) + " " + message + "\n";
+    std::string stamped = timestamp() + " " + level_name(level) + " " + g_prefix + message + "\n";
     for (auto& file : g_files) {
       *file << stamped;
       file->flush();

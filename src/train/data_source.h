@@ -6,6 +6,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace fluxtrain::train {
 
@@ -16,6 +17,15 @@ struct LatentBatch {
   at::Tensor t5_mask;      // [B, L] (1 = token) or undefined
   at::Tensor clip_pooled;  // [B, vec_in_dim]
   at::Tensor loss_mask;    // [B, h, w] in [0, 1] (alpha_mask training) or undefined
+  // Data parallelism: this rank's rows [first_row, first_row + B) of a global batch of global_rows
+  // images (0: the batch is whole). The random draws of a step (timesteps, noise) are made for the
+  // global batch on every rank and sliced, so N ranks see what one process would. A rank may get no
+  // rows (a global batch smaller than the world): then latents is undefined and global_shape says the
+  // global latents' shape.
+  int64_t global_rows = 0;
+  int64_t first_row = 0;
+  std::vector<int64_t> global_shape;
+  int64_t rows() const { return latents.defined() ? latents.size(0) : 0; }
 };
 
 // Batches by position. batch(epoch, i) must be a pure function of its arguments (and the source's

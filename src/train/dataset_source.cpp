@@ -53,7 +53,7 @@ sample::TextEncoders& DatasetSource::encoders() {
   return *encoders_;
 }
 
-std::string DatasetSource::prepare() {
+std::string DatasetSource::prepare(int shard, int shards) {
   // Latents: every image at its centre crop, and mirrored too where flip_aug can pick that.
   std::vector<PreparedImage> images;
   for (size_t i = 0; i < plan_->images().size(); ++i) {
@@ -71,12 +71,27 @@ std::string DatasetSource::prepare() {
       images.push_back(prepared(s));
     }
   }
+  auto mine = [&](auto& items) {
+    if (shards <= 1) return;
+    std::remove_reference_t<decltype(items)> kept;
+    for (size_t i = static_cast<size_t>(shard); i < items.size(); i += static_cast<size_t>(shards)) kept.push_back(items[i]);
+    items = std::move(kept);
+  };
+  mine(images);
   CacheStats latent_stats = latents_->ensure(images, files_.ae, options_.encoders, options_.encode_batch_size);
   // Text: the captions of the first epoch (all of them when nothing is random; the first epoch's draws
   // otherwise; later draws are encoded when they come).
   std::vector<std::string> captions;
   for (const auto& batch : plan_->epoch(options_.seed, 0)) {
     for (const auto& sample : batch.samples) captions.push_back(sample.caption);
+  }
+  if (shards > 1) {
+    std::set<std::string> seen;
+    std::vector<std::string> unique;
+    for (auto& c : captions)
+      if (seen.insert(c).second) unique.push_back(std::move(c));
+    captions = std::move(unique);
+    mine(captions);
   }
   CacheStats text_stats = text_->ensure(
       captions, [this]() -> sample::TextEncoders& { return encoders(); }, options_.encode_batch_size);
@@ -90,6 +105,24 @@ std::string DatasetSource::prepare() {
 
 LatentBatch DatasetSource::batch(int64_t epoch, int64_t index) {
   data::PlannedBatch planned = plan_->batch(options_.seed, epoch, index);
+  LatentBatch out;
+  if (options_.world_size > 1) {
+    // This rank's contiguous share of the global batch: rows [n*rank/world, n*(rank+1)/world).
+    const int64_t n = static_cast<int64_t>(planned.samples.size());
+    const int64_t lo = n * options_.rank / options_.world_size, hi = n * (options_.rank + 1) / options_.world_size;
+    const data::PlannedSample first = planned.samples.front();
+    planned.samples.assign(planned.samples.begin() + lo, planned.samples.begin() + hi);
+    out.global_rows = n;
+    out.first_row = lo;
+    if (planned.samples.empty()) {
+      // No rows here: the shape of the global batch's latents, from its first image.
+      const PreparedImage p = prepared(first);
+      const int64_t channels =
+          std::filesystem::exists(latents_->entry(p)) ? latents_->load(p).first.size(0) : models::AeConfig{}.z_channels;
+      out.global_shape = {n, channels, p.bucket_height / 8, p.bucket_width / 8};
+      return out;
+    }
+  }
   std::vector<at::Tensor> latents, masks, t5, t5_masks, pooled;
   bool any_mask = false;
   for (const data::PlannedSample& sample : planned.samples) {
@@ -123,8 +156,11 @@ LatentBatch DatasetSource::batch(int64_t epoch, int64_t index) {
     t5_masks.push_back(e.t5_mask);
     pooled.push_back(e.clip_pooled.to(at::kFloat));
   }
-  LatentBatch out;
   out.latents = at::stack(latents);
+  if (out.global_rows > 0) {
+    out.global_shape = out.latents.sizes().vec();
+    out.global_shape[0] = out.global_rows;
+  }
   out.t5 = at::stack(t5);
   out.t5_mask = at::stack(t5_masks);
   out.clip_pooled = at::stack(pooled);

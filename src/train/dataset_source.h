@@ -28,6 +28,10 @@ struct DatasetSourceOptions {
   sample::TextEncoderOptions text;
   int encode_batch_size = 4;
   uint64_t seed = 42;
+  // Data parallelism: the plan's batches are global batches (per-device batch_size x world), and
+  // batch() returns rank `rank`'s contiguous share of each (LatentBatch::global_rows).
+  int rank = 0;
+  int world_size = 1;
 };
 
 class DatasetSource : public DataSource {
@@ -36,8 +40,10 @@ class DatasetSource : public DataSource {
   ~DatasetSource() override;
 
   // Fills the caches (what is not there yet) and frees the encoders that training will not need.
-  // Returns a one-line report ("latents: 398 reused, 2 encoded; text: ...").
-  std::string prepare();
+  // Returns a one-line report ("latents: 398 reused, 2 encoded; text: ..."). With shards > 1 only every
+  // shards-th entry from `shard` on: the ranks of a machine fill the caches together, then meet at a
+  // barrier (the caller's) before training reads them.
+  std::string prepare(int shard = 0, int shards = 1);
 
   int64_t batches_per_epoch() const override;
   int64_t images_per_epoch() const override;

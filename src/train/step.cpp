@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "optim/optimizer.h"
+#include "train/parallel.h"
 
 namespace fluxtrain::train {
 
@@ -31,11 +32,18 @@ at::Tensor batch_loss(models::FluxTransformerImpl& model, const LatentBatch& bat
                       StepGenerators& generators) {
   const at::Device device = model.img_in->weight.device();
   const at::ScalarType dtype = options.compute_dtype;
-  const int64_t b = batch.latents.size(0), h = batch.latents.size(2), w = batch.latents.size(3);
+  const std::vector<int64_t> shape = batch.global_rows > 0 ? batch.global_shape : batch.latents.sizes().vec();
+  const int64_t h = shape.at(2), w = shape.at(3);
   const int64_t tokens = (h / 2) * (w / 2);
 
-  at::Tensor sigmas = sample_sigmas(b, tokens, options.objective, generators.timesteps);
-  at::Tensor noise = sample_noise(batch.latents.sizes(), options.objective.noise_offset, generators.noise);
+  at::Tensor sigmas = sample_sigmas(shape[0], tokens, options.objective, generators.timesteps);
+  at::Tensor noise = sample_noise(shape, options.objective.noise_offset, generators.noise);
+  const int64_t b = batch.rows();
+  if (b == 0) return {};
+  if (batch.global_rows > 0) {
+    sigmas = sigmas.narrow(0, batch.first_row, b);
+    noise = noise.narrow(0, batch.first_row, b);
+  }
   NoisedLatents noised = add_noise(batch.latents.to(at::kFloat).cpu(), noise, sigmas);
 
   models::FluxInputs in;
@@ -81,13 +89,27 @@ double clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm) {
 
 StepResult train_step(models::FluxTransformerImpl& model, optim::Optimizer& optimizer,
                       const std::vector<LatentBatch>& micro_batches, const StepOptions& options,
-                      StepGenerators& generators) {
+                      StepGenerators& generators, Parallel* parallel) {
   StepResult result;
   const double n = static_cast<double>(micro_batches.size());
-  for (const LatentBatch& batch : micro_batches) {
+  for (size_t i = 0; i < micro_batches.size(); ++i) {
+    const LatentBatch& batch = micro_batches[i];
+    if (parallel && i + 1 == micro_batches.size()) parallel->before_last_backward();
     at::Tensor loss = batch_loss(model, batch, options, generators);
-    (loss / n).backward();
-    result.loss += loss.item<double>() / n;
+    if (!loss.defined()) continue;
+    if (batch.global_rows > 0) {
+      // This rank's share of the global batch's mean: summed over the ranks, the mean of every row.
+      const double share = static_cast<double>(batch.rows()) / static_cast<double>(batch.global_rows);
+      (loss * (share / n)).backward();
+      result.loss += loss.item<double>() * share / n;
+    } else {
+      (loss / n).backward();
+      result.loss += loss.item<double>() / n;
+    }
+  }
+  if (parallel) {
+    parallel->finish_gradients();
+    result.loss = parallel->sum({result.loss}, "the loss all-reduce")[0];
   }
   result.grad_norm = clip_grad_norm(optimizer.params(), options.max_grad_norm);
   result.skipped = !std::isfinite(result.loss) || !std::isfinite(result.grad_norm);

@@ -19,6 +19,8 @@ class Optimizer;
 
 namespace fluxtrain::train {
 
+class Parallel;
+
 // The settings (train/options.h) with the checkpointing's generators and the compute dtype.
 struct StepOptions {
   StepOptions() = default;
@@ -51,16 +53,20 @@ struct StepResult {
 // noise is added to them on the CPU first. Only for a CUDA device (pinning needs the CUDA runtime).
 LatentBatch pin_for_device(LatentBatch batch, at::ScalarType compute_dtype);
 
-// The loss of one batch, with its autograd graph (no backward).
+// The loss of one batch (of this rank's rows of it), with its autograd graph (no backward); undefined when
+// the rank has no rows of the batch (the generators still advance as for the whole batch).
 at::Tensor batch_loss(models::FluxTransformerImpl& model, const LatentBatch& batch, const StepOptions& options,
                       StepGenerators& generators);
 
 // Forward and backward over the micro-batches, gradient clipping, the optimizer step. A NaN or infinite
 // loss or gradient norm skips the optimizer step (the weights and the optimizer state stay as they were)
-// and says so in StepResult::skipped.
+// and says so in StepResult::skipped. With `parallel`, each rank backpropagates its rows' share of the
+// global batch's mean loss (rows / global rows), the gradients are summed over the ranks (bucketed,
+// during the last micro-batch's backward) and the loss is summed for the result: every rank then holds
+// the gradients of the global batch and takes the same optimizer step.
 StepResult train_step(models::FluxTransformerImpl& model, optim::Optimizer& optimizer,
                       const std::vector<LatentBatch>& micro_batches, const StepOptions& options,
-                      StepGenerators& generators);
+                      StepGenerators& generators, Parallel* parallel = nullptr);
 
 // torch.nn.utils.clip_grad_norm_ semantics: returns the total norm; scales the gradients by
 // max_norm / (norm + 1e-6) when that is below 1. max_norm <= 0 only measures.

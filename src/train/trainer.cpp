@@ -124,6 +124,71 @@ double peak_memory_bytes(const at::Device& device) {
   return static_cast<double>(usage.ru_maxrss) * 1024.0;
 }
 
+// A state as rank 0 read it, on every rank: its description through the store, its tensors broadcast
+// (so that ranks on other machines need no copy of OUTPUT_PATH).
+void share_state(TrainingState& state, Parallel& par) {
+  const bool root = par.rank() == 0;
+  auto describe = [](const std::vector<std::pair<std::string, at::Tensor>>& tensors) {
+    nlohmann::json out = nlohmann::json::array();
+    for (const auto& [name, tensor] : tensors)
+      out.push_back({name, static_cast<int>(tensor.scalar_type()), tensor.sizes().vec()});
+    return out;
+  };
+  const std::string phase = "the resume (rank 0's state to every rank)";
+  nlohmann::json d;
+  if (root)
+    d = {{"info", state.info}, {"trainable", describe(state.trainable)}, {"optimizer", describe(state.optimizer_tensors)}};
+  d = nlohmann::json::parse(par.broadcast_text(root ? d.dump() : std::string(), phase));
+  if (!root) {
+    state.info = d.at("info");
+    auto allocate = [](const nlohmann::json& list, std::vector<std::pair<std::string, at::Tensor>>& out) {
+      for (const auto& e : list) {
+        out.emplace_back(e.at(0).get<std::string>(),
+                         at::empty(e.at(2).get<std::vector<int64_t>>(),
+                                   at::TensorOptions().dtype(static_cast<at::ScalarType>(e.at(1).get<int>()))));
+      }
+    };
+    allocate(d.at("trainable"), state.trainable);
+    allocate(d.at("optimizer"), state.optimizer_tensors);
+  }
+  std::vector<at::Tensor> tensors;
+  for (auto& entry : state.trainable) tensors.push_back(entry.second);
+  for (auto& entry : state.optimizer_tensors) tensors.push_back(entry.second);
+  par.broadcast(tensors, phase);
+}
+
+// A resume at another world size continues only with the same global batch; else this names the settings
+// that would give it.
+void check_world_change(const std::string& dir, const nlohmann::json& info, int world, int64_t device_batch,
+                        int64_t ga) {
+  const int64_t saved_world = info.value("world_size", int64_t{1});
+  if (saved_world == world) return;
+  const int64_t saved_batch = info.value("device_batch", device_batch);
+  const int64_t saved_ga = info.value("gradient_accumulation", ga);
+  const int64_t before = saved_world * saved_batch * saved_ga, now = world * device_batch * ga;
+  if (before == now) {
+    log::info("this state was trained on ", saved_world, " rank", saved_world == 1 ? "" : "s", " x batch ",
+              saved_batch, " x accumulation ", saved_ga, "; this run has ", world, " x ", device_batch, " x ", ga,
+              ": the same global batch (", now, " images per step), so it continues from the same step and data "
+              "position (docs/distributed.md: within the stated tolerance of an uninterrupted run)");
+    return;
+  }
+  std::vector<std::string> fits;
+  if (before % (world * ga) == 0)
+    fits.push_back(cat("batch_size = ", before / (world * ga), " per device in the dataset config"));
+  if (before % (world * device_batch) == 0)
+    fits.push_back(cat("gradient_accumulation_steps = ", before / (world * device_batch)));
+  fits.push_back(cat(saved_world, " rank", saved_world == 1 ? "" : "s", " (--nproc ", saved_world,
+                     " / PARAMS_NUM_PROCESSES)"));
+  std::string options;
+  for (size_t i = 0; i < fits.size(); ++i) options += (i == 0 ? "" : i + 1 == fits.size() ? ", or " : ", ") + fits[i];
+  fail(dir, ": this state was trained on ", saved_world, " rank", saved_world == 1 ? "" : "s", " x batch ", saved_batch,
+       " per device x gradient accumulation ", saved_ga, " = ", before, " images per optimizer step; this run has ",
+       world, " x ", device_batch, " x ", ga, " = ", now, ". A resume at another world size needs the same global "
+       "batch: with ", world, " rank", world == 1 ? "" : "s", " set ", options,
+       "; or start a new run (another OUTPUT_PATH)");
+}
+
 }  // namespace
 
 void request_stop() { stop::request(SIGTERM); }
@@ -150,6 +215,13 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
   };
 
   Trainable t = build(config);
+  Parallel* const par = config.parallel;
+  const bool root = !par || par->rank() == 0;
+  const int world = par ? par->world_size() : 1;
+  if (par && t.network && par->rank() > 0) {
+    // Each rank its own dropout draws (rank 0 keeps the seed's, as one process would have).
+    t.network->dropout_generator().set_current_seed(config.seed + 1 + 1000003ull * static_cast<uint64_t>(par->rank()));
+  }
   auto optimizer = optim::make_optimizer(config.optimizer, t.params);
   if (config.optimizer.loraplus_lr_ratio && t.network) {
     // LoRA+ (kohya loraplus_lr_ratio): the up matrices learn `ratio` times faster than the down ones.
@@ -172,7 +244,9 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
 
   int64_t step = 0;  // optimizer steps done
   if (!config.resume_from.empty()) {
-    TrainingState state = load_state(config.resume_from, config.resume_verified);
+    TrainingState state;
+    if (root) state = load_state(config.resume_from, config.resume_verified);
+    if (par) share_state(state, *par);
     const std::string dir = state.info.value("_dir", config.resume_from);
     if (state.trainable.size() != t.params.size()) {
       fail(dir, ": the state holds ", state.trainable.size(), " trained tensors but this network has ", t.params.size(),
@@ -196,14 +270,27 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     set_generator_state(generators.timesteps, gens.at("timesteps"), dir);
     set_generator_state(generators.noise, gens.at("noise"), dir);
     if (t.network) {
+      // Rank r's own draws where the state has them (rank 0's are the "dropout" entry).
       at::Generator dropout = t.network->dropout_generator();
-      set_generator_state(dropout, gens.at("dropout"), dir);
+      const nlohmann::json by_rank = state.info.value("rank_generators", nlohmann::json::array());
+      const int rank = par ? par->rank() : 0;
+      if (rank == 0)
+        set_generator_state(dropout, gens.at("dropout"), dir);
+      else if (static_cast<size_t>(rank) < by_rank.size())
+        set_generator_state(dropout, by_rank.at(static_cast<size_t>(rank)).at("dropout"), dir);
     }
+    check_world_change(dir, state.info, world, config.device_batch, ga);
     step = state.info.at("step").get<int64_t>();
     log::info("resumed from ", dir, " at step ", step, " of ", result.total_steps);
   }
 
-  fs::create_directories(config.output_dir);
+  if (par) {
+    // One start for all: rank 0's initial LoRA (resumed runs got rank 0's state above), then the hooks of
+    // the gradient all-reduce.
+    if (t.network && config.resume_from.empty()) par->broadcast(t.params, "the start (rank 0's initial LoRA)");
+    par->attach(t.params);
+  }
+  if (root) fs::create_directories(config.output_dir);
   const int64_t first_step = step;  // where this process started
   int64_t last_state_step = config.resume_from.empty() ? -1 : step;
   double state_seconds = 0;  // how long the last state took to write
@@ -218,6 +305,14 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
       }
     }
     const auto save_started = std::chrono::steady_clock::now();
+    // Every rank's own generators (the LoRA dropout's); rank 0 writes the state.
+    std::vector<std::string> rank_dropout;
+    if (par && t.network)
+      rank_dropout = par->gather_text(generator_state(t.network->dropout_generator()), "the state's generators");
+    if (!root) {
+      last_state_step = at_step;
+      return;
+    }
     TrainingState state;
     for (size_t i = 0; i < t.params.size(); ++i) state.trainable.emplace_back(t.names[i], t.params[i].detach());
     state.optimizer_tensors = optimizer->state_tensors();
@@ -230,6 +325,10 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     state.info["generators"]["noise"] = generator_state(generators.noise);
     if (t.network) state.info["generators"]["dropout"] = generator_state(t.network->dropout_generator());
     state.info["run"] = config.run_info;
+    state.info["world_size"] = world;
+    state.info["device_batch"] = config.device_batch;
+    state.info["gradient_accumulation"] = ga;
+    for (const auto& g : rank_dropout) state.info["rank_generators"].push_back({{"dropout", g}});
     save_state(config.output_dir, at_step, state);
     prune_states(config.output_dir, std::max(1, config.keep_last_n_states));
     last_state_step = at_step;
@@ -238,6 +337,7 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
   // A LoRA file (or the full model): on a full disk (checked before, or ENOSPC while writing) its temporary
   // file is gone and the error says which state a restart resumes from.
   auto save_model = [&](const std::string& path) {
+    if (!root) return;
     try {
       write_final_model(path, config, t);
     } catch (const Error& e) {
@@ -248,7 +348,7 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     }
   };
   auto prune_files = [&](const char* what) {
-    if (config.keep_last_n <= 0) return;
+    if (config.keep_last_n <= 0 || !root) return;
     std::vector<fs::path> files;
     const std::string prefix = config.output_name + "-" + what;
     for (const auto& entry : fs::directory_iterator(config.output_dir)) {
@@ -260,10 +360,15 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
   };
 
   // metrics.jsonl and TensorBoard: a resumed run first drops what the lost steps had logged.
-  MetricsLog metrics((config.output_dir / "metrics.jsonl").string());
-  metrics.truncate_after(step);
-  EventWriter events((config.output_dir / "logs").string(),
-                     step > 0 ? std::optional<int64_t>(step + 1) : std::nullopt);
+  // Rank 0 alone writes them (and the progress line).
+  std::unique_ptr<MetricsLog> metrics;
+  std::unique_ptr<EventWriter> events;
+  if (root) {
+    metrics = std::make_unique<MetricsLog>((config.output_dir / "metrics.jsonl").string());
+    metrics->truncate_after(step);
+    events = std::make_unique<EventWriter>((config.output_dir / "logs").string(),
+                                           step > 0 ? std::optional<int64_t>(step + 1) : std::nullopt);
+  }
   TrainProgressOptions progress_options;
   progress_options.total_steps = result.total_steps;
   if (config.log_every_seconds > 0) progress_options.line_interval_seconds = config.log_every_seconds;
@@ -291,7 +396,7 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     for (size_t i = 0; i < files.size(); ++i) {
       try {
         const data::ImageInfo info = data::probe_image(files[i]);
-        events.add_image_png("samples/" + std::to_string(i), file_bytes(files[i]), info.width, info.height, at,
+        events->add_image_png("samples/" + std::to_string(i), file_bytes(files[i]), info.width, info.height, at,
                              info.has_alpha ? 4 : 3);
       } catch (const Error& e) {
         log::warn("sample ", files[i].string(), " not added to the TensorBoard events: ", e.what());
@@ -303,6 +408,13 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
   // progress and a save in progress finish, a state is written and train() returns.
   const stop::Deferral deferral;
   bool grace_checked = false;
+  // A stop asked of any rank is every rank's (the launcher forwards a signal to all, but it arrives at
+  // different moments): agreed once per check, so all ranks stop after the same step and save one state.
+  auto stop_agreed = [&] {
+    const bool asked = stop::requested();
+    if (!par) return asked;
+    return par->sum({asked ? 1.0 : 0.0}, "the stop agreement")[0] > 0;
+  };
   // Ends the loop on a requested stop: a state of `step` unless one exists (or nothing was trained).
   auto stop_here = [&] {
     const std::string signal = stop::signal_name();
@@ -332,7 +444,8 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     if (step != first_step && last_state_step != step) save_training_state(step);
     const auto kept = newest_state(config.output_dir);
     const LatentBatch& b = micro.front();
-    const int64_t images = b.latents.size(0);
+    const int64_t images = b.rows();
+    const std::vector<int64_t> shape = b.latents.defined() ? b.latents.sizes().vec() : b.global_shape;
     std::string plan;
     if (config.planned_peak_bytes > 0) {
       plan = cat("; the memory planner predicted ", format_bytes(static_cast<double>(config.planned_peak_bytes)),
@@ -342,7 +455,7 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
                      : std::string());
     }
     fail("out of memory on ", config.model.device.str(), " in step ", failed, " (", images, " image",
-         images == 1 ? "" : "s", " of ", b.latents.size(3) * 8, "x", b.latents.size(2) * 8, " per batch, ",
+         images == 1 ? "" : "s", " of ", shape.at(3) * 8, "x", shape.at(2) * 8, " per batch", par ? " on this rank, " : ", ",
          micro.size(), " batch", micro.size() == 1 ? "" : "es", ")", plan, ". ",
          kept ? cat("The newest state, ", kept->string(), ", is kept; a restart resumes from it. ")
               : std::string("No state was written yet. "),
@@ -357,7 +470,7 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
 
   while (step < result.total_steps) {
     if (step != first_step) stop::pause_point("training");  // test hook (core/stop.h)
-    if (stop::requested()) {
+    if (stop_agreed()) {
       stop_here();
       break;
     }
@@ -375,7 +488,7 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     optimizer->set_lr(lr);
     StepResult r;
     try {
-      r = train_step(*t.model, *optimizer, micro, step_options, generators);
+      r = train_step(*t.model, *optimizer, micro, step_options, generators, par);
     } catch (const c10::OutOfMemoryError& e) {
       out_of_memory(step + 1, micro, e.what());
     }
@@ -401,17 +514,21 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     for (const auto& [key, value] : optimizer->stats()) values.emplace_back(key, value);
     const double memory = peak_memory_bytes(config.model.device);
     if (memory >= 0) values.emplace_back("peak_memory_bytes", memory);
-    metrics.append(step, values);
-    std::vector<std::pair<std::string, double>> scalars;
-    for (const auto& [key, value] : values) scalars.emplace_back("train/" + key, value);
-    scalars.emplace_back("train/steps_per_second", progress.steps_per_second());
-    events.add_scalars(scalars, step);
-    // A skipped step's loss would turn the shown average into NaN for good: it shows the count instead.
-    progress.update(step, r.skipped ? progress.smoothed_loss() : r.loss, lr, memory,
-                    result.skipped_steps > 0 ? cat("skipped ", result.skipped_steps) : std::string());
+    if (root) {
+      metrics->append(step, values);
+      std::vector<std::pair<std::string, double>> scalars;
+      for (const auto& [key, value] : values) scalars.emplace_back("train/" + key, value);
+      scalars.emplace_back("train/steps_per_second", progress.steps_per_second());
+      events->add_scalars(scalars, step);
+      // A skipped step's loss would turn the shown average into NaN for good: it shows the count instead.
+      progress.update(step, r.skipped ? progress.smoothed_loss() : r.loss, lr, memory,
+                      result.skipped_steps > 0 ? cat("skipped ", result.skipped_steps) : std::string());
+    }
     if (config.max_nonfinite_steps > 0 && skipped_in_a_row >= config.max_nonfinite_steps) {
-      metrics.flush();
-      events.flush();
+      if (root) {
+        metrics->flush();
+        events->flush();
+      }
       const auto kept = newest_state(config.output_dir);
       fail("training stopped at step ", step, ": the loss or gradient norm was not finite (NaN or infinite) in ",
            skipped_in_a_row, " steps in a row (max_nonfinite_steps ", config.max_nonfinite_steps,
@@ -430,14 +547,14 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
         if (t.network) t.network->set_training(false);
         save_model(path);
         if (t.network) t.network->set_training(true);
-        result.files.push_back(path);
+        if (root) result.files.push_back(path);
         prune_files("step");
         saved = true;
       }
       if (config.save_every_n_epochs > 0 && epoch_end && epoch % config.save_every_n_epochs == 0) {
         std::string path = (config.output_dir / numbered(config.output_name, "", epoch, 6)).string();
         save_model(path);
-        result.files.push_back(path);
+        if (root) result.files.push_back(path);
         saved = true;
       }
       if (saved && config.save_state) {
@@ -445,14 +562,18 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
         state_saved = true;
       }
       const double minutes = std::chrono::duration<double>(std::chrono::steady_clock::now() - last_state).count() / 60;
-      if (!state_saved && config.save_state_every_minutes > 0 && minutes >= config.save_state_every_minutes) {
+      bool timer = !state_saved && config.save_state_every_minutes > 0 && minutes >= config.save_state_every_minutes;
+      // Rank 0's clock decides for all.
+      if (par && !state_saved && config.save_state_every_minutes > 0)
+        timer = par->sum({root && timer ? 1.0 : 0.0}, "the state timer")[0] > 0;
+      if (timer) {
         save_training_state(step);
         state_saved = true;
       }
       if (state_saved) last_state = std::chrono::steady_clock::now();
     }
     // Once a step (and a state, when one was written) has been timed: the stop_grace_seconds budget.
-    if (!grace_checked && !r.skipped && step - first_step >= 2) {
+    if (root && !grace_checked && !r.skipped && step - first_step >= 2) {
       grace_checked = true;
       const double per_step = step_seconds / static_cast<double>(step - first_step);
       if (per_step + state_seconds > config.stop_grace_seconds) {
@@ -467,21 +588,23 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     const bool sample_epoch = config.sample_every_n_epochs > 0 && epoch_end && epoch % config.sample_every_n_epochs == 0;
     // Samples are not rendered once a stop was requested: the grace period is for the state.
     if (sample && (sample_step || sample_epoch) && !stop::requested()) render_samples(step);
-    if (stop::requested() && step < result.total_steps) {
+    if (step < result.total_steps && stop_agreed()) {
       stop_here();
       break;
     }
   }
   if (t.network) t.network->set_training(false);
-  progress.finish();
+  if (root) {
+    progress.finish();
+    metrics->flush();
+    events->flush();
+  }
   result.data_wait_share = step_seconds > 0 ? prefetch.wait_seconds() / step_seconds : 0;
-  metrics.flush();
-  events.flush();
   result.steps = step;
   if (!result.interrupted) {
     std::string path = (config.output_dir / (config.output_name + ".safetensors")).string();
     save_model(path);
-    result.files.push_back(path);
+    if (root) result.files.push_back(path);
     save_training_state(step);
   }
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();

@@ -20,6 +20,7 @@
 #include "models/options.h"
 #include "train/data_source.h"
 #include "train/options.h"
+#include "train/parallel.h"
 #include "train/step.h"
 
 namespace fluxtrain::train {
@@ -38,6 +39,12 @@ struct TrainerConfig : TrainOptions {
   // predicted peak of a step at the largest bucket and the memory it was planned against (0: none).
   int64_t planned_peak_bytes = 0;
   int64_t planned_budget_bytes = 0;
+  // Data parallelism (train/parallel.h; null: one process). The data source gives each rank its share of
+  // global batches; device_batch is the dataset's batch_size per device (the largest of its datasets),
+  // recorded in states with the world size so that a resume at another world size can check that the
+  // global batch (device_batch x world x gradient_accumulation) is the same.
+  Parallel* parallel = nullptr;
+  int64_t device_batch = 1;
 };
 
 // Called to write samples at a step with the model in its current (trained) state.

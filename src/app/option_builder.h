@@ -140,6 +140,7 @@ class Opt {
   Opt& url_secrets() { return s_.url_secrets = true, *this; }
   Opt& resume(ResumeRule rule) { return s_.resume = rule, *this; }
   Opt& safe_on_resume() { return resume(ResumeRule::safe); }
+  Opt& per_rank() { return s_.per_rank = true, *this; }
   Opt& memory_only() { return resume(ResumeRule::memory_only); }
   // The default is the seed's (its train-flux.sh, `where`), not kohya's (`kohya`, "" = none).
   Opt& seed_default(std::string where, std::string kohya) {

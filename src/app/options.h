@@ -96,6 +96,9 @@ struct OptionSpec {
   // it through redact_url (core/strings.h); only the setting itself gets the real text.
   bool url_secrets = false;
   ResumeRule resume = ResumeRule::breaking;
+  // The value is per rank of a data-parallel run (a batch size): the run's identity (its hash, the resume
+  // check, the values a state records) takes it times the number of ranks.
+  bool per_rank = false;
   std::vector<std::string> metadata_keys;  // the LoRA file's ss_* keys that record the value
   // A default taken from the seed's train-flux.sh rather than kohya's: where the seed sets it, and kohya's
   // default, which the option would otherwise have (the reference's "Defaults that follow the seed").

@@ -12,6 +12,7 @@
 #include <CLI/CLI.hpp>
 #include <torch/cuda.h>
 
+#include <charconv>
 #include <fstream>
 #include <functional>
 #include <iostream>
@@ -79,6 +80,20 @@ std::string training_hash(const std::map<std::string, std::string>& values, cons
     if (train_options().at(name).resume == ResumeRule::breaking) text += name + "=" + value + "\n";
   }
   return sha256_hex(text + "dataset=" + dataset + "\n").substr(0, 12);
+}
+
+// The option values that identify the run: a per-rank value (a batch size) as the whole run's, times the
+// ranks, so that 2 ranks x batch 2 and 1 rank x batch 4 are the same run.
+std::map<std::string, std::string> run_values(const ResolvedConfig& config, int world) {
+  std::map<std::string, std::string> values = config.value_texts();
+  if (world == 1) return values;
+  for (auto& [name, value] : values) {
+    if (!train_options().at(name).per_rank) continue;
+    int64_t n = 0;
+    auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
+    if (ec == std::errc() && end == value.data() + value.size()) value = std::to_string(n * world);
+  }
+  return values;
 }
 
 // Two option texts for the same value: equal, or the same number written differently (states of format 1
@@ -216,7 +231,8 @@ void log_dataset_lint(const data::DatasetPlan& plan, int t5_max_length) {
   }
 }
 
-train::TrainerConfig trainer_config(const ResolvedConfig& config, const TrainSettings& settings,
+train::TrainerConfig trainer_config(const ResolvedConfig& config, const std::map<std::string, std::string>& values,
+                                    const TrainSettings& settings,
                                     const ModelFiles& files, const RunPlan& run, const data::DatasetPlan& plan,
                                     at::Device device, at::ScalarType precision) {
   train::TrainerConfig t;
@@ -256,7 +272,6 @@ train::TrainerConfig trainer_config(const ResolvedConfig& config, const TrainSet
       {"ss_sd_model_name", fs::path(files.model).filename().string()},
       {"ss_vae_name", fs::path(files.ae).filename().string()},
   });
-  const std::map<std::string, std::string> values = config.value_texts();
   const std::string dataset = dataset_identity(plan);
   t.run_info = {{"options", values}, {"dataset", dataset}, {"training_hash", training_hash(values, dataset)}};
   return t;
@@ -448,7 +463,7 @@ int run_train(const ResolvedConfig& config, bool cache_only) {
   if (cache_only) {
     run = RunPlan{fs::path(settings.output_path), ""};
   } else if (root) {
-    run = plan_run(settings, config.value_texts(), dataset_identity(*plan));
+    run = plan_run(settings, run_values(config, world), dataset_identity(*plan));
   }
   if (parallel) {
     // Rank 0's decision (its folder, its state) for all.
@@ -476,7 +491,7 @@ int run_train(const ResolvedConfig& config, bool cache_only) {
   if (parallel) parallel->barrier("the cache filling (each rank fills its share)");
   if (cache_only) return 0;
 
-  train::TrainerConfig trainer = trainer_config(config, settings, files, run, *plan, device, precision);
+  train::TrainerConfig trainer = trainer_config(config, run_values(config, world), settings, files, run, *plan, device, precision);
   if (planned) {
     trainer.step.checkpointing.keep_per_block = memory.inputs.checkpointing.keep_per_block;
     if (memory.keep_auto) trainer.step.checkpointing.keep_products = memory.inputs.checkpointing.keep_products;

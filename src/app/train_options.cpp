@@ -185,6 +185,7 @@ std::vector<OptionSpec> train_specs() {
              "Images per batch, for every dataset whose config sets none; `auto`: the largest batch the device's "
              "memory holds (the memory planner, `fluxtrain plan`); unset: 1.")
           .alias("PARAMS_BATCH_SIZE")
+          .per_rank()
           .check(check_batch_size)
           .allowed("an integer >= 1, or auto")
           .set([](S& s, const std::string& v, const std::string& described) {

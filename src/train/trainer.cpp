@@ -161,7 +161,7 @@ void share_state(TrainingState& state, Parallel& par) {
 // that would give it.
 void check_world_change(const std::string& dir, const nlohmann::json& info, int world, int64_t device_batch,
                         int64_t ga) {
-  const int64_t saved_world = info.value("world_size", int64_t{1});
+  const int64_t saved_world = info.value("world", int64_t{1});
   if (saved_world == world) return;
   const int64_t saved_batch = info.value("device_batch", device_batch);
   const int64_t saved_ga = info.value("gradient_accumulation", ga);
@@ -325,7 +325,7 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     state.info["generators"]["noise"] = generator_state(generators.noise);
     if (t.network) state.info["generators"]["dropout"] = generator_state(t.network->dropout_generator());
     state.info["run"] = config.run_info;
-    state.info["world_size"] = world;
+    state.info["world"] = world;
     state.info["device_batch"] = config.device_batch;
     state.info["gradient_accumulation"] = ga;
     for (const auto& g : rank_dropout) state.info["rank_generators"].push_back({{"dropout", g}});

@@ -76,7 +76,7 @@ def test_two_ranks_equal_one_rank(tmp_path, fluxtrain_bin, models, dataset, case
     # Rank 0 alone wrote the run's files; the state records the world.
     state = sorted((two / "state").iterdir())[-1]
     info = __import__("json").loads((state / "state.json").read_text())
-    assert info["world_size"] == 2 and info["device_batch"] == 2 and len(info["rank_generators"]) == 2
+    assert info["world"] == 2 and info["device_batch"] == 2 and len(info["rank_generators"]) == 2
 
 
 def test_torchrun_launch(tmp_path, fluxtrain_bin, models, dataset):  # noqa: F811

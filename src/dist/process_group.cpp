@@ -91,6 +91,7 @@ class Group : public train::Parallel {
   }
 
   int rank() const override { return info_.rank; }
+  std::pair<size_t, size_t> buckets_overlapped() const override { return {overlapped_, buckets_.size()}; }
   int world_size() const override { return info_.world_size; }
 
   void attach(const std::vector<at::Tensor>& params) override {
@@ -139,6 +140,7 @@ class Group : public train::Parallel {
   void finish_gradients() override {
     std::unique_lock<std::mutex> lock(mutex_);
     armed_ = false;
+    overlapped_ = next_;
     while (next_ < buckets_.size()) launch(next_++);
     const std::string phase = "the gradient all-reduce";
     for (Bucket& b : buckets_) {
@@ -275,6 +277,7 @@ class Group : public train::Parallel {
   std::vector<bool> ready_;
   std::vector<Bucket> buckets_;
   size_t next_ = 0;
+  size_t overlapped_ = 0;
   bool armed_ = false;
   bool twice_ = false;
 };

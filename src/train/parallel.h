@@ -11,6 +11,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace fluxtrain::train {
@@ -28,6 +29,9 @@ class Parallel {
   virtual void attach(const std::vector<at::Tensor>& params) = 0;
   virtual void before_last_backward() = 0;
   virtual void finish_gradients() = 0;
+  // Of the buckets of the last finish_gradients(): how many the hooks launched during the backward pass
+  // (the rest were launched at its end), and how many there are.
+  virtual std::pair<size_t, size_t> buckets_overlapped() const = 0;
 
   // Element-wise sums over the ranks (losses, flags).
   virtual std::vector<double> sum(const std::vector<double>& values, const std::string& phase) = 0;

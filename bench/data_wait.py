@@ -114,6 +114,15 @@ def write_dataset(folder: str, count: int, resolution: int) -> None:
             f.write(f"ohwx, picture {i} with {i % 7} round shapes\n")
 
 
+def write_dataset_config(work: str, resolution: int) -> None:
+    """work/dataset.toml: the images of work/data/1_ohwx, bucketed around `resolution`."""
+    with open(os.path.join(work, "dataset.toml"), "w", encoding="utf-8") as f:
+        f.write(f"[general]\nresolution = {resolution}\nenable_bucket = true\ncaption_extension = \".txt\"\n"
+                f"min_bucket_reso = {resolution // 2}\nmax_bucket_reso = {resolution * 2}\n"
+                f"bucket_reso_steps = {max(32, resolution // 4)}\n[[datasets]]\n  [[datasets.subsets]]\n"
+                f"  image_dir = \"{os.path.join(work, 'data', '1_ohwx')}\"\n")
+
+
 def base_env(a, work: str, output: str, **params) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PARAMS_")}
     env.update({
@@ -167,11 +176,7 @@ def main(argv=None) -> int:
         else:
             write_wide_models(os.path.join(work, "models"))
         write_dataset(os.path.join(work, "data"), a.images, a.resolution)
-        with open(os.path.join(work, "dataset.toml"), "w", encoding="utf-8") as f:
-            f.write(f"[general]\nresolution = {a.resolution}\nenable_bucket = true\ncaption_extension = \".txt\"\n"
-                    f"min_bucket_reso = {a.resolution // 2}\nmax_bucket_reso = {a.resolution * 2}\n"
-                    f"bucket_reso_steps = {max(32, a.resolution // 4)}\n[[datasets]]\n  [[datasets.subsets]]\n"
-                    f"  image_dir = \"{os.path.join(work, 'data', '1_ohwx')}\"\n")
+        write_dataset_config(work, a.resolution)
         plan = json.loads(run([a.bin, "dataset", "--json", "--config", os.path.join(work, "dataset.toml"),
                                "--batch-size", a.batch]).stdout)
         cache = run([a.bin, "cache"], env=base_env(a, work, os.path.join(work, "runs", "cache")))

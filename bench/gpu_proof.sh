@@ -8,7 +8,8 @@
 #       the resumed LoRA must equal the uninterrupted run's byte for byte);
 #   (c) the full-size Flux.1-dev architecture (12B, random weights) at 1280x768, batches 1, 2, 4, 8 and the
 #       planner's largest: fluxtrain (fp8 base, as the seed) against diffusers + PEFT eager (bf16), step time,
-#       images/s, MFU, peak memory, planner error (bench/train_step.py --one-process).
+#       images/s, MFU, peak memory, planner error (bench/train_step.py --one-process);
+#   (d) on a machine with several GPUs, data-parallel scaling: 1 rank against one per GPU (bench/scaling.py).
 # Each part has its own time limit; $OUT/gpu_proof.md is always written (a part that fails is marked FAILED
 # with the tail of its output), with table.md / table.json, unit.json and e2e.json beside it.
 #
@@ -30,11 +31,11 @@ started=$(date +%s)
 if [ "$mode" = gpu ]; then
   out="${OUT:-$root/.gpu-proof/out}"
   work=/tmp/gpu-proof
-  budget_a=60 budget_b=100 budget_c=300
+  budget_a=60 budget_b=100 budget_c=300 budget_d=120
 else
   out="${OUT:-$(mktemp -d /tmp/gpu-proof-smoke.XXXXXX)}"
   work="$(mktemp -d /tmp/gpu-proof-work.XXXXXX)"
-  budget_a=60 budget_b=150 budget_c=150
+  budget_a=60 budget_b=150 budget_c=150 budget_d=120
 fi
 mkdir -p "$out" "$work"
 report="$out/gpu_proof.md"
@@ -184,6 +185,28 @@ if [ $rc -eq 0 ] && [ -f "$out/table.md" ]; then
 else
   section "(c) full-size training step, fluxtrain vs eager" \
     "FAILED (exit status $rc$([ $rc -eq 124 ] && echo ", over $budget_c s"))" "$log" 40
+fi
+
+# --- (d) data-parallel scaling, 1 GPU against all of them (bench/scaling.py) ------------------------------
+log="$work/d.log"
+if [ "$mode" = gpu ]; then
+  gpus="$("$python" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)"
+  scaling=(--device cuda --nproc "$gpus" --threads 0 --steps 12 --repeats 1)
+else
+  gpus=2
+  scaling=(--smoke)
+fi
+if [ "${gpus:-0}" -ge 2 ]; then
+  timeout "$budget_d" "$python" bench/scaling.py --bin "$fluxtrain" "${scaling[@]}" --markdown "$out/scaling.md" \
+    > "$log" 2>&1
+  rc=$?
+  if [ $rc -eq 0 ] && [ -f "$out/scaling.md" ]; then
+    sections+="\n## (d) data-parallel scaling, 1 against $gpus ranks: PASSED\n\n$(cat "$out/scaling.md")\n"
+  else
+    section "(d) data-parallel scaling" "FAILED (exit status $rc$([ $rc -eq 124 ] && echo ", over $budget_d s"))" "$log" 40
+  fi
+else
+  sections+="\n## (d) data-parallel scaling: not run (this machine has ${gpus:-no} GPU; it needs 2 or more)\n"
 fi
 
 sections+="\nTotal: $(( $(date +%s) - started )) s.\n"

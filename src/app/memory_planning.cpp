@@ -93,6 +93,10 @@ train::MemoryPlanInputs memory_plan_inputs(const TrainSettings& settings, const 
                                               : (settings.models.base_model == BaseModel::schnell ? 256 : 512);
   in.host_is_device = !cuda;
   in.prefetch_batches = t.prefetch_batches;
+  // The ranks of a data-parallel run: torchrun's WORLD_SIZE, else --nproc N (auto plans one rank).
+  const std::string& nproc = settings.distributed.num_processes;
+  in.ranks = settings.distributed.world_size.value_or(nproc == "auto" ? 1 : std::stoll(nproc));
+  in.optimizer_shards = t.zero_stage == 1 ? in.ranks : 1;
   return in;
 }
 

@@ -684,6 +684,15 @@ std::vector<OptionSpec> train_specs() {
           .min(0, true)
           .safe_on_resume()
           .to(&S::distributed, &D::collective_timeout_seconds),
+      Opt<S>("zero_stage", kInt, "distributed", "0",
+             "With several ranks: 1 shards the optimizer state (ZeRO stage 1): each rank keeps the state of its "
+             "share of the trained tensors, updates them and sends them to the others, so a full fine-tuning's "
+             "AdamW state (8 bytes per weight) takes 1/ranks of it per GPU; the numbers are the same as with 0 "
+             "(every rank keeps all). Element-wise optimizers only (not Prodigy, whose step needs every gradient).")
+          .min(0)
+          .max(1)
+          .memory_only()
+          .to(&S::training, &T::zero_stage),
       rank_variable("rank", "RANK", "This process's rank in the group (torchrun sets it).", 0)
           .to(&S::distributed, &D::rank),
       rank_variable("world_size", "WORLD_SIZE", "Ranks in the group (torchrun sets it).", 1)

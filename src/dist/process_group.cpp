@@ -180,14 +180,14 @@ class Group : public train::Parallel {
     return std::vector<double>(host.data_ptr<double>(), host.data_ptr<double>() + host.numel());
   }
 
-  void broadcast(std::vector<at::Tensor>& tensors, const std::string& phase) override {
+  void broadcast(std::vector<at::Tensor>& tensors, const std::string& phase, int root) override {
     at::NoGradGuard no_grad;
     for (at::Tensor& t : tensors) {
       // The backends take contiguous tensors on the group's device; anything else goes through a copy.
       const bool direct = t.is_contiguous() && t.device() == options_.device;
       std::vector<at::Tensor> one = {direct ? t : t.to(options_.device).contiguous()};
       c10d::BroadcastOptions o;
-      o.rootRank = 0;
+      o.rootRank = root;
       wait(call([&] { return backend_->broadcast(one, o); }, phase), phase);
       if (!direct) t.copy_(one[0]);
     }

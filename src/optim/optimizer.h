@@ -32,6 +32,9 @@ class Optimizer {
   // count moves on (if anything was updated). Optimizers that need all gradients at once (Prodigy's
   // d estimate) override step() itself.
   virtual void step();
+  // Each parameter's update depends on its own gradient and state only (not Prodigy's d estimate, which
+  // reads every gradient): its state can then be sharded across data-parallel ranks (ZeRO stage 1).
+  virtual bool element_wise() const { return true; }
   // Drops every gradient (torch's zero_grad(set_to_none=True)).
   void zero_grad();
 

@@ -28,6 +28,7 @@ class ProdigyOptimizer : public Optimizer {
  public:
   ProdigyOptimizer(std::vector<at::Tensor> params, double lr, ProdigyOptions options);
   std::string name() const override { return "Prodigy"; }
+  bool element_wise() const override { return false; }
   void step() override;
   // prodigyopt refuses parameter groups with different learning rates.
   void set_lr_multipliers(std::vector<double> multipliers) override;

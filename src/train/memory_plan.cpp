@@ -160,13 +160,21 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
     for (int64_t d : shape) n *= d;
     plan.trainable_params += n;
   }
-  const int64_t state = optimizer_state_bytes(in.optimizer, trained);
+  const int64_t shards = std::max<int64_t>(1, in.optimizer_shards);
+  const int64_t state = (optimizer_state_bytes(in.optimizer, trained) + shards - 1) / shards;
   plan.trainable = kF32 * plan.trainable_params + state;
   plan.terms.push_back({in.full_finetune ? "trained weights (fp32)" : "LoRA parameters (fp32)",
                         kF32 * plan.trainable_params, false});
-  plan.terms.push_back({in.optimizer.type + " state", state, false});
-  plan.fixed_workspace = kF32 * plan.trainable_params + largest_upcast;
-  plan.terms.push_back({"gradients and an upcast weight (when the activations are gone)", plan.fixed_workspace, false});
+  plan.terms.push_back({in.optimizer.type + (shards > 1 ? cat(" state (this rank's 1/", shards, ", zero_stage 1)")
+                                                        : std::string(" state")),
+                        state, false});
+  // With several ranks the all-reduce's buckets hold a flat copy of the gradients until the step.
+  const int64_t buckets = in.ranks > 1 ? kF32 * plan.trainable_params : 0;
+  plan.fixed_workspace = kF32 * plan.trainable_params + buckets + largest_upcast;
+  plan.terms.push_back({in.ranks > 1 ? "gradients, their all-reduce buckets and an upcast weight (when the activations "
+                                       "are gone)"
+                                     : "gradients and an upcast weight (when the activations are gone)",
+                        plan.fixed_workspace, false});
 
   // Per image: what checkpointed blocks hold until their backward.
   int64_t checkpointed = 0, graph = 0;

@@ -75,6 +75,9 @@ struct TrainOptions {
   optim::ScheduleOptions schedule;  // num_training_steps is filled in by the trainer
   StepSettings step;
   int64_t gradient_accumulation = 1;
+  // Data parallelism: 1 = each rank keeps the optimizer state of its share of the trained tensors only
+  // (ZeRO stage 1) and sends their new values to the others after each step; 0 = every rank keeps all.
+  int zero_stage = 0;
   int prefetch_batches = 4;           // batches a background thread prepares ahead; 0 = each in the loop when needed
   std::optional<int64_t> max_epochs;  // set: the run's length in epochs, and max_steps is not used
   int64_t max_steps = 1600;

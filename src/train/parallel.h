@@ -35,8 +35,8 @@ class Parallel {
 
   // Element-wise sums over the ranks (losses, flags).
   virtual std::vector<double> sum(const std::vector<double>& values, const std::string& phase) = 0;
-  // Rank 0's tensors into every rank's (same shapes and dtypes on every rank), in place.
-  virtual void broadcast(std::vector<at::Tensor>& tensors, const std::string& phase) = 0;
+  // Rank `root`'s tensors into every rank's (same shapes and dtypes on every rank), in place.
+  virtual void broadcast(std::vector<at::Tensor>& tensors, const std::string& phase, int root = 0) = 0;
   // Rank 0's text, on every rank.
   virtual std::string broadcast_text(const std::string& text, const std::string& phase) = 0;
   // Every rank's text, in rank order, on every rank.

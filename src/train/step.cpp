@@ -89,7 +89,7 @@ double clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm) {
 
 StepResult train_step(models::FluxTransformerImpl& model, optim::Optimizer& optimizer,
                       const std::vector<LatentBatch>& micro_batches, const StepOptions& options,
-                      StepGenerators& generators, Parallel* parallel) {
+                      StepGenerators& generators, Parallel* parallel, const std::vector<bool>& owned) {
   StepResult result;
   const double n = static_cast<double>(micro_batches.size());
   for (size_t i = 0; i < micro_batches.size(); ++i) {
@@ -113,7 +113,14 @@ StepResult train_step(models::FluxTransformerImpl& model, optim::Optimizer& opti
   }
   result.grad_norm = clip_grad_norm(optimizer.params(), options.max_grad_norm);
   result.skipped = !std::isfinite(result.loss) || !std::isfinite(result.grad_norm);
-  if (!result.skipped) optimizer.step();
+  if (!result.skipped) {
+    if (!owned.empty()) {
+      const std::vector<at::Tensor>& params = optimizer.params();
+      for (size_t i = 0; i < params.size(); ++i)
+        if (!owned[i]) params[i].mutable_grad().reset();
+    }
+    optimizer.step();
+  }
   optimizer.zero_grad();
   return result;
 }

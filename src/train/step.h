@@ -66,7 +66,11 @@ at::Tensor batch_loss(models::FluxTransformerImpl& model, const LatentBatch& bat
 // the gradients of the global batch and takes the same optimizer step.
 StepResult train_step(models::FluxTransformerImpl& model, optim::Optimizer& optimizer,
                       const std::vector<LatentBatch>& micro_batches, const StepOptions& options,
-                      StepGenerators& generators, Parallel* parallel = nullptr);
+                      StepGenerators& generators, Parallel* parallel = nullptr,
+                      const std::vector<bool>& owned = {});
+// `owned` (ZeRO stage 1, when not empty): the optimizer steps only the tensors this rank owns (the others'
+// gradients are dropped after the clipping, which needs them all); the caller then sends each owner's new
+// values to the other ranks.
 
 // torch.nn.utils.clip_grad_norm_ semantics: returns the total norm; scales the gradients by
 // max_norm / (norm + 1e-6) when that is below 1. max_norm <= 0 only measures.

@@ -5,7 +5,9 @@
 
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <atomic>
+#include <functional>
 #include <chrono>
 #include <cmath>
 #include <csignal>
@@ -126,7 +128,7 @@ double peak_memory_bytes(const at::Device& device) {
 
 // A state as rank 0 read it, on every rank: its description through the store, its tensors broadcast
 // (so that ranks on other machines need no copy of OUTPUT_PATH).
-void share_state(TrainingState& state, Parallel& par) {
+void share_state(TrainingState& state, Parallel& par, const std::function<bool(const std::string&)>& keep_optimizer) {
   const bool root = par.rank() == 0;
   auto describe = [](const std::vector<std::pair<std::string, at::Tensor>>& tensors) {
     nlohmann::json out = nlohmann::json::array();
@@ -139,22 +141,70 @@ void share_state(TrainingState& state, Parallel& par) {
   if (root)
     d = {{"info", state.info}, {"trainable", describe(state.trainable)}, {"optimizer", describe(state.optimizer_tensors)}};
   d = nlohmann::json::parse(par.broadcast_text(root ? d.dump() : std::string(), phase));
-  if (!root) {
-    state.info = d.at("info");
-    auto allocate = [](const nlohmann::json& list, std::vector<std::pair<std::string, at::Tensor>>& out) {
-      for (const auto& e : list) {
-        out.emplace_back(e.at(0).get<std::string>(),
-                         at::empty(e.at(2).get<std::vector<int64_t>>(),
-                                   at::TensorOptions().dtype(static_cast<at::ScalarType>(e.at(1).get<int>()))));
-      }
-    };
-    allocate(d.at("trainable"), state.trainable);
-    allocate(d.at("optimizer"), state.optimizer_tensors);
+  if (!root) state.info = d.at("info");
+  // One tensor at a time; an optimizer tensor this rank does not keep (ZeRO stage 1) is dropped at once.
+  auto share = [&](const nlohmann::json& list, std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                   const std::function<bool(const std::string&)>& keep) {
+    std::vector<std::pair<std::string, at::Tensor>> kept;
+    for (size_t k = 0; k < list.size(); ++k) {
+      const std::string name = list[k].at(0).get<std::string>();
+      std::vector<at::Tensor> one = {
+          root ? tensors[k].second
+               : at::empty(list[k].at(2).get<std::vector<int64_t>>(),
+                           at::TensorOptions().dtype(static_cast<at::ScalarType>(list[k].at(1).get<int>())))};
+      par.broadcast(one, phase);
+      if (!keep || keep(name)) kept.emplace_back(name, one[0]);
+    }
+    tensors = std::move(kept);
+  };
+  share(d.at("trainable"), state.trainable, nullptr);
+  share(d.at("optimizer"), state.optimizer_tensors, keep_optimizer);
+}
+
+// ZeRO stage 1: each trained tensor's rank, the largest first to the least loaded rank.
+std::vector<int> shard_owners(const std::vector<at::Tensor>& params, int world) {
+  std::vector<size_t> order(params.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return params[a].numel() > params[b].numel(); });
+  std::vector<int64_t> load(static_cast<size_t>(world), 0);
+  std::vector<int> owner(params.size(), 0);
+  for (size_t i : order) {
+    const int r = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
+    owner[i] = r;
+    load[static_cast<size_t>(r)] += params[i].numel();
   }
-  std::vector<at::Tensor> tensors;
-  for (auto& entry : state.trainable) tensors.push_back(entry.second);
-  for (auto& entry : state.optimizer_tensors) tensors.push_back(entry.second);
-  par.broadcast(tensors, phase);
+  return owner;
+}
+
+// The parameter index of an optimizer state tensor's name ("<index>.<slot>").
+size_t state_index(const std::string& name) { return std::stoul(name.substr(0, name.find('.'))); }
+
+// ZeRO stage 1: every rank's optimizer state tensors, on rank 0 (in the order one optimizer lists them);
+// the other ranks get an empty list. Collective.
+std::vector<std::pair<std::string, at::Tensor>> gather_optimizer_state(
+    const std::vector<std::pair<std::string, at::Tensor>>& mine, Parallel& par) {
+  nlohmann::json described = nlohmann::json::array();
+  for (const auto& [name, tensor] : mine)
+    described.push_back({name, static_cast<int>(tensor.scalar_type()), tensor.sizes().vec()});
+  const std::string phase = "the state's sharded optimizer tensors";
+  const std::vector<std::string> all = par.gather_text(described.dump(), phase);
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (int r = 0; r < par.world_size(); ++r) {
+    const nlohmann::json list = nlohmann::json::parse(all[static_cast<size_t>(r)]);
+    for (size_t k = 0; k < list.size(); ++k) {
+      std::vector<at::Tensor> one = {
+          r == par.rank() ? mine[k].second.contiguous()
+                          : at::empty(list[k].at(2).get<std::vector<int64_t>>(),
+                                      at::TensorOptions().dtype(static_cast<at::ScalarType>(list[k].at(1).get<int>())))};
+      par.broadcast(one, phase, r);
+      if (par.rank() == 0) out.emplace_back(list[k].at(0).get<std::string>(), one[0]);
+    }
+  }
+  std::stable_sort(out.begin(), out.end(), [](const auto& a, const auto& b) {
+    const size_t x = state_index(a.first), y = state_index(b.first);
+    return x != y ? x < y : a.first < b.first;
+  });
+  return out;
 }
 
 // A resume at another world size continues only with the same global batch; else this names the settings
@@ -230,6 +280,27 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     for (size_t i = 1; i < multipliers.size(); i += 2) multipliers[i] = *config.optimizer.loraplus_lr_ratio;
     optimizer->set_lr_multipliers(multipliers);
   }
+  // ZeRO stage 1: each rank steps (and keeps the optimizer state of) the tensors it owns.
+  std::vector<int> owner;
+  std::vector<bool> owned;
+  if (par && world > 1 && config.zero_stage == 1) {
+    if (!optimizer->element_wise())
+      fail("zero_stage = 1 shards the state of element-wise optimizers, but ", optimizer->name(),
+           "'s step reads every gradient (its d estimate); set zero_stage to 0, or use AdamW, AdamW8bit, Lion, "
+           "Adafactor or SGD");
+    if (static_cast<int64_t>(t.params.size()) < world)
+      fail("zero_stage = 1 gives each rank some of the ", t.params.size(), " trained tensors, fewer than the ", world,
+           " ranks; set zero_stage to 0");
+    owner = shard_owners(t.params, world);
+    int64_t mine = 0, all = 0;
+    for (size_t i = 0; i < owner.size(); ++i) {
+      owned.push_back(owner[i] == par->rank());
+      all += t.params[i].numel();
+      if (owned.back()) mine += t.params[i].numel();
+    }
+    log::info("zero_stage 1: each rank keeps the optimizer state of its share of the trained tensors (rank 0: ", mine,
+              " of ", all, " numbers)");
+  }
   optim::ScheduleOptions schedule_options = config.schedule;
   TrainResult result;
   result.total_steps = planned_steps(config, per_epoch);
@@ -246,7 +317,16 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
   if (!config.resume_from.empty()) {
     TrainingState state;
     if (root) state = load_state(config.resume_from, config.resume_verified);
-    if (par) share_state(state, *par);
+    if (par) {
+      share_state(state, *par, owner.empty() ? std::function<bool(const std::string&)>()
+                                             : [&](const std::string& name) { return owned.at(state_index(name)); });
+    }
+    if (!owner.empty() && root) {
+      std::vector<std::pair<std::string, at::Tensor>> mine;
+      for (auto& entry : state.optimizer_tensors)
+        if (owned.at(state_index(entry.first))) mine.push_back(std::move(entry));
+      state.optimizer_tensors = std::move(mine);
+    }
     const std::string dir = state.info.value("_dir", config.resume_from);
     if (state.trainable.size() != t.params.size()) {
       fail(dir, ": the state holds ", state.trainable.size(), " trained tensors but this network has ", t.params.size(),
@@ -309,18 +389,31 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     std::vector<std::string> rank_dropout;
     if (par && t.network)
       rank_dropout = par->gather_text(generator_state(t.network->dropout_generator()), "the state's generators");
+    std::vector<std::pair<std::string, at::Tensor>> optimizer_tensors = optimizer->state_tensors();
+    nlohmann::json optimizer_scalars = optimizer->state_scalars();
+    if (!owner.empty()) {
+      optimizer_tensors = gather_optimizer_state(optimizer_tensors, *par);
+      // Per-tensor scalars (AdamW's step counts) from each tensor's owner; the rest are the same everywhere.
+      std::vector<nlohmann::json> all;
+      for (const auto& text : par->gather_text(optimizer_scalars.dump(), "the state's optimizer scalars"))
+        all.push_back(nlohmann::json::parse(text));
+      for (auto& [key, value] : optimizer_scalars.items()) {
+        if (!value.is_array() || value.size() != owner.size()) continue;
+        for (size_t i = 0; i < owner.size(); ++i) value[i] = all.at(static_cast<size_t>(owner[i])).at(key).at(i);
+      }
+    }
     if (!root) {
       last_state_step = at_step;
       return;
     }
     TrainingState state;
     for (size_t i = 0; i < t.params.size(); ++i) state.trainable.emplace_back(t.names[i], t.params[i].detach());
-    state.optimizer_tensors = optimizer->state_tensors();
+    state.optimizer_tensors = std::move(optimizer_tensors);
     state.info["step"] = at_step;
     state.info["epoch"] = at_step / steps_per_epoch;
     state.info["batch_in_epoch"] = first_batch(at_step) % per_epoch;
     state.info["total_steps"] = result.total_steps;
-    state.info["optimizer"] = optimizer->state_scalars();
+    state.info["optimizer"] = optimizer_scalars;
     state.info["generators"]["timesteps"] = generator_state(generators.timesteps);
     state.info["generators"]["noise"] = generator_state(generators.noise);
     if (t.network) state.info["generators"]["dropout"] = generator_state(t.network->dropout_generator());
@@ -488,7 +581,14 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     optimizer->set_lr(lr);
     StepResult r;
     try {
-      r = train_step(*t.model, *optimizer, micro, step_options, generators, par);
+      r = train_step(*t.model, *optimizer, micro, step_options, generators, par, owned);
+      if (!owner.empty() && !r.skipped) {
+        // ZeRO stage 1: each owner's new values to every rank.
+        for (size_t i = 0; i < t.params.size(); ++i) {
+          std::vector<at::Tensor> one = {t.params[i]};
+          par->broadcast(one, "the sharded optimizer's new weights", owner[i]);
+        }
+      }
     } catch (const c10::OutOfMemoryError& e) {
       out_of_memory(step + 1, micro, e.what());
     }

@@ -62,6 +62,7 @@ CASES = {
     "prodigy": {"PARAMS_OPTIMIZER_TYPE": "Prodigy", "PARAMS_LEARNING_RATE": "1"},
     "adamw-accumulation-2": {"PARAMS_GRADIENT_ACCUMULATION_STEPS": 2},
     "full-finetune": {"PARAMS_NETWORK_TYPE": "none", "PARAMS_LEARNING_RATE": "0.0001"},
+    "full-finetune-zero-1": {"PARAMS_NETWORK_TYPE": "none", "PARAMS_LEARNING_RATE": "0.0001", "PARAMS_ZERO_STAGE": 1},
 }
 
 
@@ -78,7 +79,7 @@ def test_two_ranks_equal_one_rank(tmp_path, fluxtrain_bin, models, dataset, case
     state = sorted((two / "state").iterdir())[-1]
     info = __import__("json").loads((state / "state.json").read_text())
     assert info["world"] == 2 and info["device_batch"] == 2
-    if case != "full-finetune":
+    if not case.startswith("full-finetune"):
         assert len(info["rank_generators"]) == 2
 
 
@@ -257,3 +258,28 @@ def test_sigterm_to_the_launcher_stops_every_rank_after_one_state(tmp_path, flux
     assert stderr.count("stopping on signal SIGTERM") == 1, stderr
     run([fluxtrain_bin, "train"], env=env_for(models, dataset, out, 2, 2, **params))
     assert (out / "flux-lora.safetensors").read_bytes() == (straight / "flux-lora.safetensors").read_bytes()
+
+
+def test_zero_1_states_hold_every_rank_s_share_and_resume_either_way(tmp_path, fluxtrain_bin, models, dataset):  # noqa: F811
+    params = dict(PARAMS_NETWORK_TYPE="none", PARAMS_LEARNING_RATE="0.0001", PARAMS_ZERO_STAGE=1,
+                  PARAMS_SAVE_EVERY_N_STEPS=6, PARAMS_SAVE_STATE="true")
+    straight = tmp_path / "straight"
+    result = run([fluxtrain_bin, "train"], env=env_for(models, dataset, straight, 2, 2, **params))
+    assert "zero_stage 1: each rank keeps the optimizer state of its share" in rank_lines(result)
+    expected = (straight / "flux-lora.safetensors").read_bytes()
+    for zero in (1, 0):
+        again = tmp_path / f"again-zero-{zero}"
+        shutil.copytree(straight, again)
+        shutil.rmtree(again / "state" / "step-00000012")
+        (again / "flux-lora.safetensors").unlink()
+        run([fluxtrain_bin, "train"], env=env_for(models, dataset, again, 2, 2, **{**params, "PARAMS_ZERO_STAGE": zero}))
+        assert (again / "flux-lora.safetensors").read_bytes() == expected, f"resumed with zero_stage {zero}"
+
+
+def test_zero_1_with_prodigy_is_a_named_error(tmp_path, fluxtrain_bin, models, dataset):  # noqa: F811
+    result = run([fluxtrain_bin, "train"], check=False,
+                 env=env_for(models, dataset, tmp_path / "out", 2, 2, PARAMS_ZERO_STAGE=1, PARAMS_OPTIMIZER_TYPE="Prodigy",
+                             PARAMS_LEARNING_RATE="1"))
+    assert result.returncode != 0
+    assert "zero_stage = 1 shards the state of element-wise optimizers, but Prodigy's step reads every gradient" \
+        in rank_lines(result), rank_lines(result)

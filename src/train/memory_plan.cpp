@@ -125,7 +125,9 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
     const bool fp8 = t.block_linear && in.fp8_base && !in.full_finetune;
     const int64_t bytes = n * (in.full_finetune ? kF32 : fp8 ? 1 : b);
     if (fp8) largest_upcast = std::max(largest_upcast, n * b);
-    if (t.block >= first_swapped && t.block_linear) {
+    if (in.full_finetune) {
+      continue;  // every weight is trained: counted with the trained tensors below
+    } else if (t.block >= first_swapped && t.block_linear) {
       plan.swapped += bytes;
       swapped_block_bytes = std::max(swapped_block_bytes, block_bytes[static_cast<size_t>(t.block)] += bytes);
     } else {
@@ -135,8 +137,10 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
   // Two swapped blocks are on the device at a time: the one running and the one arriving.
   const int64_t in_flight = in.blocks_to_swap > 0 ? std::min<int64_t>(2, in.blocks_to_swap) * swapped_block_bytes : 0;
   plan.weights += in_flight;
-  plan.terms.push_back({"frozen transformer weights" + std::string(in.fp8_base ? " (fp8 blocks)" : ""),
-                        plan.weights - in_flight, false});
+  if (!in.full_finetune) {
+    plan.terms.push_back({"frozen transformer weights" + std::string(in.fp8_base ? " (fp8 blocks)" : ""),
+                          plan.weights - in_flight, false});
+  }
   if (in.blocks_to_swap > 0) {
     plan.terms.push_back({"block swap: " + std::to_string(in.blocks_to_swap) + " blocks in host memory (" +
                               gigabytes(plan.swapped) + "), two on the device at a time",
@@ -155,10 +159,12 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
       }
     }
   }
+  int64_t largest_trained = 0;
   for (const auto& [shape, zero] : trained) {
     int64_t n = 1;
     for (int64_t d : shape) n *= d;
     plan.trainable_params += n;
+    largest_trained = std::max(largest_trained, n);
   }
   const int64_t shards = std::max<int64_t>(1, in.optimizer_shards);
   const int64_t state = (optimizer_state_bytes(in.optimizer, trained) + shards - 1) / shards;
@@ -170,7 +176,9 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
                         state, false});
   // With several ranks the all-reduce's buckets hold a flat copy of the gradients until the step.
   const int64_t buckets = in.ranks > 1 ? kF32 * plan.trainable_params : 0;
-  plan.fixed_workspace = kF32 * plan.trainable_params + buckets + largest_upcast;
+  // The optimizer step works tensor by tensor: two temporaries of the largest one (AdamW's denominator and
+  // update).
+  plan.fixed_workspace = kF32 * plan.trainable_params + buckets + std::max(largest_upcast, 2 * kF32 * largest_trained);
   plan.terms.push_back({in.ranks > 1 ? "gradients, their all-reduce buckets and an upcast weight (when the activations "
                                        "are gone)"
                                      : "gradients and an upcast weight (when the activations are gone)",
@@ -222,6 +230,7 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
     host = batch_bytes * (1 + std::max<int64_t>(0, in.prefetch_batches));
   }
   plan.step_per_image = graph + recompute + backward + inputs + host;
+  plan.tail_per_image = recompute + backward + inputs + host;
   plan.terms.push_back({"inputs, RoPE tables, prediction and loss", inputs, true});
   if (host > 0) plan.terms.push_back({"batches in host memory (CPU training)", host, true});
   return plan;
@@ -229,7 +238,9 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
 
 int64_t MemoryPlan::largest_batch(int64_t budget) const {
   if (per_image() <= 0 || peak(1) > budget) return 0;
-  return std::max<int64_t>(1, (budget - fixed()) / per_image());
+  int64_t batch = (budget - fixed()) / per_image();
+  if (tail_per_image > 0) batch = std::min(batch, (budget - fixed() - fixed_workspace) / tail_per_image);
+  return std::max<int64_t>(1, batch);
 }
 
 std::vector<models::KeepProducts> choose_kept_products(const MemoryPlanInputs& inputs, int64_t batch, int64_t budget) {

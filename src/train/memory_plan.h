@@ -60,15 +60,20 @@ struct MemoryPlan {
   int64_t trainable_params = 0; // how many trained numbers
   int64_t held_per_image = 0;   // sum over checkpointed blocks
   int64_t step_per_image = 0;
-  int64_t fixed_workspace = 0;  // gradients and an upcast weight (live when the activations are not)
+  // Live at the end of the backward pass beside every gradient: the first blocks' recomputation and
+  // backward, the inputs, the batches (what step_per_image holds but the graphs of the last blocks).
+  int64_t tail_per_image = 0;
+  int64_t fixed_workspace = 0;  // gradients, the optimizer step's temporaries and an upcast weight
   std::vector<MemoryTerm> terms;
   int64_t image_tokens = 0, text_tokens = 0;
 
-  // The gradients and an upcast weight are live at the end of backward and in the optimizer step, when the
-  // activations are gone: the peak is the larger of the two moments.
+  // The gradients are whole at the end of backward, when only the tail of the activations is left, and in
+  // the optimizer step: the peak is the larger of that moment and the activations' own.
   int64_t fixed() const { return weights + trainable; }
   int64_t per_image() const { return held_per_image + step_per_image; }
-  int64_t peak(int64_t batch) const { return fixed() + std::max(batch * per_image(), fixed_workspace); }
+  int64_t peak(int64_t batch) const {
+    return fixed() + std::max(batch * per_image(), fixed_workspace + batch * tail_per_image);
+  }
   // The largest batch whose peak is at most `budget` bytes (0: not even one image).
   int64_t largest_batch(int64_t budget) const;
 };

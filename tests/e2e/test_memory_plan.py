@@ -67,3 +67,15 @@ def test_predicted_peak_is_within_ten_percent_of_the_measured(shape, checkpointi
           ", ".join(f"batch {b}: measured {m} predicted {p} error {e:+.3f}" for b, m, p, e in errors))
     for b, m, p, e in errors:
         assert abs(e) <= TOLERANCE, f"batch {b}: measured {m} bytes, predicted {p} ({e:+.1%})"
+
+
+def test_full_finetune_predicted_peak_is_within_ten_percent_of_the_measured(model_dirs, fluxtrain_bin, tmp_path):
+    """Full fine-tuning (network_type none): every weight trained, counted once (fp32 weights, gradients, AdamW
+    state), not also as a frozen base."""
+    for batch in (1, 2):
+        result, _ = plan(fluxtrain_bin, model_dirs["wide"], tmp_path, "--network-type", "none",
+                         "--train-batch-size", str(batch))
+        c = result["calibration"]
+        print(f"full fine-tuning batch {batch}: measured {c['measured_peak_bytes']} predicted "
+              f"{c['predicted_peak_bytes']} error {c['error']:+.3f}")
+        assert abs(c["error"]) <= TOLERANCE, c

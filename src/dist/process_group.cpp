@@ -142,27 +142,15 @@ class Group : public train::Parallel {
     armed_ = false;
     overlapped_ = next_;
     while (next_ < buckets_.size()) launch(next_++);
-    const std::string phase = "the gradient all-reduce";
+    while (completed_ < buckets_.size()) complete(completed_++);
     for (Bucket& b : buckets_) {
-      wait(b.work, phase);
-      int64_t offset = 0;
-      at::NoGradGuard no_grad;
-      for (size_t k : b.params) {
-        at::Tensor& p = params_[k];
-        at::Tensor part = b.flat.narrow(0, offset, p.numel()).view(p.sizes());
-        if (p.grad().defined())
-          p.mutable_grad().copy_(part);
-        else
-          p.mutable_grad() = part.clone();
-        offset += p.numel();
-      }
-      b.flat = at::Tensor();
-      b.work.reset();
       b.ready = 0;
       b.launched = false;
     }
     std::fill(ready_.begin(), ready_.end(), false);
     next_ = 0;
+    completed_ = 0;
+    in_flight_bytes_ = 0;
     if (twice_) {
       twice_ = false;
       fail("internal: a trained tensor received its gradient twice in one backward pass, which the bucketed ",
@@ -262,6 +250,31 @@ class Group : public train::Parallel {
     o.reduceOp = c10d::ReduceOp::SUM;
     b.work = call([&] { return backend_->allreduce(tensors, o); }, "the gradient all-reduce");
     b.launched = true;
+    // The flat copies in flight are bounded (4 buckets' worth), not a second copy of every gradient: past
+    // the bound the oldest bucket is waited for and written back.
+    in_flight_bytes_ += b.flat.numel() * static_cast<int64_t>(b.flat.element_size());
+    while (in_flight_bytes_ > 4 * static_cast<int64_t>(options_.bucket_bytes) && completed_ < index)
+      complete(completed_++);
+  }
+
+  // Waits for a launched bucket and writes the summed gradients back.
+  void complete(size_t index) {
+    Bucket& b = buckets_[index];
+    wait(b.work, "the gradient all-reduce");
+    int64_t offset = 0;
+    at::NoGradGuard no_grad;
+    for (size_t k : b.params) {
+      at::Tensor& p = params_[k];
+      at::Tensor part = b.flat.narrow(0, offset, p.numel()).view(p.sizes());
+      if (p.grad().defined())
+        p.mutable_grad().copy_(part);
+      else
+        p.mutable_grad() = part.clone();
+      offset += p.numel();
+    }
+    in_flight_bytes_ -= b.flat.numel() * static_cast<int64_t>(b.flat.element_size());
+    b.flat = at::Tensor();
+    b.work.reset();
   }
 
   RankInfo info_;
@@ -276,7 +289,9 @@ class Group : public train::Parallel {
   std::vector<size_t> bucket_of_;
   std::vector<bool> ready_;
   std::vector<Bucket> buckets_;
-  size_t next_ = 0;
+  size_t next_ = 0;       // the next bucket to launch
+  size_t completed_ = 0;  // buckets waited for and written back, in order
+  int64_t in_flight_bytes_ = 0;
   size_t overlapped_ = 0;
   bool armed_ = false;
   bool twice_ = false;

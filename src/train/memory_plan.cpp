@@ -174,8 +174,9 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
   plan.terms.push_back({in.optimizer.type + (shards > 1 ? cat(" state (this rank's 1/", shards, ", zero_stage 1)")
                                                         : std::string(" state")),
                         state, false});
-  // With several ranks the all-reduce's buckets hold a flat copy of the gradients until the step.
-  const int64_t buckets = in.ranks > 1 ? kF32 * plan.trainable_params : 0;
+  // With several ranks the all-reduce's buckets in flight hold a flat copy of some gradients: at most four
+  // buckets of 25 MiB (src/dist/process_group.cpp).
+  const int64_t buckets = in.ranks > 1 ? std::min<int64_t>(kF32 * plan.trainable_params, 4 * (int64_t{25} << 20)) : 0;
   // The optimizer step works tensor by tensor: two temporaries of the largest one (AdamW's denominator and
   // update).
   plan.fixed_workspace = kF32 * plan.trainable_params + buckets + std::max(largest_upcast, 2 * kF32 * largest_trained);

@@ -40,7 +40,7 @@ struct MemoryPlanInputs {
   int64_t text_tokens = 512;
   bool host_is_device = false;  // CPU training: the batches read from the caches count as well
   int64_t prefetch_batches = 0;  // batches waiting in host memory (counted when host_is_device)
-  // Data parallelism: the ranks (> 1: the gradient all-reduce's buckets hold a copy of the gradients) and
+  // Data parallelism: the ranks (> 1: the gradient all-reduce's buckets in flight, at most 4 x 25 MiB) and
   // the shards of the optimizer state (zero_stage 1: the ranks; else 1).
   int64_t ranks = 1;
   int64_t optimizer_shards = 1;

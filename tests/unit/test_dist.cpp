@@ -81,7 +81,7 @@ void backward(const Model& m, const std::vector<at::Tensor>& x) {
   loss.backward();
 }
 
-TEST(Dist, GradientsAreSummedOverTheRanksInBuckets) {
+void gradients_are_summed(size_t bucket_bytes) {
   two_ranks([](int rank, train::Parallel& group) {
     Model m(7);  // the same weights on both ranks
     group.attach(m.params);
@@ -97,8 +97,14 @@ TEST(Dist, GradientsAreSummedOverTheRanksInBuckets) {
       }
       for (auto& p : m.params) p.mutable_grad().zero_();
     }
-  });
+  }, bucket_bytes);
 }
+
+TEST(Dist, GradientsAreSummedOverTheRanksInBuckets) { gradients_are_summed(64); }
+
+// 16-byte buckets: at most 64 bytes in flight, so the hooks wait for older buckets and write them back
+// while the backward pass goes on.
+TEST(Dist, GradientsAreSummedWithFewBucketsInFlight) { gradients_are_summed(16); }
 
 TEST(Dist, AccumulatedMicroBatchesAndARankWithoutRows) {
   two_ranks([](int rank, train::Parallel& group) {

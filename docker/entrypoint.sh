@@ -7,7 +7,8 @@
 #      misspelt variable fails in a second, before any download;
 #   4. downloads the missing model files into MODEL_DIR (`fluxtrain fetch-models`; DOWNLOAD_MODELS=false
 #      turns this off);
-#   5. runs `fluxtrain train`, which fetches DATASET_NAME, and resumes from the newest complete state
+#   5. runs `fluxtrain train`, which fetches DATASET_NAME, and resumes from the newest complete state; on a pod
+#      with several GPUs it starts one rank per GPU itself (PARAMS_NUM_PROCESSES=auto, docs/distributed.md)
 #      in OUTPUT_PATH when the pod was restarted (a finished run stays finished);
 #   6. KEEP_ALIVE=true keeps the container up afterwards (SSH, downloading the results).
 #

@@ -114,6 +114,14 @@ def write_dataset(folder: str, count: int, resolution: int) -> None:
             f.write(f"ohwx, picture {i} with {i % 7} round shapes\n")
 
 
+def emit(text: str, markdown: str | None) -> None:
+    """Prints the result table, and writes it to `markdown` when given."""
+    print(text)
+    if markdown:
+        with open(markdown, "w", encoding="utf-8") as f:
+            f.write(text)
+
+
 def write_dataset_config(work: str, resolution: int) -> None:
     """work/dataset.toml: the images of work/data/1_ohwx, bucketed around `resolution`."""
     with open(os.path.join(work, "dataset.toml"), "w", encoding="utf-8") as f:
@@ -203,11 +211,7 @@ def main(argv=None) -> int:
     ratio = off["share_after_first"] / on["share_after_first"] if on["share_after_first"] > 0 else float("inf")
     footer = (f"\nData-wait share without / with prefetch (steps 2..N): {ratio:.1f}x. Target: <= 2 % with prefetch "
               f"({'met' if on['share_after_first'] <= 0.02 else 'NOT met'} here; not asserted).\n")
-    text = header + "\n" + "\n".join(table) + "\n" + footer
-    print(text)
-    if a.markdown:
-        with open(a.markdown, "w", encoding="utf-8") as f:
-            f.write(text)
+    emit(header + "\n" + "\n".join(table) + "\n" + footer, a.markdown)
     return 0
 
 

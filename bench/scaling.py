@@ -102,11 +102,7 @@ def main(argv=None) -> int:
     header = (f"`python bench/scaling.py{' --smoke' if a.smoke else ''} --nproc {a.nproc}` on {a.device}, "
               f"{a.models} models, {a.resolution} px, {a.steps} steps x {a.repeats} runs each; "
               f"{datetime.date.today()}, commit {commit()}, {platform.machine()} with {os.cpu_count()} cores")
-    table = header + "\n\n" + "\n".join(rows) + "\n"
-    print(table)
-    if a.markdown:
-        with open(a.markdown, "w", encoding="utf-8") as f:
-            f.write(table)
+    data_wait.emit(header + "\n\n" + "\n".join(rows) + "\n", a.markdown)
     return 0
 
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <functional>
 
 #include "app/option_builder.h"
 #include "core/error.h"
@@ -86,6 +87,18 @@ std::string check_batch_size(const OptionValue& v) {
   if (ec != std::errc() || end != s.data() + s.size()) return "neither a whole number nor auto";
   if (n < 1 || n > 100000) return "out of range";
   return "";
+}
+
+// A whole number >= min, or "auto": "" when fine, else `what` ("a block count") in the complaint.
+std::function<std::string(const OptionValue&)> count_or_auto(int64_t min, std::string what) {
+  return [min, what](const OptionValue& v) -> std::string {
+    const std::string& s = std::get<std::string>(v);
+    if (s == "auto") return "";
+    int64_t n = 0;
+    auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), n);
+    if (ec != std::errc() || end != s.data() + s.size() || n < min) return cat("neither ", what, " >= ", min, " nor auto");
+    return "";
+  };
 }
 
 std::string check_file_name(const OptionValue& v) {
@@ -556,14 +569,7 @@ std::vector<OptionSpec> train_specs() {
              "host-to-GPU copy of them in the forward and again in the backward pass of every step. At most all "
              "blocks but the first; the trained LoRA is the same bit for bit. LoRA training only. auto: the "
              "fewest blocks the memory planner needs when nothing else fits (0 otherwise; printed at start).")
-          .check([](const OptionValue& v) -> std::string {
-            const std::string& s = std::get<std::string>(v);
-            if (s == "auto") return "";
-            int64_t n = 0;
-            auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), n);
-            if (ec != std::errc() || end != s.data() + s.size() || n < 0) return "neither a block count >= 0 nor auto";
-            return "";
-          })
+          .check(count_or_auto(0, "a block count"))
           .allowed("a block count >= 0, or auto")
           .memory_only()
           .set([](S& s, const std::string& v) {
@@ -667,14 +673,7 @@ std::vector<OptionSpec> train_specs() {
              "itself. The dataset's batch_size is per rank: the global batch is batch_size x ranks x "
              "gradient_accumulation_steps.")
           .flag("--nproc")
-          .check([](const OptionValue& v) -> std::string {
-            const std::string& s = std::get<std::string>(v);
-            if (s == "auto") return "";
-            int64_t n = 0;
-            auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), n);
-            if (ec != std::errc() || end != s.data() + s.size() || n < 1) return "neither a count >= 1 nor auto";
-            return "";
-          })
+          .check(count_or_auto(1, "a count"))
           .allowed("a count >= 1, or auto")
           .safe_on_resume()
           .to(&S::distributed, &D::num_processes),

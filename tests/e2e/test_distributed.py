@@ -176,16 +176,21 @@ def test_resume_after_kill_at_same_and_other_world_size(tmp_path, fluxtrain_bin,
     assert "batch_size = 4 per device" in text and "gradient_accumulation_steps = 2" in text, text
 
 
-def test_dead_rank_stops_the_others(tmp_path, fluxtrain_bin, models, dataset):  # noqa: F811
-    out = tmp_path / "out"
+def start_endless_run(fluxtrain_bin, models, dataset, out, timeout):  # noqa: F811
+    """A 2-rank run of (practically) endless steps, once it has logged its first step: (launcher, rank pids)."""
     launcher = subprocess.Popen([fluxtrain_bin, "train"],
                                 env=env_for(models, dataset, out, 2, 2, PARAMS_MAX_TRAIN_STEPS=100000,
-                                            PARAMS_COLLECTIVE_TIMEOUT_SECONDS=20),
+                                            PARAMS_COLLECTIVE_TIMEOUT_SECONDS=timeout),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: (out / "metrics.jsonl").exists() and (out / "metrics.jsonl").stat().st_size > 0, 120,
              "the first steps")
     ranks = sorted(children(launcher.pid))
     assert len(ranks) == 2
+    return launcher, ranks
+
+
+def test_dead_rank_stops_the_others(tmp_path, fluxtrain_bin, models, dataset):  # noqa: F811
+    launcher, ranks = start_endless_run(fluxtrain_bin, models, dataset, tmp_path / "out", 20)
     os.kill(ranks[1], signal.SIGKILL)  # rank 1: started second
     started = time.monotonic()
     _, stderr = launcher.communicate(timeout=60)
@@ -198,14 +203,7 @@ def test_dead_rank_stops_the_others(tmp_path, fluxtrain_bin, models, dataset):  
 
 
 def test_hung_rank_stops_the_others_after_the_timeout(tmp_path, fluxtrain_bin, models, dataset):  # noqa: F811
-    out = tmp_path / "out"
-    launcher = subprocess.Popen([fluxtrain_bin, "train"],
-                                env=env_for(models, dataset, out, 2, 2, PARAMS_MAX_TRAIN_STEPS=100000,
-                                            PARAMS_COLLECTIVE_TIMEOUT_SECONDS=5),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: (out / "metrics.jsonl").exists() and (out / "metrics.jsonl").stat().st_size > 0, 120,
-             "the first steps")
-    ranks = sorted(children(launcher.pid))
+    launcher, ranks = start_endless_run(fluxtrain_bin, models, dataset, tmp_path / "out", 5)
     os.kill(ranks[1], signal.SIGSTOP)
     started = time.monotonic()
     _, stderr = launcher.communicate(timeout=120)
@@ -283,3 +281,25 @@ def test_zero_1_with_prodigy_is_a_named_error(tmp_path, fluxtrain_bin, models, d
     assert result.returncode != 0
     assert "zero_stage = 1 shards the state of element-wise optimizers, but Prodigy's step reads every gradient" \
         in rank_lines(result), rank_lines(result)
+
+
+def test_two_machines_through_torchrun_rendezvous(tmp_path, fluxtrain_bin, models, dataset):  # noqa: F811
+    """Two torchrun agents meeting through the c10d rendezvous, one rank each, as two machines would (both on
+    127.0.0.1 here): the same LoRA as one process at the global batch."""
+    import socket
+    torchrun = Path(sys.executable).parent / "torchrun"
+    one = tmp_path / "one"
+    run([fluxtrain_bin, "train"], env=env_for(models, dataset, one, 1, 4))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    two = tmp_path / "two"
+    agents = [subprocess.Popen([torchrun, "--no-python", "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend",
+                                "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "fluxtrain-test",
+                                fluxtrain_bin, "train"],
+                               env=env_for(models, dataset, two, "auto", 2), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for agent in agents:
+        _, stderr = agent.communicate(timeout=600)
+        assert agent.returncode == 0, stderr[-3000:]
+    assert_same_training(two, one)

@@ -380,6 +380,11 @@ std::string normalize_relative_path(std::string_view path, std::string* why) {
     end = std::min(path.find('/', begin), path.size());
     std::string_view part = path.substr(begin, end - begin);
     if (part.empty() || part == ".") continue;
+    // No file system takes a longer name (NAME_MAX); refused here, not met as an exception while writing.
+    if (part.size() > 255) {
+      *why = cat("a path with a name of ", part.size(), " bytes (at most 255)");
+      return "";
+    }
     // Backslashes are separators on Windows: "..\\x" climbs there, so it is refused here too.
     for (size_t b = 0, e; b <= part.size(); b = e + 1) {
       e = std::min(part.find('\\', b), part.size());
@@ -390,6 +395,11 @@ std::string normalize_relative_path(std::string_view path, std::string* why) {
     }
     if (!out.empty()) out += '/';
     out += part;
+  }
+  // Nor a longer path (PATH_MAX, with room for the extraction folder in front).
+  if (out.size() > 3000) {
+    *why = cat("a path of ", out.size(), " bytes (at most 3000)");
+    return "";
   }
   return out;
 }

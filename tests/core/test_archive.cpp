@@ -243,6 +243,14 @@ TEST(ArchivePaths, Normalisation) {
   EXPECT_EQ(normalize_relative_path("./a//b/./c/", &why), "a/b/c");
   EXPECT_EQ(normalize_relative_path("./", &why), "");
   EXPECT_TRUE(why.empty());
+  // Names and paths no file system takes (a fuzzer's find: the extraction threw ENAMETOOLONG).
+  EXPECT_EQ(normalize_relative_path("a/" + std::string(256, 'x'), &why), "");
+  EXPECT_EQ(why, "a path with a name of 256 bytes (at most 255)");
+  EXPECT_EQ(normalize_relative_path("a/" + std::string(255, 'x'), &why), "a/" + std::string(255, 'x'));
+  std::string deep;
+  for (int i = 0; i < 40; ++i) deep += std::string(100, 'd') + "/";
+  EXPECT_EQ(normalize_relative_path(deep + "f", &why), "");
+  EXPECT_EQ(why.rfind("a path of ", 0), 0u) << why;
   EXPECT_EQ(normalize_relative_path("a..b/..c", &why), "a..b/..c");
   EXPECT_TRUE(why.empty());
   for (const char* bad : {"../evil", "a/../../evil", "a/..", "/etc/passwd", "\\server\\share", "C:/Windows", "c:evil",

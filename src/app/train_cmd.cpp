@@ -451,7 +451,7 @@ int run_train(const ResolvedConfig& config, bool cache_only) {
   // Each machine's first rank fetches the dataset; the others find it in the cache.
   fs::path fetched;
   if (rank_info.local_rank == 0) fetched = fetch_dataset_folder(settings);
-  if (parallel) parallel->barrier("the dataset download (each machine's first rank fetches it)");
+  if (parallel) parallel->wait_for_all("the dataset download (each machine's first rank fetches it)", 86400);
   if (rank_info.local_rank != 0) fetched = fetch_dataset_folder(settings);
   std::shared_ptr<data::DatasetPlan> plan = build_dataset(settings, fetched, plan_batches);
   const int t5_max_length = settings.t5_max_length > 0
@@ -488,7 +488,7 @@ int run_train(const ResolvedConfig& config, bool cache_only) {
   train::DatasetSource source(plan, {files.ae, files.clip_l, files.t5xxl}, source_options);
   // The ranks of a machine fill its caches together, then all wait until every shard is there.
   log::info(source.prepare(rank_info.local_rank, rank_info.local_world_size));
-  if (parallel) parallel->barrier("the cache filling (each rank fills its share)");
+  if (parallel) parallel->wait_for_all("the cache filling (each rank fills its share)", 86400);
   if (cache_only) return 0;
 
   train::TrainerConfig trainer = trainer_config(config, run_values(config, world), settings, files, run, *plan, device, precision);

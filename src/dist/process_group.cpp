@@ -14,9 +14,11 @@
 
 #include <chrono>
 #include <mutex>
+#include <thread>
 
 #include "core/error.h"
 #include "core/log.h"
+#include "core/stop.h"
 #include "dist/nccl.h"
 
 namespace fluxtrain::dist {
@@ -200,6 +202,24 @@ class Group : public train::Parallel {
         out.emplace_back(got.begin(), got.end());
       }
       return out;
+    });
+  }
+
+  void wait_for_all(const std::string& phase, double max_seconds) override {
+    const std::string key = cat("arrived/", sequence_++);
+    guarded(phase, [&] {
+      prefixed_->add(key, 1);
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(max_seconds);
+      while (prefixed_->add(key, 0) < info_.world_size) {
+        if (std::chrono::steady_clock::now() > deadline)
+          fail("rank ", info_.rank, " of ", info_.world_size, ": ", phase, ": not every rank arrived within ",
+               max_seconds, " s");
+        // Before training a stop signal ends the wait (stop::Stopped, exit 0, as every phase); in the training
+        // loop (a stop::Deferral) the loop handles it after the wait.
+        stop::check(phase);
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
+      return 0;
     });
   }
 

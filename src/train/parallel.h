@@ -42,6 +42,10 @@ class Parallel {
   // Every rank's text, in rank order, on every rank.
   virtual std::vector<std::string> gather_text(const std::string& text, const std::string& phase) = 0;
   virtual void barrier(const std::string& phase) = 0;
+  // A barrier for a long phase that one rank does for all or that takes each rank its own time (a dataset
+  // download, filling the caches, rank 0's samples): waits through the store with no collective timeout, up
+  // to `max_seconds`. A rank that dies meanwhile is the launcher's (or torchrun's) to report.
+  virtual void wait_for_all(const std::string& phase, double max_seconds) = 0;
 };
 
 }  // namespace fluxtrain::train

@@ -496,7 +496,25 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
       }
     }
   };
-  if (config.sample_at_first && sample && step == 0) render_samples(0);
+  // Rank 0 renders the samples while the others wait for it (no collective timeout: many prompts of a
+  // large model can take longer).
+  const bool sampler = par ? par->sum({sample ? 1.0 : 0.0}, "the start (who samples)")[0] > 0 : bool(sample);
+  auto samples_at = [&](int64_t at) {
+    bool stopped = false;  // before the first step (render_samples throws only then): the run's end
+    if (sample) {
+      try {
+        render_samples(at);
+      } catch (const stop::Stopped&) {
+        stopped = true;
+      }
+    }
+    if (par) {
+      par->wait_for_all("the samples (rank 0 renders them)", 86400);
+      stopped = par->sum({stopped ? 1.0 : 0.0}, "the samples' stop")[0] > 0;
+    }
+    if (stopped) throw stop::Stopped("sampling");
+  };
+  if (config.sample_at_first && sampler && step == 0) samples_at(0);
   // From here on a stop signal is this loop's to handle (poll points below do not throw): the step in
   // progress and a save in progress finish, a state is written and train() returns.
   const stop::Deferral deferral;
@@ -687,7 +705,7 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     const bool sample_step = config.sample_every_n_steps > 0 && step % config.sample_every_n_steps == 0;
     const bool sample_epoch = config.sample_every_n_epochs > 0 && epoch_end && epoch % config.sample_every_n_epochs == 0;
     // Samples are not rendered once a stop was requested: the grace period is for the state.
-    if (sample && (sample_step || sample_epoch) && !stop::requested()) render_samples(step);
+    if (sampler && (sample_step || sample_epoch) && !stop_agreed()) samples_at(step);
     if (step < result.total_steps && stop_agreed()) {
       stop_here();
       break;

@@ -303,3 +303,18 @@ def test_two_machines_through_torchrun_rendezvous(tmp_path, fluxtrain_bin, model
         _, stderr = agent.communicate(timeout=600)
         assert agent.returncode == 0, stderr[-3000:]
     assert_same_training(two, one)
+
+
+def test_rank_0_renders_the_samples_the_others_wait(tmp_path, fluxtrain_bin, models, dataset):  # noqa: F811
+    """With 2 ranks rank 0 renders the samples (before the first step and every 4 steps) while the other
+    waits: the same files as one process writes, and the same LoRA."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("ohwx, a red square --w 32 --h 32 --s 2 --d 1\n")
+    params = dict(PARAMS_SAMPLE_EVERY_N_STEPS=4, PARAMS_SAMPLE_AT_FIRST="true", SAMPLE_PROMPTS=prompts)
+    one, two = tmp_path / "one", tmp_path / "two"
+    run([fluxtrain_bin, "train"], env=env_for(models, dataset, one, 1, 4, **params))
+    run([fluxtrain_bin, "train"], env=env_for(models, dataset, two, 2, 2, **params))
+    names = sorted(p.name for p in (two / "samples").glob("*.png"))
+    assert names == sorted(p.name for p in (one / "samples").glob("*.png"))
+    assert names == [f"flux-lora_{s:06d}_00_1.png" for s in (0, 4, 8, 12)]
+    assert_same_training(two, one)

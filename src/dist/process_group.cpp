@@ -7,6 +7,7 @@
 #endif
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/function_hook.h>
+#include <torch/version.h>
 #include <torch/csrc/autograd/variable.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -78,7 +79,13 @@ class Group : public train::Parallel {
         backend_ = make_nccl_backend(c10::make_intrusive<c10d::PrefixStore>("nccl/", prefixed_), info.rank,
                                      info.world_size, timeout);
       } else {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 9)
+        // The device Python's init_process_group makes (GLOO_SOCKET_IFNAME honoured).
         auto gloo = c10d::ProcessGroupGloo::Options::create_default(timeout);
+#else
+        auto gloo = c10d::ProcessGroupGloo::Options::create(timeout);
+        gloo->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+#endif
         backend_ = c10::make_intrusive<c10d::ProcessGroupGloo>(c10::make_intrusive<c10d::PrefixStore>("gloo/", prefixed_),
                                                                info.rank, info.world_size, gloo);
       }

@@ -282,7 +282,8 @@ int local_processes(const TrainSettings& settings) {
   const std::string& n = settings.distributed.num_processes;
   if (n != "auto") return std::stoi(n);
   const at::Device device = resolve_device(settings.compute, settings.engine);
-  return device.is_cuda() ? std::max<int>(1, static_cast<int>(torch::cuda::device_count())) : 1;
+  // A device named with its index (cuda:1) is one GPU: one process.
+  return device.is_cuda() && !device.has_index() ? std::max<int>(1, static_cast<int>(torch::cuda::device_count())) : 1;
 }
 
 // What must be the same on every rank: the options (not the rank's own variables) and the model files

@@ -30,13 +30,15 @@ ALLOWED = {
     ("src/lora/lora_file.cpp", "rank_dropout"), ("src/lora/lora_file.cpp", "module_dropout"),
 }
 # Keys of kohya's own file schemas that are also option names: the dataset config (read in src/data, shown
-# by `fluxtrain dataset`; default_caption is ai-toolkit's dataset key, also an option) and the sample-prompt
-# files (prompts.cpp reads kohya's TOML/JSON keys).
+# by `fluxtrain dataset`; default_caption is ai-toolkit's dataset key, also an option), the sample-prompt
+# files (prompts.cpp reads kohya's TOML/JSON keys) and ComfyUI's graph format (comfyui.cpp).
 SCHEMA_KEYS = {
     "dataset_config.cpp": {"batch_size", "caption_extension", "num_repeats", "resolution", "default_caption"},
     "dataset_cmd.cpp": {"batch_size", "caption_extension", "num_repeats", "default_caption"},
     "train_cmd.cpp": {"caption_extension", "num_repeats"},
     "prompts.cpp": {"guidance_scale", "discrete_flow_shift"},
+    # ComfyUI's node inputs (EmptySD3LatentImage's batch_size) in the graph a sample carries.
+    "comfyui.cpp": {"batch_size"},
 }
 
 ACCESSOR = re.compile(

@@ -278,10 +278,9 @@ train::TrainerConfig trainer_config(const ResolvedConfig& config, const std::map
 }
 
 // `--nproc N` (or auto): the number of ranks this command starts itself; 1 = train in this process.
-int local_processes(const TrainSettings& settings) {
+int local_processes(const TrainSettings& settings, const at::Device& device) {
   const std::string& n = settings.distributed.num_processes;
   if (n != "auto") return std::stoi(n);
-  const at::Device device = resolve_device(settings.compute, settings.engine);
   // A device named with its index (cuda:1) is one GPU: one process.
   return device.is_cuda() && !device.has_index() ? std::max<int>(1, static_cast<int>(torch::cuda::device_count())) : 1;
 }
@@ -327,9 +326,10 @@ void check_same_setup(train::Parallel& group, const ResolvedConfig& config, cons
 int run_train(const ResolvedConfig& config, bool cache_only) {
   const TrainSettings settings = config.bind<TrainSettings>();
   const TrainSettings::Distributed& dist_settings = settings.distributed;
+  at::Device device = resolve_device(settings.compute, settings.engine);
   // `--nproc N` without torchrun's variables: this process starts and supervises N ranks (src/dist/launch.h).
   if (!cache_only && !dist_settings.world_size) {
-    const int n = local_processes(settings);
+    const int n = local_processes(settings, device);
     if (n > 1) {
       dist::LaunchOptions launch;
       launch.processes = n;
@@ -369,7 +369,6 @@ int run_train(const ResolvedConfig& config, bool cache_only) {
   const models::FluxConfig model_config = models::read_flux_config(files.model);
   if (settings.training.blocks_to_swap > 0 && !cache_only)
     train::check_blocks_to_swap(settings.training.blocks_to_swap, model_config);
-  at::Device device = resolve_device(settings.compute, settings.engine);
   if (world > 1 && device.is_cuda()) {
     // One GPU per rank: its LOCAL_RANK-th.
     const int64_t gpus = torch::cuda::device_count();
@@ -460,11 +459,12 @@ int run_train(const ResolvedConfig& config, bool cache_only) {
                                 : (settings.models.base_model == BaseModel::schnell ? 256 : 512);
   if (root) log_dataset_lint(*plan, t5_max_length);
   stop::check("the dataset scan");
+  const std::map<std::string, std::string> values = run_values(config, world);
   RunPlan run;
   if (cache_only) {
     run = RunPlan{fs::path(settings.output_path), ""};
   } else if (root) {
-    run = plan_run(settings, run_values(config, world), dataset_identity(*plan));
+    run = plan_run(settings, values, dataset_identity(*plan));
   }
   if (parallel) {
     // Rank 0's decision (its folder, its state) for all.
@@ -492,7 +492,7 @@ int run_train(const ResolvedConfig& config, bool cache_only) {
   if (parallel) parallel->wait_for_all("the cache filling (each rank fills its share)", 86400);
   if (cache_only) return 0;
 
-  train::TrainerConfig trainer = trainer_config(config, run_values(config, world), settings, files, run, *plan, device, precision);
+  train::TrainerConfig trainer = trainer_config(config, values, settings, files, run, *plan, device, precision);
   if (planned) {
     trainer.step.checkpointing.keep_per_block = memory.inputs.checkpointing.keep_per_block;
     if (memory.keep_auto) trainer.step.checkpointing.keep_products = memory.inputs.checkpointing.keep_products;

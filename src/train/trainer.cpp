@@ -7,10 +7,10 @@
 
 #include <algorithm>
 #include <atomic>
-#include <functional>
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <functional>
 #include <limits>
 #include <cstdio>
 #include <fstream>
@@ -126,20 +126,30 @@ double peak_memory_bytes(const at::Device& device) {
   return static_cast<double>(usage.ru_maxrss) * 1024.0;
 }
 
+// Named tensors as JSON [[name, dtype, sizes], ...], for another rank to allocate them (received_tensor) before
+// they are broadcast.
+nlohmann::json describe_tensors(const std::vector<std::pair<std::string, at::Tensor>>& tensors) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& [name, tensor] : tensors) out.push_back({name, static_cast<int>(tensor.scalar_type()), tensor.sizes().vec()});
+  return out;
+}
+
+// An empty tensor of one describe_tensors() entry, to broadcast into.
+at::Tensor received_tensor(const nlohmann::json& entry) {
+  return at::empty(entry.at(2).get<std::vector<int64_t>>(),
+                   at::TensorOptions().dtype(static_cast<at::ScalarType>(entry.at(1).get<int>())));
+}
+
 // A state as rank 0 read it, on every rank: its description through the store, its tensors broadcast
 // (so that ranks on other machines need no copy of OUTPUT_PATH).
 void share_state(TrainingState& state, Parallel& par, const std::function<bool(const std::string&)>& keep_optimizer) {
   const bool root = par.rank() == 0;
-  auto describe = [](const std::vector<std::pair<std::string, at::Tensor>>& tensors) {
-    nlohmann::json out = nlohmann::json::array();
-    for (const auto& [name, tensor] : tensors)
-      out.push_back({name, static_cast<int>(tensor.scalar_type()), tensor.sizes().vec()});
-    return out;
-  };
   const std::string phase = "the resume (rank 0's state to every rank)";
   nlohmann::json d;
   if (root)
-    d = {{"info", state.info}, {"trainable", describe(state.trainable)}, {"optimizer", describe(state.optimizer_tensors)}};
+    d = {{"info", state.info},
+         {"trainable", describe_tensors(state.trainable)},
+         {"optimizer", describe_tensors(state.optimizer_tensors)}};
   d = nlohmann::json::parse(par.broadcast_text(root ? d.dump() : std::string(), phase));
   if (!root) state.info = d.at("info");
   // One tensor at a time; an optimizer tensor this rank does not keep (ZeRO stage 1) is dropped at once.
@@ -148,10 +158,7 @@ void share_state(TrainingState& state, Parallel& par, const std::function<bool(c
     std::vector<std::pair<std::string, at::Tensor>> kept;
     for (size_t k = 0; k < list.size(); ++k) {
       const std::string name = list[k].at(0).get<std::string>();
-      std::vector<at::Tensor> one = {
-          root ? tensors[k].second
-               : at::empty(list[k].at(2).get<std::vector<int64_t>>(),
-                           at::TensorOptions().dtype(static_cast<at::ScalarType>(list[k].at(1).get<int>())))};
+      std::vector<at::Tensor> one = {root ? tensors[k].second : received_tensor(list[k])};
       par.broadcast(one, phase);
       if (!keep || keep(name)) kept.emplace_back(name, one[0]);
     }
@@ -183,19 +190,13 @@ size_t state_index(const std::string& name) { return std::stoul(name.substr(0, n
 // the other ranks get an empty list. Collective.
 std::vector<std::pair<std::string, at::Tensor>> gather_optimizer_state(
     const std::vector<std::pair<std::string, at::Tensor>>& mine, Parallel& par) {
-  nlohmann::json described = nlohmann::json::array();
-  for (const auto& [name, tensor] : mine)
-    described.push_back({name, static_cast<int>(tensor.scalar_type()), tensor.sizes().vec()});
   const std::string phase = "the state's sharded optimizer tensors";
-  const std::vector<std::string> all = par.gather_text(described.dump(), phase);
+  const std::vector<std::string> all = par.gather_text(describe_tensors(mine).dump(), phase);
   std::vector<std::pair<std::string, at::Tensor>> out;
   for (int r = 0; r < par.world_size(); ++r) {
     const nlohmann::json list = nlohmann::json::parse(all[static_cast<size_t>(r)]);
     for (size_t k = 0; k < list.size(); ++k) {
-      std::vector<at::Tensor> one = {
-          r == par.rank() ? mine[k].second.contiguous()
-                          : at::empty(list[k].at(2).get<std::vector<int64_t>>(),
-                                      at::TensorOptions().dtype(static_cast<at::ScalarType>(list[k].at(1).get<int>())))};
+      std::vector<at::Tensor> one = {r == par.rank() ? mine[k].second.contiguous() : received_tensor(list[k])};
       par.broadcast(one, phase, r);
       if (par.rank() == 0) out.emplace_back(list[k].at(0).get<std::string>(), one[0]);
     }
@@ -318,14 +319,9 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     TrainingState state;
     if (root) state = load_state(config.resume_from, config.resume_verified);
     if (par) {
+      // With ZeRO stage 1 every rank (rank 0 too) keeps only the optimizer tensors it owns.
       share_state(state, *par, owner.empty() ? std::function<bool(const std::string&)>()
                                              : [&](const std::string& name) { return owned.at(state_index(name)); });
-    }
-    if (!owner.empty() && root) {
-      std::vector<std::pair<std::string, at::Tensor>> mine;
-      for (auto& entry : state.optimizer_tensors)
-        if (owned.at(state_index(entry.first))) mine.push_back(std::move(entry));
-      state.optimizer_tensors = std::move(mine);
     }
     const std::string dir = state.info.value("_dir", config.resume_from);
     if (state.trainable.size() != t.params.size()) {

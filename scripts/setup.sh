@@ -35,12 +35,15 @@ apt_packages=(
   libcurl4-openssl-dev # dataset and model downloads (HTTP with retries and resume)
   libarchive-dev libzstd-dev  # dataset archives (zip, tar, tar.gz, tar.zst)
   libgloo-dev          # the headers of c10d's Gloo backend (data parallelism on the CPU; the library is libtorch's)
+  libcpp-httplib-dev   # the live training page (MONITOR_PORT): a maintained HTTP server, not a hand-written parser
+  libcairo2-dev        # sample grids and loss plots drawn as PNGs per checkpoint
 )
 case "${FLUXTRAIN_PACKAGES:-all}" in
   all)
     apt_packages+=(
       python3-venv         # the venv of the test references
       libgtest-dev         # unit tests
+      chromium chromium-driver  # the live page's test in a real (headless) browser, over WebDriver
       clang libclang-rt-14-dev  # sanitizer + libFuzzer build of the safetensors parser tests
     ) ;;
   build) ;;

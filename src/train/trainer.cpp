@@ -421,14 +421,16 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     save_state(config.output_dir, at_step, state);
     prune_states(config.output_dir, std::max(1, config.keep_last_n_states));
     last_state_step = at_step;
+    config.hooks.emit({"state", at_step, {config.output_dir / "state" / state_dir_name(at_step)}, {}});
     state_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - save_started).count();
   };
   // A LoRA file (or the full model): on a full disk (checked before, or ENOSPC while writing) its temporary
   // file is gone and the error says which state a restart resumes from.
-  auto save_model = [&](const std::string& path) {
+  auto save_model = [&](const std::string& path, int64_t at_step, bool final) {
     if (!root) return;
     try {
       write_final_model(path, config, t);
+      config.hooks.emit({"model", at_step, {path}, {{"final", final}}});
     } catch (const Error& e) {
       const auto kept = newest_state(config.output_dir);
       fail(e.what(), kept ? cat("; the newest complete state, ", kept->string(),
@@ -481,6 +483,7 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
       if (at == first_step) throw;
       log::info("sampling at step ", at, " stopped on ", stop::signal_name());
     }
+    if (!files.empty()) config.hooks.emit({"samples", at, files, {}});
     if (t.network) t.network->set_training(true);
     for (size_t i = 0; i < files.size(); ++i) {
       try {
@@ -510,6 +513,10 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     }
     if (stopped) throw stop::Stopped("sampling");
   };
+  if (root) {
+    config.hooks.emit({"start", step, {}, {{"total_steps", result.total_steps}, {"steps_per_epoch", steps_per_epoch},
+                                           {"first_step", first_step}}});
+  }
   if (config.sample_at_first && sampler && step == 0) samples_at(0);
   // From here on a stop signal is this loop's to handle (poll points below do not throw): the step in
   // progress and a save in progress finish, a state is written and train() returns.
@@ -517,10 +524,20 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
   bool grace_checked = false;
   // A stop asked of any rank is every rank's (the launcher forwards a signal to all, but it arrives at
   // different moments): agreed once per check, so all ranks stop after the same step and save one state.
+  // The page's "save now" and "sample now" (rank 0's requests) ride on the same agreement.
+  bool save_asked = false, sample_asked = false;
   auto stop_agreed = [&] {
     const bool asked = stop::requested();
+    if (config.hooks.requests) {
+      save_asked = config.hooks.requests->take_save() || save_asked;
+      sample_asked = config.hooks.requests->take_sample() || sample_asked;
+    }
     if (!par) return asked;
-    return par->sum({asked ? 1.0 : 0.0}, "the stop agreement")[0] > 0;
+    const auto agreed = par->sum({asked ? 1.0 : 0.0, save_asked ? 1.0 : 0.0, sample_asked ? 1.0 : 0.0},
+                                 "the stop agreement");
+    save_asked = agreed[1] > 0;
+    sample_asked = agreed[2] > 0;
+    return agreed[0] > 0;
   };
   // Ends the loop on a requested stop: a state of `step` unless one exists (or nothing was trained).
   auto stop_here = [&] {
@@ -637,6 +654,11 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
       // A skipped step's loss would turn the shown average into NaN for good: it shows the count instead.
       progress.update(step, r.skipped ? progress.smoothed_loss() : r.loss, lr, memory,
                       result.skipped_steps > 0 ? cat("skipped ", result.skipped_steps) : std::string());
+      if (!config.hooks.listeners.empty()) {
+        RunEvent event{"step", step, {}, {{"epoch", step / steps_per_epoch}}};
+        for (const auto& [key, value] : values) event.data[key] = value;
+        config.hooks.emit(event);
+      }
     }
     if (config.max_nonfinite_steps > 0 && skipped_in_a_row >= config.max_nonfinite_steps) {
       if (root) {
@@ -659,7 +681,7 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
       if (config.save_every_n_steps > 0 && step % config.save_every_n_steps == 0) {
         std::string path = (config.output_dir / numbered(config.output_name, "step", step, 8)).string();
         if (t.network) t.network->set_training(false);
-        save_model(path);
+        save_model(path, step, false);
         if (t.network) t.network->set_training(true);
         if (root) result.files.push_back(path);
         prune_files("step");
@@ -667,7 +689,7 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
       }
       if (config.save_every_n_epochs > 0 && epoch_end && epoch % config.save_every_n_epochs == 0) {
         std::string path = (config.output_dir / numbered(config.output_name, "", epoch, 6)).string();
-        save_model(path);
+        save_model(path, step, false);
         if (root) result.files.push_back(path);
         saved = true;
       }
@@ -701,8 +723,28 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     const bool sample_step = config.sample_every_n_steps > 0 && step % config.sample_every_n_steps == 0;
     const bool sample_epoch = config.sample_every_n_epochs > 0 && epoch_end && epoch % config.sample_every_n_epochs == 0;
     // Samples are not rendered once a stop was requested: the grace period is for the state.
-    if (sampler && (sample_step || sample_epoch) && !stop_agreed()) samples_at(step);
-    if (step < result.total_steps && stop_agreed()) {
+    bool stopping = stop_agreed();
+    // The page's "save now": this step's LoRA file and a state (unless this step already wrote them).
+    if (save_asked && step < result.total_steps && !stopping) {
+      save_asked = false;
+      if (!saved) {
+        std::string path = (config.output_dir / numbered(config.output_name, "step", step, 8)).string();
+        if (t.network) t.network->set_training(false);
+        save_model(path, step, false);
+        if (t.network) t.network->set_training(true);
+        if (root) result.files.push_back(path);
+      }
+      if (last_state_step != step) save_training_state(step);
+      last_state = std::chrono::steady_clock::now();
+      if (root) log::info("saved at step ", step, " as asked (the page's save now)");
+    }
+    const bool sample_now = sample_asked && sampler && !(sample_step || sample_epoch);
+    if (sample_asked) sample_asked = false;
+    if (sampler && (sample_step || sample_epoch || sample_now) && !stopping) {
+      samples_at(step);
+      stopping = stop_agreed();
+    }
+    if (step < result.total_steps && stopping) {
       stop_here();
       break;
     }
@@ -717,12 +759,13 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
   result.steps = step;
   if (!result.interrupted) {
     std::string path = (config.output_dir / (config.output_name + ".safetensors")).string();
-    save_model(path);
+    save_model(path, step, true);
     if (root) result.files.push_back(path);
     save_training_state(step);
   }
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   result.peak_memory_bytes = peak_memory_bytes(config.model.device);
+  if (root) config.hooks.emit({"end", step, {}, {{"interrupted", result.interrupted}, {"steps", step}}});
   return result;
 }
 

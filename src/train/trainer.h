@@ -21,6 +21,7 @@
 #include "train/data_source.h"
 #include "train/options.h"
 #include "train/parallel.h"
+#include "train/run_hooks.h"
 #include "train/step.h"
 
 namespace fluxtrain::train {
@@ -45,6 +46,8 @@ struct TrainerConfig : TrainOptions {
   // global batch (device_batch x world x gradient_accumulation) is the same.
   Parallel* parallel = nullptr;
   int64_t device_batch = 1;
+  // The listeners of the run's events and the page's requests (train/run_hooks.h); rank 0's only.
+  RunHooks hooks;
 };
 
 // Called to write samples at a step with the model in its current (trained) state.

@@ -33,7 +33,8 @@ ALLOWED = {
 # by `fluxtrain dataset`; default_caption is ai-toolkit's dataset key, also an option), the sample-prompt
 # files (prompts.cpp reads kohya's TOML/JSON keys) and ComfyUI's graph format (comfyui.cpp).
 SCHEMA_KEYS = {
-    "dataset_config.cpp": {"batch_size", "caption_extension", "num_repeats", "resolution", "default_caption"},
+    "dataset_config.cpp": {"batch_size", "caption_extension", "num_repeats", "resolution", "default_caption",
+                           "validation_split"},
     "dataset_cmd.cpp": {"batch_size", "caption_extension", "num_repeats", "default_caption"},
     "train_cmd.cpp": {"caption_extension", "num_repeats"},
     "prompts.cpp": {"guidance_scale", "discrete_flow_shift"},

@@ -37,6 +37,7 @@ apt_packages=(
   libgloo-dev          # the headers of c10d's Gloo backend (data parallelism on the CPU; the library is libtorch's)
   libcpp-httplib-dev   # the live training page (MONITOR_PORT): a maintained HTTP server, not a hand-written parser
   libcairo2-dev        # sample grids and loss plots drawn as PNGs per checkpoint
+  fonts-dejavu-core    # the labels of those pictures (cairo finds it through fontconfig)
 )
 case "${FLUXTRAIN_PACKAGES:-all}" in
   all)

@@ -115,6 +115,14 @@ int run_sample(const SampleSettings& o) {
     lora_list += cat(lora_list.empty() ? "" : ", ", fs::path(l.path).filename().string(), ":", l.strength);
   }
   setup.sampler.text = {{"model", fs::path(files.model).filename().string()}, {"loras", lora_list}};
+  sample::ComfyGraph graph;
+  graph.unet = fs::path(files.model).filename().string();
+  graph.clip_l = fs::path(files.clip_l).filename().string();
+  graph.t5xxl = fs::path(files.t5xxl).filename().string();
+  graph.vae = fs::path(files.ae).filename().string();
+  graph.filename_prefix = o.name;
+  for (const auto& l : loras) graph.loras.emplace_back(fs::path(l.path).filename().string(), l.strength);
+  setup.sampler.comfy = graph;
 
   // Text encoders first (encode, free), then the transformer: the peak is the larger of the two.
   log::info("encoding ", prompts.size(), " prompts with ", files.clip_l, " and ", files.t5xxl);

@@ -44,6 +44,7 @@
 #include "models/convert.h"
 #include "sample/prompts.h"
 #include "sample/sampler_setup.h"
+#include "report/report.h"
 #include "train/block_swap.h"
 #include "train/dataset_source.h"
 #include "train/device_memory.h"
@@ -208,7 +209,28 @@ std::shared_ptr<data::DatasetPlan> build_dataset(const TrainSettings& settings, 
   if (adjust) adjust(group);
   data::ScanOptions scan;
   scan.probe = data::default_image_probe();
+  scan.seed = settings.training.seed;
   return std::make_shared<data::DatasetPlan>(data::DatasetPlan::build(std::move(group), scan));
+}
+
+// The images held out for the validation loss (validation_split), batched per device; null when none are.
+std::shared_ptr<data::DatasetPlan> build_validation(const TrainSettings& settings, data::DatasetGroupConfig group) {
+  bool split = false;
+  for (const auto& d : group.datasets)
+    for (const auto& s : d.subsets) split = split || (s.validation_split > 0 && !s.is_reg);
+  if (!split) return nullptr;
+  data::ScanOptions scan;
+  scan.probe = data::default_image_probe();
+  scan.part = data::DatasetPart::validation;
+  scan.seed = settings.training.seed;
+  auto plan = std::make_shared<data::DatasetPlan>(data::DatasetPlan::build(std::move(group), scan));
+  if (plan->images().empty()) {
+    log::warn("validation_split holds out no image (a subset of one image keeps it for training): no validation loss");
+    return nullptr;
+  }
+  log::info("validation: ", plan->images().size(), " held-out images in ", plan->steps_per_epoch(), " batches, at ",
+            std::size(train::kValidationSigmas), " fixed noise levels each");
+  return plan;
 }
 
 // The cheap part of `fluxtrain dataset --lint`, from the plan alone (no image is decoded: a large dataset
@@ -441,8 +463,10 @@ int run_train(const ResolvedConfig& config, bool cache_only) {
     log::info(describe_plan(memory, {memory.batch}));
   };
   // The dataset's batch_size is per rank: the plan's batches are the global batches, which the ranks share.
+  std::optional<data::DatasetGroupConfig> per_device;  // the config with the batches of one device
   auto plan_batches = [&](data::DatasetGroupConfig& config_group) {
     plan_memory(config_group);
+    per_device = config_group;
     for (auto& d : config_group.datasets) {
       device_batch = std::max<int64_t>(device_batch, d.batch_size);
       d.batch_size *= world;
@@ -489,6 +513,17 @@ int run_train(const ResolvedConfig& config, bool cache_only) {
   train::DatasetSource source(plan, {files.ae, files.clip_l, files.t5xxl}, source_options);
   // The ranks of a machine fill its caches together, then all wait until every shard is there.
   log::info(source.prepare(rank_info.local_rank, rank_info.local_world_size));
+  // Rank 0 computes the validation loss, over its own source of the held-out images.
+  std::shared_ptr<data::DatasetPlan> validation_plan;
+  std::unique_ptr<train::DatasetSource> validation;
+  if (root && per_device) validation_plan = build_validation(settings, *per_device);
+  if (validation_plan) {
+    train::DatasetSourceOptions one = source_options;
+    one.rank = 0;
+    one.world_size = 1;
+    validation = std::make_unique<train::DatasetSource>(validation_plan, train::EncoderFiles{files.ae, files.clip_l, files.t5xxl}, one);
+    log::info("validation images: ", validation->prepare());
+  }
   if (parallel) parallel->wait_for_all("the cache filling (each rank fills its share)", 86400);
   if (cache_only) return 0;
 
@@ -506,6 +541,8 @@ int run_train(const ResolvedConfig& config, bool cache_only) {
   trainer.model.fp8_matmul = fp8.mode;
   trainer.parallel = parallel.get();
   trainer.device_batch = device_batch;
+  trainer.validation = validation.get();
+  trainer.validation_seed = settings.training.seed;
   if (root) {
     fs::create_directories(run.dir / "logs");
     write_file_atomic((run.dir / "config.toml").string(), config.to_toml());
@@ -533,10 +570,36 @@ int run_train(const ResolvedConfig& config, bool cache_only) {
     setup.sampler.name = trainer.output_name;
     setup.sampler.run_seed = trainer.seed;
     setup.sampler.text = {{"model", fs::path(files.model).filename().string()}, {"lora", trainer.output_name}};
+    // Each PNG's ComfyUI graph loads the file a user would load for that picture: the LoRA saved at that
+    // step (save_every_n_steps), else the final one; the base alone at step 0 and for a full fine-tune
+    // the trained model itself.
+    sample::ComfyGraph graph;
+    graph.unet = fs::path(files.model).filename().string();
+    graph.weight_dtype = trainer.model.fp8_base ? "fp8_e4m3fn" : "default";
+    graph.clip_l = fs::path(files.clip_l).filename().string();
+    graph.t5xxl = fs::path(files.t5xxl).filename().string();
+    graph.vae = fs::path(files.ae).filename().string();
+    graph.filename_prefix = trainer.output_name;
+    if (trainer.full_finetune) graph.unet = trainer.output_name + ".safetensors";
+    setup.sampler.comfy = graph;
+    setup.sampler.comfy_loras = [name = trainer.output_name, every = trainer.save_every_n_steps,
+                                 full = trainer.full_finetune](int64_t step) {
+      std::vector<std::pair<std::string, double>> loras;
+      if (full || step == 0) return loras;
+      loras.emplace_back(every > 0 && step % every == 0 ? train::step_file_name(name, step) : name + ".safetensors", 1.0);
+      return loras;
+    };
     sampler = sample::make_sampler(setup);
     hook = [&sampler](int64_t step, models::FluxTransformerImpl& model) { return sampler->render(step, model); };
   }
+  // The sample grid and loss plot with every checkpoint, report.html at the end (rank 0, on its own thread).
+  std::unique_ptr<report::ReportWriter> pictures;
+  if (root) {
+    pictures = std::make_unique<report::ReportWriter>(run.dir, trainer.output_name);
+    trainer.hooks.listeners.push_back(pictures->listener());
+  }
   train::TrainResult result = train::train(trainer, source, hook);
+  if (pictures) pictures->finish();
   log::info(result.interrupted ? "stopped" : "done", ": ", result.steps, "/", result.total_steps, " steps in ",
             result.seconds, " s, last loss ", result.last_loss, ", peak memory ",
             result.peak_memory_bytes >= 0 ? format_bytes(result.peak_memory_bytes) : std::string("unknown"),

@@ -639,6 +639,29 @@ std::vector<OptionSpec> train_specs() {
           .safe_on_resume()
           .to(&S::training, &T::sample_at_first),
 
+      // --- validation
+      Opt<S>("validation_split", kReal, "validation", "",
+             "Fraction of each subset's images held out of training for the validation loss, for every subset "
+             "whose dataset config sets none (kohya's --validation_split; a subset's validation_split = 1.0 makes "
+             "it a whole validation set); unset: 0, no validation.")
+          .min(0)
+          .max(1, true)
+          .set([](S& s, const double& v, const std::string& described) {
+            s.dataset_fallbacks.validation_split = v;
+            s.dataset_fallbacks.validation_split_origin = described;
+          }),
+      Opt<S>("validate_every_n_steps", kInt, "validation", p0,
+             "Compute the validation loss every N steps (besides every validate_every_n_epochs and with every "
+             "saved LoRA); 0 = not by steps.")
+          .min(0)
+          .safe_on_resume()
+          .to(&S::training, &T::validate_every_n_steps),
+      Opt<S>("validate_every_n_epochs", kInt, "validation", p1,
+             "Compute the validation loss every N epochs (kohya's default: every epoch); 0 = not by epochs.")
+          .min(0)
+          .safe_on_resume()
+          .to(&S::training, &T::validate_every_n_epochs),
+
       // --- runtime
       Opt<S>("config", kPath, "runtime", "",
              "A TOML file of options (keys = option names, optionally in [group] tables).")
@@ -746,6 +769,7 @@ std::vector<OptionTable::Group> train_groups() {
       {"objective", "Objective (rectified flow)"},
       {"memory", "Memory"},
       {"sampling", "Samples during training"},
+      {"validation", "Validation loss on held-out images"},
       {"runtime", "Device, precision and logging"},
       {"distributed", "Data parallelism (several GPUs, several machines)"},
       {"engine", "Memory of the CPU and reproducible files"},

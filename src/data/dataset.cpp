@@ -2,6 +2,7 @@
 #include "data/image.h"
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <map>
 #include <set>
@@ -21,6 +22,7 @@ namespace {
 constexpr uint64_t kTagBucketShuffle = 0x6275636b;  // "buck"
 constexpr uint64_t kTagBatchOrder = 0x6f726472;     // "ordr"
 constexpr uint64_t kTagSample = 0x736d706c;         // "smpl"
+constexpr uint64_t kTagValidation = 0x76616c69;     // "vali"
 
 // What a subset's folder holds: its images, and the label files (data/label_files.h) that are no image's
 // caption file (those are classified when the caption is read).
@@ -116,10 +118,48 @@ std::string list_some(const std::vector<std::string>& items, size_t shown) {
 
 }  // namespace
 
+std::vector<std::filesystem::path> held_out_images(const std::vector<std::filesystem::path>& files,
+                                                   const SubsetConfig& subset, uint64_t run_seed) {
+  const size_t n = files.size();
+  if (subset.is_reg || subset.validation_split <= 0 || n == 0) return {};
+  size_t k = n;
+  if (subset.validation_split < 1) {
+    if (n < 2) return {};
+    k = std::clamp<size_t>(static_cast<size_t>(std::llround(static_cast<double>(n) * subset.validation_split)), 1, n - 1);
+  }
+  const uint64_t seed = subset.validation_seed >= 0 ? static_cast<uint64_t>(subset.validation_seed) : run_seed;
+  std::vector<std::pair<uint64_t, std::filesystem::path>> ranked;
+  for (const auto& file : files) {
+    uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a of the relative path
+    for (unsigned char c : file.lexically_relative(subset.image_dir).generic_string()) h = (h ^ c) * 0x100000001b3ull;
+    ranked.emplace_back(DataRng::derive({seed, kTagValidation, h}).next(), file);
+  }
+  std::sort(ranked.begin(), ranked.end());
+  std::vector<std::filesystem::path> out;
+  for (size_t i = 0; i < k; ++i) out.push_back(ranked[i].second);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
 DatasetPlan DatasetPlan::build(DatasetGroupConfig config, const ScanOptions& options) {
   if (!options.probe) fail("the dataset scan needs an image probe (internal error: ScanOptions::probe is empty)");
   DatasetPlan plan;
   plan.config_ = std::move(config);
+  const bool validation = options.part == DatasetPart::validation;
+  if (validation) {
+    // Every held-out image once, as it is: the same batches and captions at every validation.
+    for (DatasetConfig& d : plan.config_.datasets) {
+      for (SubsetConfig& s : d.subsets) {
+        s.num_repeats = 1;
+        s.flip_aug = false;
+        s.random_crop = false;
+        s.captions.shuffle_caption = false;
+        s.captions.caption_dropout_rate = 0;
+        s.captions.caption_dropout_every_n_epochs = 0;
+        s.captions.caption_tag_dropout_rate = 0;
+      }
+    }
+  }
   std::vector<std::string> folders;
 
   for (size_t d = 0; d < plan.config_.datasets.size(); ++d) {
@@ -132,7 +172,16 @@ DatasetPlan DatasetPlan::build(DatasetGroupConfig config, const ScanOptions& opt
       folders.push_back(subset.image_dir.string());
       std::vector<std::string> missing, multiline, other_extension, labels;
       const FolderListing listing = list_folder(subset.image_dir, subset.recursive, subset.caption_extension);
-      const std::vector<std::filesystem::path>& files = listing.images;
+      const std::vector<std::filesystem::path> held_out = held_out_images(listing.images, subset, options.seed);
+      std::vector<std::filesystem::path> files;
+      for (const auto& file : listing.images) {
+        if (std::binary_search(held_out.begin(), held_out.end(), file) == validation) files.push_back(file);
+      }
+      if (validation && files.empty()) continue;
+      if (!held_out.empty() && !validation) {
+        log::info(held_out.size(), " of ", listing.images.size(), " images of ", subset.image_dir.string(),
+                  " are held out for the validation loss (validation_split ", subset.validation_split, ")");
+      }
       std::set<std::filesystem::path> label_paths;
       auto shown = [&](const std::filesystem::path& p) {
         return p.lexically_relative(subset.image_dir).generic_string();
@@ -196,8 +245,9 @@ DatasetPlan DatasetPlan::build(DatasetGroupConfig config, const ScanOptions& opt
       stats.missing_captions = static_cast<int>(missing.size());
       stats.label_files = static_cast<int>(labels.size());
       stats.annotation_images = static_cast<int>(listing.annotation_images.size());
+      if (validation) continue;  // the training scan said it all
       const std::string dir = subset.image_dir.string();
-      if (files.empty()) {
+      if (files.empty() && held_out.empty()) {
         log::warn("no image files (.jpg .jpeg .png .webp .bmp) in ", dir,
                   subset.recursive ? " or its sub-folders" : " (sub-folders are not read: set recursive = true)");
       }
@@ -275,7 +325,7 @@ DatasetPlan DatasetPlan::build(DatasetGroupConfig config, const ScanOptions& opt
   for (const DatasetImage& image : plan.images_) {
     (image.is_reg ? plan.reg_samples_ : plan.train_samples_) += image.num_repeats;
   }
-  if (plan.train_samples_ == 0) {
+  if (plan.train_samples_ == 0 && !validation) {
     fail("no usable training image in ", list_some(folders, 10),
          plan.skipped_.empty() ? "" : cat(" (", plan.skipped_.size(), " files skipped as unreadable)"),
          ": the folders need .jpg, .jpeg, .png, .webp or .bmp files",
@@ -303,7 +353,7 @@ DatasetPlan DatasetPlan::build(DatasetGroupConfig config, const ScanOptions& opt
     plan.steps_per_epoch_ += bucket.batches;
     plan.buckets_.push_back(std::move(bucket));
   }
-  log::info(plan.summary());
+  if (!validation) log::info(plan.summary());
   return plan;
 }
 

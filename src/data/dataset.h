@@ -28,9 +28,21 @@ using ImageProbe = std::function<Resolution(const std::filesystem::path&)>;
 // probe_image (data/image.h): the size after EXIF orientation, from the file's headers.
 ImageProbe default_image_probe();
 
+// Which images of the subsets a plan holds: those that train, or those held out for the validation loss
+// (SubsetConfig::validation_split; every image once, without flips, crops or caption changes).
+enum class DatasetPart { training, validation };
+
 struct ScanOptions {
   ImageProbe probe;  // required
+  DatasetPart part = DatasetPart::training;
+  uint64_t seed = 42;  // the run's seed: the held-out images of subsets without a validation_seed
 };
+
+// The images of a subset's listing held out for validation: round(n x validation_split) of them (at least
+// one and not all of them for a fraction below 1), ranked by a hash of (validation seed, the path relative
+// to the subset's folder), so the choice does not move when other images come or go. Sorted.
+std::vector<std::filesystem::path> held_out_images(const std::vector<std::filesystem::path>& files,
+                                                   const SubsetConfig& subset, uint64_t run_seed);
 
 struct DatasetImage {
   std::filesystem::path path;
@@ -92,7 +104,8 @@ class DatasetPlan {
   // the images of labels/, masks/, annotations/ folders; .jpg .jpeg .png .webp .bmp in any letter case,
   // hidden files excluded, sorted by path), reads captions (a label file is not one; other label files in
   // the folder are counted), probes sizes, skips unreadable images with a warning,
-  // assigns buckets and balances regularisation images. Throws Error when no image can be used.
+  // assigns buckets and balances regularisation images. Throws Error when no image can be used. With
+  // options.part = validation: the held-out images only (an empty plan when there are none).
   static DatasetPlan build(DatasetGroupConfig config, const ScanOptions& options);
 
   const DatasetGroupConfig& config() const { return config_; }

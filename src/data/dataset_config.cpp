@@ -60,6 +60,8 @@ constexpr KeySpec kKeys[] = {
     {"caption_tag_dropout_rate", Type::number, kSubsetKey},
     {"flip_aug", Type::boolean, kSubsetKey},
     {"random_crop", Type::boolean, kSubsetKey},
+    {"validation_split", Type::number, kSubsetKey},
+    {"validation_seed", Type::integer, kSubsetKey},
     {"image_dir", Type::string, kSubset},
     {"is_reg", Type::boolean, kSubset},
     {"alpha_mask", Type::boolean, kSubset},
@@ -83,8 +85,6 @@ constexpr UnsupportedKey kUnsupported[] = {
     {"cache_info", kSubsetKey, "*", "fluxtrain probes image sizes from the headers quickly enough"},
     {"resize_interpolation", kSubsetKey, nullptr,
      "fluxtrain always resizes with an area filter when shrinking and Lanczos when growing (kohya's default)"},
-    {"validation_seed", kDatasetKey, "*", "validation splits are not implemented"},
-    {"validation_split", kDatasetKey, "0", "validation splits are not implemented"},
     {"network_multiplier", kDatasetKey, "1", "per-dataset network multipliers are not implemented"},
     {"metadata_file", kSubset, nullptr,
      "fine-tuning datasets (metadata JSON) are not supported: use image_dir with caption files"},
@@ -207,6 +207,7 @@ class Resolver {
     if (options.fallbacks.default_caption) fallbacks_["default_caption"] = *options.fallbacks.default_caption;
     if (options.fallbacks.caption_extension) fallbacks_["caption_extension"] = *options.fallbacks.caption_extension;
     if (options.fallbacks.num_repeats) fallbacks_["num_repeats"] = *options.fallbacks.num_repeats;
+    if (options.fallbacks.validation_split) fallbacks_["validation_split"] = *options.fallbacks.validation_split;
   }
 
   DatasetGroupConfig resolve(const json& doc);
@@ -286,9 +287,11 @@ void Resolver::check_value(const KeySpec& key, const json& v, const std::string&
     at_least(1);
   } else if (name == "num_repeats" || name == "keep_tokens" || name == "caption_dropout_every_n_epochs") {
     at_least(0);
-  } else if (name == "caption_dropout_rate" || name == "caption_tag_dropout_rate") {
+  } else if (name == "caption_dropout_rate" || name == "caption_tag_dropout_rate" || name == "validation_split") {
     const double x = v.get<double>();
-    if (!(x >= 0.0 && x <= 1.0)) out_of_range("a rate from 0 to 1");
+    if (!(x >= 0.0 && x <= 1.0)) out_of_range(name == "validation_split" ? "a fraction from 0 to 1" : "a rate from 0 to 1");
+  } else if (name == "validation_seed") {
+    at_least(0);
   } else if (name == "caption_separator" || name == "caption_extension" || name == "image_dir") {
     if (v.get<std::string>().empty()) {
       error(where, ": '", key.name, "' is empty; expected ",
@@ -363,6 +366,7 @@ void Resolver::take(const std::vector<Layer>& layers, const char* key, T& out,
                                      : is_resolution               ? f.resolution_origin
                                      : name == "caption_extension" ? f.caption_extension_origin
                                      : name == "num_repeats"       ? f.num_repeats_origin
+                                     : name == "validation_split"  ? f.validation_split_origin
                                                                    : f.default_caption_origin;
   origin[key] = from == "fallback" ? fallback_name : from;
   if (v == nullptr) return;
@@ -507,6 +511,8 @@ void Resolver::add_subsets(DatasetConfig& out, const std::vector<Layer>& layers,
   take(layers, "random_crop", s.random_crop, o, where);
   take(layers, "is_reg", s.is_reg, o, where);
   take(layers, "alpha_mask", s.alpha_mask, o, where);
+  take(layers, "validation_split", s.validation_split, o, where);
+  take(layers, "validation_seed", s.validation_seed, o, where);
   // kohya adds the dot: caption_extension = "txt" means ".txt".
   if (s.caption_extension[0] != '.') s.caption_extension = "." + s.caption_extension;
 

@@ -9,6 +9,7 @@
 //        caption_separator keep_tokens keep_tokens_separator secondary_separator caption_prefix
 //        caption_suffix caption_dropout_rate caption_dropout_every_n_epochs caption_tag_dropout_rate
 //        flip_aug random_crop
+//        validation_split validation_seed (kohya's held-out images, see docs/training.md "Validation")
 //        default_caption recursive (fluxtrain's, not kohya's: see docs/data.md)
 //   subset only: image_dir (required) is_reg alpha_mask
 // Every other key is an error naming the key, the file, the level and the closest valid key; kohya keys
@@ -44,6 +45,10 @@ struct SubsetConfig {
   bool random_crop = false;
   bool is_reg = false;
   bool alpha_mask = false;
+  // The fraction of the subset's images held out of training for the validation loss (0: none, 1: the
+  // whole subset is a validation set), chosen by validation_seed (-1: the run's seed).
+  double validation_split = 0;
+  int validation_seed = -1;
   // Where each resolved key came from: "subset", "dataset", "general", "folder name", "--batch-size",
   // "default", ...
   std::map<std::string, std::string> origin;
@@ -81,6 +86,9 @@ struct ConfigFallbacks {
   std::string caption_extension_origin = "--caption-extension";
   std::optional<int> num_repeats;
   std::string num_repeats_origin = "--num-repeats";
+  // PARAMS_VALIDATION_SPLIT: for the subsets whose config sets none (kohya's --validation_split).
+  std::optional<double> validation_split;
+  std::string validation_split_origin = "--validation-split";
 };
 
 struct ConfigOptions {

@@ -173,11 +173,27 @@ std::vector<std::filesystem::path> Sampler::render(int64_t step, models::FluxTra
     char index[64];
     std::snprintf(index, sizeof index, "_%06lld_%02zu_", static_cast<long long>(step), i);
     std::filesystem::path path = options_.out_dir / (options_.name + index + std::to_string(s.seed) + ".png");
+    // The prompt's text is the PNG's standard "Description"; "prompt" is ComfyUI's (its API graph).
     std::vector<std::pair<std::string, std::string>> text = {
-        {"prompt", prompts_[i].prompt},     {"negative", s.negative},           {"seed", std::to_string(s.seed)},
-        {"steps", std::to_string(s.steps)}, {"guidance", number(s.guidance)},   {"cfg", number(s.cfg)},
-        {"step", std::to_string(step)},     {"width", std::to_string(s.width)}, {"height", std::to_string(s.height)}};
+        {"Description", prompts_[i].prompt}, {"negative", s.negative},           {"seed", std::to_string(s.seed)},
+        {"steps", std::to_string(s.steps)},  {"guidance", number(s.guidance)},   {"cfg", number(s.cfg)},
+        {"step", std::to_string(step)},      {"width", std::to_string(s.width)}, {"height", std::to_string(s.height)}};
     for (const auto& item : options_.text) text.push_back(item);
+    if (options_.comfy) {
+      ComfyGraph graph = *options_.comfy;
+      if (options_.comfy_loras) graph.loras = options_.comfy_loras(step);
+      graph.prompt = prompts_[i].prompt;
+      graph.negative = s.negative;
+      graph.seed = s.seed;
+      graph.steps = s.steps;
+      graph.guidance = s.guidance;
+      graph.cfg = s.cfg;
+      graph.width = s.width;
+      graph.height = s.height;
+      graph.shift = s.shift.value_or(model.config.guidance_embed);
+      // ASCII JSON (non-ASCII as \u escapes): a tEXt chunk, which every PNG reader and ComfyUI read.
+      text.emplace_back("prompt", comfyui_api_prompt(graph).dump(-1, ' ', true));
+    }
     data::save_png(path, image, text);
     log::info("sample ", i + 1, "/", prompts_.size(), " (step ", step, "): ", path.string());
     written.push_back(path);

@@ -28,6 +28,7 @@
 
 #include "data/image.h"
 #include "models/ae/autoencoder.h"
+#include "sample/comfyui.h"
 #include "sample/prompts.h"
 
 namespace fluxtrain::models {
@@ -90,6 +91,13 @@ struct SamplerOptions {
   // tEXt chunks added to every PNG besides the prompt's own, e.g. {"model", "flux1-dev.safetensors"},
   // {"loras", "a.safetensors:0.8"}.
   std::vector<std::pair<std::string, std::string>> text;
+  // The ComfyUI graph written into each PNG's `prompt` chunk (sample/comfyui.h), which ComfyUI rebuilds when
+  // the PNG is dropped on it: the files and LoRAs come from here, the prompt, seed, steps, guidance, cfg,
+  // size and shift are each sample's. Unset: no graph.
+  std::optional<ComfyGraph> comfy;
+  // The graph's LoRAs for the samples of a training step (the file a user loads for that picture); unset:
+  // comfy->loras.
+  std::function<std::vector<std::pair<std::string, double>>(int64_t step)> comfy_loras;
 };
 
 class Sampler {

@@ -96,6 +96,10 @@ struct TrainOptions {
   int64_t sample_every_n_steps = 200;    // the seed's (train-flux.sh)
   int64_t sample_every_n_epochs = 0;
   bool sample_at_first = false;
+  // The validation loss (with held-out images, TrainerConfig's validation source): every N steps, every N
+  // epochs, and with every saved LoRA file.
+  int64_t validate_every_n_steps = 0;
+  int64_t validate_every_n_epochs = 1;
   double log_every_seconds = 10;
 };
 

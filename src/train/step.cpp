@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <limits>
 
 #include "optim/optimizer.h"
 #include "train/parallel.h"
@@ -30,12 +31,8 @@ LatentBatch pin_for_device(LatentBatch batch, at::ScalarType compute_dtype) {
 
 at::Tensor batch_loss(models::FluxTransformerImpl& model, const LatentBatch& batch, const StepOptions& options,
                       StepGenerators& generators) {
-  const at::Device device = model.img_in->weight.device();
-  const at::ScalarType dtype = options.compute_dtype;
   const std::vector<int64_t> shape = batch.global_rows > 0 ? batch.global_shape : batch.latents.sizes().vec();
-  const int64_t h = shape.at(2), w = shape.at(3);
-  const int64_t tokens = (h / 2) * (w / 2);
-
+  const int64_t tokens = (shape.at(2) / 2) * (shape.at(3) / 2);
   at::Tensor sigmas = sample_sigmas(shape[0], tokens, options.objective, generators.timesteps);
   at::Tensor noise = sample_noise(shape, options.objective.noise_offset, generators.noise);
   const int64_t b = batch.rows();
@@ -44,6 +41,15 @@ at::Tensor batch_loss(models::FluxTransformerImpl& model, const LatentBatch& bat
     sigmas = sigmas.narrow(0, batch.first_row, b);
     noise = noise.narrow(0, batch.first_row, b);
   }
+  return noised_loss(model, batch, sigmas, noise, options);
+}
+
+at::Tensor noised_loss(models::FluxTransformerImpl& model, const LatentBatch& batch, const at::Tensor& sigmas,
+                       const at::Tensor& noise, const StepOptions& options) {
+  const at::Device device = model.img_in->weight.device();
+  const at::ScalarType dtype = options.compute_dtype;
+  const int64_t b = batch.rows();
+  const int64_t h = batch.latents.size(2), w = batch.latents.size(3);
   NoisedLatents noised = add_noise(batch.latents.to(at::kFloat).cpu(), noise, sigmas);
 
   models::FluxInputs in;
@@ -66,6 +72,26 @@ at::Tensor batch_loss(models::FluxTransformerImpl& model, const LatentBatch& bat
         batch.loss_mask.to(device, at::kFloat, /*non_blocking=*/true).unsqueeze(1).expand({b, batch.latents.size(1), h, w}));
   }
   return flow_loss(pred, target, options.objective, mask);
+}
+
+double validation_loss(models::FluxTransformerImpl& model, DataSource& data, const StepOptions& options,
+                       uint64_t seed) {
+  at::NoGradGuard no_grad;
+  at::Generator generator = at::detail::createCPUGenerator(seed);
+  double sum = 0;
+  int64_t count = 0;
+  for (int64_t i = 0; i < data.batches_per_epoch(); ++i) {
+    const LatentBatch batch = data.batch(0, i);
+    const int64_t b = batch.rows();
+    if (b == 0) continue;
+    for (double sigma : kValidationSigmas) {
+      const at::Tensor noise = sample_noise(batch.latents.sizes(), options.objective.noise_offset, generator);
+      const at::Tensor sigmas = at::full({b}, sigma, at::TensorOptions().dtype(at::kFloat));
+      sum += noised_loss(model, batch, sigmas, noise, options).item<double>() * static_cast<double>(b);
+      count += b;
+    }
+  }
+  return count > 0 ? sum / static_cast<double>(count) : std::numeric_limits<double>::quiet_NaN();
 }
 
 double clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm) {

@@ -58,6 +58,17 @@ LatentBatch pin_for_device(LatentBatch batch, at::ScalarType compute_dtype);
 at::Tensor batch_loss(models::FluxTransformerImpl& model, const LatentBatch& batch, const StepOptions& options,
                       StepGenerators& generators);
 
+// The loss of this rank's rows of a batch at the given sigmas [rows] and noise (the batch's latent shape).
+at::Tensor noised_loss(models::FluxTransformerImpl& model, const LatentBatch& batch, const at::Tensor& sigmas,
+                       const at::Tensor& noise, const StepOptions& options);
+
+// The validation loss: the mean loss over every image of `data`'s first epoch at each of kValidationSigmas,
+// with noise drawn from a generator seeded with `seed` at every call, so that the same weights give the
+// same number (comparable across checkpoints, resumes and runs). No gradients.
+inline constexpr double kValidationSigmas[] = {0.1, 0.3, 0.5, 0.7, 0.9};
+double validation_loss(models::FluxTransformerImpl& model, DataSource& data, const StepOptions& options,
+                       uint64_t seed);
+
 // Forward and backward over the micro-batches, gradient clipping, the optimizer step. A NaN or infinite
 // loss or gradient norm skips the optimizer step (the weights and the optimizer state stay as they were)
 // and says so in StepResult::skipped. With `parallel`, each rank backpropagates its rows' share of the

@@ -244,6 +244,10 @@ void check_world_change(const std::string& dir, const nlohmann::json& info, int 
 
 void request_stop() { stop::request(SIGTERM); }
 
+std::string step_file_name(const std::string& output_name, int64_t step) {
+  return numbered(output_name, "step", step, 8);
+}
+
 int64_t planned_steps(const TrainerConfig& config, int64_t batches_per_epoch) {
   if (!config.max_epochs) return config.max_steps;
   const int64_t ga = std::max<int64_t>(1, config.gradient_accumulation);
@@ -513,6 +517,21 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     }
     if (stopped) throw stop::Stopped("sampling");
   };
+  // The validation loss: rank 0 computes it (LoRA dropouts off) while the others wait.
+  const bool validating =
+      par ? par->sum({config.validation ? 1.0 : 0.0}, "the start (who validates)")[0] > 0 : config.validation != nullptr;
+  auto validate = [&](int64_t at) {
+    double loss = std::numeric_limits<double>::quiet_NaN();
+    if (config.validation) {
+      if (t.network) t.network->set_training(false);
+      loss = validation_loss(*t.model, *config.validation, step_options, config.validation_seed);
+      if (t.network) t.network->set_training(true);
+      log::info("validation loss at step ", at, ": ", loss);
+      config.hooks.emit({"validation", at, {}, {{"loss", loss}}});
+    }
+    if (par) par->wait_for_all("the validation loss (rank 0 computes it)", 86400);
+    return loss;
+  };
   if (root) {
     config.hooks.emit({"start", step, {}, {{"total_steps", result.total_steps}, {"steps_per_epoch", steps_per_epoch},
                                            {"first_step", first_step}}});
@@ -638,6 +657,16 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     result.last_loss = r.loss;
 
     std::vector<std::pair<std::string, double>> values = {{"loss", r.loss}, {"lr", lr}, {"grad_norm", r.grad_norm}};
+    // The validation loss goes on the line of its step: every N steps or epochs, and with every LoRA file.
+    if (validating) {
+      const bool at_end = step == result.total_steps, epoch_end = step % steps_per_epoch == 0;
+      const int64_t epoch = step / steps_per_epoch;
+      const bool saves = at_end || (config.save_every_n_steps > 0 && step % config.save_every_n_steps == 0) ||
+                         (config.save_every_n_epochs > 0 && epoch_end && epoch % config.save_every_n_epochs == 0);
+      if (saves || (config.validate_every_n_steps > 0 && step % config.validate_every_n_steps == 0) ||
+          (config.validate_every_n_epochs > 0 && epoch_end && epoch % config.validate_every_n_epochs == 0))
+        values.emplace_back("validation_loss", validate(step));
+    }
     values.emplace_back("skipped", r.skipped ? 1 : 0);
     values.emplace_back("skipped_steps", static_cast<double>(result.skipped_steps));
     values.emplace_back("step_seconds", this_step);
@@ -648,7 +677,8 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     if (root) {
       metrics->append(step, values);
       std::vector<std::pair<std::string, double>> scalars;
-      for (const auto& [key, value] : values) scalars.emplace_back("train/" + key, value);
+      for (const auto& [key, value] : values)
+        scalars.emplace_back(key == "validation_loss" ? std::string("validation/loss") : "train/" + key, value);
       scalars.emplace_back("train/steps_per_second", progress.steps_per_second());
       events->add_scalars(scalars, step);
       // A skipped step's loss would turn the shown average into NaN for good: it shows the count instead.
@@ -679,7 +709,7 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     bool saved = false, state_saved = false;
     if (step < result.total_steps) {
       if (config.save_every_n_steps > 0 && step % config.save_every_n_steps == 0) {
-        std::string path = (config.output_dir / numbered(config.output_name, "step", step, 8)).string();
+        std::string path = (config.output_dir / step_file_name(config.output_name, step)).string();
         if (t.network) t.network->set_training(false);
         save_model(path, step, false);
         if (t.network) t.network->set_training(true);
@@ -728,7 +758,7 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     if (save_asked && step < result.total_steps && !stopping) {
       save_asked = false;
       if (!saved) {
-        std::string path = (config.output_dir / numbered(config.output_name, "step", step, 8)).string();
+        std::string path = (config.output_dir / step_file_name(config.output_name, step)).string();
         if (t.network) t.network->set_training(false);
         save_model(path, step, false);
         if (t.network) t.network->set_training(true);

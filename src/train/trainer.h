@@ -46,6 +46,9 @@ struct TrainerConfig : TrainOptions {
   // global batch (device_batch x world x gradient_accumulation) is the same.
   Parallel* parallel = nullptr;
   int64_t device_batch = 1;
+  // The held-out images of the validation loss (rank 0's; null: no validation), and the seed of its noise.
+  DataSource* validation = nullptr;
+  uint64_t validation_seed = 42;
   // The listeners of the run's events and the page's requests (train/run_hooks.h); rank 0's only.
   RunHooks hooks;
 };
@@ -69,6 +72,9 @@ struct TrainResult {
 
 // The total number of optimizer steps the config plans for a data source of `batches_per_epoch`.
 int64_t planned_steps(const TrainerConfig& config, int64_t batches_per_epoch);
+
+// The file name of the LoRA (or model) saved at `step` by save_every_n_steps: {output_name}-step{step:08}.safetensors.
+std::string step_file_name(const std::string& output_name, int64_t step);
 
 // Runs the training. SIGINT/SIGTERM finish the current step, save a state and return (interrupted).
 TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHook& sample = {});

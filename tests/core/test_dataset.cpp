@@ -3,6 +3,7 @@
 // keyed by file name (the image decoder has its own tests), so any size can be planned without pixels.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <functional>
@@ -766,4 +767,76 @@ TEST(DataRngTest, PortableValues) {
     EXPECT_GE(u, 0.0);
     EXPECT_LT(u, 1.0);
   }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// validation split (kohya's validation_split): held-out images leave training and form the validation plan
+
+TEST(Validation, SplitHoldsOutImagesDeterministicallyAndStably) {
+  const fs::path dir = fluxtrain::testing::fresh_dir("validation_split");
+  make_images(dir / "a", 10);
+  const std::string text = "[[datasets]]\n[[datasets.subsets]]\nimage_dir = \"" + (dir / "a").string() +
+                           "\"\nvalidation_split = 0.3\n";
+  DatasetGroupConfig config = toml_config(text);
+  ASSERT_DOUBLE_EQ(config.datasets[0].subsets[0].validation_split, 0.3);
+  ScanOptions scan = scan_with({});
+  scan.seed = 7;
+  const DatasetPlan training = DatasetPlan::build(config, scan);
+  scan.part = DatasetPart::validation;
+  const DatasetPlan validation = DatasetPlan::build(config, scan);
+  ASSERT_EQ(training.images().size(), 7u);
+  ASSERT_EQ(validation.images().size(), 3u);
+  std::set<fs::path> seen;
+  for (const auto& i : training.images()) seen.insert(i.path);
+  for (const auto& i : validation.images()) EXPECT_TRUE(seen.insert(i.path).second) << i.path << " is in both";
+  EXPECT_EQ(seen.size(), 10u);
+  // The same seed holds out the same images; another seed others; an eleventh image moves none of them.
+  scan.seed = 7;
+  const auto again = DatasetPlan::build(config, scan);
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(again.images()[i].path, validation.images()[i].path);
+  make_images(dir / "b", 1, "zz");
+  fs::rename(dir / "b" / "zz_0000.jpg", dir / "a" / "zz_0000.jpg");
+  std::vector<fs::path> files;
+  for (const auto& e : fs::directory_iterator(dir / "a")) files.push_back(e.path());
+  std::sort(files.begin(), files.end());
+  const auto held = held_out_images(files, config.datasets[0].subsets[0], 7);
+  ASSERT_EQ(held.size(), 3u);  // round(11 x 0.3)
+  for (const auto& i : validation.images())
+    EXPECT_TRUE(std::count(held.begin(), held.end(), i.path) || held.back() == dir / "a" / "zz_0000.jpg") << i.path;
+  SubsetConfig other = config.datasets[0].subsets[0];
+  other.validation_seed = 1234;
+  EXPECT_NE(held_out_images(files, other, 7), held);
+  // Every held-out image once, without repeats, flips or caption changes.
+  for (const auto& i : validation.images()) EXPECT_EQ(i.num_repeats, 1);
+  EXPECT_EQ(validation.steps_per_epoch(), 3);
+}
+
+TEST(Validation, WholeSubsetsRegularisationAndBounds) {
+  const fs::path dir = fluxtrain::testing::fresh_dir("validation_whole");
+  make_images(dir / "train", 4);
+  make_images(dir / "val", 2, "v");
+  make_images(dir / "reg", 3, "r");
+  const std::string text = "[general]\nvalidation_split = 0.5\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = \"" +
+                           (dir / "train").string() + "\"\nvalidation_split = 0\n[[datasets.subsets]]\nimage_dir = \"" +
+                           (dir / "val").string() + "\"\nvalidation_split = 1.0\n[[datasets.subsets]]\nimage_dir = \"" +
+                           (dir / "reg").string() + "\"\nis_reg = true\n";
+  const DatasetGroupConfig config = toml_config(text);
+  ScanOptions scan = scan_with({});
+  const DatasetPlan training = DatasetPlan::build(config, scan);
+  scan.part = DatasetPart::validation;
+  const DatasetPlan validation = DatasetPlan::build(config, scan);
+  EXPECT_EQ(training.train_samples(), 4);  // the whole val subset left training; reg images are never held out
+  ASSERT_EQ(validation.images().size(), 2u);
+  for (const auto& i : validation.images()) EXPECT_EQ(i.path.parent_path(), dir / "val");
+  // A lone image stays in training (round would take all of it).
+  SubsetConfig one;
+  one.image_dir = dir;
+  one.validation_split = 0.5;
+  EXPECT_TRUE(held_out_images({dir / "x.jpg"}, one, 1).empty());
+  one.validation_split = 0.01;
+  EXPECT_EQ(held_out_images({dir / "x.jpg", dir / "y.jpg", dir / "z.jpg"}, one, 1).size(), 1u);  // at least one
+  fluxtrain::testing::expect_error([&] {
+    toml_config("[[datasets]]\n[[datasets.subsets]]\nimage_dir = \"" + (dir / "train").string() +
+                "\"\nvalidation_split = 1.5\n");
+  }, {"validation_split", "1.5", "a fraction from 0 to 1"});
 }

@@ -28,6 +28,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from conftest import run
+from train_env import comfyui_graph
 from reference import flux_reference as fr
 from reference import tiny_models as tm
 from reference.ae_reference import reference_model as ae_reference_model
@@ -278,9 +279,15 @@ def test_prompt_file_with_kohya_options_and_cfg(tmp_path, fluxtrain_bin, dev):
     not_flat(first)
     not_flat(second)
     text = Image.open(files[1]).text
-    assert text["prompt"] == "a red car on a road" and text["negative"] == "blurry, lowres"
+    assert text["Description"] == "a red car on a road" and text["negative"] == "blurry, lowres"
     assert (text["seed"], text["steps"], text["guidance"], text["cfg"], text["step"]) == ("12345", "3", "5", "2.5", "0")
     assert (text["width"], text["height"], text["model"], text["loras"]) == ("48", "64", "flux1-dev.safetensors", "")
+    # ComfyUI's graph of the same picture: real CFG with the negative prompt, no LoRA.
+    nodes = comfyui_graph(files[1])
+    assert [n["text"] for n in nodes["CLIPTextEncode"]] == ["a red car on a road", "blurry, lowres"]
+    assert [n["cfg"] for n in nodes["CFGGuider"]] == [2.5] and "LoraLoaderModelOnly" not in nodes
+    assert [n["noise_seed"] for n in nodes["RandomNoise"]] == [12345]
+    assert [n["guidance"] for n in nodes["FluxGuidance"]] == [5.0, 5.0]
 
 
 def test_cfg_changes_the_picture(tmp_path, fluxtrain_bin, dev):
@@ -312,6 +319,8 @@ def test_lora_layouts_match_the_reference(tmp_path, fluxtrain_bin, dev, layout):
     base = ref.image(ref.transformer(), "a photo of sks dog", 99)
     assert np.abs(got.astype(int) - base.astype(int)).max() > 10, "the LoRA changed nothing"
     assert Image.open(next(out.iterdir())).text["loras"] == f"{layout}.safetensors:0.8"
+    assert [(n["lora_name"], n["strength_model"]) for n in comfyui_graph(next(out.iterdir()))["LoraLoaderModelOnly"]] \
+        == [(f"{layout}.safetensors", 0.8)]
 
 
 def test_two_loras_add_up(tmp_path, fluxtrain_bin, dev):

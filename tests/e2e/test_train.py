@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from conftest import run
-from train_env import base_env, dataset, models  # noqa: F401  (fixtures)
+from train_env import base_env, comfyui_graph, dataset, models  # noqa: F401  (fixtures)
 from train_env import metrics as metrics_of
 
 
@@ -167,6 +167,18 @@ def test_samples_every_n_epochs(tmp_path, fluxtrain_bin, models, dataset):
     names = sorted(p.name for p in (out / "samples").glob("*.png"))
     assert names == ["flux-lora_000006_00_1.png", "flux-lora_000006_01_2.png",
                      "flux-lora_000012_00_1.png", "flux-lora_000012_01_2.png"]
+    # Each PNG carries its ComfyUI graph: the base, the LoRA to load (no step files here: the final one), the
+    # prompt, seed, steps and size of that picture, on the sampler and schedule fluxtrain used.
+    nodes = comfyui_graph(out / "samples" / "flux-lora_000006_00_1.png")
+    assert [n["unet_name"] for n in nodes["UNETLoader"]] == ["flux1-dev.safetensors"]
+    assert [(n["lora_name"], n["strength_model"]) for n in nodes["LoraLoaderModelOnly"]] == [("flux-lora.safetensors", 1.0)]
+    assert [n["text"] for n in nodes["CLIPTextEncode"]] == ["ohwx, a red square"]
+    assert [n["noise_seed"] for n in nodes["RandomNoise"]] == [1]
+    assert [(n["scheduler"], n["steps"]) for n in nodes["BasicScheduler"]] == [("simple", 2)]
+    assert [(n["width"], n["height"]) for n in nodes["EmptySD3LatentImage"]] == [(32, 32)]
+    assert [n["sampler_name"] for n in nodes["KSamplerSelect"]] == ["euler"]
+    assert [(n["width"], n["height"]) for n in nodes["ModelSamplingFlux"]] == [(32, 32)]
+    assert [n["noise_seed"] for n in comfyui_graph(out / "samples" / "flux-lora_000012_01_2.png")["RandomNoise"]] == [2]
 
 
 def test_cache_recomputes_only_what_changed(tmp_path, fluxtrain_bin, models, dataset):

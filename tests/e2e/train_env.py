@@ -73,3 +73,18 @@ def lora_tensors(path) -> dict[str, torch.Tensor]:
 
 def metrics(output) -> list[dict]:
     return [json.loads(line) for line in (Path(output) / "metrics.jsonl").read_text().splitlines()]
+
+
+def comfyui_graph(png) -> dict[str, list[dict]]:
+    """A sample PNG's ComfyUI graph (its `prompt` text chunk, ComfyUI's API format) as class_type -> the inputs
+    of each node of that type, after checking the format: node ids map to {"class_type", "inputs"} and every
+    link [id, output] names an existing node."""
+    graph = json.loads(Image.open(png).text["prompt"])
+    nodes: dict[str, list[dict]] = {}
+    for node_id, node in graph.items():
+        assert node_id.isdigit() and set(node) == {"class_type", "inputs"}, node
+        for value in node["inputs"].values():
+            if isinstance(value, list):
+                assert len(value) == 2 and value[0] in graph and isinstance(value[1], int), value
+        nodes.setdefault(node["class_type"], []).append(node["inputs"])
+    return nodes

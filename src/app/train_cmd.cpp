@@ -512,7 +512,13 @@ int run_train(const ResolvedConfig& config, bool cache_only) {
     fs::create_directories(run.dir / "logs");
     write_file_atomic((run.dir / "config.toml").string(), config.to_toml());
     // The dataset plan as the run saw it (the live page shows it, also for a finished run).
-    write_file_atomic((run.dir / "dataset-plan.txt").string(), plan->summary() + "\n");
+    std::string plan_text = cat(plan->summary(), "\n", plan->train_samples(), " training samples (images x repeats) and ",
+                                plan->reg_samples(), " regularisation samples per epoch, ", plan->steps_per_epoch(),
+                                " steps per epoch\nbuckets:\n");
+    for (const data::PlanBucket& bucket : plan->buckets())
+      plan_text += cat("  dataset ", bucket.dataset, "  ", bucket.resolution.width, "x", bucket.resolution.height, ": ",
+                       bucket.images.size(), " images, ", bucket.samples, " samples, ", bucket.batches, " batches\n");
+    write_file_atomic((run.dir / "dataset-plan.txt").string(), plan_text);
     log::add_file_sink((run.dir / "logs" / "fluxtrain.log").string());
   }
   log::info("training ", trainer.output_name, " in ", run.dir.string(), " on ", trainer.model.device.str(), " (",

@@ -135,13 +135,15 @@ struct MonitorServer::Impl {
   std::thread listen_thread, watch_thread;
   int port = 0;
 
+  // Two locks, so that the training thread's listener (`mutex`) never waits for file reading or for a
+  // response being assembled (`folder_mutex`: the metrics lines and the file list).
   std::mutex mutex;
+  std::mutex folder_mutex;
   std::condition_variable changed;
   bool stopping = false;
   uint64_t version = 1;         // bumped on every change the page should see
   nlohmann::json progress = nlohmann::json::object();  // the trainer's newest step and its start values
-  nlohmann::json files = nlohmann::json::object();     // list_run_files
-  std::string files_text;
+  std::string files_text;  // list_run_files, as sent
   MetricsTail metrics;
   std::atomic<int> streams{0};
 
@@ -166,17 +168,15 @@ struct MonitorServer::Impl {
 
   // Reads the folder (on the watcher's thread); true when something the page shows changed.
   bool look() {
-    bool grew;
-    {
-      std::lock_guard lock(mutex);
-      grew = metrics.refresh();
-    }
     nlohmann::json listed = list_run_files(options.folder);
     std::string text = listed.dump();
+    {
+      std::lock_guard lock(folder_mutex);
+      const bool grew = metrics.refresh();
+      if (text == files_text && !grew) return false;
+      files_text = std::move(text);
+    }
     std::lock_guard lock(mutex);
-    if (text == files_text && !grew) return false;
-    files = std::move(listed);
-    files_text = std::move(text);
     ++version;
     return true;
   }
@@ -198,15 +198,18 @@ struct MonitorServer::Impl {
   }
 
   nlohmann::json state_json() {
-    std::lock_guard lock(mutex);
-    nlohmann::json out = {{"version", version},
-                          {"metrics_lines", metrics.size()},
-                          {"metrics_generation", metrics.generation()},
-                          {"progress", progress},
-                          {"run", options.run_info},
+    nlohmann::json out = {{"run", options.run_info},
                           {"actions", options.requests != nullptr},
                           {"folder", options.folder.filename().string()}};
-    if (const nlohmann::json* last = metrics.last()) out["last_metrics"] = *last;
+    {
+      std::lock_guard lock(folder_mutex);
+      out["metrics_lines"] = metrics.size();
+      out["metrics_generation"] = metrics.generation();
+      if (const nlohmann::json* last = metrics.last()) out["last_metrics"] = *last;
+    }
+    std::lock_guard lock(mutex);
+    out["version"] = version;
+    out["progress"] = progress;
     return out;
   }
 
@@ -386,7 +389,7 @@ struct MonitorServer::Impl {
           return;
         }
       }
-      std::lock_guard lock(mutex);
+      std::lock_guard lock(folder_mutex);
       res.set_content(nlohmann::json{{"from", from},
                                      {"generation", metrics.generation()},
                                      {"lines", metrics.lines_from(from)},
@@ -395,7 +398,7 @@ struct MonitorServer::Impl {
                       "application/json");
     });
     server.Get("/api/files", [this](const httplib::Request&, httplib::Response& res) {
-      std::lock_guard lock(mutex);
+      std::lock_guard lock(folder_mutex);
       res.set_content(files_text.empty() ? "{}" : files_text, "application/json");
     });
     server.Get("/api/details", [this](const httplib::Request&, httplib::Response& res) {

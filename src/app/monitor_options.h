@@ -13,10 +13,10 @@
 namespace fluxtrain::app {
 
 struct MonitorSettings {
-  int64_t port = 7860;          // 0: no page
+  int64_t port = 7860;           // 0: no page
   std::string host = "0.0.0.0";  // the address it listens on (a pod's proxy reaches the container's)
-  std::string token;            // "" = generated (OUTPUT_PATH/monitor-token); a secret
-  std::string runpod_pod_id;    // RUNPOD_POD_ID (RunPod sets it): the printed link is the pod's proxy URL
+  std::string token;             // "" = generated (OUTPUT_PATH/monitor-token); a secret
+  std::string runpod_pod_id;     // RUNPOD_POD_ID (RunPod sets it): the printed link is the pod's proxy URL
 };
 std::vector<Opt<MonitorSettings>> monitor_options(const std::string& group = "monitor");
 
@@ -39,8 +39,7 @@ struct MonitorOptions;
 }  // namespace fluxtrain::monitor
 
 namespace fluxtrain::app {
-std::unique_ptr<monitor::MonitorServer> start_live_page(const MonitorSettings& settings,
-                                                        const std::string& token_dir,
+std::unique_ptr<monitor::MonitorServer> start_live_page(const MonitorSettings& settings, const std::string& token_dir,
                                                         monitor::MonitorOptions options, bool required);
 
 }  // namespace fluxtrain::app

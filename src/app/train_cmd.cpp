@@ -2,8 +2,9 @@
 // Options come from the one train option table (train_options.h): flags > PARAMS_* / the seed's
 // variables > --config TOML > defaults, all checked before any model is loaded.
 //
-// The run folder (OUTPUT_PATH): config.toml (the resolved options), dataset-plan.txt, {name}-step{N}.safetensors,
-// {name}.safetensors, state/step-N/ (exact resume), samples/, logs/ (fluxtrain.log, TensorBoard events),
+// The run folder (OUTPUT_PATH): config.toml (the resolved options), dataset-plan.txt, monitor-token (the live
+// page's, mode 0600), {name}-step{N}.safetensors, {name}.safetensors, state/step-N/ (exact resume), samples/,
+// logs/ (fluxtrain.log, TensorBoard events),
 // metrics.jsonl. A restarted pod resumes from the newest complete state when the options that shape the
 // training and the dataset (its images, sizes and captions) are unchanged; changes a resume can honour (cadences, more
 // steps or epochs, sampling) are applied and reported; any other change starts a fresh run in OUTPUT_PATH/run-<hash>

@@ -124,8 +124,7 @@ nlohmann::json list_run_files(const fs::path& root, size_t max_files) {
       if (it.depth() == 1 && relative.begin()->string() == "state") states.push_back(relative.generic_string());
       continue;
     }
-    if (!entry.is_regular_file(type_ec) || name == kTokenFileName || name.ends_with(".tmp") ||
-        name.ends_with(".part"))
+    if (!entry.is_regular_file(type_ec) || name == kTokenFileName || name.ends_with(".tmp") || name.ends_with(".part"))
       continue;
     const std::string path = relative.generic_string();
     const auto size = entry.file_size(type_ec);
@@ -153,11 +152,18 @@ nlohmann::json list_run_files(const fs::path& root, size_t max_files) {
 
 std::string content_type_of(const fs::path& file) {
   static const std::map<std::string, std::string> types = {
-      {".png", "image/png"},          {".jpg", "image/jpeg"},   {".jpeg", "image/jpeg"},
-      {".webp", "image/webp"},        {".svg", "image/svg+xml"}, {".html", "text/html; charset=utf-8"},
-      {".json", "application/json"},  {".jsonl", "text/plain; charset=utf-8"},
-      {".toml", "text/plain; charset=utf-8"}, {".txt", "text/plain; charset=utf-8"},
-      {".log", "text/plain; charset=utf-8"},  {".md", "text/plain; charset=utf-8"},
+      {".png", "image/png"},
+      {".jpg", "image/jpeg"},
+      {".jpeg", "image/jpeg"},
+      {".webp", "image/webp"},
+      {".svg", "image/svg+xml"},
+      {".html", "text/html; charset=utf-8"},
+      {".json", "application/json"},
+      {".jsonl", "text/plain; charset=utf-8"},
+      {".toml", "text/plain; charset=utf-8"},
+      {".txt", "text/plain; charset=utf-8"},
+      {".log", "text/plain; charset=utf-8"},
+      {".md", "text/plain; charset=utf-8"},
   };
   const auto found = types.find(file.extension().string());
   return found != types.end() ? found->second : "application/octet-stream";

@@ -3,11 +3,11 @@
 #include <httplib.h>
 
 #include <algorithm>
-#include <charconv>
-#include <csignal>
 #include <atomic>
+#include <charconv>
 #include <chrono>
 #include <condition_variable>
+#include <csignal>
 #include <deque>
 #include <fstream>
 #include <mutex>
@@ -141,9 +141,9 @@ struct MonitorServer::Impl {
   std::mutex folder_mutex;
   std::condition_variable changed;
   bool stopping = false;
-  uint64_t version = 1;         // bumped on every change the page should see
+  uint64_t version = 1;                                // bumped on every change the page should see
   nlohmann::json progress = nlohmann::json::object();  // the trainer's newest step and its start values
-  std::string files_text;  // list_run_files, as sent
+  std::string files_text;                              // list_run_files, as sent
   MetricsTail metrics;
   std::atomic<int> streams{0};
 
@@ -255,7 +255,8 @@ struct MonitorServer::Impl {
       res.set_header("Content-Disposition", "attachment; filename=\"" + file->filename().string() + "\"");
     // Files of the run folder are shown, never run as this page's code (an SVG or HTML may hold scripts).
     if (type.starts_with("image/svg") || type.starts_with("text/html"))
-      res.set_header("Content-Security-Policy", "sandbox; default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'");
+      res.set_header("Content-Security-Policy",
+                     "sandbox; default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'");
     res.set_content_provider(static_cast<size_t>(size), type,
                              [in](size_t offset, size_t length, httplib::DataSink& sink) {
                                char buffer[1 << 16];
@@ -444,7 +445,9 @@ MonitorServer::MonitorServer(MonitorOptions options) : impl_(std::make_unique<Im
   s.watch_thread = std::thread([&s] { s.watch(); });
 }
 
-MonitorServer::~MonitorServer() { stop(); }
+MonitorServer::~MonitorServer() {
+  stop();
+}
 
 void MonitorServer::stop() {
   Impl& s = *impl_;
@@ -459,7 +462,9 @@ void MonitorServer::stop() {
   if (s.watch_thread.joinable()) s.watch_thread.join();
 }
 
-int MonitorServer::port() const { return impl_->port; }
+int MonitorServer::port() const {
+  return impl_->port;
+}
 
 train::RunListener MonitorServer::listener() {
   return [impl = impl_.get()](const train::RunEvent& event) { impl->on_event(event); };

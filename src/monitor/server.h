@@ -30,8 +30,8 @@ namespace fluxtrain::monitor {
 struct MonitorOptions {
   std::string host = "0.0.0.0";
   int port = 7860;
-  std::string token;              // required (the app generates one when MONITOR_TOKEN is unset)
-  std::filesystem::path folder;   // the run folder (OUTPUT_PATH or its run-*)
+  std::string token;                       // required (the app generates one when MONITOR_TOKEN is unset)
+  std::filesystem::path folder;            // the run folder (OUTPUT_PATH or its run-*)
   train::RunRequests* requests = nullptr;  // null: no trainer here (the buttons answer 409)
   // What the page shows beside the files: "images_per_step" (the global batch), "command", ...
   nlohmann::json run_info = nlohmann::json::object();

@@ -253,10 +253,11 @@ struct MonitorServer::Impl {
     res.set_header("X-Content-Type-Options", "nosniff");
     if (type == "application/octet-stream")
       res.set_header("Content-Disposition", "attachment; filename=\"" + file->filename().string() + "\"");
-    // Files of the run folder are shown, never run as this page's code (an SVG or HTML may hold scripts).
+    // Files of the run folder are shown, never run as this page's code (an SVG or HTML may hold scripts): no
+    // scripts, nothing loaded from elsewhere; allow-same-origin keeps the cookie on the images a report shows.
     if (type.starts_with("image/svg") || type.starts_with("text/html"))
       res.set_header("Content-Security-Policy",
-                     "sandbox; default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'");
+                     "sandbox allow-same-origin; default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'");
     res.set_content_provider(static_cast<size_t>(size), type,
                              [in](size_t offset, size_t length, httplib::DataSink& sink) {
                                char buffer[1 << 16];

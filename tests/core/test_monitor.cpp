@@ -97,6 +97,8 @@ struct Page {
     write(root / "metrics.jsonl", "{\"step\":1,\"loss\":0.5}\n{\"step\":2,\"loss\":0.4}\n");
     write(root / "samples" / "t_000002_00_42.png", "png bytes");
     write(root / "config.toml", "network_dim = 4\n");
+    write(root / "report.html", "<script>alert(1)</script>");
+    write(root / "lora.safetensors", "weights");
     write(root / kTokenFileName, kToken + "\n");
     write(root.parent_path() / "secret.txt", "outside");
     MonitorOptions o;
@@ -163,6 +165,14 @@ TEST(MonitorServer, FileLinksStayInTheRunFolder) {
   ASSERT_EQ(sample->status, 200);
   EXPECT_EQ(sample->body, "png bytes");
   EXPECT_EQ(sample->get_header_value("Content-Type"), "image/png");
+  // A report or SVG of the run folder is shown without running its scripts; weights are downloads.
+  auto report = c.Get("/files/report.html", page.bearer());
+  ASSERT_EQ(report->status, 200);
+  EXPECT_EQ(report->get_header_value("Content-Security-Policy").rfind("sandbox", 0), 0u);
+  auto lora = c.Get("/files/lora.safetensors", page.bearer());
+  ASSERT_EQ(lora->status, 200);
+  EXPECT_EQ(lora->body, "weights");
+  EXPECT_NE(lora->get_header_value("Content-Disposition").find("attachment"), std::string::npos);
   for (const char* bad :
        {"/files/../secret.txt", "/files/%2e%2e/secret.txt", "/files/%2E%2E%2Fsecret.txt",
         "/files/samples/..%2f..%2fsecret.txt", "/files/samples", "/files/samples/", "/files/monitor-token",

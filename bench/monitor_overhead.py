@@ -145,8 +145,8 @@ def main(argv=None) -> int:
         subprocess.run([args.bin, "make-tiny", "--out", models, "--seed", "3"], check=True, capture_output=True)
         data = write_dataset(os.path.join(work, "data"))
         # The caches once, so that every run trains from the same warm caches.
-        subprocess.run([args.bin, "cache"], env=env_for(work, models, data, os.path.join(work, "warm"), 1, 0, args.threads),
-                       check=True, capture_output=True)
+        warm = env_for(work, models, data, os.path.join(work, "warm"), 1, 0, args.threads)
+        subprocess.run([args.bin, "cache"], env=warm, check=True, capture_output=True)
         runs = []
         for r in range(args.repeats):
             order = [False, True] if r % 2 == 0 else [True, False]

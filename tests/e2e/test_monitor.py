@@ -7,13 +7,11 @@ reverse proxy written here. Screenshots go to build/test-artifacts/monitor/ (doc
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import re
 import stat
 import subprocess
 import threading
-import time
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -50,11 +48,17 @@ def status_of(url: str, headers=None) -> int:
         return e.code
 
 
+def window_kept(browser) -> bool:
+    """The window of the first load is still there (no reload since the mark was set)."""
+    return browser.run("return window.__no_reload === true")
+
+
 def metrics_lines(out: Path) -> int:
     return len((out / "metrics.jsonl").read_text().splitlines())
 
 
 LOSS_POINTS = "return +document.getElementById('loss-chart').dataset.points"
+LOADED = "const g = (() => {%s})(); return g.length === 2 && g.every((b) => b.loaded %s) && g"
 GALLERY = """
 const boxes = [...document.querySelectorAll('#gallery .prompt')];
 return boxes.map((b) => ({prompt: b.dataset.prompt, steps: +b.querySelector('input').max + 1,
@@ -63,15 +67,17 @@ return boxes.map((b) => ({prompt: b.dataset.prompt, steps: +b.querySelector('inp
 """
 
 
-def test_the_page_of_a_running_training_and_its_stop_button(tmp_path, fluxtrain_bin, models, dataset, browser,  # noqa: F811
-                                                            artifacts):
+def test_the_page_of_a_running_training_and_its_buttons(tmp_path, fluxtrain_bin, models, dataset,  # noqa: F811
+                                                        browser, artifacts):
     out = tmp_path / "run"
     prompts = tmp_path / "prompts.txt"
     prompts.write_text(PROMPTS)
     port = free_port()
+    # Samples before the first step and then only when asked (the cadence is never reached); no saves but
+    # the asked one and the stop's state.
     env = base_env(models, dataset, out, PARAMS_MAX_TRAIN_STEPS=100000, PARAMS_SAVE_EVERY_N_STEPS=0,
-                   PARAMS_SAMPLE_EVERY_N_STEPS=4, SAMPLE_PROMPTS=prompts, MONITOR_PORT=port,
-                   MONITOR_HOST="127.0.0.1")
+                   PARAMS_SAMPLE_EVERY_N_STEPS=50000, PARAMS_SAMPLE_AT_FIRST="true", SAMPLE_PROMPTS=prompts,
+                   MONITOR_PORT=port, MONITOR_HOST="127.0.0.1")
     env.pop("MONITOR_TOKEN", None)
     proc = Running([fluxtrain_bin, "train"], env)
     try:
@@ -95,11 +101,11 @@ def test_the_page_of_a_running_training_and_its_stop_button(tmp_path, fluxtrain_
         assert browser.url() == base, "the link's token leaves the address bar"
         browser.wait("return document.getElementById('live').textContent === 'live'", "the live stream")
         browser.wait("return +document.getElementById('loss-chart').dataset.points >= 3", "loss points")
-        gallery = browser.wait(f"const g = (() => {{{GALLERY}}})(); return g.length === 2 && g.every((b) => b.loaded) && g",
+        gallery = browser.wait(LOADED % (GALLERY, ""),
                                "both prompts' samples, loaded")
         assert all(g["src"].startswith("files/samples/") for g in gallery), gallery
         # The progress moves without a reload: a mark left in the window survives while the step changes.
-        browser.run("window.__no_reload = true")
+        browser.run("window.__no_reload = true")  # the mark window_kept() looks for
         first = browser.run("return document.getElementById('p-step').textContent")
         browser.wait("return document.getElementById('p-step').textContent !== arguments[0] && window.__no_reload",
                      "a new step without a reload", 120, first)
@@ -109,6 +115,18 @@ def test_the_page_of_a_running_training_and_its_stop_button(tmp_path, fluxtrain_
         browser.wait("return +document.getElementById('loss-chart').dataset.points > arguments[0]",
                      "new loss points", 60, points)
         browser.screenshot(artifacts / "running.png")
+
+        # save now: a LoRA and a state after the step in progress; sample now: one more image per prompt,
+        # which the gallery shows without a reload.
+        browser.click("#save-now")
+        browser.wait("return document.getElementById('action-result').textContent === 'save asked for'", "save asked")
+        proc.wait_for("as asked (the page's save now)", timeout=120)
+        assert list(out.glob("flux-lora-step*.safetensors")), sorted(p.name for p in out.iterdir())
+        browser.click("#sample-now")
+        browser.wait(LOADED % (GALLERY, "&& b.steps === 2"),
+                     "a second sample per prompt (sample now)")
+        assert window_kept(browser)
+        browser.screenshot(artifacts / "after-save-and-sample.png")
 
         browser.click("#stop")  # the first click asks for a confirmation, the second stops
         assert browser.run("return document.getElementById('stop').textContent") == "really stop?"
@@ -179,8 +197,8 @@ class PrefixProxy:
         self.server.shutdown()
 
 
-def test_monitor_serves_a_finished_run_under_a_path_prefix(tmp_path, fluxtrain_bin, models, dataset, browser,  # noqa: F811
-                                                           artifacts):
+def test_monitor_serves_a_finished_run_under_a_path_prefix(tmp_path, fluxtrain_bin, models,  # noqa: F811
+                                                           dataset, browser, artifacts):
     out = tmp_path / "run"
     prompts = tmp_path / "prompts.txt"
     prompts.write_text(PROMPTS)
@@ -206,7 +224,7 @@ def test_monitor_serves_a_finished_run_under_a_path_prefix(tmp_path, fluxtrain_b
         browser.wait("return document.getElementById('live').textContent === 'live'", "the live stream")
         browser.wait(f"return +document.getElementById('loss-chart').dataset.points === {len(lines)}",
                      f"{len(lines)} loss points (one per metrics line)", 60)
-        gallery = browser.wait(f"const g = (() => {{{GALLERY}}})(); return g.length === 2 && g.every((b) => b.loaded) && g",
+        gallery = browser.wait(LOADED % (GALLERY, ""),
                                "both prompts' samples, loaded")
         assert [g["steps"] for g in gallery] == [3, 3], gallery  # steps 2, 4, 6
         # Step back through the first prompt's checkpoints.

@@ -216,6 +216,9 @@ def test_monitor_serves_a_finished_run_under_a_path_prefix(tmp_path, fluxtrain_b
     try:
         monitor.wait_for("live page: ")
         assert token not in monitor.stderr, "a token given by MONITOR_TOKEN is never printed"
+        # The small executable serves it: libtorch is never loaded.
+        maps = Path(f"/proc/{monitor.proc.pid}/maps").read_text()
+        assert "libtorch" not in maps and "libfluxtrain_engine" not in maps
         proxy = PrefixProxy(port)
         page = f"http://127.0.0.1:{proxy.port}/fluxtrain/"
         assert status_of(page) == 401

@@ -20,7 +20,7 @@ from pathlib import Path
 
 RANK = {"core": 0, "fetch": 1, "tokenizers": 1, "models": 1, "optim": 1, "lora": 2, "data": 2, "sample": 3,
         "train": 4, "dist": 5, "monitor": 5, "report": 5, "app": 6}
-TORCH_FREE_FOLDERS = {"core", "tokenizers", "fetch", "data", "report"}
+TORCH_FREE_FOLDERS = {"core", "tokenizers", "fetch", "data", "monitor", "report"}
 TORCH_FREE_FILES = {"core/safetensors.cpp": False, "core/safetensors.h": False}  # the torch-facing reader/writer
 TORCH_FREE_EXTRA = re.compile(
     r"^(?:(?:train|lora|optim)/options\.(?:h|cpp)|train/run_hooks\.h|models/linear_modes\.h|models/tiny_preset\.h|models/flux/flux_config\.(?:h|cpp)|"

@@ -80,3 +80,8 @@ def pytest_runtest_makereport(item, call):
             report.sections.append(("random seeds", "\n".join(
                 f"{label} = {seed}: replay with {SEED_ENV}={seed} pytest '{item.nodeid}'" for label, seed in seeds)))
     return report
+
+
+# A training starts its live page on MONITOR_PORT (7860 by default): the tests that want one choose a free port
+# (test_monitor.py); the others run without, so that parallel tests do not compete for 7860.
+os.environ.setdefault("MONITOR_PORT", "0")

@@ -38,7 +38,8 @@ int run(int argc, char** argv, const std::vector<CommandFactory>& engine_command
   app.add_option("--format", format, "--help-env format: text or markdown")->capture_default_str();
 
   std::vector<Command> commands = {add_inspect_command(app), add_dataset_command(app), add_fetch_command(app),
-                                   add_fetch_models_command(app), add_config_command(app)};
+                                   add_fetch_models_command(app), add_config_command(app),
+                                   add_monitor_command(app)};
   for (CommandFactory factory : engine_commands) commands.push_back(factory(app));
 
   // An unknown command gets a hint rather than CLI11's "A subcommand is required".

@@ -2,6 +2,7 @@
 #include "app/commands.h"
 #include "app/fetch_models_options.h"
 #include "app/memory_planning.h"
+#include "app/monitor_options.h"
 #include "app/tool_options.h"
 #include "app/train_options.h"
 
@@ -49,6 +50,10 @@ const std::vector<CommandInfo>& command_infos() {
        check_merge, true},
       {"make-tiny", "Write a tiny random Flux model set (transformer, AE, CLIP-L, T5) in the real file layouts",
        make_tiny_options, nullptr, true},
+      {"monitor",
+       "Serve the live page of a run folder (a finished run, or one a training in another process writes): "
+       "progress, charts, samples, config, files; MONITOR_PORT, MONITOR_TOKEN",
+       monitor_command_options, nullptr, false},
       {"demo", "The embedded demo: a tiny Flux model learns a new concept through a LoRA; samples before and after",
        demo_options, nullptr, true},
   };

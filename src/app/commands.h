@@ -73,6 +73,7 @@ Command add_dataset_command(CLI::App& app);
 Command add_fetch_command(CLI::App& app);
 Command add_config_command(CLI::App& app);
 Command add_fetch_models_command(CLI::App& app);
+Command add_monitor_command(CLI::App& app);
 
 // Engine commands (libfluxtrain_engine.so).
 Command add_make_tiny_command(CLI::App& app);

@@ -2,8 +2,9 @@
 // Options come from the one train option table (train_options.h): flags > PARAMS_* / the seed's
 // variables > --config TOML > defaults, all checked before any model is loaded.
 //
-// The run folder (OUTPUT_PATH): config.toml (the resolved options), {name}-step{N}.safetensors,
-// {name}.safetensors, state/step-N/ (exact resume), samples/, logs/ (fluxtrain.log, TensorBoard events),
+// The run folder (OUTPUT_PATH): config.toml (the resolved options), dataset-plan.txt, monitor-token (the live
+// page's, mode 0600), {name}-step{N}.safetensors, {name}.safetensors, state/step-N/ (exact resume), samples/,
+// logs/ (fluxtrain.log, TensorBoard events),
 // metrics.jsonl. A restarted pod resumes from the newest complete state when the options that shape the
 // training and the dataset (its images, sizes and captions) are unchanged; changes a resume can honour (cadences, more
 // steps or epochs, sampling) are applied and reported; any other change starts a fresh run in OUTPUT_PATH/run-<hash>
@@ -24,6 +25,7 @@
 #include "app/commands.h"
 #include "app/device.h"
 #include "app/memory_planning.h"
+#include "app/monitor_options.h"
 #include "app/train_options.h"
 #include "core/atomic_file.h"
 #include "core/enum_names.h"
@@ -42,6 +44,7 @@
 #include "dist/process_group.h"
 #include "fetch/dataset.h"
 #include "models/convert.h"
+#include "monitor/server.h"
 #include "sample/prompts.h"
 #include "sample/sampler_setup.h"
 #include "report/report.h"
@@ -546,6 +549,14 @@ int run_train(const ResolvedConfig& config, bool cache_only) {
   if (root) {
     fs::create_directories(run.dir / "logs");
     write_file_atomic((run.dir / "config.toml").string(), config.to_toml());
+    // The dataset plan as the run saw it (the live page shows it, also for a finished run).
+    std::string plan_text = cat(plan->summary(), "\n", plan->train_samples(), " training samples (images x repeats) and ",
+                                plan->reg_samples(), " regularisation samples per epoch, ", plan->steps_per_epoch(),
+                                " steps per epoch\nbuckets:\n");
+    for (const data::PlanBucket& bucket : plan->buckets())
+      plan_text += cat("  dataset ", bucket.dataset, "  ", bucket.resolution.width, "x", bucket.resolution.height, ": ",
+                       bucket.images.size(), " images, ", bucket.samples, " samples, ", bucket.batches, " batches\n");
+    write_file_atomic((run.dir / "dataset-plan.txt").string(), plan_text);
     log::add_file_sink((run.dir / "logs" / "fluxtrain.log").string());
   }
   log::info("training ", trainer.output_name, " in ", run.dir.string(), " on ", trainer.model.device.str(), " (",
@@ -597,6 +608,21 @@ int run_train(const ResolvedConfig& config, bool cache_only) {
   if (root) {
     pictures = std::make_unique<report::ReportWriter>(run.dir, trainer.output_name);
     trainer.hooks.listeners.push_back(pictures->listener());
+  }
+  // The live page (rank 0): its listener and its save / sample requests; it outlives the training loop.
+  train::RunRequests page_requests;
+  std::unique_ptr<monitor::MonitorServer> page;
+  if (root) {
+    monitor::MonitorOptions page_options;
+    page_options.folder = run.dir;
+    page_options.requests = &page_requests;
+    page_options.run_info = {{"command", "train"},
+                             {"images_per_step", device_batch * world * settings.training.gradient_accumulation}};
+    page = start_live_page(settings.monitor, settings.output_path, std::move(page_options), false);
+    if (page) {
+      trainer.hooks.listeners.push_back(page->listener());
+      trainer.hooks.requests = &page_requests;
+    }
   }
   train::TrainResult result = train::train(trainer, source, hook);
   if (pictures) pictures->finish();

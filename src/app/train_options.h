@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "app/knob_options.h"
+#include "app/monitor_options.h"
 #include "app/options.h"
 #include "app/shared_options.h"
 #include "data/dataset_config.h"
@@ -54,6 +55,7 @@ struct TrainSettings {
   bool blocks_to_swap_auto = false;
   DownloadSettings downloads;  // DATASET_NAME's download (knob_options.h)
   EngineSettings engine;
+  MonitorSettings monitor;  // the live page (monitor_options.h), rank 0's
 
   // Data parallelism (docs/distributed.md): `--nproc N` / PARAMS_NUM_PROCESSES starts N ranks on this
   // machine; torchrun's variables (RANK, WORLD_SIZE, ...) make this process one rank of a group.

@@ -311,11 +311,13 @@ TEST(TrainOptions, SeedNamesAreHonoured) {
     EXPECT_EQ(spec->name, name) << var;
   }
   // Every other option has a PARAMS_* name (but the environment knobs, which keep the names other tools
-  // give them: HF_TOKEN, SOURCE_DATE_EPOCH, FLUXTRAIN_*, torchrun's RANK, WORLD_SIZE, MASTER_PORT, ...);
+  // give them: HF_TOKEN, SOURCE_DATE_EPOCH, FLUXTRAIN_*, torchrun's RANK, WORLD_SIZE, MASTER_PORT, ..., and
+  // the live page's MONITOR_* and RunPod's RUNPOD_POD_ID);
   // every command that runs a model takes --device and --precision.
   for (const auto& spec : t.specs()) {
     const bool torchrun_variable = spec.group == "distributed" && !spec.has_flag;
-    if (seed.count(spec.env_name()) == 0 && spec.group != "downloads" && spec.group != "engine" && !torchrun_variable) {
+    if (seed.count(spec.env_name()) == 0 && spec.group != "downloads" && spec.group != "engine" &&
+        spec.group != "monitor" && !torchrun_variable) {
       EXPECT_EQ(spec.env_name().rfind("PARAMS_", 0), 0u) << spec.name;
     }
   }

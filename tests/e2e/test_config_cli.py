@@ -22,9 +22,10 @@ LINE = re.compile(r"^(\w+) = (.*)  \(source: (.*)\)$")
 
 
 def clean_env(**variables: str) -> dict:
-    """The process environment without any PARAMS_* or seed variable of the caller, plus `variables`."""
+    """The process environment without any PARAMS_* or seed variable of the caller, nor the live page's
+    MONITOR_* (conftest.py sets MONITOR_PORT=0 for every test), plus `variables`."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith("PARAMS_") and k not in SEED_VARIABLES and k != "MODEL_DIR"}
+           if not k.startswith(("PARAMS_", "MONITOR_")) and k not in SEED_VARIABLES and k != "MODEL_DIR"}
     env.update(variables)
     return env
 

@@ -731,6 +731,7 @@ std::vector<OptionSpec> train_specs() {
 
   for (const auto& o : engine_options(kCpuCacheKnob | kSourceDateKnob)) specs.push_back(lift(&S::engine, o));
   for (const auto& o : download_options(kAllDownloadKnobs)) specs.push_back(lift(&S::downloads, o));
+  for (const auto& o : publish_options()) specs.push_back(lift(&S::publish, o));
   return specs;
 }
 
@@ -750,6 +751,7 @@ std::vector<OptionTable::Group> train_groups() {
       {"distributed", "Data parallelism (several GPUs, several machines)"},
       {"engine", "Memory of the CPU and reproducible files"},
       {"downloads", "Downloads"},
+      {"publish", "Results off the pod: Hub upload and webhook"},
   };
 }
 

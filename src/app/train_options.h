@@ -11,6 +11,7 @@
 
 #include "app/knob_options.h"
 #include "app/options.h"
+#include "app/publish_options.h"
 #include "app/shared_options.h"
 #include "data/dataset_config.h"
 #include "data/hub_formats.h"
@@ -53,6 +54,7 @@ struct TrainSettings {
   bool keep_products_auto = false;
   bool blocks_to_swap_auto = false;
   DownloadSettings downloads;  // DATASET_NAME's download (knob_options.h)
+  PublishSettings publish;     // the Hub upload and the webhook (publish_options.h)
   EngineSettings engine;
 
   // Data parallelism (docs/distributed.md): `--nproc N` / PARAMS_NUM_PROCESSES starts N ranks on this

@@ -255,28 +255,57 @@ fs::path Publisher::stage(const fs::path& file, const std::string& group) {
 }
 
 void Publisher::upload(const std::string& what, std::vector<std::pair<std::string, fs::path>> files,
-                       std::vector<std::string> deleted_folders, const std::string& summary) {
+                       const std::string& summary, const std::string& state_name) {
   if (config_.repo.empty()) return;
   const std::string group = std::to_string(++staged_count_);
   fetch::HubCommit commit;
   commit.repo = config_.repo;
   commit.summary = summary;
-  commit.deleted_folders = std::move(deleted_folders);
   for (auto& [path, local] : files) {
     fetch::HubUploadFile f;
     f.path = path;
     f.local = stage(local, group);
     commit.files.push_back(std::move(f));
   }
-  enqueue({cat("the upload of ", what, " to ", config_.repo), [this, commit, what] {
+  const int keep_older = std::max(1, config_.keep_states) - 1;
+  enqueue({cat("the upload of ", what, " to ", config_.repo), [this, commit, what, state_name, keep_older]() mutable {
+             if (!state_name.empty()) commit.deleted_folders = states_to_delete(state_name, keep_older);
              const auto started = std::chrono::steady_clock::now();
              const fetch::HubCommitResult r = fetch::hub_commit(commit, config_.fetch);
              const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
              log::info("uploaded ", what, " to ", config_.repo, " (", format_bytes(double(r.bytes_sent)), " in ", seconds,
                        " s", r.lfs_present > 0 ? cat("; ", r.lfs_present, " file(s) the Hub had already") : std::string(),
+                       commit.deleted_folders.empty() ? std::string() : cat("; removed ", join(commit.deleted_folders, ", ")),
                        ")", r.commit_url.empty() ? "" : ": " + r.commit_url);
            },
            config_.output_dir / ".hub-upload" / group});
+}
+
+std::vector<std::string> Publisher::states_to_delete(const std::string& state_name, int keep_older) const {
+  fetch::HubListing listing;
+  listing.type = fetch::HubRepoType::model;
+  listing.repo = config_.repo;
+  listing.folder = "state";
+  std::set<std::string, std::greater<>> folders;  // step-N names sort by step (zero-padded)
+  try {
+    for (const auto& f : fetch::list_hub_files(listing, config_.fetch)) {
+      const size_t slash = f.path.find('/', 6);
+      if (f.path.starts_with("state/step-") && slash != std::string::npos) folders.insert(f.path.substr(6, slash - 6));
+    }
+  } catch (const fetch::HttpStatusError& e) {
+    if (!e.not_found) throw;
+  }
+  std::vector<std::string> out;
+  int kept = 0;
+  for (const auto& name : folders) {
+    if (name == state_name) continue;
+    if (name < state_name && kept < keep_older) {
+      ++kept;
+      continue;
+    }
+    out.push_back("state/" + name);
+  }
+  return out;
 }
 
 void Publisher::on_event(const train::RunEvent& event) {
@@ -300,7 +329,7 @@ void Publisher::on_event(const train::RunEvent& event) {
          cat("checkpoint at step ", event.step, " of ", total_steps_, ": ", file.filename().string(),
              has_loss_ ? cat(", loss ", last_loss_) : std::string()));
     if (config_.upload_checkpoints) {
-      upload(file.filename().string(), {{file.filename().string(), file}}, {},
+      upload(file.filename().string(), {{file.filename().string(), file}},
              cat("fluxtrain: checkpoint at step ", event.step));
     }
   } else if (event.kind == "state" && config_.upload_states && !event.files.empty()) {
@@ -311,14 +340,8 @@ void Publisher::on_event(const train::RunEvent& event) {
     for (const char* file : {"trainable.safetensors", "optimizer.safetensors", "state.json", "COMPLETE"}) {
       if (fs::exists(dir / file)) files.emplace_back("state/" + name + "/" + file, dir / file);
     }
-    std::vector<std::string> older;
-    states_on_hub_.push_back(name);
-    while (static_cast<int>(states_on_hub_.size()) > std::max(1, config_.keep_states)) {
-      older.push_back("state/" + states_on_hub_.front());
-      states_on_hub_.erase(states_on_hub_.begin());
-    }
-    upload("the state of step " + std::to_string(event.step), std::move(files), std::move(older),
-           cat("fluxtrain: state at step ", event.step));
+    upload("the state of step " + std::to_string(event.step), std::move(files),
+           cat("fluxtrain: state at step ", event.step), name);
   } else if (event.kind == "samples") {
     samples_ = event.files;
   } else if (event.kind == "end") {
@@ -349,7 +372,7 @@ void Publisher::on_event(const train::RunEvent& event) {
       fs::create_directories(card_file.parent_path());
       std::ofstream(card_file, std::ios::binary) << card;
       files.emplace_back("README.md", card_file);
-      upload("the LoRA " + lora.filename().string() + " and its model card", std::move(files), {},
+      upload("the LoRA " + lora.filename().string() + " and its model card", std::move(files),
              cat("fluxtrain: ", config_.run_name, " after ", event.step, " steps"));
     }
     post("finish", {{"step", event.step}, {"interrupted", interrupted},

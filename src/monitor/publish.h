@@ -11,8 +11,9 @@
 //   each LoRA checkpoint, with upload_checkpoints        {name}-step{N}.safetensors
 //   each state, with upload_states                       state/step-N/{trainable,optimizer}.safetensors,
 //                                                        state.json, COMPLETE — one commit, so a reader sees
-//                                                        a whole state or none; older ones beyond
-//                                                        keep_states are deleted in the same commit
+//                                                        a whole state or none; the Hub's other
+//                                                        states but keep_states - 1 older ones are
+//                                                        deleted in the same commit
 //   at the end                                           {name}.safetensors, grids/*.png, the last samples
 //                                                        (samples/*.png) and README.md, the model card
 // Webhook events: start, checkpoint (a LoRA written), finish (also a stopped run, "interrupted"), failure.
@@ -97,8 +98,12 @@ class Publisher {
   };
   void on_event(const train::RunEvent& event);
   void post(const std::string& event, nlohmann::json fields, const std::string& message);
+  // state_name: the files are the state of that folder (step-N); the commit also deletes the Hub's other
+  // state folders but the keep_states - 1 newest older ones (listed when it is sent: a new pod's states
+  // replace the ones of the pods before it, and a newer one left by an abandoned run goes too).
   void upload(const std::string& what, std::vector<std::pair<std::string, std::filesystem::path>> files,
-              std::vector<std::string> deleted_folders, const std::string& summary);
+              const std::string& summary, const std::string& state_name = "");
+  std::vector<std::string> states_to_delete(const std::string& state_name, int keep_older) const;
   std::filesystem::path stage(const std::filesystem::path& file, const std::string& group);
   void enqueue(Task task);
   void work();
@@ -109,7 +114,6 @@ class Publisher {
   bool has_loss_ = false;
   std::string final_lora_;
   std::vector<std::filesystem::path> samples_;
-  std::vector<std::string> states_on_hub_;
   int staged_count_ = 0;
 
   std::mutex mutex_;

@@ -206,3 +206,24 @@ def test_a_fresh_pod_continues_from_the_hubs_newest_state(tmp_path, fluxtrain_bi
     assert hub_states == {"step-00000008"}
     assert "flux-lora.safetensors" in hub.files("tester/flux-lora-test")
     assert_no_secrets(second, result.stdout, result.stderr, stderr)
+
+
+@pytest.mark.parametrize("url, keys", [
+    (f"http://discord.com/api/webhooks/1/{HOOK_SECRET}", {"content", "username"}),
+    (f"http://discordapp.com/api/webhooks/1/{HOOK_SECRET}", {"content", "username"}),
+    (f"http://hooks.slack.com/services/T0/B0/{HOOK_SECRET}", {"text"}),
+])
+def test_discord_and_slack_get_their_own_bodies(tmp_path, fluxtrain_bin, models, dataset, url, keys):
+    """The real services' host names, reached through an HTTP proxy on 127.0.0.1 (libcurl's http_proxy): the
+    request arrives with the service's whole URL, and the body is the one that service takes."""
+    hook = Webhook()
+    out = tmp_path / "run"
+    env = base_env(models, dataset, out, NOTIFY_WEBHOOK_URL=url, PARAMS_MAX_TRAIN_STEPS=2, FLUXTRAIN_HTTP_RETRIES=0,
+                   http_proxy=hook.server.url, no_proxy="")
+    result = run([fluxtrain_bin, "train"], env=env)
+    assert len(hook.bodies) >= 2, result.stderr
+    assert all(set(body) == keys for body in hook.bodies), hook.bodies
+    texts = [body.get("content") or body.get("text") for body in hook.bodies]
+    assert "started, 2 steps" in texts[0] and "finished, 2 steps" in texts[-1], texts
+    assert {r["path"] for r in hook.server.requests} == {url}
+    assert_no_secrets(out, result.stdout, result.stderr)

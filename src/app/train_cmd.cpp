@@ -335,24 +335,31 @@ void check_hub_upload(const TrainSettings& settings) {
     fail("HF_UPLOAD_REPO is ", publish.repo, " but HF_TOKEN is not set: give a Hugging Face token with write access ",
          "(huggingface.co/settings/tokens, \"Write\" or fine-grained with write access to ", publish.repo,
          "), or unset HF_UPLOAD_REPO");
-  try {
-    const fetch::HubUser user = fetch::hub_whoami(fetch);
-    if (user.role == "read")
-      fail("HF_UPLOAD_REPO is ", publish.repo, " but HF_TOKEN (of ", user.name, ") is a read-only token: create one ",
-           "with write access at huggingface.co/settings/tokens");
-    fetch::hub_create_repo(publish.repo, publish.private_repo, fetch);
-    log::info("results go to https://huggingface.co/", publish.repo, " (HF_UPLOAD_REPO, as ", user.name, ")",
-              publish.upload_states ? "; states too (upload_states)" : "");
-  } catch (const fetch::HttpStatusError& e) {
-    if (e.status == 401 || e.status == 403 || e.status == 400 || e.status == 404)
+  // A refused token or namespace is the user's to fix now; a Hub that does not answer may answer later.
+  auto unreachable = [&](const Error& e) {
+    const auto* status = dynamic_cast<const fetch::HttpStatusError*>(&e);
+    if (status != nullptr &&
+        (status->status == 400 || status->status == 401 || status->status == 403 || status->status == 404))
       fail("HF_UPLOAD_REPO=", publish.repo, ": ", e.what());
     log::warn("HF_UPLOAD_REPO=", publish.repo, ": the Hub cannot be asked now (", e.what(),
               "); the uploads will try again when they are due");
+  };
+  fetch::HubUser user;
+  try {
+    user = fetch::hub_whoami(fetch);
   } catch (const Error& e) {
-    if (std::string(e.what()).find("HF_TOKEN") != std::string::npos) throw;
-    log::warn("HF_UPLOAD_REPO=", publish.repo, ": the Hub cannot be reached now (", e.what(),
-              "); the uploads will try again when they are due");
+    return unreachable(e);
   }
+  if (user.role == "read")
+    fail("HF_UPLOAD_REPO is ", publish.repo, " but HF_TOKEN (of ", user.name, ") is a read-only token: create one ",
+         "with write access at huggingface.co/settings/tokens");
+  try {
+    fetch::hub_create_repo(publish.repo, publish.private_repo, fetch);
+  } catch (const Error& e) {
+    return unreachable(e);
+  }
+  log::info("results go to https://huggingface.co/", publish.repo, " (HF_UPLOAD_REPO, as ", user.name, ")",
+            publish.upload_states ? "; states too (upload_states)" : "");
 }
 
 // The model card's facts, from what the trainer's LoRA file records.
@@ -376,9 +383,8 @@ monitor::ModelCardInfo model_card_info(const TrainSettings& settings, const trai
   if (trainer.file_info.width > 0)
     card.settings.emplace_back("resolution", cat(trainer.file_info.width, "x", trainer.file_info.height));
   const std::pair<const char*, const char*> shown[] = {
-      {"ss_optimizer", "optimizer"},        {"ss_learning_rate", "learning rate"},
-      {"ss_lr_scheduler", "schedule"},      {"ss_max_train_steps", "steps"},
-      {"ss_num_train_images", "training images"}, {"ss_seed", "seed"},
+      {"ss_optimizer", "optimizer"},       {"ss_learning_rate", "learning rate"},      {"ss_lr_scheduler", "schedule"},
+      {"ss_max_train_steps", "steps"},     {"ss_num_train_images", "training images"}, {"ss_seed", "seed"},
       {"ss_noise_offset", "noise offset"},
   };
   for (const auto& [key, label] : shown) {
@@ -560,7 +566,13 @@ int run_train_inner(const ResolvedConfig& config, bool cache_only, std::unique_p
   // A fresh pod (no state in OUTPUT_PATH) with upload_states continues from the newest state on the Hub.
   if (root && !cache_only && publish.upload_states && !publish.repo.empty() && settings.auto_resume &&
       settings.resume_from.empty() && !train::newest_state(settings.output_path)) {
-    monitor::pull_hub_state(publish.repo, settings.output_path, settings.downloads.fetch);
+    try {
+      monitor::pull_hub_state(publish.repo, settings.output_path, settings.downloads.fetch);
+    } catch (const Error& e) {
+      fail("OUTPUT_PATH has no state, and the newest state on the Hub (HF_UPLOAD_REPO=", publish.repo,
+           ", upload_states) cannot be fetched: ", e.what(), ". Try again when the Hub answers; to start afresh ",
+           "instead, set PARAMS_UPLOAD_STATES=false");
+    }
   }
   RunPlan run;
   if (cache_only) {

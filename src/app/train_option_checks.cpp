@@ -134,7 +134,8 @@ std::vector<std::string> validate_train_config(const ResolvedConfig& config, boo
         warnings.push_back(cat(d(key), " has no effect without HF_UPLOAD_REPO (the Hub repository to upload to)"));
     }
   } else if (!config.is_set("hf_token")) {
-    errors.push_back(cat("HF_TOKEN is not set, but ", d("hf_upload_repo"), " needs a Hugging Face token with write "
+    errors.push_back(cat("HF_TOKEN is not set, but ", d("hf_upload_repo"),
+                         " needs a Hugging Face token with write "
                          "access there (huggingface.co/settings/tokens); set HF_TOKEN, or unset HF_UPLOAD_REPO"));
   }
 

@@ -302,8 +302,9 @@ Hop perform_hop(const std::string& url, const HttpAuth* auth, const RequestSetup
           ::fseeko(reader.file, static_cast<off_t>(body->offset), SEEK_SET) != 0) {
         fail("cannot read ", body->file, " to upload it: ", ec ? ec.message() : std::strerror(errno));
       }
-      reader.left = body->length >= 0 ? std::min<uint64_t>(static_cast<uint64_t>(body->length), file_size - body->offset)
-                                       : file_size - body->offset;
+      reader.left = body->length >= 0
+                        ? std::min<uint64_t>(static_cast<uint64_t>(body->length), file_size - body->offset)
+                        : file_size - body->offset;
       curl_easy_setopt(curl, CURLOPT_UPLOAD, 1L);
       curl_easy_setopt(curl, CURLOPT_READFUNCTION, on_read);
       curl_easy_setopt(curl, CURLOPT_READDATA, &reader);

@@ -117,7 +117,8 @@ uint64_t upload_object(const PendingFile& pending, const json& actions, const Hu
     const std::string text = value.is_string() ? value.get<std::string>() : value.dump();
     if (key == "chunk_size") {
       chunk_size = std::atoll(text.c_str());
-    } else if (!key.empty() && std::all_of(key.begin(), key.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)); })) {
+    } else if (!key.empty() && std::all_of(key.begin(), key.end(),
+                                           [](char c) { return std::isdigit(static_cast<unsigned char>(c)); })) {
       parts[std::atoi(key.c_str())] = text;
     } else {
       extra.push_back(key + ": " + text);
@@ -133,7 +134,8 @@ uint64_t upload_object(const PendingFile& pending, const json& actions, const Hu
     body.headers = extra;
     http_send(hub_request(href, what, options), body, options.http);
   } else {
-    const uint64_t expected_parts = (pending.size + static_cast<uint64_t>(chunk_size) - 1) / static_cast<uint64_t>(chunk_size);
+    const uint64_t expected_parts =
+        (pending.size + static_cast<uint64_t>(chunk_size) - 1) / static_cast<uint64_t>(chunk_size);
     if (parts.size() != expected_parts)
       fail(what, ": the Hub offers ", parts.size(), " part URLs for ", pending.size, " bytes in parts of ", chunk_size,
            " (expected ", expected_parts, ")");
@@ -142,8 +144,10 @@ uint64_t upload_object(const PendingFile& pending, const json& actions, const Hu
     for (const auto& [number, url] : parts) {
       body.offset = offset;
       body.length = chunk_size;
-      if (pending.file->local.empty()) body.data = pending.file->content.substr(offset, static_cast<size_t>(chunk_size));
-      HttpResponse response = http_send(hub_request(url, cat(what, " (part ", number, ")"), options), body, options.http);
+      if (pending.file->local.empty())
+        body.data = pending.file->content.substr(offset, static_cast<size_t>(chunk_size));
+      HttpResponse response =
+          http_send(hub_request(url, cat(what, " (part ", number, ")"), options), body, options.http);
       auto etag = response.headers.find("etag");
       if (etag == response.headers.end() || etag->second.empty())
         fail(what, ": part ", number, " was answered without an ETag");
@@ -170,7 +174,8 @@ uint64_t upload_object(const PendingFile& pending, const json& actions, const Hu
 
 std::string hub_repo_id_problem(const std::string& repo) {
   const size_t slash = repo.find('/');
-  if (slash == std::string::npos || slash == 0 || slash + 1 == repo.size() || repo.find('/', slash + 1) != std::string::npos)
+  if (slash == std::string::npos || slash == 0 || slash + 1 == repo.size() ||
+      repo.find('/', slash + 1) != std::string::npos)
     return "not an owner/name repository id";
   for (const std::string& part : {repo.substr(0, slash), repo.substr(slash + 1)}) {
     if (part.size() > 96) return "a part longer than 96 characters";
@@ -178,7 +183,8 @@ std::string hub_repo_id_problem(const std::string& repo) {
       if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.'))
         return cat("'", std::string(1, c), "' is not allowed (letters, digits, '-', '_' and '.' only)");
     }
-    if (part.find("--") != std::string::npos || part.find("..") != std::string::npos) return "'--' and '..' are not allowed";
+    if (part.find("--") != std::string::npos || part.find("..") != std::string::npos)
+      return "'--' and '..' are not allowed";
     if (part.front() == '-' || part.front() == '.' || part.back() == '-' || part.back() == '.')
       return "a part may not start or end with '-' or '.'";
   }
@@ -186,7 +192,8 @@ std::string hub_repo_id_problem(const std::string& repo) {
 }
 
 HubUser hub_whoami(const FetchOptions& options) {
-  HttpRequest request = hub_request(options.hf_endpoint + "/api/whoami-v2", "the Hub's check of HF_TOKEN (whoami)", options);
+  HttpRequest request =
+      hub_request(options.hf_endpoint + "/api/whoami-v2", "the Hub's check of HF_TOKEN (whoami)", options);
   const json answer = parse_answer(http_get(request, options.http), request.what);
   HubUser user;
   user.name = answer.value("name", "");
@@ -247,7 +254,8 @@ HubCommitResult hub_commit(const HubCommit& commit, const FetchOptions& options)
     json files = json::array();
     for (const PendingFile& p : pending)
       files.push_back({{"path", p.file->path}, {"size", p.size}, {"sample", base64(head_of(*p.file, 512))}});
-    HttpRequest request = hub_request(cat(api, "/preupload/", revision), cat("the upload to ", commit.repo, " (preupload)"), options);
+    HttpRequest request =
+        hub_request(cat(api, "/preupload/", revision), cat("the upload to ", commit.repo, " (preupload)"), options);
     const json answer = parse_answer(http_send(request, json_body({{"files", files}}), options.http), request.what);
     std::map<std::string, std::string> modes;
     if (answer.contains("files") && answer["files"].is_array()) {
@@ -271,9 +279,8 @@ HubCommitResult hub_commit(const HubCommit& commit, const FetchOptions& options)
     by_oid[p.sha256] = &p;
   }
   if (!objects.empty()) {
-    HttpRequest request =
-        hub_request(cat(options.hf_endpoint, "/", commit.repo, ".git/info/lfs/objects/batch"),
-                    cat("the upload to ", commit.repo, " (LFS batch)"), options);
+    HttpRequest request = hub_request(cat(options.hf_endpoint, "/", commit.repo, ".git/info/lfs/objects/batch"),
+                                      cat("the upload to ", commit.repo, " (LFS batch)"), options);
     HttpBody body = json_body({{"operation", "upload"},
                                {"transfers", {"basic", "multipart"}},
                                {"objects", objects},
@@ -301,7 +308,8 @@ HubCommitResult hub_commit(const HubCommit& commit, const FetchOptions& options)
     }
   }
   // The commit: header, then one line per operation.
-  std::string ndjson = json{{"key", "header"}, {"value", {{"summary", commit.summary}, {"description", ""}}}}.dump() + "\n";
+  std::string ndjson =
+      json{{"key", "header"}, {"value", {{"summary", commit.summary}, {"description", ""}}}}.dump() + "\n";
   for (const std::string& folder : commit.deleted_folders)
     ndjson += json{{"key", "deletedFolder"}, {"value", {{"path", folder}}}}.dump() + "\n";
   for (const PendingFile& p : pending) {
@@ -312,7 +320,8 @@ HubCommitResult hub_commit(const HubCommit& commit, const FetchOptions& options)
                 "\n";
     } else {
       const std::string content = p.file->local.empty() ? p.file->content : read_whole(p.file->local);
-      ndjson += json{{"key", "file"}, {"value", {{"content", base64(content)}, {"path", p.file->path}, {"encoding", "base64"}}}}
+      ndjson += json{{"key", "file"},
+                     {"value", {{"content", base64(content)}, {"path", p.file->path}, {"encoding", "base64"}}}}
                     .dump() +
                 "\n";
       result.bytes_sent += content.size();

@@ -40,9 +40,9 @@ HubUser hub_whoami(const FetchOptions& options);
 void hub_create_repo(const std::string& repo, bool private_repo, const FetchOptions& options);
 
 struct HubUploadFile {
-  std::string path;                   // in the repository, '/'-separated
-  std::filesystem::path local;        // the file, or (when empty)
-  std::string content;                // the content itself
+  std::string path;             // in the repository, '/'-separated
+  std::filesystem::path local;  // the file, or (when empty)
+  std::string content;          // the content itself
 };
 
 struct HubCommit {

@@ -65,8 +65,8 @@ std::string webhook_body(const std::string& url, const std::string& event, const
   return body.dump();
 }
 
-std::string model_card(const PublishConfig& config, const std::string& lora_file, const std::vector<std::string>& samples,
-                       const std::vector<std::string>& grids, int64_t steps) {
+std::string model_card(const PublishConfig& config, const std::string& lora_file,
+                       const std::vector<std::string>& samples, const std::vector<std::string>& grids, int64_t steps) {
   const ModelCardInfo& card = config.card;
   std::ostringstream out;
   out << "---\n";
@@ -97,19 +97,22 @@ std::string model_card(const PublishConfig& config, const std::string& lora_file
       << "): the LoRA in kohya's format (ComfyUI, Forge, diffusers' `load_lora_weights`).\n";
   for (const auto& grid : grids) out << "- [`" << grid << "`](./" << grid << "): the samples of every checkpoint.\n";
   out << "\n## Use with diffusers\n\n```python\nimport torch\nfrom diffusers import FluxPipeline\n\n"
-      << "pipe = FluxPipeline.from_pretrained(" << yaml_text(card.base_model) << ", torch_dtype=torch.bfloat16).to(\"cuda\")\n"
+      << "pipe = FluxPipeline.from_pretrained(" << yaml_text(card.base_model)
+      << ", torch_dtype=torch.bfloat16).to(\"cuda\")\n"
       << "pipe.load_lora_weights(" << yaml_text(config.repo) << ", weight_name=" << yaml_text(lora_file) << ")\n"
       << "image = pipe(" << yaml_text(card.trigger_words.empty() ? "a photo" : card.trigger_words + ", a photo")
       << ").images[0]\n```\n\n";
   if (!card.settings.empty()) {
     out << "## Training settings\n\n| setting | value |\n|---|---|\n";
-    for (const auto& [key, value] : card.settings) out << "| " << markdown_cell(key) << " | " << markdown_cell(value) << " |\n";
+    for (const auto& [key, value] : card.settings)
+      out << "| " << markdown_cell(key) << " | " << markdown_cell(value) << " |\n";
     out << "\n";
   }
   if (!samples.empty()) {
     out << "## Samples\n\n";
     for (size_t i = 0; i < samples.size(); ++i) {
-      out << "![" << markdown_cell(i < card.prompts.size() ? card.prompts[i] : "sample") << "](./" << samples[i] << ")\n";
+      out << "![" << markdown_cell(i < card.prompts.size() ? card.prompts[i] : "sample") << "](./" << samples[i]
+          << ")\n";
     }
   }
   return out.str();
@@ -204,7 +207,8 @@ void Publisher::finish() {
   if (!thread_.joinable()) return;
   std::unique_lock lock(mutex_);
   const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(config_.wait_seconds);
-  if (!queue_.empty() || busy_) log::info("waiting for the uploads and notifications to go out (at most ", config_.wait_seconds, " s)");
+  if (!queue_.empty() || busy_)
+    log::info("waiting for the uploads and notifications to go out (at most ", config_.wait_seconds, " s)");
   changed_.wait_until(lock, until, [&] { return queue_.empty() && !busy_; });
   std::vector<std::string> left;
   for (const Task& task : queue_) left.push_back(task.what);
@@ -230,7 +234,8 @@ void Publisher::post(const std::string& event, json fields, const std::string& m
   if (!config_.page_url.empty()) text += " — " + config_.page_url;
   const std::string body = webhook_body(config_.webhook_url, event, fields, text);
   const std::string host = host_of(config_.webhook_url);
-  enqueue({cat("the webhook's ", event, " notification (to ", host, ")"), [this, body, host] {
+  enqueue({cat("the webhook's ", event, " notification (to ", host, ")"),
+           [this, body, host] {
              fetch::HttpRequest request;
              request.url = config_.webhook_url;
              request.secret_url = true;
@@ -268,15 +273,17 @@ void Publisher::upload(const std::string& what, std::vector<std::pair<std::strin
     commit.files.push_back(std::move(f));
   }
   const int keep_older = std::max(1, config_.keep_states) - 1;
-  enqueue({cat("the upload of ", what, " to ", config_.repo), [this, commit, what, state_name, keep_older]() mutable {
+  enqueue({cat("the upload of ", what, " to ", config_.repo),
+           [this, commit, what, state_name, keep_older]() mutable {
              if (!state_name.empty()) commit.deleted_folders = states_to_delete(state_name, keep_older);
              const auto started = std::chrono::steady_clock::now();
              const fetch::HubCommitResult r = fetch::hub_commit(commit, config_.fetch);
              const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-             log::info("uploaded ", what, " to ", config_.repo, " (", format_bytes(double(r.bytes_sent)), " in ", seconds,
-                       " s", r.lfs_present > 0 ? cat("; ", r.lfs_present, " file(s) the Hub had already") : std::string(),
-                       commit.deleted_folders.empty() ? std::string() : cat("; removed ", join(commit.deleted_folders, ", ")),
-                       ")", r.commit_url.empty() ? "" : ": " + r.commit_url);
+             log::info(
+                 "uploaded ", what, " to ", config_.repo, " (", format_bytes(double(r.bytes_sent)), " in ", seconds,
+                 " s", r.lfs_present > 0 ? cat("; ", r.lfs_present, " file(s) the Hub had already") : std::string(),
+                 commit.deleted_folders.empty() ? std::string() : cat("; removed ", join(commit.deleted_folders, ", ")),
+                 ")", r.commit_url.empty() ? "" : ": " + r.commit_url);
            },
            config_.output_dir / ".hub-upload" / group});
 }
@@ -375,11 +382,14 @@ void Publisher::on_event(const train::RunEvent& event) {
       upload("the LoRA " + lora.filename().string() + " and its model card", std::move(files),
              cat("fluxtrain: ", config_.run_name, " after ", event.step, " steps"));
     }
-    post("finish", {{"step", event.step}, {"interrupted", interrupted},
-                    {"files", final_lora_.empty() ? json::array() : json::array({fs::path(final_lora_).filename().string()})}},
-         interrupted ? cat("stopped at step ", event.step, " of ", total_steps_, " (a restart resumes from its state)")
-                     : cat("finished, ", event.step, " steps", has_loss_ ? cat(", last loss ", last_loss_) : std::string(),
-                           config_.repo.empty() ? std::string() : ", https://huggingface.co/" + config_.repo));
+    post("finish",
+         {{"step", event.step},
+          {"interrupted", interrupted},
+          {"files", final_lora_.empty() ? json::array() : json::array({fs::path(final_lora_).filename().string()})}},
+         interrupted
+             ? cat("stopped at step ", event.step, " of ", total_steps_, " (a restart resumes from its state)")
+             : cat("finished, ", event.step, " steps", has_loss_ ? cat(", last loss ", last_loss_) : std::string(),
+                   config_.repo.empty() ? std::string() : ", https://huggingface.co/" + config_.repo));
   }
 }
 
@@ -397,7 +407,8 @@ fs::path pull_hub_state(const std::string& repo, const fs::path& output_dir, con
     files = fetch::list_hub_files(listing, options);
   } catch (const fetch::HttpStatusError& e) {
     if (!e.not_found) throw;
-    log::info("no state on the Hub in ", repo, " (", e.status == 404 ? "no such repository or folder yet" : "not found", ")");
+    log::info("no state on the Hub in ", repo, " (", e.status == 404 ? "no such repository or folder yet" : "not found",
+              ")");
     return {};
   }
   // step-N folder -> its files
@@ -405,7 +416,8 @@ fs::path pull_hub_state(const std::string& repo, const fs::path& output_dir, con
   for (const auto& f : files) {
     const std::string rest = f.path.substr(std::string("state/").size());
     const size_t slash = rest.find('/');
-    if (!f.path.starts_with("state/step-") || slash == std::string::npos || rest.find('/', slash + 1) != std::string::npos)
+    if (!f.path.starts_with("state/step-") || slash == std::string::npos ||
+        rest.find('/', slash + 1) != std::string::npos)
       continue;
     states[rest.substr(0, slash)][rest.substr(slash + 1)] = f;
   }

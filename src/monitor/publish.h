@@ -37,12 +37,12 @@ namespace fluxtrain::monitor {
 
 // What the model card says besides the files.
 struct ModelCardInfo {
-  std::string base_model;        // the Hub id of the base: black-forest-labs/FLUX.1-dev
-  std::string license;           // "other" with license_name, or "apache-2.0"
-  std::string license_name;      // flux-1-dev-non-commercial-license
+  std::string base_model;    // the Hub id of the base: black-forest-labs/FLUX.1-dev
+  std::string license;       // "other" with license_name, or "apache-2.0"
+  std::string license_name;  // flux-1-dev-non-commercial-license
   std::string license_link;
-  std::string trigger_words;     // comma-separated, "" = none
-  std::vector<std::string> prompts;  // the sample prompts, in the samples' order
+  std::string trigger_words;                                  // comma-separated, "" = none
+  std::vector<std::string> prompts;                           // the sample prompts, in the samples' order
   std::vector<std::pair<std::string, std::string>> settings;  // shown as a table
 };
 
@@ -50,13 +50,13 @@ struct PublishConfig {
   std::string repo;  // HF_UPLOAD_REPO ("" = no uploads)
   bool upload_checkpoints = false;
   bool upload_states = false;
-  int keep_states = 1;  // states kept on the Hub (the newest)
+  int keep_states = 1;      // states kept on the Hub (the newest)
   std::string webhook_url;  // NOTIFY_WEBHOOK_URL ("" = none); a secret: never logged
   std::string page_url;     // the live page, for the webhook's messages ("" = none)
   std::string run_name;     // the LoRA's name
   std::filesystem::path output_dir;
-  fetch::FetchOptions fetch;  // hf_endpoint, hf_token, http retries
-  int max_tries = 5;          // per upload or post
+  fetch::FetchOptions fetch;   // hf_endpoint, hf_token, http retries
+  int max_tries = 5;           // per upload or post
   double backoff_seconds = 2;  // before the second try, doubled per try up to 300 s
   double wait_seconds = 1800;  // what finish() waits at most
   ModelCardInfo card;

@@ -44,6 +44,7 @@ class FakeHub:
         self.store: dict[str, bytes] = {}     # LFS objects by sha256
         self.parts: dict[str, dict[int, bytes]] = {}
         self.drop: dict[str, int] = {}
+        self.down = False  # every request answered 503 (a Hub outage)
         self.events: list[tuple[str, str]] = []  # (kind, detail) of what happened, in order
         self.lock = threading.Lock()
         self.server = Server(self.app)
@@ -98,6 +99,10 @@ class FakeHub:
     def app(self, handler):
         path, _, query = handler.path.partition("?")
         method = handler.command
+        if self.down:
+            handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+            error(handler, 503, "Service Unavailable")
+            return
         try:
             if path == "/api/whoami-v2" and method == "GET":
                 if self._authorized(handler, False):

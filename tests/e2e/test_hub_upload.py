@@ -150,6 +150,16 @@ def test_a_failing_webhook_and_hub_do_not_stop_the_training(tmp_path, fluxtrain_
     assert_no_secrets(out, result.stdout, result.stderr)
 
 
+def test_a_hub_down_at_the_start_is_a_warning_and_the_training_goes_on(tmp_path, fluxtrain_bin, models, dataset, hub):
+    hub.down = True
+    out = tmp_path / "run"
+    result = run([fluxtrain_bin, "train"], env=publish_env(models, dataset, out, hub))
+    assert "the Hub cannot be asked now" in result.stderr and "HTTP 503" in result.stderr
+    assert (out / "flux-lora.safetensors").exists()
+    assert "given up (the training goes on)" in result.stderr
+    assert_no_secrets(out, result.stdout, result.stderr)
+
+
 @pytest.mark.parametrize("change, needle", [
     ({"HF_TOKEN": "hf_wrong_token_abcdefgh"}, "HF_TOKEN"),
     ({"HF_TOKEN": ""}, "HF_TOKEN is not set"),

@@ -4,7 +4,7 @@ checked on the includes themselves; run by `make test` as CTest `lint.layers`.
 
 A folder may include its own files and those of lower layers only:
 
-    core  <-  fetch, tokenizers, models, optim  <-  lora, data  <-  sample  <-  train  <-  dist, monitor, report  <-  app
+    core  <-  fetch, tokenizers, models, optim  <-  lora, data  <-  sample  <-  train  <-  dist, monitor, report, publish  <-  app
 
 and the torch-free folders (core but its safetensors reader, tokenizers, fetch, data, report, and the option
 structs of the others: train/, lora/ and optim/options.h, train/run_hooks.h, models/linear_modes.h, models/tiny_preset.h, models/flux/flux_config.*,
@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 RANK = {"core": 0, "fetch": 1, "tokenizers": 1, "models": 1, "optim": 1, "lora": 2, "data": 2, "sample": 3,
-        "train": 4, "dist": 5, "monitor": 5, "report": 5, "app": 6}
+        "train": 4, "dist": 5, "monitor": 5, "report": 5, "publish": 5, "app": 6}
 TORCH_FREE_FOLDERS = {"core", "tokenizers", "fetch", "data", "monitor", "report"}
 TORCH_FREE_FILES = {"core/safetensors.cpp": False, "core/safetensors.h": False}  # the torch-facing reader/writer
 TORCH_FREE_EXTRA = re.compile(

@@ -25,8 +25,11 @@ class Server:
 
             def do_GET(self):
                 with server.lock:
-                    server.requests.append({"path": self.path, "headers": dict(self.headers)})
+                    server.requests.append({"method": self.command, "path": self.path, "headers": dict(self.headers)})
                 server.app(self)
+
+            # POST, PUT and HEAD (the fake Hub's write API, webhooks): the same, the app reads any body.
+            do_POST = do_PUT = do_HEAD = do_GET
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True

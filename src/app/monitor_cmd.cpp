@@ -56,6 +56,13 @@ std::pair<std::string, bool> page_token(const MonitorSettings& settings, const f
 
 }  // namespace
 
+std::string live_page_url(const MonitorSettings& settings, int port) {
+  if (port == 0) return "";
+  const std::string host = settings.host == "0.0.0.0" || settings.host == "::" ? "127.0.0.1" : settings.host;
+  return settings.runpod_pod_id.empty() ? cat("http://", host, ":", port, "/")
+                                        : cat("https://", settings.runpod_pod_id, "-", port, ".proxy.runpod.net/");
+}
+
 std::unique_ptr<monitor::MonitorServer> start_live_page(const MonitorSettings& settings, const std::string& token_dir,
                                                         monitor::MonitorOptions options, bool required) {
   if (settings.port == 0) return nullptr;
@@ -72,10 +79,7 @@ std::unique_ptr<monitor::MonitorServer> start_live_page(const MonitorSettings& s
     log::warn(e.what(), "; the training goes on without a page");
     return nullptr;
   }
-  const std::string host = settings.host == "0.0.0.0" || settings.host == "::" ? "127.0.0.1" : settings.host;
-  const std::string base = settings.runpod_pod_id.empty()
-                               ? cat("http://", host, ":", page->port(), "/")
-                               : cat("https://", settings.runpod_pod_id, "-", page->port(), ".proxy.runpod.net/");
+  const std::string base = live_page_url(settings, page->port());
   if (generated) {
     // The one place the token is shown: the terminal (a pod's log), not logs/fluxtrain.log.
     log::detail::write_terminal(cat("live page: ", base, "?token=", token, "  (the token is kept in ",

@@ -26,11 +26,6 @@ struct MonitorCommandSettings {
 };
 const OptionTable& monitor_command_options();
 
-// Starts the page of `folder` (rank 0 of a training, or `fluxtrain monitor`), or returns null when
-// MONITOR_PORT is 0, or, with a warning, when the port cannot be had (a page never stops a training;
-// `required` makes that an Error instead, for the monitor command). The token is MONITOR_TOKEN, else the one
-// in token_dir/monitor-token, else a new one written there (mode 0600); the ?token= link is printed once, to
-// the terminal only (not to logs/fluxtrain.log).
 }  // namespace fluxtrain::app
 
 namespace fluxtrain::monitor {
@@ -39,6 +34,16 @@ struct MonitorOptions;
 }  // namespace fluxtrain::monitor
 
 namespace fluxtrain::app {
+
+// The page's address without its token: https://{RUNPOD_POD_ID}-{port}.proxy.runpod.net/ on RunPod, else
+// http://{host}:{port}/ (127.0.0.1 for a page on every interface); "" when the page is off (port 0).
+std::string live_page_url(const MonitorSettings& settings, int port);
+
+// Starts the page of `folder` (rank 0 of a training, or `fluxtrain monitor`), or returns null when
+// MONITOR_PORT is 0, or, with a warning, when the port cannot be had (a page never stops a training;
+// `required` makes that an Error instead, for the monitor command). The token is MONITOR_TOKEN, else the one
+// in token_dir/monitor-token, else a new one written there (mode 0600); the ?token= link is printed once, to
+// the terminal only (not to logs/fluxtrain.log).
 std::unique_ptr<monitor::MonitorServer> start_live_page(const MonitorSettings& settings, const std::string& token_dir,
                                                         monitor::MonitorOptions options, bool required);
 

@@ -43,8 +43,10 @@
 #include "dist/launch.h"
 #include "dist/process_group.h"
 #include "fetch/dataset.h"
+#include "fetch/hub_upload.h"
 #include "models/convert.h"
 #include "monitor/server.h"
+#include "publish/publish.h"
 #include "sample/prompts.h"
 #include "sample/sampler_setup.h"
 #include "report/report.h"
@@ -348,7 +350,92 @@ void check_same_setup(train::Parallel& group, const ResolvedConfig& config, cons
        "command line to all; on several machines, give each the same files and settings)");
 }
 
+// HF_UPLOAD_REPO's checks at the start, before hours of training: a token that can write there, and the
+// repository (created when missing). A refused token or a bad repository is an Error; a Hub that cannot be
+// reached now is a warning (the uploads retry later).
+void check_hub_upload(const TrainSettings& settings) {
+  const PublishSettings& publish = settings.publish;
+  const fetch::FetchOptions& fetch = settings.downloads.fetch;
+  if (fetch.hf_token.empty())
+    fail("HF_UPLOAD_REPO is ", publish.repo, " but HF_TOKEN is not set: give a Hugging Face token with write access ",
+         "(huggingface.co/settings/tokens, \"Write\" or fine-grained with write access to ", publish.repo,
+         "), or unset HF_UPLOAD_REPO");
+  // A refused token or namespace is the user's to fix now; a Hub that does not answer may answer later.
+  auto unreachable = [&](const Error& e) {
+    const auto* status = dynamic_cast<const fetch::HttpStatusError*>(&e);
+    if (status != nullptr &&
+        (status->status == 400 || status->status == 401 || status->status == 403 || status->status == 404))
+      fail("HF_UPLOAD_REPO=", publish.repo, ": ", e.what());
+    log::warn("HF_UPLOAD_REPO=", publish.repo, ": the Hub cannot be asked now (", e.what(),
+              "); the uploads will try again when they are due");
+  };
+  fetch::HubUser user;
+  try {
+    user = fetch::hub_whoami(fetch);
+  } catch (const Error& e) {
+    return unreachable(e);
+  }
+  if (user.role == "read")
+    fail("HF_UPLOAD_REPO is ", publish.repo, " but HF_TOKEN (of ", user.name, ") is a read-only token: create one ",
+         "with write access at huggingface.co/settings/tokens");
+  try {
+    fetch::hub_create_repo(publish.repo, publish.private_repo, fetch);
+  } catch (const Error& e) {
+    return unreachable(e);
+  }
+  log::info("results go to https://huggingface.co/", publish.repo, " (HF_UPLOAD_REPO, as ", user.name, ")",
+            publish.upload_states ? "; states too (upload_states)" : "");
+}
+
+// The model card's facts, from what the trainer's LoRA file records.
+publish::ModelCardInfo model_card_info(const TrainSettings& settings, const train::TrainerConfig& trainer) {
+  publish::ModelCardInfo card;
+  const bool schnell = settings.models.base_model == BaseModel::schnell;
+  card.base_model = schnell ? "black-forest-labs/FLUX.1-schnell" : "black-forest-labs/FLUX.1-dev";
+  if (schnell) {
+    card.license = "apache-2.0";
+  } else {
+    card.license = "other";
+    card.license_name = "flux-1-dev-non-commercial-license";
+    card.license_link = "https://huggingface.co/black-forest-labs/FLUX.1-dev/blob/main/LICENSE.md";
+  }
+  card.trigger_words = trainer.file_info.trigger_phrase;
+  if (!settings.sample_prompts.empty()) {
+    for (const auto& prompt : sample::load_prompts(settings.sample_prompts)) card.prompts.push_back(prompt.prompt);
+  }
+  card.settings.emplace_back("rank (network_dim)", std::to_string(trainer.lora.rank));
+  card.settings.emplace_back("alpha (network_alpha)", cat(trainer.lora.alpha));
+  if (trainer.file_info.width > 0)
+    card.settings.emplace_back("resolution", cat(trainer.file_info.width, "x", trainer.file_info.height));
+  const std::pair<const char*, const char*> shown[] = {
+      {"ss_optimizer", "optimizer"},       {"ss_learning_rate", "learning rate"},      {"ss_lr_scheduler", "schedule"},
+      {"ss_max_train_steps", "steps"},     {"ss_num_train_images", "training images"}, {"ss_seed", "seed"},
+      {"ss_noise_offset", "noise offset"},
+  };
+  for (const auto& [key, label] : shown) {
+    auto it = trainer.file_info.training.find(key);
+    if (it != trainer.file_info.training.end() && !it->second.empty()) card.settings.emplace_back(label, it->second);
+  }
+  return card;
+}
+
+int run_train_inner(const ResolvedConfig& config, bool cache_only, std::unique_ptr<publish::Publisher>& publisher);
+
 int run_train(const ResolvedConfig& config, bool cache_only) {
+  // The webhook hears of a failure from here, the one way out of every error.
+  std::unique_ptr<publish::Publisher> publisher;
+  try {
+    return run_train_inner(config, cache_only, publisher);
+  } catch (const std::exception& e) {
+    if (publisher) {
+      publisher->failed(e.what());
+      publisher->finish();
+    }
+    throw;
+  }
+}
+
+int run_train_inner(const ResolvedConfig& config, bool cache_only, std::unique_ptr<publish::Publisher>& publisher) {
   const TrainSettings settings = config.bind<TrainSettings>();
   const TrainSettings::Distributed& dist_settings = settings.distributed;
   at::Device device = resolve_device(settings.compute, settings.engine);
@@ -427,6 +514,22 @@ int run_train(const ResolvedConfig& config, bool cache_only) {
     lock.emplace(settings.output_path, "OUTPUT_PATH");
     train::remove_stale_temporaries(settings.output_path);
   }
+  const PublishSettings& publish = settings.publish;
+  if (root && !cache_only && (!publish.repo.empty() || !publish.webhook_url.empty())) {
+    if (!publish.repo.empty()) check_hub_upload(settings);
+    publish::PublishConfig p;
+    p.repo = publish.repo;
+    p.upload_checkpoints = publish.upload_checkpoints;
+    p.upload_states = publish.upload_states;
+    p.keep_states = std::max(1, settings.training.keep_last_n_states);
+    p.webhook_url = publish.webhook_url;
+    p.fetch = settings.downloads.fetch;
+    p.backoff_seconds = settings.downloads.fetch.http.backoff_seconds * 2;
+    p.wait_seconds = publish.wait_seconds;
+    // The live page's address (without its token) for the webhook's messages.
+    p.page_url = live_page_url(settings.monitor, static_cast<int>(settings.monitor.port));
+    publisher = std::make_unique<publish::Publisher>(std::move(p));
+  }
   int64_t device_batch = 1;  // the dataset's batch_size per rank (its largest)
   // The memory plan (train/memory_plan.h) before the dataset is planned: it resolves batch_size = auto and
   // the other automatic choices, and is printed; without automatic choices it only informs.
@@ -487,6 +590,17 @@ int run_train(const ResolvedConfig& config, bool cache_only) {
   if (root) log_dataset_lint(*plan, t5_max_length);
   stop::check("the dataset scan");
   const std::map<std::string, std::string> values = run_values(config, world);
+  // A fresh pod (no state in OUTPUT_PATH) with upload_states continues from the newest state on the Hub.
+  if (root && !cache_only && publish.upload_states && !publish.repo.empty() && settings.auto_resume &&
+      settings.resume_from.empty() && !train::newest_state(settings.output_path)) {
+    try {
+      publish::pull_hub_state(publish.repo, settings.output_path, settings.downloads.fetch);
+    } catch (const Error& e) {
+      fail("OUTPUT_PATH has no state, and the newest state on the Hub (HF_UPLOAD_REPO=", publish.repo,
+           ", upload_states) cannot be fetched: ", e.what(), ". Try again when the Hub answers; to start afresh ",
+           "instead, set PARAMS_UPLOAD_STATES=false");
+    }
+  }
   RunPlan run;
   if (cache_only) {
     run = RunPlan{fs::path(settings.output_path), ""};
@@ -624,8 +738,24 @@ int run_train(const ResolvedConfig& config, bool cache_only) {
       trainer.hooks.requests = &page_requests;
     }
   }
+  // The run's end reaches the publisher only once the pictures are drawn: its upload takes the newest grid
+  // and loss plot.
+  std::optional<train::RunEvent> end_event;
+  if (publisher) {
+    publisher->set_run(run.dir, trainer.output_name, model_card_info(settings, trainer));
+    trainer.hooks.listeners.push_back([listener = publisher->listener(), &end_event](const train::RunEvent& event) {
+      if (event.kind == "end")
+        end_event = event;
+      else
+        listener(event);
+    });
+  }
   train::TrainResult result = train::train(trainer, source, hook);
   if (pictures) pictures->finish();
+  if (publisher) {
+    if (end_event) publisher->listener()(*end_event);
+    publisher->finish();
+  }
   log::info(result.interrupted ? "stopped" : "done", ": ", result.steps, "/", result.total_steps, " steps in ",
             result.seconds, " s, last loss ", result.last_loss, ", peak memory ",
             result.peak_memory_bytes >= 0 ? format_bytes(result.peak_memory_bytes) : std::string("unknown"),

@@ -128,6 +128,16 @@ std::vector<std::string> validate_train_config(const ResolvedConfig& config, boo
     warnings.push_back(cat(d("train_single_block_indices"), " has no effect with ", d("train_blocks")));
   if (config.changed("keep_last_n_states") && !config.get_bool("save_state"))
     warnings.push_back(cat(d("keep_last_n_states"), " has no effect with ", d("save_state")));
+  if (!config.is_set("hf_upload_repo")) {
+    for (const char* key : {"upload_checkpoints", "upload_states", "hf_upload_private"}) {
+      if (config.changed(key))
+        warnings.push_back(cat(d(key), " has no effect without HF_UPLOAD_REPO (the Hub repository to upload to)"));
+    }
+  } else if (!config.is_set("hf_token")) {
+    errors.push_back(cat("HF_TOKEN is not set, but ", d("hf_upload_repo"),
+                         " needs a Hugging Face token with write "
+                         "access there (huggingface.co/settings/tokens); set HF_TOKEN, or unset HF_UPLOAD_REPO"));
+  }
 
   throw_errors(errors);
   return warnings;

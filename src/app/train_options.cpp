@@ -755,6 +755,7 @@ std::vector<OptionSpec> train_specs() {
   for (const auto& o : engine_options(kCpuCacheKnob | kSourceDateKnob)) specs.push_back(lift(&S::engine, o));
   for (const auto& o : download_options(kAllDownloadKnobs)) specs.push_back(lift(&S::downloads, o));
   for (const auto& o : monitor_options()) specs.push_back(lift(&S::monitor, o));
+  for (const auto& o : publish_options()) specs.push_back(lift(&S::publish, o));
   return specs;
 }
 
@@ -776,6 +777,7 @@ std::vector<OptionTable::Group> train_groups() {
       {"engine", "Memory of the CPU and reproducible files"},
       {"downloads", "Downloads"},
       {"monitor", "The live page"},
+      {"publish", "Results off the pod: Hub upload and webhook"},
   };
 }
 

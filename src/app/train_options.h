@@ -12,6 +12,7 @@
 #include "app/knob_options.h"
 #include "app/monitor_options.h"
 #include "app/options.h"
+#include "app/publish_options.h"
 #include "app/shared_options.h"
 #include "data/dataset_config.h"
 #include "data/hub_formats.h"
@@ -54,6 +55,7 @@ struct TrainSettings {
   bool keep_products_auto = false;
   bool blocks_to_swap_auto = false;
   DownloadSettings downloads;  // DATASET_NAME's download (knob_options.h)
+  PublishSettings publish;     // the Hub upload and the webhook (publish_options.h)
   EngineSettings engine;
   MonitorSettings monitor;  // the live page (monitor_options.h), rank 0's
 

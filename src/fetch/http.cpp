@@ -89,6 +89,10 @@ std::vector<std::string> secrets_of(const HttpRequest& request) {
     for (unsigned flags : {0u, static_cast<unsigned>(CURLU_URLDECODE)}) {
       secrets.push_back(url_part(u.url, CURLUPART_PASSWORD, flags));
     }
+    if (request.secret_url) {
+      secrets.push_back(url_part(u.url, CURLUPART_PATH));
+      secrets.push_back(url_part(u.url, CURLUPART_PATH, CURLU_URLDECODE));
+    }
     std::string query = url_part(u.url, CURLUPART_QUERY);
     for (size_t start = 0; start < query.size();) {
       size_t end = std::min(query.find('&', start), query.size());
@@ -165,7 +169,36 @@ bool is_redirect(long status) {
 
 // curl calls it about once a second and after each block, also while the server sends nothing: a stop
 // signal aborts the transfer (CURLE_ABORTED_BY_CALLBACK), a download's part file stays for the restart.
-int on_transfer_progress(void*, curl_off_t, curl_off_t, curl_off_t, curl_off_t) { return stop::requested() ? 1 : 0; }
+// An HttpOptions::cancel set does the same.
+int on_transfer_progress(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
+  const auto& options = *static_cast<const HttpOptions*>(user);
+  if (options.abort_on_stop && stop::requested()) return 1;
+  return options.cancel != nullptr && options.cancel->load() ? 1 : 0;
+}
+
+// Throws when a transfer or a wait must end now: the stop signal (when it aborts) or the cancel flag.
+void check_cancel(const HttpOptions& options, const std::string& what) {
+  if (options.abort_on_stop) stop::check("download");
+  if (options.cancel != nullptr && options.cancel->load()) fail(what, ": cancelled");
+}
+
+// Reads an upload's file body: [offset, offset + length) of the file.
+struct FileBodyReader {
+  std::FILE* file = nullptr;
+  uint64_t left = 0;
+  ~FileBodyReader() {
+    if (file != nullptr) std::fclose(file);
+  }
+};
+
+size_t on_read(char* buffer, size_t size, size_t count, void* user) {
+  auto& reader = *static_cast<FileBodyReader*>(user);
+  const size_t want = static_cast<size_t>(std::min<uint64_t>(reader.left, size * count));
+  const size_t got = want == 0 ? 0 : std::fread(buffer, 1, want, reader.file);
+  if (got < want) return CURL_READFUNC_ABORT;  // the file shrank under us
+  reader.left -= got;
+  return got;
+}
 
 size_t on_header(char* buffer, size_t size, size_t count, void* user) {
   auto& hop = *static_cast<Hop*>(user);
@@ -209,6 +242,7 @@ size_t on_body(char* data, size_t size, size_t count, void* user) {
 struct RequestSetup {
   std::vector<std::string> headers;  // extra request headers ("Range: bytes=10-")
   bool compressed = false;           // accept gzip/deflate/... encodings (never for file downloads)
+  const HttpBody* body = nullptr;    // a POST or PUT
 };
 
 Hop perform_hop(const std::string& url, const HttpAuth* auth, const RequestSetup& setup, const HttpOptions& options,
@@ -228,6 +262,12 @@ Hop perform_hop(const std::string& url, const HttpAuth* auth, const RequestSetup
     header_list.reset(grown);
   };
   for (const std::string& line : setup.headers) add_header(line);
+  FileBodyReader reader;
+  if (setup.body != nullptr) {
+    for (const std::string& line : setup.body->headers) add_header(line);
+    if (!setup.body->content_type.empty()) add_header("Content-Type: " + setup.body->content_type);
+    add_header("Expect:");  // no 100-continue round trip
+  }
   if (auth != nullptr && !auth->bearer_token.empty()) add_header("Authorization: Bearer " + auth->bearer_token);
   const std::string user_agent = cat("fluxtrain/", kVersion);
 
@@ -248,7 +288,30 @@ Hop perform_hop(const std::string& url, const HttpAuth* auth, const RequestSetup
   curl_easy_setopt(curl, CURLOPT_WRITEDATA, &hop);
   curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, on_transfer_progress);
   curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
+  curl_easy_setopt(curl, CURLOPT_XFERINFODATA, &options);
   if (setup.compressed) curl_easy_setopt(curl, CURLOPT_ACCEPT_ENCODING, "");
+  if (const HttpBody* body = setup.body; body != nullptr) {
+    if (body->file.empty()) {
+      curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body->data.size()));
+      curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body->data.c_str());
+    } else {
+      std::error_code ec;
+      const uint64_t file_size = fs::file_size(body->file, ec);
+      reader.file = ec ? nullptr : std::fopen(body->file.c_str(), "rb");
+      if (reader.file == nullptr || body->offset > file_size ||
+          ::fseeko(reader.file, static_cast<off_t>(body->offset), SEEK_SET) != 0) {
+        fail("cannot read ", body->file, " to upload it: ", ec ? ec.message() : std::strerror(errno));
+      }
+      reader.left = body->length >= 0
+                        ? std::min<uint64_t>(static_cast<uint64_t>(body->length), file_size - body->offset)
+                        : file_size - body->offset;
+      curl_easy_setopt(curl, CURLOPT_UPLOAD, 1L);
+      curl_easy_setopt(curl, CURLOPT_READFUNCTION, on_read);
+      curl_easy_setopt(curl, CURLOPT_READDATA, &reader);
+      curl_easy_setopt(curl, CURLOPT_INFILESIZE_LARGE, static_cast<curl_off_t>(reader.left));
+    }
+    curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, body->method.c_str());
+  }
   if (header_list) curl_easy_setopt(curl, CURLOPT_HTTPHEADER, header_list.get());
   if (auth != nullptr && !auth->basic_user.empty()) {
     curl_easy_setopt(curl, CURLOPT_HTTPAUTH, static_cast<long>(CURLAUTH_BASIC));
@@ -259,10 +322,12 @@ Hop perform_hop(const std::string& url, const HttpAuth* auth, const RequestSetup
   // Drop the pointers into this frame before returning (the handle is reused).
   curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, nullptr);
   curl_easy_setopt(curl, CURLOPT_HTTPHEADER, nullptr);
+  curl_easy_setopt(curl, CURLOPT_READDATA, nullptr);
+  curl_easy_setopt(curl, CURLOPT_POSTFIELDS, nullptr);
   long status = 0;
   if (curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status) == CURLE_OK && status != 0) hop.status = status;
   if (hop.sink_error) std::rethrow_exception(hop.sink_error);
-  if (hop.code == CURLE_ABORTED_BY_CALLBACK) stop::check("download");
+  if (hop.code == CURLE_ABORTED_BY_CALLBACK) check_cancel(options, "the transfer");
   hop.curl_error = error_buffer[0] != '\0' ? std::string(error_buffer) : std::string(curl_easy_strerror(hop.code));
   if (hop.code == CURLE_OK && is_success(hop.status) && !hop.begun) {
     hop.begun = true;
@@ -380,9 +445,11 @@ Hop run_request(const HttpRequest& original, const HttpOptions& options,
       // when they belong to an https origin.
       const bool send_auth = !request.auth.empty() && url_origin(url) == auth_origin;
       if (!request.auth.empty() && !send_auth) {
-        log::debug("no credentials for ", redact_url(url), " (they belong to ", auth_origin, ")");
+        log::debug(scrub(cat("no credentials for ", redact_url(url), " (they belong to ", auth_origin, ")"), secrets));
       }
-      log::debug("GET ", redact_url(url), send_auth ? " (with credentials)" : "");
+      log::debug(scrub(cat(setup.body != nullptr ? setup.body->method : std::string("GET"), " ", redact_url(url),
+                           send_auth ? " (with credentials)" : ""),
+                       secrets));
       hop = perform_hop(url, send_auth ? &request.auth : nullptr, setup, options, sink);
       if (hop.code != CURLE_OK || !is_redirect(hop.status)) break;
       auto location = hop.headers.find("location");
@@ -449,7 +516,7 @@ Hop run_request(const HttpRequest& original, const HttpOptions& options,
     // The wait before a retry, in slices, so that a stop signal ends it.
     const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(wait);
     while (std::chrono::steady_clock::now() < until) {
-      stop::check("download");
+      check_cancel(options, request.what);
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
   }
@@ -465,7 +532,7 @@ class MemorySink : public BodySink {
   void write(const char* data, size_t size) override {
     if (body.size() + size > max_bytes_) {
       fail(request_.what, ": the answer is larger than ", format_bytes(double(max_bytes_)), " (",
-           redact_url(request_.url), "); is this the right endpoint?");
+           request_.secret_url ? url_origin(request_.url) : redact_url(request_.url), "); is this the right endpoint?");
     }
     body.append(data, size);
   }
@@ -605,6 +672,23 @@ HttpResponse http_get(const HttpRequest& request, const HttpOptions& options, si
       request, options,
       [] {
         return RequestSetup{{}, true};
+      },
+      sink, 0, &response.url);
+  response.status = hop.status;
+  response.headers = std::move(hop.headers);
+  response.body = std::move(sink.body);
+  return response;
+}
+
+HttpResponse http_send(const HttpRequest& request, const HttpBody& body, const HttpOptions& options, size_t max_bytes) {
+  MemorySink sink(request, max_bytes);
+  HttpResponse response;
+  Hop hop = run_request(
+      request, options,
+      [&body] {
+        RequestSetup setup;
+        setup.body = &body;
+        return setup;
       },
       sink, 0, &response.url);
   response.status = hop.status;

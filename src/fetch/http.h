@@ -13,12 +13,14 @@
 // before it is thrown.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <map>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "core/error.h"
 #include "core/strings.h"
@@ -56,6 +58,11 @@ struct HttpOptions {
   int max_redirects = 10;
   // Report download progress through core/progress.h.
   bool progress = true;
+  // A stop signal (core/stop.h) aborts a transfer and the wait before a retry. Uploads of the state a
+  // stopping run saved last set it false: they are what the stop is waiting for.
+  bool abort_on_stop = true;
+  // Set (from any thread): the transfer in progress and any wait before a retry end with an Error.
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 struct HttpRequest {
@@ -67,6 +74,21 @@ struct HttpRequest {
   std::string not_found_hint;
   // More of the fix after a 401/403 ("a gated model: accept its licence at https://..."); "" = none.
   std::string access_hint;
+  // The URL itself is a credential (a webhook's path holds its token): messages and logs show its origin
+  // only.
+  bool secret_url = false;
+};
+
+// The body of a POST or PUT: `data`, or when `file` is set the bytes [offset, offset + length) of that
+// file (read again on every try).
+struct HttpBody {
+  std::string method = "POST";
+  std::string content_type;          // "application/json"; "" = none
+  std::vector<std::string> headers;  // more request headers, "Name: value"
+  std::string data;
+  std::filesystem::path file;
+  uint64_t offset = 0;
+  int64_t length = -1;  // -1: to the end of the file
 };
 
 struct HttpResponse {
@@ -87,6 +109,12 @@ class HttpStatusError : public Error {
   // 404, or the Hub's 401 with an X-Error-Code ending in "NotFound" (a missing or private repository).
   bool not_found;
 };
+
+// A POST or PUT with `body`, its answer into memory (at most max_bytes). Retried as GETs are (connection
+// errors, timeouts, 429, 5xx); throws Error unless the final status is 2xx (HttpStatusError for an error
+// status).
+HttpResponse http_send(const HttpRequest& request, const HttpBody& body, const HttpOptions& options = {},
+                       size_t max_bytes = 16u << 20);
 
 // GET into memory (JSON APIs), at most max_bytes of body. Throws Error unless the final status is 2xx
 // (HttpStatusError for an error status).

@@ -5,14 +5,12 @@ report.html at the end, self-contained, naming the best checkpoint by validation
 from __future__ import annotations
 
 import re
-import subprocess
-import time
 
 import pytest
 from PIL import Image
 
 from conftest import run
-from train_env import base_env, dataset, models  # noqa: F401  (fixtures)
+from train_env import base_env, dataset, kill_after_state_and_resume, models  # noqa: F401  (fixtures)
 from train_env import metrics as metrics_of
 
 # src/report/report.h
@@ -78,17 +76,7 @@ def test_validation_loss_is_the_same_after_kill_9_and_resume(tmp_path, fluxtrain
                                                              straight):  # noqa: F811
     out = tmp_path / "killed"
     env = validation_env(models, dataset, out, prompts)
-    proc = subprocess.Popen([fluxtrain_bin, "train"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    marker = out / "state" / "step-00000004" / "COMPLETE"
-    deadline = time.time() + 300
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.kill()
-    proc.wait()
-    assert marker.exists()
-    assert not (out / "flux-lora.safetensors").exists(), "the run finished before it could be killed"
-    resumed = run([fluxtrain_bin, "train"], env=env)
-    assert "resumed from" in resumed.stderr
+    kill_after_state_and_resume(fluxtrain_bin, env, out, 4)
     before = {l["step"]: l.get("validation_loss") for l in metrics_of(straight[0])}
     after = {l["step"]: l.get("validation_loss") for l in metrics_of(out)}
     assert after == before

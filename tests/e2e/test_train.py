@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from conftest import run
-from train_env import base_env, comfyui_graph, dataset, models  # noqa: F401  (fixtures)
+from train_env import base_env, comfyui_graph, dataset, kill_after_state_and_resume, models  # noqa: F401  (fixtures)
 from train_env import metrics as metrics_of
 
 
@@ -75,17 +75,7 @@ def test_bad_values_are_named_and_nothing_is_written(tmp_path, fluxtrain_bin, mo
 def test_kill_9_and_restart_gives_the_same_lora(tmp_path, fluxtrain_bin, models, dataset, straight):
     out = tmp_path / "killed"
     env = base_env(models, dataset, out)
-    proc = subprocess.Popen([fluxtrain_bin, "train"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    marker = out / "state" / "step-00000004" / "COMPLETE"
-    deadline = time.time() + 300
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.kill()
-    proc.wait()
-    assert marker.exists()
-    assert not (out / "flux-lora.safetensors").exists(), "the run finished before it could be killed"
-    resumed = run([fluxtrain_bin, "train"], env=env)
-    assert "resumed from" in resumed.stderr
+    kill_after_state_and_resume(fluxtrain_bin, env, out, 4)
     a = (straight[0] / "flux-lora.safetensors").read_bytes()
     b = (out / "flux-lora.safetensors").read_bytes()
     assert a == b

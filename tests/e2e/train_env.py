@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -88,3 +90,20 @@ def comfyui_graph(png) -> dict[str, list[dict]]:
                 assert len(value) == 2 and value[0] in graph and isinstance(value[1], int), value
         nodes.setdefault(node["class_type"], []).append(node["inputs"])
     return nodes
+
+
+def kill_after_state_and_resume(fluxtrain_bin, env, out, step: int):
+    """Starts `fluxtrain train`, kills it with -9 once the state of `step` is complete (before the run ends),
+    then runs it again with the same environment to the end; returns the resumed run's result."""
+    proc = subprocess.Popen([str(fluxtrain_bin), "train"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    marker = Path(out) / "state" / f"step-{step:08d}" / "COMPLETE"
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    assert marker.exists()
+    assert not (Path(out) / "flux-lora.safetensors").exists(), "the run finished before it could be killed"
+    resumed = run([fluxtrain_bin, "train"], env=env)
+    assert "resumed from" in resumed.stderr
+    return resumed

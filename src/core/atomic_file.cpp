@@ -10,6 +10,8 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 
 #include "core/error.h"
 
@@ -162,6 +164,12 @@ void ensure_free_space(const std::string& folder, uint64_t needed, const std::st
 }
 
 void set_test_write_limit(uint64_t bytes) { g_write_limit.store(bytes); }
+
+std::string read_file_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("cannot read ", path);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
 
 void write_file_atomic(const std::string& path, std::string_view content) {
   AtomicFile file(path);

@@ -59,6 +59,8 @@ void set_test_write_limit(uint64_t bytes);
 
 // Writes a whole small file atomically.
 void write_file_atomic(const std::string& path, std::string_view content);
+// Reads a whole small file (a picture, a config); an Error naming it when it cannot be read.
+std::string read_file_bytes(const std::string& path);
 
 // fsyncs a folder so that a rename inside it survives a power loss; an Error naming the folder when that
 // fails (except EINVAL: a file system that cannot sync folders).

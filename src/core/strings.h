@@ -4,6 +4,7 @@
 // are std::string's own starts_with / ends_with (C++20); closest_match and cat are in core/error.h.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -39,5 +40,10 @@ std::string shorten(std::string_view text, size_t max_chars);
 // (presigned URLs carry their signatures in the query; DATASET_NAME may carry a user and password).
 // Text without "://" (a local path, "owner/name", "kaggle:owner/name") is returned unchanged.
 std::string redact_url(std::string_view text);
+
+// Base64 (RFC 4648, standard alphabet, '=' padding) of bytes, and back: nullopt for a character outside the
+// alphabet (decoding stops at the first '=').
+std::string base64_encode(std::string_view bytes);
+std::optional<std::string> base64_decode(std::string_view text);
 
 }  // namespace fluxtrain

@@ -20,23 +20,6 @@ namespace {
 using json = nlohmann::json;
 namespace fs = std::filesystem;
 
-const char kBase64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-std::string base64(std::string_view data) {
-  std::string out;
-  out.reserve((data.size() + 2) / 3 * 4);
-  for (size_t i = 0; i < data.size(); i += 3) {
-    uint32_t v = static_cast<uint32_t>(static_cast<uint8_t>(data[i])) << 16;
-    if (i + 1 < data.size()) v |= static_cast<uint32_t>(static_cast<uint8_t>(data[i + 1])) << 8;
-    if (i + 2 < data.size()) v |= static_cast<uint8_t>(data[i + 2]);
-    out += kBase64[(v >> 18) & 63];
-    out += kBase64[(v >> 12) & 63];
-    out += i + 1 < data.size() ? kBase64[(v >> 6) & 63] : '=';
-    out += i + 2 < data.size() ? kBase64[v & 63] : '=';
-  }
-  return out;
-}
-
 // The first `n` bytes of a file or content (the preupload's "sample", from which the Hub guesses text/binary).
 std::string head_of(const HubUploadFile& file, size_t n) {
   if (file.local.empty()) return file.content.substr(0, n);
@@ -253,7 +236,7 @@ HubCommitResult hub_commit(const HubCommit& commit, const FetchOptions& options)
   if (!pending.empty()) {
     json files = json::array();
     for (const PendingFile& p : pending)
-      files.push_back({{"path", p.file->path}, {"size", p.size}, {"sample", base64(head_of(*p.file, 512))}});
+      files.push_back({{"path", p.file->path}, {"size", p.size}, {"sample", base64_encode(head_of(*p.file, 512))}});
     HttpRequest request =
         hub_request(cat(api, "/preupload/", revision), cat("the upload to ", commit.repo, " (preupload)"), options);
     const json answer = parse_answer(http_send(request, json_body({{"files", files}}), options.http), request.what);
@@ -321,7 +304,7 @@ HubCommitResult hub_commit(const HubCommit& commit, const FetchOptions& options)
     } else {
       const std::string content = p.file->local.empty() ? p.file->content : read_whole(p.file->local);
       ndjson += json{{"key", "file"},
-                     {"value", {{"content", base64(content)}, {"path", p.file->path}, {"encoding", "base64"}}}}
+                     {"value", {{"content", base64_encode(content)}, {"path", p.file->path}, {"encoding", "base64"}}}}
                     .dump() +
                 "\n";
       result.bytes_sent += content.size();

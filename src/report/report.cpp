@@ -7,7 +7,6 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
-#include <iterator>
 #include <limits>
 #include <sstream>
 
@@ -96,33 +95,6 @@ std::vector<std::string> wrap(cairo_t* cr, const std::string& text, double width
     }
   }
   return lines;
-}
-
-std::string file_bytes(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("cannot read ", path.string());
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-std::string base64(std::string_view bytes) {
-  static constexpr char kDigits[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  out.reserve((bytes.size() + 2) / 3 * 4);
-  size_t i = 0;
-  for (; i + 2 < bytes.size(); i += 3) {
-    const uint32_t n = (static_cast<uint8_t>(bytes[i]) << 16) | (static_cast<uint8_t>(bytes[i + 1]) << 8) |
-                       static_cast<uint8_t>(bytes[i + 2]);
-    out += {kDigits[n >> 18], kDigits[(n >> 12) & 63], kDigits[(n >> 6) & 63], kDigits[n & 63]};
-  }
-  if (i < bytes.size()) {
-    uint32_t n = static_cast<uint8_t>(bytes[i]) << 16;
-    if (i + 1 < bytes.size()) n |= static_cast<uint8_t>(bytes[i + 1]) << 8;
-    out += kDigits[n >> 18];
-    out += kDigits[(n >> 12) & 63];
-    out += i + 1 < bytes.size() ? kDigits[(n >> 6) & 63] : '=';
-    out += '=';
-  }
-  return out;
 }
 
 std::string html_escape(std::string_view text) {
@@ -480,11 +452,11 @@ fs::path write_report(const fs::path& output_dir, const std::string& name, int64
       << (ec ? std::string("?") : format_bytes(static_cast<double>(size))) << "</td></tr>\n";
   }
   h << "</table>\n";
-  if (grid) h << "<h2>Samples</h2>\n<img alt=\"sample grid\" src=\"data:image/png;base64," << base64(*grid) << "\">\n";
-  if (plot) h << "<h2>Loss</h2>\n<img alt=\"loss plot\" src=\"data:image/png;base64," << base64(*plot) << "\">\n";
+  if (grid) h << "<h2>Samples</h2>\n<img alt=\"sample grid\" src=\"data:image/png;base64," << base64_encode(*grid) << "\">\n";
+  if (plot) h << "<h2>Loss</h2>\n<img alt=\"loss plot\" src=\"data:image/png;base64," << base64_encode(*plot) << "\">\n";
   std::error_code ec;
   if (fs::is_regular_file(output_dir / "config.toml", ec)) {
-    h << "<h2>Config</h2>\n<pre>" << html_escape(file_bytes(output_dir / "config.toml")) << "</pre>\n";
+    h << "<h2>Config</h2>\n<pre>" << html_escape(read_file_bytes((output_dir / "config.toml").string())) << "</pre>\n";
   }
   h << "<p><small>Written by fluxtrain. Every picture is inside this file; the links open the files beside "
        "it.</small></p>\n</body></html>\n";

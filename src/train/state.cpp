@@ -20,6 +20,7 @@
 #include "core/safetensors.h"
 #include "core/sha256.h"
 #include "core/stop.h"
+#include "core/strings.h"
 
 namespace fluxtrain::train {
 namespace fs = std::filesystem;
@@ -29,41 +30,6 @@ constexpr const char* kComplete = "COMPLETE";
 constexpr const char* kPrefix = "step-";
 constexpr const char* kCorrupt = ".corrupt";
 const char* const kStateFiles[] = {"trainable.safetensors", "optimizer.safetensors", "state.json"};
-
-const char kBase64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-std::string base64(const uint8_t* data, size_t size) {
-  std::string out;
-  out.reserve((size + 2) / 3 * 4);
-  for (size_t i = 0; i < size; i += 3) {
-    uint32_t v = static_cast<uint32_t>(data[i]) << 16;
-    if (i + 1 < size) v |= static_cast<uint32_t>(data[i + 1]) << 8;
-    if (i + 2 < size) v |= data[i + 2];
-    out += kBase64[(v >> 18) & 63];
-    out += kBase64[(v >> 12) & 63];
-    out += i + 1 < size ? kBase64[(v >> 6) & 63] : '=';
-    out += i + 2 < size ? kBase64[v & 63] : '=';
-  }
-  return out;
-}
-
-std::vector<uint8_t> unbase64(const std::string& text, const std::string& what) {
-  std::vector<uint8_t> out;
-  uint32_t buffer = 0;
-  int bits = 0;
-  for (char c : text) {
-    if (c == '=') break;
-    const char* p = std::strchr(kBase64, c);
-    if (p == nullptr || c == 0) fail(what, ": the saved generator state is not base64");
-    buffer = (buffer << 6) | static_cast<uint32_t>(p - kBase64);
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out.push_back(static_cast<uint8_t>((buffer >> bits) & 0xff));
-    }
-  }
-  return out;
-}
 
 std::vector<std::pair<std::string, at::Tensor>> read_tensors(const fs::path& path) {
   safetensors::Reader reader(path.string());
@@ -310,13 +276,14 @@ void prune_states(const fs::path& output_dir, int keep) {
 
 std::string generator_state(const at::Generator& generator) {
   at::Tensor state = generator.get_state().contiguous();
-  return base64(state.data_ptr<uint8_t>(), static_cast<size_t>(state.numel()));
+  return base64_encode({reinterpret_cast<const char*>(state.data_ptr<uint8_t>()), static_cast<size_t>(state.numel())});
 }
 
 void set_generator_state(at::Generator& generator, const std::string& text, const std::string& what) {
-  std::vector<uint8_t> bytes = unbase64(text, what);
-  at::Tensor state = at::empty({static_cast<int64_t>(bytes.size())}, at::kByte);
-  std::memcpy(state.data_ptr<uint8_t>(), bytes.data(), bytes.size());
+  const std::optional<std::string> bytes = base64_decode(text);
+  if (!bytes) fail(what, ": the saved generator state is not base64");
+  at::Tensor state = at::empty({static_cast<int64_t>(bytes->size())}, at::kByte);
+  std::memcpy(state.data_ptr<uint8_t>(), bytes->data(), bytes->size());
   try {
     generator.set_state(state);
   } catch (const std::exception& e) {

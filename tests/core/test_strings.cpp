@@ -1,6 +1,9 @@
 // The shared ASCII string helpers (src/core/strings.h).
 #include <gtest/gtest.h>
 
+#include <optional>
+#include <utility>
+
 #include "core/strings.h"
 
 namespace fluxtrain {
@@ -60,6 +63,20 @@ TEST(Strings, RedactUrlHidesUserInfoAndQueryValues) {
 TEST(Strings, ShortenCutsLongText) {
   EXPECT_EQ(shorten("abc", 3), "abc");
   EXPECT_EQ(shorten("abcd", 3), "abc...");
+}
+
+// RFC 4648's test vectors, the padding, and a byte outside the alphabet.
+TEST(Strings, Base64RoundTripsRfc4648Vectors) {
+  const std::pair<const char*, const char*> vectors[] = {{"", ""},         {"f", "Zg=="},         {"fo", "Zm8="},
+                                                         {"foo", "Zm9v"}, {"foob", "Zm9vYg=="}, {"fooba", "Zm9vYmE="},
+                                                         {"foobar", "Zm9vYmFy"}};
+  for (const auto& [plain, encoded] : vectors) {
+    EXPECT_EQ(base64_encode(plain), encoded);
+    EXPECT_EQ(base64_decode(encoded), std::optional<std::string>(plain));
+  }
+  const std::string bytes = {'\0', '\xff', '\x80', '\x7f'};
+  EXPECT_EQ(base64_decode(base64_encode(bytes)), bytes);
+  EXPECT_EQ(base64_decode("Zm9v!"), std::nullopt);
 }
 
 }  // namespace

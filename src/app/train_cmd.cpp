@@ -203,6 +203,15 @@ fs::path fetch_dataset_folder(const TrainSettings& settings) {
   return fetched;
 }
 
+// How a run scans its images: the training images, or those held out for validation (by the run's seed).
+data::ScanOptions scan_options(const TrainSettings& settings, data::DatasetPart part) {
+  data::ScanOptions scan;
+  scan.probe = data::default_image_probe();
+  scan.part = part;
+  scan.seed = settings.training.seed;
+  return scan;
+}
+
 std::shared_ptr<data::DatasetPlan> build_dataset(const TrainSettings& settings, const fs::path& fetched,
                                                  const std::function<void(data::DatasetGroupConfig&)>& adjust) {
   data::ConfigOptions options;
@@ -212,28 +221,26 @@ std::shared_ptr<data::DatasetPlan> build_dataset(const TrainSettings& settings, 
                                        ? data::folder_dataset_config(fetched, options)
                                        : data::load_dataset_config(settings.dataset_config, options);
   if (adjust) adjust(group);
-  data::ScanOptions scan;
-  scan.probe = data::default_image_probe();
-  scan.seed = settings.training.seed;
-  return std::make_shared<data::DatasetPlan>(data::DatasetPlan::build(std::move(group), scan));
+  return std::make_shared<data::DatasetPlan>(
+      data::DatasetPlan::build(std::move(group), scan_options(settings, data::DatasetPart::training)));
 }
 
 // The images held out for the validation loss (validation_split), batched per device; null when none are.
-std::shared_ptr<data::DatasetPlan> build_validation(const TrainSettings& settings, data::DatasetGroupConfig group) {
+// `root` says what it holds.
+std::shared_ptr<data::DatasetPlan> build_validation(const TrainSettings& settings, data::DatasetGroupConfig group,
+                                                    bool root) {
   bool split = false;
   for (const auto& d : group.datasets)
     for (const auto& s : d.subsets) split = split || (s.validation_split > 0 && !s.is_reg);
   if (!split) return nullptr;
-  data::ScanOptions scan;
-  scan.probe = data::default_image_probe();
-  scan.part = data::DatasetPart::validation;
-  scan.seed = settings.training.seed;
-  auto plan = std::make_shared<data::DatasetPlan>(data::DatasetPlan::build(std::move(group), scan));
+  auto plan = std::make_shared<data::DatasetPlan>(
+      data::DatasetPlan::build(std::move(group), scan_options(settings, data::DatasetPart::validation)));
   if (plan->images().empty()) {
-    log::warn("validation_split holds out no image (a subset of one image keeps it for training): no validation loss");
+    if (root)
+      log::warn("validation_split holds out no image (a subset of one image keeps it for training): no validation loss");
     return nullptr;
   }
-  log::info("validation: ", plan->images().size(), " held-out images in ", plan->steps_per_epoch(), " batches, at ",
+  if (root) log::info("validation: ", plan->images().size(), " held-out images in ", plan->steps_per_epoch(), " batches, at ",
             std::size(train::kValidationSigmas), " fixed noise levels each");
   return plan;
 }
@@ -627,19 +634,20 @@ int run_train_inner(const ResolvedConfig& config, bool cache_only, std::unique_p
   source_options.seed = settings.training.seed;
   source_options.rank = rank_info.rank;
   source_options.world_size = world;
-  train::DatasetSource source(plan, {files.ae, files.clip_l, files.t5xxl}, source_options);
+  const train::EncoderFiles encoder_files{files.ae, files.clip_l, files.t5xxl};
+  train::DatasetSource source(plan, encoder_files, source_options);
+  // The held-out images are cached with the training images (one load of the encoders); rank 0 computes the
+  // validation loss over its own source of them.
+  const std::shared_ptr<data::DatasetPlan> validation_plan =
+      per_device ? build_validation(settings, *per_device, root) : nullptr;
   // The ranks of a machine fill its caches together, then all wait until every shard is there.
-  log::info(source.prepare(rank_info.local_rank, rank_info.local_world_size));
-  // Rank 0 computes the validation loss, over its own source of the held-out images.
-  std::shared_ptr<data::DatasetPlan> validation_plan;
+  log::info(source.prepare(rank_info.local_rank, rank_info.local_world_size, validation_plan.get()));
   std::unique_ptr<train::DatasetSource> validation;
-  if (root && per_device) validation_plan = build_validation(settings, *per_device);
-  if (validation_plan) {
+  if (root && validation_plan) {
     train::DatasetSourceOptions one = source_options;
     one.rank = 0;
     one.world_size = 1;
-    validation = std::make_unique<train::DatasetSource>(validation_plan, train::EncoderFiles{files.ae, files.clip_l, files.t5xxl}, one);
-    log::info("validation images: ", validation->prepare());
+    validation = std::make_unique<train::DatasetSource>(validation_plan, encoder_files, one);
   }
   if (parallel) parallel->wait_for_all("the cache filling (each rank fills its share)", 86400);
   if (cache_only) return 0;

@@ -29,10 +29,10 @@ int64_t DatasetSource::images_per_epoch() const {
   return plan_->train_samples() + plan_->reg_samples();
 }
 
-PreparedImage DatasetSource::prepared(const data::PlannedSample& sample) const {
-  const data::DatasetImage& image = plan_->images().at(static_cast<size_t>(sample.image));
+PreparedImage DatasetSource::prepared(const data::DatasetPlan& plan, const data::PlannedSample& sample) {
+  const data::DatasetImage& image = plan.images().at(static_cast<size_t>(sample.image));
   const auto& subset =
-      plan_->config().datasets.at(static_cast<size_t>(image.dataset)).subsets.at(static_cast<size_t>(image.subset));
+      plan.config().datasets.at(static_cast<size_t>(image.dataset)).subsets.at(static_cast<size_t>(image.subset));
   PreparedImage p;
   p.path = image.path.string();
   p.bucket_width = image.fit.bucket.width;
@@ -53,22 +53,26 @@ sample::TextEncoders& DatasetSource::encoders() {
   return *encoders_;
 }
 
-std::string DatasetSource::prepare(int shard, int shards) {
+std::string DatasetSource::prepare(int shard, int shards, const data::DatasetPlan* also) {
+  std::vector<const data::DatasetPlan*> plans = {plan_.get()};
+  if (also) plans.push_back(also);
   // Latents: every image at its centre crop, and mirrored too where flip_aug can pick that.
   std::vector<PreparedImage> images;
-  for (size_t i = 0; i < plan_->images().size(); ++i) {
-    const data::DatasetImage& image = plan_->images()[i];
-    if (image.num_repeats <= 0) continue;
-    const auto& subset =
-        plan_->config().datasets.at(static_cast<size_t>(image.dataset)).subsets.at(static_cast<size_t>(image.subset));
-    data::PlannedSample s;
-    s.image = static_cast<int>(i);
-    s.crop_left = image.fit.crop_left;
-    s.crop_top = image.fit.crop_top;
-    images.push_back(prepared(s));
-    if (subset.flip_aug) {
-      s.flipped = true;
-      images.push_back(prepared(s));
+  for (const data::DatasetPlan* plan : plans) {
+    for (size_t i = 0; i < plan->images().size(); ++i) {
+      const data::DatasetImage& image = plan->images()[i];
+      if (image.num_repeats <= 0) continue;
+      const auto& subset =
+          plan->config().datasets.at(static_cast<size_t>(image.dataset)).subsets.at(static_cast<size_t>(image.subset));
+      data::PlannedSample s;
+      s.image = static_cast<int>(i);
+      s.crop_left = image.fit.crop_left;
+      s.crop_top = image.fit.crop_top;
+      images.push_back(prepared(*plan, s));
+      if (subset.flip_aug) {
+        s.flipped = true;
+        images.push_back(prepared(*plan, s));
+      }
     }
   }
   auto mine = [&](auto& items) {
@@ -82,8 +86,10 @@ std::string DatasetSource::prepare(int shard, int shards) {
   // Text: the captions of the first epoch (all of them when nothing is random; the first epoch's draws
   // otherwise; later draws are encoded when they come).
   std::vector<std::string> captions;
-  for (const auto& batch : plan_->epoch(options_.seed, 0)) {
-    for (const auto& sample : batch.samples) captions.push_back(sample.caption);
+  for (const data::DatasetPlan* plan : plans) {
+    for (const auto& batch : plan->epoch(options_.seed, 0)) {
+      for (const auto& sample : batch.samples) captions.push_back(sample.caption);
+    }
   }
   if (shards > 1) {
     std::set<std::string> seen;

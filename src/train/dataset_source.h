@@ -42,8 +42,9 @@ class DatasetSource : public DataSource {
   // Fills the caches (what is not there yet) and frees the encoders that training will not need.
   // Returns a one-line report ("latents: 398 reused, 2 encoded; text: ..."). With shards > 1 only every
   // shards-th entry from `shard` on: the ranks of a machine fill the caches together, then meet at a
-  // barrier (the caller's) before training reads them.
-  std::string prepare(int shard = 0, int shards = 1);
+  // barrier (the caller's) before training reads them. `also`: another plan over the same files and caches
+  // (the validation images) whose entries are filled in the same pass, with the encoders loaded once.
+  std::string prepare(int shard = 0, int shards = 1, const data::DatasetPlan* also = nullptr);
 
   int64_t batches_per_epoch() const override;
   int64_t images_per_epoch() const override;
@@ -52,7 +53,8 @@ class DatasetSource : public DataSource {
   const data::DatasetPlan& plan() const { return *plan_; }
 
  private:
-  PreparedImage prepared(const data::PlannedSample& sample) const;
+  PreparedImage prepared(const data::PlannedSample& sample) const { return prepared(*plan_, sample); }
+  static PreparedImage prepared(const data::DatasetPlan& plan, const data::PlannedSample& sample);
   sample::TextEncoders& encoders();
 
   std::shared_ptr<const data::DatasetPlan> plan_;

@@ -13,8 +13,6 @@
 #include <functional>
 #include <limits>
 #include <cstdio>
-#include <fstream>
-#include <iterator>
 #include <map>
 
 #include "core/atomic_file.h"
@@ -36,12 +34,6 @@
 namespace fluxtrain::train {
 namespace fs = std::filesystem;
 namespace {
-
-std::string file_bytes(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("cannot read ", path.string());
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
 
 std::string numbered(const std::string& name, const char* what, int64_t n, int width) {
   char text[64];
@@ -442,6 +434,14 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
                           : std::string());
     }
   };
+  // The LoRA file of this step ({name}-step{N:08}), with the LoRA in inference mode.
+  auto save_step_file = [&] {
+    const std::string path = (config.output_dir / step_file_name(config.output_name, step)).string();
+    if (t.network) t.network->set_training(false);
+    save_model(path, step, false);
+    if (t.network) t.network->set_training(true);
+    if (root) result.files.push_back(path);
+  };
   auto prune_files = [&](const char* what) {
     if (config.keep_last_n <= 0 || !root) return;
     std::vector<fs::path> files;
@@ -492,7 +492,7 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     for (size_t i = 0; i < files.size(); ++i) {
       try {
         const data::ImageInfo info = data::probe_image(files[i]);
-        events->add_image_png("samples/" + std::to_string(i), file_bytes(files[i]), info.width, info.height, at,
+        events->add_image_png("samples/" + std::to_string(i), read_file_bytes(files[i].string()), info.width, info.height, at,
                              info.has_alpha ? 4 : 3);
       } catch (const Error& e) {
         log::warn("sample ", files[i].string(), " not added to the TensorBoard events: ", e.what());
@@ -657,16 +657,18 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     result.last_loss = r.loss;
 
     std::vector<std::pair<std::string, double>> values = {{"loss", r.loss}, {"lr", lr}, {"grad_norm", r.grad_norm}};
-    // The validation loss goes on the line of its step: every N steps or epochs, and with every LoRA file.
-    if (validating) {
-      const bool at_end = step == result.total_steps, epoch_end = step % steps_per_epoch == 0;
-      const int64_t epoch = step / steps_per_epoch;
-      const bool saves = at_end || (config.save_every_n_steps > 0 && step % config.save_every_n_steps == 0) ||
-                         (config.save_every_n_epochs > 0 && epoch_end && epoch % config.save_every_n_epochs == 0);
-      if (saves || (config.validate_every_n_steps > 0 && step % config.validate_every_n_steps == 0) ||
-          (config.validate_every_n_epochs > 0 && epoch_end && epoch % config.validate_every_n_epochs == 0))
-        values.emplace_back("validation_loss", validate(step));
-    }
+    // The LoRA files this step writes (the final one after the loop), and the validation loss, which goes on
+    // the line of its step: every N steps or epochs, and with every LoRA file.
+    const bool epoch_end = step % steps_per_epoch == 0;
+    const int64_t epoch = step / steps_per_epoch;
+    const bool step_file = step < result.total_steps && config.save_every_n_steps > 0 && step % config.save_every_n_steps == 0;
+    const bool epoch_file = step < result.total_steps && config.save_every_n_epochs > 0 && epoch_end &&
+                            epoch % config.save_every_n_epochs == 0;
+    if (validating &&
+        (step == result.total_steps || step_file || epoch_file ||
+         (config.validate_every_n_steps > 0 && step % config.validate_every_n_steps == 0) ||
+         (config.validate_every_n_epochs > 0 && epoch_end && epoch % config.validate_every_n_epochs == 0)))
+      values.emplace_back("validation_loss", validate(step));
     values.emplace_back("skipped", r.skipped ? 1 : 0);
     values.emplace_back("skipped_steps", static_cast<double>(result.skipped_steps));
     values.emplace_back("step_seconds", this_step);
@@ -704,20 +706,14 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
            "raise max_nonfinite_steps");
     }
 
-    const bool epoch_end = step % steps_per_epoch == 0;
-    const int64_t epoch = step / steps_per_epoch;
     bool saved = false, state_saved = false;
     if (step < result.total_steps) {
-      if (config.save_every_n_steps > 0 && step % config.save_every_n_steps == 0) {
-        std::string path = (config.output_dir / step_file_name(config.output_name, step)).string();
-        if (t.network) t.network->set_training(false);
-        save_model(path, step, false);
-        if (t.network) t.network->set_training(true);
-        if (root) result.files.push_back(path);
+      if (step_file) {
+        save_step_file();
         prune_files("step");
         saved = true;
       }
-      if (config.save_every_n_epochs > 0 && epoch_end && epoch % config.save_every_n_epochs == 0) {
+      if (epoch_file) {
         std::string path = (config.output_dir / numbered(config.output_name, "", epoch, 6)).string();
         save_model(path, step, false);
         if (root) result.files.push_back(path);
@@ -757,13 +753,7 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     // The page's "save now": this step's LoRA file and a state (unless this step already wrote them).
     if (save_asked && step < result.total_steps && !stopping) {
       save_asked = false;
-      if (!saved) {
-        std::string path = (config.output_dir / step_file_name(config.output_name, step)).string();
-        if (t.network) t.network->set_training(false);
-        save_model(path, step, false);
-        if (t.network) t.network->set_training(true);
-        if (root) result.files.push_back(path);
-      }
+      if (!saved) save_step_file();
       if (last_state_step != step) save_training_state(step);
       last_state = std::chrono::steady_clock::now();
       if (root) log::info("saved at step ", step, " as asked (the page's save now)");

@@ -34,8 +34,8 @@ ALLOWED = {
 # files (prompts.cpp reads kohya's TOML/JSON keys) and ComfyUI's graph format (comfyui.cpp).
 SCHEMA_KEYS = {
     "dataset_config.cpp": {"batch_size", "caption_extension", "num_repeats", "resolution", "default_caption",
-                           "validation_split"},
-    "dataset_cmd.cpp": {"batch_size", "caption_extension", "num_repeats", "default_caption"},
+                           "validation_split", "alpha_mask"},
+    "dataset_cmd.cpp": {"batch_size", "caption_extension", "num_repeats", "default_caption", "alpha_mask"},
     "train_cmd.cpp": {"caption_extension", "num_repeats"},
     "prompts.cpp": {"guidance_scale", "discrete_flow_shift"},
     # ComfyUI's node inputs (EmptySD3LatentImage's batch_size) in the graph a sample carries.

@@ -53,6 +53,7 @@ nlohmann::ordered_json subset_json(const data::SubsetConfig& s, const data::Subs
   j["random_crop"] = s.random_crop;
   j["is_reg"] = s.is_reg;
   j["alpha_mask"] = s.alpha_mask;
+  if (!s.conditioning_data_dir.empty()) j["conditioning_data_dir"] = s.conditioning_data_dir.string();
   j["image_count"] = stats.images;
   j["missing_captions"] = stats.missing_captions;
   j["skipped"] = stats.skipped;
@@ -115,6 +116,7 @@ nlohmann::ordered_json plan_json(const data::DatasetPlan& plan, const DatasetCom
                       {"caption_from_file", image.caption_from_file},
                       {"num_repeats", image.num_repeats},
                       {"is_reg", image.is_reg}});
+    if (!image.mask.empty()) images.back()["mask"] = image.mask.string();
   }
   out["images"] = images;
   nlohmann::ordered_json skipped = nlohmann::ordered_json::array();

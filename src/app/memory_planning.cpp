@@ -57,9 +57,13 @@ models::FluxConfig planned_model_config(const TrainSettings& settings, std::stri
 
 std::pair<int64_t, int64_t> planned_resolution(const TrainSettings& settings, const data::DatasetGroupConfig* group) {
   int64_t w = 1024, h = 1024;
-  if (settings.dataset_fallbacks.resolution) {
-    w = settings.dataset_fallbacks.resolution->width;
-    h = settings.dataset_fallbacks.resolution->height;
+  // Several sizes (multi-resolution): the largest, whose batches need the most memory.
+  if (!settings.dataset_fallbacks.resolutions.empty()) w = h = 0;
+  for (const data::Resolution& r : settings.dataset_fallbacks.resolutions) {
+    if (int64_t{r.width} * r.height > w * h) {
+      w = r.width;
+      h = r.height;
+    }
   }
   if (group != nullptr && !group->datasets.empty()) {
     w = h = 0;

@@ -80,7 +80,7 @@ const OptionTable& dataset_command_options() {
               })
               .allowed("N or WxH (e.g. 1024 or 1280x768), 64 to 16384")
               .set([](S& s, const std::string& v, const ResolvedOption& given) {
-                s.fallbacks.resolution = parse_resolution(v);
+                s.fallbacks.resolutions = {*parse_resolution(v)};
                 s.fallbacks.resolution_origin = given.origin;
               }),
           Opt<S>("default_caption", kString, "dataset", "",
@@ -89,6 +89,13 @@ const OptionTable& dataset_command_options() {
               .set([](S& s, const std::string& v, const ResolvedOption& given) {
                 s.fallbacks.default_caption = v;
                 s.fallbacks.default_caption_origin = given.origin;
+              }),
+          Opt<S>("masked_loss", kBool, "dataset", "false",
+                 "Plan as train's masked_loss does: the alpha is the mask where the config sets no alpha_mask, and "
+                 "subsets may name conditioning_data_dir (mask pictures).")
+              .set([](S& s, const bool& v, const ResolvedOption& given) {
+                s.fallbacks.masked_loss = v;
+                s.fallbacks.masked_loss_origin = given.origin;
               }),
           Opt<S>("epoch", kInt, "dataset", "", "Also print the batches of this epoch (1-based).")
               .min(0)

@@ -301,7 +301,6 @@ train::TrainerConfig trainer_config(const ResolvedConfig& config, const std::map
       {"ss_num_train_images", std::to_string(plan.train_samples())},
       {"ss_num_reg_images", std::to_string(plan.reg_samples())},
       {"ss_num_batches_per_epoch", std::to_string(plan.steps_per_epoch())},
-      {"ss_model_prediction_type", "raw"},
       {"ss_mixed_precision", c10::toString(t.compute_dtype)},
       {"ss_sd_model_name", fs::path(files.model).filename().string()},
       {"ss_vae_name", fs::path(files.ae).filename().string()},

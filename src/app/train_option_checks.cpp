@@ -112,10 +112,21 @@ std::vector<std::string> validate_train_config(const ResolvedConfig& config, boo
   if (config.changed("lr_scheduler_power") && scheduler != "polynomial")
     warnings.push_back(cat(d("lr_scheduler_power"), " has no effect with ", d("lr_scheduler"), " (polynomial only)"));
   const std::string sampling = config.get_string("timestep_sampling");
-  if (config.changed("discrete_flow_shift") && sampling != "shift")
-    warnings.push_back(cat(d("discrete_flow_shift"), " has no effect with ", d("timestep_sampling"), " (shift only)"));
-  if (config.changed("sigmoid_scale") && sampling == "uniform")
+  if (config.changed("discrete_flow_shift") && sampling != "shift" && sampling != "sigma")
+    warnings.push_back(
+        cat(d("discrete_flow_shift"), " has no effect with ", d("timestep_sampling"), " (shift and sigma only)"));
+  if (config.changed("sigmoid_scale") && (sampling == "uniform" || sampling == "sigma"))
     warnings.push_back(cat(d("sigmoid_scale"), " has no effect with ", d("timestep_sampling")));
+  const std::string weighting = config.get_string("weighting_scheme");
+  if ((weighting == "logit_normal" || weighting == "mode") && sampling != "sigma")
+    warnings.push_back(cat(d("weighting_scheme"), " shapes only the draw of timestep_sampling sigma, but ",
+                           d("timestep_sampling"), "; set timestep_sampling=sigma (PARAMS_TIMESTEP_SAMPLING=sigma)"));
+  for (const char* key : {"logit_mean", "logit_std"}) {
+    if (config.changed(key) && weighting != "logit_normal")
+      warnings.push_back(cat(d(key), " has no effect with ", d("weighting_scheme"), " (logit_normal only)"));
+  }
+  if (config.changed("mode_scale") && weighting != "mode")
+    warnings.push_back(cat(d("mode_scale"), " has no effect with ", d("weighting_scheme"), " (mode only)"));
   const std::string loss = config.get_string("loss_type");
   if (config.changed("huber_c") && loss != "huber" && loss != "smooth_l1")
     warnings.push_back(cat(d("huber_c"), " has no effect with ", d("loss_type"), " (huber and smooth_l1 only)"));

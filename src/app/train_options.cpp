@@ -9,6 +9,7 @@
 
 #include "app/option_builder.h"
 #include "core/error.h"
+#include "data/resolutions.h"
 #include "optim/args.h"
 #include "optim/schedule.h"
 
@@ -68,15 +69,9 @@ RuleResult prodigy_only(const Values& v, const std::string& key) {
 }
 
 std::string check_resolution(const OptionValue& v) {
-  const auto& items = std::get<std::vector<std::string>>(v);
-  if (items.size() > 2) return "more than two sizes";
-  for (const auto& item : items) {
-    int64_t n = 0;
-    auto [end, ec] = std::from_chars(item.data(), item.data() + item.size(), n);
-    if (ec != std::errc() || end != item.data() + item.size()) return cat("'", item, "' is not an integer");
-    if (n < 64 || n > 8192) return cat(n, " is out of range");
-  }
-  return "";
+  std::string problem;
+  data::parse_resolution_items(std::get<std::vector<std::string>>(v), 64, 8192, problem);
+  return problem;
 }
 
 std::string check_batch_size(const OptionValue& v) {
@@ -185,13 +180,15 @@ std::vector<OptionSpec> train_specs() {
           .path(PathCheck::file)
           .to(&S::dataset_config),
       Opt<S>("resolution", kList, "dataset", "",
-             "Training resolution, one size or width,height, for a dataset without a config (and overriding it); "
-             "unset: 1024.")
+             "Training resolution, one size or width,height, for a dataset without a config (and where a config "
+             "sets none); several sizes (\"512,768,1024\" or \"512x512,1280x768\") train the same images at each "
+             "(multi-resolution). Unset: 1024.")
           .check(check_resolution)
-          .allowed("one or two integers in [64, 8192] (\"1024\" or \"1280,768\")")
+          .allowed("sides in [64, 8192]: \"1024\", \"1280,768\" (width,height), \"512,768,1024\" or "
+                   "\"512x512,1280x768\" (several sizes)")
           .set([](S& s, const std::vector<std::string>& r, const std::string& described) {
-            const int w = std::stoi(r.at(0)), h = r.size() > 1 ? std::stoi(r[1]) : w;
-            s.dataset_fallbacks.resolution = data::Resolution{w, h};
+            std::string problem;
+            s.dataset_fallbacks.resolutions = data::parse_resolution_items(r, 64, 8192, problem);
             s.dataset_fallbacks.resolution_origin = described;
           }),
       Opt<S>("train_batch_size", kString, "dataset", "",
@@ -229,6 +226,21 @@ std::vector<OptionSpec> train_specs() {
           .set([](S& s, const int64_t& v, const std::string& described) {
             s.dataset_fallbacks.num_repeats = static_cast<int>(v);
             s.dataset_fallbacks.num_repeats_origin = described;
+          }),
+      Opt<S>("alpha_mask", kBool, "dataset", "",
+             "The images' alpha is their loss mask, for every subset whose dataset config sets no alpha_mask (kohya's "
+             "--alpha_mask); unset: true with masked_loss, else false.")
+          .set([](S& s, const bool& v, const std::string& described) {
+            s.dataset_fallbacks.alpha_mask = v;
+            s.dataset_fallbacks.alpha_mask_origin = described;
+          }),
+      Opt<S>("masked_loss", kBool, "dataset", "false",
+             "Weight the loss by a mask: the images' alpha (alpha_mask, the default here) or kohya's mask pictures "
+             "(a subset's conditioning_data_dir, red channel); masked-out pixels teach nothing.")
+          .metadata("ss_masked_loss")
+          .set([](S& s, const bool& v, const std::string& described) {
+            s.dataset_fallbacks.masked_loss = v;
+            s.dataset_fallbacks.masked_loss_origin = described;
           }),
 
       // --- output, saving, resume
@@ -500,11 +512,31 @@ std::vector<OptionSpec> train_specs() {
           .metadata("ss_sigmoid_scale")
           .to(&S::training, &T::step, &Step::objective, &Obj::sigmoid_scale),
       Opt<S>("discrete_flow_shift", kReal, "objective", "3.1582",
-             "The shift s of timestep_sampling shift (3.1582 is Flux's at 1024x1024).")
+             "The shift s of timestep_sampling shift and sigma (3.1582 is Flux's at 1024x1024).")
           .seed_default("train-flux.sh: --discrete_flow_shift 3.1582", "3.0")
           .min(0, true)
           .metadata("ss_discrete_flow_shift")
           .to(&S::training, &T::step, &Step::objective, &Obj::discrete_flow_shift),
+      Opt<S>("weighting_scheme", kChoice, "objective", "none",
+             "SD3's weighting scheme: logit_normal and mode shape timestep_sampling sigma's draw; sigma_sqrt and cosmap "
+             "weight each sample's loss (with every model_prediction_type).")
+          .choices_of<train::WeightingScheme>()
+          .choice_alias("uniform", "none")
+          .to(&S::training, &T::step, &Step::objective, &Obj::weighting),
+      Opt<S>("logit_mean", kReal, "objective", "0.0", "Mean of weighting_scheme logit_normal's normal draw.")
+          .to(&S::training, &T::step, &Step::objective, &Obj::logit_mean),
+      Opt<S>("logit_std", kReal, "objective", "1.0", "Deviation of weighting_scheme logit_normal's normal draw.")
+          .min(0, true)
+          .to(&S::training, &T::step, &Step::objective, &Obj::logit_std),
+      Opt<S>("mode_scale", kReal, "objective", "1.29", "Scale of weighting_scheme mode.")
+          .to(&S::training, &T::step, &Step::objective, &Obj::mode_scale),
+      Opt<S>("model_prediction_type", kChoice, "objective", "raw",
+             "How the model output is compared with the velocity target: raw as it is, additive plus the noisy "
+             "input, sigma_scaled the noisy input minus sigma times it (kohya's definitions). raw is what Flux "
+             "predicts; kohya's Flux default sigma_scaled compares an x0 estimate with the velocity target.")
+          .choices_of<train::PredictionType>()
+          .metadata("ss_model_prediction_type")
+          .to(&S::training, &T::step, &Step::objective, &Obj::prediction),
       Opt<S>("guidance_scale", kReal, "objective", "1.0", "The guidance value the dev model gets while training.")
           .seed_default("train-flux.sh: --guidance_scale 1.0", "3.5")
           .min(0)

@@ -12,6 +12,7 @@
 #include "core/strings.h"
 #include "data/captions.h"
 #include "data/label_files.h"
+#include "data/mask_images.h"
 #include "data/rng.h"
 
 namespace fluxtrain::data {
@@ -170,7 +171,7 @@ DatasetPlan DatasetPlan::build(DatasetGroupConfig config, const ScanOptions& opt
       const SubsetConfig& subset = dataset.subsets[s];
       SubsetStats& stats = plan.stats_[d][s];
       folders.push_back(subset.image_dir.string());
-      std::vector<std::string> missing, multiline, other_extension, labels;
+      std::vector<std::string> missing, multiline, other_extension, labels, no_mask, mask_size;
       const FolderListing listing = list_folder(subset.image_dir, subset.recursive, subset.caption_extension);
       const std::vector<std::filesystem::path> held_out = held_out_images(listing.images, subset, options.seed);
       std::vector<std::filesystem::path> files;
@@ -239,8 +240,27 @@ DatasetPlan DatasetPlan::build(DatasetGroupConfig config, const ScanOptions& opt
             }
           }
         }
+        if (!subset.conditioning_data_dir.empty()) {
+          image.mask = find_mask_image(subset.conditioning_data_dir, subset.image_dir, path);
+          if (image.mask.empty()) {
+            no_mask.push_back(shown(path));
+          } else if (const Resolution m = options.probe(image.mask); m != image.size) {
+            mask_size.push_back(cat(shown(path), " ", to_string(image.size), ", its mask ", to_string(m)));
+          }
+        }
         plan.images_.push_back(std::move(image));
         ++stats.images;
+      }
+      if (!no_mask.empty() || !mask_size.empty()) {
+        const bool absent = !no_mask.empty();
+        const std::vector<std::string>& list = absent ? no_mask : mask_size;
+        std::string shown_list;
+        for (size_t i = 0; i < list.size() && i < 3; ++i) shown_list += (i ? ", " : "") + list[i];
+        fail(subset.image_dir.string(), ": ", list.size(), " images ",
+             absent ? "have no mask picture in " : "have a mask picture of another size in ",
+             subset.conditioning_data_dir.string(), " (conditioning_data_dir), e.g. ", shown_list,
+             absent ? "; masked_loss needs one per image, with the image's name (any image extension)"
+                    : "; a mask picture must have its image's size");
       }
       stats.missing_captions = static_cast<int>(missing.size());
       stats.label_files = static_cast<int>(labels.size());

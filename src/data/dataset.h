@@ -60,6 +60,7 @@ struct DatasetImage {
   std::filesystem::path label_file;
   int num_repeats = 1;  // per epoch, after kohya's balancing of regularisation images (0: unused)
   bool is_reg = false;
+  std::filesystem::path mask;  // its mask picture (the subset's conditioning_data_dir), or empty
 };
 
 struct SkippedImage {

@@ -15,6 +15,7 @@
 #include "core/log.h"
 #include "core/strings.h"
 #include "data/label_files.h"
+#include "data/resolutions.h"
 
 namespace fluxtrain::data {
 
@@ -23,6 +24,8 @@ using nlohmann::json;
 namespace {
 
 enum class Type { integer, number, boolean, string, resolution };
+// The sides a config resolution may have.
+constexpr int kMinSide = 64, kMaxSide = 16384;
 enum Level : unsigned { kGeneral = 1, kDataset = 2, kSubset = 4 };
 constexpr unsigned kDatasetKey = kGeneral | kDataset;
 constexpr unsigned kSubsetKey = kGeneral | kDataset | kSubset;
@@ -65,6 +68,7 @@ constexpr KeySpec kKeys[] = {
     {"image_dir", Type::string, kSubset},
     {"is_reg", Type::boolean, kSubset},
     {"alpha_mask", Type::boolean, kSubset},
+    {"conditioning_data_dir", Type::string, kSubset},
 };
 
 // kohya keys fluxtrain does not implement. `noop` is the JSON of the one value that changes nothing (it is
@@ -88,7 +92,6 @@ constexpr UnsupportedKey kUnsupported[] = {
     {"network_multiplier", kDatasetKey, "1", "per-dataset network multipliers are not implemented"},
     {"metadata_file", kSubset, nullptr,
      "fine-tuning datasets (metadata JSON) are not supported: use image_dir with caption files"},
-    {"conditioning_data_dir", kSubset, nullptr, "ControlNet datasets are not supported"},
 };
 
 const KeySpec* find_key(const std::string& name) {
@@ -139,7 +142,8 @@ const char* expected_name(Type t) {
     case Type::number: return "a number (e.g. 0.1)";
     case Type::boolean: return "true or false (without quotes)";
     case Type::string: return "a string (in quotes)";
-    case Type::resolution: return "an integer or [width, height] (e.g. 1024 or [1280, 768])";
+    case Type::resolution:
+      return "an integer, [width, height], or a list of sizes (e.g. 1024, [1280, 768] or [512, 768, 1024])";
   }
   return "?";
 }
@@ -201,9 +205,11 @@ class Resolver {
                                      ? json("auto")
                                      : json(*options.fallbacks.batch_size);
     }
-    if (options.fallbacks.resolution) {
-      fallbacks_["resolution"] = {options.fallbacks.resolution->width, options.fallbacks.resolution->height};
-    }
+    if (!options.fallbacks.resolutions.empty()) fallbacks_["resolution"] = resolutions_json(options.fallbacks.resolutions);
+    // masked_loss without alpha_mask given: the images' alpha is the mask where nothing else is (PARAMS_MASKED_LOSS
+    // on a folder of RGBA pictures masks by their alpha).
+    if (options.fallbacks.alpha_mask || options.fallbacks.masked_loss)
+      fallbacks_["alpha_mask"] = options.fallbacks.alpha_mask.value_or(true);
     if (options.fallbacks.default_caption) fallbacks_["default_caption"] = *options.fallbacks.default_caption;
     if (options.fallbacks.caption_extension) fallbacks_["caption_extension"] = *options.fallbacks.caption_extension;
     if (options.fallbacks.num_repeats) fallbacks_["num_repeats"] = *options.fallbacks.num_repeats;
@@ -231,7 +237,9 @@ class Resolver {
   void take(const std::vector<Layer>& layers, const char* key, T& out, std::map<std::string, std::string>& origin,
             const std::string& where) const;
 
-  DatasetConfig resolve_dataset(const json& general, const json& dataset, int index);
+  // `size`: the one size of a multi-resolution dataset this copy trains at (`sizes` of them).
+  DatasetConfig resolve_dataset(const json& general, const json& dataset, int index, const Resolution* size = nullptr,
+                                size_t sizes = 1);
   void add_subsets(DatasetConfig& out, const std::vector<Layer>& layers, const std::string& where, bool from_folder);
 
   std::string source_;
@@ -265,20 +273,14 @@ void Resolver::check_value(const KeySpec& key, const json& v, const std::string&
     case Type::string:
       if (!v.is_string()) bad_type();
       break;
-    case Type::resolution:
-      if (v.is_number_integer()) {
-        if (!is_int32(v) || v.get<int64_t>() < 64 || v.get<int64_t>() > 16384) out_of_range("64 to 16384 pixels");
-      } else if (v.is_array()) {
-        if (v.size() != 2 || !v[0].is_number_integer() || !v[1].is_number_integer()) bad_type();
-        for (const json& side : v) {
-          if (!is_int32(side) || side.get<int64_t>() < 64 || side.get<int64_t>() > 16384) {
-            out_of_range("64 to 16384 pixels per side");
-          }
-        }
-      } else {
-        bad_type();
+    case Type::resolution: {
+      std::string problem;
+      if (parse_resolutions(v, kMinSide, kMaxSide, problem).empty()) {
+        if (problem.find("out of range") == std::string::npos) bad_type();
+        out_of_range(cat(kMinSide, " to ", kMaxSide, " pixels per side"));
       }
       break;
+    }
   }
   auto at_least = [&](int64_t min) {
     if (v.get<int64_t>() < min) out_of_range(cat(min, " or more"));
@@ -292,12 +294,14 @@ void Resolver::check_value(const KeySpec& key, const json& v, const std::string&
     if (!(x >= 0.0 && x <= 1.0)) out_of_range(name == "validation_split" ? "a fraction from 0 to 1" : "a rate from 0 to 1");
   } else if (name == "validation_seed") {
     at_least(0);
-  } else if (name == "caption_separator" || name == "caption_extension" || name == "image_dir") {
+  } else if (name == "caption_separator" || name == "caption_extension" || name == "image_dir" ||
+             name == "conditioning_data_dir") {
     if (v.get<std::string>().empty()) {
       error(where, ": '", key.name, "' is empty; expected ",
             name == "caption_separator"   ? "a separator such as \",\""
             : name == "caption_extension" ? "an extension such as \".txt\""
-                                          : "the folder that holds the images");
+            : name == "image_dir"         ? "the folder that holds the images"
+                                          : "the folder that holds the mask pictures");
     }
   }
 }
@@ -350,8 +354,11 @@ const json* Resolver::lookup(const std::vector<Layer>& layers, const char* key, 
   return nullptr;
 }
 
+// A checked value of one size (a list of one size included).
 Resolution as_resolution(const json& v) {
-  return v.is_array() ? Resolution{v[0].get<int>(), v[1].get<int>()} : Resolution{v.get<int>(), v.get<int>()};
+  std::string problem;
+  const std::vector<Resolution> sizes = parse_resolutions(v, kMinSide, kMaxSide, problem);
+  return sizes.empty() ? Resolution{} : sizes.front();
 }
 
 template <typename T>
@@ -367,6 +374,7 @@ void Resolver::take(const std::vector<Layer>& layers, const char* key, T& out,
                                      : name == "caption_extension" ? f.caption_extension_origin
                                      : name == "num_repeats"       ? f.num_repeats_origin
                                      : name == "validation_split"  ? f.validation_split_origin
+                                     : name == "alpha_mask"        ? (f.alpha_mask ? f.alpha_mask_origin : f.masked_loss_origin)
                                                                    : f.default_caption_origin;
   origin[key] = from == "fallback" ? fallback_name : from;
   if (v == nullptr) return;
@@ -383,7 +391,10 @@ void Resolver::take(const std::vector<Layer>& layers, const char* key, T& out,
   if (fb == fallbacks_.end() || from == "fallback" || from == "folder default" ||
       (folder_defaults_ != nullptr && from == "subset"))
     return;
-  const bool differs = is_resolution ? as_resolution(*fb) != as_resolution(*v) : *fb != *v;
+  std::string ignored;
+  const bool differs = is_resolution ? parse_resolutions(*fb, kMinSide, kMaxSide, ignored) !=
+                                           parse_resolutions(*v, kMinSide, kMaxSide, ignored)
+                                     : *fb != *v;
   if (differs) {
     log::warn("dataset config ", source_, ": ", where, ": ", fallback_name, " (", fb->dump(),
               ") is not used: the config sets ", key, " = ", v->dump(), " at its ", from, " level",
@@ -530,6 +541,22 @@ void Resolver::add_subsets(DatasetConfig& out, const std::vector<Layer>& layers,
     error(where, ": image_dir \"", image_dir, "\" is not a folder", hint.empty() ? ": check the path" : hint);
   }
   s.image_dir = dir;
+  std::string masks;
+  take(layers, "conditioning_data_dir", masks, o, where);
+  if (!masks.empty()) {
+    if (!options_.fallbacks.masked_loss) {
+      error(where, ": conditioning_data_dir gives the mask pictures of masked_loss, which is off (",
+            options_.fallbacks.masked_loss_origin,
+            "): set masked_loss=true (PARAMS_MASKED_LOSS=true), or remove conditioning_data_dir (ControlNet "
+            "training is not supported)");
+    }
+    std::filesystem::path m(masks);
+    if (m.is_relative() && !options_.base_dir.empty()) m = options_.base_dir / m;
+    if (!std::filesystem::is_directory(m, ec))
+      error(where, ": conditioning_data_dir \"", masks, "\" is not a folder: it holds masked_loss's mask pictures, ",
+            "one per image with the image's name");
+    s.conditioning_data_dir = m;
+  }
 
   if (s.num_repeats == 0) {
     log::warn("dataset config ", source_, ": ", where, ": num_repeats = 0, so ", dir.string(),
@@ -550,6 +577,7 @@ void Resolver::add_subsets(DatasetConfig& out, const std::vector<Layer>& layers,
       for (const RepeatFolder& f : folders) {
         SubsetConfig sub = s;
         sub.image_dir = f.path;
+        if (!s.conditioning_data_dir.empty()) sub.conditioning_data_dir = s.conditioning_data_dir / f.path.filename();
         if (o["num_repeats"] != "subset") {
           if (options_.fallbacks.num_repeats && o["num_repeats"] == options_.fallbacks.num_repeats_origin)
             warn_repeats_fallback_unused(options_.fallbacks, f.path, f.repeats);
@@ -584,7 +612,8 @@ void Resolver::add_subsets(DatasetConfig& out, const std::vector<Layer>& layers,
   out.subsets.push_back(std::move(s));
 }
 
-DatasetConfig Resolver::resolve_dataset(const json& general, const json& dataset, int index) {
+DatasetConfig Resolver::resolve_dataset(const json& general, const json& dataset, int index, const Resolution* size,
+                                        size_t sizes) {
   const std::string where = level_where(index, -1);
   const std::string general_origin = folder_defaults_ != nullptr ? "folder" : "general";
   std::vector<Layer> layers = {{&dataset, "dataset"},
@@ -595,7 +624,15 @@ DatasetConfig Resolver::resolve_dataset(const json& general, const json& dataset
   auto& o = d.origin;
   BucketSettings& b = d.buckets;
   take(layers, "batch_size", d.batch_size, o, where);
-  take(layers, "resolution", b.resolution, o, where);
+  if (size == nullptr) {
+    take(layers, "resolution", b.resolution, o, where);
+  } else {
+    std::string from;
+    lookup(layers, "resolution", from);
+    b.resolution = *size;
+    o["resolution"] = cat(from == "fallback" ? options_.fallbacks.resolution_origin : from, ", size ",
+                          to_string(*size), " of ", sizes);
+  }
   take(layers, "enable_bucket", b.enable_bucket, o, where);
   take(layers, "min_bucket_reso", b.min_bucket_reso, o, where);
   take(layers, "max_bucket_reso", b.max_bucket_reso, o, where);
@@ -699,8 +736,26 @@ DatasetGroupConfig Resolver::resolve(const json& doc) {
   }
   DatasetGroupConfig out;
   out.source = source_;
-  for (size_t i = 0; i < datasets.size(); ++i)
-    out.datasets.push_back(resolve_dataset(general, datasets[i], static_cast<int>(i)));
+  for (size_t i = 0; i < datasets.size(); ++i) {
+    // Multi-resolution: one dataset per size, each with its own buckets (the images, captions and repeats the
+    // same; the latent caches are keyed by the bucket).
+    const std::vector<Layer> layers = {{&datasets[i], "dataset"},
+                                       {&general, folder_defaults_ != nullptr ? "folder" : "general"},
+                                       {&fallbacks_, "fallback"},
+                                       {folder_defaults_, "folder default"}};
+    std::string from, problem;
+    const json* resolution = lookup(layers, "resolution", from);
+    const std::vector<Resolution> sizes =
+        resolution != nullptr ? parse_resolutions(*resolution, kMinSide, kMaxSide, problem) : std::vector<Resolution>{};
+    if (sizes.size() <= 1) {
+      out.datasets.push_back(resolve_dataset(general, datasets[i], static_cast<int>(i)));
+      continue;
+    }
+    log::info("dataset config ", source_, ": ", level_where(static_cast<int>(i), -1), " trains at ", sizes.size(),
+              " resolutions (", resolutions_text(sizes), "), each with its own buckets");
+    for (const Resolution& size : sizes)
+      out.datasets.push_back(resolve_dataset(general, datasets[i], static_cast<int>(i), &size, sizes.size()));
+  }
   return out;
 }
 
@@ -750,10 +805,7 @@ DatasetGroupConfig folder_dataset_config(const std::filesystem::path& dir, const
   // A smaller resolution given as a fallback (--resolution, PARAMS_RESOLUTION) lowers the bucket floor with
   // it, so a small training resolution works on a bare folder too.
   int min_bucket = 256;
-  if (options.fallbacks.resolution) {
-    min_bucket =
-        std::min(min_bucket, std::min(options.fallbacks.resolution->width, options.fallbacks.resolution->height));
-  }
+  for (const Resolution& r : options.fallbacks.resolutions) min_bucket = std::min({min_bucket, r.width, r.height});
   const json defaults = {{"resolution", 1024},      {"enable_bucket", true},   {"min_bucket_reso", min_bucket},
                          {"max_bucket_reso", 2048}, {"bucket_reso_steps", 64}, {"caption_extension", ".txt"},
                          {"recursive", true}};

@@ -3,7 +3,8 @@
 // default of the inner ones (subset > dataset > general > command-line fallbacks > built-in defaults).
 //
 // Keys and where they may appear (as kohya's ConfigSanitizer allows them):
-//   dataset keys (general, dataset):  batch_size resolution enable_bucket min_bucket_reso max_bucket_reso
+//   dataset keys (general, dataset):  batch_size resolution (one size, or several: one dataset per size,
+//                                     data/resolutions.h) enable_bucket min_bucket_reso max_bucket_reso
 //                                     bucket_reso_steps bucket_no_upscale
 //   subset keys (general, dataset, subset): num_repeats caption_extension class_tokens shuffle_caption
 //        caption_separator keep_tokens keep_tokens_separator secondary_separator caption_prefix
@@ -11,7 +12,7 @@
 //        flip_aug random_crop
 //        validation_split validation_seed (kohya's held-out images, see docs/training.md "Validation")
 //        default_caption recursive (fluxtrain's, not kohya's: see docs/data.md)
-//   subset only: image_dir (required) is_reg alpha_mask
+//   subset only: image_dir (required) is_reg alpha_mask conditioning_data_dir (masked_loss's mask pictures)
 // Every other key is an error naming the key, the file, the level and the closest valid key; kohya keys
 // that fluxtrain does not implement (color_aug, enable_wildcard, token_warmup_*, ...) are accepted only at
 // their no-op value. See docs/data.md.
@@ -45,6 +46,9 @@ struct SubsetConfig {
   bool random_crop = false;
   bool is_reg = false;
   bool alpha_mask = false;
+  // masked_loss's mask pictures (kohya's conditioning_data_dir, data/mask_images.h); empty: none. They win over
+  // alpha_mask.
+  std::filesystem::path conditioning_data_dir;
   // The fraction of the subset's images held out of training for the validation loss (0: none, 1: the
   // whole subset is a validation set), chosen by validation_seed (-1: the run's seed).
   double validation_split = 0;
@@ -75,7 +79,8 @@ struct DatasetGroupConfig {
 struct ConfigFallbacks {
   std::optional<int> batch_size;  // kAutoBatchSize: "auto"
   std::string batch_size_origin = "--batch-size";
-  std::optional<Resolution> resolution;
+  // One size, or several (multi-resolution: one dataset per size, data/resolutions.h); empty: unset.
+  std::vector<Resolution> resolutions;
   std::string resolution_origin = "--resolution";
   std::optional<std::string> default_caption;
   std::string default_caption_origin = "--default-caption";
@@ -89,6 +94,12 @@ struct ConfigFallbacks {
   // PARAMS_VALIDATION_SPLIT: for the subsets whose config sets none (kohya's --validation_split).
   std::optional<double> validation_split;
   std::string validation_split_origin = "--validation-split";
+  // kohya's --alpha_mask and --masked_loss: masked_loss allows conditioning_data_dir (mask pictures) and, where
+  // alpha_mask is not given, makes the alpha the mask of subsets that set none.
+  std::optional<bool> alpha_mask;
+  std::string alpha_mask_origin = "--alpha-mask";
+  bool masked_loss = false;
+  std::string masked_loss_origin = "--masked-loss";
 };
 
 struct ConfigOptions {

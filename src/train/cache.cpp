@@ -131,7 +131,15 @@ PreparedPixels prepare_pixels(const PreparedImage& p) {
   at::Tensor chw = hwc.permute({2, 0, 1}).to(at::kFloat);
   PreparedPixels out;
   out.pixels = (chw.slice(0, 0, 3) / 127.5 - 1.0).contiguous();
-  if (p.alpha_mask) out.alpha = (chw[3] / 255.0).contiguous();
+  if (!p.mask_path.empty()) {
+    // A mask picture (conditioning_data_dir, the image's size) takes the image's crop; its red channel is the
+    // mask, as kohya reads it.
+    data::Image mask = data::bucket_pixels(p.mask_path, crop, p.flip, false);
+    at::Tensor m = at::from_blob(mask.pixels.data(), {mask.height, mask.width, mask.channels}, at::kByte);
+    out.alpha = (m.select(2, 0).to(at::kFloat) / 255.0).contiguous();
+  } else if (p.alpha_mask) {
+    out.alpha = (chw[3] / 255.0).contiguous();
+  }
   return out;
 }
 
@@ -147,7 +155,8 @@ std::string LatentCache::content_hash(const std::string& path) const {
 fs::path LatentCache::entry(const PreparedImage& p) const {
   std::string key = cat("latents v", kLatentFormat, "|", content_hash(p.path), "|", ae_identity_, "|", p.bucket_width,
                         "x", p.bucket_height, "|", p.resize_width, "x", p.resize_height, "|", p.crop_left, ",",
-                        p.crop_top, "|", p.flip, "|", p.alpha_mask);
+                        p.crop_top, "|", p.flip, "|", p.alpha_mask,
+                        p.mask_path.empty() ? std::string() : "|mask " + content_hash(p.mask_path));
   return dir_ / "latents" / (sha256_hex(key) + ".safetensors");
 }
 
@@ -159,7 +168,7 @@ CacheStats LatentCache::ensure(const std::vector<PreparedImage>& images, const s
   for (const PreparedImage& p : images) {
     const int64_t h = p.bucket_height / 8, w = p.bucket_width / 8;
     EntryLayout layout = {{"latents", {-1, h, w}}};
-    if (p.alpha_mask) layout.push_back({"mask", {h, w}});
+    if (p.has_mask()) layout.push_back({"mask", {h, w}});
     if (valid_entry(entry(p), layout, stats)) {
       ++stats.reused;
     } else {
@@ -189,7 +198,7 @@ CacheStats LatentCache::ensure(const std::vector<PreparedImage>& images, const s
         const PreparedImage& p = *list[i];
         std::vector<std::pair<std::string, at::Tensor>> tensors = {
             {"latents", latents[static_cast<int64_t>(i - start)].contiguous()}};
-        if (p.alpha_mask) {
+        if (p.has_mask()) {
           // The loss weight per latent pixel: the alpha averaged over its 8x8 patch.
           at::Tensor a = alphas[i - start].unsqueeze(0).unsqueeze(0);
           tensors.emplace_back("mask", at::avg_pool2d(a, {8, 8}).squeeze(0).squeeze(0).contiguous());
@@ -210,7 +219,7 @@ std::pair<at::Tensor, at::Tensor> LatentCache::load(const PreparedImage& p) cons
          " is missing or unreadable; run `fluxtrain cache` or the "
          "training again to recompute it");
   }
-  return {tensors["latents"], p.alpha_mask ? tensors["mask"] : at::Tensor()};
+  return {tensors["latents"], p.has_mask() ? tensors["mask"] : at::Tensor()};
 }
 
 TextCache::TextCache(fs::path cache_dir, std::string encoders_identity, sample::TextEncoderOptions options)

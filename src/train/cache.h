@@ -1,7 +1,8 @@
 // Disk caches of what the frozen encoders make of the dataset (spec/training.md, DESIGN "Caches"):
 //   latents/<key>.safetensors  AE latents of one prepared image ("latents" [16, h/8, w/8], fp32; "mask"
-//                              [h/8, w/8] with alpha_mask), key = sha256(image bytes, AE identity,
-//                              bucket, resize, crop, flip, alpha_mask, format version)
+//                              [h/8, w/8] with alpha_mask or a mask picture), key = sha256(image bytes, AE
+//                              identity, bucket, resize, crop, flip, alpha_mask, the mask picture's bytes,
+//                              format version)
 //   text/<key>.safetensors     "t5" [L, 4096], "t5_mask" [L], "clip_pooled" [768] of one caption, key =
 //                              sha256(caption, CLIP and T5 identities, T5 length and mask setting)
 // A model's identity is the SHA-256 of its file(s), remembered in hashes.json by path, size and mtime,
@@ -32,12 +33,15 @@ struct PreparedImage {
   int crop_left = 0, crop_top = 0;
   bool flip = false;
   bool alpha_mask = false;
+  std::string mask_path;  // a mask picture (conditioning_data_dir): its red channel is the mask; wins over the alpha
+  bool has_mask() const { return alpha_mask || !mask_path.empty(); }
 };
 
 // The SHA-256 of a model file (or of every .safetensors in a folder), memoized in `cache_dir`/hashes.json.
 std::string model_identity(const std::filesystem::path& model, const std::filesystem::path& cache_dir);
 
-// Pixels of a prepared image: [3, H, W] in [-1, 1] (and the alpha [H, W] in [0, 1] when alpha_mask).
+// Pixels of a prepared image: [3, H, W] in [-1, 1] (and its mask [H, W] in [0, 1]: the alpha with alpha_mask,
+// the red channel of its mask picture).
 struct PreparedPixels {
   at::Tensor pixels;
   at::Tensor alpha;

@@ -42,7 +42,9 @@ PreparedImage DatasetSource::prepared(const data::DatasetPlan& plan, const data:
   p.crop_left = sample.crop_left;
   p.crop_top = sample.crop_top;
   p.flip = sample.flipped;
-  p.alpha_mask = subset.alpha_mask;
+  // A mask picture wins over the alpha (kohya's precedence).
+  p.mask_path = image.mask.string();
+  p.alpha_mask = subset.alpha_mask && p.mask_path.empty();
   return p;
 }
 

@@ -21,12 +21,32 @@
 
 namespace fluxtrain::train {
 
-enum class TimestepSampling { uniform, sigmoid, shift, flux_shift };
-constexpr std::array<EnumName<TimestepSampling>, 4> enum_names(TimestepSampling) {
+enum class TimestepSampling { uniform, sigmoid, shift, flux_shift, sigma };
+constexpr std::array<EnumName<TimestepSampling>, 5> enum_names(TimestepSampling) {
   return {{{"uniform", TimestepSampling::uniform},
            {"sigmoid", TimestepSampling::sigmoid},
            {"shift", TimestepSampling::shift},
-           {"flux_shift", TimestepSampling::flux_shift}}};
+           {"flux_shift", TimestepSampling::flux_shift},
+           {"sigma", TimestepSampling::sigma}}};
+}
+
+// SD3's weighting schemes (kohya's weighting_scheme, diffusers' compute_density_for_timestep_sampling and
+// compute_loss_weighting_for_sd3): logit_normal and mode shape timestep_sampling sigma's draw; sigma_sqrt
+// and cosmap weight the loss per sample.
+enum class WeightingScheme { none, sigma_sqrt, logit_normal, mode, cosmap };
+constexpr std::array<EnumName<WeightingScheme>, 5> enum_names(WeightingScheme) {
+  return {{{"none", WeightingScheme::none},
+           {"sigma_sqrt", WeightingScheme::sigma_sqrt},
+           {"logit_normal", WeightingScheme::logit_normal},
+           {"mode", WeightingScheme::mode},
+           {"cosmap", WeightingScheme::cosmap}}};
+}
+
+// kohya's model_prediction_type: how the transformer's output becomes the prediction compared with the
+// velocity target (flow_matching.h apply_prediction_type).
+enum class PredictionType { raw, additive, sigma_scaled };
+constexpr std::array<EnumName<PredictionType>, 3> enum_names(PredictionType) {
+  return {{{"raw", PredictionType::raw}, {"additive", PredictionType::additive}, {"sigma_scaled", PredictionType::sigma_scaled}}};
 }
 
 enum class LossType { l2, l1, huber, smooth_l1 };
@@ -43,6 +63,11 @@ struct ObjectiveOptions {
   double huber_c = 0.1;         // kohya huber_c (constant schedule)
   double noise_offset = 0.1;    // the seed's; really applied (kohya's Flux path ignores it, issue #1861)
   double guidance_scale = 1.0;  // the dev guidance vector during training
+  WeightingScheme weighting = WeightingScheme::none;  // kohya weighting_scheme ("uniform" is none)
+  double logit_mean = 0.0;                            // logit_normal's mean and deviation
+  double logit_std = 1.0;
+  double mode_scale = 1.29;                            // mode's scale
+  PredictionType prediction = PredictionType::raw;     // kohya model_prediction_type
 };
 
 // Gradient checkpointing per block (train/checkpointing.h).

@@ -64,6 +64,9 @@ at::Tensor noised_loss(models::FluxTransformerImpl& model, const LatentBatch& ba
   if (options.apply_t5_mask && batch.t5_mask.defined()) in.txt_mask = batch.t5_mask.to(device, /*non_blocking=*/true);
 
   at::Tensor pred = flux_forward(model, in, options.checkpointing);
+  if (options.objective.prediction != PredictionType::raw)
+    pred = apply_prediction_type(options.objective.prediction, pred.to(at::kFloat),
+                                 models::pack_latents(noised.noisy).to(device), sigmas);
   at::Tensor target = models::pack_latents(noised.target).to(device);
   at::Tensor mask;
   if (batch.loss_mask.defined()) {
@@ -71,7 +74,10 @@ at::Tensor noised_loss(models::FluxTransformerImpl& model, const LatentBatch& ba
     mask = models::pack_latents(
         batch.loss_mask.to(device, at::kFloat, /*non_blocking=*/true).unsqueeze(1).expand({b, batch.latents.size(1), h, w}));
   }
-  return flow_loss(pred, target, options.objective, mask);
+  at::Tensor weights;
+  if (options.objective.weighting == WeightingScheme::sigma_sqrt || options.objective.weighting == WeightingScheme::cosmap)
+    weights = loss_weighting(options.objective.weighting, sigmas);
+  return flow_loss(pred, target, options.objective, mask, weights);
 }
 
 double validation_loss(models::FluxTransformerImpl& model, DataSource& data, const StepOptions& options,

@@ -673,6 +673,11 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     values.emplace_back("skipped_steps", static_cast<double>(result.skipped_steps));
     values.emplace_back("step_seconds", this_step);
     values.emplace_back("data_wait_seconds", prefetch.wait_seconds() - waited_before);
+    // The step's image size (its first batch's bucket): which resolution of a multi-resolution dataset it trained.
+    if (!micro.empty() && micro[0].latents.dim() == 4) {
+      values.emplace_back("image_width", static_cast<double>(micro[0].latents.size(3) * 8));
+      values.emplace_back("image_height", static_cast<double>(micro[0].latents.size(2) * 8));
+    }
     for (const auto& [key, value] : optimizer->stats()) values.emplace_back(key, value);
     const double memory = peak_memory_bytes(config.model.device);
     if (memory >= 0) values.emplace_back("peak_memory_bytes", memory);

@@ -341,7 +341,7 @@ TEST(DatasetConfigTest, KohyaDefaultsAndFallbacks) {
 
   // Command-line values fill only what the config leaves unset (kohya's argparse layer).
   options.fallbacks.batch_size = 8;
-  options.fallbacks.resolution = Resolution{768, 768};
+  options.fallbacks.resolutions = {Resolution{768, 768}};
   config = parse_dataset_config(text, ConfigFormat::toml, "t.toml", options);
   EXPECT_EQ(config.datasets[0].batch_size, 8);
   EXPECT_EQ(config.datasets[0].origin.at("batch_size"), "--batch-size");
@@ -439,7 +439,7 @@ TEST(DatasetConfigTest, TypeErrorsNameKeyValueAndType) {
   for (const Case& c : {Case{"batch_size = \"4\"", "batch_size", "\"4\"", "an integer"},
                         Case{"batch_size = 4.0", "batch_size", "4.0", "an integer"},
                         Case{"enable_bucket = \"true\"", "enable_bucket", "\"true\"", "true or false"},
-                        Case{"resolution = [1024]", "resolution", "[1024]", "[width, height]"},
+                        Case{"resolution = [[1024]]", "resolution", "[[1024]]", "[width, height]"},
                         Case{"resolution = \"1024\"", "resolution", "\"1024\"", "[width, height]"},
                         Case{"caption_dropout_rate = \"0.1\"", "caption_dropout_rate", "\"0.1\"", "a number"},
                         Case{"caption_extension = 3", "caption_extension", "3", "a string"},
@@ -597,7 +597,7 @@ TEST(DatasetConfigTest, BareFolderDefaults) {
   const fs::path root = fluxtrain::testing::fresh_dir("dataset_bare");
   make_images(root, 3);
   ConfigOptions options;
-  options.fallbacks.resolution = Resolution{512, 512};
+  options.fallbacks.resolutions = {Resolution{512, 512}};
   const auto config = folder_dataset_config(root, options);
   ASSERT_EQ(config.datasets[0].subsets.size(), 1u);
   const DatasetConfig& d = config.datasets[0];

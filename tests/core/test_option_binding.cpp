@@ -132,8 +132,8 @@ TEST(OptionBinding, ValuesReachTheirFieldsTyped) {
   EXPECT_EQ(s.training.max_epochs, 5);
   EXPECT_EQ(s.models.base_model, BaseModel::schnell);
   EXPECT_EQ(s.compute.precision, Precision::bf16);
-  ASSERT_TRUE(s.dataset_fallbacks.resolution.has_value());
-  EXPECT_EQ(s.dataset_fallbacks.resolution->width, 1280);
+  ASSERT_EQ(s.dataset_fallbacks.resolutions.size(), 1u);
+  EXPECT_EQ(s.dataset_fallbacks.resolutions[0], (data::Resolution{1280, 768}));
   EXPECT_EQ(s.dataset_fallbacks.resolution_origin, "PARAMS_RESOLUTION=\"1280,768\"");
   // An unset option leaves its field as the struct has it.
   EXPECT_EQ(s.t5_max_length, 0);

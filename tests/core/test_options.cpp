@@ -460,10 +460,10 @@ TEST(TrainOptions, BadSeedValuesNameTheVariable) {
       resolve_error(train_options(), {{}, {{"PARAMS_TRAIN_DOUBLE_BLOCK_INDICES", "0,5-2"}}}),
       "PARAMS_TRAIN_DOUBLE_BLOCK_INDICES=\"0,5-2\": the range '5-2' is backwards; allowed: all, none, or indices and "
       "ranges (\"0,2,5-9\")");
-  EXPECT_EQ(resolve_error(train_options(), {{}, {{"PARAMS_RESOLUTION", "1024,768,512"}}}),
-            "PARAMS_RESOLUTION=\"1024,768,512\": more than two sizes; allowed: one or two integers in [64, 8192] "
-            "(\"1024\" or "
-            "\"1280,768\")");
+  EXPECT_EQ(resolve_error(train_options(), {{}, {{"PARAMS_RESOLUTION", "1024,768,9000"}}}),
+            "PARAMS_RESOLUTION=\"1024,768,9000\": 9000 is out of range (64 to 8192 pixels per side); allowed: sides in "
+            "[64, 8192]: \"1024\", \"1280,768\" (width,height), \"512,768,1024\" or \"512x512,1280x768\" (several "
+            "sizes)");
   EXPECT_EQ(resolve_error(train_options(), {{}, {{"PARAMS_OUTPUT_NAME", "a/b"}}}),
             "PARAMS_OUTPUT_NAME=\"a/b\": not a plain file name; allowed: a file name without folders");
 }

@@ -22,6 +22,13 @@ formulas in double precision, including the trainer's own loss path (batch_loss)
   by the mask and then takes the plain mean; fluxtrain divides by the mask's sum instead (docs/data.md), so
   the reference here is sum(loss * mask) / sum(mask) per sample, then the batch mean.
 
+- sigma (kohya's default timestep_sampling, SD3's): diffusers.training_utils.compute_density_for_timestep_sampling
+  (logit_normal, mode, uniform draws, given the same seeded generator) and the sigmas of diffusers'
+  FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=s) at index floor(u * 1000), which is what
+  kohya's get_noisy_model_input_and_timesteps looks up (scheduler.timesteps[indices], then get_sigmas).
+- weighting_scheme's loss weights: diffusers.training_utils.compute_loss_weighting_for_sd3; the prediction types
+  (additive, sigma_scaled) transcribed from kohya's apply_model_prediction_type (library/flux_train_utils.py).
+
 Tolerances: sigmas 1e-6 absolute (fp32 against diffusers' float32 numpy), losses 1e-6 relative (fp32 sums of
 a few thousand terms against the same fp32 formulas in torch).
 """
@@ -34,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
 from safetensors.torch import load_file, save_file
 
 from conftest import run
@@ -51,6 +59,13 @@ SIGMA_CASES = [dict(sampling="sigmoid", tokens=1024, scale=1.0, shift=3.0),
                dict(sampling="flux_shift", tokens=6144, scale=1.0, shift=3.0),
                dict(sampling="flux_shift", tokens=64, scale=1.0, shift=3.0),
                dict(sampling="uniform", tokens=1024, scale=1.0, shift=3.0)]
+SIGMA_CASES += [dict(sampling="sigma", tokens=1024, scale=1.0, shift=3.1582, weighting="none"),
+                dict(sampling="sigma", tokens=1024, scale=1.0, shift=1.0, weighting="logit_normal"),
+                dict(sampling="sigma", tokens=1024, scale=1.0, shift=3.0, weighting="logit_normal",
+                     logit_mean=0.5, logit_std=1.3),
+                dict(sampling="sigma", tokens=1024, scale=1.0, shift=3.1582, weighting="mode"),
+                dict(sampling="sigma", tokens=1024, scale=1.0, shift=1.0, weighting="mode", mode_scale=0.8),
+                dict(sampling="sigma", tokens=1024, scale=1.0, shift=3.1582, weighting="cosmap")]
 for _i, _case in enumerate(SIGMA_CASES):
     _case.update(n=N, seed=20 + _i)
 
@@ -84,7 +99,22 @@ def scheduled(t, shift=None, tokens=None):
     return scheduler.sigmas[:-1].float()
 
 
+def reference_sigma_sampling(case):
+    """kohya's timestep_sampling sigma: a draw u of the weighting scheme's density, the training scheduler's
+    sigma at index floor(u * 1000)."""
+    u = compute_density_for_timestep_sampling(case.get("weighting", "none"), case["n"],
+                                              logit_mean=case.get("logit_mean", 0.0),
+                                              logit_std=case.get("logit_std", 1.0),
+                                              mode_scale=case.get("mode_scale", 1.29), generator=generator(case))
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=case["shift"])
+    # mode's u can reach 1 at the edge, one past the last index (kohya would fail there; fluxtrain clamps).
+    indices = (u * 1000).long().clamp(0, 999)
+    return scheduler.sigmas[indices].float()
+
+
 def reference_sigmas(case):
+    if case["sampling"] == "sigma":
+        return reference_sigma_sampling(case)
     if case["sampling"] == "uniform":
         return torch.rand(case["n"], generator=generator(case))
     t = logistic_normal(case)
@@ -97,6 +127,8 @@ def reference_sigmas(case):
 
 @pytest.mark.parametrize("index", range(len(SIGMA_CASES)),
                          ids=[f"{c['sampling']}-tokens{c['tokens']}-scale{c['scale']}-shift{c['shift']}"
+                              + (f"-{c['weighting']}{c.get('logit_mean', '')}{c.get('mode_scale', '')}"
+                                 if "weighting" in c else "")
                               for c in SIGMA_CASES])
 def test_sigmas_match_the_references(ours_sigmas, index):
     case = SIGMA_CASES[index]
@@ -194,3 +226,84 @@ def test_mask_divides_by_its_sum_not_by_the_element_count(prediction, ours_losse
     assert abs(ours_losses["masked"][0] - kohya) / kohya > 0.5
     for index in range(len(LOSS_CASES)):
         torch.testing.assert_close(ours_losses["uniform"][index], ours_losses["unmasked"][index], rtol=1e-6, atol=0)
+
+
+def test_sigma_sampling_follows_the_density(ours_sigmas):
+    """The weighting scheme's density shapes the draw: logit_normal's sigmas (shift 1) gather around 0.5 and
+    mode's (scale 1.29) around the middle too, unlike the uniform draw of `none` (its shifted sigmas lean high)."""
+    by_name = {(c["sampling"], c.get("weighting"), c["shift"], c.get("mode_scale", 1.29), c.get("logit_mean", 0.0)): i
+               for i, c in enumerate(SIGMA_CASES)}
+    logit = ours_sigmas[by_name[("sigma", "logit_normal", 1.0, 1.29, 0.0)]]
+    assert abs(logit.mean().item() - 0.5) < 0.05 and logit.std().item() < 0.25
+    uniform = ours_sigmas[by_name[("sigma", "none", 3.1582, 1.29, 0.0)]]
+    assert uniform.mean().item() > 0.65
+
+
+# --- prediction types and loss weighting -----------------------------------------------------------------
+
+def kohya_prediction(pred, noisy, sigmas, prediction_type):
+    """Transcribed from kohya-ss/sd-scripts library/flux_train_utils.py apply_model_prediction_type (sigmas
+    broadcast over the packed layout)."""
+    s = sigmas.view(-1, 1, 1)
+    if prediction_type == "raw":
+        return pred
+    if prediction_type == "additive":
+        return pred + noisy
+    return pred * (-s) + noisy
+
+
+WEIGHTED_CASES = [dict(loss="l2", huber_c=0.1, weighting=w, prediction=p)
+                  for w in ("none", "sigma_sqrt", "cosmap", "logit_normal", "mode")
+                  for p in ("raw", "additive", "sigma_scaled")] + [
+    dict(loss="huber", huber_c=0.1, weighting="cosmap", prediction="sigma_scaled")]
+
+
+@pytest.fixture(scope="module")
+def weighted_inputs(prediction):
+    masks, pred, target = prediction
+    g = torch.Generator().manual_seed(6)
+    sigmas = torch.tensor([0.07, 0.83])
+    noisy = torch.randn(2, 64, 64, generator=g)
+    return {"unmasked": None, "masked": masks["masked"]}, pred, target, noisy, sigmas
+
+
+@pytest.fixture(scope="module")
+def ours_weighted(tmp_path_factory, test_tool, weighted_inputs):
+    masks, pred, target, noisy, sigmas = weighted_inputs
+    folder = tmp_path_factory.mktemp("weighted")
+    (folder / "cases.json").write_text(json.dumps(WEIGHTED_CASES))
+    out = {}
+    for name, mask in masks.items():
+        tensors = {"pred": pred, "target": target, "noisy": noisy, "sigmas": sigmas,
+                   **({"mask": mask} if mask is not None else {})}
+        save_file(tensors, str(folder / f"{name}.safetensors"))
+        run([test_tool, "objective-loss", folder / f"{name}.safetensors", folder / "cases.json",
+             folder / f"{name}-out.safetensors"])
+        losses = load_file(str(folder / f"{name}-out.safetensors"))
+        out[name] = [losses[f"loss.{i}"] for i in range(len(WEIGHTED_CASES))]
+    return out
+
+
+@pytest.mark.parametrize("masked", ["unmasked", "masked"])
+@pytest.mark.parametrize("index", range(len(WEIGHTED_CASES)),
+                         ids=[f"{c['loss']}-{c['weighting']}-{c['prediction']}" for c in WEIGHTED_CASES])
+def test_prediction_types_and_weighting_match_the_references(weighted_inputs, ours_weighted, index, masked):
+    """kohya's order: the prediction type, the elementwise loss, times compute_loss_weighting_for_sd3's
+    per-sample weight (applied with every prediction type here; kohya's Flux trainer only with sigma_scaled),
+    the mask, the per-sample mean, the batch mean. 1e-6 relative."""
+    masks, pred, target, noisy, sigmas = weighted_inputs
+    case = WEIGHTED_CASES[index]
+    p = kohya_prediction(pred, noisy, sigmas, case["prediction"])
+    elementwise = kohya_conditional_loss(p, target, case["loss"], case["huber_c"])
+    elementwise = elementwise * compute_loss_weighting_for_sd3(case["weighting"], sigmas).view(-1, 1, 1)
+    mask = masks[masked]
+    if mask is None:
+        expected = elementwise.mean(dim=(1, 2)).mean()
+    else:
+        m = mask.expand_as(elementwise)
+        expected = ((elementwise * m).sum(dim=(1, 2)) / m.sum(dim=(1, 2))).mean()
+    torch.testing.assert_close(ours_weighted[masked][index], expected, rtol=1e-6, atol=0)
+    if case["weighting"] in ("sigma_sqrt", "cosmap") or case["prediction"] != "raw":
+        # The case is not the plain loss: the check above could not pass by ignoring the option.
+        plain = reference_loss(pred, target, case["loss"], case["huber_c"], mask)
+        assert abs(ours_weighted[masked][index] - plain) / plain > 1e-3

@@ -238,5 +238,51 @@ TEST(Objective, TrainerLossPathMatchesTheFormulasWithAndWithoutAMask) {
   }
 }
 
+// The trainer's loss path applies model_prediction_type and the loss weighting: with the prediction exactly 0
+// (the last Linear zeroed) additive and sigma_scaled both predict the noisy input x_t = (1 - s) x0 + s n, so
+// the l2 loss is mean((x_t - (n - x0))^2) per sample, times 1 / s^2 (sigma_sqrt) or cosmap's weight, with s
+// and n drawn from copies of the trainer's generators.
+TEST(Objective, TrainerLossPathAppliesThePredictionTypeAndTheWeighting) {
+  auto config = models::tiny_flux_config(false);
+  models::FluxTransformer model(config, models::ModelOptions{});
+  models::init_random(*model, 2);
+  {
+    at::NoGradGuard no_grad;
+    model->final_layer->linear->weight.zero_();
+    model->final_layer->linear->bias.zero_();
+  }
+  at::Generator g = at::detail::createCPUGenerator(4);
+  LatentBatch batch;
+  const int64_t b = 3, c = config.in_channels / 4, h = 4, w = 6;
+  batch.latents = at::randn({b, c, h, w}, g, at::kFloat);
+  batch.t5 = at::randn({b, 5, config.context_in_dim}, g, at::kFloat);
+  batch.clip_pooled = at::randn({b, config.vec_in_dim}, g, at::kFloat);
+  const at::Tensor x0 = batch.latents.to(at::kDouble);
+  for (PredictionType prediction : {PredictionType::raw, PredictionType::additive, PredictionType::sigma_scaled}) {
+    for (WeightingScheme weighting : {WeightingScheme::none, WeightingScheme::sigma_sqrt, WeightingScheme::cosmap}) {
+      SCOPED_TRACE(std::string(name_of(prediction)) + ", " + std::string(name_of(weighting)));
+      StepOptions options;
+      options.checkpointing.enabled = false;
+      options.objective.noise_offset = 0.0;
+      options.objective.sampling = TimestepSampling::sigma;
+      options.objective.prediction = prediction;
+      options.objective.weighting = weighting;
+      StepGenerators gens{at::detail::createCPUGenerator(8), at::detail::createCPUGenerator(9)};
+      at::Generator sigma_copy = at::detail::createCPUGenerator(8), noise_copy = at::detail::createCPUGenerator(9);
+      const double loss = batch_loss(*model, batch, options, gens).item<double>();
+
+      const at::Tensor s = sample_sigmas(b, (h / 2) * (w / 2), options.objective, sigma_copy).to(at::kDouble);
+      const at::Tensor n = at::randn({b, c, h, w}, noise_copy, at::kFloat).to(at::kDouble);
+      const at::Tensor sv = s.view({b, 1, 1, 1});
+      const at::Tensor pred = prediction == PredictionType::raw ? at::zeros_like(x0) : (1 - sv) * x0 + sv * n;
+      at::Tensor per_sample = (pred - (n - x0)).pow(2).flatten(1).mean(1);
+      if (weighting == WeightingScheme::sigma_sqrt) per_sample = per_sample / s.pow(2);
+      if (weighting == WeightingScheme::cosmap) per_sample = per_sample * 2 / (M_PI * (1 - 2 * s + 2 * s.pow(2)));
+      const double expected = per_sample.mean().item<double>();
+      EXPECT_NEAR(loss, expected, kLossRelTolerance * expected);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace fluxtrain::train

@@ -5,7 +5,7 @@ How "run B continues run A's loss curve" is compared, exactly: run A trains 3 st
 step, the validation loss of its final weights (the held-out images at the validation's fixed sigmas and fixed
 noise: the same data and noise every time it is computed). Run B starts from A's final file with one step
 whose learning rate is 0 (constant_with_warmup with one warm-up step: diffusers' warm-up starts at 0), so its
-weights after that step are still the file's, and logs the validation loss of them on the same images and
+weights after that step (saved, and validated with it) are still the file's, and logs the validation loss of them on the same images and
 noise. A correct load gives B's loss equal to A's end; a module loaded into the wrong place, a lost module or
 a wrong scale does not. (B's training loss is not compared: its generators start fresh, so its first batch
 sees other noise than A's last step did.)"""
@@ -56,13 +56,15 @@ def run_a_double(area, fluxtrain_bin, models, dataset):
 
 
 def continued(area, fluxtrain_bin, models, dataset, name, weights, **params):
-    """Run B: one step at learning rate 0 from `weights`; its metrics line and its final file."""
+    """Run B from `weights`: its first step at learning rate 0 (a warm-up must be shorter than the run, so B has
+    two steps), saved and validated; that step's metrics line and file."""
     out = area / name
-    result = train(fluxtrain_bin, models, dataset, out, PARAMS_NETWORK_WEIGHTS=weights, PARAMS_MAX_TRAIN_STEPS=1,
-                   PARAMS_LEARNING_SCHEDULER="constant_with_warmup", PARAMS_LR_WARMUP_STEPS=1, **params)
+    result = train(fluxtrain_bin, models, dataset, out, PARAMS_NETWORK_WEIGHTS=weights, PARAMS_MAX_TRAIN_STEPS=2,
+                   PARAMS_SAVE_EVERY_N_STEPS=1, PARAMS_LEARNING_SCHEDULER="constant_with_warmup",
+                   PARAMS_LR_WARMUP_STEPS=1, **params)
     line = metrics(out)[0]
-    assert line["lr"] == 0, "the step must not move the weights"
-    return line, out / "flux-lora.safetensors", result
+    assert line["step"] == 1 and line["lr"] == 0, "the first step must not move the weights"
+    return line, out / "flux-lora-step00000001.safetensors", result
 
 
 def comfyui_layout(kohya: dict[str, torch.Tensor], models) -> dict[str, torch.Tensor]:
@@ -114,7 +116,7 @@ def peft_file(area, run_a_double):
     state = FluxLoraLoaderMixin.lora_state_dict(str(run_a_double[0]))
     assert all(k.startswith("transformer.") and (".lora_A." in k or ".lora_B." in k) for k in state)
     path = area / "peft.safetensors"
-    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    save_file({k: v.contiguous().clone() for k, v in state.items()}, str(path))  # q, k, v share one down
     return path, state
 
 
@@ -165,7 +167,7 @@ def test_peft_parts_with_their_own_downs_need_split_qkv(area, fluxtrain_bin, mod
     key = next(k for k in state if k.endswith("attn.to_k.lora_A.weight"))
     state[key] = state[key] + 0.01
     path = area / "peft-own-downs.safetensors"
-    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    save_file({k: v.contiguous().clone() for k, v in state.items()}, str(path))
     result = train(fluxtrain_bin, models, dataset, area / "b-own-downs", check=False, PARAMS_NETWORK_WEIGHTS=path,
                    PARAMS_TRAIN_BLOCKS="double")
     assert result.returncode != 0

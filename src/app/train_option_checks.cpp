@@ -82,7 +82,7 @@ std::vector<std::string> validate_train_config(const ResolvedConfig& config, boo
   if (config.get_real("ema_decay") == 0) {
     for (const char* key : {"ema_samples", "use_ema_warmup", "ema_update_interval", "ema_update_after_step",
                             "ema_min_decay", "ema_inv_gamma", "ema_power", "ema_device"})
-      if (config.given(key)) warnings.push_back(cat(d(key), " has no effect without an EMA (ema_decay > 0)"));
+      if (config.changed(key)) warnings.push_back(cat(d(key), " has no effect without an EMA (ema_decay > 0)"));
   }
   if (config.get_bool("dim_from_weights") && !config.is_set("network_weights"))
     errors.push_back(cat(d("dim_from_weights"), " takes the network's ranks from network_weights, which is not set; "

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 
 #include "core/error.h"
 
@@ -53,13 +54,17 @@ void Ema::load_state(const std::vector<std::pair<std::string, at::Tensor>>& tens
   if (tensors.size() != shadow_.size())
     fail(dir, ": the state's EMA holds ", tensors.size(), " tensors but this network trains ", shadow_.size(),
          "; it was saved by a different network configuration");
+  // By name: a safetensors file lists its tensors sorted by name ("0", "1", "10", ...).
+  const std::map<std::string, at::Tensor> by_name(tensors.begin(), tensors.end());
   at::NoGradGuard no_grad;
   for (size_t i = 0; i < shadow_.size(); ++i) {
-    const auto& [name, t] = tensors[i];
-    if (name != std::to_string(i) || t.sizes() != shadow_[i].sizes() || t.scalar_type() != at::kFloat)
-      fail(dir, ": EMA tensor '", name, "' ", t.sizes(), " does not fit trained tensor ", i, " ", shadow_[i].sizes(),
-           "; the state was saved by a different network configuration");
-    shadow_[i].copy_(t);
+    const auto it = by_name.find(std::to_string(i));
+    if (it == by_name.end() || it->second.sizes() != shadow_[i].sizes() || it->second.scalar_type() != at::kFloat)
+      fail(dir, ": EMA tensor '", i, "' is ",
+           it == by_name.end() ? std::string("missing") : cat(it->second.sizes(), " ", it->second.scalar_type()),
+           " where trained tensor ", i, " is ", shadow_[i].sizes(), " fp32; the state was saved by a different network "
+           "configuration");
+    shadow_[i].copy_(it->second);
   }
   updates_ = info.at("updates").get<int64_t>();
   last_decay_ = info.value("last_decay", 0.0);

@@ -123,4 +123,5 @@ def test_ema_with_full_fine_tuning_is_a_named_error(tmp_path, fluxtrain_bin, mod
     result = run([fluxtrain_bin, "train"], check=False,
                  env=base_env(models, dataset, out, PARAMS_EMA_DECAY=0.99, PARAMS_NETWORK_TYPE="none"))
     assert result.returncode != 0
-    assert "ema_decay" in result.stderr and "network_type" in result.stderr, result.stderr
+    assert "PARAMS_EMA_DECAY" in result.stderr and "PARAMS_NETWORK_TYPE" in result.stderr, result.stderr
+    assert not (out / "flux-lora-ema.safetensors").exists()

@@ -62,7 +62,8 @@ StartWeights read_start_weights(const std::string& path, const models::FluxTrans
       if (!same_rank) {
         problems.push_back(cat(module, ": the file's parts of ", keys::split_parts_text(module),
                                " have different ranks (e.g. ", deltas[0]->source, " ", deltas[0]->down.size(0), ", ",
-                               deltas.back()->source, " ", deltas.back()->down.size(0), "); fluxtrain trains one rank "
+                               deltas.back()->source, " ", deltas.back()->down.size(0),
+                               "); fluxtrain trains one rank "
                                "per module"));
         continue;
       }

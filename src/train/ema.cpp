@@ -22,8 +22,8 @@ double Ema::decay_of(int64_t update) const {
   const int64_t s = std::max<int64_t>(0, update - options_.update_after_step - 1);
   if (s <= 0) return 0.0;
   const double step = static_cast<double>(s);
-  double decay = options_.warmup ? 1 - std::pow(1 + step / options_.inv_gamma, -options_.power)
-                                 : (1 + step) / (10 + step);
+  double decay =
+      options_.warmup ? 1 - std::pow(1 + step / options_.inv_gamma, -options_.power) : (1 + step) / (10 + step);
   decay = std::min(decay, options_.decay);
   return std::max(decay, options_.min_decay);
 }
@@ -47,7 +47,9 @@ std::vector<std::pair<std::string, at::Tensor>> Ema::state_tensors() const {
   return out;
 }
 
-nlohmann::json Ema::state_info() const { return {{"updates", updates_}, {"last_decay", last_decay_}}; }
+nlohmann::json Ema::state_info() const {
+  return {{"updates", updates_}, {"last_decay", last_decay_}};
+}
 
 void Ema::load_state(const std::vector<std::pair<std::string, at::Tensor>>& tensors, const nlohmann::json& info,
                      const std::string& dir) {
@@ -62,7 +64,8 @@ void Ema::load_state(const std::vector<std::pair<std::string, at::Tensor>>& tens
     if (it == by_name.end() || it->second.sizes() != shadow_[i].sizes() || it->second.scalar_type() != at::kFloat)
       fail(dir, ": EMA tensor '", i, "' is ",
            it == by_name.end() ? std::string("missing") : cat(it->second.sizes(), " ", it->second.scalar_type()),
-           " where trained tensor ", i, " is ", shadow_[i].sizes(), " fp32; the state was saved by a different network "
+           " where trained tensor ", i, " is ", shadow_[i].sizes(),
+           " fp32; the state was saved by a different network "
            "configuration");
     shadow_[i].copy_(it->second);
   }

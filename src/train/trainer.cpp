@@ -291,7 +291,13 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
   }
   // The EMA (rank 0's: every rank has the same weights after a step), from the weights the run starts with.
   std::unique_ptr<Ema> ema;
-  if (config.ema.enabled() && root) ema = std::make_unique<Ema>(config.ema, t.params, config.model.device);
+  if (config.ema.enabled() && root) {
+    ema = std::make_unique<Ema>(config.ema, t.params, config.model.device);
+    log::info("EMA of the ", t.params.size(), " trained tensors: decay up to ", config.ema.decay, ", every ",
+              config.ema.update_interval, " step", config.ema.update_interval == 1 ? "" : "s", ", kept in fp32 on ",
+              config.ema.device == EmaDevice::cpu ? std::string("the CPU") : config.model.device.str(),
+              "; saved as NAME-ema.safetensors beside each LoRA file");
+  }
   // ZeRO stage 1: each rank steps (and keeps the optimizer state of) the tensors it owns.
   std::vector<int> owner;
   std::vector<bool> owned;

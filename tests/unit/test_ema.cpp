@@ -17,9 +17,9 @@ TEST(Ema, DecayFollowsDiffusersGetDecay) {
   EmaOptions o;
   o.decay = 0.6;
   Ema plain(o, {at::zeros({2})}, at::Device(at::kCPU));
-  EXPECT_EQ(plain.decay_of(1), 0.0);             // the first update copies
-  EXPECT_EQ(plain.decay_of(2), 2.0 / 11.0);      // (1 + s) / (10 + s), s = 1
-  EXPECT_EQ(plain.decay_of(14), 0.6);            // capped: 14 / 23 > 0.6
+  EXPECT_EQ(plain.decay_of(1), 0.0);         // the first update copies
+  EXPECT_EQ(plain.decay_of(2), 2.0 / 11.0);  // (1 + s) / (10 + s), s = 1
+  EXPECT_EQ(plain.decay_of(14), 0.6);        // capped: 14 / 23 > 0.6
   o.warmup = true;
   o.inv_gamma = 2;
   o.power = 0.75;

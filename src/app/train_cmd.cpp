@@ -56,6 +56,7 @@
 #include "train/state.h"
 #include "tokenizers/clip_bpe.h"
 #include "tokenizers/t5_unigram.h"
+#include "train/ema.h"
 #include "train/trainer.h"
 
 namespace fluxtrain::app {
@@ -714,11 +715,15 @@ int run_train_inner(const ResolvedConfig& config, bool cache_only, std::unique_p
     graph.filename_prefix = trainer.output_name;
     if (trainer.full_finetune) graph.unet = trainer.output_name + ".safetensors";
     setup.sampler.comfy = graph;
+    // ema_samples: the EMA file beside it (NAME-ema.safetensors), whose weights rendered the picture.
     setup.sampler.comfy_loras = [name = trainer.output_name, every = trainer.save_every_n_steps,
-                                 full = trainer.full_finetune](int64_t step) {
+                                 full = trainer.full_finetune,
+                                 ema = trainer.ema.enabled() && trainer.ema.samples](int64_t step) {
       std::vector<std::pair<std::string, double>> loras;
       if (full || step == 0) return loras;
-      loras.emplace_back(every > 0 && step % every == 0 ? train::step_file_name(name, step) : name + ".safetensors", 1.0);
+      const std::string file =
+          every > 0 && step % every == 0 ? train::step_file_name(name, step) : name + ".safetensors";
+      loras.emplace_back(ema ? train::ema_file_name(file) : file, 1.0);
       return loras;
     };
     sampler = sample::make_sampler(setup);

@@ -75,6 +75,18 @@ std::vector<std::string> validate_train_config(const ResolvedConfig& config, boo
       errors.push_back(cat(d("sample_at_first"),
                            " asks for samples, but there are no prompts: set SAMPLE_PROMPTS (--sample-prompts)"));
   }
+  if (config.get_real("ema_decay") > 0 && config.get_string("network_type") == "none")
+    errors.push_back(cat(d("ema_decay"), " averages a LoRA's weights; with ", d("network_type"),
+                         " the average would be a second fp32 copy of the whole transformer, which fluxtrain does not "
+                         "keep; set ema_decay to 0 or train a LoRA"));
+  if (config.get_real("ema_decay") == 0) {
+    for (const char* key : {"ema_samples", "use_ema_warmup", "ema_update_interval", "ema_update_after_step",
+                            "ema_min_decay", "ema_inv_gamma", "ema_power", "ema_device"})
+      if (config.changed(key)) warnings.push_back(cat(d(key), " has no effect without an EMA (ema_decay > 0)"));
+  }
+  if (config.get_bool("dim_from_weights") && !config.is_set("network_weights"))
+    errors.push_back(cat(d("dim_from_weights"), " takes the network's ranks from network_weights, which is not set; "
+                         "set network_weights (PARAMS_NETWORK_WEIGHTS) to a LoRA file or dim_from_weights to false"));
   if (config.is_set("resume_from") && config.is_set("network_weights"))
     errors.push_back(cat(d("resume_from"), " restores the LoRA weights, so ", d("network_weights"),
                          " would be ignored; set only one"));

@@ -313,9 +313,15 @@ std::vector<OptionSpec> train_specs() {
           .safe_on_resume()
           .to(&S::auto_resume),
       Opt<S>("network_weights", kPath, "output", "",
-             "A LoRA file (kohya format) to start from instead of a fresh LoRA (the optimizer starts fresh).")
+             "A LoRA file to start from instead of a fresh LoRA (the optimizer starts fresh): kohya, diffusers/PEFT "
+             "or ComfyUI layout; its modules must fit the network (network_dim, split_qkv, blocks), or set "
+             "dim_from_weights.")
           .path(PathCheck::file)
           .to(&S::training, &T::network_weights),
+      Opt<S>("dim_from_weights", kBool, "output", "false",
+             "Build the network from network_weights (kohya's dim_from_weights): its modules, each module's rank "
+             "and alpha, instead of network_dim / network_alpha / the block selections.")
+          .to(&S::training, &T::dim_from_weights),
 
       // --- network
       Opt<S>("network_type", kChoice, "network", "lora",
@@ -376,6 +382,49 @@ std::vector<OptionSpec> train_specs() {
       type_dim("txt_mod", "the double blocks' text modulation"),
       type_dim("single", "the single blocks' linear1/linear2"),
       type_dim("single_mod", "the single blocks' modulation"),
+
+      // --- EMA (diffusers' EMAModel, as SimpleTuner and ai-toolkit use it)
+      Opt<S>("ema_decay", kReal, "ema", p0,
+             "Keep an exponential moving average (EMA) of the trained weights with this decay (e.g. 0.999; "
+             "SimpleTuner's and ai-toolkit's ema_decay), saved as NAME-ema.safetensors beside every LoRA file; "
+             "0 = no EMA. Each update's decay is min(ema_decay, (1 + s) / (10 + s)) (or the warm-up's), s the "
+             "updates so far.")
+          .min(0)
+          .max(1, true)
+          .to(&S::training, &T::ema, &train::EmaOptions::decay),
+      Opt<S>("ema_min_decay", kReal, "ema", p0, "The lowest decay of an EMA update (diffusers' min_decay).")
+          .min(0)
+          .max(1, true)
+          .to(&S::training, &T::ema, &train::EmaOptions::min_decay),
+      Opt<S>("ema_update_after_step", kInt, "ema", p0,
+             "The first N EMA updates copy the weights (diffusers' update_after_step): the average starts later.")
+          .min(0)
+          .to(&S::training, &T::ema, &train::EmaOptions::update_after_step),
+      Opt<S>("use_ema_warmup", kBool, "ema", "false",
+             "The EMA's decay rises as 1 - (1 + s / ema_inv_gamma)^-ema_power (diffusers' use_ema_warmup) instead "
+             "of (1 + s) / (10 + s).")
+          .to(&S::training, &T::ema, &train::EmaOptions::warmup),
+      Opt<S>("ema_inv_gamma", kReal, "ema", "1.0", "The warm-up's inv_gamma (use_ema_warmup).")
+          .min(0, true)
+          .to(&S::training, &T::ema, &train::EmaOptions::inv_gamma),
+      Opt<S>("ema_power", kReal, "ema", "0.6666666666666666",
+             "The warm-up's power (use_ema_warmup; 2/3 suits short runs, 3/4 long ones).")
+          .min(0, true)
+          .to(&S::training, &T::ema, &train::EmaOptions::power),
+      Opt<S>("ema_update_interval", kInt, "ema", p1,
+             "Update the EMA after every N optimizer steps (SimpleTuner's ema_update_interval).")
+          .min(1)
+          .to(&S::training, &T::ema, &train::EmaOptions::update_interval),
+      Opt<S>("ema_device", kChoice, "ema", "cpu",
+             "Where the EMA (fp32) is kept: cpu (no device memory; a copy per update) or accelerator (the training "
+             "device).")
+          .choices_of<train::EmaDevice>()
+          .memory_only()
+          .to(&S::training, &T::ema, &train::EmaOptions::device),
+      Opt<S>("ema_samples", kBool, "ema", "false",
+             "Render the samples during training with the EMA weights instead of the live ones.")
+          .safe_on_resume()
+          .to(&S::training, &T::ema, &train::EmaOptions::samples),
 
       // --- optimizer
       Opt<S>("optimizer_type", kChoice, "optimizer", "Prodigy", "The optimizer, by kohya's name.")
@@ -800,6 +849,7 @@ std::vector<OptionTable::Group> train_groups() {
       {"optimizer", "Optimizer"},
       {"scheduler", "Learning-rate schedule"},
       {"training", "Training length and batches"},
+      {"ema", "EMA of the trained weights"},
       {"objective", "Objective (rectified flow)"},
       {"memory", "Memory"},
       {"sampling", "Samples during training"},

@@ -173,7 +173,8 @@ void LoraNetwork::load_kohya(const std::map<std::string, at::Tensor>& tensors, c
   if (!problems.empty()) {
     std::string message = cat(file, ": does not fit the LoRA network (", problems.size(), " problems):");
     for (size_t i = 0; i < problems.size() && i < 10; ++i) message += "\n  " + problems[i];
-    message += "\n fix: use the network_dim / network_alpha / split_qkv / train_blocks the file was trained with";
+    message += "\n fix: use the network_dim / network_alpha / split_qkv / train_blocks the file was trained with, "
+               "or set dim_from_weights = true to build the network from the file";
     throw Error(message);
   }
 }

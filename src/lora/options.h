@@ -44,6 +44,9 @@ struct LoraOptions {
   std::map<std::string, int64_t>
       type_dims;  // keys: img_attn img_mlp img_mod txt_attn txt_mlp txt_mod single single_mod
   bool split_qkv = false;
+  // dim_from_weights (kohya): exactly these Linears (model path -> rank of each trained part) get adapters,
+  // whatever the selections and ranks above say; empty: those decide.
+  std::map<std::string, int64_t> module_dims;
   DropoutOptions dropout;
 };
 

@@ -80,12 +80,17 @@ std::vector<AdapterTarget> adapter_targets(const models::FluxConfig& c, const Lo
     if (!tensor.block_linear) continue;
     const std::string path = tensor.path.substr(0, tensor.path.size() - std::string(".weight").size());
     const bool is_double = tensor.block < c.depth;
-    if ((is_double && !doubles) || (!is_double && !singles)) continue;
-    const size_t index = static_cast<size_t>(is_double ? tensor.block : tensor.block - c.depth);
-    if ((is_double && !double_sel[index]) || (!is_double && !single_sel[index])) continue;
     int64_t rank = options.rank;
-    auto dim = options.type_dims.find(layer_type(path));
-    if (dim != options.type_dims.end()) rank = dim->second;
+    if (!options.module_dims.empty()) {
+      const auto it = options.module_dims.find(path);
+      rank = it == options.module_dims.end() ? 0 : it->second;
+    } else {
+      if ((is_double && !doubles) || (!is_double && !singles)) continue;
+      const size_t index = static_cast<size_t>(is_double ? tensor.block : tensor.block - c.depth);
+      if ((is_double && !double_sel[index]) || (!is_double && !single_sel[index])) continue;
+      auto dim = options.type_dims.find(layer_type(path));
+      if (dim != options.type_dims.end()) rank = dim->second;
+    }
     if (rank == 0) continue;
     AdapterTarget target{path, tensor.shape[1], {tensor.shape[0]}, rank};
     if (const auto parts = keys::split_parts(path); options.split_qkv && !parts.empty()) {

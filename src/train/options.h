@@ -90,10 +90,34 @@ struct StepSettings {
   double max_grad_norm = 1.0;  // 0 = no clipping (kohya's default is 1.0)
 };
 
+// The exponential moving average of the trained weights (train/ema.h), as diffusers' EMAModel (which
+// SimpleTuner and ai-toolkit follow): update k gets decay min(ema_decay, (1 + s) / (10 + s)), or with the
+// warm-up 1 - (1 + s / inv_gamma)^-power, floored at min_decay, where s = k - update_after_step - 1 (s <= 0:
+// the average is set to the weights).
+enum class EmaDevice { cpu, accelerator };
+constexpr std::array<EnumName<EmaDevice>, 2> enum_names(EmaDevice) {
+  return {{{"cpu", EmaDevice::cpu}, {"accelerator", EmaDevice::accelerator}}};
+}
+
+struct EmaOptions {
+  double decay = 0;  // ema_decay; 0 = no EMA
+  double min_decay = 0;
+  int64_t update_after_step = 0;  // EMA updates that only copy the weights (diffusers update_after_step)
+  bool warmup = false;            // use_ema_warmup
+  double inv_gamma = 1.0;
+  double power = 2.0 / 3.0;
+  int64_t update_interval = 1;  // an update after every N optimizer steps (SimpleTuner ema_update_interval)
+  EmaDevice device = EmaDevice::cpu;
+  bool samples = false;  // render the samples with the EMA weights
+  bool enabled() const { return decay > 0; }
+};
+
 struct TrainOptions {
   bool full_finetune = false;  // network_type none: every transformer weight trains (fp32 master weights)
   lora::LoraOptions lora;
-  std::string network_weights;  // start from this LoRA file
+  std::string network_weights;  // start from this LoRA file (any layout lora/convert.h reads)
+  bool dim_from_weights = false;  // the network's modules, ranks and alphas are network_weights' (kohya)
+  EmaOptions ema;
   bool fp8_base = true;         // the seed's; frozen block weights stored as float8_e4m3fn
   int64_t blocks_to_swap = 0;   // the last N transformer blocks' weights wait in host memory (train/block_swap.h)
   optim::OptimizerSettings optimizer;

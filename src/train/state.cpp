@@ -30,6 +30,8 @@ constexpr const char* kComplete = "COMPLETE";
 constexpr const char* kPrefix = "step-";
 constexpr const char* kCorrupt = ".corrupt";
 const char* const kStateFiles[] = {"trainable.safetensors", "optimizer.safetensors", "state.json"};
+// Written only by runs with an EMA; checked whenever COMPLETE lists it.
+constexpr const char* kEmaFile = "ema.safetensors";
 
 std::vector<std::pair<std::string, at::Tensor>> read_tensors(const fs::path& path) {
   safetensors::Reader reader(path.string());
@@ -103,7 +105,7 @@ fs::path save_state(const fs::path& output_dir, int64_t step, const TrainingStat
       "; free some space (or choose a larger disk) and restart: the run ", kept ? "resumes from it" : "starts again");
   // The bytes it needs: every tensor, plus the headers, state.json and COMPLETE (well under 1 MiB).
   uint64_t needed = uint64_t{1} << 20;
-  for (const auto* tensors : {&state.trainable, &state.optimizer_tensors}) {
+  for (const auto* tensors : {&state.trainable, &state.optimizer_tensors, &state.ema_tensors}) {
     for (const auto& [name, tensor] : *tensors) needed += static_cast<uint64_t>(tensor.nbytes());
   }
   ensure_free_space(root.string(), needed, cat("the training state of step ", step), then);
@@ -112,11 +114,14 @@ fs::path save_state(const fs::path& output_dir, int64_t step, const TrainingStat
     safetensors::write((temp / "trainable.safetensors").string(), state.trainable);
     stop::pause_point("saving");  // test hook (core/stop.h): a stop signal in the middle of a save
     safetensors::write((temp / "optimizer.safetensors").string(), state.optimizer_tensors);
+    if (!state.ema_tensors.empty()) safetensors::write((temp / kEmaFile).string(), state.ema_tensors);
     nlohmann::json info = state.info;
     info["format_version"] = kStateFormatVersion;
     write_file_atomic((temp / "state.json").string(), info.dump(1) + "\n");
     nlohmann::json marker = {{"step", step}, {"files", nlohmann::json::object()}};
-    for (const char* name : kStateFiles) {
+    std::vector<std::string> files(std::begin(kStateFiles), std::end(kStateFiles));
+    if (!state.ema_tensors.empty()) files.emplace_back(kEmaFile);
+    for (const auto& name : files) {
       marker["files"][name] = {{"size", fs::file_size(temp / name)}, {"sha256", sha256_file_hex(temp / name)}};
     }
     write_file_atomic((temp / kComplete).string(), marker.dump(1) + "\n");
@@ -155,7 +160,9 @@ std::string verify_state(const fs::path& dir) {
   }
   const bool listed = marker.is_object() && marker.contains("files") && marker["files"].is_object();
   if (!listed && !marker.is_number_integer()) return cat(kComplete, " is neither a file list nor a step number");
-  for (const char* name : kStateFiles) {
+  std::vector<std::string> files(std::begin(kStateFiles), std::end(kStateFiles));
+  if (listed && marker["files"].contains(kEmaFile)) files.emplace_back(kEmaFile);
+  for (const auto& name : files) {
     const fs::path file = dir / name;
     std::error_code ec;
     const uintmax_t size = fs::file_size(file, ec);
@@ -210,6 +217,7 @@ TrainingState load_state(const fs::path& path, bool verified) {
   try {
     state.trainable = read_tensors(dir / "trainable.safetensors");
     state.optimizer_tensors = read_tensors(dir / "optimizer.safetensors");
+    if (fs::exists(dir / kEmaFile)) state.ema_tensors = read_tensors(dir / kEmaFile);
     std::ifstream in(dir / "state.json");
     if (!in) fail(dir.string(), "/state.json is missing");
     std::stringstream text;

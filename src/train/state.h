@@ -2,10 +2,11 @@
 //   OUTPUT_PATH/state/step-00000120/
 //     trainable.safetensors   the trained tensors (LoRA parameters, or the model's for full fine-tuning)
 //     optimizer.safetensors   the optimizer's state tensors
+//     ema.safetensors         the EMA of the trained tensors (train/ema.h), when the run keeps one
 //     state.json              format version, counters, position in the epoch, scheduler step, optimizer
 //                             scalars, the state of every generator (timesteps, noise, dropout, data),
 //                             the run's option values and hash
-//     COMPLETE                written last: JSON {"step", "files": {name: {"size", "sha256"}}} of the three
+//     COMPLETE                written last: JSON {"step", "files": {name: {"size", "sha256"}}} of the
 //                             files above. A folder without it is an interrupted save (ignored, removed)
 // The folder is built as state/.step-XXXXXXXX.tmp-PID, every file fsynced, then renamed into place and
 // the state/ folder fsynced: a reader sees a whole state or none. Resuming verifies the newest state
@@ -32,6 +33,7 @@ inline constexpr int kStateFormatVersion = 2;
 struct TrainingState {
   std::vector<std::pair<std::string, at::Tensor>> trainable;
   std::vector<std::pair<std::string, at::Tensor>> optimizer_tensors;
+  std::vector<std::pair<std::string, at::Tensor>> ema_tensors;  // empty: no EMA (no ema.safetensors)
   nlohmann::json info;  // counters, generators, optimizer scalars, config hash, ...
 };
 

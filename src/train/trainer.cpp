@@ -14,6 +14,8 @@
 #include <limits>
 #include <cstdio>
 #include <map>
+#include <memory>
+#include <optional>
 
 #include "core/atomic_file.h"
 #include "core/error.h"
@@ -25,9 +27,11 @@
 #include "core/safetensors.h"
 #include "core/stop.h"
 #include "models/convert.h"
+#include "lora/start_weights.h"
 #include "optim/optimizer.h"
 #include "train/block_swap.h"
 #include "train/device_memory.h"
+#include "train/ema.h"
 #include "train/prefetch.h"
 #include "train/state.h"
 
@@ -80,10 +84,18 @@ Trainable build(const TrainerConfig& config) {
                 " transformer blocks wait in host memory (", t.swap->swapped_bytes() / (1 << 20),
                 " MiB of weights) and are copied to ", model_options.device.str(), " while they run");
     }
-    t.network = std::make_unique<lora::LoraNetwork>(*t.model, config.lora, config.seed);
-    if (!config.network_weights.empty()) {
-      t.network->load_kohya(lora::read_lora_file(config.network_weights), config.network_weights);
-      log::info("starting from the LoRA in ", config.network_weights);
+    if (config.network_weights.empty()) {
+      t.network = std::make_unique<lora::LoraNetwork>(*t.model, config.lora, config.seed);
+    } else {
+      // Any layout `sample` reads; dim_from_weights: the file's modules and ranks make the network.
+      const lora::StartWeights start = lora::read_start_weights(config.network_weights, *t.model, config.lora.split_qkv);
+      lora::LoraOptions options = config.lora;
+      if (config.dim_from_weights) options.module_dims = start.module_dims;
+      t.network = std::make_unique<lora::LoraNetwork>(*t.model, options, config.seed);
+      t.network->load_kohya(start.tensors, config.network_weights);
+      log::info("starting from the LoRA in ", config.network_weights, " (", start.layout, " layout, ",
+                start.module_dims.size(), " modules", config.dim_from_weights ? ", the network built from it" : "",
+                ")");
     }
     t.params = t.network->parameters();
     for (size_t i = 0; i < t.params.size(); ++i) t.names.push_back(std::to_string(i));
@@ -277,6 +289,15 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     for (size_t i = 1; i < multipliers.size(); i += 2) multipliers[i] = *config.optimizer.loraplus_lr_ratio;
     optimizer->set_lr_multipliers(multipliers);
   }
+  // The EMA (rank 0's: every rank has the same weights after a step), from the weights the run starts with.
+  std::unique_ptr<Ema> ema;
+  if (config.ema.enabled() && root) {
+    ema = std::make_unique<Ema>(config.ema, t.params, config.model.device);
+    log::info("EMA of the ", t.params.size(), " trained tensors: decay up to ", config.ema.decay, ", every ",
+              config.ema.update_interval, " step", config.ema.update_interval == 1 ? "" : "s", ", kept in fp32 on ",
+              config.ema.device == EmaDevice::cpu ? std::string("the CPU") : config.model.device.str(),
+              "; saved as NAME-ema.safetensors beside each LoRA file");
+  }
   // ZeRO stage 1: each rank steps (and keeps the optimizer state of) the tensors it owns.
   std::vector<int> owner;
   std::vector<bool> owned;
@@ -338,6 +359,14 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
       }
     }
     optimizer->load_state(state.optimizer_tensors, state.info.at("optimizer"));
+    if (ema) {
+      if (state.ema_tensors.empty() || !state.info.contains("ema")) {
+        ema = std::make_unique<Ema>(config.ema, t.params, config.model.device);
+        log::warn(dir, ": the state holds no EMA (ema_decay was off); the EMA starts from the resumed weights");
+      } else {
+        ema->load_state(state.ema_tensors, state.info.at("ema"), dir);
+      }
+    }
     const auto& gens = state.info.at("generators");
     set_generator_state(generators.timesteps, gens.at("timesteps"), dir);
     set_generator_state(generators.noise, gens.at("noise"), dir);
@@ -401,6 +430,10 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     TrainingState state;
     for (size_t i = 0; i < t.params.size(); ++i) state.trainable.emplace_back(t.names[i], t.params[i].detach());
     state.optimizer_tensors = std::move(optimizer_tensors);
+    if (ema) {
+      state.ema_tensors = ema->state_tensors();
+      state.info["ema"] = ema->state_info();
+    }
     state.info["step"] = at_step;
     state.info["epoch"] = at_step / steps_per_epoch;
     state.info["batch_in_epoch"] = first_batch(at_step) % per_epoch;
@@ -426,6 +459,11 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     if (!root) return;
     try {
       write_final_model(path, config, t);
+      if (ema) {
+        // Its EMA beside it (NAME-ema.safetensors), written by the same writer with the averaged values.
+        const Ema::Applied averaged(*ema, t.params);
+        write_final_model(ema_file_name(path), config, t);
+      }
       config.hooks.emit({"model", at_step, {path}, {{"final", final}}});
     } catch (const Error& e) {
       const auto kept = newest_state(config.output_dir);
@@ -448,10 +486,16 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     const std::string prefix = config.output_name + "-" + what;
     for (const auto& entry : fs::directory_iterator(config.output_dir)) {
       std::string name = entry.path().filename().string();
-      if (name.rfind(prefix, 0) == 0 && entry.path().extension() == ".safetensors") files.push_back(entry.path());
+      // An EMA file goes with its LoRA file.
+      if (name.rfind(prefix, 0) == 0 && entry.path().extension() == ".safetensors" && !name.ends_with("-ema.safetensors"))
+        files.push_back(entry.path());
     }
     std::sort(files.begin(), files.end());
-    for (size_t i = 0; i + static_cast<size_t>(config.keep_last_n) < files.size(); ++i) fs::remove(files[i]);
+    for (size_t i = 0; i + static_cast<size_t>(config.keep_last_n) < files.size(); ++i) {
+      fs::remove(files[i]);
+      std::error_code ec;
+      fs::remove(ema_file_name(files[i].string()), ec);
+    }
   };
 
   // metrics.jsonl and TensorBoard: a resumed run first drops what the lost steps had logged.
@@ -480,6 +524,9 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     if (t.network) t.network->set_training(false);
     std::vector<std::filesystem::path> files;
     try {
+      // ema_samples: rendered with the averaged weights (the live ones come back after).
+      std::optional<Ema::Applied> averaged;
+      if (ema && config.ema.samples) averaged.emplace(*ema, t.params);
       files = sample(at, *t.model);
     } catch (const stop::Stopped&) {
       // Stopped between denoising steps: before the first step that is the run's end (nothing trained,
@@ -643,6 +690,7 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
       out_of_memory(step + 1, micro, e.what());
     }
     ++step;
+    if (ema) ema->after_step(step, t.params);
     if (r.skipped) {
       ++result.skipped_steps;
       ++skipped_in_a_row;

@@ -181,21 +181,25 @@ def prediction():
     return {"unmasked": None, "masked": mask, "uniform": torch.full((2, 64, 1), 0.3)}, pred, target
 
 
-@pytest.fixture(scope="module")
-def ours_losses(tmp_path_factory, test_tool, prediction):
-    """{mask name: [loss of each LOSS_CASES entry]}, one tool run per mask."""
-    masks, pred, target = prediction
-    folder = tmp_path_factory.mktemp("losses")
-    (folder / "cases.json").write_text(json.dumps(LOSS_CASES))
+def tool_losses(test_tool, folder, cases, masks, **inputs):
+    """{mask name: [our loss of each case]}: one objective-loss run per mask, with `inputs` (pred, target, ...)."""
+    (folder / "cases.json").write_text(json.dumps(cases))
     out = {}
     for name, mask in masks.items():
-        tensors = {"pred": pred, "target": target, **({"mask": mask} if mask is not None else {})}
+        tensors = {**inputs, **({"mask": mask} if mask is not None else {})}
         save_file(tensors, str(folder / f"{name}.safetensors"))
         run([test_tool, "objective-loss", folder / f"{name}.safetensors", folder / "cases.json",
              folder / f"{name}-out.safetensors"])
         losses = load_file(str(folder / f"{name}-out.safetensors"))
-        out[name] = [losses[f"loss.{i}"] for i in range(len(LOSS_CASES))]
+        out[name] = [losses[f"loss.{i}"] for i in range(len(cases))]
     return out
+
+
+@pytest.fixture(scope="module")
+def ours_losses(tmp_path_factory, test_tool, prediction):
+    """{mask name: [loss of each LOSS_CASES entry]}, one tool run per mask."""
+    masks, pred, target = prediction
+    return tool_losses(test_tool, tmp_path_factory.mktemp("losses"), LOSS_CASES, masks, pred=pred, target=target)
 
 
 @pytest.mark.parametrize("masked", ["unmasked", "masked"])
@@ -270,18 +274,8 @@ def weighted_inputs(prediction):
 @pytest.fixture(scope="module")
 def ours_weighted(tmp_path_factory, test_tool, weighted_inputs):
     masks, pred, target, noisy, sigmas = weighted_inputs
-    folder = tmp_path_factory.mktemp("weighted")
-    (folder / "cases.json").write_text(json.dumps(WEIGHTED_CASES))
-    out = {}
-    for name, mask in masks.items():
-        tensors = {"pred": pred, "target": target, "noisy": noisy, "sigmas": sigmas,
-                   **({"mask": mask} if mask is not None else {})}
-        save_file(tensors, str(folder / f"{name}.safetensors"))
-        run([test_tool, "objective-loss", folder / f"{name}.safetensors", folder / "cases.json",
-             folder / f"{name}-out.safetensors"])
-        losses = load_file(str(folder / f"{name}-out.safetensors"))
-        out[name] = [losses[f"loss.{i}"] for i in range(len(WEIGHTED_CASES))]
-    return out
+    return tool_losses(test_tool, tmp_path_factory.mktemp("weighted"), WEIGHTED_CASES, masks, pred=pred,
+                       target=target, noisy=noisy, sigmas=sigmas)
 
 
 @pytest.mark.parametrize("masked", ["unmasked", "masked"])

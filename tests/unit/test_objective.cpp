@@ -185,21 +185,33 @@ TEST(Objective, MaskWeightsElementsAndDividesByItsSum) {
 // the transformer's last Linear zeroed so that its prediction is exactly 0: the per-element difference is then
 // the target noise - x0, known from a generator with the noise generator's state, in the unpacked layout
 // [B, C, h, w] where the mask [B, h, w] applies to every channel.
-TEST(Objective, TrainerLossPathMatchesTheFormulasWithAndWithoutAMask) {
-  auto config = models::tiny_flux_config(false);
-  models::FluxTransformer model(config, models::ModelOptions{});
-  models::init_random(*model, 2);
-  {
-    at::NoGradGuard no_grad;
-    model->final_layer->linear->weight.zero_();
-    model->final_layer->linear->bias.zero_();
-  }
-  at::Generator g = at::detail::createCPUGenerator(4);
+// A tiny transformer whose prediction is exactly 0 (its last Linear zeroed) and a random batch of `b` latents
+// [b, C, 4, 6] with text inputs, drawn from generator `g` (which the caller may draw on from).
+struct ZeroPrediction {
+  models::FluxConfig config = models::tiny_flux_config(false);
+  models::FluxTransformer model{config, models::ModelOptions{}};
   LatentBatch batch;
-  const int64_t b = 2, c = config.in_channels / 4, h = 4, w = 6;
-  batch.latents = at::randn({b, c, h, w}, g, at::kFloat);
-  batch.t5 = at::randn({b, 5, config.context_in_dim}, g, at::kFloat);
-  batch.clip_pooled = at::randn({b, config.vec_in_dim}, g, at::kFloat);
+  int64_t c = config.in_channels / 4, h = 4, w = 6;
+  ZeroPrediction(int64_t b, at::Generator& g) {
+    models::init_random(*model, 2);
+    {
+      at::NoGradGuard no_grad;
+      model->final_layer->linear->weight.zero_();
+      model->final_layer->linear->bias.zero_();
+    }
+    batch.latents = at::randn({b, c, h, w}, g, at::kFloat);
+    batch.t5 = at::randn({b, 5, config.context_in_dim}, g, at::kFloat);
+    batch.clip_pooled = at::randn({b, config.vec_in_dim}, g, at::kFloat);
+  }
+};
+
+TEST(Objective, TrainerLossPathMatchesTheFormulasWithAndWithoutAMask) {
+  at::Generator g = at::detail::createCPUGenerator(4);
+  const int64_t b = 2;
+  ZeroPrediction setup(b, g);
+  auto& model = setup.model;
+  const LatentBatch& batch = setup.batch;
+  const int64_t c = setup.c, h = setup.h, w = setup.w;
   at::Tensor mask = at::rand({b, h, w}, g, at::kFloat);
   mask.index_put_({0, at::indexing::Slice(0, 2)}, 0.0);  // a masked-out region of sample 0
   at::Tensor x0 = batch.latents.to(at::kDouble);
@@ -243,20 +255,12 @@ TEST(Objective, TrainerLossPathMatchesTheFormulasWithAndWithoutAMask) {
 // the l2 loss is mean((x_t - (n - x0))^2) per sample, times 1 / s^2 (sigma_sqrt) or cosmap's weight, with s
 // and n drawn from copies of the trainer's generators.
 TEST(Objective, TrainerLossPathAppliesThePredictionTypeAndTheWeighting) {
-  auto config = models::tiny_flux_config(false);
-  models::FluxTransformer model(config, models::ModelOptions{});
-  models::init_random(*model, 2);
-  {
-    at::NoGradGuard no_grad;
-    model->final_layer->linear->weight.zero_();
-    model->final_layer->linear->bias.zero_();
-  }
   at::Generator g = at::detail::createCPUGenerator(4);
-  LatentBatch batch;
-  const int64_t b = 3, c = config.in_channels / 4, h = 4, w = 6;
-  batch.latents = at::randn({b, c, h, w}, g, at::kFloat);
-  batch.t5 = at::randn({b, 5, config.context_in_dim}, g, at::kFloat);
-  batch.clip_pooled = at::randn({b, config.vec_in_dim}, g, at::kFloat);
+  const int64_t b = 3;
+  ZeroPrediction setup(b, g);
+  auto& model = setup.model;
+  const LatentBatch& batch = setup.batch;
+  const int64_t c = setup.c, h = setup.h, w = setup.w;
   const at::Tensor x0 = batch.latents.to(at::kDouble);
   for (PredictionType prediction : {PredictionType::raw, PredictionType::additive, PredictionType::sigma_scaled}) {
     for (WeightingScheme weighting : {WeightingScheme::none, WeightingScheme::sigma_sqrt, WeightingScheme::cosmap}) {

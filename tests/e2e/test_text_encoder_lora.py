@@ -31,8 +31,9 @@ from test_sample import sample as run_sample
 from train_env import base_env, dataset, kill_after_state_and_resume, lora_tensors, models  # noqa: F401  (fixtures)
 
 BOS, EOS = 49406, 49407
+# alpha 2 with rank 4: a scale of 0.5, so a loader that ignored alpha / rank would differ.
 TE_ENV = {"PARAMS_TEXT_ENCODER_LR": "0.01", "PARAMS_TRAIN_BLOCKS": "double", "PARAMS_MAX_TRAIN_STEPS": "8",
-          "PARAMS_SAVE_EVERY_N_STEPS": "2"}
+          "PARAMS_SAVE_EVERY_N_STEPS": "2", "PARAMS_NETWORK_ALPHA": "2"}
 CLIP_MODULES = {f"lora_te1_text_model_encoder_layers_{i}_{name}" for i in range(tm.TINY_CLIP.num_hidden_layers)
                 for name in ("self_attn_q_proj", "self_attn_k_proj", "self_attn_v_proj", "self_attn_out_proj",
                              "mlp_fc1", "mlp_fc2")}
@@ -132,7 +133,7 @@ def test_text_encoder_lr_trains_clip_adapters_into_the_file(trained):
         assert t[f"{m}.lora_down.weight"].shape == (4, tm.TINY_CLIP.hidden_size if "fc2" not in m
                                                    else tm.TINY_CLIP.intermediate_size)
         assert t[f"{m}.lora_up.weight"].abs().max() > 0, f"{m}: its up matrix did not train"
-        assert float(t[f"{m}.alpha"]) == 4.0
+        assert float(t[f"{m}.alpha"]) == 2.0
     meta = metadata(out / "flux-lora.safetensors")
     assert meta["ss_text_encoder_lr"] == "0.01"
     assert meta["ss_network_train_unet_only"] == "False"

@@ -115,6 +115,7 @@ int run_sample(const SampleSettings& o) {
     lora_list += cat(lora_list.empty() ? "" : ", ", fs::path(l.path).filename().string(), ":", l.strength);
   }
   setup.sampler.text = {{"model", fs::path(files.model).filename().string()}, {"loras", lora_list}};
+  for (const auto& l : loras) setup.text_encoder_loras.emplace_back(l.path, l.strength);
   sample::ComfyGraph graph;
   graph.unet = fs::path(files.model).filename().string();
   graph.clip_l = fs::path(files.clip_l).filename().string();

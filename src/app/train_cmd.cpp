@@ -634,6 +634,7 @@ int run_train_inner(const ResolvedConfig& config, bool cache_only, std::unique_p
   source_options.seed = settings.training.seed;
   source_options.rank = rank_info.rank;
   source_options.world_size = world;
+  source_options.cache_text = settings.cache_text_encoder_outputs;
   const train::EncoderFiles encoder_files{files.ae, files.clip_l, files.t5xxl};
   train::DatasetSource source(plan, encoder_files, source_options);
   // The held-out images are cached with the training images (one load of the encoders); rank 0 computes the
@@ -668,6 +669,10 @@ int run_train_inner(const ResolvedConfig& config, bool cache_only, std::unique_p
   trainer.device_batch = device_batch;
   trainer.validation = validation.get();
   trainer.validation_seed = settings.training.seed;
+  trainer.clip_path = files.clip_l;
+  trainer.t5_path = files.t5xxl;
+  trainer.encoder_options = source_options.encoders;
+  trainer.text_options = source_options.text;
   if (root) {
     fs::create_directories(run.dir / "logs");
     write_file_atomic((run.dir / "config.toml").string(), config.to_toml());
@@ -726,6 +731,9 @@ int run_train_inner(const ResolvedConfig& config, bool cache_only, std::unique_p
       loras.emplace_back(ema ? train::ema_file_name(file) : file, 1.0);
       return loras;
     };
+    if (trainer.train_clip)
+      log::warn("the samples during training encode their prompts with the base text encoders (once, before the "
+                "first step); the trained text-encoder LoRA shows in `fluxtrain sample` with the saved file");
     sampler = sample::make_sampler(setup);
     hook = [&sampler](int64_t step, models::FluxTransformerImpl& model) { return sampler->render(step, model); };
   }

@@ -54,6 +54,30 @@ std::vector<std::string> validate_train_config(const ResolvedConfig& config, boo
                            "prodigyopt does), but ",
                            d("optimizer_type"), "; use AdamW or unset it"));
   }
+  // Text-encoder LoRA (kohya's network_train_unet_only / text_encoder_lr / train_t5xxl).
+  const bool train_text = !config.get_bool("network_train_unet_only");
+  if (!train_text) {
+    for (const char* key : {"text_encoder_lr", "train_t5xxl"}) {
+      if (std::string(key) == "text_encoder_lr" ? config.is_set(key) : config.get_bool(key))
+        errors.push_back(cat(d(key), " trains a text-encoder LoRA, but ", d("network_train_unet_only"),
+                             " trains the transformer only; unset network_train_unet_only (or set it to false)"));
+    }
+  } else {
+    if (config.get_bool("cache_text_encoder_outputs"))
+      errors.push_back(cat(d("cache_text_encoder_outputs"),
+                           " encodes every caption once before training, but with ", d("network_train_unet_only"),
+                           " a text encoder trains and its outputs change with every step, so they cannot be cached; "
+                           "set cache_text_encoder_outputs=false (or leave it unset), or network_train_unet_only=true"));
+    if (config.get_string("network_type") == "none")
+      errors.push_back(cat(d("network_train_unet_only"), " trains a text-encoder LoRA, but ", d("network_type"),
+                           " fine-tunes the transformer without a LoRA; set network_type=lora or "
+                           "network_train_unet_only=true"));
+    if (optimizer == "Prodigy" && config.is_set("text_encoder_lr") &&
+        config.get_real("text_encoder_lr") != config.get_real("learning_rate"))
+      errors.push_back(cat(d("text_encoder_lr"), " differs from ", d("learning_rate"),
+                           ": per-parameter learning rates, which Prodigy refuses (as prodigyopt does); use AdamW, "
+                           "or unset text_encoder_lr (the text encoders then train at learning_rate)"));
+  }
   if (config.get_bool("offload_checkpoints") && !config.get_bool("gradient_checkpointing"))
     errors.push_back(cat(d("offload_checkpoints"), " needs gradient checkpointing, but ", d("gradient_checkpointing")));
   const std::string fp8_compute = config.get_string("fp8_compute");

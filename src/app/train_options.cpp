@@ -374,6 +374,31 @@ std::vector<OptionSpec> train_specs() {
           .min(0)
           .max(1, true)
           .to(&S::training, &T::lora, &L::dropout, &lora::DropoutOptions::module),
+      Opt<S>("network_train_unet_only", kBool, "network", "true",
+             "Train the transformer's LoRA only; false: also a LoRA on CLIP-L (lora_te1_ modules in the same file, "
+             "and T5-XXL with train_t5xxl), trained at text_encoder_lr, with the text cache off. fluxtrain's "
+             "default is true (kohya's false).")
+          .default_rule("false when text_encoder_lr is given or train_t5xxl is true",
+                        [](const Values& v) -> RuleResult {
+                          if (std::holds_alternative<double>(v.at("text_encoder_lr").value))
+                            return std::pair{OptionValue{false}, std::string("text_encoder_lr is given")};
+                          if (std::get<bool>(v.at("train_t5xxl").value))
+                            return std::pair{OptionValue{false}, std::string("train_t5xxl is true")};
+                          return std::nullopt;
+                        })
+          .metadata("ss_network_train_unet_only")
+          .set([](S& s, const bool& v) { s.training.train_clip = !v; }),
+      Opt<S>("text_encoder_lr", kReal, "network", "",
+             "Learning rate of the text encoders' LoRA (kohya's option; the schedule scales it like learning_rate); "
+             "given: the text encoders train (network_train_unet_only defaults to false); unset: learning_rate.")
+          .min(0, true)
+          .metadata("ss_text_encoder_lr")
+          .set([](S& s, const double& v) { s.training.text_encoder_lr = v; }),
+      Opt<S>("train_t5xxl", kBool, "network", "false",
+             "Also train a LoRA on T5-XXL (lora_te3_ modules: SelfAttention q/k/v/o and DenseReluDense "
+             "wi_0/wi_1/wo of every block), as kohya's network argument train_t5xxl=True; needs the text "
+             "encoders to train (network_train_unet_only false, its default then).")
+          .set([](S& s, const bool& v) { s.training.train_t5 = v; }),
       type_dim("img_attn", "the double blocks' image attention"),
       type_dim("img_mlp", "the double blocks' image MLP"),
       type_dim("img_mod", "the double blocks' image modulation"),
@@ -698,6 +723,17 @@ std::vector<OptionSpec> train_specs() {
              "Folder of the latent and text-embedding caches (shareable across runs); unset: OUTPUT_PATH/cache.")
           .safe_on_resume()
           .to(&S::cache_dir),
+      Opt<S>("cache_text_encoder_outputs", kBool, "memory", "true",
+             "Encode every caption once into the text cache before training (kohya's option); a trained text "
+             "encoder (network_train_unet_only false) must run in every step, so it is off then, and asking "
+             "for both is an error.")
+          .default_rule("false when a text encoder trains (network_train_unet_only false)",
+                        [](const Values& v) -> RuleResult {
+                          if (std::get<bool>(v.at("network_train_unet_only").value)) return std::nullopt;
+                          return std::pair{OptionValue{false}, std::string("the text encoders train")};
+                        })
+          .metadata("ss_cache_text_encoder_outputs")
+          .to(&S::cache_text_encoder_outputs),
 
       // --- sampling
       Opt<S>("sample_prompts", kPath, "sampling", "",

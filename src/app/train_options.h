@@ -41,6 +41,7 @@ struct TrainSettings {
   std::string resume_from;  // a state folder
   bool auto_resume = true;
   std::string cache_dir;  // "" = OUTPUT_PATH/cache
+  bool cache_text_encoder_outputs = true;  // off when a text encoder trains (kohya's option)
   std::string sample_prompts;
 
   ComputeSettings compute;

@@ -206,10 +206,6 @@ LoraContents read_lora(const std::string& path, const models::FluxTransformerImp
          " tensors, none of them a LoRA down/up pair)");
   out.text_encoder_modules = text_encoder.size();
   out.layout = layouts.size() == 1 ? *layouts.begin() : layouts.empty() ? "none" : "mixed";
-  if (!text_encoder.empty()) {
-    log::warn(path, ": ", text_encoder.size(), " text-encoder LoRA modules (e.g. ", *text_encoder.begin(),
-              ") are not applied: fluxtrain applies LoRAs to the transformer only");
-  }
   return out;
 }
 

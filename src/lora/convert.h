@@ -8,7 +8,8 @@
 // map as the model loader, models::flux_diffusers_map). Scale = alpha / rank, or 1 without an alpha
 // (PEFT/diffusers files store none: their adapters were saved with alpha = rank).
 //
-// Text-encoder adapters (keys::is_text_encoder) are recognised and counted but not applied.
+// Text-encoder adapters (keys::is_text_encoder) are counted here and left to merge_text_encoder_lora
+// (lora/text_encoder_network.h), which applies them to CLIP-L / T5 (`sample` does both).
 // LyCORIS types (LoHa, LoKr, DoRA, full diffs) are refused with an error naming them.
 #pragma once
 
@@ -38,7 +39,7 @@ struct LoraContents {
   std::string path;
   std::string layout;  // "kohya", "diffusers", "comfyui", "mixed"
   std::vector<LoraDelta> deltas;
-  size_t text_encoder_modules = 0;  // adapters of CLIP/T5 in the file (not applied)
+  size_t text_encoder_modules = 0;  // adapters of CLIP/T5 in the file (merge_text_encoder_lora's)
 };
 
 // Reads a LoRA file and resolves every module against `model` (names, shapes). Throws Error naming the

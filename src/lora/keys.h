@@ -62,6 +62,9 @@ inline constexpr std::string_view kClipPrefix = "lora_te1_";
 inline constexpr std::string_view kT5Prefix = "lora_te3_";
 // diffusers module paths underscored the kohya way (lora_transformer_transformer_blocks_0_attn_to_q).
 inline constexpr std::string_view kDiffusersTransformerPrefix = "lora_transformer_";
+// diffusers' text-encoder containers in a Flux pipeline (PEFT names below them): CLIP-L, T5-XXL.
+inline constexpr std::string_view kDiffusersClipPrefix = "text_encoder.";
+inline constexpr std::string_view kDiffusersT5Prefix = "text_encoder_2.";
 
 // prefix + model path with every '.' replaced by '_': lora_unet_ + double_blocks.0.img_attn.qkv ->
 // lora_unet_double_blocks_0_img_attn_qkv. Not reversible (paths hold '_' too): callers match names

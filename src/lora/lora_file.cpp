@@ -3,7 +3,9 @@
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <atomic>
+#include <iterator>
 #include <chrono>
 #include <ctime>
 #include <sstream>
@@ -12,6 +14,7 @@
 #include "core/safetensors.h"
 #include "core/version.h"
 #include "lora/network.h"
+#include "lora/text_encoder_network.h"
 
 namespace fluxtrain::lora {
 namespace {
@@ -70,13 +73,25 @@ safetensors::Metadata lora_metadata(const LoraNetwork& network, const LoraFileIn
   return m;
 }
 
-void save_lora_file(const std::string& path, const LoraNetwork& network, const LoraFileInfo& info) {
+void save_lora_file(const std::string& path, const LoraNetwork& network, const LoraFileInfo& info,
+                    const TextEncoderNetwork* text_encoders) {
   auto tensors = network.kohya_state();
+  if (text_encoders != nullptr) {
+    auto more = text_encoders->kohya_state();
+    tensors.insert(tensors.end(), std::make_move_iterator(more.begin()), std::make_move_iterator(more.end()));
+    std::sort(tensors.begin(), tensors.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  }
   const at::ScalarType dtype = info.precision == SavePrecision::bf16   ? at::kBFloat16
                                : info.precision == SavePrecision::fp16 ? at::kHalf
                                                                        : at::kFloat;
   for (auto& [name, tensor] : tensors) tensor = tensor.to(dtype);
   safetensors::Metadata metadata = lora_metadata(network, info);
+  if (text_encoders != nullptr && text_encoders->t5_modules() > 0) {
+    // kohya's network argument that made the T5 modules (its loaders read it to build them).
+    nlohmann::ordered_json args = nlohmann::ordered_json::parse(metadata["ss_network_args"]);
+    args["train_t5xxl"] = "True";
+    metadata["ss_network_args"] = args.dump();
+  }
   // kohya: sha256 of the data area; A1111/Forge show its first 10 hex digits as the LoRA's hash.
   metadata["sshs_model_hash"] = safetensors::data_sha256(tensors);
   safetensors::write(path, tensors, metadata);

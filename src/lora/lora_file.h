@@ -14,6 +14,7 @@
 namespace fluxtrain::lora {
 
 class LoraNetwork;
+class TextEncoderNetwork;
 
 struct LoraFileInfo {
   std::string architecture = "flux-1-dev";  // modelspec architecture of the base: flux-1-dev | flux-1-schnell
@@ -36,7 +37,9 @@ std::string iso_date(std::optional<int64_t> seconds);
 // network_args, dropouts), the given training keys, and modelspec.*.
 safetensors::Metadata lora_metadata(const LoraNetwork& network, const LoraFileInfo& info);
 
-// Writes network.kohya_state() with lora_metadata() + sshs_model_hash, atomically.
-void save_lora_file(const std::string& path, const LoraNetwork& network, const LoraFileInfo& info);
+// Writes network.kohya_state() (and the text encoders' modules, lora_te1_ / lora_te3_, when `text_encoders`
+// is given) with lora_metadata() + sshs_model_hash, atomically.
+void save_lora_file(const std::string& path, const LoraNetwork& network, const LoraFileInfo& info,
+                    const TextEncoderNetwork* text_encoders = nullptr);
 
 }  // namespace fluxtrain::lora

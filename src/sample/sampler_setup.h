@@ -26,6 +26,9 @@ struct SamplerSetup {
   TextEncoderOptions text;       // T5 length (512 dev, 256 schnell); t5_attn_mask also masks the transformer
   std::vector<SamplePrompt> prompts;
   SamplerOptions sampler;
+  // LoRA files (and strengths) whose text-encoder modules (lora_te1_ CLIP-L, lora_te3_ T5) are merged into
+  // the encoders before the prompts are encoded; their transformer modules are the caller's to merge.
+  std::vector<std::pair<std::string, double>> text_encoder_loras;
 };
 
 std::unique_ptr<Sampler> make_sampler(const SamplerSetup& setup);

@@ -26,8 +26,11 @@ TextEncoders::TextEncoders(const std::string& clip_path, const std::string& t5_p
 
 TextEncoders::~TextEncoders() = default;
 
-TextEmbeddings TextEncoders::encode(const std::vector<std::string>& captions) {
-  at::NoGradGuard no_grad;
+models::ClipTextModelImpl& TextEncoders::clip() { return *state_->clip.model; }
+models::T5EncoderImpl& TextEncoders::t5() { return *state_->t5.model; }
+
+TextEmbeddings TextEncoders::encode(const std::vector<std::string>& captions, bool with_grad) {
+  at::AutoGradMode grad_mode(with_grad);
   const int64_t batch = static_cast<int64_t>(captions.size());
   const int length = text_options_.t5_max_length;
   std::vector<int64_t> clip_ids, t5_ids, t5_mask;

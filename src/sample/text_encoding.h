@@ -11,6 +11,11 @@
 
 #include "models/options.h"
 
+namespace fluxtrain::models {
+class ClipTextModelImpl;
+class T5EncoderImpl;
+}  // namespace fluxtrain::models
+
 namespace fluxtrain::sample {
 
 struct TextEmbeddings {
@@ -33,8 +38,12 @@ class TextEncoders {
   TextEncoders(const TextEncoders&) = delete;
   TextEncoders& operator=(const TextEncoders&) = delete;
 
-  // Encodes a batch of captions (no gradients). Outputs are on the models' device.
-  TextEmbeddings encode(const std::vector<std::string>& captions);
+  // Encodes a batch of captions. Outputs are on the models' device. No gradients unless `with_grad` (a
+  // trained text-encoder LoRA: the adapters' parameters then get gradients through the outputs).
+  TextEmbeddings encode(const std::vector<std::string>& captions, bool with_grad = false);
+  // The models, for LoRA adapters (lora/text_encoder_network.h) and merges.
+  models::ClipTextModelImpl& clip();
+  models::T5EncoderImpl& t5();
   const TextEncoderOptions& options() const { return text_options_; }
 
  private:

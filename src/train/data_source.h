@@ -6,6 +6,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace fluxtrain::train {
@@ -17,6 +18,9 @@ struct LatentBatch {
   at::Tensor t5_mask;      // [B, L] (1 = token) or undefined
   at::Tensor clip_pooled;  // [B, vec_in_dim]
   at::Tensor loss_mask;    // [B, h, w] in [0, 1] (alpha_mask training) or undefined
+  // The captions of the rows. Without the text cache (a trained text encoder) t5 / t5_mask / clip_pooled
+  // are undefined and the step encodes these (StepOptions::encode_text).
+  std::vector<std::string> captions;
   // Data parallelism: this rank's rows [first_row, first_row + B) of a global batch of global_rows
   // images (0: the batch is whole). The random draws of a step (timesteps, noise) are made for the
   // global batch on every rank and sliced, so N ranks see what one process would. A rank may get no

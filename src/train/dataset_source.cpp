@@ -101,13 +101,18 @@ std::string DatasetSource::prepare(int shard, int shards, const data::DatasetPla
     captions = std::move(unique);
     mine(captions);
   }
-  CacheStats text_stats = text_->ensure(
-      captions, [this]() -> sample::TextEncoders& { return encoders(); }, options_.encode_batch_size);
+  CacheStats text_stats;
+  if (options_.cache_text) {
+    text_stats = text_->ensure(
+        captions, [this]() -> sample::TextEncoders& { return encoders(); }, options_.encode_batch_size);
+  }
   encoders_.reset();  // freed before training; reloaded only if a random caption variant needs it
   return cat("latent cache: ", latent_stats.reused, " reused, ", latent_stats.computed, " encoded",
              latent_stats.corrupt ? cat(" (", latent_stats.corrupt, " unreadable entries recomputed)") : std::string(),
-             "; text cache: ", text_stats.reused, " reused, ", text_stats.computed, " encoded",
-             text_stats.corrupt ? cat(" (", text_stats.corrupt, " unreadable entries recomputed)") : std::string(),
+             options_.cache_text ? cat("; text cache: ", text_stats.reused, " reused, ", text_stats.computed, " encoded",
+                                       text_stats.corrupt ? cat(" (", text_stats.corrupt, " unreadable entries recomputed)")
+                                                          : std::string())
+                                 : std::string("; text cache off (the text encoders train: each step encodes its captions)"),
              " (", options_.cache_dir.string(), ")");
 }
 
@@ -153,6 +158,8 @@ LatentBatch DatasetSource::batch(int64_t epoch, int64_t index) {
                           : at::Tensor());
     }
     any_mask = any_mask || masks.back().defined();
+    out.captions.push_back(sample.caption);
+    if (!options_.cache_text) continue;
     sample::TextEmbeddings e;
     if (std::filesystem::exists(text_->entry(sample.caption))) {
       e = text_->load(sample.caption);
@@ -169,9 +176,11 @@ LatentBatch DatasetSource::batch(int64_t epoch, int64_t index) {
     out.global_shape = out.latents.sizes().vec();
     out.global_shape[0] = out.global_rows;
   }
-  out.t5 = at::stack(t5);
-  out.t5_mask = at::stack(t5_masks);
-  out.clip_pooled = at::stack(pooled);
+  if (options_.cache_text) {
+    out.t5 = at::stack(t5);
+    out.t5_mask = at::stack(t5_masks);
+    out.clip_pooled = at::stack(pooled);
+  }
   if (any_mask) {
     for (size_t i = 0; i < masks.size(); ++i) {
       if (!masks[i].defined()) masks[i] = at::ones({latents[i].size(1), latents[i].size(2)});

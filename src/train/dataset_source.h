@@ -27,6 +27,9 @@ struct DatasetSourceOptions {
   models::ModelOptions encoders;  // device / dtype the encoders run in
   sample::TextEncoderOptions text;
   int encode_batch_size = 4;
+  // kohya's cache_text_encoder_outputs: false (a trained text encoder) leaves the text cache alone and gives
+  // batches their captions only (LatentBatch::captions; the step encodes them).
+  bool cache_text = true;
   uint64_t seed = 42;
   // Data parallelism: the plan's batches are global batches (per-device batch_size x world), and
   // batch() returns rank `rank`'s contiguous share of each (LatentBatch::global_rows).

@@ -118,6 +118,12 @@ struct TrainOptions {
   std::string network_weights;  // start from this LoRA file (any layout lora/convert.h reads)
   bool dim_from_weights = false;  // the network's modules, ranks and alphas are network_weights' (kohya)
   EmaOptions ema;
+  // Text-encoder LoRA (kohya's network_train_unet_only = false; lora/text_encoder_network.h): adapters on
+  // CLIP-L (and T5-XXL with train_t5xxl), trained at text_encoder_lr (unset: learning_rate). A trained
+  // encoder runs in every step, so the text cache is off for such a run.
+  bool train_clip = false;
+  bool train_t5 = false;
+  std::optional<double> text_encoder_lr;
   bool fp8_base = true;         // the seed's; frozen block weights stored as float8_e4m3fn
   int64_t blocks_to_swap = 0;   // the last N transformer blocks' weights wait in host memory (train/block_swap.h)
   optim::OptimizerSettings optimizer;

@@ -44,12 +44,26 @@ at::Tensor batch_loss(models::FluxTransformerImpl& model, const LatentBatch& bat
   return noised_loss(model, batch, sigmas, noise, options);
 }
 
-at::Tensor noised_loss(models::FluxTransformerImpl& model, const LatentBatch& batch, const at::Tensor& sigmas,
+namespace {
+
+// The batch with its text embeddings: as cached, or encoded now (StepOptions::encode_text).
+const LatentBatch& with_text(const LatentBatch& batch, const StepOptions& options, LatentBatch& encoded) {
+  if (batch.t5.defined() || !options.encode_text) return batch;
+  encoded = batch;
+  options.encode_text(encoded);
+  return encoded;
+}
+
+}  // namespace
+
+at::Tensor noised_loss(models::FluxTransformerImpl& model, const LatentBatch& batch_in, const at::Tensor& sigmas,
                        const at::Tensor& noise, const StepOptions& options) {
   const at::Device device = model.img_in->weight.device();
   const at::ScalarType dtype = options.compute_dtype;
-  const int64_t b = batch.rows();
-  const int64_t h = batch.latents.size(2), w = batch.latents.size(3);
+  const int64_t b = batch_in.rows();
+  const int64_t h = batch_in.latents.size(2), w = batch_in.latents.size(3);
+  LatentBatch encoded;
+  const LatentBatch& batch = with_text(batch_in, options, encoded);
   NoisedLatents noised = add_noise(batch.latents.to(at::kFloat).cpu(), noise, sigmas);
 
   models::FluxInputs in;

@@ -6,6 +6,7 @@
 #include <ATen/core/Generator.h>
 #include <ATen/core/Tensor.h>
 
+#include <functional>
 #include <vector>
 
 #include "models/flux/flux.h"
@@ -33,6 +34,9 @@ struct StepOptions {
   at::ScalarType compute_dtype = at::kFloat;
   bool apply_t5_mask = false;
   double max_grad_norm = 1.0;
+  // Fills a batch's text embeddings from its captions when it has none (a trained text-encoder LoRA: the
+  // text cache is off); with autograd on in training, off in the validation loss.
+  std::function<void(LatentBatch&)> encode_text;
 };
 
 // One CPU generator per purpose, so a run is reproducible on any device and resumable exactly.

@@ -26,6 +26,8 @@
 #include "data/image.h"
 #include "core/safetensors.h"
 #include "core/stop.h"
+#include "lora/keys.h"
+#include "lora/text_encoder_network.h"
 #include "models/convert.h"
 #include "lora/start_weights.h"
 #include "optim/optimizer.h"
@@ -50,9 +52,33 @@ struct Trainable {
   models::FluxTransformer model{nullptr};
   std::unique_ptr<BlockSwap> swap;  // blocks_to_swap > 0: registered as the model's block hooks
   std::unique_ptr<lora::LoraNetwork> network;
+  // A trained text-encoder LoRA: the encoders (run in every step) and their adapters, whose parameters
+  // follow the transformer network's in `params` from index te_begin on.
+  std::unique_ptr<sample::TextEncoders> encoders;
+  std::unique_ptr<lora::TextEncoderNetwork> te_network;
+  size_t te_begin = 0;
   std::vector<at::Tensor> params;
   std::vector<std::string> names;
+  void set_training(bool training) {
+    if (network) network->set_training(training);
+    if (te_network) te_network->set_training(training);
+  }
 };
+
+// Splits a LoRA file's tensors: the text encoders' (returned) and the rest (left in `tensors`).
+std::map<std::string, at::Tensor> take_text_encoder_tensors(std::map<std::string, at::Tensor>& tensors) {
+  std::map<std::string, at::Tensor> out;
+  for (auto it = tensors.begin(); it != tensors.end();) {
+    const auto parsed = lora::keys::parse(it->first);
+    if (lora::keys::is_text_encoder(parsed ? parsed->module : it->first)) {
+      out.insert(*it);
+      it = tensors.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  return out;
+}
 
 Trainable build(const TrainerConfig& config) {
   Trainable t;
@@ -97,7 +123,33 @@ Trainable build(const TrainerConfig& config) {
                 start.module_dims.size(), " modules", config.dim_from_weights ? ", the network built from it" : "",
                 ")");
     }
+    // The file's text-encoder modules (kohya names), for the text-encoder network below.
+    std::map<std::string, at::Tensor> start_te;
+    if (!config.network_weights.empty()) {
+      std::map<std::string, at::Tensor> start = lora::read_lora_file(config.network_weights);
+      start_te = take_text_encoder_tensors(start);
+    }
     t.params = t.network->parameters();
+    if (config.train_clip || config.train_t5) {
+      // The encoders stay loaded and run in every step (frozen; their adapters train).
+      t.encoders = std::make_unique<sample::TextEncoders>(config.clip_path, config.t5_path, config.encoder_options,
+                                                          config.text_options);
+      for (auto& p : t.encoders->clip().parameters()) p.requires_grad_(false);
+      for (auto& p : t.encoders->t5().parameters()) p.requires_grad_(false);
+      // Their own initialisation generator (seed + 3), so the transformer's LoRA starts as without them.
+      t.te_network = std::make_unique<lora::TextEncoderNetwork>(
+          config.train_clip ? &t.encoders->clip() : nullptr, config.train_t5 ? &t.encoders->t5() : nullptr,
+          config.lora, config.seed + 3, t.network->dropout_generator());
+      if (!config.network_weights.empty()) t.te_network->load_kohya(start_te, config.network_weights);
+      log::info("text-encoder LoRA: ", t.te_network->clip_modules(), " CLIP-L modules", config.train_t5 ? cat(", ", t.te_network->t5_modules(), " T5-XXL modules") : std::string(),
+                config.text_encoder_lr ? cat(" at text_encoder_lr ", *config.text_encoder_lr) : std::string(" at learning_rate"));
+      t.te_begin = t.params.size();
+      for (const at::Tensor& p : t.te_network->parameters()) t.params.push_back(p);
+    } else if (!start_te.empty()) {
+      log::warn(config.network_weights, ": its ", start_te.size(), " text-encoder tensors (e.g. ", start_te.begin()->first,
+                ") are not used: this run trains the transformer only (set text_encoder_lr, or "
+                "network_train_unet_only=false, to train them on)");
+    }
     for (size_t i = 0; i < t.params.size(); ++i) t.names.push_back(std::to_string(i));
   }
   return t;
@@ -107,7 +159,7 @@ void write_final_model(const std::string& path, const TrainerConfig& config, Tra
   if (t.network) {
     lora::LoraFileInfo info = config.file_info;
     info.precision = config.save_precision;
-    lora::save_lora_file(path, *t.network, info);
+    lora::save_lora_file(path, *t.network, info, t.te_network.get());
   } else {
     std::vector<std::pair<std::string, at::Tensor>> tensors;
     for (const auto& p : t.model->named_parameters()) tensors.emplace_back(p.key(), p.value().detach());
@@ -282,12 +334,24 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     t.network->dropout_generator().set_current_seed(config.seed + 1 + 1000003ull * static_cast<uint64_t>(par->rank()));
   }
   auto optimizer = optim::make_optimizer(config.optimizer, t.params);
-  if (config.optimizer.loraplus_lr_ratio && t.network) {
-    // LoRA+ (kohya loraplus_lr_ratio): the up matrices learn `ratio` times faster than the down ones.
-    // LoraNetwork::parameters() lists each part's down matrix, then its up matrix.
+  {
     std::vector<double> multipliers(t.params.size(), 1.0);
-    for (size_t i = 1; i < multipliers.size(); i += 2) multipliers[i] = *config.optimizer.loraplus_lr_ratio;
-    optimizer->set_lr_multipliers(multipliers);
+    bool per_parameter = false;
+    if (config.optimizer.loraplus_lr_ratio && t.network) {
+      // LoRA+ (kohya loraplus_lr_ratio): the up matrices learn `ratio` times faster than the down ones.
+      // LoraNetwork::parameters() and TextEncoderNetwork::parameters() list each part's down matrix, then
+      // its up matrix.
+      for (size_t i = 1; i < multipliers.size(); i += 2) multipliers[i] = *config.optimizer.loraplus_lr_ratio;
+      per_parameter = true;
+    }
+    if (t.te_network && config.text_encoder_lr && *config.text_encoder_lr != config.optimizer.learning_rate) {
+      // kohya's text-encoder parameter group: lr text_encoder_lr under the same schedule (its LambdaLR scales
+      // every group's own lr by one factor), i.e. the scheduled lr times text_encoder_lr / learning_rate.
+      for (size_t i = t.te_begin; i < multipliers.size(); ++i)
+        multipliers[i] *= *config.text_encoder_lr / config.optimizer.learning_rate;
+      per_parameter = true;
+    }
+    if (per_parameter) optimizer->set_lr_multipliers(multipliers);
   }
   // The EMA (rank 0's: every rank has the same weights after a step), from the weights the run starts with.
   std::unique_ptr<Ema> ema;
@@ -330,6 +394,15 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
   StepOptions step_options(config.step);
   step_options.compute_dtype = config.compute_dtype;
   if (t.network) step_options.checkpointing.generators = {t.network->dropout_generator()};
+  if (t.encoders) {
+    // The text embeddings of each batch from the encoders with their LoRA (the text cache is off).
+    step_options.encode_text = [&t](LatentBatch& batch) {
+      sample::TextEmbeddings e = t.encoders->encode(batch.captions, at::GradMode::is_enabled());
+      batch.t5 = e.t5;
+      batch.t5_mask = e.t5_mask;
+      batch.clip_pooled = e.clip_pooled;
+    };
+  }
 
   int64_t step = 0;  // optimizer steps done
   if (!config.resume_from.empty()) {
@@ -475,9 +548,9 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
   // The LoRA file of this step ({name}-step{N:08}), with the LoRA in inference mode.
   auto save_step_file = [&] {
     const std::string path = (config.output_dir / step_file_name(config.output_name, step)).string();
-    if (t.network) t.network->set_training(false);
+    t.set_training(false);
     save_model(path, step, false);
-    if (t.network) t.network->set_training(true);
+    t.set_training(true);
     if (root) result.files.push_back(path);
   };
   auto prune_files = [&](const char* what) {
@@ -518,10 +591,10 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
   }
   PrefetchingSource prefetch(data, config.prefetch_batches, first_batch(step), std::move(staging));
   double step_seconds = 0;
-  if (t.network) t.network->set_training(true);
+  t.set_training(true);
   // Samples with the LoRA in inference mode (no dropout), each PNG also a TensorBoard image.
   auto render_samples = [&](int64_t at) {
-    if (t.network) t.network->set_training(false);
+    t.set_training(false);
     std::vector<std::filesystem::path> files;
     try {
       // ema_samples: rendered with the averaged weights (the live ones come back after).
@@ -535,7 +608,7 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
       log::info("sampling at step ", at, " stopped on ", stop::signal_name());
     }
     if (!files.empty()) config.hooks.emit({"samples", at, files, {}});
-    if (t.network) t.network->set_training(true);
+    t.set_training(true);
     for (size_t i = 0; i < files.size(); ++i) {
       try {
         const data::ImageInfo info = data::probe_image(files[i]);
@@ -570,9 +643,9 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
   auto validate = [&](int64_t at) {
     double loss = std::numeric_limits<double>::quiet_NaN();
     if (config.validation) {
-      if (t.network) t.network->set_training(false);
+      t.set_training(false);
       loss = validation_loss(*t.model, *config.validation, step_options, config.validation_seed);
-      if (t.network) t.network->set_training(true);
+      t.set_training(true);
       log::info("validation loss at step ", at, ": ", loss);
       config.hooks.emit({"validation", at, {}, {{"loss", loss}}});
     }
@@ -822,7 +895,7 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
       break;
     }
   }
-  if (t.network) t.network->set_training(false);
+  t.set_training(false);
   if (root) {
     progress.finish();
     metrics->flush();

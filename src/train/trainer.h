@@ -18,6 +18,7 @@
 #include "lora/lora_file.h"
 #include "lora/network.h"
 #include "models/options.h"
+#include "sample/text_encoding.h"
 #include "train/data_source.h"
 #include "train/options.h"
 #include "train/parallel.h"
@@ -35,6 +36,11 @@ struct TrainerConfig : TrainOptions {
   std::string resume_from;       // a state folder; "" = none (the app resolves "auto")
   bool resume_verified = false;  // resume_from was verified against its COMPLETE already (not read twice)
   lora::LoraFileInfo file_info;
+  // The text encoders, loaded by the trainer when their LoRA trains (train_clip / train_t5).
+  std::string clip_path;
+  std::string t5_path;
+  models::ModelOptions encoder_options;
+  sample::TextEncoderOptions text_options;
   nlohmann::json run_info;  // stored in every state (the app's resolved config and its hash)
   // The memory planner's figures for this run (train/memory_plan.h), for the out-of-memory error: the
   // predicted peak of a step at the largest bucket and the memory it was planned against (0: none).

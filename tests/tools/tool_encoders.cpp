@@ -3,6 +3,9 @@
 //   ae-decode MODEL INPUTS OUT [--dtype ...]              INPUTS: latents [B,z,h,w]; OUT: pixels
 //   clip-forward MODEL INPUTS OUT [--dtype ...]           INPUTS: ids [B,L]; OUT: last_hidden_state, pooled
 //   t5-forward MODEL INPUTS OUT [--dtype ...] [--fp8 1]   INPUTS: ids [B,L] (+ mask [B,L]); OUT: hidden
+//     both with [--lora FILE [--lora-mode adapter|merge] [--rank R]]: the file's text-encoder LoRA applied as
+//     training runs it (adapter: lora::TextEncoderNetwork of rank R, loaded from the file) or as `sample`
+//     does (merge: lora::merge_text_encoder_lora into the weights)
 //   t5-buckets LENGTH OUT                                 OUT: buckets [L, L] of (key - query), 32 / 128
 //   encoders-keys ae|clip|t5                              full-size model on the meta device: JSON {name: shape}
 // Every forward command prints one JSON line: prefix, unused tensor count, and the parameter dtypes seen.
@@ -13,6 +16,9 @@
 #include <iostream>
 #include <set>
 
+#include "lora/keys.h"
+#include "lora/network.h"
+#include "lora/text_encoder_network.h"
 #include "models/convert.h"
 #include "tool.h"
 
@@ -58,9 +64,31 @@ int ae_run(const Args& args, bool encode) {
   return 0;
 }
 
+// --lora FILE: applies the file's text-encoder LoRA to `clip` or `t5` (the other is null); the adapters are
+// returned (kept alive for the forward).
+std::unique_ptr<lora::TextEncoderNetwork> apply_lora(const Args& args, models::ClipTextModelImpl* clip,
+                                                     models::T5EncoderImpl* t5) {
+  const std::string file = option(args, "--lora", "");
+  if (file.empty()) return nullptr;
+  if (option(args, "--lora-mode", "adapter") == "merge") {
+    lora::merge_text_encoder_lora(file, clip, t5, 1.0);
+    return nullptr;
+  }
+  lora::LoraOptions options;
+  options.rank = std::stoll(option(args, "--rank", "4"));
+  auto network = std::make_unique<lora::TextEncoderNetwork>(clip, t5, options, 0, at::detail::createCPUGenerator(1));
+  // This encoder's modules only (a file may hold both encoders').
+  std::map<std::string, at::Tensor> tensors;
+  for (auto& [name, t] : lora::read_lora_file(file))
+    if (name.starts_with(clip != nullptr ? lora::keys::kClipPrefix : lora::keys::kT5Prefix)) tensors[name] = t;
+  network->load_kohya(tensors, file);
+  return network;
+}
+
 int clip_forward(const Args& args) {
   auto options = model_options(args);
   auto loaded = models::load_clip(args.at(0), options);
+  auto adapters = apply_lora(args, loaded.model.get(), nullptr);
   at::NoGradGuard no_grad;
   auto out = loaded.model->forward(load_tensors(args.at(1)).at("ids"));
   save_tensors(args.at(2),
@@ -72,6 +100,7 @@ int clip_forward(const Args& args) {
 int t5_forward(const Args& args) {
   auto options = model_options(args);
   auto loaded = models::load_t5(args.at(0), options);
+  auto adapters = apply_lora(args, nullptr, loaded.model.get());
   at::NoGradGuard no_grad;
   auto in = load_tensors(args.at(1));
   at::Tensor mask = in.count("mask") ? in.at("mask") : at::Tensor();
@@ -113,8 +142,14 @@ const ToolCommand kAeEncode("ae-encode", "MODEL INPUTS OUT [--dtype fp32|bf16|fp
                             [](const Args& a) { return ae_run(a, true); });
 const ToolCommand kAeDecode("ae-decode", "MODEL INPUTS OUT [--dtype fp32|bf16|fp16]",
                             [](const Args& a) { return ae_run(a, false); });
-const ToolCommand kClipForward("clip-forward", "MODEL INPUTS OUT [--dtype fp32|bf16|fp16]", clip_forward);
-const ToolCommand kT5Forward("t5-forward", "MODEL INPUTS OUT [--dtype fp32|bf16|fp16] [--fp8 1]", t5_forward);
+const ToolCommand kClipForward("clip-forward",
+                               "MODEL INPUTS OUT [--dtype fp32|bf16|fp16] [--lora FILE [--lora-mode adapter|merge] "
+                               "[--rank R]]",
+                               clip_forward);
+const ToolCommand kT5Forward("t5-forward",
+                             "MODEL INPUTS OUT [--dtype fp32|bf16|fp16] [--fp8 1] [--lora FILE [--lora-mode "
+                             "adapter|merge] [--rank R]]",
+                             t5_forward);
 const ToolCommand kBuckets("t5-buckets", "LENGTH OUT", t5_buckets);
 const ToolCommand kKeys("encoders-keys", "ae|clip|t5", encoders_keys);
 

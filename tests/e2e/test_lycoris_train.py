@@ -68,9 +68,9 @@ def test_lycoris_trains_saves_and_resumes_exactly(tmp_path, fluxtrain_bin, model
 
 
 @pytest.mark.parametrize("params,needle", [
-    ({"PARAMS_NETWORK_TYPE": "lokr", "PARAMS_SPLIT_QKV": "true"}, "split_qkv"),
-    ({"PARAMS_NETWORK_TYPE": "loha", "PARAMS_RANK_DROPOUT": "0.1"}, "rank_dropout"),
-    ({"PARAMS_DORA_WD": "true", "PARAMS_NETWORK_DROPOUT": "0.1"}, "network_dropout"),
+    ({"PARAMS_NETWORK_TYPE": "lokr", "PARAMS_SPLIT_QKV": "true"}, "PARAMS_SPLIT_QKV"),
+    ({"PARAMS_NETWORK_TYPE": "loha", "PARAMS_RANK_DROPOUT": "0.1"}, "PARAMS_RANK_DROPOUT"),
+    ({"PARAMS_DORA_WD": "true", "PARAMS_NETWORK_DROPOUT": "0.1"}, "PARAMS_NETWORK_DROPOUT"),
     ({"PARAMS_NETWORK_TYPE": "lokr", "PARAMS_DORA_WD": "true"}, "DoRA on LoKr/LoHa is not supported"),
     ({"PARAMS_FACTOR": "8"}, "set network_type lokr"),
     ({"PARAMS_NETWORK_TYPE": "lokr", "PARAMS_FACTOR": "0"}, "-1 (automatic) or a positive factor"),

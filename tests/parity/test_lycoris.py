@@ -8,7 +8,7 @@ one single block), draws every factor at random (the zero-initialised ones too; 
   module maps to a model weight under ComfyUI's key rule;
 - per layer, PEFT's LoKrModel / LoHaModel / LoRA(use_dora) with the trained tensors gives ΔW_peft; the
   file read by ComfyUI's rule (transcribed below: ComfyUI is not on PyPI) and fluxtrain's bake
-  (`merge --base`) give the same ΔW (≤ 1e-5 relative to max|ΔW|);
+  (`merge --base`, one case per type) give the same ΔW (≤ 1e-5 relative to max|ΔW|);
 - the reference forward (diffusers) with the PEFT-merged weights equals fluxtrain's training forward and
   fluxtrain's read_lora + merge_lora forward (what `sample --lora` runs), ≤ 1e-5 relative.
 """
@@ -41,6 +41,8 @@ CASES = {
     "dora": (["--network-type", "lora", "--dora-wd", "1", "--rank", "4"], {"lora_down.weight", "lora_up.weight"}),
 }
 
+BAKED = {"lokr_factor8", "loha", "dora"}
+
 # The tensor names ComfyUI's weight adapters load per module (comfy/weight_adapter/{lora,lokr,loha}.py
 # and comfy/lora.py's common ".alpha" / ".dora_scale").
 COMFY_SUFFIXES = {"lora_up.weight", "lora_down.weight", "alpha", "dora_scale", "lokr_w1", "lokr_w2", "lokr_w1_a",
@@ -70,12 +72,14 @@ def model(tmp_path_factory, request):
               "guidance": torch.tensor([3.5])}
     inputs_path = tmp / "inputs.safetensors"
     save_file(inputs, str(inputs_path))
-    return tmp, sd, path, inputs, inputs_path
+    with torch.no_grad():
+        base = fr.diffusers_forward(fr.diffusers_model(CFG, sd), inputs)
+    return tmp, sd, path, inputs, inputs_path, base
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_lycoris_file_means_the_peft_module(model, test_tool, fluxtrain_bin, case):
-    tmp, sd, path, inputs, inputs_path = model
+    tmp, sd, path, inputs, inputs_path, base = model
     flags, factor_parts = CASES[case]
     flags = flags + ["--alpha", "2"]
     lora = tmp / f"{case}.safetensors"
@@ -105,10 +109,15 @@ def test_lycoris_file_means_the_peft_module(model, test_tool, fluxtrain_bin, cas
         expected = factor_parts | {"alpha"} | ({"dora_scale"} if case == "dora" else set())
         assert set(t) == expected, (module, sorted(t))
 
-    # ΔW per layer: PEFT's, ComfyUI's reading of the file, fluxtrain's bake.
-    baked = tmp / f"{case}_baked.safetensors"
-    run([fluxtrain_bin, "merge", "--base", path, "--lora", lora, "--out", baked])
-    baked_sd = load_file(str(baked))
+    # ΔW per layer: PEFT's, ComfyUI's reading of the file, fluxtrain's bake (one case per type: the bake
+    # reads files through the same functions for every LoKr form, and each bake writes ~2 GB).
+    baked_sd = None
+    if case in BAKED:
+        baked = tmp / f"{case}_baked.safetensors"
+        run([fluxtrain_bin, "merge", "--base", path, "--lora", lora, "--out", baked])
+        with safe_open(str(baked), "pt") as f:
+            baked_sd = {weights[m]: f.get_tensor(weights[m]) for m in modules}
+        baked.unlink()
     factor = int(flags[flags.index("--factor") + 1]) if "--factor" in flags else -1
     merged_sd = dict(sd)
     worst = {"comfy": 0.0, "bake": 0.0}
@@ -120,9 +129,9 @@ def test_lycoris_file_means_the_peft_module(model, test_tool, fluxtrain_bin, cas
         ref = peft_delta(w, bias, t, p, factor)
         assert ref.abs().max() > 0, module
         comfy = comfy_weight(w, t) - w
-        ours = baked_sd[key] - w
         worst["comfy"] = max(worst["comfy"], rel_err(comfy, ref))
-        worst["bake"] = max(worst["bake"], rel_err(ours, ref))
+        if baked_sd is not None:
+            worst["bake"] = max(worst["bake"], rel_err(baked_sd[key] - w, ref))
         merged_sd[key] = w + ref
     print(f"\n{case}: ΔW rel err vs PEFT: ComfyUI's reading {worst['comfy']:.2e}, fluxtrain bake {worst['bake']:.2e}")
     assert worst["comfy"] <= 1e-5 and worst["bake"] <= 1e-5, worst
@@ -132,7 +141,6 @@ def test_lycoris_file_means_the_peft_module(model, test_tool, fluxtrain_bin, cas
     run([test_tool, "lora-apply", path, lora, inputs_path, out_apply])
     with torch.no_grad():
         ref = fr.diffusers_forward(fr.diffusers_model(CFG, merged_sd), inputs)
-        base = fr.diffusers_forward(fr.diffusers_model(CFG, sd), inputs)
     assert rel_err(ref, base) > 1e-3, "the network had no effect"
     train_err = rel_err(load_file(str(out_train))["out"], ref)
     apply_err = rel_err(load_file(str(out_apply))["out"], ref)

@@ -95,7 +95,7 @@ std::optional<models::Component> identify_lora(const models::ComponentTensors& v
   if (lycoris_types.count("LoKr")) type = "LoKr";
   if (lycoris_types.count("LoHa")) type = type == "LoRA" ? "LoHa" : type + "+LoHa";
   if (lycoris_types.count("DoRA")) type += " (DoRA)";
-  c.details["network_type"] = type;
+  c.details["adapter"] = type;
   c.description =
       cat(lycoris_types.empty() ? "kohya-format LoRA" : "LyCORIS " + type + " (kohya names)", flux ? " for Flux" : "", " (", kohya_modules.size(), " modules: ", transformer,
           " transformer, ", clip, " CLIP, ", t5, " T5; rank ", ranks_text, ", alpha ", alpha_text, ")");

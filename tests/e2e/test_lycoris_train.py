@@ -51,7 +51,7 @@ def test_lycoris_trains_saves_and_resumes_exactly(tmp_path, fluxtrain_bin, model
 
     info = json.loads(run([fluxtrain_bin, "inspect", "--json", final]).stdout)
     (c,) = info["components"]
-    assert c["details"]["network_type"] == type_name, c
+    assert c["details"]["adapter"] == type_name, c
     assert type_name in c["description"]
 
     # Resumed from the state of step 2: the same final file, byte for byte.

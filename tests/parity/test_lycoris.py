@@ -133,7 +133,8 @@ def test_lycoris_file_means_the_peft_module(model, test_tool, fluxtrain_bin, cas
         if baked_sd is not None:
             worst["bake"] = max(worst["bake"], rel_err(baked_sd[key] - w, ref))
         merged_sd[key] = w + ref
-    print(f"\n{case}: ΔW rel err vs PEFT: ComfyUI's reading {worst['comfy']:.2e}, fluxtrain bake {worst['bake']:.2e}")
+    bake_text = f"{worst['bake']:.2e}" if baked_sd is not None else "(not baked)"
+    print(f"\n{case}: ΔW rel err vs PEFT: ComfyUI's reading {worst['comfy']:.2e}, fluxtrain bake {bake_text}")
     assert worst["comfy"] <= 1e-5 and worst["bake"] <= 1e-5, worst
 
     # The forward: reference with PEFT-merged weights vs fluxtrain's training forward and sample's merge.

@@ -29,6 +29,9 @@ ALLOWED = {
     ("src/lora/lora_file.cpp", "train_single_block_indices"), ("src/lora/lora_file.cpp", "split_qkv"),
     ("src/lora/lora_file.cpp", "rank_dropout"), ("src/lora/lora_file.cpp", "module_dropout"),
     ("src/lora/lora_file.cpp", "train_t5xxl"),
+    # LyCORIS's network_args keys, written as its kohya wrapper (lycoris.kohya) reads them.
+    ("src/lora/lora_file.cpp", "factor"), ("src/lora/lora_file.cpp", "decompose_both"),
+    ("src/lora/lora_file.cpp", "full_matrix"), ("src/lora/lora_file.cpp", "dora_wd"),
 }
 # Keys of kohya's own file schemas that are also option names: the dataset config (read in src/data, shown
 # by `fluxtrain dataset`; default_caption is ai-toolkit's dataset key, also an option), the sample-prompt

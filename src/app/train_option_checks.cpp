@@ -78,6 +78,34 @@ std::vector<std::string> validate_train_config(const ResolvedConfig& config, boo
                            ": per-parameter learning rates, which Prodigy refuses (as prodigyopt does); use AdamW, "
                            "or unset text_encoder_lr (the text encoders then train at learning_rate)"));
   }
+  {
+    // LyCORIS's types (lora/lycoris.h) train whole-layer adapters: no split parts, no dropouts, no LoRA+.
+    const std::string type = config.get_string("network_type");
+    const bool lycoris = type == "lokr" || type == "loha" || config.get_bool("dora_wd");
+    const std::string what = config.get_bool("dora_wd") && type == "lora" ? d("dora_wd") : d("network_type");
+    if (config.get_bool("dora_wd") && type != "lora")
+      errors.push_back(cat(d("dora_wd"), " trains DoRA on a plain LoRA, but ", d("network_type"),
+                           "; DoRA on LoKr/LoHa is not supported: use network_type lora or unset dora_wd"));
+    if (lycoris && config.get_bool("split_qkv"))
+      errors.push_back(cat(d("split_qkv"), " splits a LoRA into q/k/v parts, which ", what,
+                           " does not support; unset split_qkv"));
+    for (const char* key : {"network_dropout", "rank_dropout", "module_dropout"}) {
+      if (lycoris && config.get_real(key) > 0)
+        errors.push_back(cat(d(key), " is a plain LoRA's dropout, which ", what, " does not support; set it to 0"));
+    }
+    if (lycoris && train_text)
+      errors.push_back(cat(d("network_train_unet_only"), " trains a text-encoder LoRA, which is a plain LoRA only, but ",
+                           what, "; set network_train_unet_only=true or network_type=lora"));
+    if (lycoris && config.is_set("loraplus_lr_ratio"))
+      errors.push_back(cat(d("loraplus_lr_ratio"), " speeds up a plain LoRA's up matrices, but ", what,
+                           "; unset loraplus_lr_ratio"));
+    for (const char* key : {"factor", "decompose_both", "full_matrix"}) {
+      if (type != "lokr" && config.changed(key))
+        errors.push_back(cat(d(key), " shapes a LoKr network, but ", d("network_type"), "; set network_type lokr"));
+    }
+    if (config.get_int("factor") == 0)
+      errors.push_back(cat(d("factor"), ": expected -1 (automatic) or a positive factor"));
+  }
   if (config.get_bool("offload_checkpoints") && !config.get_bool("gradient_checkpointing"))
     errors.push_back(cat(d("offload_checkpoints"), " needs gradient checkpointing, but ", d("gradient_checkpointing")));
   const std::string fp8_compute = config.get_string("fp8_compute");

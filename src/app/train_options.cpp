@@ -325,10 +325,33 @@ std::vector<OptionSpec> train_specs() {
 
       // --- network
       Opt<S>("network_type", kChoice, "network", "lora",
-             "What trains: a LoRA, or `none` for full fine-tuning of every transformer weight (fp32 master "
-             "weights; the result is a base checkpoint).")
-          .choices({"lora", "none"})
-          .set([](S& s, const std::string& v) { s.training.full_finetune = v == "none"; }),
+             "What trains: a LoRA, LyCORIS's LoKr (Kronecker product) or LoHa (Hadamard product), or `none` for "
+             "full fine-tuning of every transformer weight (fp32 master weights; the result is a base "
+             "checkpoint).")
+          .choices({"lora", "lokr", "loha", "none"})
+          .set([](S& s, const std::string& v) {
+            s.training.full_finetune = v == "none";
+            s.training.lora.type = v == "lokr"   ? lora::NetworkType::lokr
+                                   : v == "loha" ? lora::NetworkType::loha
+                                                 : lora::NetworkType::lora;
+          }),
+      Opt<S>("factor", kInt, "network", "-1",
+             "LoKr: the Kronecker factorization factor (LyCORIS's factor): each dimension splits into a factor "
+             "pair with this one (when it divides); -1 picks the pair nearest the square root.")
+          .min(-1)
+          .to(&S::training, &T::lora, &L::factor),
+      Opt<S>("decompose_both", kBool, "network", "false",
+             "LoKr: also make the smaller Kronecker factor (lokr_w1) low-rank (lokr_w1_a @ lokr_w1_b) when the rank "
+             "is below half its size.")
+          .to(&S::training, &T::lora, &L::decompose_both),
+      Opt<S>("full_matrix", kBool, "network", "false",
+             "LoKr: keep the larger Kronecker factor full (lokr_w2) whatever the rank; without it lokr_w2 is "
+             "low-rank (lokr_w2_a @ lokr_w2_b) unless the rank is at least half its size.")
+          .to(&S::training, &T::lora, &L::full_matrix),
+      Opt<S>("dora_wd", kBool, "network", "false",
+             "DoRA (weight-decomposed LoRA) on network_type lora: a trained magnitude per output row; saved as "
+             "LyCORIS's dora_scale.")
+          .to(&S::training, &T::lora, &L::dora_wd),
       Opt<S>("network_dim", kInt, "network", "32", "LoRA rank.")
           .seed_default("train-flux.sh: PARAMS_NETWORK_DIM=32 (--network_dim)", "4")
           .min(1)

@@ -24,6 +24,7 @@ struct Target {
   int64_t in_features = 0;
   bool swap_halves = false;  // diffusers norm_out [scale, shift] -> BFL [shift, scale]
   const char* layout = "";
+  bool whole = true;  // the whole Linear (not a row range of a fused one)
 };
 
 std::map<std::string, std::shared_ptr<models::LinearImpl>> linears_of(const models::FluxTransformerImpl& model) {
@@ -62,7 +63,7 @@ std::map<std::string, Target> target_table(const models::FluxTransformerImpl& mo
         rows = parts[k].mlp_input ? c.mlp_hidden : c.hidden_size;
       }
       Target t{path,       offset, rows, linear->second->in_features, source.op == models::KeySource::Op::swap_halves,
-               "diffusers"};
+               "diffusers", source.op != models::KeySource::Op::concat};
       table.emplace(name, t);
       t.layout = "kohya";
       table.emplace(keys::module_name(keys::kDiffusersTransformerPrefix, name), t);
@@ -82,6 +83,8 @@ std::string accepted_layouts() {
 struct Group {
   at::Tensor down, up, alpha;
   std::string down_key, up_key;
+  PartTensors lycoris;  // every part, when one of them is LyCORIS's
+  std::string lycoris_key;
 };
 
 }  // namespace
@@ -113,13 +116,15 @@ LoraContents read_lora(const std::string& path, const models::FluxTransformerImp
     }
     Group& g = groups[parsed->module];
     at::Tensor t = reader.tensor(info).to(at::kFloat).clone();
+    if (!keys::lycoris_type(parsed->part).empty()) g.lycoris_key = key;
+    g.lycoris[parsed->part] = t;
     if (parsed->part == keys::Part::down) {
       g.down = t;
       g.down_key = key;
     } else if (parsed->part == keys::Part::up) {
       g.up = t;
       g.up_key = key;
-    } else {
+    } else if (parsed->part == keys::Part::alpha) {
       g.alpha = t;
     }
   }
@@ -127,10 +132,10 @@ LoraContents read_lora(const std::string& path, const models::FluxTransformerImp
     std::string types;
     for (const auto& [type, keys] : unsupported)
       types += cat(types.empty() ? "" : ", ", type, " (", keys.size(), " tensors, e.g. ", keys.front(), ")");
-    fail(path, ": holds adapter types that fluxtrain cannot apply: ", types, "; only plain LoRA (",
+    fail(path, ": holds adapter types that fluxtrain cannot apply: ", types, "; supported are plain LoRA (",
          keys::part_label(keys::Part::down), " / ", keys::part_label(keys::Part::up),
-         " pairs) is supported. Fix: convert it to a plain LoRA (e.g. with kohya's extract/resize tools) or use a "
-         "tool that supports LyCORIS");
+         " pairs) and LyCORIS's LoKr, LoHa and DoRA without Tucker cores. Fix: convert it to a plain LoRA (e.g. "
+         "with kohya's extract/resize tools) or use a tool that supports it");
   }
 
   std::vector<std::string> problems, unmatched;
@@ -146,9 +151,31 @@ LoraContents read_lora(const std::string& path, const models::FluxTransformerImp
       if (it != table.end()) target = &it->second;
     }
     if (target == nullptr) {
-      unmatched.push_back(g.down_key.empty()
+      unmatched.push_back(!g.lycoris_key.empty() ? g.lycoris_key
+                          : g.down_key.empty()
                               ? (g.up_key.empty() ? keys::tensor_key(module, keys::Part::alpha) : g.up_key)
                               : g.down_key);
+      continue;
+    }
+    if (!g.lycoris_key.empty()) {
+      // LyCORIS: the whole layer's ΔW (kohya / ComfyUI names of BFL's Linears).
+      std::string problem;
+      if (!target->whole || target->swap_halves)
+        problem = cat("a ", adapter_type(g.lycoris), " module on a diffusers layer that is part of BFL's ",
+                      target->module, " is not supported; LyCORIS files use kohya names (", keys::kTransformerPrefix,
+                      "<BFL path>)");
+      if (problem.empty()) problem = check_adapter(g.lycoris, target->rows, target->in_features);
+      if (!problem.empty()) {
+        problems.push_back(cat(module, ": ", problem, " for ", target->module));
+        continue;
+      }
+      LoraDelta d;
+      d.module = target->module;
+      d.adapter = std::make_shared<const PartTensors>(g.lycoris);
+      d.scale = adapter_scale(g.lycoris);
+      d.source = module;
+      layouts.insert(target->layout);
+      out.deltas.push_back(std::move(d));
       continue;
     }
     if (!g.down.defined() || !g.up.defined()) {
@@ -216,6 +243,10 @@ void merge_lora(models::FluxTransformerImpl& model, const LoraContents& lora, do
     auto it = linears.find(d.module);
     TORCH_CHECK(it != linears.end(), "merge_lora: no Linear ", d.module);
     at::Tensor& weight = it->second->weight;
+    if (d.adapter) {
+      weight.copy_(apply_adapter(weight.to(at::kFloat), *d.adapter, strength));
+      continue;
+    }
     at::Tensor delta = at::mm(d.up.to(weight.device()), d.down.to(weight.device())) * (strength * d.scale);
     at::Tensor rows = weight.narrow(0, d.row_offset, d.up.size(0));
     rows.copy_(rows.to(at::kFloat) + delta);

@@ -8,15 +8,19 @@
 // map as the model loader, models::flux_diffusers_map). Scale = alpha / rank, or 1 without an alpha
 // (PEFT/diffusers files store none: their adapters were saved with alpha = rank).
 //
+// LyCORIS's LoKr, LoHa and DoRA (lora/lycoris.h) on kohya/ComfyUI module names are applied by ComfyUI's
+// rule; other adapter types (OFT, Tucker cores, full diffs) are refused with an error naming them.
 // Text-encoder adapters (keys::is_text_encoder) are counted here and left to merge_text_encoder_lora
 // (lora/text_encoder_network.h), which applies them to CLIP-L / T5 (`sample` does both).
-// LyCORIS types (LoHa, LoKr, DoRA, full diffs) are refused with an error naming them.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
+#include <memory>
 #include <string>
 #include <vector>
+
+#include "lora/lycoris.h"
 
 namespace fluxtrain::models {
 class FluxTransformerImpl;
@@ -33,6 +37,9 @@ struct LoraDelta {
   at::Tensor up;    // [rows, rank] fp32, CPU (rows already in BFL order)
   double scale = 1.0;
   std::string source;  // the file's module name, for messages
+  // A LyCORIS module (LoKr, LoHa, DoRA) of a whole Linear: its tensors, applied by apply_adapter (down/up
+  // unused, row_offset 0).
+  std::shared_ptr<const PartTensors> adapter;
 };
 
 struct LoraContents {

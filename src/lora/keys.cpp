@@ -5,7 +5,7 @@
 namespace fluxtrain::lora::keys {
 namespace {
 
-constexpr std::array<PartSuffix, 13> kPartSuffixes = {{
+constexpr std::array<PartSuffix, 24> kPartSuffixes = {{
     {kDown, Part::down, Spelling::kohya},
     {kUp, Part::up, Spelling::kohya},
     {kAlpha, Part::alpha, Spelling::kohya},
@@ -22,6 +22,18 @@ constexpr std::array<PartSuffix, 13> kPartSuffixes = {{
     {".lora_linear_layer.up.weight", Part::up, Spelling::diffusers_legacy},
     {"_lora.down.weight", Part::down, Spelling::diffusers_legacy},
     {"_lora.up.weight", Part::up, Spelling::diffusers_legacy},
+    // LyCORIS (kohya module names, no ".weight").
+    {".lokr_w1", Part::lokr_w1, Spelling::kohya},
+    {".lokr_w1_a", Part::lokr_w1_a, Spelling::kohya},
+    {".lokr_w1_b", Part::lokr_w1_b, Spelling::kohya},
+    {".lokr_w2", Part::lokr_w2, Spelling::kohya},
+    {".lokr_w2_a", Part::lokr_w2_a, Spelling::kohya},
+    {".lokr_w2_b", Part::lokr_w2_b, Spelling::kohya},
+    {".hada_w1_a", Part::hada_w1_a, Spelling::kohya},
+    {".hada_w1_b", Part::hada_w1_b, Spelling::kohya},
+    {".hada_w2_a", Part::hada_w2_a, Spelling::kohya},
+    {".hada_w2_b", Part::hada_w2_b, Spelling::kohya},
+    {".dora_scale", Part::dora_scale, Spelling::kohya},
 }};
 
 constexpr std::array<std::string_view, 5> kContainerPrefixes = {"diffusion_model.", "model.diffusion_model.",
@@ -49,19 +61,42 @@ std::optional<ParsedKey> parse(std::string_view key) {
 }
 
 std::string tensor_key(std::string_view module, Part part) {
-  const std::string_view suffix = part == Part::down ? kDown : part == Part::up ? kUp : kAlpha;
   std::string key(module);
-  key += suffix;
-  return key;
+  for (const PartSuffix& rule : kPartSuffixes) {
+    if (rule.part == part && rule.spelling == Spelling::kohya) {
+      key += rule.suffix;
+      return key;
+    }
+  }
+  return key;  // unreachable: every part has a kohya suffix
 }
 
 std::string part_label(Part part) {
   switch (part) {
     case Part::down: return "down (lora_A)";
     case Part::up: return "up (lora_B)";
-    case Part::alpha: break;
+    case Part::alpha: return "alpha";
+    default: break;
   }
-  return "alpha";
+  // LyCORIS parts by their own name.
+  return tensor_key("", part).substr(1);
+}
+
+std::string_view lycoris_type(Part part) {
+  switch (part) {
+    case Part::lokr_w1:
+    case Part::lokr_w1_a:
+    case Part::lokr_w1_b:
+    case Part::lokr_w2:
+    case Part::lokr_w2_a:
+    case Part::lokr_w2_b: return "LoKr";
+    case Part::hada_w1_a:
+    case Part::hada_w1_b:
+    case Part::hada_w2_a:
+    case Part::hada_w2_b: return "LoHa";
+    case Part::dora_scale: return "DoRA";
+    default: return "";
+  }
 }
 
 std::string module_name(std::string_view prefix, std::string_view model_path) {
@@ -92,9 +127,9 @@ bool is_text_encoder(std::string_view module) {
 }
 
 std::optional<AdapterType> unsupported_adapter(std::string_view key) {
-  if (key.find(".hada_") != std::string_view::npos) return AdapterType{"LoHa", "hada_*"};
-  if (key.find(".lokr_") != std::string_view::npos) return AdapterType{"LoKr", "lokr_*"};
-  if (key.ends_with(".dora_scale")) return AdapterType{"DoRA", "dora_scale"};
+  // LoHa / LoKr tensors other than the ones parse() knows (Tucker cores: hada_t1, lokr_t2).
+  if (key.find(".hada_t") != std::string_view::npos) return AdapterType{"Tucker LoHa", "hada_t*"};
+  if (key.find(".lokr_t") != std::string_view::npos) return AdapterType{"Tucker LoKr", "lokr_t*"};
   if (key.find(".oft_") != std::string_view::npos) return AdapterType{"OFT", "oft_*"};
   if (key.ends_with(".diff") || key.ends_with(".diff_b")) return AdapterType{"full weight difference", "diff"};
   if (key.find(".lora_mid.") != std::string_view::npos) return AdapterType{"Tucker LoCon", "lora_mid"};

@@ -8,6 +8,8 @@
 //                          .lora.down.weight, .lora_linear_layer.down.weight, to_q_lora.down.weight)
 //   ComfyUI / BFL          diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight (or .lora_down.weight)
 //   underscored diffusers  lora_transformer_single_transformer_blocks_0_attn_to_q.lora_down.weight
+//   LyCORIS (kohya names)  lora_unet_X.lokr_w1 / .lokr_w1_a / .lokr_w1_b / .lokr_w2 / .lokr_w2_a / .lokr_w2_b,
+//                          .hada_w1_a / .hada_w1_b / .hada_w2_a / .hada_w2_b, and .dora_scale beside any of them
 // kohya module names are a component prefix (lora_unet_ the Flux transformer, lora_te1_ CLIP-L,
 // lora_te3_ T5-XXL, as sd-scripts' flux networks name them) + the model path with '.' -> '_'
 // (module_name; ComfyUI matches files to weights by the same rule). The suffixes of any spelling are
@@ -22,7 +24,24 @@
 
 namespace fluxtrain::lora::keys {
 
-enum class Part { down, up, alpha };
+// down/up/alpha: plain LoRA (alpha is shared by every type); the rest are LyCORIS's LoKr (lokr_*),
+// LoHa (hada_*) and DoRA (dora_scale) tensors, named as LyCORIS writes them (no ".weight").
+enum class Part {
+  down,
+  up,
+  alpha,
+  lokr_w1,
+  lokr_w1_a,
+  lokr_w1_b,
+  lokr_w2,
+  lokr_w2_a,
+  lokr_w2_b,
+  hada_w1_a,
+  hada_w1_b,
+  hada_w2_a,
+  hada_w2_b,
+  dora_scale,
+};
 // Which family a part suffix belongs to; alpha is shared by all of them and counts as kohya.
 enum class Spelling { kohya, peft, diffusers_legacy };
 
@@ -50,7 +69,7 @@ struct ParsedKey {
 // The module and part of a tensor key in any spelling; nullopt when it ends in no part suffix.
 std::optional<ParsedKey> parse(std::string_view key);
 
-// A kohya tensor key: module + kDown / kUp / kAlpha.
+// A kohya tensor key: module + kDown / kUp / kAlpha, or the LyCORIS suffix (".lokr_w1", ".dora_scale").
 std::string tensor_key(std::string_view module, Part part);
 
 // "down (lora_A)", "up (lora_B)", "alpha": a part as messages name it, in both common spellings.
@@ -82,7 +101,10 @@ std::span<const std::string_view> container_prefixes();
 // te1./te2.) rather than of the transformer.
 bool is_text_encoder(std::string_view module);
 
-// Adapters that are not plain LoRA (LyCORIS and full differences), from one of their tensor keys.
+// The LyCORIS adapter type a part belongs to: "LoKr", "LoHa", "DoRA" (dora_scale), "" for plain LoRA's.
+std::string_view lycoris_type(Part part);
+
+// Adapters fluxtrain does not apply (OFT, Tucker LoCon, full differences), from one of their tensor keys.
 struct AdapterType {
   std::string_view name;    // "LoHa"
   std::string_view marker;  // what in the key gives it away: "hada_*"

@@ -43,11 +43,24 @@ safetensors::Metadata lora_metadata(const LoraNetwork& network, const LoraFileIn
   safetensors::Metadata m = info.training;
   // What kohya's flux_train_network writes about the network itself; loaders (and Civitai's pages)
   // read ss_network_dim / ss_network_alpha / ss_network_module / ss_base_model_version.
-  m["ss_network_module"] = "networks.lora_flux";
+  // LyCORIS's kohya wrapper names itself and its algorithm (network_args as a user passes them).
+  m["ss_network_module"] = o.lycoris() ? "lycoris.kohya" : "networks.lora_flux";
   m["ss_network_dim"] = std::to_string(o.rank);
   m["ss_network_alpha"] = number(o.alpha > 0 ? o.alpha : static_cast<double>(o.rank));
   m["ss_network_dropout"] = number(o.dropout.neuron);
   nlohmann::ordered_json args = nlohmann::ordered_json::object();
+  if (o.lycoris()) {
+    args["algo"] = o.type == NetworkType::lora ? "lora" : std::string(name_of(o.type));
+    if (o.type == NetworkType::lokr) {
+      args["factor"] = std::to_string(o.factor);
+      if (o.decompose_both) args["decompose_both"] = "True";
+      if (o.full_matrix) args["full_matrix"] = "True";
+    }
+    if (o.dora_wd) {
+      args["dora_wd"] = "True";
+      args["wd_on_out"] = "True";
+    }
+  }
   args["train_blocks"] = std::string(name_of(o.train_blocks));
   if (o.train_double_block_indices != "all") args["train_double_block_indices"] = o.train_double_block_indices;
   if (o.train_single_block_indices != "all") args["train_single_block_indices"] = o.train_single_block_indices;

@@ -20,6 +20,7 @@
 #include "core/version.h"
 #include "lora/keys.h"
 #include "lora/lora_file.h"
+#include "lora/lycoris.h"
 #include "models/convert.h"
 
 namespace fluxtrain::lora {
@@ -54,6 +55,8 @@ struct LoraFile {
   double weight = 1.0;
   std::unique_ptr<safetensors::Reader> reader;
   std::map<std::string, ModuleEntry> modules;
+  // LyCORIS modules (LoKr, LoHa, DoRA: lora/lycoris.h), every part of each; bake applies them, merge refuses.
+  std::map<std::string, std::map<keys::Part, const TensorInfo*>> lycoris;
 
   at::Tensor load(const TensorInfo* info, at::ScalarType type) const { return reader->tensor(*info).to(type); }
   std::string meta(const std::string& key) const {
@@ -68,6 +71,10 @@ std::string foreign_format_hint(const std::vector<std::string>& names) {
     if (auto parsed = keys::parse(n); parsed && parsed->spelling != keys::Spelling::kohya) {
       return cat("it is a PEFT / diffusers-format LoRA (", keys::part_label(keys::Part::down), " / ",
                  keys::part_label(keys::Part::up), "); convert it to kohya format first");
+    }
+    if (auto parsed = keys::parse(n); parsed && !keys::lycoris_type(parsed->part).empty()) {
+      return cat("it is a LyCORIS ", keys::lycoris_type(parsed->part), " network (", keys::part_label(parsed->part),
+                 ")");
     }
     if (auto adapter = keys::unsupported_adapter(n)) {
       return cat("it is a ", adapter->name, " (", adapter->marker, "), which cannot be merged as a plain LoRA");
@@ -98,6 +105,8 @@ LoraFile open_lora(const WeightedLora& input) {
     const auto parsed = keys::parse(info.name);
     if (!parsed || parsed->spelling != keys::Spelling::kohya) {
       unknown.push_back(info.name);
+    } else if (!keys::lycoris_type(parsed->part).empty()) {
+      file.lycoris[parsed->module][parsed->part] = &info;
     } else if (parsed->part == keys::Part::down) {
       file.modules[parsed->module].down = &info;
     } else if (parsed->part == keys::Part::up) {
@@ -106,8 +115,25 @@ LoraFile open_lora(const WeightedLora& input) {
       alphas[parsed->module] = &info;
     }
   }
+  // A LyCORIS module's down/up (DoRA on LoRA) and alpha belong to it.
+  for (auto& [name, parts] : file.lycoris) {
+    if (auto m = file.modules.find(name); m != file.modules.end()) {
+      if (m->second.down) parts[keys::Part::down] = m->second.down;
+      if (m->second.up) parts[keys::Part::up] = m->second.up;
+      file.modules.erase(m);
+    }
+    if (auto a = alphas.find(name); a != alphas.end()) {
+      parts[keys::Part::alpha] = a->second;
+      alphas.erase(a);
+    }
+    for (const auto& [part, info] : parts) {
+      if (!is_float(info->dtype))
+        fail(input.path, ": '", info->name, "' has dtype ", safetensors::dtype_name(info->dtype),
+             ", expected a float type");
+    }
+  }
   std::string hint = foreign_format_hint(names);
-  if (file.modules.empty()) {
+  if (file.modules.empty() && file.lycoris.empty()) {
     fail(input.path, ": not a kohya-format LoRA: no '*", keys::kDown, "' tensors among its ", tensors.size(),
          " tensors", names.empty() ? "" : " (e.g. '" + names.front() + "')", hint.empty() ? "" : "; " + hint);
   }
@@ -259,6 +285,14 @@ MergeReport merge_loras(const std::vector<WeightedLora>& inputs, const MergeOpti
 
   std::vector<LoraFile> files;
   for (const auto& input : inputs) files.push_back(open_lora(input));
+  for (const auto& f : files) {
+    if (f.lycoris.empty()) continue;
+    const auto& [name, parts] = *f.lycoris.begin();
+    fail(f.path, ": is a LyCORIS network (", name, " has ", parts.rbegin()->second->name,
+         "); merging LoRA files combines plain LoRAs' low-rank factors, which LoKr, LoHa and DoRA files do not "
+         "have (nor is their sum one of them). Fix: bake it into a base checkpoint instead (merge --base BASE "
+         "--lora FILE), or merge plain LoRAs only");
+  }
 
   // Module -> the files that hold it; every file's ΔW must have the same [out, in].
   std::map<std::string, std::vector<std::pair<const LoraFile*, const ModuleEntry*>>> modules;
@@ -403,7 +437,8 @@ bool is_block_matrix(const TensorInfo& info) {
 
 struct Patch {
   const LoraFile* file;
-  const ModuleEntry* module;
+  const ModuleEntry* module;  // a plain LoRA's, or
+  std::shared_ptr<const PartTensors> adapter;  // a LyCORIS module's tensors (fp32)
 };
 
 }  // namespace
@@ -456,7 +491,35 @@ BakeReport bake_loras(const std::string& base, const std::vector<WeightedLora>& 
                 ", which cannot take a LoRA (quantised checkpoints other than plain fp8 are not supported)"));
         continue;
       }
-      patches[w.name].push_back({&f, &m});
+      patches[w.name].push_back({&f, &m, nullptr});
+      ++report.modules;
+    }
+    for (const auto& [name, parts] : f.lycoris) {
+      auto it = targets.find(name);
+      if (it == targets.end()) {
+        unmatched.push_back(cat(name, " (", f.path, ")"));
+        continue;
+      }
+      if (it->second.size() > 1) {
+        problems.push_back(cat(name, " (", f.path, "): matches several weights of the base (", it->second[0]->name,
+                               ", ", it->second[1]->name, "), so it is ambiguous"));
+        continue;
+      }
+      const TensorInfo& w = *it->second.front();
+      auto tensors = std::make_shared<PartTensors>();
+      for (const auto& [part, info] : parts) (*tensors)[part] = f.load(info, at::kFloat);
+      const std::string problem =
+          w.shape.size() == 2 ? check_adapter(*tensors, w.shape[0], w.shape[1]) : std::string("not a 2-D weight");
+      if (!problem.empty()) {
+        problems.push_back(cat(name, " (", f.path, "): ", problem, " for ", w.name));
+        continue;
+      }
+      if (!is_float(w.dtype)) {
+        problems.push_back(cat(name, ": ", w.name, " has dtype ", safetensors::dtype_name(w.dtype),
+                               ", which cannot take a LoRA"));
+        continue;
+      }
+      patches[w.name].push_back({&f, nullptr, std::move(tensors)});
       ++report.modules;
     }
   }
@@ -532,14 +595,26 @@ BakeReport bake_loras(const std::string& base, const std::vector<WeightedLora>& 
                          if (list == nullptr) {
                            value = w.to(at::kFloat);
                          } else {
-                           value = at::zeros(w.sizes(), at::kFloat);
+                           // ΔW summed, then added; with a LyCORIS module in the list the patches apply in
+                           // the files' order, as ComfyUI's do (DoRA rescales what is there so far).
+                           const bool sequential = std::any_of(list->begin(), list->end(),
+                                                               [](const Patch& p) { return p.adapter != nullptr; });
+                           value = sequential ? w.to(at::kFloat).clone() : at::zeros(w.sizes(), at::kFloat);
                            for (const Patch& p : *list) {
+                             if (p.adapter) {
+                               value = apply_adapter(value, *p.adapter, p.file->weight);
+                               continue;
+                             }
                              at::Tensor up = p.file->load(p.module->up, at::kFloat);
                              at::Tensor down = p.file->load(p.module->down, at::kFloat);
                              value.addmm_(up, down, /*beta=*/1, /*alpha=*/p.file->weight * p.module->scale);
                            }
-                           if (fp8) delta2 = value.square().sum(at::kDouble).item<double>();
-                           value.add_(w.to(at::kFloat));  // a no-op view for an fp32 base
+                           if (sequential) {
+                             if (fp8) delta2 = (value - w.to(at::kFloat)).square().sum(at::kDouble).item<double>();
+                           } else {
+                             if (fp8) delta2 = value.square().sum(at::kDouble).item<double>();
+                             value.add_(w.to(at::kFloat));  // a no-op view for an fp32 base
+                           }
                          }
                          if (!fp8) return value.to(type);
                          // e4m3fn has no infinity: values past ±448 would become NaN, so they are clamped.

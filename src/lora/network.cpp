@@ -29,6 +29,15 @@ LoraNetwork::LoraNetwork(models::FluxTransformerImpl& model, const LoraOptions& 
     if (target == targets.end()) continue;
     const int64_t rank = target->second.rank;
     double alpha = options.alpha == 0 ? static_cast<double>(rank) : options.alpha;
+    if (options.lycoris()) {
+      auto module = std::make_shared<LycorisModule>(keys::module_name(keys::kTransformerPrefix, path), *linear, options,
+                                                    rank, alpha, device, generator);
+      linear->adapter = module;
+      lycoris_.push_back(module);
+      targets_.push_back(linear);
+      target_paths_.push_back(path);
+      continue;
+    }
     auto module = std::make_shared<LoraModule>(keys::module_name(keys::kTransformerPrefix, path), linear->in_features,
                                                target->second.outs, rank, alpha, device, generator);
     module->set_dropout(options.dropout, dropout_generator_);
@@ -37,7 +46,7 @@ LoraNetwork::LoraNetwork(models::FluxTransformerImpl& model, const LoraOptions& 
     targets_.push_back(linear);
     target_paths_.push_back(path);
   }
-  if (modules_.empty())
+  if (modules_.empty() && lycoris_.empty())
     fail("the LoRA network has no modules: train_blocks / block indices / per-layer ranks select nothing");
 }
 
@@ -53,6 +62,9 @@ std::vector<at::Tensor> LoraNetwork::parameters() const {
       out.push_back(part.up);
     }
   }
+  for (const auto& m : lycoris_) {
+    for (const auto& p : m->parameters()) out.push_back(p);
+  }
   return out;
 }
 
@@ -64,10 +76,12 @@ int64_t LoraNetwork::parameter_count() const {
 
 void LoraNetwork::set_training(bool training) {
   for (auto& m : modules_) m->set_training(training);
+  for (auto& m : lycoris_) m->set_training(training);
 }
 
 void LoraNetwork::set_multiplier(double multiplier) {
   for (auto& m : modules_) m->set_multiplier(multiplier);
+  for (auto& m : lycoris_) m->set_multiplier(multiplier);
 }
 
 std::vector<std::pair<std::string, at::Tensor>> LoraNetwork::kohya_state() const {
@@ -101,6 +115,7 @@ std::vector<std::pair<std::string, at::Tensor>> LoraNetwork::kohya_state() const
     out.emplace_back(keys::tensor_key(m->name(), keys::Part::down), down.contiguous());
     out.emplace_back(keys::tensor_key(m->name(), keys::Part::up), up.contiguous());
   }
+  for (const auto& m : lycoris_) m->append_state(out);
   std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
   return out;
 }
@@ -163,6 +178,7 @@ void LoraNetwork::load_kohya(const std::map<std::string, at::Tensor>& tensors, c
       m->set_alpha(file_alpha);
     }
   }
+  for (auto& m : lycoris_) m->load(tensors, used, problems);
   std::vector<std::string> extra;
   for (const auto& [name, t] : tensors) {
     if (!used.count(name)) extra.push_back(name);
@@ -173,8 +189,10 @@ void LoraNetwork::load_kohya(const std::map<std::string, at::Tensor>& tensors, c
   if (!problems.empty()) {
     std::string message = cat(file, ": does not fit the LoRA network (", problems.size(), " problems):");
     for (size_t i = 0; i < problems.size() && i < 10; ++i) message += "\n  " + problems[i];
-    message += "\n fix: use the network_dim / network_alpha / split_qkv / train_blocks the file was trained with, "
-               "or set dim_from_weights = true to build the network from the file";
+    message +=
+        "\n fix: use the network_type / network_dim / network_alpha / split_qkv / train_blocks (LoKr: factor, "
+        "decompose_both, full_matrix; DoRA: dora_wd) the file was trained with, or set dim_from_weights = true to "
+        "build the network from the file";
     throw Error(message);
   }
 }

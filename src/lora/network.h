@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "lora/lora_module.h"
+#include "lora/lycoris.h"
 #include "lora/selection.h"
 
 namespace fluxtrain::models {
@@ -39,8 +40,12 @@ class LoraNetwork {
   LoraNetwork(const LoraNetwork&) = delete;
   LoraNetwork& operator=(const LoraNetwork&) = delete;
 
+  // The plain LoRA modules (network_type lora without dora_wd), else empty.
   const std::vector<std::shared_ptr<LoraModule>>& modules() const { return modules_; }
-  // The trained tensors: for each module, for each of its parts, the down matrix then the up matrix.
+  // The LyCORIS modules (LoKr, LoHa, DoRA: options().lycoris()), else empty.
+  const std::vector<std::shared_ptr<LycorisModule>>& lycoris_modules() const { return lycoris_; }
+  // The trained tensors: for each LoRA module, for each of its parts, the down matrix then the up matrix;
+  // for each LyCORIS module its LycorisModule::parameters().
   std::vector<at::Tensor> parameters() const;
   int64_t parameter_count() const;
   void set_training(bool training);
@@ -50,7 +55,8 @@ class LoraNetwork {
   // gradient checkpointing replays it.
   at::Generator dropout_generator() const { return dropout_generator_; }
 
-  // kohya-format tensors (fused split parts, alpha as described above), CPU fp32, sorted by name.
+  // kohya-format tensors (fused split parts, alpha as described above; LyCORIS's names for its types),
+  // CPU fp32, sorted by name.
   std::vector<std::pair<std::string, at::Tensor>> kohya_state() const;
   // Loads kohya-format tensors into this network. Every module of the network must be present with
   // the right shapes, and every tensor of the file must belong to a module (Error listing what differs).
@@ -60,6 +66,7 @@ class LoraNetwork {
   LoraOptions options_;
   at::Generator dropout_generator_;
   std::vector<std::shared_ptr<LoraModule>> modules_;
+  std::vector<std::shared_ptr<LycorisModule>> lycoris_;
   std::vector<std::shared_ptr<models::LinearImpl>> targets_;
   std::vector<std::string> target_paths_;  // the model paths of targets_ ("double_blocks.0.img_attn.qkv")
 };

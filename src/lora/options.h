@@ -24,6 +24,12 @@ constexpr std::array<EnumName<SavePrecision>, 3> enum_names(SavePrecision) {
   return {{{"fp32", SavePrecision::fp32}, {"bf16", SavePrecision::bf16}, {"fp16", SavePrecision::fp16}}};
 }
 
+// The adapter of each Linear: kohya's LoRA, or LyCORIS's LoKr / LoHa (lora/lycoris.h).
+enum class NetworkType { lora, lokr, loha };
+constexpr std::array<EnumName<NetworkType>, 3> enum_names(NetworkType) {
+  return {{{"lora", NetworkType::lora}, {"lokr", NetworkType::lokr}, {"loha", NetworkType::loha}}};
+}
+
 struct DropoutOptions {
   double neuron = 0;  // kohya `dropout`
   double rank = 0;    // kohya `rank_dropout`
@@ -48,6 +54,15 @@ struct LoraOptions {
   // whatever the selections and ranks above say; empty: those decide.
   std::map<std::string, int64_t> module_dims;
   DropoutOptions dropout;
+  NetworkType type = NetworkType::lora;
+  // LyCORIS's options (lora/lycoris.h): LoKr's factorization factor (-1: the factors nearest sqrt(dim)),
+  // decompose_both (w1 low-rank too), full_matrix (w2 full whatever the rank), and DoRA on LoRA.
+  int64_t factor = -1;
+  bool decompose_both = false;
+  bool full_matrix = false;
+  bool dora_wd = false;
+  // Whether the network is LyCORIS's rather than a plain LoRA (files say ss_network_module lycoris.kohya).
+  bool lycoris() const { return type != NetworkType::lora || dora_wd; }
 };
 
 }  // namespace fluxtrain::lora

@@ -54,6 +54,58 @@ std::vector<bool> parse_block_selection(const std::string& text, int64_t count, 
 }
 
 
+std::pair<int64_t, int64_t> factorization(int64_t dimension, int64_t factor) {
+  if (factor > 0 && dimension % factor == 0) {
+    int64_t m = factor, n = dimension / factor;
+    if (m > n) std::swap(m, n);
+    return {m, n};
+  }
+  if (factor < 0) factor = dimension;
+  int64_t m = 1, n = dimension;
+  const int64_t length = m + n;
+  while (m < n) {
+    int64_t new_m = m + 1;
+    while (dimension % new_m != 0) ++new_m;
+    const int64_t new_n = dimension / new_m;
+    if (new_m + new_n > length || new_m > factor) break;
+    m = new_m;
+    n = new_n;
+  }
+  if (m > n) std::swap(m, n);
+  return {m, n};
+}
+
+std::vector<FactorShape> factor_shapes(const LoraOptions& options, int64_t out, int64_t in, int64_t rank) {
+  using keys::Part;
+  const double r = static_cast<double>(rank);
+  if (options.type == NetworkType::lokr) {
+    // out = a·b, in = c·d; w1 [a, c] is the smaller part, w2 [b, d] the larger.
+    const auto [in_m, in_n] = factorization(in, options.factor);
+    const auto [out_l, out_k] = factorization(out, options.factor);
+    std::vector<FactorShape> shapes;
+    if (options.decompose_both && !options.full_matrix && r < static_cast<double>(std::max(out_l, in_m)) / 2) {
+      shapes.push_back({Part::lokr_w1_a, out_l, rank, false});
+      shapes.push_back({Part::lokr_w1_b, rank, in_m, false});
+    } else {
+      shapes.push_back({Part::lokr_w1, out_l, in_m, false});
+    }
+    if (!options.full_matrix && r < static_cast<double>(std::max(out_k, in_n)) / 2) {
+      shapes.push_back({Part::lokr_w2_a, out_k, rank, false});
+      shapes.push_back({Part::lokr_w2_b, rank, in_n, true});
+    } else {
+      shapes.push_back({Part::lokr_w2, out_k, in_n, true});
+    }
+    return shapes;
+  }
+  if (options.type == NetworkType::loha) {
+    return {{Part::hada_w1_a, out, rank, false},
+            {Part::hada_w1_b, rank, in, false},
+            {Part::hada_w2_a, out, rank, false},
+            {Part::hada_w2_b, rank, in, true}};
+  }
+  return {{Part::down, rank, in, false}, {Part::up, out, rank, true}};
+}
+
 int64_t AdapterTarget::parameter_count() const {
   int64_t n = 0;
   for (int64_t out : outs) n += rank * (in_features + out);

@@ -5,8 +5,10 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "lora/keys.h"
 #include "lora/options.h"
 #include "models/flux/flux_config.h"
 
@@ -24,6 +26,21 @@ struct AdapterTarget {
   // down [rank, in] and up [out, rank] per part.
   int64_t parameter_count() const;
 };
+
+// LyCORIS's factorization(dimension, factor): (m, n), m <= n, m·n = dimension; factor -1: the pair
+// nearest the square root, else (factor, dimension / factor) when it divides (also a bound for the search).
+std::pair<int64_t, int64_t> factorization(int64_t dimension, int64_t factor);
+
+// One trained tensor of an adapter on an [out, in] Linear: its file part, shape, and whether it starts at 0.
+struct FactorShape {
+  keys::Part part;
+  int64_t rows = 0, cols = 0;
+  bool zero = false;
+};
+// The tensors of `options.type`'s adapter (lora/lycoris.h), in the order they train: LoRA down, up;
+// LoKr w1 (or w1_a, w1_b) then w2 (or w2_a, w2_b) by LyCORIS's rules; LoHa w1_a, w1_b, w2_a, w2_b.
+// DoRA's magnitude [out] is not listed. split_qkv parts are AdapterTarget::outs' business.
+std::vector<FactorShape> factor_shapes(const LoraOptions& options, int64_t out, int64_t in, int64_t rank);
 
 // The adapted Linears in module order. Throws Error for an unknown per-type rank key, a selection outside
 // the model's blocks, or a selection that adapts nothing.

@@ -154,8 +154,10 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
   } else {
     for (const auto& target : lora::adapter_targets(c, in.lora)) {
       for (int64_t out : target.outs) {
-        trained.emplace_back(std::vector<int64_t>{target.rank, target.in_features}, false);  // down: random
-        trained.emplace_back(std::vector<int64_t>{out, target.rank}, true);                 // up: zeros
+        // LoRA's down (random) and up (zeros), or a LyCORIS type's factors.
+        for (const auto& f : lora::factor_shapes(in.lora, out, target.in_features, target.rank))
+          trained.emplace_back(std::vector<int64_t>{f.rows, f.cols}, f.zero);
+        if (in.lora.dora_wd) trained.emplace_back(std::vector<int64_t>{out}, false);  // DoRA's magnitude
       }
     }
   }

@@ -39,7 +39,31 @@ TEST(LoraKeys, EverySpellingParses) {
     EXPECT_EQ(parsed->spelling, c.spelling) << c.key;
   }
   EXPECT_FALSE(parse("double_blocks.0.img_attn.qkv.weight"));
-  EXPECT_FALSE(parse("lora_unet_x.hada_w1_a"));
+  EXPECT_FALSE(parse("lora_unet_x.hada_t1"));
+}
+
+TEST(LoraKeys, LycorisParts) {
+  // LyCORIS's names, as its kohya wrapper writes them (no ".weight"), round trip through tensor_key.
+  const std::pair<const char*, Part> cases[] = {
+      {"lokr_w1", Part::lokr_w1},     {"lokr_w1_a", Part::lokr_w1_a}, {"lokr_w1_b", Part::lokr_w1_b},
+      {"lokr_w2", Part::lokr_w2},     {"lokr_w2_a", Part::lokr_w2_a}, {"lokr_w2_b", Part::lokr_w2_b},
+      {"hada_w1_a", Part::hada_w1_a}, {"hada_w1_b", Part::hada_w1_b}, {"hada_w2_a", Part::hada_w2_a},
+      {"hada_w2_b", Part::hada_w2_b}, {"dora_scale", Part::dora_scale}};
+  for (const auto& [suffix, part] : cases) {
+    const std::string key = std::string("lora_unet_double_blocks_0_img_attn_qkv.") + suffix;
+    auto parsed = parse(key);
+    ASSERT_TRUE(parsed) << key;
+    EXPECT_EQ(parsed->module, "lora_unet_double_blocks_0_img_attn_qkv");
+    EXPECT_EQ(parsed->part, part) << key;
+    EXPECT_EQ(parsed->spelling, Spelling::kohya);
+    EXPECT_EQ(tensor_key(parsed->module, part), key);
+    EXPECT_EQ(part_label(part), suffix);
+  }
+  EXPECT_EQ(lycoris_type(Part::lokr_w2_b), "LoKr");
+  EXPECT_EQ(lycoris_type(Part::hada_w1_a), "LoHa");
+  EXPECT_EQ(lycoris_type(Part::dora_scale), "DoRA");
+  EXPECT_EQ(lycoris_type(Part::down), "");
+  EXPECT_EQ(lycoris_type(Part::alpha), "");
 }
 
 TEST(LoraKeys, NoSuffixEndsAnother) {
@@ -83,9 +107,11 @@ TEST(LoraKeys, TextEncodersAdaptersAndSplitParts) {
   EXPECT_FALSE(is_text_encoder("lora_unet_double_blocks_0_img_attn_qkv"));
   EXPECT_FALSE(is_text_encoder("transformer.transformer_blocks.0.attn.to_q"));
 
-  EXPECT_EQ(unsupported_adapter("lora_unet_x.hada_w1_a")->name, "LoHa");
-  EXPECT_EQ(unsupported_adapter("lora_unet_x.lokr_w1")->name, "LoKr");
-  EXPECT_EQ(unsupported_adapter("lora_unet_x.dora_scale")->name, "DoRA");
+  EXPECT_FALSE(unsupported_adapter("lora_unet_x.hada_w1_a"));  // LoHa, LoKr and DoRA are applied
+  EXPECT_FALSE(unsupported_adapter("lora_unet_x.lokr_w1"));
+  EXPECT_FALSE(unsupported_adapter("lora_unet_x.dora_scale"));
+  EXPECT_EQ(unsupported_adapter("lora_unet_x.hada_t1")->name, "Tucker LoHa");
+  EXPECT_EQ(unsupported_adapter("lora_unet_x.lokr_t2")->name, "Tucker LoKr");
   EXPECT_EQ(unsupported_adapter("lora_unet_x.oft_blocks")->name, "OFT");
   EXPECT_EQ(unsupported_adapter("lora_unet_x.diff")->name, "full weight difference");
   EXPECT_EQ(unsupported_adapter("lora_unet_x.lora_mid.weight")->name, "Tucker LoCon");

@@ -323,6 +323,47 @@ def test_lora_layouts_match_the_reference(tmp_path, fluxtrain_bin, dev, layout):
         == [(f"{layout}.safetensors", 0.8)]
 
 
+# Alphas large enough that the random factors change the tiny model's picture visibly (LoKr's and LoHa's
+# products of small random factors are small).
+@pytest.mark.parametrize("flags", [["--network-type", "lokr", "--factor", "4", "--alpha", "32"],
+                                   ["--network-type", "loha", "--alpha", "200"], ["--dora-wd", "1", "--alpha", "2"]],
+                         ids=["lokr", "loha", "dora"])
+def test_lycoris_files_match_the_reference(tmp_path, fluxtrain_bin, test_tool, dev, flags):
+    """A LyCORIS file (every factor random, written by fluxtrain's network) sampled at strength 0.8 gives
+    the reference pipeline's picture with the weights PEFT's module computes (strength as ComfyUI applies
+    it: W + 0.8 (W' - W)); tests/parity/test_lycoris.py holds the file's reading equal to PEFT's."""
+    from reference.lycoris_reference import comfy_weight, peft_delta
+
+    folder, ref = dev
+    path = tmp_path / "lycoris.safetensors"
+    params = tmp_path / "params.safetensors"
+    run([test_tool, "lora-make", folder / "flux1-dev.safetensors", path, "--seed", "5", "--random-up", "1",
+         "--rank", "4", "--double-indices", "1", "--single-indices", "0", *flags, "--params", params])
+    saved, magnitudes = load_file(str(path)), load_file(str(params))
+    modules = {}
+    for key, value in saved.items():
+        module, suffix = key.split(".", 1)
+        modules.setdefault(module, {})[suffix] = value
+    weights = {"lora_unet_" + k[: -len(".weight")].replace(".", "_"): k for k in ref.flux_sd if k.endswith(".weight")}
+    factor = int(flags[flags.index("--factor") + 1]) if "--factor" in flags else -1
+    merged = dict(ref.flux_sd)
+    for module, t in modules.items():
+        key = weights[module]
+        w, bias = ref.flux_sd[key], ref.flux_sd.get(key[: -len(".weight")] + ".bias")
+        p = {"down": t.get("lora_down.weight"), "up": t.get("lora_up.weight"),
+             "magnitude": magnitudes.get(module + ".magnitude")}
+        delta = peft_delta(w, bias, t, p, factor)
+        assert torch.allclose(comfy_weight(w, t) - w, delta, atol=1e-6 * float(delta.abs().max()) + 1e-7), module
+        merged[key] = w + 0.8 * delta
+    args = ["--prompt", "a photo of sks dog", "--width", str(W), "--height", str(H), "--steps", str(STEPS), "--seed", "99"]
+    out = tmp_path / "out"
+    result = sample(fluxtrain_bin, folder, out, *args, "--lora", f"{path}:0.8")
+    assert f"{len(modules)} modules (kohya layout)" in result.stderr, result.stderr
+    got = compare(next(out.iterdir()), ref.image(fr.diffusers_model(ref.flux_cfg, merged), "a photo of sks dog", 99))
+    base = ref.image(ref.transformer(), "a photo of sks dog", 99)
+    assert np.abs(got.astype(int) - base.astype(int)).max() > 10, "the LyCORIS file changed nothing"
+
+
 def test_two_loras_add_up(tmp_path, fluxtrain_bin, dev):
     folder, ref = dev
     one, two = random_lora(ref.flux_cfg, seed=1), random_lora(ref.flux_cfg, seed=2)

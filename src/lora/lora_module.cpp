@@ -77,4 +77,12 @@ at::Tensor LoraModule::forward(const at::Tensor& x, const at::Tensor& base) {
   return at::add(base, delta, multiplier_ * scale);
 }
 
+const at::Tensor* take_part(const std::map<std::string, at::Tensor>& tensors, const std::string& module,
+                            keys::Part part, std::set<std::string>& used) {
+  auto it = tensors.find(keys::tensor_key(module, part));
+  if (it == tensors.end()) return nullptr;
+  used.insert(it->first);
+  return &it->second;
+}
+
 }  // namespace fluxtrain::lora

@@ -7,9 +7,12 @@
 
 #include <ATen/core/Generator.h>
 
+#include <map>
+#include <set>
 #include <string>
 #include <vector>
 
+#include "lora/keys.h"
 #include "lora/options.h"
 #include "models/linear.h"
 
@@ -54,5 +57,10 @@ class LoraModule : public models::LinearAdapter {
   DropoutOptions dropout_;
   at::Generator dropout_generator_;
 };
+
+// A kohya-format file's tensor of `module`'s `part` (keys::tensor_key), or nullptr when the file has none; the key
+// goes into `used`, so a loader can name the tensors that belong to no module.
+const at::Tensor* take_part(const std::map<std::string, at::Tensor>& tensors, const std::string& module,
+                            keys::Part part, std::set<std::string>& used);
 
 }  // namespace fluxtrain::lora

@@ -467,19 +467,25 @@ BakeReport bake_loras(const std::string& base, const std::vector<WeightedLora>& 
   std::map<std::string, std::vector<Patch>> patches;  // base key -> what is added to it
   std::vector<std::string> unmatched, problems;
   BakeReport report;
+  // The one base weight of a module, or nullptr with the reason noted.
+  auto target_of = [&](const std::string& name, const std::string& path) -> const TensorInfo* {
+    auto it = targets.find(name);
+    if (it == targets.end()) {
+      unmatched.push_back(cat(name, " (", path, ")"));
+      return nullptr;
+    }
+    if (it->second.size() > 1) {
+      problems.push_back(cat(name, " (", path, "): matches several weights of the base (", it->second[0]->name, ", ",
+                             it->second[1]->name, "), so it is ambiguous"));
+      return nullptr;
+    }
+    return it->second.front();
+  };
   for (const auto& f : files) {
     for (const auto& [name, m] : f.modules) {
-      auto it = targets.find(name);
-      if (it == targets.end()) {
-        unmatched.push_back(cat(name, " (", f.path, ")"));
-        continue;
-      }
-      if (it->second.size() > 1) {
-        problems.push_back(cat(name, " (", f.path, "): matches several weights of the base (", it->second[0]->name,
-                               ", ", it->second[1]->name, "), so it is ambiguous"));
-        continue;
-      }
-      const TensorInfo& w = *it->second.front();
+      const TensorInfo* target = target_of(name, f.path);
+      if (target == nullptr) continue;
+      const TensorInfo& w = *target;
       if (w.shape[0] != m.out || w.shape[1] != m.in) {
         problems.push_back(cat(name, " (", f.path, "): ΔW is ", shape_text(m.out, m.in), " but ", w.name, " is ",
                                at::IntArrayRef(w.shape), "; the LoRA was trained on a different model"));
@@ -495,17 +501,9 @@ BakeReport bake_loras(const std::string& base, const std::vector<WeightedLora>& 
       ++report.modules;
     }
     for (const auto& [name, parts] : f.lycoris) {
-      auto it = targets.find(name);
-      if (it == targets.end()) {
-        unmatched.push_back(cat(name, " (", f.path, ")"));
-        continue;
-      }
-      if (it->second.size() > 1) {
-        problems.push_back(cat(name, " (", f.path, "): matches several weights of the base (", it->second[0]->name,
-                               ", ", it->second[1]->name, "), so it is ambiguous"));
-        continue;
-      }
-      const TensorInfo& w = *it->second.front();
+      const TensorInfo* target = target_of(name, f.path);
+      if (target == nullptr) continue;
+      const TensorInfo& w = *target;
       auto tensors = std::make_shared<PartTensors>();
       for (const auto& [part, info] : parts) (*tensors)[part] = f.load(info, at::kFloat);
       const std::string problem =

@@ -128,12 +128,7 @@ void LoraNetwork::load_kohya(const std::map<std::string, at::Tensor>& tensors, c
     auto& m = modules_[i];
     auto& parts = m->parts();
     const int64_t k = static_cast<int64_t>(parts.size()), r = m->rank();
-    auto get = [&](keys::Part part) -> const at::Tensor* {
-      auto it = tensors.find(keys::tensor_key(m->name(), part));
-      if (it == tensors.end()) return nullptr;
-      used.insert(it->first);
-      return &it->second;
-    };
+    auto get = [&](keys::Part part) { return take_part(tensors, m->name(), part, used); };
     const at::Tensor* down = get(keys::Part::down);
     const at::Tensor* up = get(keys::Part::up);
     const at::Tensor* alpha = get(keys::Part::alpha);

@@ -100,12 +100,7 @@ void TextEncoderNetwork::load_kohya(const std::map<std::string, at::Tensor>& ten
   std::set<std::string> used;
   std::vector<std::string> problems;
   for (auto& m : modules_) {
-    auto get = [&](keys::Part part) -> const at::Tensor* {
-      auto it = tensors.find(keys::tensor_key(m->name(), part));
-      if (it == tensors.end()) return nullptr;
-      used.insert(it->first);
-      return &it->second;
-    };
+    auto get = [&](keys::Part part) { return take_part(tensors, m->name(), part, used); };
     const at::Tensor* down = get(keys::Part::down);
     const at::Tensor* up = get(keys::Part::up);
     const at::Tensor* alpha = get(keys::Part::alpha);

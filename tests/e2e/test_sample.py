@@ -53,7 +53,7 @@ def get_schedule(steps: int, image_tokens: int, shift: bool) -> list[float]:
 
 class Reference:
     def __init__(self, folder, tokenize_tool, schnell=False):
-        from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+        from transformers import CLIPTextConfig, CLIPTextModel
 
         self.schnell = schnell
         self.flux_cfg = tm.replace(tm.TINY_FLUX, guidance_embed=not schnell)
@@ -68,14 +68,7 @@ class Reference:
         self.clip = CLIPTextModel(config).eval()
         self.clip.load_state_dict({k.removeprefix("text_model."): v.float()
                                    for k, v in load_file(str(folder / "clip_l.safetensors")).items()}, strict=False)
-        t = tm.TINY_T5
-        config = T5Config(vocab_size=t.vocab_size, d_model=t.d_model, d_kv=t.d_kv, d_ff=t.d_ff, num_layers=t.num_layers,
-                          num_heads=t.num_heads, relative_attention_num_buckets=t.relative_attention_num_buckets,
-                          relative_attention_max_distance=t.relative_attention_max_distance,
-                          feed_forward_proj="gated-gelu", layer_norm_epsilon=1e-6, dropout_rate=0.0,
-                          is_encoder_decoder=False, use_cache=False)
-        self.t5 = T5EncoderModel(config).eval()
-        self.t5.load_state_dict({k: v.float() for k, v in load_file(str(folder / "t5xxl_fp16.safetensors")).items()})
+        self.t5 = tm.transformers_t5(folder / "t5xxl_fp16.safetensors")
         self.tokenize_tool = tokenize_tool
 
     def encode(self, text: str):
@@ -412,11 +405,18 @@ def test_errors_name_the_problem(tmp_path, fluxtrain_bin, dev):
     save_file({"lora_unet_double_blocks_0_img_attn_proj.lora_down.weight": torch.zeros(4, 96)}, str(half))
     r = sample(fluxtrain_bin, folder, tmp_path / "o", *base, "--lora", half, check=False)
     assert r.returncode == 1 and "no up (lora_B) weight" in r.stderr
-    # LyCORIS.
+    # LyCORIS: an incomplete LoHa module names the module and the missing factor; a type fluxtrain does not
+    # apply (Tucker cores) is named.
     loha = tmp_path / "loha.safetensors"
     save_file({"lora_unet_double_blocks_0_img_attn_proj.hada_w1_a": torch.zeros(96, 4)}, str(loha))
     r = sample(fluxtrain_bin, folder, tmp_path / "o", *base, "--lora", loha, check=False)
-    assert r.returncode == 1 and "LoHa" in r.stderr
+    assert r.returncode == 1 and "lora_unet_double_blocks_0_img_attn_proj" in r.stderr
+    assert "has only one of hada_w1_a + hada_w1_b" in r.stderr
+    tucker = tmp_path / "tucker.safetensors"
+    save_file({f"lora_unet_double_blocks_0_img_attn_proj.{k}": torch.zeros(4, 4)
+               for k in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2")}, str(tucker))
+    r = sample(fluxtrain_bin, folder, tmp_path / "o", *base, "--lora", tucker, check=False)
+    assert r.returncode == 1 and "Tucker LoHa" in r.stderr
     # Missing files and flags.
     r = sample(fluxtrain_bin, folder, tmp_path / "o", *base, "--lora", tmp_path / "nope.safetensors:0.5", check=False)
     assert r.returncode == 1 and "nope.safetensors" in r.stderr

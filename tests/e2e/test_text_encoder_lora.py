@@ -247,16 +247,7 @@ def reference_t5_with_lora(models, lora_path):
     ComfyUI's name rule (lora_te3_ + module path with '.' -> '_'). diffusers' Flux loader drops kohya's T5
     modules, so PEFT itself is the reference here."""
     from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
-    from transformers import T5Config, T5EncoderModel
-
-    t = tm.TINY_T5
-    config = T5Config(vocab_size=t.vocab_size, d_model=t.d_model, d_kv=t.d_kv, d_ff=t.d_ff, num_layers=t.num_layers,
-                      num_heads=t.num_heads, relative_attention_num_buckets=t.relative_attention_num_buckets,
-                      relative_attention_max_distance=t.relative_attention_max_distance,
-                      feed_forward_proj="gated-gelu", layer_norm_epsilon=1e-6, dropout_rate=0.0,
-                      is_encoder_decoder=False, use_cache=False)
-    model = T5EncoderModel(config).eval()
-    model.load_state_dict({k: v.float() for k, v in load_file(str(models / "t5xxl_fp16.safetensors")).items()})
+    model = tm.transformers_t5(models / "t5xxl_fp16.safetensors")
     if lora_path is None:
         return model
     tensors = {k: v.float() for k, v in lora_tensors(lora_path).items() if k.startswith("lora_te3_")}

@@ -18,7 +18,7 @@ from dataclasses import replace
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_save
 
 from conftest import draw_seed, run
@@ -28,31 +28,13 @@ from reference import tiny_models as tm
 CFG = replace(tm.FLUX_DEV, depth=1, depth_single_blocks=1, vec_in_dim=32, context_in_dim=64)
 
 
-def rel_err(ours, ref):
-    return float((ours.double() - ref.double()).abs().max() / ref.double().abs().max())
+rel_err = fr.rel_err
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory, request):
     tmp = tmp_path_factory.mktemp("lora")
-    seed = draw_seed(request)
-    sd = tm.random_state_dict(tm.flux_shapes(CFG), torch.float32, seed)
-    path = tmp / "flux.safetensors"
-    save_file(sd, str(path))
-    g = torch.Generator().manual_seed(seed + 1)
-    h, w, lt = 2, 2, 3
-    ids = torch.zeros(h, w, 3)
-    ids[..., 1] = torch.arange(h)[:, None]
-    ids[..., 2] = torch.arange(w)[None, :]
-    inputs = {"img": torch.randn(1, h * w, 64, generator=g), "img_ids": ids.reshape(1, h * w, 3),
-              "txt": torch.randn(1, lt, CFG.context_in_dim, generator=g), "txt_ids": torch.zeros(1, lt, 3),
-              "timesteps": torch.tensor([0.7]), "y": torch.randn(1, CFG.vec_in_dim, generator=g),
-              "guidance": torch.tensor([3.5])}
-    inputs_path = tmp / "inputs.safetensors"
-    save_file(inputs, str(inputs_path))
-    with torch.no_grad():
-        base = fr.diffusers_forward(fr.diffusers_model(CFG, sd), inputs)
-    return tmp, sd, path, inputs, inputs_path, base
+    return (tmp, *fr.lora_test_model(tmp, CFG, draw_seed(request)))
 
 
 def diffusers_with_lora(sd, lora_path):

@@ -87,3 +87,35 @@ def diffusers_forward(model, inputs: dict, **kwargs):
     return model(hidden_states=inputs["img"], encoder_hidden_states=inputs["txt"], pooled_projections=inputs["y"],
                  timestep=inputs["timesteps"], img_ids=inputs["img_ids"][0], txt_ids=inputs["txt_ids"][0],
                  guidance=inputs.get("guidance"), return_dict=False, **kwargs)[0]
+
+
+def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    """The largest absolute difference relative to the reference's largest magnitude."""
+    return float((ours.double() - ref.double()).abs().max() / ref.double().abs().max())
+
+
+def lora_test_model(tmp, cfg: FluxConfig, seed: int):
+    """What the LoRA parity tests start from: a random Flux of `cfg` in BFL keys written to tmp/flux.safetensors,
+    one small input batch (2x2 image tokens, 3 text tokens) written to tmp/inputs.safetensors, and diffusers'
+    output on it. Returns (state dict, its path, inputs, their path, base output)."""
+    from safetensors.torch import save_file
+
+    from reference import tiny_models as tm
+
+    sd = tm.random_state_dict(tm.flux_shapes(cfg), torch.float32, seed)
+    path = tmp / "flux.safetensors"
+    save_file(sd, str(path))
+    g = torch.Generator().manual_seed(seed + 1)
+    h, w, lt = 2, 2, 3
+    ids = torch.zeros(h, w, 3)
+    ids[..., 1] = torch.arange(h)[:, None]
+    ids[..., 2] = torch.arange(w)[None, :]
+    inputs = {"img": torch.randn(1, h * w, 64, generator=g), "img_ids": ids.reshape(1, h * w, 3),
+              "txt": torch.randn(1, lt, cfg.context_in_dim, generator=g), "txt_ids": torch.zeros(1, lt, 3),
+              "timesteps": torch.tensor([0.7]), "y": torch.randn(1, cfg.vec_in_dim, generator=g),
+              "guidance": torch.tensor([3.5])}
+    inputs_path = tmp / "inputs.safetensors"
+    save_file(inputs, str(inputs_path))
+    with torch.no_grad():
+        base = diffusers_forward(diffusers_model(cfg, sd), inputs)
+    return sd, path, inputs, inputs_path, base

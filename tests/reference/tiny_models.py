@@ -232,6 +232,23 @@ def t5_shapes(cfg: T5Config, duplicate_embedding: bool = True) -> "OrderedDict[s
     return s
 
 
+def transformers_t5(path, t: T5Config = TINY_T5):
+    """transformers' T5EncoderModel (fp32, eval) holding the weights of a T5 file of config `t` (the reference
+    encoder of the sample and text-encoder LoRA tests)."""
+    from safetensors.torch import load_file
+    from transformers import T5Config as HfT5Config
+    from transformers import T5EncoderModel
+
+    config = HfT5Config(vocab_size=t.vocab_size, d_model=t.d_model, d_kv=t.d_kv, d_ff=t.d_ff, num_layers=t.num_layers,
+                        num_heads=t.num_heads, relative_attention_num_buckets=t.relative_attention_num_buckets,
+                        relative_attention_max_distance=t.relative_attention_max_distance,
+                        feed_forward_proj="gated-gelu", layer_norm_epsilon=1e-6, dropout_rate=0.0,
+                        is_encoder_decoder=False, use_cache=False)
+    model = T5EncoderModel(config).eval()
+    model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
+    return model
+
+
 def random_state_dict(shapes, dtype, seed: int):
     """Random weights: N(0, 1/fan_in) for matrices, around 1 for norm scales, small for biases."""
     import torch

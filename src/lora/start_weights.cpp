@@ -25,6 +25,7 @@ StartWeights read_start_weights(const std::string& path, const models::FluxTrans
 
   StartWeights out;
   out.layout = contents.layout;
+  out.text_encoder_modules = contents.text_encoder_modules;
   std::vector<std::string> problems;
   for (auto& [module, deltas] : by_module) {
     std::sort(deltas.begin(), deltas.end(), [](auto* a, auto* b) { return a->row_offset < b->row_offset; });

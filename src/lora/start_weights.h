@@ -26,6 +26,7 @@ struct StartWeights {
   std::map<std::string, at::Tensor> tensors;   // kohya keys (lora_unet_*) -> fp32 CPU tensors
   std::map<std::string, int64_t> module_dims;  // model path -> rank of each trained part (LoraOptions)
   std::string layout;                          // the file's layout ("kohya", "diffusers", "comfyui", "mixed")
+  size_t text_encoder_modules = 0;             // CLIP/T5 modules in the file (not in `tensors`)
 };
 
 // Reads `path` against `model` for a network with or without split_qkv. Errors name the file, the module

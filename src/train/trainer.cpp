@@ -110,6 +110,7 @@ Trainable build(const TrainerConfig& config) {
                 " transformer blocks wait in host memory (", t.swap->swapped_bytes() / (1 << 20),
                 " MiB of weights) and are copied to ", model_options.device.str(), " while they run");
     }
+    size_t start_te_modules = 0;  // text-encoder modules of network_weights
     if (config.network_weights.empty()) {
       t.network = std::make_unique<lora::LoraNetwork>(*t.model, config.lora, config.seed);
     } else {
@@ -119,15 +120,10 @@ Trainable build(const TrainerConfig& config) {
       if (config.dim_from_weights) options.module_dims = start.module_dims;
       t.network = std::make_unique<lora::LoraNetwork>(*t.model, options, config.seed);
       t.network->load_kohya(start.tensors, config.network_weights);
+      start_te_modules = start.text_encoder_modules;
       log::info("starting from the LoRA in ", config.network_weights, " (", start.layout, " layout, ",
                 start.module_dims.size(), " modules", config.dim_from_weights ? ", the network built from it" : "",
                 ")");
-    }
-    // The file's text-encoder modules (kohya names), for the text-encoder network below.
-    std::map<std::string, at::Tensor> start_te;
-    if (!config.network_weights.empty()) {
-      std::map<std::string, at::Tensor> start = lora::read_lora_file(config.network_weights);
-      start_te = take_text_encoder_tensors(start);
     }
     t.params = t.network->parameters();
     if (config.train_clip || config.train_t5) {
@@ -140,14 +136,18 @@ Trainable build(const TrainerConfig& config) {
       t.te_network = std::make_unique<lora::TextEncoderNetwork>(
           config.train_clip ? &t.encoders->clip() : nullptr, config.train_t5 ? &t.encoders->t5() : nullptr,
           config.lora, config.seed + 3, t.network->dropout_generator());
-      if (!config.network_weights.empty()) t.te_network->load_kohya(start_te, config.network_weights);
+      if (!config.network_weights.empty()) {
+        // The file's text-encoder modules (kohya names), read only when they train.
+        std::map<std::string, at::Tensor> start = lora::read_lora_file(config.network_weights);
+        t.te_network->load_kohya(take_text_encoder_tensors(start), config.network_weights);
+      }
       log::info("text-encoder LoRA: ", t.te_network->clip_modules(), " CLIP-L modules", config.train_t5 ? cat(", ", t.te_network->t5_modules(), " T5-XXL modules") : std::string(),
                 config.text_encoder_lr ? cat(" at text_encoder_lr ", *config.text_encoder_lr) : std::string(" at learning_rate"));
       t.te_begin = t.params.size();
       for (const at::Tensor& p : t.te_network->parameters()) t.params.push_back(p);
-    } else if (!start_te.empty()) {
-      log::warn(config.network_weights, ": its ", start_te.size(), " text-encoder tensors (e.g. ", start_te.begin()->first,
-                ") are not used: this run trains the transformer only (set text_encoder_lr, or "
+    } else if (start_te_modules > 0) {
+      log::warn(config.network_weights, ": its ", start_te_modules,
+                " text-encoder modules are not used: this run trains the transformer only (set text_encoder_lr, or "
                 "network_train_unet_only=false, to train them on)");
     }
     for (size_t i = 0; i < t.params.size(); ++i) t.names.push_back(std::to_string(i));

@@ -24,6 +24,8 @@ ALLOWED = {
     # kohya's optimizer_args keys (the optimizer reads its own arguments by the reference's names).
     ("src/optim/factory.cpp", "weight_decay"), ("src/optim/factory.cpp", "d_coef"),
     ("src/optim/options.cpp", "weight_decay"), ("src/optim/options.cpp", "d_coef"),
+    # The parser of kohya's key=value strings names the option it parses in its messages.
+    ("src/optim/args.h", "optimizer_args"), ("src/optim/args.cpp", "optimizer_args"),
     # kohya's ss_network_args keys, written into every LoRA file as kohya writes them.
     ("src/lora/lora_file.cpp", "train_blocks"), ("src/lora/lora_file.cpp", "train_double_block_indices"),
     ("src/lora/lora_file.cpp", "train_single_block_indices"), ("src/lora/lora_file.cpp", "split_qkv"),

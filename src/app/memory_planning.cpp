@@ -101,6 +101,7 @@ train::MemoryPlanInputs memory_plan_inputs(const TrainSettings& settings, const 
   const std::string& nproc = settings.distributed.num_processes;
   in.ranks = settings.distributed.world_size.value_or(nproc == "auto" ? 1 : std::stoll(nproc));
   in.optimizer_shards = t.zero_stage == 1 ? in.ranks : 1;
+  in.ema_on_device = t.ema.enabled() && (t.ema.device == train::EmaDevice::accelerator || !cuda);
   return in;
 }
 

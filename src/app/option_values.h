@@ -1,5 +1,5 @@
 // The text forms of option values, shared by the option table (options.cpp) and its resolution
-// (option_resolve.cpp); internal to src/app/options*.
+// (option_resolve.cpp), and network_args (train_network_options.cpp); internal to src/app/*option*.
 #pragma once
 
 #include <string>

@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "lora/convert.h"
+#include "lora/text_encoder_network.h"
 #include "models/convert.h"
 #include "models/loader.h"
 #include "sample/sampler_setup.h"
@@ -122,7 +123,8 @@ int run_sample(const SampleSettings& o) {
   graph.t5xxl = fs::path(files.t5xxl).filename().string();
   graph.vae = fs::path(files.ae).filename().string();
   graph.filename_prefix = o.name;
-  for (const auto& l : loras) graph.loras.emplace_back(fs::path(l.path).filename().string(), l.strength);
+  for (const auto& l : loras)
+    graph.loras.push_back({fs::path(l.path).filename().string(), l.strength, lora::has_text_encoder_modules(l.path)});
   setup.sampler.comfy = graph;
 
   // Text encoders first (encode, free), then the transformer: the peak is the larger of the two.

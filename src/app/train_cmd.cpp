@@ -27,6 +27,7 @@
 #include "app/memory_planning.h"
 #include "app/monitor_options.h"
 #include "app/train_options.h"
+#include "app/train_samples.h"
 #include "core/atomic_file.h"
 #include "core/enum_names.h"
 #include "core/error.h"
@@ -48,7 +49,6 @@
 #include "monitor/server.h"
 #include "publish/publish.h"
 #include "sample/prompts.h"
-#include "sample/sampler_setup.h"
 #include "report/report.h"
 #include "train/block_swap.h"
 #include "train/dataset_source.h"
@@ -56,7 +56,6 @@
 #include "train/state.h"
 #include "tokenizers/clip_bpe.h"
 #include "tokenizers/t5_unigram.h"
-#include "train/ema.h"
 #include "train/trainer.h"
 
 namespace fluxtrain::app {
@@ -690,52 +689,15 @@ int run_train_inner(const ResolvedConfig& config, bool cache_only, std::unique_p
             c10::toString(trainer.compute_dtype), ")",
             run.resume_state.empty() ? "" : ", resuming from " + run.resume_state);
   log::info(fp8.line);
-  // Samples: the prompts are encoded once now (the text encoders are freed again); the AE stays.
+  // Samples (app/train_samples.h): the prompts are encoded now (the text encoders are freed again); the AE stays.
   std::unique_ptr<sample::Sampler> sampler;
   train::SampleHook hook;
   const bool sampling =
       trainer.sample_every_n_steps > 0 || trainer.sample_every_n_epochs > 0 || trainer.sample_at_first;
   if (!settings.sample_prompts.empty() && sampling && root) {  // rank 0 renders the samples
-    sample::SamplerSetup setup;
-    setup.ae_path = files.ae;
-    setup.clip_path = files.clip_l;
-    setup.t5_path = files.t5xxl;
-    setup.options.device = device;
-    setup.options.dtype = precision;
-    setup.text = source_options.text;
-    setup.prompts = sample::load_prompts(settings.sample_prompts);
-    setup.sampler.out_dir = run.dir / "samples";
-    setup.sampler.name = trainer.output_name;
-    setup.sampler.run_seed = trainer.seed;
-    setup.sampler.text = {{"model", fs::path(files.model).filename().string()}, {"lora", trainer.output_name}};
-    // Each PNG's ComfyUI graph loads the file a user would load for that picture: the LoRA saved at that
-    // step (save_every_n_steps), else the final one; the base alone at step 0 and for a full fine-tune
-    // the trained model itself.
-    sample::ComfyGraph graph;
-    graph.unet = fs::path(files.model).filename().string();
-    graph.weight_dtype = trainer.model.fp8_base ? "fp8_e4m3fn" : "default";
-    graph.clip_l = fs::path(files.clip_l).filename().string();
-    graph.t5xxl = fs::path(files.t5xxl).filename().string();
-    graph.vae = fs::path(files.ae).filename().string();
-    graph.filename_prefix = trainer.output_name;
-    if (trainer.full_finetune) graph.unet = trainer.output_name + ".safetensors";
-    setup.sampler.comfy = graph;
-    // ema_samples: the EMA file beside it (NAME-ema.safetensors), whose weights rendered the picture.
-    setup.sampler.comfy_loras = [name = trainer.output_name, every = trainer.save_every_n_steps,
-                                 full = trainer.full_finetune,
-                                 ema = trainer.ema.enabled() && trainer.ema.samples](int64_t step) {
-      std::vector<std::pair<std::string, double>> loras;
-      if (full || step == 0) return loras;
-      const std::string file =
-          every > 0 && step % every == 0 ? train::step_file_name(name, step) : name + ".safetensors";
-      loras.emplace_back(ema ? train::ema_file_name(file) : file, 1.0);
-      return loras;
-    };
-    if (trainer.train_clip)
-      log::warn("the samples during training encode their prompts with the base text encoders (once, before the "
-                "first step); the trained text-encoder LoRA shows in `fluxtrain sample` with the saved file");
-    sampler = sample::make_sampler(setup);
-    hook = [&sampler](int64_t step, models::FluxTransformerImpl& model) { return sampler->render(step, model); };
+    sampler = make_training_sampler(settings.sample_prompts, files, source_options.text, device, precision, trainer,
+                                    run.dir);
+    hook = training_sample_hook(*sampler);
   }
   // The sample grid and loss plot with every checkpoint, report.html at the end (rank 0, on its own thread).
   std::unique_ptr<report::ReportWriter> pictures;

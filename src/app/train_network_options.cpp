@@ -1,10 +1,15 @@
 // The train option table's network group (LoRA, LyCORIS, the text encoders) and its EMA group.
+#include <algorithm>
 #include <charconv>
 #include <map>
+#include <memory>
 #include <optional>
 
-#include "core/error.h"
+#include "app/option_values.h"
 #include "app/train_option_parts.h"
+#include "core/error.h"
+#include "core/strings.h"
+#include "optim/args.h"
 
 namespace fluxtrain::app {
 namespace {
@@ -49,6 +54,97 @@ Opt<S> type_dim(const std::string& type, const std::string& what) {
 
 }  // namespace
 
+const std::vector<std::pair<std::string, std::string>>& network_arg_options() {
+  // kohya's networks/lora_flux.py arguments, LyCORIS's algo / factor / decompose_both / full_matrix / dora_wd.
+  static const std::vector<std::pair<std::string, std::string>> keys = [] {
+    std::vector<std::pair<std::string, std::string>> k = {{"algo", "network_type"}};
+    for (const char* same : {"factor", "decompose_both", "full_matrix", "dora_wd", "train_blocks",
+                             "train_double_block_indices", "train_single_block_indices", "split_qkv", "rank_dropout",
+                             "module_dropout", "train_t5xxl", "loraplus_lr_ratio", "img_attn_dim", "img_mlp_dim",
+                             "img_mod_dim", "txt_attn_dim", "txt_mlp_dim", "txt_mod_dim", "single_dim",
+                             "single_mod_dim"})
+      k.emplace_back(same, same);
+    return k;
+  }();
+  return keys;
+}
+
+std::vector<std::pair<std::string, std::string>> network_arg_items(const std::string& args) {
+  std::vector<std::pair<std::string, std::string>> items;
+  for (auto [key, value] : optim::split_key_values(args, "network_args")) {
+    std::vector<std::string> known;
+    for (const auto& [k, option] : network_arg_options()) known.push_back(k);
+    if (std::find(known.begin(), known.end(), key) == known.end()) {
+      const std::string hint = closest_match(key, known);
+      fail("network_args: ", key, "=", value, " is not an argument fluxtrain takes",
+           hint.empty() ? std::string() : cat(" (did you mean ", hint, "?)"), "; it takes ", join(known, ", "),
+           " (a LoRA on Flux has no convolutions: conv_dim and conv_alpha do not apply)");
+    }
+    if (key == "algo") {
+      // LyCORIS's LoCon is a LoRA on the linear layers (and convolutions, which Flux has none of).
+      std::string algo = lower(value);
+      if (algo == "locon") algo = "lora";
+      if (algo != "lora" && algo != "lokr" && algo != "loha")
+        fail("network_args: algo=", value, " is not a LyCORIS algorithm fluxtrain trains; it trains lora (locon), "
+             "lokr and loha");
+      value = algo;
+    }
+    items.emplace_back(key, value);
+  }
+  return items;
+}
+
+void apply_network_args(std::vector<OptionSpec>& specs) {
+  // The named options as they are before the rules below, to parse and check the items' values by.
+  auto targets = std::make_shared<std::map<std::string, OptionSpec>>();
+  for (const auto& spec : specs) {
+    for (const auto& [key, option] : network_arg_options())
+      if (option == spec.name) targets->emplace(key, spec);
+  }
+  if (targets->size() != network_arg_options().size()) fail("internal: network_args names an option the table lacks");
+  auto item_value = [targets](const std::string& key, const std::string& raw, std::string& error) {
+    const OptionSpec& spec = targets->at(key);
+    const std::string& option = spec.name;
+    OptionValue value = detail::parse_text(spec, raw, error);
+    if (error.empty()) error = detail::check_value(spec, value, false);
+    if (!error.empty()) error = cat("network_args: ", key, "=", raw, " for ", option, ": ", error, "; allowed: ",
+                                    spec.allowed_text());
+    return value;
+  };
+  for (auto& spec : specs) {
+    if (spec.name == "network_args") {
+      spec.check = [item_value](const OptionValue& v) -> std::string {
+        try {
+          for (const auto& [key, raw] : network_arg_items(std::get<std::string>(v))) {
+            std::string error;
+            item_value(key, raw, error);
+            if (!error.empty()) return error;
+          }
+        } catch (const Error& e) {
+          return e.what();
+        }
+        return "";
+      };
+      continue;
+    }
+    for (const auto& [key, option] : network_arg_options()) {
+      if (option != spec.name) continue;
+      spec.default_rule = [before = spec.default_rule, key, item_value](const Values& v) -> RuleResult {
+        const OptionValue& args = v.at("network_args").value;
+        if (std::holds_alternative<std::string>(args)) {
+          for (const auto& [k, raw] : network_arg_items(std::get<std::string>(args))) {
+            std::string error;
+            if (k == key) return std::pair{item_value(k, raw, error), cat("network_args ", k, "=", raw)};
+          }
+        }
+        return before ? before(v) : std::nullopt;
+      };
+      spec.default_rule_text = cat(spec.default_rule_text.empty() ? "" : spec.default_rule_text + "; ",
+                                   "network_args' ", key, "= when given");
+    }
+  }
+}
+
 std::vector<OptionSpec> network_specs() {
   const std::string p0 = "0", p1 = "1";
   std::vector<Opt<S>> specs = {
@@ -64,6 +160,14 @@ std::vector<OptionSpec> network_specs() {
                                    : v == "loha" ? lora::NetworkType::loha
                                                  : lora::NetworkType::lora;
           }),
+      Opt<S>("network_args", kString, "network", "",
+             "kohya's network arguments, \"key=value key=value\" (e.g. \"train_t5xxl=True algo=lokr factor=8\"; a "
+             "TOML array in a file): each sets the option of that name (algo: network_type, locon = lora); an "
+             "option given itself as well is an error.")
+          .join_arrays(" ")
+          .allowed("key=value pairs separated by spaces")
+          // Its items reach the settings through the options they name (apply_network_args).
+          .set([](S&, const std::string&) {}),
       Opt<S>("factor", kInt, "network", "-1",
              "LoKr: the Kronecker factorization factor (LyCORIS's factor): each dimension splits into a factor "
              "pair with this one (when it divides); -1 picks the pair nearest the square root.")

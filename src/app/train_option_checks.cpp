@@ -1,6 +1,7 @@
 // Checks of the train options that span several options or need the files on disk (validate_train_config).
 #include <cmath>
 
+#include "app/train_option_parts.h"
 #include "app/train_options.h"
 #include "core/error.h"
 #include "optim/args.h"
@@ -53,6 +54,15 @@ std::vector<std::string> validate_train_config(const ResolvedConfig& config, boo
                            " needs per-parameter learning rates, which Prodigy refuses (as "
                            "prodigyopt does), but ",
                            d("optimizer_type"), "; use AdamW or unset it"));
+  }
+  // network_args sets options by their names: an option given itself too is given twice.
+  if (config.is_set("network_args")) {
+    for (const auto& [key, value] : network_arg_items(config.get_string("network_args"))) {
+      for (const auto& [k, option] : network_arg_options()) {
+        if (k == key && config.given(option))
+          errors.push_back(cat(d(option), " and ", key, "= in ", d("network_args"), " set the same thing; keep one"));
+      }
+    }
   }
   // Text-encoder LoRA (kohya's network_train_unet_only / text_encoder_lr / train_t5xxl).
   const bool train_text = !config.get_bool("network_train_unet_only");

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "app/option_builder.h"
@@ -14,6 +15,14 @@ namespace fluxtrain::app {
 
 // --- network (LoRA, LyCORIS, text encoders) and EMA: train_network_options.cpp
 std::vector<OptionSpec> network_specs();
+// kohya's network_args ("train_t5xxl=True algo=lokr factor=8"): each key's value becomes the default of
+// the option it names (an option given itself wins; both given is an error of validate_train_config).
+// Called on the whole table, once every option is in `specs`.
+void apply_network_args(std::vector<OptionSpec>& specs);
+// The keys network_args takes and the options they set (algo: network_type).
+const std::vector<std::pair<std::string, std::string>>& network_arg_options();
+// The items of a network_args value as (key, value in the option's terms); throws Error naming the item.
+std::vector<std::pair<std::string, std::string>> network_arg_items(const std::string& args);
 // --- distributed (torchrun's variables, --nproc, the process group): train_distributed_options.cpp
 std::vector<OptionSpec> distributed_specs();
 

@@ -642,6 +642,7 @@ std::vector<OptionSpec> train_specs() {
   for (const auto& o : download_options(kAllDownloadKnobs)) specs.push_back(lift(&S::downloads, o));
   for (const auto& o : monitor_options()) specs.push_back(lift(&S::monitor, o));
   for (const auto& o : publish_options()) specs.push_back(lift(&S::publish, o));
+  apply_network_args(specs);
   return specs;
 }
 

@@ -134,6 +134,15 @@ void TextEncoderNetwork::load_kohya(const std::map<std::string, at::Tensor>& ten
   }
 }
 
+bool has_text_encoder_modules(const std::string& path) {
+  safetensors::Reader reader(path);
+  for (const auto& info : reader.header().tensors) {
+    const auto parsed = keys::parse(info.name);
+    if (keys::is_text_encoder(parsed ? parsed->module : info.name)) return true;
+  }
+  return false;
+}
+
 TextEncoderMergeReport merge_text_encoder_lora(const std::string& path, models::ClipTextModelImpl* clip,
                                                models::T5EncoderImpl* t5, double strength) {
   // Every name a file may give each adapted layer: kohya's, and diffusers/PEFT's (text_encoder. for CLIP-L,

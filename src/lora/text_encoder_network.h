@@ -68,6 +68,10 @@ std::vector<std::pair<std::string, std::shared_ptr<models::LinearImpl>>> clip_lo
     models::ClipTextModelImpl& clip);
 std::vector<std::pair<std::string, std::shared_ptr<models::LinearImpl>>> t5_lora_targets(models::T5EncoderImpl& t5);
 
+// Whether the LoRA file at `path` has text-encoder modules (kohya's lora_te1_ / lora_te3_, diffusers'
+// text_encoder. / text_encoder_2.); reads the header only.
+bool has_text_encoder_modules(const std::string& path);
+
 struct TextEncoderMergeReport {
   size_t clip_modules = 0;
   size_t t5_modules = 0;

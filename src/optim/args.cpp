@@ -34,7 +34,7 @@ std::optional<double> parse_double(const std::string& text) {
 
 }  // namespace
 
-std::vector<std::pair<std::string, std::string>> split_optimizer_args(const std::string& args) {
+std::vector<std::pair<std::string, std::string>> split_key_values(const std::string& args, const std::string& what) {
   std::vector<std::string> tokens;
   std::string current;
   int depth = 0;
@@ -51,7 +51,7 @@ std::vector<std::pair<std::string, std::string>> split_optimizer_args(const std:
       ++depth;
     else if (c == ')' || c == ']')
       --depth;
-    if (depth < 0) fail("optimizer_args \"", args, "\": unbalanced '", c, "'");
+    if (depth < 0) fail(what, " \"", args, "\": unbalanced '", c, "'");
     if (std::isspace(static_cast<unsigned char>(c)) && depth == 0) {
       if (!current.empty()) tokens.push_back(current);
       current.clear();
@@ -59,7 +59,7 @@ std::vector<std::pair<std::string, std::string>> split_optimizer_args(const std:
       current += c;
     }
   }
-  if (quote || depth != 0) fail("optimizer_args \"", args, "\": unbalanced ", quote ? "quote" : "bracket");
+  if (quote || depth != 0) fail(what, " \"", args, "\": unbalanced ", quote ? "quote" : "bracket");
   if (!current.empty()) tokens.push_back(current);
 
   std::vector<std::pair<std::string, std::string>> out;
@@ -67,11 +67,12 @@ std::vector<std::pair<std::string, std::string>> split_optimizer_args(const std:
     std::string token = unquote(raw_token);
     size_t eq = token.find('=');
     if (eq == std::string::npos)
-      fail("optimizer_args: \"", token, "\" is not key=value (expected e.g. \"weight_decay=0.01 betas=0.9,0.99\")");
+      fail(what, ": \"", token, "\" is not key=value (expected e.g. ",
+           what == "optimizer_args" ? "\"weight_decay=0.01 betas=0.9,0.99\"" : "\"key=value key=value\"", ")");
     std::string key = trim(token.substr(0, eq));
-    if (key.empty()) fail("optimizer_args: \"", token, "\" has no key before '='");
+    if (key.empty()) fail(what, ": \"", token, "\" has no key before '='");
     for (const auto& [k, v] : out) {
-      if (k == key) fail("optimizer_args: ", key, " is given twice");
+      if (k == key) fail(what, ": ", key, " is given twice");
     }
     out.emplace_back(key, unquote(token.substr(eq + 1)));
   }

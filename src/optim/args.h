@@ -13,8 +13,12 @@
 namespace fluxtrain::optim {
 
 // Splits the string into (key, raw value) pairs. Throws Error on a token without '=', an empty key, a
-// repeated key, or an unbalanced bracket/quote.
-std::vector<std::pair<std::string, std::string>> split_optimizer_args(const std::string& args);
+// repeated key, or an unbalanced bracket/quote; the messages name the option `what` (kohya's network_args
+// are written the same way).
+std::vector<std::pair<std::string, std::string>> split_key_values(const std::string& args, const std::string& what);
+inline std::vector<std::pair<std::string, std::string>> split_optimizer_args(const std::string& args) {
+  return split_key_values(args, "optimizer_args");
+}
 
 // Reads typed values for one optimizer. Every getter names a valid key; finish() then rejects any key
 // that no getter asked for, naming it, the closest valid key and the full list.

@@ -66,7 +66,8 @@ std::string webhook_body(const std::string& url, const std::string& event, const
 }
 
 std::string model_card(const PublishConfig& config, const std::string& lora_file,
-                       const std::vector<std::string>& samples, const std::vector<std::string>& grids, int64_t steps) {
+                       const std::vector<std::string>& samples, const std::vector<std::string>& grids, int64_t steps,
+                       const std::string& ema_file) {
   const ModelCardInfo& card = config.card;
   std::ostringstream out;
   out << "---\n";
@@ -95,6 +96,9 @@ std::string model_card(const PublishConfig& config, const std::string& lora_file
   }
   out << "## Files\n\n- [`" << lora_file << "`](./" << lora_file
       << "): the LoRA in kohya's format (ComfyUI, Forge, diffusers' `load_lora_weights`).\n";
+  if (!ema_file.empty())
+    out << "- [`" << ema_file << "`](./" << ema_file
+        << "): the exponential moving average of the LoRA's weights over the run (ema_decay), same format.\n";
   for (const auto& grid : grids) out << "- [`" << grid << "`](./" << grid << "): the samples of every checkpoint.\n";
   out << "\n## Use with diffusers\n\n```python\nimport torch\nfrom diffusers import FluxPipeline\n\n"
       << "pipe = FluxPipeline.from_pretrained(" << yaml_text(card.base_model)
@@ -327,18 +331,22 @@ void Publisher::on_event(const train::RunEvent& event) {
       has_loss_ = std::isfinite(last_loss_);
     }
   } else if (event.kind == "model" && !event.files.empty()) {
-    const fs::path file = event.files.front();
+    // The LoRA file, then its EMA file when there is one: both go where the LoRA goes.
     if (event.data.value("final", false)) {
-      final_lora_ = file.string();
+      final_files_ = event.files;
       return;  // uploaded with the model card at the end
     }
-    post("checkpoint", {{"step", event.step}, {"files", {file.filename().string()}}},
-         cat("checkpoint at step ", event.step, " of ", total_steps_, ": ", file.filename().string(),
-             has_loss_ ? cat(", loss ", last_loss_) : std::string()));
-    if (config_.upload_checkpoints) {
-      upload(file.filename().string(), {{file.filename().string(), file}},
-             cat("fluxtrain: checkpoint at step ", event.step));
+    json names = json::array();
+    std::vector<std::pair<std::string, fs::path>> files;
+    for (const auto& file : event.files) {
+      names.push_back(file.filename().string());
+      files.emplace_back(file.filename().string(), file);
     }
+    const std::string listed = join(names.get<std::vector<std::string>>(), ", ");
+    post("checkpoint", {{"step", event.step}, {"files", names}},
+         cat("checkpoint at step ", event.step, " of ", total_steps_, ": ", listed,
+             has_loss_ ? cat(", loss ", last_loss_) : std::string()));
+    if (config_.upload_checkpoints) upload(listed, std::move(files), cat("fluxtrain: checkpoint at step ", event.step));
   } else if (event.kind == "state" && config_.upload_states && !event.files.empty()) {
     const fs::path dir = event.files.front();
     const std::string name = dir.filename().string();
@@ -353,10 +361,10 @@ void Publisher::on_event(const train::RunEvent& event) {
     samples_ = event.files;
   } else if (event.kind == "end") {
     const bool interrupted = event.data.value("interrupted", false);
-    if (!config_.repo.empty() && !interrupted && !final_lora_.empty()) {
+    if (!config_.repo.empty() && !interrupted && !final_files_.empty()) {
       std::vector<std::pair<std::string, fs::path>> files;
-      const fs::path lora(final_lora_);
-      files.emplace_back(lora.filename().string(), lora);
+      const fs::path lora = final_files_.front();
+      for (const auto& file : final_files_) files.emplace_back(file.filename().string(), file);
       std::vector<std::string> grids, samples;
       std::error_code ec;
       if (fs::is_directory(config_.output_dir / "grids", ec)) {
@@ -380,7 +388,9 @@ void Publisher::on_event(const train::RunEvent& event) {
         samples.push_back("samples/" + s.filename().string());
         files.emplace_back(samples.back(), s);
       }
-      const std::string card = model_card(config_, lora.filename().string(), samples, grids, event.step);
+      const std::string card =
+          model_card(config_, lora.filename().string(), samples, grids, event.step,
+                     final_files_.size() > 1 ? final_files_[1].filename().string() : std::string());
       const fs::path card_file = config_.output_dir / ".hub-upload" / "README.md";
       fs::create_directories(card_file.parent_path());
       std::ofstream(card_file, std::ios::binary) << card;
@@ -388,10 +398,12 @@ void Publisher::on_event(const train::RunEvent& event) {
       upload("the LoRA " + lora.filename().string() + " and its model card", std::move(files),
              cat("fluxtrain: ", config_.run_name, " after ", event.step, " steps"));
     }
+    json final_names = json::array();
+    for (const auto& file : final_files_) final_names.push_back(file.filename().string());
     post("finish",
          {{"step", event.step},
           {"interrupted", interrupted},
-          {"files", final_lora_.empty() ? json::array() : json::array({fs::path(final_lora_).filename().string()})}},
+          {"files", final_names}},
          interrupted
              ? cat("stopped at step ", event.step, " of ", total_steps_, " (a restart resumes from its state)")
              : cat("finished, ", event.step, " steps", has_loss_ ? cat(", last loss ", last_loss_) : std::string(),

@@ -70,9 +70,10 @@ std::string webhook_body(const std::string& url, const std::string& event, const
 
 // README.md for the repository: YAML front matter (base_model, license, tags, instance_prompt, widget with
 // the sample images) and a page with the trigger words, how to use it, the settings and the samples.
-// `samples` are paths in the repository, in prompt order.
+// `samples` are paths in the repository, in prompt order; `ema_file` (may be empty) the LoRA's EMA file.
 std::string model_card(const PublishConfig& config, const std::string& lora_file,
-                       const std::vector<std::string>& samples, const std::vector<std::string>& grids, int64_t steps);
+                       const std::vector<std::string>& samples, const std::vector<std::string>& grids, int64_t steps,
+                       const std::string& ema_file = "");
 
 class Publisher {
  public:
@@ -112,7 +113,7 @@ class Publisher {
   int64_t total_steps_ = 0;
   double last_loss_ = 0;
   bool has_loss_ = false;
-  std::string final_lora_;
+  std::vector<std::filesystem::path> final_files_;  // the final LoRA, then its EMA file
   std::vector<std::filesystem::path> samples_;
   int staged_count_ = 0;
 

@@ -18,10 +18,22 @@ json comfyui_api_prompt(const ComfyGraph& g) {
     return id;
   };
   int model = add("UNETLoader", {{"unet_name", g.unet}, {"weight_dtype", g.weight_dtype}});
-  const int clip = add("DualCLIPLoader", {{"clip_name1", g.clip_l}, {"clip_name2", g.t5xxl}, {"type", "flux"}});
+  json clip = link(add("DualCLIPLoader", {{"clip_name1", g.clip_l}, {"clip_name2", g.t5xxl}, {"type", "flux"}}));
   const int vae = add("VAELoader", {{"vae_name", g.vae}});
-  for (const auto& [file, strength] : g.loras)
-    model = add("LoraLoaderModelOnly", {{"model", link(model)}, {"lora_name", file}, {"strength_model", strength}});
+  for (const ComfyLora& lora : g.loras) {
+    if (lora.text_encoders) {
+      // LoraLoader's outputs: the patched MODEL (0) and CLIP (1).
+      model = add("LoraLoader", {{"model", link(model)},
+                                 {"clip", clip},
+                                 {"lora_name", lora.file},
+                                 {"strength_model", lora.strength},
+                                 {"strength_clip", lora.strength}});
+      clip = link(model, 1);
+    } else {
+      model = add("LoraLoaderModelOnly",
+                  {{"model", link(model)}, {"lora_name", lora.file}, {"strength_model", lora.strength}});
+    }
+  }
   if (g.shift) {
     // BFL's schedule: the shift mu grows with the image tokens from base_shift (256) to max_shift (4096).
     model = add("ModelSamplingFlux", {{"model", link(model)},
@@ -30,11 +42,11 @@ json comfyui_api_prompt(const ComfyGraph& g) {
                                       {"width", g.width},
                                       {"height", g.height}});
   }
-  const int positive_text = add("CLIPTextEncode", {{"text", g.prompt}, {"clip", link(clip)}});
+  const int positive_text = add("CLIPTextEncode", {{"text", g.prompt}, {"clip", clip}});
   const int positive = add("FluxGuidance", {{"conditioning", link(positive_text)}, {"guidance", g.guidance}});
   int guider = 0;
   if (g.cfg != 1.0) {
-    const int negative_text = add("CLIPTextEncode", {{"text", g.negative}, {"clip", link(clip)}});
+    const int negative_text = add("CLIPTextEncode", {{"text", g.negative}, {"clip", clip}});
     const int negative = add("FluxGuidance", {{"conditioning", link(negative_text)}, {"guidance", g.guidance}});
     guider = add("CFGGuider",
                  {{"model", link(model)}, {"positive", link(positive)}, {"negative", link(negative)}, {"cfg", g.cfg}});

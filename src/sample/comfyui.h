@@ -14,6 +14,16 @@
 
 namespace fluxtrain::sample {
 
+// A LoRA of the graph. `text_encoders`: the file has text-encoder modules as well (lora_te1_, lora_te3_), so
+// it is loaded with LoraLoader, which patches the text encoders too (strength_clip = strength); else with
+// LoraLoaderModelOnly.
+struct ComfyLora {
+  std::string file;
+  double strength = 1.0;
+  bool text_encoders = false;
+  bool operator==(const ComfyLora&) const = default;
+};
+
 struct ComfyGraph {
   // File names as ComfyUI lists them in its models/diffusion_models, text_encoders (clip), vae, loras folders.
   std::string unet;
@@ -21,7 +31,7 @@ struct ComfyGraph {
   std::string clip_l;
   std::string t5xxl;
   std::string vae;
-  std::vector<std::pair<std::string, double>> loras;  // file, strength (applied to the model in order)
+  std::vector<ComfyLora> loras;  // applied in order
   std::string prompt;
   std::string negative;  // used with cfg != 1 (real CFG)
   uint64_t seed = 0;

@@ -118,13 +118,17 @@ data::Image decode_to_image(models::AutoEncoderImpl& ae, const at::Tensor& laten
 Sampler::Sampler(models::AutoEncoder ae, std::vector<SamplePrompt> prompts, const TextEncodeFn& encode,
                  SamplerOptions options)
     : ae_(std::move(ae)), prompts_(std::move(prompts)), options_(std::move(options)) {
-  std::vector<std::string> texts;
-  std::vector<size_t> negative_slot(prompts_.size(), SIZE_MAX);
   for (const auto& p : prompts_) {
     check_size(p.width, p.height, p.origin.empty() ? "sample prompt" : p.origin);
     if (p.steps < 1) fail(p.origin, ": sampling steps must be at least 1, got ", p.steps);
-    texts.push_back(p.prompt);
   }
+  encode_prompts(encode);
+}
+
+void Sampler::encode_prompts(const TextEncodeFn& encode) {
+  std::vector<std::string> texts;
+  std::vector<size_t> negative_slot(prompts_.size(), SIZE_MAX);
+  for (const auto& p : prompts_) texts.push_back(p.prompt);
   for (size_t i = 0; i < prompts_.size(); ++i) {
     if (prompts_[i].cfg != 1.0) {
       negative_slot[i] = texts.size();
@@ -142,6 +146,8 @@ Sampler::Sampler(models::AutoEncoder ae, std::vector<SamplePrompt> prompts, cons
     if (c.txt_mask.defined()) out.txt_mask = c.txt_mask.to(at::kCPU);
     return out;
   };
+  positive_.clear();
+  negative_.clear();
   for (size_t i = 0; i < prompts_.size(); ++i) {
     positive_.push_back(to_cpu(encoded[i]));
     negative_.push_back(negative_slot[i] == SIZE_MAX ? Conditioning{} : to_cpu(encoded[negative_slot[i]]));

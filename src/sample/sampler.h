@@ -12,7 +12,8 @@
 // The latents stay fp32 between steps; each forward runs in the compute dtype.
 //
 // The trainer's sample hook is a Sampler: it owns the AE and the prompts' text embeddings (computed once,
-// up front, so the text encoders can be freed before training) and renders with whatever transformer it
+// up front, so the text encoders can be freed before training; again before each rendering while a
+// text-encoder LoRA trains, with the trained encoders) and renders with whatever transformer it
 // is handed — the training model with its LoRA attached, or a base model with LoRAs merged.
 #pragma once
 
@@ -97,7 +98,7 @@ struct SamplerOptions {
   std::optional<ComfyGraph> comfy;
   // The graph's LoRAs for the samples of a training step (the file a user loads for that picture); unset:
   // comfy->loras.
-  std::function<std::vector<std::pair<std::string, double>>(int64_t step)> comfy_loras;
+  std::function<std::vector<ComfyLora>(int64_t step)> comfy_loras;
 };
 
 class Sampler {
@@ -107,6 +108,10 @@ class Sampler {
   // (load_prompts rounds them). `ae` is used for every decode (its device and dtype are kept).
   Sampler(models::AutoEncoder ae, std::vector<SamplePrompt> prompts, const TextEncodeFn& encode,
           SamplerOptions options);
+
+  // Encodes the prompts again, replacing the embeddings (the trainer's samples while a text-encoder LoRA
+  // trains: the encoders as trained so far).
+  void encode_prompts(const TextEncodeFn& encode);
 
   // Renders every prompt with `model` (no gradients; the caller puts LoRA dropouts in eval mode) and
   // writes the PNGs; returns their paths. `step` names the files and goes into the text chunks.

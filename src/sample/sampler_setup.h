@@ -4,7 +4,10 @@
 //
 // Trainer use:
 //   auto sampler = sample::make_sampler(setup);
-//   train::SampleHook hook = [&](int64_t step, models::FluxTransformerImpl& model) { sampler->render(step, model); };
+//   train::SampleHook hook = [&](int64_t step, models::FluxTransformerImpl& model, TextEncoders* trained) {
+//     if (trained) sampler->encode_prompts(text_encode_fn(*trained));
+//     return sampler->render(step, model);
+//   };
 #pragma once
 
 #include <memory>

@@ -104,6 +104,20 @@ int64_t held_bytes(const MemoryPlanInputs& in, int64_t block, models::KeepProduc
   return bytes;
 }
 
+// The block of an adapted Linear ("double_blocks.3.img_attn.qkv" -> 3, "single_blocks.2.linear1" -> depth + 2;
+// -1 outside the blocks) and the tokens it sees per image: its stream's in a double block, both streams'
+// in a single block, one for a modulation (it takes the pooled vector).
+std::pair<int64_t, int64_t> block_and_tokens(const std::string& path, const models::FluxConfig& c, int64_t li,
+                                             int64_t lt) {
+  const bool is_double = path.rfind("double_blocks.", 0) == 0;
+  if (!is_double && path.rfind("single_blocks.", 0) != 0) return {-1, li + lt};
+  const size_t start = path.find('.') + 1;
+  const int64_t index = std::stoll(path.substr(start, path.find('.', start) - start));
+  const bool modulation = path.find("_mod.") != std::string::npos || path.find(".modulation.") != std::string::npos;
+  const int64_t tokens = modulation ? 1 : !is_double ? li + lt : path.find(".img_") != std::string::npos ? li : lt;
+  return {is_double ? index : c.depth + index, tokens};
+}
+
 MemoryPlan plan_memory(const MemoryPlanInputs& in) {
   const models::FluxConfig& c = in.model;
   MemoryPlan plan;
@@ -148,16 +162,36 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
   }
 
   // Trained tensors: fp32 parameters, fp32 gradients, the optimizer's state.
+  std::vector<int64_t> adapter_graph(static_cast<size_t>(blocks), 0);      // per step, per block
+  std::vector<int64_t> adapter_per_token(static_cast<size_t>(blocks), 0);  // per image, per block
+  int64_t adapter_temporary = 0;
+  int64_t dora_backward = 0;  // per image: the gradient of one module's output through the magnitude
   std::vector<std::pair<std::vector<int64_t>, bool>> trained;
   if (in.full_finetune) {
     for (const auto& t : models::flux_parameter_shapes(c)) trained.emplace_back(t.shape, false);
   } else {
     for (const auto& target : lora::adapter_targets(c, in.lora)) {
+      const auto [block, tokens] = block_and_tokens(target.path, c, li, lt);
       for (int64_t out : target.outs) {
         // LoRA's down (random) and up (zeros), or a LyCORIS type's factors.
         for (const auto& f : lora::factor_shapes(in.lora, out, target.in_features, target.rank))
           trained.emplace_back(std::vector<int64_t>{f.rows, f.cols}, f.zero);
         if (in.lora.dora_wd) trained.emplace_back(std::vector<int64_t>{out}, false);  // DoRA's magnitude
+        // What a LyCORIS module adds to its block's graph (lora/lycoris.cpp's forward): LoKr's ΔW in the compute
+        // dtype (the input of the product with x), LoHa's too and the two fp32 products its Hadamard product
+        // keeps; DoRA keeps two outputs per token (x Wᵀ and the LoRA's, each multiplied by the trained
+        // magnitude's factor). Each also forms fp32 temporaries of the weight's size once per forward (ΔW;
+        // DoRA's ‖W + ΔW‖ from an fp32 copy of W).
+        const int64_t weight = out * target.in_features;
+        if (block >= 0 && in.lora.type == lora::NetworkType::lokr) adapter_graph[block] += weight * b;
+        if (block >= 0 && in.lora.type == lora::NetworkType::loha) adapter_graph[block] += weight * (b + 2 * kF32);
+        if (block >= 0 && in.lora.dora_wd) adapter_per_token[block] += 2 * tokens * out * b;
+        if (in.lora.dora_wd) dora_backward = std::max(dora_backward, tokens * out * b);
+        // The temporaries: LoKr's ΔW before the scale and its gradient; LoHa's product and the gradients of its
+        // two factors' products; DoRA's fp32 W, W + ΔW and the norm's input.
+        if (in.lora.lycoris())
+          adapter_temporary = std::max(adapter_temporary,
+                                       weight * kF32 * (in.lora.type == lora::NetworkType::lokr ? 2 : 3));
       }
     }
   }
@@ -176,6 +210,10 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
   plan.terms.push_back({in.optimizer.type + (shards > 1 ? cat(" state (this rank's 1/", shards, ", zero_stage 1)")
                                                         : std::string(" state")),
                         state, false});
+  if (in.ema_on_device) {
+    plan.trainable += kF32 * plan.trainable_params;
+    plan.terms.push_back({"EMA of the trained tensors (fp32)", kF32 * plan.trainable_params, false});
+  }
   // With several ranks the all-reduce's buckets in flight hold a flat copy of some gradients: at most four
   // buckets of 25 MiB (src/dist/process_group.cpp).
   const int64_t buckets = in.ranks > 1 ? std::min<int64_t>(kF32 * plan.trainable_params, 4 * (int64_t{25} << 20)) : 0;
@@ -188,7 +226,7 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
                         plan.fixed_workspace, false});
 
   // Per image: what checkpointed blocks hold until their backward.
-  int64_t checkpointed = 0, graph = 0;
+  int64_t checkpointed = 0, graph = 0, graph_adapters = 0;
   const auto keep_of = [&](int64_t block) {
     if (block < static_cast<int64_t>(in.checkpointing.keep_per_block.size()))
       return in.checkpointing.keep_per_block[static_cast<size_t>(block)];
@@ -199,7 +237,9 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
       ++checkpointed;
       plan.held_per_image += held_bytes(in, i, keep_of(i));
     } else {
-      graph += l * per_token(i < c.depth ? kDoubleGraph : kSingleGraph, c, b) + l * c.num_heads * kF32;
+      graph += l * per_token(i < c.depth ? kDoubleGraph : kSingleGraph, c, b) + l * c.num_heads * kF32 +
+               adapter_per_token[static_cast<size_t>(i)];
+      graph_adapters += adapter_graph[static_cast<size_t>(i)];
     }
   }
   plan.terms.push_back({std::to_string(checkpointed) + " checkpointed blocks: inputs" +
@@ -213,14 +253,23 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
   if (checkpointed > 0) {
     int64_t last_checkpointed = blocks - 2;
     while (last_checkpointed > 0 && !is_checkpointed(in, last_checkpointed, blocks)) --last_checkpointed;
-    const int64_t one = l * per_token(last_checkpointed < c.depth ? kDoubleGraph : kSingleGraph, c, b);
+    const auto recomputed = static_cast<size_t>(last_checkpointed);
+    const int64_t one = l * per_token(last_checkpointed < c.depth ? kDoubleGraph : kSingleGraph, c, b) +
+                        adapter_per_token[recomputed];
     if (blocks - checkpointed == 1) {  // only the last block keeps its graph
       recompute = std::max<int64_t>(0, one - graph);
     } else {
       recompute = one;
     }
+    graph_adapters = std::max(graph_adapters, adapter_graph[recomputed]);
   }
-  const int64_t backward = l * per_token(kBackwardExtra, c, b);
+  // LyCORIS: the ΔWs the graphs keep (per step, not per image) and the fp32 temporaries of one module.
+  plan.adapter_workspace = graph_adapters + adapter_temporary;
+  if (plan.adapter_workspace > 0)
+    plan.terms.push_back({in.lora.dora_wd ? "DoRA: the norm's fp32 temporaries of one weight"
+                                          : "LyCORIS: the weight changes the graphs keep, fp32 temporaries of one",
+                          plan.adapter_workspace, false});
+  const int64_t backward = l * per_token(kBackwardExtra, c, b) + dora_backward;
   plan.terms.push_back({"recomputation and backward of one block", recompute + backward, true});
   // The model's inputs and tables: packed latents, T5 states, RoPE rotations (fp32), the embedded
   // streams, the prediction and loss in fp32.
@@ -241,7 +290,7 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
 
 int64_t MemoryPlan::largest_batch(int64_t budget) const {
   if (per_image() <= 0 || peak(1) > budget) return 0;
-  int64_t batch = (budget - fixed()) / per_image();
+  int64_t batch = (budget - fixed() - adapter_workspace) / per_image();
   if (tail_per_image > 0) batch = std::min(batch, (budget - fixed() - fixed_workspace) / tail_per_image);
   return std::max<int64_t>(1, batch);
 }

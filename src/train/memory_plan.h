@@ -4,9 +4,10 @@
 // `--print-config` of batch_size = auto and the trainer's start use the same numbers.
 //
 // The model (docs/performance.md "Memory planner" derives each term):
-//   peak(B) = weights + trainable + B * (sum over checkpointed blocks of held(block) + step(one image))
+//   peak(B) = weights + trainable + adapters + B * (sum over checkpointed blocks of held(block) + step(one image))
 //   weights    the frozen transformer as stored (fp8 block weights with fp8_base), minus swapped blocks
-//   trainable  LoRA parameters (fp32), their gradients and the optimizer's state
+//   trainable  LoRA parameters (fp32), their gradients, the optimizer's state (and an EMA on the device)
+//   adapters   LyCORIS: the weight changes (LoKr, LoHa) the blocks' graphs keep, one module's fp32 temporaries
 //   held       what a checkpointed block keeps from its forward to its backward: its input, the attention
 //              output (keep_attention), the kept products (keep_products)
 //   step       the rest of one image's step at its worst moment: the blocks that are not checkpointed
@@ -44,6 +45,9 @@ struct MemoryPlanInputs {
   // the shards of the optimizer state (zero_stage 1: the ranks; else 1).
   int64_t ranks = 1;
   int64_t optimizer_shards = 1;
+  // An EMA of the trained tensors kept in device memory (ema_device = accelerator, or CPU training): one
+  // more fp32 copy of them.
+  bool ema_on_device = false;
 };
 
 // One line of the plan's explanation: a term and its bytes.
@@ -64,6 +68,9 @@ struct MemoryPlan {
   // backward, the inputs, the batches (what step_per_image holds but the graphs of the last blocks).
   int64_t tail_per_image = 0;
   int64_t fixed_workspace = 0;  // gradients, the optimizer step's temporaries and an upcast weight
+  // LyCORIS (LoKr, LoHa, DoRA): the weight changes the blocks' graphs keep and one module's fp32 temporaries,
+  // live with the activations (not in the optimizer step).
+  int64_t adapter_workspace = 0;
   std::vector<MemoryTerm> terms;
   int64_t image_tokens = 0, text_tokens = 0;
 
@@ -72,7 +79,7 @@ struct MemoryPlan {
   int64_t fixed() const { return weights + trainable; }
   int64_t per_image() const { return held_per_image + step_per_image; }
   int64_t peak(int64_t batch) const {
-    return fixed() + std::max(batch * per_image(), fixed_workspace + batch * tail_per_image);
+    return fixed() + std::max(adapter_workspace + batch * per_image(), fixed_workspace + batch * tail_per_image);
   }
   // The largest batch whose peak is at most `budget` bytes (0: not even one image).
   int64_t largest_batch(int64_t budget) const;

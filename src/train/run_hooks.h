@@ -26,7 +26,7 @@ namespace fluxtrain::train {
 struct RunEvent {
   // "start"      data: total_steps, steps_per_epoch, first_step (> 0 after a resume)
   // "step"       data: the metrics line's values (loss, lr, grad_norm, step_seconds, ...), epoch
-  // "model"      files: a LoRA (or model) file written at `step`; data: final (bool)
+  // "model"      files: a LoRA (or model) file written at `step`, then its EMA file (ema_decay); data: final (bool)
   // "state"      files: the state folder written at `step` (complete: its COMPLETE marker is written)
   // "samples"    files: the sample PNGs rendered at `step`, in prompt order
   // "validation" data: loss (the validation loss at `step`)

@@ -404,18 +404,22 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     config.hooks.emit({"state", at_step, {config.output_dir / "state" / state_dir_name(at_step)}, {}});
     state_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - save_started).count();
   };
-  // A LoRA file (or the full model): on a full disk (checked before, or ENOSPC while writing) its temporary
-  // file is gone and the error says which state a restart resumes from.
+  // A LoRA file (or the full model), listed in the result and the "model" event with its EMA file: on a full
+  // disk (checked before, or ENOSPC while writing) its temporary file is gone and the error says which state
+  // a restart resumes from.
   auto save_model = [&](const std::string& path, int64_t at_step, bool final) {
     if (!root) return;
     try {
       write_final_model(path, config, t);
+      std::vector<fs::path> written{path};
       if (ema) {
         // Its EMA beside it (NAME-ema.safetensors), written by the same writer with the averaged values.
         const Ema::Applied averaged(*ema, t.params);
         write_final_model(ema_file_name(path), config, t);
+        written.emplace_back(ema_file_name(path));
       }
-      config.hooks.emit({"model", at_step, {path}, {{"final", final}}});
+      for (const auto& file : written) result.files.push_back(file.string());
+      config.hooks.emit({"model", at_step, written, {{"final", final}}});
     } catch (const Error& e) {
       const auto kept = newest_state(config.output_dir);
       fail(e.what(), kept ? cat("; the newest complete state, ", kept->string(),
@@ -429,7 +433,6 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
     t.set_training(false);
     save_model(path, step, false);
     t.set_training(true);
-    if (root) result.files.push_back(path);
   };
   auto prune_files = [&](const char* what) {
     if (config.keep_last_n <= 0 || !root) return;
@@ -478,7 +481,7 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
       // ema_samples: rendered with the averaged weights (the live ones come back after).
       std::optional<Ema::Applied> averaged;
       if (ema && config.ema.samples) averaged.emplace(*ema, t.params);
-      files = sample(at, *t.model);
+      files = sample(at, *t.model, t.encoders.get());
     } catch (const stop::Stopped&) {
       // Stopped between denoising steps: before the first step that is the run's end (nothing trained,
       // exit 0); later the loop below writes the state.
@@ -720,7 +723,6 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
       if (epoch_file) {
         std::string path = (config.output_dir / numbered(config.output_name, "", epoch, 6)).string();
         save_model(path, step, false);
-        if (root) result.files.push_back(path);
         saved = true;
       }
       if (saved && config.save_state) {
@@ -784,7 +786,6 @@ TrainResult train(const TrainerConfig& config, DataSource& data, const SampleHoo
   if (!result.interrupted) {
     std::string path = (config.output_dir / (config.output_name + ".safetensors")).string();
     save_model(path, step, true);
-    if (root) result.files.push_back(path);
     save_training_state(step);
   }
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();

@@ -59,10 +59,11 @@ struct TrainerConfig : TrainOptions {
   RunHooks hooks;
 };
 
-// Called to write samples at a step with the model in its current (trained) state.
 // Renders the sample prompts with the model as it is at `step`; returns the PNG files written (the
-// trainer also logs them as TensorBoard images).
-using SampleHook = std::function<std::vector<std::filesystem::path>(int64_t step, models::FluxTransformerImpl& model)>;
+// trainer also logs them as TensorBoard images). `trained_encoders`: the text encoders with their LoRA as
+// trained so far when a text-encoder LoRA trains (the prompts are encoded with them), else null.
+using SampleHook = std::function<std::vector<std::filesystem::path>(
+    int64_t step, models::FluxTransformerImpl& model, sample::TextEncoders* trained_encoders)>;
 
 struct TrainResult {
   int64_t steps = 0;        // optimizer steps done in total (including before a resume)

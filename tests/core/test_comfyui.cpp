@@ -7,33 +7,36 @@
 #include <map>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "sample/comfyui.h"
 
 namespace fluxtrain::sample {
 namespace {
 
-// class_type -> (output 0's type, {input name -> type of a linked input}).
-const std::map<std::string, std::pair<std::string, std::map<std::string, std::string>>>& schema() {
-  static const std::map<std::string, std::pair<std::string, std::map<std::string, std::string>>> s = {
-      {"UNETLoader", {"MODEL", {}}},
-      {"DualCLIPLoader", {"CLIP", {}}},
-      {"VAELoader", {"VAE", {}}},
-      {"LoraLoaderModelOnly", {"MODEL", {{"model", "MODEL"}}}},
-      {"ModelSamplingFlux", {"MODEL", {{"model", "MODEL"}}}},
-      {"CLIPTextEncode", {"CONDITIONING", {{"clip", "CLIP"}}}},
-      {"FluxGuidance", {"CONDITIONING", {{"conditioning", "CONDITIONING"}}}},
-      {"BasicGuider", {"GUIDER", {{"model", "MODEL"}, {"conditioning", "CONDITIONING"}}}},
-      {"CFGGuider", {"GUIDER", {{"model", "MODEL"}, {"positive", "CONDITIONING"}, {"negative", "CONDITIONING"}}}},
-      {"KSamplerSelect", {"SAMPLER", {}}},
-      {"BasicScheduler", {"SIGMAS", {{"model", "MODEL"}}}},
-      {"RandomNoise", {"NOISE", {}}},
-      {"EmptySD3LatentImage", {"LATENT", {}}},
+// class_type -> (its outputs' types, {input name -> type of a linked input}).
+using Outputs = std::vector<std::string>;
+const std::map<std::string, std::pair<Outputs, std::map<std::string, std::string>>>& schema() {
+  static const std::map<std::string, std::pair<Outputs, std::map<std::string, std::string>>> s = {
+      {"UNETLoader", {{"MODEL"}, {}}},
+      {"DualCLIPLoader", {{"CLIP"}, {}}},
+      {"VAELoader", {{"VAE"}, {}}},
+      {"LoraLoaderModelOnly", {{"MODEL"}, {{"model", "MODEL"}}}},
+      {"LoraLoader", {{"MODEL", "CLIP"}, {{"model", "MODEL"}, {"clip", "CLIP"}}}},
+      {"ModelSamplingFlux", {{"MODEL"}, {{"model", "MODEL"}}}},
+      {"CLIPTextEncode", {{"CONDITIONING"}, {{"clip", "CLIP"}}}},
+      {"FluxGuidance", {{"CONDITIONING"}, {{"conditioning", "CONDITIONING"}}}},
+      {"BasicGuider", {{"GUIDER"}, {{"model", "MODEL"}, {"conditioning", "CONDITIONING"}}}},
+      {"CFGGuider", {{"GUIDER"}, {{"model", "MODEL"}, {"positive", "CONDITIONING"}, {"negative", "CONDITIONING"}}}},
+      {"KSamplerSelect", {{"SAMPLER"}, {}}},
+      {"BasicScheduler", {{"SIGMAS"}, {{"model", "MODEL"}}}},
+      {"RandomNoise", {{"NOISE"}, {}}},
+      {"EmptySD3LatentImage", {{"LATENT"}, {}}},
       {"SamplerCustomAdvanced",
-       {"LATENT",
+       {{"LATENT"},
         {{"noise", "NOISE"}, {"guider", "GUIDER"}, {"sampler", "SAMPLER"}, {"sigmas", "SIGMAS"}, {"latent_image", "LATENT"}}}},
-      {"VAEDecode", {"IMAGE", {{"samples", "LATENT"}, {"vae", "VAE"}}}},
-      {"SaveImage", {"", {{"images", "IMAGE"}}}},
+      {"VAEDecode", {{"IMAGE"}, {{"samples", "LATENT"}, {"vae", "VAE"}}}},
+      {"SaveImage", {{}, {{"images", "IMAGE"}}}},
   };
   return s;
 }
@@ -58,8 +61,10 @@ std::multimap<std::string, nlohmann::json> check_graph(const nlohmann::json& gra
       const std::string from = value[0];
       EXPECT_TRUE(graph.contains(from)) << type << "." << name << " links to a missing node " << from;
       if (!graph.contains(from)) continue;
-      EXPECT_EQ(value[1], 0) << type << "." << name;
-      EXPECT_EQ(schema().at(graph.at(from).at("class_type")).first, wanted) << type << "." << name;
+      const Outputs& outputs = schema().at(graph.at(from).at("class_type")).first;
+      const size_t output = value[1].get<size_t>();
+      EXPECT_LT(output, outputs.size()) << type << "." << name;
+      if (output < outputs.size()) EXPECT_EQ(outputs[output], wanted) << type << "." << name;
     }
     by_type.emplace(type, node.at("inputs"));
   }
@@ -118,6 +123,25 @@ TEST(ComfyUi, RealCfgAddsTheNegativePromptAndSchnellHasNoShift) {
   for (auto [it, end] = nodes.equal_range("CLIPTextEncode"); it != end; ++it) texts.insert(it->second.at("text"));
   EXPECT_EQ(texts, (std::set<std::string>{"ohwx, a cat", "blurry"}));
   EXPECT_EQ(nodes.count("ModelSamplingFlux"), 0u);
+}
+
+TEST(ComfyUi, AFileWithTextEncoderModulesPatchesTheClipThePromptsAreEncodedWith) {
+  ComfyGraph g = sample_graph();
+  g.loras = {{"style.safetensors", 0.6}, {"flux-lora.safetensors", 0.8, true}};
+  const nlohmann::json graph = comfyui_api_prompt(g);
+  const auto nodes = check_graph(graph);
+  ASSERT_EQ(nodes.count("LoraLoader"), 1u);
+  const nlohmann::json& loader = nodes.find("LoraLoader")->second;
+  EXPECT_EQ(loader.at("lora_name"), "flux-lora.safetensors");
+  EXPECT_EQ(loader.at("strength_model"), 0.8);
+  EXPECT_EQ(loader.at("strength_clip"), 0.8);
+  EXPECT_EQ(nodes.find("LoraLoaderModelOnly")->second.at("lora_name"), "style.safetensors");
+  // The prompt is encoded with the LoRA's CLIP output, and the patched model is the one sampled.
+  std::string loader_id;
+  for (const auto& [id, node] : graph.items())
+    if (node.at("class_type") == "LoraLoader") loader_id = id;
+  EXPECT_EQ(nodes.find("CLIPTextEncode")->second.at("clip"), nlohmann::json::array({loader_id, 1}));
+  EXPECT_EQ(nodes.find("ModelSamplingFlux")->second.at("model"), nlohmann::json::array({loader_id, 0}));
 }
 
 }  // namespace

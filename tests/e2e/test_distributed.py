@@ -182,8 +182,11 @@ def start_endless_run(fluxtrain_bin, models, dataset, out, timeout):  # noqa: F8
                                 env=env_for(models, dataset, out, 2, 2, PARAMS_MAX_TRAIN_STEPS=100000,
                                             PARAMS_COLLECTIVE_TIMEOUT_SECONDS=timeout),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: (out / "metrics.jsonl").exists() and (out / "metrics.jsonl").stat().st_size > 0, 120,
-             "the first steps")
+    wait_for(lambda: launcher.poll() is not None or
+             ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").stat().st_size > 0), 300, "the first steps")
+    if launcher.poll() is not None:  # ended before its first step: say why
+        _, stderr = launcher.communicate()
+        raise AssertionError(f"the run ended (exit {launcher.returncode}) before its first step:\n{stderr}")
     ranks = sorted(children(launcher.pid))
     assert len(ranks) == 2
     return launcher, ranks
@@ -203,15 +206,16 @@ def test_dead_rank_stops_the_others(tmp_path, fluxtrain_bin, models, dataset):  
 
 
 def test_hung_rank_stops_the_others_after_the_timeout(tmp_path, fluxtrain_bin, models, dataset):  # noqa: F811
-    launcher, ranks = start_endless_run(fluxtrain_bin, models, dataset, tmp_path / "out", 5)
+    # 15 s: long enough that a machine busy with other tests does not reach it before the stop.
+    launcher, ranks = start_endless_run(fluxtrain_bin, models, dataset, tmp_path / "out", 15)
     os.kill(ranks[1], signal.SIGSTOP)
     started = time.monotonic()
     _, stderr = launcher.communicate(timeout=120)
     took = time.monotonic() - started
     assert launcher.returncode != 0
-    assert "rank 0 of 2: the " in stderr and "collective_timeout_seconds, 5 s" in stderr, stderr
+    assert "rank 0 of 2: the " in stderr and "collective_timeout_seconds, 15 s" in stderr, stderr
     assert not any(alive(p) for p in ranks)
-    print(f"rank 1 stopped (SIGSTOP): the launcher returned after {took:.1f} s (timeout 5 s)")
+    print(f"rank 1 stopped (SIGSTOP): the launcher returned after {took:.1f} s (timeout 15 s)")
 
 
 def test_ranks_with_different_options_stop_at_start(tmp_path, fluxtrain_bin, models, dataset):  # noqa: F811

@@ -150,6 +150,27 @@ def test_a_failing_webhook_and_hub_do_not_stop_the_training(tmp_path, fluxtrain_
     assert_no_secrets(out, result.stdout, result.stderr)
 
 
+def test_the_ema_files_go_where_the_lora_files_go(tmp_path, fluxtrain_bin, models, dataset, hub):
+    """ema_decay: each LoRA file's -ema file is uploaded with it (upload_checkpoints), named by the webhook's
+    checkpoint and finish bodies, listed by the model card and in the run's "files written" lines."""
+    out = tmp_path / "run"
+    hook = Webhook()
+    env = publish_env(models, dataset, out, hub, NOTIFY_WEBHOOK_URL=hook.url, PARAMS_UPLOAD_CHECKPOINTS="true",
+                      PARAMS_EMA_DECAY=0.9, PARAMS_MAX_TRAIN_STEPS=4)
+    result = run([fluxtrain_bin, "train"], env=env)
+    pairs = [("flux-lora-step00000002.safetensors", "flux-lora-step00000002-ema.safetensors"),
+             ("flux-lora.safetensors", "flux-lora-ema.safetensors")]
+    files = hub.files("tester/flux-lora-test")
+    for lora, ema in pairs:
+        assert files[lora] == (out / lora).read_bytes() and files[ema] == (out / ema).read_bytes(), sorted(files)
+    checkpoints = [b for b in hook.bodies if b["event"] == "checkpoint"]
+    assert [b["files"] for b in checkpoints] == [list(pairs[0])], hook.bodies
+    assert hook.bodies[-1]["event"] == "finish" and hook.bodies[-1]["files"] == list(pairs[1])
+    assert "[`flux-lora-ema.safetensors`](./flux-lora-ema.safetensors)" in files["README.md"].decode()
+    written = [line.rsplit("/", 1)[-1] for line in result.stdout.splitlines() if line.endswith(".safetensors")]
+    assert written == [name for pair in pairs for name in pair], result.stdout
+
+
 def test_a_hub_down_at_the_start_is_a_warning_and_the_training_goes_on(tmp_path, fluxtrain_bin, models, dataset, hub):
     hub.down = True
     out = tmp_path / "run"

@@ -79,3 +79,18 @@ def test_full_finetune_predicted_peak_is_within_ten_percent_of_the_measured(mode
         print(f"full fine-tuning batch {batch}: measured {c['measured_peak_bytes']} predicted "
               f"{c['predicted_peak_bytes']} error {c['error']:+.3f}")
         assert abs(c["error"]) <= TOLERANCE, c
+
+
+@pytest.mark.parametrize("network", ["lokr", "loha", "dora"])
+def test_lycoris_predicted_peak_is_within_ten_percent_of_the_measured(network, model_dirs, fluxtrain_bin, tmp_path):
+    """LoKr and LoHa form each adapted weight's ΔW (kept by autograd until the backward), DoRA the norm of
+    W + ΔW (a temporary): the planner counts both beside the factors."""
+    extra = ["--network-type", "lora", "--dora-wd", "true"] if network == "dora" else ["--network-type", network]
+    for checkpointing in ("true", "false"):
+        for batch in (1, 2):
+            result, _ = plan(fluxtrain_bin, model_dirs["wide"], tmp_path, *extra, "--train-batch-size", str(batch),
+                             "--gradient-checkpointing", checkpointing)
+            c = result["calibration"]
+            print(f"{network} checkpointing {checkpointing} batch {batch}: measured {c['measured_peak_bytes']} "
+                  f"predicted {c['predicted_peak_bytes']} error {c['error']:+.3f}")
+            assert abs(c["error"]) <= TOLERANCE, c

@@ -2,8 +2,9 @@
 a short run on the tiny model set trains CLIP-L adapters (lora_te1_ modules in kohya's names beside the
 transformer's) and resumes byte-exactly; diffusers' Flux LoRA loader takes the whole file (transformer and
 text encoder) with no unexpected or missing key and its CLIP text model then gives our embeddings; `sample`
-applies the text-encoder part (the picture equals the reference pipeline's with diffusers' CLIP LoRA); asking
-for the text cache with a trained encoder is a named error.
+applies the text-encoder part (the picture equals the reference pipeline's with diffusers' CLIP LoRA), and so
+do the samples during training (the prompts encoded by the encoders as trained); asking for the text cache
+with a trained encoder is a named error.
 
 Tolerances: CLIP outputs (last hidden state and pooled) fp32, rel = max|a - b| / max|b| <= 1e-5 against
 transformers' CLIPTextModel with the adapters diffusers/PEFT build from our file; pictures as test_sample.py
@@ -20,6 +21,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -28,7 +30,8 @@ from reference import flux_reference as fr
 from reference import tiny_models as tm
 from test_sample import Reference, compare, not_flat
 from test_sample import sample as run_sample
-from train_env import base_env, dataset, kill_after_state_and_resume, lora_tensors, models  # noqa: F401  (fixtures)
+from train_env import (base_env, comfyui_graph, dataset, kill_after_state_and_resume, lora_tensors,  # noqa: F401
+                       models)
 
 BOS, EOS = 49406, 49407
 # alpha 2 with rank 4: a scale of 0.5, so a loader that ignored alpha / rank would differ.
@@ -233,6 +236,50 @@ def test_sample_applies_the_text_encoder_lora(tmp_path, fluxtrain_bin, tokenize_
                         "48", "--steps", "4", "--seed", "21", "--lora", path)
     assert "12 CLIP-L and 0 T5 modules merged into the text encoders" in result.stderr
     not_flat(compare(next(out.iterdir()), want))
+    # The PNG's ComfyUI graph loads the file with LoraLoader (model and CLIP).
+    assert [(n["lora_name"], n["strength_clip"]) for n in comfyui_graph(next(out.iterdir()))["LoraLoader"]] == \
+        [("te.safetensors", 1.0)]
+
+
+def test_training_samples_encode_the_prompts_with_the_trained_encoders(tmp_path, fluxtrain_bin, models, dataset,
+                                                                       trained):
+    """The samples of a run that trains a CLIP LoRA are rendered with the prompts encoded by the encoders as
+    trained: the picture of the last step of a run started from a file with a strong CLIP LoRA (its up matrices
+    x40) equals `fluxtrain sample --lora` with the file the run saved (fp32, no fp8 base: the weights `sample`
+    uses), and differs from the picture with
+    the base encoders (the file's transformer part only); its ComfyUI graph loads the file of its step with
+    LoraLoader, which patches the CLIP the prompt is encoded with."""
+    start = {k: (v * 40 if k.startswith("lora_te1_") and k.endswith("lora_up.weight") else v)
+             for k, v in lora_tensors(trained[0] / "flux-lora.safetensors").items()}
+    weights = tmp_path / "start.safetensors"
+    save_file(start, str(weights))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("ohwx, a red square --w 64 --h 48 --s 4 --d 21\n")
+    out = tmp_path / "run"
+    run([fluxtrain_bin, "train"], env=base_env(models, dataset, out, **{
+        **TE_ENV, "PARAMS_NETWORK_WEIGHTS": weights, "PARAMS_MAX_TRAIN_STEPS": 2, "PARAMS_SAMPLE_EVERY_N_STEPS": 1,
+        "PARAMS_SAVE_EVERY_N_STEPS": 1,
+        "PARAMS_SAVE_PRECISION": "fp32", "PARAMS_FP8_BASE": "false", "SAMPLE_PROMPTS": prompts}))
+    during = out / "samples" / "flux-lora_000002_00_21.png"
+    final = out / "flux-lora.safetensors"
+    assert modules(lora_tensors(final), "lora_te1_") == CLIP_MODULES
+    args = ("--prompt", "ohwx, a red square", "--width", "64", "--height", "48", "--steps", "4", "--seed", "21")
+    run_sample(fluxtrain_bin, models, tmp_path / "with", *args, "--lora", final)
+    got = compare(during, np.asarray(Image.open(next((tmp_path / "with").iterdir())).convert("RGB")))
+    not_flat(got)
+    transformer_only = tmp_path / "transformer-only.safetensors"
+    save_file({k: v for k, v in lora_tensors(final).items() if not k.startswith("lora_te")}, str(transformer_only))
+    run_sample(fluxtrain_bin, models, tmp_path / "base", *args, "--lora", transformer_only)
+    base = np.asarray(Image.open(next((tmp_path / "base").iterdir())).convert("RGB"))
+    assert np.abs(got.astype(int) - base.astype(int)).max() > 10, "the CLIP LoRA changed nothing in the sample"
+    # Each graph loads the file saved at its step, which is there: step 1's step file, the final file at the
+    # last step (which saves no step file).
+    for step, file in ((1, "flux-lora-step00000001.safetensors"), (2, "flux-lora.safetensors")):
+        loaders = comfyui_graph(out / "samples" / f"flux-lora_{step:06d}_00_21.png")
+        assert "LoraLoaderModelOnly" not in loaders
+        assert [(n["lora_name"], n["strength_model"], n["strength_clip"]) for n in loaders["LoraLoader"]] == \
+            [(file, 1.0, 1.0)]
+        assert (out / file).exists()
 
 
 def test_inspect_counts_the_text_encoder_modules(fluxtrain_bin, trained):

@@ -12,6 +12,7 @@
 #include "lora/selection.h"
 #include "models/flux/flux.h"
 #include "optim/optimizer.h"
+#include "train/ema.h"
 #include "train/memory_plan.h"
 
 namespace fluxtrain::train {
@@ -125,6 +126,32 @@ TEST(MemoryPlan, ChoicesFitTheirBudget) {
   EXPECT_LE(plan_memory(swapped).peak(1), small);
   swapped.blocks_to_swap = swap - 1;
   EXPECT_GT(plan_memory(swapped).peak(1), small);
+}
+
+TEST(MemoryPlan, AnEmaOnTheDeviceIsOneMoreCopyOfTheTrainedTensors) {
+  const models::FluxConfig c = small_config();
+  models::FluxTransformer model(c, models::ModelOptions{});
+  lora::LoraOptions o;
+  o.rank = 4;
+  o.dora_wd = true;
+  lora::LoraNetwork network(*model, o, 1);
+  EmaOptions ema_options;
+  ema_options.decay = 0.99;
+  const Ema ema(ema_options, network.parameters(), at::kCPU);
+  int64_t held = 0;
+  for (const auto& [name, tensor] : ema.state_tensors()) held += tensor.nbytes();
+  MemoryPlanInputs in;
+  in.model = c;
+  in.lora = o;
+  const MemoryPlan without = plan_memory(in);
+  in.ema_on_device = true;
+  const MemoryPlan with = plan_memory(in);
+  int64_t planned = -1;
+  for (const auto& term : with.terms)
+    if (term.name == "EMA of the trained tensors (fp32)") planned = term.bytes;
+  EXPECT_EQ(planned, held);
+  EXPECT_EQ(with.trainable - without.trainable, held);
+  EXPECT_EQ(with.peak(2) - without.peak(2), held);
 }
 
 }  // namespace

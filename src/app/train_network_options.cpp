@@ -129,12 +129,12 @@ void apply_network_args(std::vector<OptionSpec>& specs) {
     }
     for (const auto& [key, option] : network_arg_options()) {
       if (option != spec.name) continue;
-      spec.default_rule = [before = spec.default_rule, key, item_value](const Values& v) -> RuleResult {
+      spec.default_rule = [before = spec.default_rule, arg = key, item_value](const Values& v) -> RuleResult {
         const OptionValue& args = v.at("network_args").value;
         if (std::holds_alternative<std::string>(args)) {
           for (const auto& [k, raw] : network_arg_items(std::get<std::string>(args))) {
             std::string error;
-            if (k == key) return std::pair{item_value(k, raw, error), cat("network_args ", k, "=", raw)};
+            if (k == arg) return std::pair{item_value(k, raw, error), cat("network_args ", k, "=", raw)};
           }
         }
         return before ? before(v) : std::nullopt;

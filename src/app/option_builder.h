@@ -147,10 +147,7 @@ class Opt {
     return s_.seed_source = std::move(where), s_.kohya_default = std::move(kohya), *this;
   }
   // A default that depends on other options (OptionSpec::default_rule); `text` says the rule in words.
-  Opt& default_rule(std::string text,
-                    std::function<std::optional<std::pair<OptionValue, std::string>>(
-                        const std::map<std::string, ResolvedOption>&)>
-                        rule) {
+  Opt& default_rule(std::string text, DefaultRule rule) {
     return s_.default_rule_text = std::move(text), s_.default_rule = std::move(rule), *this;
   }
   Opt& metadata(std::string key) { return s_.metadata_keys.push_back(std::move(key)), *this; }

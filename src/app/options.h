@@ -58,6 +58,11 @@ struct ResolvedOption;
 using OptionApply = std::function<void(void* settings, const ResolvedOption& option, const std::string& described)>;
 // Reads the field back from a settings struct (the default-agreement test and --print-config of a struct).
 using OptionRead = std::function<OptionValue(const void* settings)>;
+// A default rule (OptionSpec::default_rule) reads every option's resolved value by name and gives the
+// default (monostate = unset) and why, or nullopt for default_text.
+using ResolvedValues = std::map<std::string, ResolvedOption>;
+using RuleResult = std::optional<std::pair<OptionValue, std::string>>;
+using DefaultRule = std::function<RuleResult(const ResolvedValues&)>;
 
 struct OptionSpec {
   std::string name;  // canonical snake_case name; also the TOML key
@@ -109,8 +114,7 @@ struct OptionSpec {
   // (monostate = unset) and why, or nullopt for default_text. Applied to options no source sets, after
   // every other value is known (rules may read each other's results). `default_rule_text` says it in
   // words, for the reference.
-  std::function<std::optional<std::pair<OptionValue, std::string>>(const std::map<std::string, ResolvedOption>&)>
-      default_rule;
+  DefaultRule default_rule;
   std::string default_rule_text;
 
   std::type_index settings_type = typeid(void);  // the struct `apply` writes into

@@ -3,15 +3,6 @@
 #include "app/train_option_parts.h"
 
 namespace fluxtrain::app {
-namespace {
-
-using S = TrainSettings;
-using T = train::TrainOptions;
-using L = lora::LoraOptions;
-using Values = std::map<std::string, ResolvedOption>;
-using RuleResult = std::optional<std::pair<OptionValue, std::string>>;
-
-}  // namespace
 
 std::vector<OptionSpec> distributed_specs() {
   using D = TrainSettings::Distributed;

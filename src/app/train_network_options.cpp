@@ -14,11 +14,7 @@
 namespace fluxtrain::app {
 namespace {
 
-using S = TrainSettings;
-using T = train::TrainOptions;
 using L = lora::LoraOptions;
-using Values = std::map<std::string, ResolvedOption>;
-using RuleResult = std::optional<std::pair<OptionValue, std::string>>;
 
 // "all", "none", or comma-separated indices and ranges "0,2,5-9" (the model's block count is checked
 // when the network is built).
@@ -69,12 +65,14 @@ const std::vector<std::pair<std::string, std::string>>& network_arg_options() {
   return keys;
 }
 
-std::vector<std::pair<std::string, std::string>> network_arg_items(const std::string& args) {
-  std::vector<std::pair<std::string, std::string>> items;
+std::vector<NetworkArg> network_arg_items(const std::string& args) {
+  std::vector<NetworkArg> items;
   for (auto [key, value] : optim::split_key_values(args, "network_args")) {
-    std::vector<std::string> known;
-    for (const auto& [k, option] : network_arg_options()) known.push_back(k);
-    if (std::find(known.begin(), known.end(), key) == known.end()) {
+    const auto& options = network_arg_options();
+    const auto found = std::find_if(options.begin(), options.end(), [&](const auto& o) { return o.first == key; });
+    if (found == options.end()) {
+      std::vector<std::string> known;
+      for (const auto& [k, option] : options) known.push_back(k);
       const std::string hint = closest_match(key, known);
       fail("network_args: ", key, "=", value, " is not an argument fluxtrain takes",
            hint.empty() ? std::string() : cat(" (did you mean ", hint, "?)"), "; it takes ", join(known, ", "),
@@ -89,7 +87,7 @@ std::vector<std::pair<std::string, std::string>> network_arg_items(const std::st
              "lokr and loha");
       value = algo;
     }
-    items.emplace_back(key, value);
+    items.push_back({key, found->second, value});
   }
   return items;
 }
@@ -115,9 +113,9 @@ void apply_network_args(std::vector<OptionSpec>& specs) {
     if (spec.name == "network_args") {
       spec.check = [item_value](const OptionValue& v) -> std::string {
         try {
-          for (const auto& [key, raw] : network_arg_items(std::get<std::string>(v))) {
+          for (const NetworkArg& arg : network_arg_items(std::get<std::string>(v))) {
             std::string error;
-            item_value(key, raw, error);
+            item_value(arg.key, arg.value, error);
             if (!error.empty()) return error;
           }
         } catch (const Error& e) {
@@ -129,12 +127,13 @@ void apply_network_args(std::vector<OptionSpec>& specs) {
     }
     for (const auto& [key, option] : network_arg_options()) {
       if (option != spec.name) continue;
-      spec.default_rule = [before = spec.default_rule, arg = key, item_value](const Values& v) -> RuleResult {
+      spec.default_rule = [before = spec.default_rule, arg = key, item_value](const ResolvedValues& v) -> RuleResult {
         const OptionValue& args = v.at("network_args").value;
         if (std::holds_alternative<std::string>(args)) {
-          for (const auto& [k, raw] : network_arg_items(std::get<std::string>(args))) {
+          for (const NetworkArg& item : network_arg_items(std::get<std::string>(args))) {
             std::string error;
-            if (k == arg) return std::pair{item_value(k, raw, error), cat("network_args ", k, "=", raw)};
+            if (item.key == arg)
+              return std::pair{item_value(item.key, item.value, error), cat("network_args ", item.key, "=", item.value)};
           }
         }
         return before ? before(v) : std::nullopt;
@@ -235,7 +234,7 @@ std::vector<OptionSpec> network_specs() {
              "and T5-XXL with train_t5xxl), trained at text_encoder_lr, with the text cache off. fluxtrain's "
              "default is true (kohya's false).")
           .default_rule("false when text_encoder_lr is given or train_t5xxl is true",
-                        [](const Values& v) -> RuleResult {
+                        [](const ResolvedValues& v) -> RuleResult {
                           if (std::holds_alternative<double>(v.at("text_encoder_lr").value))
                             return std::pair{OptionValue{false}, std::string("text_encoder_lr is given")};
                           if (std::get<bool>(v.at("train_t5xxl").value))

@@ -57,11 +57,9 @@ std::vector<std::string> validate_train_config(const ResolvedConfig& config, boo
   }
   // network_args sets options by their names: an option given itself too is given twice.
   if (config.is_set("network_args")) {
-    for (const auto& [key, value] : network_arg_items(config.get_string("network_args"))) {
-      for (const auto& [k, option] : network_arg_options()) {
-        if (k == key && config.given(option))
-          errors.push_back(cat(d(option), " and ", key, "= in ", d("network_args"), " set the same thing; keep one"));
-      }
+    for (const NetworkArg& arg : network_arg_items(config.get_string("network_args"))) {
+      if (config.given(arg.option))
+        errors.push_back(cat(d(arg.option), " and ", arg.key, "= in ", d("network_args"), " set the same thing; keep one"));
     }
   }
   // Text-encoder LoRA (kohya's network_train_unet_only / text_encoder_lr / train_t5xxl).

@@ -13,6 +13,10 @@
 
 namespace fluxtrain::app {
 
+// The settings and options every part of the table fills.
+using S = TrainSettings;
+using T = train::TrainOptions;
+
 // --- network (LoRA, LyCORIS, text encoders) and EMA: train_network_options.cpp
 std::vector<OptionSpec> network_specs();
 // kohya's network_args ("train_t5xxl=True algo=lokr factor=8"): each key's value becomes the default of
@@ -21,8 +25,12 @@ std::vector<OptionSpec> network_specs();
 void apply_network_args(std::vector<OptionSpec>& specs);
 // The keys network_args takes and the options they set (algo: network_type).
 const std::vector<std::pair<std::string, std::string>>& network_arg_options();
-// The items of a network_args value as (key, value in the option's terms); throws Error naming the item.
-std::vector<std::pair<std::string, std::string>> network_arg_items(const std::string& args);
+// One item of network_args: its key, the option it sets, the value in that option's terms.
+struct NetworkArg {
+  std::string key, option, value;
+};
+// The items of a network_args value; throws Error naming a bad item.
+std::vector<NetworkArg> network_arg_items(const std::string& args);
 // --- distributed (torchrun's variables, --nproc, the process group): train_distributed_options.cpp
 std::vector<OptionSpec> distributed_specs();
 

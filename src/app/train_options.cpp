@@ -17,9 +17,6 @@
 namespace fluxtrain::app {
 namespace {
 
-using S = TrainSettings;
-using T = train::TrainOptions;
-using L = lora::LoraOptions;
 using O = optim::OptimizerSettings;
 using Sched = optim::ScheduleOptions;
 using Step = train::StepSettings;
@@ -27,14 +24,12 @@ using Obj = train::ObjectiveOptions;
 using Ckpt = train::CheckpointSettings;
 
 // ---- defaults that depend on other options (OptionSpec::default_rule)
-using Values = std::map<std::string, ResolvedOption>;
-using RuleResult = std::optional<std::pair<OptionValue, std::string>>;
 
-const std::string& optimizer_of(const Values& v) { return std::get<std::string>(v.at("optimizer_type").value); }
+const std::string& optimizer_of(const ResolvedValues& v) { return std::get<std::string>(v.at("optimizer_type").value); }
 
 // The seed's optimizer settings are Prodigy's: another optimizer keeps its own defaults, and a key also
 // given in optimizer_args is left to it.
-RuleResult prodigy_only(const Values& v, const std::string& key) {
+RuleResult prodigy_only(const ResolvedValues& v, const std::string& key) {
   if (optimizer_of(v) != "Prodigy") return std::pair{OptionValue{}, "the seed's value is Prodigy's, not " + optimizer_of(v) + "'s"};
   const OptionValue& args = v.at("optimizer_args").value;
   if (!key.empty() && std::holds_alternative<std::string>(args)) {
@@ -302,7 +297,7 @@ std::vector<OptionSpec> train_specs() {
              "as a whole.")
           .seed_default("train-flux.sh: Prodigy's --optimizer_args", "(none)")
           .default_rule("unset for another optimizer_type",
-                        [](const Values& v) { return prodigy_only(v, ""); })
+                        [](const ResolvedValues& v) { return prodigy_only(v, ""); })
           .check(check_optimizer_args)
           .join_arrays(" ")
           .allowed("key=value pairs separated by spaces")
@@ -317,7 +312,7 @@ std::vector<OptionSpec> train_specs() {
              "Prodigy's d_coef (scales its step size estimate); unset: Prodigy's 1.0. Prodigy only.")
           .seed_default("train-flux.sh: PARAMS_D_COEF=2 (d_coef= in --optimizer_args)", "(none: Prodigy's 1.0)")
           .default_rule("unset for another optimizer_type or when optimizer_args has d_coef=",
-                        [](const Values& v) { return prodigy_only(v, "d_coef"); })
+                        [](const ResolvedValues& v) { return prodigy_only(v, "d_coef"); })
           .min(0, true)
           .to(&S::training, &T::optimizer, &O::d_coef),
       Opt<S>("weight_decay", kReal, "optimizer", "0.1",
@@ -325,7 +320,7 @@ std::vector<OptionSpec> train_specs() {
           .seed_default("train-flux.sh: PARAMS_WEIGHT_DECAY=0.1 (weight_decay= in --optimizer_args)",
                         "(none: the optimizer's own)")
           .default_rule("unset for another optimizer_type or when optimizer_args has weight_decay=",
-                        [](const Values& v) { return prodigy_only(v, "weight_decay"); })
+                        [](const ResolvedValues& v) { return prodigy_only(v, "weight_decay"); })
           .min(0)
           .to(&S::training, &T::optimizer, &O::weight_decay),
       Opt<S>("max_grad_norm", kReal, "optimizer", "1.0", "Clip the gradient norm to this; 0 = no clipping.")
@@ -362,7 +357,7 @@ std::vector<OptionSpec> train_specs() {
           .env("PARAMS_NUM_CYCLES")
           .seed_default("train-flux.sh: PARAMS_NUM_CYCLES = PARAMS_MAX_EPOCHS / 3", "1")
           .default_rule("max_train_epochs / 3 (rounded down, at least 1) when max_train_epochs is set",
-                        [](const Values& v) -> RuleResult {
+                        [](const ResolvedValues& v) -> RuleResult {
                           const OptionValue& epochs = v.at("max_train_epochs").value;
                           if (!std::holds_alternative<int64_t>(epochs)) return std::nullopt;
                           return std::pair{OptionValue{std::max<int64_t>(1, std::get<int64_t>(epochs) / 3)},
@@ -383,7 +378,7 @@ std::vector<OptionSpec> train_specs() {
              "Train this many epochs; unset when max_train_steps is given (both given: an error).")
           .seed_default("train-flux.sh: PARAMS_MAX_EPOCHS=5 (--max_train_epochs)", "(none)")
           .default_rule("unset when max_train_steps is given",
-                        [](const Values& v) -> RuleResult {
+                        [](const ResolvedValues& v) -> RuleResult {
                           if (std::holds_alternative<std::monostate>(v.at("max_train_steps").value)) return std::nullopt;
                           return std::pair{OptionValue{}, std::string("max_train_steps is given")};
                         })
@@ -521,7 +516,7 @@ std::vector<OptionSpec> train_specs() {
              "Store the frozen transformer's block weights in fp8 (e4m3fn), about half the memory of bf16.")
           .seed_default("train-flux.sh: --fp8_base", "false")
           .default_rule("false with network_type none (full fine-tuning trains the weights in fp32)",
-                        [](const Values& v) -> RuleResult {
+                        [](const ResolvedValues& v) -> RuleResult {
                           if (std::get<std::string>(v.at("network_type").value) != "none") return std::nullopt;
                           return std::pair{OptionValue{false}, std::string("network_type is none")};
                         })
@@ -563,7 +558,7 @@ std::vector<OptionSpec> train_specs() {
              "encoder (network_train_unet_only false) must run in every step, so it is off then, and asking "
              "for both is an error.")
           .default_rule("false when a text encoder trains (network_train_unet_only false)",
-                        [](const Values& v) -> RuleResult {
+                        [](const ResolvedValues& v) -> RuleResult {
                           if (std::get<bool>(v.at("network_train_unet_only").value)) return std::nullopt;
                           return std::pair{OptionValue{false}, std::string("the text encoders train")};
                         })

@@ -132,6 +132,7 @@ std::vector<AdapterTarget> adapter_targets(const models::FluxConfig& c, const Lo
     if (!tensor.block_linear) continue;
     const std::string path = tensor.path.substr(0, tensor.path.size() - std::string(".weight").size());
     const bool is_double = tensor.block < c.depth;
+    const std::string type = layer_type(path);
     int64_t rank = options.rank;
     if (!options.module_dims.empty()) {
       const auto it = options.module_dims.find(path);
@@ -140,11 +141,11 @@ std::vector<AdapterTarget> adapter_targets(const models::FluxConfig& c, const Lo
       if ((is_double && !doubles) || (!is_double && !singles)) continue;
       const size_t index = static_cast<size_t>(is_double ? tensor.block : tensor.block - c.depth);
       if ((is_double && !double_sel[index]) || (!is_double && !single_sel[index])) continue;
-      auto dim = options.type_dims.find(layer_type(path));
+      auto dim = options.type_dims.find(type);
       if (dim != options.type_dims.end()) rank = dim->second;
     }
     if (rank == 0) continue;
-    AdapterTarget target{path, tensor.shape[1], {tensor.shape[0]}, rank};
+    AdapterTarget target{path, tensor.shape[1], {tensor.shape[0]}, rank, tensor.block, type};
     if (const auto parts = keys::split_parts(path); options.split_qkv && !parts.empty()) {
       target.outs.clear();
       for (const auto& part : parts) target.outs.push_back(part.mlp_input ? c.mlp_hidden : c.hidden_size);

@@ -23,6 +23,8 @@ struct AdapterTarget {
   int64_t in_features = 0;
   std::vector<int64_t> outs;  // output rows per trained part (one part unless split_qkv splits it)
   int64_t rank = 0;
+  int64_t block = 0;   // the block: double blocks 0..depth-1, then the single blocks
+  std::string type;    // the per-layer-type key: img_attn, img_mlp, img_mod, txt_attn, txt_mlp, txt_mod, single, single_mod
   // down [rank, in] and up [out, rank] per part.
   int64_t parameter_count() const;
 };

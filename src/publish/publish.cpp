@@ -336,13 +336,13 @@ void Publisher::on_event(const train::RunEvent& event) {
       final_files_ = event.files;
       return;  // uploaded with the model card at the end
     }
-    json names = json::array();
+    std::vector<std::string> names;
     std::vector<std::pair<std::string, fs::path>> files;
     for (const auto& file : event.files) {
       names.push_back(file.filename().string());
-      files.emplace_back(file.filename().string(), file);
+      files.emplace_back(names.back(), file);
     }
-    const std::string listed = join(names.get<std::vector<std::string>>(), ", ");
+    const std::string listed = join(names, ", ");
     post("checkpoint", {{"step", event.step}, {"files", names}},
          cat("checkpoint at step ", event.step, " of ", total_steps_, ": ", listed,
              has_loss_ ? cat(", loss ", last_loss_) : std::string()));

@@ -104,18 +104,13 @@ int64_t held_bytes(const MemoryPlanInputs& in, int64_t block, models::KeepProduc
   return bytes;
 }
 
-// The block of an adapted Linear ("double_blocks.3.img_attn.qkv" -> 3, "single_blocks.2.linear1" -> depth + 2;
-// -1 outside the blocks) and the tokens it sees per image: its stream's in a double block, both streams'
+// The tokens an adapted Linear of a layer type sees per image: its stream's in a double block, both streams'
 // in a single block, one for a modulation (it takes the pooled vector).
-std::pair<int64_t, int64_t> block_and_tokens(const std::string& path, const models::FluxConfig& c, int64_t li,
-                                             int64_t lt) {
-  const bool is_double = path.rfind("double_blocks.", 0) == 0;
-  if (!is_double && path.rfind("single_blocks.", 0) != 0) return {-1, li + lt};
-  const size_t start = path.find('.') + 1;
-  const int64_t index = std::stoll(path.substr(start, path.find('.', start) - start));
-  const bool modulation = path.find("_mod.") != std::string::npos || path.find(".modulation.") != std::string::npos;
-  const int64_t tokens = modulation ? 1 : !is_double ? li + lt : path.find(".img_") != std::string::npos ? li : lt;
-  return {is_double ? index : c.depth + index, tokens};
+int64_t tokens_of(const std::string& type, int64_t li, int64_t lt) {
+  if (type.ends_with("_mod")) return 1;
+  if (type.starts_with("img_")) return li;
+  if (type.starts_with("txt_")) return lt;
+  return li + lt;
 }
 
 MemoryPlan plan_memory(const MemoryPlanInputs& in) {
@@ -171,7 +166,8 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
     for (const auto& t : models::flux_parameter_shapes(c)) trained.emplace_back(t.shape, false);
   } else {
     for (const auto& target : lora::adapter_targets(c, in.lora)) {
-      const auto [block, tokens] = block_and_tokens(target.path, c, li, lt);
+      const auto block = static_cast<size_t>(target.block);
+      const int64_t tokens = tokens_of(target.type, li, lt);
       for (int64_t out : target.outs) {
         // LoRA's down (random) and up (zeros), or a LyCORIS type's factors.
         for (const auto& f : lora::factor_shapes(in.lora, out, target.in_features, target.rank))
@@ -183,9 +179,9 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
         // magnitude's factor). Each also forms fp32 temporaries of the weight's size once per forward (ΔW;
         // DoRA's ‖W + ΔW‖ from an fp32 copy of W).
         const int64_t weight = out * target.in_features;
-        if (block >= 0 && in.lora.type == lora::NetworkType::lokr) adapter_graph[block] += weight * b;
-        if (block >= 0 && in.lora.type == lora::NetworkType::loha) adapter_graph[block] += weight * (b + 2 * kF32);
-        if (block >= 0 && in.lora.dora_wd) adapter_per_token[block] += 2 * tokens * out * b;
+        if (in.lora.type == lora::NetworkType::lokr) adapter_graph[block] += weight * b;
+        if (in.lora.type == lora::NetworkType::loha) adapter_graph[block] += weight * (b + 2 * kF32);
+        if (in.lora.dora_wd) adapter_per_token[block] += 2 * tokens * out * b;
         if (in.lora.dora_wd) dora_backward = std::max(dora_backward, tokens * out * b);
         // The temporaries: LoKr's ΔW before the scale and its gradient; LoHa's product and the gradients of its
         // two factors' products; DoRA's fp32 W, W + ΔW and the norm's input.

@@ -67,7 +67,9 @@ const std::vector<std::pair<std::string, std::string>>& network_arg_options() {
 
 std::vector<NetworkArg> network_arg_items(const std::string& args) {
   std::vector<NetworkArg> items;
-  for (auto [key, value] : optim::split_key_values(args, "network_args")) {
+  for (const auto& pair : optim::split_key_values(args, "network_args")) {
+    const std::string& key = pair.first;  // not a structured binding: the lambda below captures it (clang)
+    std::string value = pair.second;
     const auto& options = network_arg_options();
     const auto found = std::find_if(options.begin(), options.end(), [&](const auto& o) { return o.first == key; });
     if (found == options.end()) {

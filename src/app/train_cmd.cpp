@@ -454,6 +454,7 @@ int run_train_inner(const ResolvedConfig& config, bool cache_only, std::unique_p
       launch.master_addr = dist_settings.master_addr;
       launch.master_port = static_cast<int>(dist_settings.master_port.value_or(0));
       launch.collective_timeout = dist_settings.collective_timeout_seconds;
+      launch.cpu_threads = static_cast<int>(dist_settings.cpu_threads_per_process);
       return dist::launch_local_ranks(launch);
     }
   }
@@ -503,7 +504,9 @@ int run_train_inner(const ResolvedConfig& config, bool cache_only, std::unique_p
     group_options.device = device;
     parallel = dist::join_group(rank_info, group_options);
     check_same_setup(*parallel, config, files);
-    log::info("rank 0 of ", world, " (", dist::backend_name(device), " on ", device.str(), "): the global batch is ",
+    const int threads = at::get_num_threads();
+    log::info("rank 0 of ", world, " (", dist::backend_name(device), " on ", device.str(), ", ", threads, " CPU thread",
+              threads == 1 ? "" : "s", "): the global batch is ",
               world, " x the dataset's batch_size x gradient_accumulation_steps");
   }
   // fp8 compute is decided now, before the dataset and the weights: a mode the device cannot run stops

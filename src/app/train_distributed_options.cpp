@@ -21,6 +21,14 @@ std::vector<OptionSpec> distributed_specs() {
           .allowed("a count >= 1, or auto")
           .safe_on_resume()
           .to(&S::distributed, &D::num_processes),
+      Opt<S>("num_cpu_threads_per_process", kInt, "distributed", "0",
+             "CPU threads (libtorch's intra-op pool, OpenMP) of each rank that --nproc starts, as accelerate "
+             "launch's option of that name: 0 = this machine's CPUs (its affinity mask) shared evenly, at least "
+             "1 each; an OMP_NUM_THREADS already in the environment is then kept. Ranks that each took every CPU "
+             "would oversubscribe the machine (2 ranks on 2 cores: steps 4x slower).")
+          .min(0)
+          .safe_on_resume()
+          .to(&S::distributed, &D::cpu_threads_per_process),
       Opt<S>("collective_timeout_seconds", kReal, "distributed", "600",
              "The longest a rank waits for the others (a collective, the start, the store): past it, a rank that "
              "died or hung stops every rank with an error naming the phase.")

@@ -65,6 +65,7 @@ struct TrainSettings {
   struct Distributed {
     std::string num_processes = "auto";  // "auto" (every visible GPU; 1 on the CPU) or a count
     double collective_timeout_seconds = 600;
+    int64_t cpu_threads_per_process = 0;  // 0: this machine's CPUs shared among the --nproc ranks
     std::optional<int64_t> rank, world_size, local_rank, local_world_size;
     std::string master_addr = "127.0.0.1";
     std::optional<int64_t> master_port;

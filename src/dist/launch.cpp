@@ -8,12 +8,16 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <cstdlib>
 #include <csignal>
 #include <cstring>
 #include <fstream>
 #include <iterator>
 #include <optional>
+#include <sched.h>
 #include <thread>
 #include <vector>
 
@@ -69,6 +73,35 @@ std::string describe_status(int status) {
   return cat("ended with wait status ", status);
 }
 
+// The CPUs a container's CPU quota allows (cgroup v2 cpu.max, else v1 cpu.cfs_quota_us / cpu.cfs_period_us),
+// rounded up; 0 when there is no quota. A pod limited by quota (docker --cpus) still sees every CPU of the host
+// in its affinity mask.
+int quota_cpus() {
+  double quota = 0, period = 0;
+  std::ifstream v2("/sys/fs/cgroup/cpu.max");
+  std::string max;
+  if (v2 >> max >> period) {
+    if (max == "max") return 0;
+    quota = std::atof(max.c_str());
+  } else {
+    std::ifstream q("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), p("/sys/fs/cgroup/cpu/cpu.cfs_period_us");
+    if (!(q >> quota) || !(p >> period)) return 0;
+  }
+  return quota > 0 && period > 0 ? static_cast<int>(std::ceil(quota / period)) : 0;
+}
+
+// The CPU threads each of `ranks` ranks gets: this process's CPUs (its affinity mask, and a container's CPU
+// quota) shared evenly, at least one. Ranks that each start a thread per CPU oversubscribe the machine N times
+// over, and OpenMP's spinning workers then wait on each other (2 ranks on 2 cores: steps 4x slower).
+int threads_per_rank(int ranks) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  int cpus = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 0;
+  if (cpus <= 0) cpus = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (const int quota = quota_cpus(); quota > 0) cpus = std::min(cpus, quota);
+  return std::max(1, cpus / std::max(1, ranks));
+}
+
 }  // namespace
 
 int launch_local_ranks(const LaunchOptions& options) {
@@ -81,7 +114,11 @@ int launch_local_ranks(const LaunchOptions& options) {
   sigaction(SIGINT, &action, nullptr);
   const pid_t launcher = getpid();
   std::vector<pid_t> pids(static_cast<size_t>(options.processes), -1);
+  const bool shared = options.cpu_threads <= 0;
+  const std::string threads = std::to_string(shared ? threads_per_rank(options.processes) : options.cpu_threads);
   log::info("starting ", options.processes, " ranks on this machine (rendezvous at ", options.master_addr, ":", port,
+            "; OMP_NUM_THREADS=", threads, " each",
+            shared ? " unless the environment sets it, num_cpu_threads_per_process sets another" : "",
             "); rank 0 writes the run's files");
   for (int r = 0; r < options.processes; ++r) {
     const pid_t pid = fork();
@@ -97,6 +134,7 @@ int launch_local_ranks(const LaunchOptions& options) {
       setenv("GROUP_RANK", "0", 1);
       setenv("MASTER_ADDR", options.master_addr.c_str(), 1);
       setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
+      setenv("OMP_NUM_THREADS", threads.c_str(), shared ? 0 : 1);
       std::vector<char*> argv;
       for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
       argv.push_back(nullptr);

@@ -7,6 +7,7 @@ different options stop at the start with the options named."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -33,7 +34,9 @@ def env_for(models, dataset, out, nproc, batch, **params):  # noqa: F811
                     PARAMS_SAVE_EVERY_N_STEPS=0, PARAMS_COLLECTIVE_TIMEOUT_SECONDS=60, PARAMS_SAVE_PRECISION="fp32",
                     PARAMS_SAVE_STATE_EVERY_MINUTES=0)
     settings.update(params)
-    return base_env(models, dataset, out, **settings)
+    env = base_env(models, dataset, out, **settings)
+    env.pop("OMP_NUM_THREADS", None)  # the launcher's own share of the CPUs
+    return env
 
 
 def relative_error(a: dict, b: dict) -> float:
@@ -73,6 +76,11 @@ def test_two_ranks_equal_one_rank(tmp_path, fluxtrain_bin, models, dataset, case
     two = tmp_path / "two"
     result = run([fluxtrain_bin, "train"], env=env_for(models, dataset, two, 2, 2, **CASES[case]))
     assert "starting 2 ranks" in rank_lines(result)
+    # Each rank gets its share of the CPUs (not every CPU each: OpenMP workers oversubscribed 2x made a step 4x
+    # slower on 2 cores).
+    threads = int(re.search(r"OMP_NUM_THREADS=(\d+) each", rank_lines(result))[1])
+    assert threads == 1 or 2 * threads <= len(os.sched_getaffinity(0)), rank_lines(result)
+    assert f"(gloo on cpu, {threads} CPU thread" in rank_lines(result), rank_lines(result)
     error = assert_same_training(two, one)
     print(f"{case}: 2 ranks x batch 2 vs 1 rank x batch 4: LoRA relative error {error:.3g}")
     # Rank 0 alone wrote the run's files; the state records the world.
@@ -298,10 +306,12 @@ def test_two_machines_through_torchrun_rendezvous(tmp_path, fluxtrain_bin, model
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     two = tmp_path / "two"
+    # Two machines would have their own CPUs: here each "machine" gets half of this one's.
+    env = {**env_for(models, dataset, two, "auto", 2), "OMP_NUM_THREADS": str(max(1, len(os.sched_getaffinity(0)) // 2))}
     agents = [subprocess.Popen([torchrun, "--no-python", "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend",
                                 "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "fluxtrain-test",
                                 fluxtrain_bin, "train"],
-                               env=env_for(models, dataset, two, "auto", 2), stdout=subprocess.PIPE,
+                               env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True) for _ in range(2)]
     for agent in agents:
         _, stderr = agent.communicate(timeout=600)

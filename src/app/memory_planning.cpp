@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -55,6 +56,83 @@ models::FluxConfig planned_model_config(const TrainSettings& settings, std::stri
   return config;
 }
 
+namespace {
+
+// The shape of a text encoder from its file's header (any prefix: the names are matched by their ends), or
+// CLIP-L's / T5-XXL's when the file is not there or not readable (a plan made before the download).
+train::TextEncoderShape text_encoder_shape(train::TextEncoderShape::Kind kind, const std::string& path) {
+  using Kind = train::TextEncoderShape::Kind;
+  train::TextEncoderShape e;
+  e.kind = kind;
+  if (kind == Kind::clip) {
+    e.vocab = 49408, e.width = 768, e.heads = 12, e.head_width = 64, e.mlp = 3072, e.layers = 12, e.tokens = 77;
+  } else {
+    e.vocab = 32128, e.width = 4096, e.heads = 64, e.head_width = 64, e.mlp = 10240, e.layers = 24;
+  }
+  std::error_code ec;
+  if (path.empty() || !fs::is_regular_file(path, ec)) return e;
+  safetensors::Header header;
+  try {
+    header = safetensors::read_header(path);
+  } catch (const Error&) {
+    return e;  // the loader names what is wrong with it
+  }
+  auto shape_of = [&](std::string_view end) -> const std::vector<int64_t>* {
+    for (const auto& t : header.tensors)
+      if (t.name.ends_with(end) && t.shape.size() == 2) return &t.shape;
+    return nullptr;
+  };
+  // Layers: the distinct indices after `marker` ("layers." / "block.").
+  auto count_layers = [&](std::string_view marker) {
+    int64_t most = -1;
+    for (const auto& t : header.tensors) {
+      const size_t at = t.name.find(marker);
+      if (at == std::string::npos) continue;
+      most = std::max<int64_t>(most, std::atoll(t.name.c_str() + at + marker.size()));
+    }
+    return most + 1;
+  };
+  if (kind == Kind::clip) {
+    const auto* embedding = shape_of("token_embedding.weight");
+    const auto* positions = shape_of("position_embedding.weight");
+    const auto* fc1 = shape_of("layers.0.mlp.fc1.weight");
+    if (embedding == nullptr || positions == nullptr || fc1 == nullptr) return e;
+    e.vocab = (*embedding)[0], e.width = (*embedding)[1], e.tokens = (*positions)[0], e.mlp = (*fc1)[0];
+    e.heads = std::max<int64_t>(1, e.width / 64), e.head_width = e.width / e.heads;  // CLIP's heads of width 64
+    e.layers = count_layers("encoder.layers.");
+  } else {
+    const auto* embedding = shape_of("shared.weight");
+    if (embedding == nullptr) embedding = shape_of("embed_tokens.weight");
+    const auto* q = shape_of("block.0.layer.0.SelfAttention.q.weight");
+    const auto* bias = shape_of("relative_attention_bias.weight");
+    const auto* wi = shape_of("block.0.layer.1.DenseReluDense.wi_0.weight");
+    if (embedding == nullptr || q == nullptr || bias == nullptr || wi == nullptr) return e;
+    e.vocab = (*embedding)[0], e.width = (*embedding)[1], e.heads = (*bias)[1], e.mlp = (*wi)[0];
+    e.head_width = (*q)[0] / std::max<int64_t>(1, e.heads);
+    e.layers = count_layers("block.");
+  }
+  return e;
+}
+
+}  // namespace
+
+std::vector<train::TextEncoderShape> planned_text_encoders(const TrainSettings& settings, int64_t t5_tokens) {
+  const train::TrainOptions& t = settings.training;
+  if (!t.train_clip && !t.train_t5) return {};
+  ModelFiles files;
+  try {
+    files = find_model_files(settings.models);
+  } catch (const Error&) {
+    // not downloaded yet: the released encoders' shapes
+  }
+  train::TextEncoderShape clip = text_encoder_shape(train::TextEncoderShape::Kind::clip, files.clip_l);
+  train::TextEncoderShape t5 = text_encoder_shape(train::TextEncoderShape::Kind::t5, files.t5xxl);
+  t5.tokens = t5_tokens;
+  clip.trained = t.train_clip;
+  t5.trained = t.train_t5;
+  return {clip, t5};
+}
+
 std::pair<int64_t, int64_t> planned_resolution(const TrainSettings& settings, const data::DatasetGroupConfig* group) {
   int64_t w = 1024, h = 1024;
   // Several sizes (multi-resolution): the largest, whose batches need the most memory.
@@ -102,6 +180,7 @@ train::MemoryPlanInputs memory_plan_inputs(const TrainSettings& settings, const 
   in.ranks = settings.distributed.world_size.value_or(nproc == "auto" ? 1 : std::stoll(nproc));
   in.optimizer_shards = t.zero_stage == 1 ? in.ranks : 1;
   in.ema_on_device = t.ema.enabled() && (t.ema.device == train::EmaDevice::accelerator || !cuda);
+  in.text_encoders = planned_text_encoders(settings, in.text_tokens);
   return in;
 }
 

@@ -31,6 +31,10 @@ struct PlannedRun {
 // the file is not there yet (a pod plans before it downloads), Flux.1's own for the base model.
 models::FluxConfig planned_model_config(const TrainSettings& settings, std::string& note);
 
+// A text-encoder LoRA (train_clip / train_t5): both encoders' shapes from their files' headers (CLIP-L's
+// and T5-XXL's before the download), the trained ones marked; empty when none trains.
+std::vector<train::TextEncoderShape> planned_text_encoders(const TrainSettings& settings, int64_t t5_tokens);
+
 // The planner's inputs for `settings` on a device: `cuda` (else the CPU), compute dtype bytes, the largest
 // image in pixels (w, h) the batches hold.
 train::MemoryPlanInputs memory_plan_inputs(const TrainSettings& settings, const models::FluxConfig& model, bool cuda,

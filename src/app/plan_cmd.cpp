@@ -2,8 +2,9 @@
 // --step-seconds, --price-per-hour, --json, --calibrate) without reading model weights: the predicted peak
 // device memory per batch size, the largest batch that fits --vram or the device, the automatic choices,
 // steps per epoch when the dataset is on disk, and the ETA and cost once a step time is known.
-// --calibrate loads the model and runs real steps on random inputs of the largest bucket: the measured step
-// time and peak beside the prediction.
+// --calibrate loads the model and runs real steps on random inputs of the largest bucket (with a text-encoder
+// LoRA also both encoders, which encode a caption in every step as training does): the measured step time and
+// peak beside the prediction.
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
@@ -22,8 +23,10 @@
 #include "core/log.h"
 #include "data/dataset.h"
 #include "lora/network.h"
+#include "lora/text_encoder_network.h"
 #include "models/convert.h"
 #include "optim/optimizer.h"
+#include "sample/text_encoding.h"
 #include "train/cpu_allocator.h"
 #include "train/device_memory.h"
 #include "train/step.h"
@@ -56,6 +59,26 @@ Calibration calibrate(const TrainSettings& settings, const PlannedRun& run, at::
     network->set_training(true);
     params = network->parameters();
   }
+  // A text-encoder LoRA: both encoders loaded, the trained ones' LoRA, the captions encoded in every step.
+  std::unique_ptr<sample::TextEncoders> encoders;
+  std::unique_ptr<lora::TextEncoderNetwork> te_network;
+  const train::TrainOptions& t = settings.training;
+  if (network && (t.train_clip || t.train_t5)) {
+    models::ModelOptions encoder_options;
+    encoder_options.device = device;
+    encoder_options.dtype = dtype;
+    sample::TextEncoderOptions text;
+    text.t5_max_length = static_cast<int>(run.inputs.text_tokens);
+    text.t5_attn_mask = settings.t5_attn_mask;
+    encoders = std::make_unique<sample::TextEncoders>(files.clip_l, files.t5xxl, encoder_options, text);
+    for (auto& p : encoders->clip().parameters()) p.requires_grad_(false);
+    for (auto& p : encoders->t5().parameters()) p.requires_grad_(false);
+    te_network = std::make_unique<lora::TextEncoderNetwork>(t.train_clip ? &encoders->clip() : nullptr,
+                                                            t.train_t5 ? &encoders->t5() : nullptr, t.lora, t.seed + 3,
+                                                            network->dropout_generator());
+    te_network->set_training(true);
+    for (const at::Tensor& p : te_network->parameters()) params.push_back(p);
+  }
   auto optimizer = optim::make_optimizer(settings.training.optimizer, params);
   train::StepOptions step(settings.training.step);
   static_cast<train::CheckpointSettings&>(step.checkpointing) = run.inputs.checkpointing;
@@ -68,8 +91,18 @@ Calibration calibrate(const TrainSettings& settings, const PlannedRun& run, at::
   at::Generator data = at::detail::createCPUGenerator(3);
   train::LatentBatch batch;
   batch.latents = at::randn({b, c.in_channels / 4, h, w}, data);
-  batch.t5 = at::randn({b, run.inputs.text_tokens, c.context_in_dim}, data);
-  batch.clip_pooled = at::randn({b, c.vec_in_dim}, data);
+  if (encoders) {
+    batch.captions.assign(static_cast<size_t>(b), "a photo of ohwx, a red square on a green field");
+    step.encode_text = [&encoders](train::LatentBatch& rows) {
+      sample::TextEmbeddings e = encoders->encode(rows.captions, at::GradMode::is_enabled());
+      rows.t5 = e.t5;
+      rows.t5_mask = e.t5_mask;
+      rows.clip_pooled = e.clip_pooled;
+    };
+  } else {
+    batch.t5 = at::randn({b, run.inputs.text_tokens, c.context_in_dim}, data);
+    batch.clip_pooled = at::randn({b, c.vec_in_dim}, data);
+  }
   if (device.is_cuda()) batch = train::pin_for_device(std::move(batch), dtype);
 
   // What the planner predicts for exactly this (no batches waiting in a prefetch queue).

@@ -715,7 +715,8 @@ const OptionTable& plan_options() {
         Opt<S>("json", kPath, "plan", "", "Also write the plan as JSON to this file.").to(&S::plan, &P::json),
         Opt<S>("calibrate", kBool, "plan", "false",
                "Load the model and run real training steps on random inputs of the largest bucket at the planned "
-               "batch: the measured step time (ETA, cost) and peak memory beside the prediction.")
+               "batch (with a text-encoder LoRA also the encoders, encoding a caption in every step): the measured "
+               "step time (ETA, cost) and peak memory beside the prediction.")
             .to(&S::plan, &P::calibrate),
         Opt<S>("calibrate_steps", kInt, "plan", "2", "Steps of --calibrate (the first warms up; the others are timed).")
             .min(1)

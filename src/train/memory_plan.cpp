@@ -80,7 +80,37 @@ int64_t optimizer_state_bytes(const optim::OptimizerSettings& settings,
   return total;
 }
 
+// What a trained text encoder's graph keeps per token and layer until the backward (the models' forward in
+// models/clip/clip_text.cpp and models/t5/t5_encoder.cpp), in bytes at `b` per number, with a LoRA of `rank`
+// on each adapted Linear:
+//   CLIP  the LayerNorms' inputs and outputs (4 widths), q/k/v, the attention's output and out_proj's input
+//         (5), fc1's output, its sigmoid and their product (3 MLP widths), the log-sum-exp per head
+//   T5    each T5LayerNorm's fp32 input (2 x 4 bytes a width) and output (2), q/k/v, the attention's output
+//         and o's input (5 inner widths), wi_0's output, its GELU, wi_1's output and their product (4 MLP
+//         widths), the log-sum-exp per head
+//   and each adapted Linear's LoRA down output (rank numbers).
+int64_t encoder_token_bytes(const TextEncoderShape& e, int64_t b, int64_t rank) {
+  const int64_t inner = e.heads * e.head_width;
+  const int64_t lora = static_cast<int64_t>(e.adapted_linears().size()) * rank * b;
+  if (e.kind == TextEncoderShape::Kind::clip) return b * (9 * e.width + 3 * e.mlp) + e.heads * kF32 + lora;
+  return 2 * kF32 * e.width + b * (2 * e.width + 5 * inner + 4 * e.mlp) + e.heads * kF32 + lora;
+}
+
 }  // namespace
+
+int64_t TextEncoderShape::parameters() const {
+  const int64_t d = width, f = mlp, inner = heads * head_width;
+  if (kind == Kind::clip)  // embeddings; q/k/v/out, two LayerNorms, fc1, fc2 with biases; the final LayerNorm
+    return vocab * d + tokens * d + layers * (4 * (d * d + d) + 4 * d + 2 * d * f + f + d) + 2 * d;
+  // the shared embedding; q/k/v/o, wi_0/wi_1/wo and two norms (no biases); block 0's relative bias (32 buckets)
+  return vocab * d + layers * (4 * d * inner + 3 * d * f + 2 * d) + 32 * heads + d;
+}
+
+std::vector<std::pair<int64_t, int64_t>> TextEncoderShape::adapted_linears() const {
+  const int64_t d = width, f = mlp, inner = heads * head_width;
+  if (kind == Kind::clip) return {{d, d}, {d, d}, {d, d}, {d, d}, {d, f}, {f, d}};
+  return {{d, inner}, {d, inner}, {d, inner}, {inner, d}, {d, f}, {d, f}, {f, d}};
+}
 
 std::string gigabytes(int64_t bytes) {
   char text[32];
@@ -156,6 +186,22 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
                           in_flight, false});
   }
 
+  // A text-encoder LoRA keeps both encoders loaded (in the compute dtype).
+  int64_t encoder_weights = 0, encoder_graphs = 0;
+  std::string encoder_names, trained_names;
+  for (const TextEncoderShape& e : in.text_encoders) {
+    encoder_weights += e.parameters() * b;
+    encoder_names += std::string(encoder_names.empty() ? "" : " and ") + e.name();
+    if (!e.trained) continue;
+    trained_names += std::string(trained_names.empty() ? "" : " and ") + e.name();
+    encoder_graphs += e.tokens * e.layers * encoder_token_bytes(e, b, in.lora.rank) +
+                      (e.kind == TextEncoderShape::Kind::t5 ? e.heads * e.tokens * e.tokens * b : 0);  // T5's bias
+  }
+  if (encoder_weights > 0) {
+    plan.weights += encoder_weights;
+    plan.terms.push_back({"text encoders kept loaded (" + encoder_names + ")", encoder_weights, false});
+  }
+
   // Trained tensors: fp32 parameters, fp32 gradients, the optimizer's state.
   std::vector<int64_t> adapter_graph(static_cast<size_t>(blocks), 0);      // per step, per block
   std::vector<int64_t> adapter_per_token(static_cast<size_t>(blocks), 0);  // per image, per block
@@ -188,6 +234,16 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
         if (in.lora.lycoris())
           adapter_temporary = std::max(adapter_temporary,
                                        weight * kF32 * (in.lora.type == lora::NetworkType::lokr ? 2 : 3));
+      }
+    }
+  }
+  // The text encoders' LoRA: down (random) and up (zeros) per adapted Linear of every layer.
+  for (const TextEncoderShape& e : in.text_encoders) {
+    if (!e.trained) continue;
+    for (int64_t layer = 0; layer < e.layers; ++layer) {
+      for (const auto& [in_features, out_features] : e.adapted_linears()) {
+        trained.emplace_back(std::vector<int64_t>{in.lora.rank, in_features}, false);
+        trained.emplace_back(std::vector<int64_t>{out_features, in.lora.rank}, true);
       }
     }
   }
@@ -277,8 +333,11 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
     const int64_t batch_bytes = kF32 * (li * c.in_channels / 4 * 3 + lt * c.context_in_dim + c.vec_in_dim);
     host = batch_bytes * (1 + std::max<int64_t>(0, in.prefetch_batches));
   }
-  plan.step_per_image = graph + recompute + backward + inputs + host;
-  plan.tail_per_image = recompute + backward + inputs + host;
+  // A trained text encoder's graph is made before the transformer's and differentiated after it.
+  if (encoder_graphs > 0)
+    plan.terms.push_back({"the graphs of the trained text encoders (" + trained_names + ")", encoder_graphs, true});
+  plan.step_per_image = graph + recompute + backward + inputs + host + encoder_graphs;
+  plan.tail_per_image = recompute + backward + inputs + host + encoder_graphs;
   plan.terms.push_back({"inputs, RoPE tables, prediction and loss", inputs, true});
   if (host > 0) plan.terms.push_back({"batches in host memory (CPU training)", host, true});
   return plan;

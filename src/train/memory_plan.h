@@ -8,6 +8,8 @@
 //   weights    the frozen transformer as stored (fp8 block weights with fp8_base), minus swapped blocks
 //   trainable  LoRA parameters (fp32), their gradients, the optimizer's state (and an EMA on the device)
 //   adapters   LyCORIS: the weight changes (LoKr, LoHa) the blocks' graphs keep, one module's fp32 temporaries
+//   encoders   a text-encoder LoRA: both text encoders stay loaded (their weights), the trained ones' LoRA with
+//              the trainable tensors, and per image the graph of each trained encoder (held until the backward)
 //   held       what a checkpointed block keeps from its forward to its backward: its input, the attention
 //              output (keep_attention), the kept products (keep_products)
 //   step       the rest of one image's step at its worst moment: the blocks that are not checkpointed
@@ -27,6 +29,21 @@
 #include "train/options.h"
 
 namespace fluxtrain::train {
+
+// A text encoder kept on the device while the transformer trains (the text cache is off): its shape, as
+// models::ClipConfig / T5Config read it from the file's header.
+struct TextEncoderShape {
+  enum class Kind { clip, t5 } kind = Kind::clip;
+  int64_t vocab = 0, width = 0, heads = 0, head_width = 0, mlp = 0, layers = 0;
+  int64_t tokens = 0;     // CLIP: its positions (77); T5: t5xxl_max_token_length
+  bool trained = false;   // its LoRA trains: its graph is kept until the backward
+  // The weights the loader builds (CLIP: embeddings, layers, final norm; T5: one shared embedding, blocks,
+  // relative bias, final norm); every number in the compute dtype.
+  int64_t parameters() const;
+  // The Linear layers a LoRA adapts in one layer: {in, out} each (lora/text_encoder_network.h).
+  std::vector<std::pair<int64_t, int64_t>> adapted_linears() const;
+  const char* name() const { return kind == Kind::clip ? "CLIP-L" : "T5-XXL"; }
+};
 
 struct MemoryPlanInputs {
   models::FluxConfig model;
@@ -48,6 +65,8 @@ struct MemoryPlanInputs {
   // An EMA of the trained tensors kept in device memory (ema_device = accelerator, or CPU training): one
   // more fp32 copy of them.
   bool ema_on_device = false;
+  // A text-encoder LoRA trains: both encoders, loaded in the compute dtype (empty: the text cache is on).
+  std::vector<TextEncoderShape> text_encoders;
 };
 
 // One line of the plan's explanation: a term and its bytes.

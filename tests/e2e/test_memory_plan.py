@@ -40,10 +40,27 @@ def model_dirs(tmp_path_factory, fluxtrain_bin):
     return dirs
 
 
-def plan(fluxtrain_bin, model_dir, tmp_path, *extra, calibrate=True):
+@pytest.fixture(scope="module")
+def encoders_dir(tmp_path_factory, model_dirs):
+    """A small transformer beside text encoders that weigh more than it (real vocabularies, width 256, four
+    layers): a text-encoder LoRA's terms are most of the peak."""
+    folder = tmp_path_factory.mktemp("encoders")
+    shutil.copy(model_dirs["wide"] / "ae.safetensors", folder / "ae.safetensors")
+    flux = replace(tm.FLUX_DEV, hidden_size=128, num_heads=1, depth=1, depth_single_blocks=1, context_in_dim=256,
+                   vec_in_dim=256)
+    clip = tm.ClipConfig(hidden_size=256, num_attention_heads=4, num_hidden_layers=4, intermediate_size=1024)
+    t5 = tm.T5Config(d_model=256, d_kv=64, num_heads=4, d_ff=640, num_layers=4)
+    save_file(tm.random_state_dict(tm.flux_shapes(flux), torch.float32, 5), folder / "flux1-dev.safetensors")
+    save_file(tm.random_state_dict(tm.clip_shapes(clip), torch.float16, 6), folder / "clip_l.safetensors")
+    save_file(tm.random_state_dict(tm.t5_shapes(t5), torch.float16, 7), folder / "t5xxl_fp16.safetensors")
+    return folder
+
+
+def plan(fluxtrain_bin, model_dir, tmp_path, *extra, calibrate=True, precision="fp32", resolution="512,384",
+         t5_tokens=64):
     out = tmp_path / f"plan-{len(list(tmp_path.iterdir()))}.json"
-    args = [fluxtrain_bin, "plan", "--model-dir", model_dir, "--device", "cpu", "--precision", "fp32",
-            "--resolution", "512,384", "--t5xxl-max-token-length", "64", "--network-dim", "8",
+    args = [fluxtrain_bin, "plan", "--model-dir", model_dir, "--device", "cpu", "--precision", precision,
+            "--resolution", resolution, "--t5xxl-max-token-length", str(t5_tokens), "--network-dim", "8",
             "--optimizer-type", "AdamW", "--json", out, *extra]
     if calibrate:
         args.append("--calibrate")
@@ -94,3 +111,25 @@ def test_lycoris_predicted_peak_is_within_ten_percent_of_the_measured(network, m
             print(f"{network} checkpointing {checkpointing} batch {batch}: measured {c['measured_peak_bytes']} "
                   f"predicted {c['predicted_peak_bytes']} error {c['error']:+.3f}")
             assert abs(c["error"]) <= TOLERANCE, c
+
+
+@pytest.mark.parametrize("encoders", ["clip", "clip-and-t5"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_text_encoder_lora_predicted_peak_is_within_ten_percent_of_the_measured(encoders, precision, encoders_dir,
+                                                                                fluxtrain_bin, tmp_path):
+    """A text-encoder LoRA keeps both encoders loaded, trains the LoRA of CLIP-L (and T5-XXL) and holds their
+    graphs until the backward: the planner counts the weights, the LoRA's state and the graphs (per image),
+    here about half of the peak."""
+    extra = ["--network-train-unet-only", "false"] + (["--train-t5xxl", "true"] if encoders == "clip-and-t5" else [])
+    for batch in (1, 4):
+        result, _ = plan(fluxtrain_bin, encoders_dir, tmp_path, *extra, "--train-batch-size", str(batch),
+                         precision=precision, resolution="256,256", t5_tokens=256)
+        terms = {t["name"]: t["bytes"] for t in result["terms"]}
+        loaded = terms["text encoders kept loaded (CLIP-L and T5-XXL)"]
+        graphs = next(v for k, v in terms.items() if k.startswith("the graphs of the trained text encoders"))
+        c = result["calibration"]
+        print(f"{encoders} {precision} batch {batch}: measured {c['measured_peak_bytes']} predicted "
+              f"{c['predicted_peak_bytes']} error {c['error']:+.3f} (encoders {loaded}, their graphs {graphs} "
+              f"per image)")
+        assert (loaded + batch * graphs) > 0.3 * c["predicted_peak_bytes"], terms
+        assert abs(c["error"]) <= TOLERANCE, c

@@ -10,7 +10,10 @@
 
 #include "lora/network.h"
 #include "lora/selection.h"
+#include "lora/text_encoder_network.h"
+#include "models/clip/clip_text.h"
 #include "models/flux/flux.h"
+#include "models/t5/t5_encoder.h"
 #include "optim/optimizer.h"
 #include "train/ema.h"
 #include "train/memory_plan.h"
@@ -77,7 +80,7 @@ TEST(MemoryPlan, OptimizerStateIsWhatTheFirstStepAllocates) {
   lora::LoraOptions o;
   o.rank = 8;
   for (const std::string type : {"Prodigy", "AdamW", "AdamW8bit", "Adafactor", "Lion", "SGD"}) {
-    for (const std::string args : {std::string(""), std::string(type == "SGD" ? "momentum=0.9" : "")}) {
+    for (const std::string& args : {std::string(""), std::string(type == "SGD" ? "momentum=0.9" : "")}) {
       lora::LoraNetwork network(*model, o, 1);
       std::vector<at::Tensor> params = network.parameters();
       optim::OptimizerSettings settings;
@@ -152,6 +155,42 @@ TEST(MemoryPlan, AnEmaOnTheDeviceIsOneMoreCopyOfTheTrainedTensors) {
   EXPECT_EQ(planned, held);
   EXPECT_EQ(with.trainable - without.trainable, held);
   EXPECT_EQ(with.peak(2) - without.peak(2), held);
+}
+
+TEST(MemoryPlan, TextEncoderTermsCountWhatTheEncodersAndTheirLoraHold) {
+  models::ClipConfig clip_config;
+  clip_config.hidden_size = 64, clip_config.num_heads = 1, clip_config.num_layers = 2, clip_config.intermediate_size = 96;
+  clip_config.vocab_size = 50;
+  models::T5Config t5_config;
+  t5_config.d_model = 24, t5_config.d_kv = 8, t5_config.num_heads = 4, t5_config.d_ff = 40, t5_config.num_layers = 3;
+  t5_config.vocab_size = 60;
+  models::ClipTextModel clip(clip_config, models::ModelOptions{});
+  models::T5Encoder t5(t5_config, models::ModelOptions{});
+  TextEncoderShape clip_shape{TextEncoderShape::Kind::clip, 50, 64, 1, 64, 96, 2, 77};
+  TextEncoderShape t5_shape{TextEncoderShape::Kind::t5, 60, 24, 4, 8, 40, 3, 16};
+  auto numbers = [](const std::vector<at::Tensor>& tensors) {
+    int64_t n = 0;
+    for (const auto& t : tensors) n += t.numel();
+    return n;
+  };
+  EXPECT_EQ(clip_shape.parameters(), numbers(clip->parameters()));
+  EXPECT_EQ(t5_shape.parameters(), numbers(t5->parameters()));
+
+  // The LoRA: the planner's trained numbers with both encoders trained equal TextEncoderNetwork's.
+  lora::LoraOptions o;
+  o.rank = 4;
+  lora::TextEncoderNetwork network(clip.get(), t5.get(), o, 1, at::detail::createCPUGenerator(2));
+  MemoryPlanInputs in;
+  in.model = small_config();
+  in.lora = o;
+  MemoryPlanInputs with = in;
+  clip_shape.trained = t5_shape.trained = true;
+  with.text_encoders = {clip_shape, t5_shape};
+  EXPECT_EQ(plan_memory(with).trainable_params - plan_memory(in).trainable_params, numbers(network.parameters()));
+  // Both encoders' weights count whichever trains, in the compute dtype.
+  with.text_encoders[1].trained = false;
+  EXPECT_EQ(plan_memory(with).weights - plan_memory(in).weights,
+            (clip_shape.parameters() + t5_shape.parameters()) * in.compute_bytes);
 }
 
 }  // namespace

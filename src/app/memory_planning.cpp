@@ -62,13 +62,7 @@ namespace {
 // CLIP-L's / T5-XXL's when the file is not there or not readable (a plan made before the download).
 train::TextEncoderShape text_encoder_shape(train::TextEncoderShape::Kind kind, const std::string& path) {
   using Kind = train::TextEncoderShape::Kind;
-  train::TextEncoderShape e;
-  e.kind = kind;
-  if (kind == Kind::clip) {
-    e.vocab = 49408, e.width = 768, e.heads = 12, e.head_width = 64, e.mlp = 3072, e.layers = 12, e.tokens = 77;
-  } else {
-    e.vocab = 32128, e.width = 4096, e.heads = 64, e.head_width = 64, e.mlp = 10240, e.layers = 24;
-  }
+  train::TextEncoderShape e = kind == Kind::clip ? train::TextEncoderShape::clip_l() : train::TextEncoderShape::t5_xxl();
   std::error_code ec;
   if (path.empty() || !fs::is_regular_file(path, ec)) return e;
   safetensors::Header header;
@@ -82,7 +76,7 @@ train::TextEncoderShape text_encoder_shape(train::TextEncoderShape::Kind kind, c
       if (t.name.ends_with(end) && t.shape.size() == 2) return &t.shape;
     return nullptr;
   };
-  // Layers: the distinct indices after `marker` ("layers." / "block.").
+  // Layers: one more than the largest index after `marker` ("layers." / "block.").
   auto count_layers = [&](std::string_view marker) {
     int64_t most = -1;
     for (const auto& t : header.tensors) {
@@ -97,8 +91,12 @@ train::TextEncoderShape text_encoder_shape(train::TextEncoderShape::Kind kind, c
     const auto* positions = shape_of("position_embedding.weight");
     const auto* fc1 = shape_of("layers.0.mlp.fc1.weight");
     if (embedding == nullptr || positions == nullptr || fc1 == nullptr) return e;
-    e.vocab = (*embedding)[0], e.width = (*embedding)[1], e.tokens = (*positions)[0], e.mlp = (*fc1)[0];
-    e.heads = std::max<int64_t>(1, e.width / 64), e.head_width = e.width / e.heads;  // CLIP's heads of width 64
+    e.vocab = (*embedding)[0];
+    e.width = (*embedding)[1];
+    e.tokens = (*positions)[0];
+    e.mlp = (*fc1)[0];
+    e.heads = std::max<int64_t>(1, e.width / 64);  // CLIP's heads are 64 wide
+    e.head_width = e.width / e.heads;
     e.layers = count_layers("encoder.layers.");
   } else {
     const auto* embedding = shape_of("shared.weight");
@@ -107,7 +105,10 @@ train::TextEncoderShape text_encoder_shape(train::TextEncoderShape::Kind kind, c
     const auto* bias = shape_of("relative_attention_bias.weight");
     const auto* wi = shape_of("block.0.layer.1.DenseReluDense.wi_0.weight");
     if (embedding == nullptr || q == nullptr || bias == nullptr || wi == nullptr) return e;
-    e.vocab = (*embedding)[0], e.width = (*embedding)[1], e.heads = (*bias)[1], e.mlp = (*wi)[0];
+    e.vocab = (*embedding)[0];
+    e.width = (*embedding)[1];
+    e.heads = (*bias)[1];
+    e.mlp = (*wi)[0];
     e.head_width = (*q)[0] / std::max<int64_t>(1, e.heads);
     e.layers = count_layers("block.");
   }

@@ -43,6 +43,14 @@ struct TextEncoderShape {
   // The Linear layers a LoRA adapts in one layer: {in, out} each (lora/text_encoder_network.h).
   std::vector<std::pair<int64_t, int64_t>> adapted_linears() const;
   const char* name() const { return kind == Kind::clip ? "CLIP-L" : "T5-XXL"; }
+  // The released encoders Flux.1 uses (T5's tokens are the run's).
+  static TextEncoderShape clip_l() {
+    return {.kind = Kind::clip, .vocab = 49408, .width = 768, .heads = 12, .head_width = 64, .mlp = 3072, .layers = 12,
+            .tokens = 77};
+  }
+  static TextEncoderShape t5_xxl() {
+    return {.kind = Kind::t5, .vocab = 32128, .width = 4096, .heads = 64, .head_width = 64, .mlp = 10240, .layers = 24};
+  }
 };
 
 struct MemoryPlanInputs {

@@ -166,8 +166,10 @@ TEST(MemoryPlan, TextEncoderTermsCountWhatTheEncodersAndTheirLoraHold) {
   t5_config.vocab_size = 60;
   models::ClipTextModel clip(clip_config, models::ModelOptions{});
   models::T5Encoder t5(t5_config, models::ModelOptions{});
-  TextEncoderShape clip_shape{TextEncoderShape::Kind::clip, 50, 64, 1, 64, 96, 2, 77};
-  TextEncoderShape t5_shape{TextEncoderShape::Kind::t5, 60, 24, 4, 8, 40, 3, 16};
+  TextEncoderShape clip_shape{.kind = TextEncoderShape::Kind::clip, .vocab = 50, .width = 64, .heads = 1,
+                              .head_width = 64, .mlp = 96, .layers = 2, .tokens = 77};
+  TextEncoderShape t5_shape{.kind = TextEncoderShape::Kind::t5, .vocab = 60, .width = 24, .heads = 4, .head_width = 8,
+                            .mlp = 40, .layers = 3, .tokens = 16};
   auto numbers = [](const std::vector<at::Tensor>& tensors) {
     int64_t n = 0;
     for (const auto& t : tensors) n += t.numel();
